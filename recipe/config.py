@@ -1,0 +1,133 @@
+"""Structured-config schemas: the documentation and the validation of every config key.
+
+Each dataclass below is registered in Hydra's ConfigStore, and `conf/config.yaml` names
+`recipe_schema` first in its defaults list, so every YAML file and every command-line override
+is merged into these types at compose time: an unknown key or a value of the wrong type is an
+error that names the full key (e.g. `mixture.totl`, `mixture.total=abc`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+SAMPLES_DIR = Path(str(resources.files("recipe") / "data" / "samples"))
+
+
+class SourceKind(Enum):
+    """Record shapes a source can hold."""
+
+    sharegpt = "sharegpt"  # {"conversations": [{"from": "human"|"gpt", "value": ...}]}
+    text = "text"  # {"text": "[INST] ... [/INST] ..."} (llama-instruct; what Distill writes)
+    prompt_completion = "prompt_completion"  # {"prompt": ..., "completion": ...}
+
+
+class Unit(Enum):
+    examples = "examples"
+    tokens = "tokens"
+
+
+class OutputFormat(Enum):
+    text = "text"  # {"text": template(messages)}
+    messages = "messages"  # {"messages": [{"role", "content"}, ...]}
+    prompt_completion = "prompt_completion"  # {"prompt": ..., "completion": last answer}
+
+
+@dataclass
+class SourceConfig:
+    """One data source, read through `datasets` (hub) or from local files."""
+
+    kind: SourceKind = MISSING
+    # Hugging Face dataset id, e.g. togethercomputer/Long-Data-Collections; null = local files only.
+    hub_id: Optional[str] = None
+    # Pin a hub revision (commit sha) for reproducible fingerprints; null = the hub's default branch.
+    revision: Optional[str] = None
+    # Files (globs allowed): local paths, or paths inside the hub repository when hub_id is set.
+    # Local formats: .jsonl, .json (JSON Lines or one JSON list), .jsonl.zst, .parquet.
+    data_files: List[str] = field(default_factory=list)
+    split: str = "train"
+    # For kind=text: the chat format the `text` field is written in (llama2_inst or chatml).
+    template: str = "llama2_inst"
+    description: str = ""
+
+
+@dataclass
+class ComponentConfig:
+    """One component of the mixture: a source and its share of the final file."""
+
+    source: str = MISSING  # a name under `sources`
+    share: float = MISSING  # share of the final mixture, in `mixture.unit`; all shares sum to 1
+    # Stratify sampling by this: a record field, or a derived key (num_documents, num_turns).
+    strata: Optional[str] = None
+    # Allow sampling with replacement when the source is smaller than its share.
+    replace: bool = False
+    # Template for this component's `text`; null = mixture.template.
+    template: Optional[str] = None
+
+
+@dataclass
+class MixtureConfig:
+    """The Mix stage: a stratified, deduplicated, shuffled mixture of sources."""
+
+    _target_: str = "recipe.stages.mix.Mix"
+    total: int = MISSING  # size of mixture.jsonl, in `unit`
+    unit: Unit = Unit.examples
+    seed: int = 0
+    components: Dict[str, ComponentConfig] = field(default_factory=dict)
+    format: OutputFormat = OutputFormat.text
+    # llama2_inst | chatml | raw | a custom per-message string using {role} and {content}
+    template: str = "chatml"
+    # Held-out eval split (eval.jsonl), drawn from records not in the mixture, as total*eval_fraction.
+    eval_fraction: float = 0.0
+    dedupe: bool = True  # drop exact duplicate examples (within and across components)
+    # Token counter for `unit: tokens` and the manifest's totals: approx (UTF-8 bytes / 4) or whitespace.
+    tokenizer: str = "approx"
+    check: bool = True  # run the Together file check on the output files
+    progress: bool = True  # execution-only: show progress bars
+
+
+@dataclass
+class TogetherConfig:
+    """Where Together calls go. The key is read from TOGETHER_API_KEY unless given here; it is
+    never written to disk (see recipe/secrets.py)."""
+
+    base_url: Optional[str] = None  # null = $TOGETHER_BASE_URL or https://api.together.xyz/v1
+    api_key: Optional[str] = None  # null = $TOGETHER_API_KEY
+
+
+@dataclass
+class RecipeConfig:
+    """The root of the composed config."""
+
+    # Stages to run, in recipe order; null = every stage that has a config.
+    stages: Optional[List[str]] = None
+    # Validate and print the plan (fingerprints, cache hits, sizes) without running stages.
+    dry_run: bool = False
+    # The artifact store, shared by runs and sweeps (relative paths are relative to the cwd).
+    store_dir: str = "outputs/store"
+    together: TogetherConfig = field(default_factory=TogetherConfig)
+    sources: Dict[str, SourceConfig] = field(default_factory=dict)
+    mixture: Optional[MixtureConfig] = None
+    # Free-form notes carried into run.json (e.g. what an experiment is for).
+    notes: Dict[str, Any] = field(default_factory=dict)
+
+
+def _samples_path(name: str) -> str:
+    path = SAMPLES_DIR / name
+    if not path.exists():
+        raise ValueError(f"${{samples:{name}}}: no shipped sample file {name!r} in {SAMPLES_DIR}")
+    return str(path)
+
+
+def register_configs() -> None:
+    """Register the schemas and the `${samples:FILE}` resolver (idempotent)."""
+    if not OmegaConf.has_resolver("samples"):
+        OmegaConf.register_new_resolver("samples", _samples_path)
+    cs = ConfigStore.instance()
+    cs.store(name="recipe_schema", node=RecipeConfig)

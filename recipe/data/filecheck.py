@@ -1,0 +1,126 @@
+"""The Together fine-tuning file check (the rules of the official SDK's `together files check`).
+
+Mix runs it on its own output, and Train runs it before every upload, so a file Together would
+reject is caught on this machine, with its line number and rule, before any request is sent.
+
+Rules for JSON Lines: valid UTF-8; every line one JSON object (a blank line fails); all lines in one
+format, `text` | `messages` | `prompt`+`completion` | preference (`input`, `preferred_output`,
+`non_preferred_output`); no extra top-level keys; messages use roles system/user/assistant, never two
+of the same role in a row, with at least one assistant turn; at least one sample; at most 50.1 GB.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from recipe.errors import RecipeError
+
+MAX_FILE_BYTES = int(50.1 * 2**30)
+MIN_SAMPLES = 1
+FORMATS: dict[str, frozenset[str]] = {
+    "text": frozenset({"text"}),
+    "messages": frozenset({"messages"}),
+    "prompt_completion": frozenset({"prompt", "completion"}),
+    "preference": frozenset({"input", "preferred_output", "non_preferred_output"}),
+}
+ROLES = ("system", "user", "assistant")
+
+
+class FileCheckError(RecipeError):
+    def __init__(self, path: Path, line: int | None, rule: str, message: str) -> None:
+        self.path, self.line, self.rule = path, line, rule
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {message} [Together file check: {rule}]")
+
+
+def _check_messages(messages: Any, fail: Any, field: str = "messages") -> None:
+    if not isinstance(messages, list) or not messages:
+        fail("messages", f"'{field}' must be a non-empty list")
+    previous = None
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            fail("messages", f"{field}[{i}] must be an object")
+        extra = set(m) - {"role", "content", "weight"}
+        if extra:
+            fail("key_value", f"{field}[{i}] has unexpected keys {sorted(extra)}")
+        if m.get("role") not in ROLES:
+            fail("messages", f"{field}[{i}].role={m.get('role')!r} is not one of {', '.join(ROLES)}")
+        if not isinstance(m.get("content"), str):
+            fail("messages", f"{field}[{i}].content must be a string")
+        if "weight" in m and m["weight"] not in (0, 1):
+            fail("messages", f"{field}[{i}].weight must be 0 or 1")
+        if m["role"] == previous:
+            fail("messages", f"{field}[{i}]: two '{previous}' messages in a row")
+        previous = m["role"]
+
+
+def _check_record(record: dict[str, Any], fmt: str, fail: Any) -> None:
+    if fmt == "text":
+        if not isinstance(record["text"], str):
+            fail("text_field", "'text' must be a string")
+    elif fmt == "prompt_completion":
+        for key in ("prompt", "completion"):
+            if not isinstance(record[key], str):
+                fail("text_field", f"'{key}' must be a string")
+    elif fmt == "messages":
+        _check_messages(record["messages"], fail)
+        if not any(m["role"] == "assistant" for m in record["messages"]):
+            fail("messages", "no 'assistant' message")
+    else:
+        if not isinstance(record["input"], dict):
+            fail("preference", "'input' must be an object with 'messages'")
+        _check_messages(record["input"].get("messages"), fail, "input.messages")
+        for key in ("preferred_output", "non_preferred_output"):
+            _check_messages(record[key], fail, key)
+            if [m["role"] for m in record[key]] != ["assistant"]:
+                fail("preference", f"'{key}' must hold exactly one assistant message")
+
+
+def check_file(path: str | Path) -> dict[str, Any]:
+    """Check a JSONL file against Together's rules; return a report or raise FileCheckError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileCheckError(path, None, "found", "file not found")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise FileCheckError(path, None, "file_size", f"{size} bytes is over the 50.1 GB limit")
+    fmt: str | None = None
+    samples = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+
+            def fail(rule: str, message: str, _line: int = lineno) -> None:
+                raise FileCheckError(path, _line, rule, message)
+
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                fail("utf8", f"not valid UTF-8 ({e.reason} at byte {e.start})")
+            if not line.strip():
+                fail("line_type", "blank line")
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                fail("load_json", f"malformed JSON: {e.msg} (column {e.colno})")
+            if not isinstance(record, dict):
+                fail("line_type", f"expected a JSON object, got {type(record).__name__}")
+            keys = frozenset(record)
+            line_fmt = next((name for name, required in FORMATS.items() if keys == required), None)
+            if line_fmt is None:
+                near = next((n for n, req in FORMATS.items() if req <= keys), None)
+                if near:
+                    fail("key_value", f"unexpected keys {sorted(keys - FORMATS[near])} for the {near} format")
+                fail(
+                    "text_field", f"keys {sorted(keys)} match no format (text, messages, prompt+completion, preference)"
+                )
+            if fmt is None:
+                fmt = line_fmt
+            elif line_fmt != fmt:
+                fail("key_value", f"line is in the {line_fmt} format but earlier lines are {fmt}")
+            _check_record(record, line_fmt, fail)
+            samples += 1
+    if samples < MIN_SAMPLES:
+        raise FileCheckError(path, None, "min_samples", f"{samples} samples; at least {MIN_SAMPLES} needed")
+    return {"is_check_passed": True, "format": fmt, "num_samples": samples, "file_size": size}

@@ -1,0 +1,212 @@
+"""Data sources: records from the Hugging Face hub (through `datasets`) or from local files.
+
+Local JSON Lines (`.jsonl`, `.jsonl.zst`, `.json`) are streamed line by line by our own reader, so a
+bad record is reported with its file and line number (pyarrow's JSON reader, behind `datasets`,
+can name neither and silently skips blank lines); `.json` files holding one JSON list (ShareGPT raw)
+are read whole; parquet files and hub datasets go through `datasets.load_dataset(streaming=True)`.
+
+Every record is normalised into chat messages (`[{"role", "content"}]`, roles system/user/assistant,
+alternating, ending with an assistant answer), whatever the source's kind.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from recipe.data import templates
+from recipe.errors import RecipeError
+from recipe.store import sha256_file
+
+Message = dict[str, str]
+
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
+
+
+class DataError(RecipeError):
+    """Bad input data; the message names the source, file and line."""
+
+
+def source_files(name: str, source: DictConfig) -> list[Path]:
+    """The local files of a source (globs expanded, sorted); errors name `sources.<name>.data_files`."""
+    if not source.data_files:
+        raise DataError(f"sources.{name}: set hub_id or data_files (neither is set)")
+    files: list[Path] = []
+    for pattern in source.data_files:
+        matched = sorted(glob.glob(str(Path(pattern).expanduser())))
+        if not matched:
+            raise DataError(f"sources.{name}.data_files: {pattern!r} matches no file")
+        files.extend(Path(m) for m in matched)
+    return files
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(Path(path))  # size and mtime are part of the cache key only
+
+
+def source_identity(name: str, source: DictConfig) -> dict[str, Any]:
+    """What a source holds, for fingerprints: its settings and, for local files, their contents'
+    sha256 (not their paths, so the same data fingerprints the same on every machine)."""
+    identity: dict[str, Any] = {"kind": source.kind.value, "split": source.split}
+    if source.kind.value == "text":
+        identity["template"] = source.template
+    if source.hub_id:
+        identity.update(hub_id=source.hub_id, revision=source.revision, data_files=list(source.data_files))
+        return identity
+    files = []
+    for path in source_files(name, source):
+        st = path.stat()
+        files.append({"name": path.name, "sha256": _file_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)})
+    identity["files"] = files
+    return identity
+
+
+def _open_binary(path: Path) -> io.BufferedReader:
+    if path.name.endswith(".zst"):
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))  # type: ignore[arg-type]
+    return open(path, "rb")
+
+
+def read_json_records(path: Path) -> Iterator[tuple[bytes | dict[str, Any], str]]:
+    """Yield (raw JSON line bytes, "file:line") for JSON Lines, or (dict, "file item N") for a
+    file holding one JSON list. Lines are validated by `parse_line`, not here."""
+    with _open_binary(path) as f:
+        head = f.peek(64).lstrip()[:1]
+        if head == b"[":
+            try:
+                items = json.load(io.TextIOWrapper(f, encoding="utf-8", errors="strict"))
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{e.lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
+            for i, item in enumerate(items, 1):
+                if not isinstance(item, dict):
+                    raise DataError(f"{path} item {i}: expected a JSON object, got {type(item).__name__}")
+                yield item, f"{path} item {i}"
+            return
+        for lineno, raw in enumerate(f, 1):
+            yield raw, f"{path}:{lineno}"
+
+
+def parse_line(raw: bytes, where: str) -> dict[str, Any]:
+    """One JSON Lines line -> dict, with errors that name the file and line."""
+    if not raw.strip():
+        raise DataError(f"{where}: blank line (every line must hold one JSON object)")
+    try:
+        record = json.loads(raw)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: malformed JSON: {e.msg} (column {e.colno})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def iter_raw(name: str, source: DictConfig) -> Iterator[tuple[bytes | dict[str, Any], str]]:
+    """Every record of a source as (raw line bytes or dict, location)."""
+    if source.hub_id:
+        import datasets
+
+        ds = datasets.load_dataset(
+            source.hub_id,
+            data_files=list(source.data_files) or None,
+            split=source.split,
+            revision=source.revision,
+            streaming=True,
+        )
+        for i, record in enumerate(ds, 1):
+            yield record, f"{source.hub_id} record {i}"
+        return
+    for path in source_files(name, source):
+        if path.suffix == ".parquet":
+            import datasets
+
+            ds = datasets.load_dataset("parquet", data_files=[str(path)], split="train", streaming=True)
+            for i, record in enumerate(ds, 1):
+                yield record, f"{path} row {i}"
+        elif path.name.endswith((".jsonl", ".json", ".jsonl.zst", ".json.zst")):
+            yield from read_json_records(path)
+        else:
+            raise DataError(f"sources.{name}.data_files: {path} is not .jsonl, .json, .jsonl.zst or .parquet")
+
+
+def iter_records(name: str, source: DictConfig) -> Iterator[tuple[dict[str, Any], str]]:
+    """Every record of a source as (dict, location); errors name file and line."""
+    for raw, where in iter_raw(name, source):
+        yield (parse_line(raw, where) if isinstance(raw, bytes) else raw), where
+
+
+def _field(record: dict[str, Any], key: str, where: str, kind: str) -> str:
+    if key not in record:
+        raise DataError(f"{where}: missing field {key!r} (a {kind} record needs it)")
+    value = record[key]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _tidy(messages: list[Message]) -> list[Message] | None:
+    """Merge consecutive turns of one role, drop empty turns, trim to user-first / assistant-last."""
+    out: list[Message] = []
+    for m in messages:
+        if not m["content"].strip():
+            continue
+        if out and out[-1]["role"] == m["role"]:
+            out[-1] = {"role": m["role"], "content": out[-1]["content"] + "\n\n" + m["content"]}
+        else:
+            out.append(dict(m))
+    while out and out[0]["role"] == "assistant":
+        out.pop(0)
+    while out and out[-1]["role"] != "assistant":
+        out.pop()
+    return out if any(m["role"] == "user" for m in out) else None
+
+
+def to_messages(record: dict[str, Any], kind: str, where: str, text_template: str) -> list[Message] | None:
+    """Normalise one record to chat messages; None when it holds no answered user turn."""
+    if kind == "prompt_completion":
+        prompt = _field(record, "prompt", where, kind)
+        completion = _field(record, "completion", where, kind)
+        return _tidy([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}])
+    if kind == "text":
+        text = _field(record, "text", where, kind)
+        try:
+            return _tidy(templates.parse(text, text_template))
+        except ValueError as e:
+            raise DataError(f"{where}: {e} (source template {text_template})") from None
+    if kind == "sharegpt":
+        turns = record.get("conversations")
+        if not isinstance(turns, list):
+            raise DataError(f"{where}: missing field 'conversations' (a list of {{from, value}} turns)")
+        messages = []
+        for i, turn in enumerate(turns):
+            if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or "from" not in turn:
+                raise DataError(f"{where}: conversations[{i}] needs string fields 'from' and 'value'")
+            role = SHAREGPT_ROLES.get(str(turn["from"]).lower())
+            if role is None:
+                raise DataError(
+                    f"{where}: conversations[{i}].from={turn['from']!r} is not one of {sorted(SHAREGPT_ROLES)}"
+                )
+            messages.append({"role": role, "content": turn["value"]})
+        return _tidy(messages)
+    raise DataError(f"{where}: unknown source kind {kind!r}")

@@ -1,0 +1,104 @@
+"""Chat templates: messages <-> text.
+
+A conversation renders as prompt + completion, where the completion is the last assistant answer
+and the prompt is everything before it plus the template's generation prefix, so that
+`render(messages) == render_prompt(messages[:-1]) + render_completion(messages[-1])` always holds.
+
+- `llama2_inst`: the seed's format, `[INST] {user} [/INST] {answer} [INST] {user} [/INST] {answer}`
+  (a system message goes inside the first [INST] as `<<SYS>>\\n...\\n<</SYS>>\\n\\n`);
+- `chatml`: `<|im_start|>{role}\\n{content}<|im_end|>\\n` (SmolLM2, Qwen, ...);
+- `raw`: contents concatenated as they are (Long-Data-Collections' `text` = prompt + completion);
+- any other string is a custom per-message format using `{role}` and `{content}`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from recipe.errors import RecipeError
+
+Message = dict[str, str]
+NAMED = ("llama2_inst", "chatml", "raw")
+
+_INST_TURN = re.compile(r"\[INST\](.*?)\[/INST\](.*?)(?=\[INST\]|\Z)", re.DOTALL)
+_SYS = re.compile(r"^\s*<<SYS>>\n?(.*?)\n?<</SYS>>\s*", re.DOTALL)
+_CHATML_TURN = re.compile(r"<\|im_start\|>(\w+)\n(.*?)<\|im_end\|>\n?", re.DOTALL)
+
+
+def check_template(template: str, key: str) -> None:
+    """Raise if `template` is neither a named template nor a custom string with {content}."""
+    if template not in NAMED and "{content}" not in template:
+        raise RecipeError(
+            f"{key}={template!r}: not a template; use one of {', '.join(NAMED)} "
+            "or a custom per-message string containing {content} (and optionally {role})"
+        )
+
+
+def _piece(template: str, message: Message, first: bool) -> str:
+    role, content = message["role"], message["content"]
+    if template == "chatml":
+        return f"<|im_start|>{role}\n{content}<|im_end|>\n"
+    if template == "raw":
+        return content
+    if template == "llama2_inst":
+        if role == "system":
+            return f"[INST] <<SYS>>\n{content}\n<</SYS>>\n\n"
+        if role == "user":
+            return ("" if first else " ") + f"[INST] {content} [/INST]"
+        return f" {content}"
+    return template.replace("{role}", role).replace("{content}", content)
+
+
+def _generation_prefix(template: str) -> str:
+    if template == "chatml":
+        return "<|im_start|>assistant\n"
+    if template in ("raw", "llama2_inst"):
+        return ""
+    return template.split("{content}", 1)[0].replace("{role}", "assistant")
+
+
+def render_prompt(history: list[Message], template: str) -> str:
+    """Everything before the answer: the history, then the template's generation prefix."""
+    out = []
+    first = True
+    for i, m in enumerate(history):
+        if template == "llama2_inst" and m["role"] == "user" and i > 0 and history[i - 1]["role"] == "system":
+            out.append(f"{m['content']} [/INST]")  # the system block opened this [INST]
+        else:
+            out.append(_piece(template, m, first))
+        first = False
+    return "".join(out) + _generation_prefix(template)
+
+
+def render_completion(answer: Message, template: str) -> str:
+    piece = _piece(template, answer, first=False)
+    return piece[len(_generation_prefix(template)) :]
+
+
+def render(messages: list[Message], template: str) -> str:
+    return render_prompt(messages[:-1], template) + render_completion(messages[-1], template)
+
+
+def parse(text: str, template: str) -> list[Message]:
+    """Split a templated conversation back into messages (for `text` sources).
+
+    Raises ValueError if the text has no turns in that template."""
+    if template == "llama2_inst":
+        messages: list[Message] = []
+        matches = list(_INST_TURN.finditer(text))
+        if not matches or text[: matches[0].start()].strip():
+            raise ValueError("text does not start with an [INST] ... [/INST] turn")
+        for i, m in enumerate(matches):
+            user = m.group(1)
+            if i == 0 and (sys_match := _SYS.match(user)):
+                messages.append({"role": "system", "content": sys_match.group(1).strip()})
+                user = user[sys_match.end() :]
+            messages.append({"role": "user", "content": user.strip()})
+            messages.append({"role": "assistant", "content": m.group(2).strip()})
+        return messages
+    if template == "chatml":
+        matches = list(_CHATML_TURN.finditer(text))
+        if not matches:
+            raise ValueError("text has no <|im_start|>role ... <|im_end|> turns")
+        return [{"role": m.group(1), "content": m.group(2)} for m in matches]
+    raise ValueError(f"cannot parse text written in template {template!r}; use llama2_inst or chatml")

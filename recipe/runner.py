@@ -1,0 +1,152 @@
+"""The whole control flow: pick stages, fingerprint them, reuse or build artifacts, record run.json."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
+from omegaconf import DictConfig
+
+from recipe.stages import CONFIG_KEY, STAGE_ORDER, Stage, StageError
+from recipe.store import Artifact, ArtifactStore, fingerprint, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def configured_stages(cfg: DictConfig) -> list[str]:
+    return [s for s in STAGE_ORDER if cfg.get(CONFIG_KEY[s]) is not None]
+
+
+def select_stages(cfg: DictConfig) -> list[str]:
+    available = configured_stages(cfg)
+    if cfg.stages is None:
+        return available
+    for name in cfg.stages:
+        if name not in STAGE_ORDER:
+            raise StageError(f"stages: unknown stage {name!r}; the stages are {', '.join(STAGE_ORDER)}")
+        if name not in available:
+            raise StageError(f"stages: {name!r} has no config; choose one with {CONFIG_KEY[name]}=<option>")
+    return [s for s in STAGE_ORDER if s in cfg.stages]
+
+
+def build_stage(name: str, cfg: DictConfig) -> Stage:
+    """Instantiate a stage from its node's `_target_`, which must be a Stage class under recipe.*."""
+    key = CONFIG_KEY[name]
+    node = cfg.get(key)
+    if node is None:
+        raise StageError(f"stage {name!r} needs config `{key}`; choose one with {key}=<option>")
+    target = node.get("_target_")
+    if not isinstance(target, str) or not target.startswith("recipe."):
+        raise StageError(
+            f"{key}._target_={target!r} is refused: stage classes must live in the recipe package (recipe.*)"
+        )
+    try:
+        cls = get_class(target)
+    except Exception as e:  # hydra wraps import errors in its own types
+        raise StageError(f"{key}._target_={target!r} cannot be imported: {e}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Stage)):
+        raise StageError(f"{key}._target_={target!r} is not a recipe Stage class")
+    return cls(config=node, root=cfg)
+
+
+class _Plan:
+    """Stages and fingerprints, computed once, upstream first."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.stages: dict[str, Stage] = {}
+        self.fingerprints: dict[str, str] = {}
+
+    def stage(self, name: str) -> Stage:
+        if name not in self.stages:
+            self.stages[name] = build_stage(name, self.cfg)
+        return self.stages[name]
+
+    def fingerprint(self, name: str) -> str:
+        if name not in self.fingerprints:
+            stage = self.stage(name)
+            upstream = {up: self.fingerprint(up) for up in stage.upstream()}
+            self.fingerprints[name] = fingerprint(name, stage.version, stage.semantic_config(), upstream)
+        return self.fingerprints[name]
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the selected stages; return (and write to <run dir>/run.json) what happened."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
+    store = ArtifactStore(cfg.store_dir)
+    plan = _Plan(cfg)
+    record: dict[str, Any] = {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dry_run": bool(cfg.dry_run),
+        "store": str(store.root),
+        "stages": {},
+    }
+    artifacts: dict[str, Artifact] = {}
+    try:
+        for name in select_stages(cfg):
+            started = time.monotonic()
+            entry: dict[str, Any] = record["stages"].setdefault(name, {"status": "running"})
+            stage = plan.stage(name)
+            fp = plan.fingerprint(name)
+            entry["fingerprint"] = fp
+            inputs: dict[str, Artifact | None] = {}
+            for up in stage.upstream():
+                inputs[up] = artifacts.get(up) or store.get(up, plan.fingerprint(up))
+                if inputs[up] is None and not cfg.dry_run:
+                    raise StageError(
+                        f"stage {name!r} needs the {up!r} artifact {plan.fingerprint(up)}, which is not "
+                        f"in {store.root}; run it too: stages=[{up},{name}]"
+                    )
+            hit = store.get(name, fp)
+            entry["cache_hit"] = hit is not None
+            if cfg.dry_run:
+                entry["status"] = "planned"
+                entry["plan"] = "reuse " + str(hit.path) if hit else stage.plan(inputs)
+                log.info("[dry run] %s %s: %s", name, fp, entry["plan"])
+            else:
+                if hit is None:
+                    log.info("%s %s: running", name, fp)
+                    meta = {
+                        "stage": name,
+                        "fingerprint": fp,
+                        "version": stage.version,
+                        "upstream": {up: plan.fingerprint(up) for up in stage.upstream()},
+                        "config": stage.semantic_config(),
+                    }
+                    hit = store.build(name, fp, lambda out: stage.run(inputs, out), meta)  # type: ignore[arg-type]
+                else:
+                    log.info("%s %s: cache hit, reusing %s", name, fp, hit.path)
+                artifacts[name] = hit
+                manifest = hit.manifest
+                entry.update(status="ok", artifact=str(hit.path))
+                for key in ("usage", "cost_usd"):
+                    if key in manifest:
+                        entry[key] = manifest[key]
+            entry["seconds"] = round(time.monotonic() - started, 3)
+            write_json_atomic(run_dir / "run.json", record)
+    except BaseException as e:
+        failed = [n for n, s in record["stages"].items() if s.get("status") == "running"]
+        for name in failed:
+            record["stages"][name].update(status="failed", error=str(e) or type(e).__name__)
+        record["status"] = "failed"
+        write_json_atomic(run_dir / "run.json", record)
+        raise
+    record["status"] = "planned" if cfg.dry_run else "ok"
+    record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json_atomic(run_dir / "run.json", record)
+    print_summary(record, run_dir)
+    return record
+
+
+def print_summary(record: dict[str, Any], run_dir: Path) -> None:
+    print(f"{'stage':<8} {'status':<8} {'cache':<5} {'seconds':>8}  fingerprint / artifact or plan")
+    for name, s in record["stages"].items():
+        where = s.get("artifact") or s.get("plan", "")
+        cache = "hit" if s.get("cache_hit") else "-"
+        print(f"{name:<8} {s['status']:<8} {cache:<5} {s.get('seconds', 0):>8.2f}  {s.get('fingerprint', '')}  {where}")
+    print(f"run record: {run_dir / 'run.json'}")

@@ -1,0 +1,57 @@
+"""The stage contract.
+
+A stage is a class named by `_target_` in its config node (allow-listed to `recipe.*`). The runner
+builds it with `Stage(config=<its node>, root=<the whole config>)`, asks it for its semantic config
+(what its fingerprint hashes) and the upstream stages it needs, and calls `run(inputs, out_dir)`,
+which writes outputs into `out_dir` and returns the manifest fields. Stages never import the runner.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from omegaconf import DictConfig, OmegaConf
+
+from recipe.errors import RecipeError
+from recipe.secrets import strip_secrets
+from recipe.store import Artifact
+
+# The recipe's order; `stages=[...]` runs a subset of these, always in this order.
+STAGE_ORDER = ("distill", "mix", "train", "test", "deploy")
+# Where each stage's config node lives in the composed config.
+CONFIG_KEY = {"distill": "distill", "mix": "mixture", "train": "train", "test": "test", "deploy": "deploy"}
+
+
+class StageError(RecipeError):
+    """A problem with a stage's config or inputs, worded for the user (names key, file, line)."""
+
+
+class Stage:
+    name: ClassVar[str]
+    # Bump when a change in code changes what the stage produces: old artifacts stop matching.
+    version: ClassVar[str]
+    # Keys of the stage's node that change how, not what, it runs: left out of the fingerprint.
+    execution_keys: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: DictConfig, root: DictConfig) -> None:
+        self.config = config
+        self.root = root
+
+    def upstream(self) -> tuple[str, ...]:
+        """Names of stages whose artifacts this one needs."""
+        return ()
+
+    def semantic_config(self) -> dict[str, Any]:
+        """What the fingerprint hashes: the resolved node minus execution-only keys and secrets."""
+        node = OmegaConf.to_container(self.config, resolve=True, enum_to_str=True)
+        assert isinstance(node, dict)
+        return strip_secrets({k: v for k, v in node.items() if k not in self.execution_keys})
+
+    def plan(self, inputs: dict[str, Artifact | None]) -> str:
+        """One or two lines saying what `run` would do (for dry_run); must not do slow or paid work."""
+        return ""
+
+    def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
+        """Produce the artifact's files in `out_dir`; return the manifest's fields."""
+        raise NotImplementedError
