@@ -16,8 +16,8 @@ import hydra
 from omegaconf import DictConfig
 
 from recipe.config import register_configs
-from recipe.runner import run
 from recipe.errors import RecipeError
+from recipe.runner import run
 
 # conf/ sits at the top of the repository (next to recipe/); the project is installed editable.
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")

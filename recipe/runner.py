@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,13 +75,16 @@ class _Plan:
         return self.fingerprints[name]
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run the selected stages; return (and write to <run dir>/run.json) what happened."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
+def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
+    """Run the selected stages; return (and write to <run dir>/run.json) what happened.
+
+    `run_dir` defaults to Hydra's run directory (the current directory outside a Hydra job)."""
+    if run_dir is None:
+        run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
     store = ArtifactStore(cfg.store_dir)
     plan = _Plan(cfg)
     record: dict[str, Any] = {
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "dry_run": bool(cfg.dry_run),
         "store": str(store.root),
         "stages": {},
@@ -118,7 +121,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                         "upstream": {up: plan.fingerprint(up) for up in stage.upstream()},
                         "config": stage.semantic_config(),
                     }
-                    hit = store.build(name, fp, lambda out: stage.run(inputs, out), meta)  # type: ignore[arg-type]
+                    hit = store.build(name, fp, lambda out, s=stage, i=inputs: s.run(i, out), meta)  # type: ignore[misc]
                 else:
                     log.info("%s %s: cache hit, reusing %s", name, fp, hit.path)
                 artifacts[name] = hit
@@ -137,7 +140,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         write_json_atomic(run_dir / "run.json", record)
         raise
     record["status"] = "planned" if cfg.dry_run else "ok"
-    record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     write_json_atomic(run_dir / "run.json", record)
     print_summary(record, run_dir)
     return record

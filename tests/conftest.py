@@ -1,0 +1,56 @@
+"""Shared fixtures: compose configs with Hydra's compose API, run the real `recipe` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from recipe.cli import CONF_DIR
+from recipe.config import register_configs
+
+register_configs()
+RECIPE = str(Path(sys.executable).parent / "recipe")
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """compose(overrides) with the store in a temporary directory."""
+
+    def _make(*overrides: str) -> DictConfig:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose(config_name="config", overrides=[f"store_dir={tmp_path / 'store'}", *overrides])
+
+    return _make
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the installed `recipe` console script in a temporary working directory."""
+
+    def _run(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
+        proc = subprocess.run([RECIPE, *args], cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=300)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"recipe {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    return _run
+
+
+def latest_run(root: Path) -> dict:
+    """The newest run.json under root/outputs/runs."""
+    runs = sorted((root / "outputs" / "runs").glob("*/*/run.json"))
+    return json.loads(runs[-1].read_text())
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path

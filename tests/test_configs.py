@@ -1,0 +1,99 @@
+"""Every committed YAML composes against the schemas and is valid for its stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from recipe.cli import CONF_DIR
+from recipe.runner import build_stage, configured_stages
+from recipe.stages.mix import Mix
+
+CONF = Path(CONF_DIR)
+ALL_YAML = sorted(CONF.rglob("*.yaml"))
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_every_yaml_opens_with_a_usage_comment() -> None:
+    assert ALL_YAML
+    for path in ALL_YAML:
+        header = [line for line in path.read_text().splitlines() if not line.startswith("# @package")]
+        assert header[0].startswith("# recipe"), f"{path} must open with the command that uses it"
+
+
+def test_root_config_composes_with_every_source(make_cfg) -> None:
+    cfg = make_cfg()
+    assert sorted(cfg.sources) == options("source")
+    for name, source in cfg.sources.items():
+        assert source.kind.value in ("sharegpt", "text", "prompt_completion"), name
+        assert source.hub_id or source.data_files, name
+    # Shipped samples resolve to files in the package.
+    for name in ("sharegpt_sample", "llama_instruct_sample", "booksum_sample", "mqa_sample"):
+        assert Path(cfg.sources[name].data_files[0]).is_file()
+    assert configured_stages(cfg) == ["mix"]
+
+
+@pytest.mark.parametrize("mixture", options("mixture"))
+def test_every_mixture_composes_and_validates(make_cfg, mixture: str) -> None:
+    cfg = make_cfg(f"mixture={mixture}")
+    stage = build_stage("mix", cfg)
+    assert isinstance(stage, Mix)
+    assert stage.plan({}).startswith(f"mix {cfg.mixture.total} ")
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes(make_cfg, experiment: str) -> None:
+    cfg = make_cfg(f"experiment={experiment}")
+    assert cfg.notes.experiment == experiment
+    for stage in configured_stages(cfg):
+        build_stage(stage, cfg)
+
+
+def test_seed_experiment_uses_hub_sources_at_50_25_25(make_cfg) -> None:
+    cfg = make_cfg("experiment=llama2_7b_32k_instruct")
+    comps = cfg.mixture.components
+    assert {n: c.share for n, c in comps.items()} == {"instructions": 0.5, "booksum": 0.25, "mqa": 0.25}
+    assert cfg.sources[comps.instructions.source].hub_id == "togethercomputer/llama-instruct"
+    assert cfg.sources[comps.mqa.source].data_files == ["fine-tune/natural_questions_10_200_docs.jsonl.zst"]
+    assert cfg.mixture.total == 38000 and cfg.mixture.template == "llama2_inst"
+
+
+def test_a_typo_in_a_key_is_an_error_naming_it(make_cfg) -> None:
+    with pytest.raises(ConfigCompositionException) as err:
+        make_cfg("mixture.totl=5")
+    assert "totl" in str(err.value) or "totl" in str(err.value.__cause__)
+
+
+def test_a_wrong_type_is_an_error_naming_the_key(make_cfg) -> None:
+    with pytest.raises(ConfigCompositionException) as err:
+        make_cfg("mixture.total=lots")
+    text = f"{err.value} {err.value.__cause__}"
+    assert "mixture.total" in text and "lots" in text
+
+
+def test_an_unknown_enum_value_is_an_error(make_cfg) -> None:
+    with pytest.raises(ConfigCompositionException) as err:
+        make_cfg("mixture.unit=bytes")
+    assert "mixture.unit" in f"{err.value} {err.value.__cause__}"
+
+
+def test_unknown_key_inside_a_source_is_rejected(make_cfg) -> None:
+    with pytest.raises((ConfigCompositionException, ConfigKeyError, ValidationError)) as err:
+        make_cfg("sources.booksum_sample.colour=red")
+    assert "colour" in f"{err.value} {err.value.__cause__}"
+
+
+def test_a_typo_in_a_users_yaml_file_is_an_error_naming_the_key(make_cfg, tmp_path: Path) -> None:
+    (tmp_path / "conf" / "source").mkdir(parents=True)
+    (tmp_path / "conf" / "source" / "mine.yaml").write_text(
+        "# recipe +source@sources.mine=mine\nkind: text\ndata_file: [x.jsonl]\n"
+    )
+    with pytest.raises(ConfigCompositionException) as err:
+        make_cfg(f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "+source@sources.mine=mine")
+    assert "data_file" in f"{err.value} {err.value.__cause__}"

@@ -1,0 +1,310 @@
+"""The Mix stage on the shipped samples and on hand-made sources, through the real runner."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import zstandard
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from recipe.config import ComponentConfig, SourceConfig
+from recipe.data.filecheck import check_file
+from recipe.errors import RecipeError
+from recipe.runner import run
+from recipe.stages.mix import largest_remainder
+
+from .conftest import write_jsonl
+
+
+def mix(cfg: DictConfig, tmp_path: Path) -> dict:
+    record = run(cfg, run_dir=tmp_path)
+    assert record["stages"]["mix"]["status"] == "ok"
+    return record["stages"]["mix"]
+
+
+def artifact(entry: dict) -> tuple[Path, dict]:
+    path = Path(entry["artifact"])
+    return path, json.loads((path / "manifest.json").read_text())
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def with_components(cfg: DictConfig, sources: dict[str, dict], components: dict[str, dict], **mixture) -> DictConfig:
+    """Replace the mixture's components (and add sources) on a composed config."""
+    with open_dict(cfg):
+        for name, source in sources.items():
+            cfg.sources[name] = OmegaConf.merge(OmegaConf.structured(SourceConfig), source)
+        cfg.mixture.components = {
+            n: OmegaConf.merge(OmegaConf.structured(ComponentConfig), c) for n, c in components.items()
+        }
+        for key, value in mixture.items():
+            cfg.mixture[key] = value
+        cfg.mixture.progress = False
+    return cfg
+
+
+def pc_records(n: int, prefix: str = "q") -> list[dict]:
+    return [{"prompt": f"{prefix} {i}?", "completion": f" answer {i}"} for i in range(n)]
+
+
+def store_entries(tmp_path: Path) -> list[Path]:
+    root = tmp_path / "store" / "mix"
+    return sorted(root.iterdir()) if root.exists() else []
+
+
+# ---- the shipped samples ----------------------------------------------------------------------
+
+
+def test_offline_mixture_counts_strata_sha_and_check(make_cfg, tmp_path: Path) -> None:
+    entry = mix(make_cfg("stages=[mix]", "mixture.progress=false"), tmp_path)
+    path, manifest = artifact(entry)
+    assert entry["cache_hit"] is False and entry["seconds"] >= 0
+    assert manifest["counts"] == {"booksum": 8, "instructions": 16, "mqa": 8}
+    assert manifest["examples"] == 32 == len(lines(path / "mixture.jsonl"))
+    assert sum(manifest["strata"]["mqa"].values()) == 8
+    assert set(manifest["strata"]["mqa"]) <= {"3", "5", "8", "12"} and len(manifest["strata"]["mqa"]) == 4
+    assert manifest["sha256"] == hashlib.sha256((path / "mixture.jsonl").read_bytes()).hexdigest()
+    assert manifest["tokens"] == sum(manifest["tokens_by_component"].values()) > 0
+    assert manifest["check"]["is_check_passed"] and manifest["check"]["format"] == "text"
+    # The held-out split: 12.5% of 32, same shares, disjoint from the mixture.
+    assert manifest["eval"]["counts"] == {"booksum": 1, "instructions": 2, "mqa": 1}
+    train = {json.dumps(x) for x in lines(path / "mixture.jsonl")}
+    held = {json.dumps(x) for x in lines(path / "eval.jsonl")}
+    assert len(held) == 4 and not train & held
+    # ChatML for the embedded model.
+    assert all(x["text"].startswith("<|im_start|>user\n") for x in lines(path / "mixture.jsonl"))
+
+
+def test_second_run_is_a_cache_hit_and_seed_changes_the_file(make_cfg, tmp_path: Path) -> None:
+    first = mix(make_cfg("mixture.progress=false"), tmp_path)
+    again = mix(make_cfg("mixture.progress=true"), tmp_path)  # execution-only key: same fingerprint
+    assert again["cache_hit"] and again["fingerprint"] == first["fingerprint"]
+    assert artifact(again)[1]["sha256"] == artifact(first)[1]["sha256"]
+    other = mix(make_cfg("mixture.seed=1", "mixture.progress=false"), tmp_path)
+    assert not other["cache_hit"] and other["fingerprint"] != first["fingerprint"]
+    assert artifact(other)[1]["sha256"] != artifact(first)[1]["sha256"]
+
+
+def test_same_config_and_seed_give_a_byte_identical_file(make_cfg, tmp_path: Path) -> None:
+    a = artifact(mix(make_cfg("mixture.progress=false"), tmp_path))[0]
+    b_cfg = make_cfg("mixture.progress=false", f"store_dir={tmp_path / 'other_store'}")
+    b = artifact(mix(b_cfg, tmp_path))[0]
+    assert a != b
+    assert (a / "mixture.jsonl").read_bytes() == (b / "mixture.jsonl").read_bytes()
+    assert (a / "eval.jsonl").read_bytes() == (b / "eval.jsonl").read_bytes()
+
+
+def test_largest_remainder_sums_exactly() -> None:
+    assert largest_remainder(10, [0.5, 0.25, 0.25]) == [5, 3, 2]
+    assert largest_remainder(7, [1, 1, 1]) == [3, 2, 2]
+    assert largest_remainder(0, [0.3, 0.7]) == [0, 0]
+    for total in range(1, 50):
+        assert sum(largest_remainder(total, [0.4, 0.35, 0.25])) == total
+
+
+@pytest.mark.parametrize("fmt", ["text", "messages", "prompt_completion"])
+@pytest.mark.parametrize("template", ["llama2_inst", "chatml", "raw", "### {role}:\n{content}\n"])
+def test_every_format_and_template_passes_the_file_check(make_cfg, tmp_path: Path, fmt: str, template: str) -> None:
+    cfg = make_cfg("mixture.progress=false", f"mixture.format={fmt}", f"mixture.template='{template}'")
+    path, _manifest = artifact(mix(cfg, tmp_path))
+    assert check_file(path / "mixture.jsonl")["format"] == fmt
+    first = lines(path / "mixture.jsonl")[0]
+    if fmt == "messages":
+        assert [m["role"] for m in first["messages"]][-1] == "assistant"
+    if fmt == "text" and template == "llama2_inst":
+        assert any(x["text"].startswith("[INST] ") for x in lines(path / "mixture.jsonl"))
+
+
+def test_per_component_template_overrides_the_mixture_template(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg("mixture.progress=false", "mixture.template=llama2_inst", "mixture.components.booksum.template=raw")
+    path, _ = artifact(mix(cfg, tmp_path))
+    texts = [x["text"] for x in lines(path / "mixture.jsonl")]
+    booksum = [t for t in texts if "Can you write an appropriate summary" in t]
+    assert booksum and all(t.startswith("Chapter ") for t in booksum)  # raw: prompt + completion as is
+    assert all(t.startswith("[INST] ") for t in texts if t not in booksum)
+
+
+def test_tokens_unit_splits_a_token_budget(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg("mixture.progress=false", "mixture.unit=tokens", "mixture.total=4000", "mixture.eval_fraction=0")
+    _, manifest = artifact(mix(cfg, tmp_path))
+    by = manifest["tokens_by_component"]
+    # Each component reaches its budget, overshooting by less than one record.
+    assert by["instructions"] >= 2000 and by["booksum"] >= 1000 and by["mqa"] >= 1000
+    assert manifest["tokens"] < 4000 + 3 * 1000
+
+
+# ---- hand-made sources ------------------------------------------------------------------------
+
+
+def test_too_small_source_is_a_clear_error_and_nothing_is_stored(make_cfg, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "small.jsonl", pc_records(5))
+    cfg = with_components(
+        make_cfg(),
+        {"small": {"kind": "prompt_completion", "data_files": [str(src)]}},
+        {"only": {"source": "small", "share": 1.0}},
+        total=8,
+        eval_fraction=0.0,
+    )
+    with pytest.raises(RecipeError, match=r"mixture.components.only: needs 8 examples .* has 5 .*replace=true"):
+        run(cfg, run_dir=tmp_path)
+    assert store_entries(tmp_path) == []
+    assert json.loads((tmp_path / "run.json").read_text())["stages"]["mix"]["status"] == "failed"
+    with open_dict(cfg):
+        cfg.mixture.components.only.replace = True
+    path, _manifest = artifact(mix(cfg, tmp_path))
+    rows = lines(path / "mixture.jsonl")
+    assert len(rows) == 8 and len({json.dumps(r) for r in rows}) == 5  # every record once, 3 repeated
+
+
+def test_exact_duplicates_are_removed_within_and_across_components(make_cfg, tmp_path: Path) -> None:
+    a = write_jsonl(tmp_path / "a.jsonl", pc_records(10) + pc_records(3))  # 3 repeats inside
+    b = write_jsonl(tmp_path / "b.jsonl", pc_records(2) + pc_records(10, "z"))  # 2 shared with a
+    cfg = with_components(
+        make_cfg(),
+        {
+            "a": {"kind": "prompt_completion", "data_files": [str(a)]},
+            "b": {"kind": "prompt_completion", "data_files": [str(b)]},
+        },
+        {"a": {"source": "a", "share": 0.5}, "b": {"source": "b", "share": 0.5}},
+        total=20,
+        eval_fraction=0.0,
+    )
+    path, manifest = artifact(mix(cfg, tmp_path))
+    assert manifest["sources"]["a"]["duplicates_removed"] == 3
+    assert manifest["sources"]["b"]["duplicates_removed"] == 2
+    rows = [json.dumps(r) for r in lines(path / "mixture.jsonl")]
+    assert len(rows) == len(set(rows)) == 20
+
+
+def test_strata_from_a_record_field_are_proportional(make_cfg, tmp_path: Path) -> None:
+    records = [{"prompt": f"p{i}", "completion": "c", "lang": "en"} for i in range(30)]
+    records += [{"prompt": f"q{i}", "completion": "c", "lang": "fr"} for i in range(10)]
+    src = write_jsonl(tmp_path / "s.jsonl", records)
+    cfg = with_components(
+        make_cfg(),
+        {"s": {"kind": "prompt_completion", "data_files": [str(src)]}},
+        {"s": {"source": "s", "share": 1.0, "strata": "lang"}},
+        total=20,
+        eval_fraction=0.0,
+    )
+    _, manifest = artifact(mix(cfg, tmp_path))
+    assert manifest["strata"]["s"] == {"en": 15, "fr": 5}
+
+
+def test_zst_json_list_and_parquet_sources(make_cfg, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    zst = tmp_path / "a.jsonl.zst"
+    zst.write_bytes(
+        zstandard.ZstdCompressor().compress("".join(json.dumps(r) + "\n" for r in pc_records(6, "z")).encode())
+    )
+    listed = tmp_path / "b.json"
+    listed.write_text(
+        json.dumps(
+            [
+                {"conversations": [{"from": "human", "value": f"hi {i}"}, {"from": "gpt", "value": "hello"}]}
+                for i in range(6)
+            ]
+        )
+    )
+    parquet = tmp_path / "c.parquet"
+    pq.write_table(pa.Table.from_pylist(pc_records(6, "p")), parquet)
+    cfg = with_components(
+        make_cfg(),
+        {
+            "zst": {"kind": "prompt_completion", "data_files": [str(zst)]},
+            "listed": {"kind": "sharegpt", "data_files": [str(listed)]},
+            "parquet": {"kind": "prompt_completion", "data_files": [str(parquet)]},
+        },
+        {
+            "zst": {"source": "zst", "share": 0.5},
+            "listed": {"source": "listed", "share": 0.25},
+            "parquet": {"source": "parquet", "share": 0.25},
+        },
+        total=8,
+        eval_fraction=0.0,
+        format="messages",
+    )
+    path, manifest = artifact(mix(cfg, tmp_path))
+    assert manifest["counts"] == {"listed": 2, "parquet": 2, "zst": 4}
+    contents = " ".join(m["content"] for r in lines(path / "mixture.jsonl") for m in r["messages"])
+    assert "z " in contents and "p " in contents and "hi " in contents
+
+
+# ---- bad input: a clear error naming the place, and nothing written to the store ---------------
+
+BAD_LINES = [
+    (b'{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": \n', r"bad\.jsonl:2: malformed JSON"),
+    (b'{"prompt": "a", "completion": "b"}\n\n{"prompt": "c", "completion": "d"}\n', r"bad\.jsonl:2: blank line"),
+    (
+        b'{"prompt": "a", "completion": "b"}\n{"prompt": "\xff\xfe", "completion": "b"}\n',
+        r"bad\.jsonl:2: not valid UTF-8",
+    ),
+    (b'{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n', r"bad\.jsonl:2: missing field 'completion'"),
+    (b'{"prompt": "a", "completion": "b"}\n[1, 2]\n', r"bad\.jsonl:2: expected a JSON object"),
+    (b"", r"sources\.bad: no records"),
+]
+
+
+@pytest.mark.parametrize(("content", "message"), BAD_LINES)
+def test_bad_input_names_the_file_and_line(make_cfg, tmp_path: Path, content: bytes, message: str) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(content)
+    cfg = with_components(
+        make_cfg(),
+        {"bad": {"kind": "prompt_completion", "data_files": [str(bad)]}},
+        {"bad": {"source": "bad", "share": 1.0}},
+        total=1,
+        eval_fraction=0.0,
+    )
+    with pytest.raises(RecipeError, match=message):
+        run(cfg, run_dir=tmp_path)
+    mix_dir = tmp_path / "store" / "mix"
+    assert not mix_dir.exists() or list(mix_dir.iterdir()) == []  # no artifact, no temp dir left
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["mixture.components.booksum.share=0.5"],
+            r"shares must sum to 1, got 1.25 \(booksum=0.5, instructions=0.5, mqa=0.25\)",
+        ),
+        (["mixture.total=0"], r"mixture.total=0: must be a positive"),
+        (["mixture.total=-3"], r"mixture.total=-3"),
+        (["mixture.components.mqa.source=nope"], r"mixture.components.mqa.source='nope': no such source"),
+        (["+mixture.components.extra.share=0.1"], r"mixture.components.extra"),
+        (["mixture.template=mine"], r"mixture.template='mine': not a template"),
+        (["mixture.eval_fraction=1.5"], r"mixture.eval_fraction=1.5"),
+        (["mixture.tokenizer=gpt9"], r"mixture.tokenizer='gpt9'"),
+        (
+            ["mixture.components.mqa.strata=colour"],
+            r"mqa\.jsonl:1: missing field 'colour' named by mixture.components.mqa.strata",
+        ),
+    ],
+)
+def test_bad_config_is_a_clear_error(make_cfg, tmp_path: Path, overrides: list[str], message: str) -> None:
+    with pytest.raises(Exception, match=message):
+        run(make_cfg("mixture.progress=false", *overrides), run_dir=tmp_path)
+    assert store_entries(tmp_path) == []
+
+
+def test_unknown_source_file_is_named(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg("mixture.progress=false")
+    with open_dict(cfg):
+        cfg.sources.booksum_sample.data_files = [str(tmp_path / "missing-*.jsonl")]
+    with pytest.raises(RecipeError, match=r"sources.booksum_sample.data_files: '.*missing-\*.jsonl' matches no file"):
+        run(cfg, run_dir=tmp_path)
+
+
+def test_manifest_config_holds_no_paths_only_content_hashes(make_cfg, tmp_path: Path) -> None:
+    _, manifest = artifact(mix(make_cfg("mixture.progress=false"), tmp_path))
+    files = manifest["config"]["sources"]["booksum_sample"]["files"]
+    assert files[0]["name"] == "booksum.jsonl" and len(files[0]["sha256"]) == 64
+    assert OmegaConf.create(manifest["config"])  # plain JSON-able

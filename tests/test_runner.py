@@ -1,0 +1,82 @@
+"""The generic runner: stage selection, the _target_ allow-list, dry runs and run.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import open_dict
+
+from recipe.runner import run
+from recipe.stages import StageError
+
+
+def test_target_outside_the_recipe_package_is_refused(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg("mixture._target_=os.system")
+    with pytest.raises(StageError, match=r"mixture._target_='os.system' is refused.*recipe\.\*"):
+        run(cfg, run_dir=tmp_path)
+
+
+def test_target_that_is_not_a_stage_is_refused(make_cfg, tmp_path: Path) -> None:
+    with pytest.raises(StageError, match="not a recipe Stage class"):
+        run(make_cfg("mixture._target_=recipe.store.ArtifactStore"), run_dir=tmp_path)
+    with pytest.raises(StageError, match="cannot be imported"):
+        run(make_cfg("mixture._target_=recipe.stages.nothing.Here"), run_dir=tmp_path)
+
+
+def test_unknown_or_unconfigured_stage_is_an_error(make_cfg, tmp_path: Path) -> None:
+    with pytest.raises(StageError, match=r"stages: unknown stage 'mixx'; the stages are distill, mix, train"):
+        run(make_cfg("stages=[mixx]"), run_dir=tmp_path)
+    with pytest.raises(StageError, match=r"stages: 'train' has no config"):
+        run(make_cfg("stages=[train]"), run_dir=tmp_path)
+
+
+def test_dry_run_plans_without_writing_the_store(make_cfg, tmp_path: Path, capsys) -> None:
+    record = run(make_cfg("dry_run=true"), run_dir=tmp_path)
+    mix = record["stages"]["mix"]
+    assert record["status"] == "planned" and mix["status"] == "planned" and not mix["cache_hit"]
+    assert mix["plan"].startswith("mix 32 examples (booksum=8 from booksum_sample, instructions=16")
+    assert not (tmp_path / "store").exists()
+    assert "planned" in capsys.readouterr().out
+    # After a real run the plan says it would reuse the artifact.
+    run(make_cfg("mixture.progress=false"), run_dir=tmp_path)
+    again = run(make_cfg("dry_run=true"), run_dir=tmp_path)["stages"]["mix"]
+    assert again["cache_hit"] and again["plan"].startswith("reuse ")
+
+
+def test_run_json_has_the_contract_fields(make_cfg, tmp_path: Path) -> None:
+    run(make_cfg("mixture.progress=false"), run_dir=tmp_path)
+    record = json.loads((tmp_path / "run.json").read_text())
+    mix = record["stages"]["mix"]
+    assert record["status"] == "ok"
+    assert set(mix) >= {"status", "fingerprint", "artifact", "cache_hit", "seconds"}
+    assert Path(mix["artifact"], "manifest.json").is_file()
+
+
+def test_fingerprint_ignores_execution_keys_and_sample_location(make_cfg, tmp_path: Path) -> None:
+    base = run(make_cfg("mixture.progress=false", "dry_run=true"), run_dir=tmp_path)["stages"]["mix"]["fingerprint"]
+    progress = run(make_cfg("mixture.progress=true", "dry_run=true"), run_dir=tmp_path)["stages"]["mix"]["fingerprint"]
+    assert base == progress
+    # The same bytes at another path fingerprint the same; other bytes do not.
+    cfg = make_cfg("dry_run=true")
+    copy = tmp_path / "booksum.jsonl"
+    copy.write_bytes(Path(cfg.sources.booksum_sample.data_files[0]).read_bytes())
+    with open_dict(cfg):
+        cfg.sources.booksum_sample.data_files = [str(copy)]
+    assert run(cfg, run_dir=tmp_path)["stages"]["mix"]["fingerprint"] == base
+    copy.write_bytes(copy.read_bytes() + b'{"prompt": "new", "completion": "one"}\n')
+    assert run(cfg, run_dir=tmp_path)["stages"]["mix"]["fingerprint"] != base
+
+
+def test_a_crashed_build_leaves_no_complete_artifact(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    from recipe.stages import mix as mix_module
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C halfway through writing
+
+    monkeypatch.setattr(mix_module.Mix, "_write", boom)
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg("mixture.progress=false"), run_dir=tmp_path)
+    assert list((tmp_path / "store" / "mix").iterdir()) == []
+    assert json.loads((tmp_path / "run.json").read_text())["stages"]["mix"]["status"] == "failed"
