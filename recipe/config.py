@@ -90,6 +90,7 @@ class MixtureConfig:
     tokenizer: str = "approx"
     check: bool = True  # run the Together file check on the output files
     progress: bool = True  # execution-only: show progress bars
+    workers: int = 0  # execution-only: processes reading large JSON Lines sources; 0 = one per CPU
 
 
 @dataclass

@@ -107,6 +107,50 @@ def read_json_records(path: Path) -> Iterator[tuple[bytes | dict[str, Any], str]
             yield raw, f"{path}:{lineno}"
 
 
+def jsonl_chunks(path: Path, chunk_bytes: int) -> list[tuple[int, int]]:
+    """Byte ranges covering a JSON Lines file, each ending at a line end (for parallel reading)."""
+    size = path.stat().st_size
+    bounds = [0]
+    with open(path, "rb") as f:
+        while bounds[-1] + chunk_bytes < size:
+            f.seek(bounds[-1] + chunk_bytes)
+            f.readline()
+            if f.tell() >= size:
+                break
+            bounds.append(f.tell())
+    return list(zip(bounds, [*bounds[1:], size], strict=True))
+
+
+def read_jsonl_range(path: Path, start: int, end: int, first_line: int) -> Iterator[tuple[bytes, str]]:
+    """Yield (raw line, "file:line") for the lines in bytes [start, end) of a JSON Lines file."""
+    with open(path, "rb", buffering=1 << 20) as f:
+        f.seek(start)
+        position = start
+        for lineno, raw in enumerate(f, first_line):
+            if position >= end:
+                break
+            position += len(raw)
+            yield raw, f"{path}:{lineno}"
+
+
+def count_lines_before(path: Path, offset: int) -> int:
+    """Newlines in the first `offset` bytes of a file."""
+    count = 0
+    with open(path, "rb") as f:
+        while offset > 0 and (block := f.read(min(1 << 24, offset))):
+            count += block.count(b"\n")
+            offset -= len(block)
+    return count
+
+
+def is_plain_jsonl(path: Path) -> bool:
+    """An uncompressed JSON Lines file (not a JSON list): it can be split into byte ranges."""
+    if not path.name.endswith(".jsonl"):
+        return False
+    with open(path, "rb") as f:
+        return f.read(64).lstrip()[:1] != b"["
+
+
 def parse_line(raw: bytes, where: str) -> dict[str, Any]:
     """One JSON Lines line -> dict, with errors that name the file and line."""
     if not raw.strip():

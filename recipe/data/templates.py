@@ -20,7 +20,7 @@ from recipe.errors import RecipeError
 Message = dict[str, str]
 NAMED = ("llama2_inst", "chatml", "raw")
 
-_INST_TURN = re.compile(r"\[INST\](.*?)\[/INST\](.*?)(?=\[INST\]|\Z)", re.DOTALL)
+_INST_MARK = re.compile(r"(\[/?INST\])")
 _SYS = re.compile(r"^\s*<<SYS>>\n?(.*?)\n?<</SYS>>\s*", re.DOTALL)
 _CHATML_TURN = re.compile(r"<\|im_start\|>(\w+)\n(.*?)<\|im_end\|>\n?", re.DOTALL)
 
@@ -84,17 +84,21 @@ def parse(text: str, template: str) -> list[Message]:
 
     Raises ValueError if the text has no turns in that template."""
     if template == "llama2_inst":
-        messages: list[Message] = []
-        matches = list(_INST_TURN.finditer(text))
-        if not matches or text[: matches[0].start()].strip():
+        # [lead, "[INST]", user, "[/INST]", answer, "[INST]", user, ...]: markers must alternate.
+        parts = _INST_MARK.split(text)
+        if len(parts) < 5 or parts[0].strip():
             raise ValueError("text does not start with an [INST] ... [/INST] turn")
-        for i, m in enumerate(matches):
-            user = m.group(1)
-            if i == 0 and (sys_match := _SYS.match(user)):
-                messages.append({"role": "system", "content": sys_match.group(1).strip()})
-                user = user[sys_match.end() :]
+        if parts[1::4] != ["[INST]"] * len(parts[1::4]) or parts[3::4] != ["[/INST]"] * len(parts[3::4]):
+            raise ValueError("[INST] and [/INST] markers do not alternate")
+        messages: list[Message] = []
+        users = parts[2::4]
+        answers = parts[4::4]
+        if users and (sys_match := _SYS.match(users[0])):
+            messages.append({"role": "system", "content": sys_match.group(1).strip()})
+            users[0] = users[0][sys_match.end() :]
+        for user, answer in zip(users, answers, strict=False):
             messages.append({"role": "user", "content": user.strip()})
-            messages.append({"role": "assistant", "content": m.group(2).strip()})
+            messages.append({"role": "assistant", "content": answer.strip()})
         return messages
     if template == "chatml":
         matches = list(_CHATML_TURN.finditer(text))

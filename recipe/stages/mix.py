@@ -26,10 +26,14 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
+import os
 import re
 import zlib
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +43,26 @@ from tqdm import tqdm
 
 from recipe.data import templates
 from recipe.data.filecheck import check_file
-from recipe.data.sources import iter_raw, parse_line, source_identity, to_messages
+from recipe.data.sources import (
+    count_lines_before,
+    is_plain_jsonl,
+    iter_raw,
+    jsonl_chunks,
+    parse_line,
+    read_jsonl_range,
+    source_files,
+    source_identity,
+    to_messages,
+)
+from recipe.errors import RecipeError
 from recipe.stages import Stage, StageError
 from recipe.store import Artifact
 
 Message = dict[str, str]
 MIXTURE_FILE = "mixture.jsonl"
 EVAL_FILE = "eval.jsonl"
+CHUNK_BYTES = 32 << 20  # JSON Lines files are read in ranges of this size, in parallel
+POOL_MIN_BYTES = 64 << 20  # below this, worker start-up costs more than it saves
 _DOCUMENT_LINE = re.compile(r"(?m)^Document \[\d+\]")
 
 TOKEN_COUNTERS: dict[str, Callable[[str], int]] = {
@@ -90,7 +107,7 @@ class Mix(Stage):
 
     name = "mix"
     version = "1"
-    execution_keys = frozenset({"progress"})
+    execution_keys = frozenset({"progress", "workers"})
 
     def __init__(self, config: DictConfig, root: DictConfig) -> None:
         super().__init__(config, root)
@@ -149,13 +166,9 @@ class Mix(Stage):
     # ---- run ------------------------------------------------------------------------------
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
         c = self.config
-        spool_path = out_dir / ".spool"
-        index = _Index()
-        stats: dict[str, dict[str, Any]] = {}
-        with open(spool_path, "wb") as spool:
-            for comp_id, name in enumerate(self.components):
-                stats[name] = self._read_component(comp_id, name, spool, index)
-        arrays = index.freeze()
+        units = self._units(out_dir)
+        results = self._read_all(units)
+        arrays, strata, stats = self._merge(units, results)
 
         keep = np.ones(len(arrays["hash"]), dtype=bool)
         if c.dedupe and len(keep):
@@ -167,9 +180,7 @@ class Mix(Stage):
         for comp_id, name in enumerate(self.components):
             mine = np.flatnonzero((arrays["component"] == comp_id) & keep)
             stats[name]["duplicates_removed"] = int(np.count_nonzero(arrays["component"] == comp_id)) - len(mine)
-            train, held = self._select(
-                name, mine, arrays, index.strata[comp_id], train_targets[name], eval_targets[name]
-            )
+            train, held = self._select(name, mine, arrays, strata[comp_id], train_targets[name], eval_targets[name])
             train_parts.append(train)
             eval_parts.append(held)
         shuffle = np.random.default_rng(np.random.SeedSequence([c.seed, zlib.crc32(b"\0shuffle")]))
@@ -183,16 +194,15 @@ class Mix(Stage):
             "format": c.format.value,
             "template": c.template,
         }
-        with open(spool_path, "rb") as spool_file:
-            spool = mmap.mmap(spool_file.fileno(), 0, access=mmap.ACCESS_READ) if arrays["offset"].size else b""
-            manifest.update(self._write(out_dir / MIXTURE_FILE, train_order, spool, arrays, index))
-            if len(eval_order):
-                manifest["eval"] = self._write(out_dir / EVAL_FILE, eval_order, spool, arrays, index)
-            else:
-                manifest["eval"] = None
+        spools = [_map(Path(u.spool)) for u in units]
+        manifest.update(self._write(out_dir / MIXTURE_FILE, train_order, spools, arrays, strata))
+        manifest["eval"] = (
+            self._write(out_dir / EVAL_FILE, eval_order, spools, arrays, strata) if len(eval_order) else None
+        )
+        for spool, unit in zip(spools, units, strict=True):
             if isinstance(spool, mmap.mmap):
                 spool.close()
-        spool_path.unlink()
+            Path(unit.spool).unlink()
         manifest["sources"] = stats
         if c.check:
             manifest["check"] = check_file(out_dir / MIXTURE_FILE)
@@ -200,53 +210,105 @@ class Mix(Stage):
                 check_file(out_dir / EVAL_FILE)
         return manifest
 
-    def _read_component(self, comp_id: int, name: str, spool: Any, index: _Index) -> dict[str, Any]:
-        """Stream one component's source into the spool; return its read statistics."""
+    def _units(self, out_dir: Path) -> list[_Unit]:
+        """Split the reading into units: byte ranges of plain JSON Lines files (which can run in
+        worker processes), or whole sources (hub, parquet, zstd, JSON lists) read here."""
         c = self.config
-        comp = c.components[name]
-        source = self.root.sources[comp.source]
-        kind = source.kind.value
-        fmt = c.format.value
-        template = comp.template or c.template
-        count_tokens = TOKEN_COUNTERS[c.tokenizer]
-        strata_key = comp.strata
-        strata_ids = index.new_component()
-        records = skipped = 0
-        progress = tqdm(desc=f"mix {name}", unit=" rec", disable=not c.progress, mininterval=0.5)
-        for raw, where in iter_raw(comp.source, source):
-            record = parse_line(raw, where) if isinstance(raw, bytes) else raw
-            records += 1
-            messages = to_messages(record, kind, where, source.template)
-            if messages is None:
-                skipped += 1
-                continue
-            example = format_example(messages, fmt, template)
-            line = (json.dumps(example, ensure_ascii=False) + "\n").encode()
-            if strata_key is None:
-                stratum = None
-            elif strata_key == "num_documents":
-                stratum = len(_DOCUMENT_LINE.findall(messages[-2]["content"]))
-            elif strata_key == "num_turns":
-                stratum = sum(m["role"] == "user" for m in messages)
-            elif strata_key in record:
-                stratum = record[strata_key]
-                if not isinstance(stratum, (str, int, float, bool)):
-                    raise StageError(
-                        f"{where}: field {strata_key!r} (mixture.components.{name}.strata) must be a scalar"
-                    )
+        units = []
+        for comp_id, name in enumerate(self.components):
+            comp = c.components[name]
+            source = self.root.sources[comp.source]
+            common = {
+                "comp_id": comp_id,
+                "component": name,
+                "source": comp.source,
+                "kind": source.kind.value,
+                "text_template": source.template,
+                "fmt": c.format.value,
+                "template": comp.template or c.template,
+                "tokenizer": c.tokenizer,
+                "strata_key": comp.strata,
+            }
+            files = [] if source.hub_id else source_files(comp.source, source)
+            if files and all(is_plain_jsonl(f) for f in files):
+                for f in files:
+                    for start, end in jsonl_chunks(f, CHUNK_BYTES):
+                        units.append(
+                            _Unit(
+                                **common, spool=str(out_dir / f".spool-{len(units)}"), path=str(f), start=start, end=end
+                            )
+                        )
             else:
-                raise StageError(f"{where}: missing field {strata_key!r} named by mixture.components.{name}.strata")
-            index.add(
-                comp_id, strata_ids.setdefault(stratum, len(strata_ids)), line, count_tokens(example_text(example))
-            )
-            spool.write(line)
-            progress.update()
-        progress.close()
-        if records == 0:
-            raise StageError(f"sources.{comp.source}: no records (mixture.components.{name})")
-        if records == skipped:
-            raise StageError(f"sources.{comp.source}: none of its {records} records holds an answered user turn")
-        return {"source": comp.source, "records": records, "skipped": skipped}
+                units.append(_Unit(**common, spool=str(out_dir / f".spool-{len(units)}")))
+        return units
+
+    def _read_all(self, units: list[_Unit]) -> list[dict[str, Any]]:
+        """Read every unit, in worker processes when there is enough to read; results in unit order."""
+        c = self.config
+        workers = c.workers or os.cpu_count() or 1
+        chunked = [u for u in units if u.path is not None]
+        pooled = workers > 1 and len(chunked) > 1 and sum(u.end - u.start for u in chunked) >= POOL_MIN_BYTES
+        progress = tqdm(desc="mix", unit=" rec", disable=not c.progress, mininterval=0.5)
+        next_line: dict[str, int] = {}  # per file, the line number where the next unit starts
+        results: list[dict[str, Any]] = []
+        executor = (
+            ProcessPoolExecutor(min(workers, len(chunked)), mp_context=get_context("forkserver")) if pooled else None
+        )
+        try:
+            futures = {id(u): executor.submit(_read_unit, u) for u in chunked} if executor else {}
+            for unit in units:
+                if unit.path is None:
+                    source = self.root.sources[unit.source]
+                    result = _read_unit(unit, iter_raw(unit.source, source), progress)
+                elif id(unit) in futures:
+                    try:
+                        result = futures[id(unit)].result()
+                    except RecipeError:  # read it again here, to report the error's absolute line
+                        first = count_lines_before(Path(unit.path), unit.start) + 1
+                        _read_unit(unit, read_jsonl_range(Path(unit.path), unit.start, unit.end, first))
+                        raise
+                    progress.update(result["records"])
+                else:
+                    first = next_line.get(unit.path, 1)
+                    result = _read_unit(unit, read_jsonl_range(Path(unit.path), unit.start, unit.end, first), progress)
+                    next_line[unit.path] = first + result["records"]
+                results.append(result)
+        finally:
+            if executor is not None:
+                executor.shutdown(cancel_futures=True)
+            progress.close()
+        return results
+
+    def _merge(
+        self, units: list[_Unit], results: list[dict[str, Any]]
+    ) -> tuple[dict[str, np.ndarray], list[dict[Any, int]], dict[str, dict[str, Any]]]:
+        """Concatenate the units' per-record arrays; give each component one stratum numbering."""
+        strata: list[dict[Any, int]] = [{} for _ in self.components]
+        stats = {
+            name: {"source": self.config.components[name].source, "records": 0, "skipped": 0}
+            for name in self.components
+        }
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("offset", "length", "tokens", "hash", "stratum")}
+        parts["component"], parts["spool"] = [], []
+        for spool_id, (unit, result) in enumerate(zip(units, results, strict=True)):
+            ids = strata[unit.comp_id]
+            remap = np.array([ids.setdefault(label, len(ids)) for label in result["labels"]], dtype=np.int32)
+            n = len(result["offset"])
+            for key in ("offset", "length", "tokens", "hash"):
+                parts[key].append(result[key])
+            parts["stratum"].append(remap[result["stratum"]] if n else np.zeros(0, np.int32))
+            parts["component"].append(np.full(n, unit.comp_id, dtype=np.int32))
+            parts["spool"].append(np.full(n, spool_id, dtype=np.int32))
+            stats[unit.component]["records"] += result["records"]
+            stats[unit.component]["skipped"] += result["skipped"]
+        for name, s in stats.items():
+            if s["records"] == 0:
+                raise StageError(f"sources.{s['source']}: no records (mixture.components.{name})")
+            if s["records"] == s["skipped"]:
+                raise StageError(
+                    f"sources.{s['source']}: none of its {s['records']} records holds an answered user turn"
+                )
+        return {k: np.concatenate(v) for k, v in parts.items()}, strata, stats
 
     def _select(
         self,
@@ -302,27 +364,33 @@ class Mix(Stage):
         )
 
     def _write(
-        self, path: Path, order: np.ndarray, spool: Any, arrays: dict[str, np.ndarray], index: _Index
+        self,
+        path: Path,
+        order: np.ndarray,
+        spools: list[Any],
+        arrays: dict[str, np.ndarray],
+        strata: list[dict[Any, int]],
     ) -> dict[str, Any]:
+        """Copy the chosen lines out of the spools in `order`; return the file's manifest fields."""
         digest = hashlib.sha256()
         starts = arrays["offset"][order]
         ends = (starts + arrays["length"][order]).tolist()
-        with open(path, "wb") as out:
-            for start, end in zip(starts.tolist(), ends, strict=True):
-                line = spool[start:end]
+        with open(path, "wb", buffering=1 << 20) as out:
+            for spool_id, start, end in zip(arrays["spool"][order].tolist(), starts.tolist(), ends, strict=True):
+                line = spools[spool_id][start:end]
                 digest.update(line)
                 out.write(line)
         counts: dict[str, int] = {}
         tokens: dict[str, int] = {}
-        strata: dict[str, dict[str, int]] = {}
+        by_stratum: dict[str, dict[str, int]] = {}
         for comp_id, name in enumerate(self.components):
             chosen = order[arrays["component"][order] == comp_id]
             counts[name] = len(chosen)
             tokens[name] = int(arrays["tokens"][chosen].sum())
-            labels = {sid: label for label, sid in index.strata[comp_id].items()}
+            labels = {sid: label for label, sid in strata[comp_id].items()}
             if self.config.components[name].strata:
                 ids, n = np.unique(arrays["stratum"][chosen], return_counts=True)
-                strata[name] = {str(labels[int(s)]): int(k) for s, k in zip(ids, n, strict=True)}
+                by_stratum[name] = {str(labels[int(s)]): int(k) for s, k in zip(ids, n, strict=True)}
         return {
             "file": path.name,
             "sha256": digest.hexdigest(),
@@ -330,7 +398,7 @@ class Mix(Stage):
             "tokens": int(sum(tokens.values())),
             "counts": counts,
             "tokens_by_component": tokens,
-            "strata": strata,
+            "strata": by_stratum,
         }
 
 
@@ -345,38 +413,93 @@ def _take(size: np.ndarray, target: int) -> int | None:
     return int(np.searchsorted(cumulative, target, side="left")) + 1
 
 
-class _Index:
-    """Per-record facts kept in memory while reading: a few dozen bytes each."""
+def _map(path: Path) -> mmap.mmap | bytes:
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if path.stat().st_size else b""
 
-    def __init__(self) -> None:
-        self.offset = array("q")
-        self.length = array("q")
-        self.tokens = array("q")
-        self.component = array("i")
-        self.stratum = array("i")
-        self.hash = array("q")
-        self.strata: list[dict[Any, int]] = []
-        self._position = 0
 
-    def new_component(self) -> dict[Any, int]:
-        self.strata.append({})
-        return self.strata[-1]
+@dataclass(frozen=True)
+class _Unit:
+    """A piece of reading work: a component's whole source, or a byte range of one of its files."""
 
-    def add(self, component: int, stratum: int, line: bytes, tokens: int) -> None:
-        self.offset.append(self._position)
-        self.length.append(len(line))
-        self._position += len(line)
-        self.tokens.append(tokens)
-        self.component.append(component)
-        self.stratum.append(stratum)
-        self.hash.append(int.from_bytes(hashlib.blake2b(line, digest_size=8).digest(), "little", signed=True))
+    comp_id: int
+    component: str
+    source: str
+    kind: str
+    text_template: str
+    fmt: str
+    template: str
+    tokenizer: str
+    strata_key: str | None
+    spool: str
+    path: str | None = None
+    start: int = 0
+    end: int = 0
 
-    def freeze(self) -> dict[str, np.ndarray]:
-        return {
-            "offset": np.frombuffer(self.offset, dtype=np.int64),
-            "length": np.frombuffer(self.length, dtype=np.int64),
-            "tokens": np.frombuffer(self.tokens, dtype=np.int64),
-            "component": np.frombuffer(self.component, dtype=np.int32),
-            "stratum": np.frombuffer(self.stratum, dtype=np.int32),
-            "hash": np.frombuffer(self.hash, dtype=np.int64),
-        }
+
+def _read_unit(unit: _Unit, lines: Iterator[tuple[Any, str]] | None = None, progress: Any = None) -> dict[str, Any]:
+    """Normalise, format and spool every record of a unit; return per-record arrays.
+
+    Runs in worker processes for byte ranges (`lines` None: line numbers there are relative to the
+    range, so the caller re-reads a failing range itself to report the absolute line)."""
+    if lines is None:
+        assert unit.path is not None
+        lines = read_jsonl_range(Path(unit.path), unit.start, unit.end, 1)
+    count_tokens = TOKEN_COUNTERS[unit.tokenizer]
+    kind, text_template, fmt, template, strata_key = (
+        unit.kind,
+        unit.text_template,
+        unit.fmt,
+        unit.template,
+        unit.strata_key,
+    )
+    offset, length, tokens, stratum, hashes = array("q"), array("q"), array("q"), array("i"), array("q")
+    labels: dict[Any, int] = {}
+    position = records = skipped = 0
+    with open(unit.spool, "wb", buffering=1 << 20) as spool:
+        for raw, where in lines:
+            record = parse_line(raw, where) if isinstance(raw, bytes) else raw
+            records += 1
+            if progress is not None and records % 1000 == 0:
+                progress.update(1000)
+            messages = to_messages(record, kind, where, text_template)
+            if messages is None:
+                skipped += 1
+                continue
+            example = format_example(messages, fmt, template)
+            line = (json.dumps(example, ensure_ascii=False) + "\n").encode()
+            if strata_key is None:
+                label = None
+            elif strata_key == "num_documents":
+                label = len(_DOCUMENT_LINE.findall(messages[-2]["content"]))
+            elif strata_key == "num_turns":
+                label = sum(m["role"] == "user" for m in messages)
+            elif strata_key in record:
+                label = record[strata_key]
+                if not isinstance(label, (str, int, float, bool)):
+                    raise StageError(
+                        f"{where}: field {strata_key!r} (mixture.components.{unit.component}.strata) must be a scalar"
+                    )
+            else:
+                raise StageError(
+                    f"{where}: missing field {strata_key!r} named by mixture.components.{unit.component}.strata"
+                )
+            offset.append(position)
+            length.append(len(line))
+            position += len(line)
+            tokens.append(count_tokens(example_text(example)))
+            stratum.append(labels.setdefault(label, len(labels)))
+            hashes.append(int.from_bytes(hashlib.blake2b(line, digest_size=8).digest(), "little", signed=True))
+            spool.write(line)
+    if progress is not None:
+        progress.update(records % 1000)
+    return {
+        "records": records,
+        "skipped": skipped,
+        "labels": list(labels),
+        "offset": np.frombuffer(offset, dtype=np.int64),
+        "length": np.frombuffer(length, dtype=np.int64),
+        "tokens": np.frombuffer(tokens, dtype=np.int64),
+        "stratum": np.frombuffer(stratum, dtype=np.int32),
+        "hash": np.frombuffer(hashes, dtype=np.int64),
+    }

@@ -1,0 +1,157 @@
+"""Benchmark: Mix on 1 M synthetic records (~1 GB) against a plain read-and-parse pass.
+
+    .venv/bin/python tests/benchmarks/bench_mix.py [--records 1000000] [--repeats 3] [--dir DIR]
+
+Writes three JSON Lines sources in the recipe's shapes (50% llama-instruct `text`, 25% BookSum
+`prompt`/`completion`, 25% multi-document QA with 3-20 documents, stratified by document count),
+then alternates, in fresh child processes, (a) a baseline that reads every line and `json.loads`
+it and (b) the Mix stage through the runner (fresh store each time), building a mixture of half
+the records plus a 1% eval split. Reports the median wall time of each, their ratio, and each
+one's peak RSS (VmHWM). Targets: Mix <= 2x the read pass, <= 500 MB RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = (
+    "the of and to in a is that for it as was with be by on not he this are or his from at which but have an they "
+    "you were her she there been one all we their has would when if so no will more can out up about who them into"
+).split()
+
+
+def sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+
+
+def generate(directory: Path, records: int, seed: int = 0) -> list[Path]:
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / "instructions.jsonl", directory / "booksum.jsonl", directory / "mqa.jsonl"]
+    counts = [records // 2, records // 4, records - records // 2 - records // 4]
+    with open(paths[0], "w") as f:
+        for i in range(counts[0]):
+            turns = " ".join(f"[INST] {sentence(rng, 20)} {i} [/INST] {sentence(rng, 60)}" for _ in range(rng.randint(1, 3)))
+            f.write(json.dumps({"text": turns}) + "\n")
+    with open(paths[1], "w") as f:
+        for i in range(counts[1]):
+            prompt = f"Chapter {i}. " + " ".join(sentence(rng, 25) for _ in range(8))
+            prompt += "\n\nQ: Can you write an appropriate summary of the above paragraphs?\nA:"
+            completion = " " + sentence(rng, 40)
+            f.write(json.dumps({"prompt": prompt, "completion": completion, "text": prompt + completion}) + "\n")
+    with open(paths[2], "w") as f:
+        for i in range(counts[2]):
+            n = rng.choice([3, 5, 10, 20])
+            docs = "\n".join(f"Document [{k + 1}](Title: T{i}-{k}) {sentence(rng, 6)}" for k in range(n))
+            prompt = f"Write a high-quality answer for the given question using only the provided search results.\n\n{docs}\n\nQuestion: q{i}?\n"
+            completion = f"Answer: a{i}"
+            f.write(json.dumps({"prompt": prompt, "completion": completion, "text": prompt + completion}) + "\n")
+    return paths
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child_read(directory: Path) -> dict:
+    started = time.perf_counter()
+    n = 0
+    for path in sorted(directory.glob("*.jsonl")):
+        with open(path, "rb") as f:
+            for line in f:
+                json.loads(line)
+                n += 1
+    return {"seconds": time.perf_counter() - started, "records": n}
+
+
+def child_mix(directory: Path, store: Path, records: int) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf, open_dict
+
+    from recipe.cli import CONF_DIR
+    from recipe.config import ComponentConfig, SourceConfig, register_configs
+    from recipe.runner import run
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"store_dir={store}", "mixture.progress=false"])
+    kinds = {"instructions": "text", "booksum": "prompt_completion", "mqa": "prompt_completion"}
+    shares = {"instructions": 0.5, "booksum": 0.25, "mqa": 0.25}
+    with open_dict(cfg):
+        cfg.mixture.components = {}
+        for name, kind in kinds.items():
+            cfg.sources[f"bench_{name}"] = OmegaConf.merge(
+                OmegaConf.structured(SourceConfig), {"kind": kind, "data_files": [str(directory / f"{name}.jsonl")]}
+            )
+            component = {"source": f"bench_{name}", "share": shares[name]}
+            if name == "mqa":
+                component["strata"] = "num_documents"
+            cfg.mixture.components[name] = OmegaConf.merge(OmegaConf.structured(ComponentConfig), component)
+        cfg.mixture.total = records // 2
+        cfg.mixture.eval_fraction = 0.01
+    started = time.perf_counter()
+    record = run(cfg, run_dir=store)
+    seconds = time.perf_counter() - started
+    manifest = json.loads((Path(record["stages"]["mix"]["artifact"]) / "manifest.json").read_text())
+    return {"seconds": seconds, "examples": manifest["examples"], "counts": manifest["counts"]}
+
+
+def spawn(*args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=None, help="keep the generated data here (reused if present)")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, directory, *rest = args.child
+        result = child_read(Path(directory)) if kind == "read" else child_mix(Path(directory), Path(rest[0]), int(rest[1]))
+        result["peak_rss_mb"] = peak_rss_mb()
+        print(json.dumps(result))
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="bench_mix_"))
+    data = args.dir or work / "data"
+    if not (data / "mqa.jsonl").exists():
+        started = time.perf_counter()
+        generate(data, args.records)
+        print(f"generated {args.records} records in {time.perf_counter() - started:.1f}s")
+    size = sum(p.stat().st_size for p in data.glob("*.jsonl"))
+    print(f"data: {size / 1e9:.2f} GB in {data}")
+    reads, mixes = [], []
+    try:
+        for i in range(args.repeats):
+            reads.append(spawn("read", str(data)))
+            store = work / f"store{i}"
+            mixes.append(spawn("mix", str(data), str(store), str(args.records)))
+            shutil.rmtree(store, ignore_errors=True)
+            print(f"run {i + 1}: read {reads[-1]['seconds']:.1f}s, mix {mixes[-1]['seconds']:.1f}s, mix RSS {mixes[-1]['peak_rss_mb']:.0f} MB")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    read_s = statistics.median(r["seconds"] for r in reads)
+    mix_s = statistics.median(m["seconds"] for m in mixes)
+    print(f"records: {reads[0]['records']}, mixture: {mixes[0]['examples']} examples {mixes[0]['counts']}")
+    print(f"read-and-parse pass: median {read_s:.1f}s, peak RSS {max(r['peak_rss_mb'] for r in reads):.0f} MB")
+    print(f"mix stage:           median {mix_s:.1f}s, peak RSS {max(m['peak_rss_mb'] for m in mixes):.0f} MB")
+    print(f"ratio mix / read: {mix_s / read_s:.2f}x (target <= 2x); RSS target <= 500 MB")
+
+
+if __name__ == "__main__":
+    main()
