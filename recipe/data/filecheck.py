@@ -11,10 +11,22 @@ of the same role in a row, with at least one assistant turn; at least one sample
 
 from __future__ import annotations
 
-import json
+import io
+from collections.abc import Iterable
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
 
+from recipe.data.jsonl import (
+    CHUNK_BYTES,
+    POOL_MIN_BYTES,
+    LineError,
+    count_lines_before,
+    json_object,
+    jsonl_chunks,
+    read_jsonl_range,
+    worker_pool,
+)
 from recipe.errors import RecipeError
 
 MAX_FILE_BYTES = int(50.1 * 2**30)
@@ -78,49 +90,95 @@ def _check_record(record: dict[str, Any], fmt: str, fail: Any) -> None:
                 fail("preference", f"'{key}' must hold exactly one assistant message")
 
 
-def check_file(path: str | Path) -> dict[str, Any]:
-    """Check a JSONL file against Together's rules; return a report or raise FileCheckError."""
+def check_lines(lines: Iterable[bytes], path: Path, first_line: int, fmt: str | None) -> tuple[str | None, int]:
+    """Check lines numbered from `first_line`; all must be in `fmt` (None: the first line's)."""
+    samples = 0
+    for lineno, raw in enumerate(lines, first_line):
+
+        def fail(rule: str, message: str, _line: int = lineno) -> None:
+            raise FileCheckError(path, _line, rule, message)
+
+        try:
+            record = json_object(raw)
+        except LineError as e:
+            fail(e.rule, str(e))
+        keys = frozenset(record)
+        line_fmt = next((name for name, required in FORMATS.items() if keys == required), None)
+        if line_fmt is None:
+            near = next((n for n, req in FORMATS.items() if req <= keys), None)
+            if near:
+                fail("key_value", f"unexpected keys {sorted(keys - FORMATS[near])} for the {near} format")
+            fail("text_field", f"keys {sorted(keys)} match no format (text, messages, prompt+completion, preference)")
+        if fmt is None:
+            fmt = line_fmt
+        elif line_fmt != fmt:
+            fail("key_value", f"line is in the {line_fmt} format but earlier lines are {fmt}")
+        _check_record(record, line_fmt, fail)
+        samples += 1
+    return fmt, samples
+
+
+def _check_range(path: Path, start: int, end: int, first_line: int, fmt: str | None) -> tuple[str | None, int]:
+    return check_lines((raw for raw, _ in read_jsonl_range(path, start, end, first_line)), path, first_line, fmt)
+
+
+def _check_block(block: bytes, path: Path, first_line: int, fmt: str) -> int:
+    return check_lines(io.BytesIO(block), path, first_line, fmt)[1]
+
+
+class BlockChecker:
+    """Check a file as it is written, block by block (each block whole lines), on worker processes
+    when a pool is given: the same rules as `check_file`, without reading the file again."""
+
+    def __init__(self, path: Path, fmt: str, pool: Executor | None = None) -> None:
+        self.path, self.fmt, self.pool = path, fmt, pool
+        self.lines = 0
+        self.size = 0
+        self.results: list[Future[int] | int] = []
+
+    def add(self, block: bytes) -> None:
+        first_line = self.lines + 1
+        self.lines += block.count(b"\n")
+        self.size += len(block)
+        if self.pool is None:
+            self.results.append(_check_block(block, self.path, first_line, self.fmt))
+        else:
+            self.results.append(self.pool.submit(_check_block, block, self.path, first_line, self.fmt))
+
+    def report(self) -> dict[str, Any]:
+        samples = sum(r if isinstance(r, int) else r.result() for r in self.results)
+        if self.size > MAX_FILE_BYTES:
+            raise FileCheckError(self.path, None, "file_size", f"{self.size} bytes is over the 50.1 GB limit")
+        if samples < MIN_SAMPLES:
+            raise FileCheckError(self.path, None, "min_samples", f"{samples} samples; at least {MIN_SAMPLES} needed")
+        return {"is_check_passed": True, "format": self.fmt, "num_samples": samples, "file_size": self.size}
+
+
+def check_file(path: str | Path, workers: int = 1) -> dict[str, Any]:
+    """Check a JSONL file against Together's rules; return a report or raise FileCheckError.
+
+    With `workers` > 1, a large file is checked in byte ranges by worker processes."""
     path = Path(path)
     if not path.is_file():
         raise FileCheckError(path, None, "found", "file not found")
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise FileCheckError(path, None, "file_size", f"{size} bytes is over the 50.1 GB limit")
-    fmt: str | None = None
-    samples = 0
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-
-            def fail(rule: str, message: str, _line: int = lineno) -> None:
-                raise FileCheckError(path, _line, rule, message)
-
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                fail("utf8", f"not valid UTF-8 ({e.reason} at byte {e.start})")
-            if not line.strip():
-                fail("line_type", "blank line")
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                fail("load_json", f"malformed JSON: {e.msg} (column {e.colno})")
-            if not isinstance(record, dict):
-                fail("line_type", f"expected a JSON object, got {type(record).__name__}")
-            keys = frozenset(record)
-            line_fmt = next((name for name, required in FORMATS.items() if keys == required), None)
-            if line_fmt is None:
-                near = next((n for n, req in FORMATS.items() if req <= keys), None)
-                if near:
-                    fail("key_value", f"unexpected keys {sorted(keys - FORMATS[near])} for the {near} format")
-                fail(
-                    "text_field", f"keys {sorted(keys)} match no format (text, messages, prompt+completion, preference)"
-                )
-            if fmt is None:
-                fmt = line_fmt
-            elif line_fmt != fmt:
-                fail("key_value", f"line is in the {line_fmt} format but earlier lines are {fmt}")
-            _check_record(record, line_fmt, fail)
-            samples += 1
+    ranges = jsonl_chunks(path, CHUNK_BYTES) if workers > 1 and size >= POOL_MIN_BYTES else [(0, size)]
+    if len(ranges) == 1:
+        fmt, samples = _check_range(path, 0, size, 1, None)
+    else:
+        fmt, _ = _check_range(path, 0, ranges[0][1], 1, None)  # the first range sets the format
+        samples = 0
+        with worker_pool(min(workers, len(ranges))) as pool:
+            futures = [pool.submit(_check_range, path, start, end, 1, fmt) for start, end in ranges]
+            for (start, end), future in zip(ranges, futures, strict=True):
+                try:
+                    samples += future.result()[1]
+                except FileCheckError:  # check that range again here, to report its absolute line
+                    pool.shutdown(cancel_futures=True)
+                    _check_range(path, start, end, count_lines_before(path, start) + 1, fmt)
+                    raise
     if samples < MIN_SAMPLES:
         raise FileCheckError(path, None, "min_samples", f"{samples} samples; at least {MIN_SAMPLES} needed")
     return {"is_check_passed": True, "format": fmt, "num_samples": samples, "file_size": size}

@@ -16,12 +16,14 @@ import glob
 import io
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from recipe.data import templates
+from recipe.data.jsonl import LineError, json_object
 from recipe.errors import RecipeError
 from recipe.store import sha256_file
 
@@ -61,6 +63,18 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return sha256_file(Path(path))  # size and mtime are part of the cache key only
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's contents, computed once per process while the file is unchanged."""
+    st = path.stat()
+    return _file_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def hash_files(paths: list[Path]) -> None:
+    """Hash files in threads (hashlib releases the GIL), so later `file_sha256` calls are instant."""
+    with ThreadPoolExecutor(max_workers=min(4, len(paths) or 1)) as pool:
+        list(pool.map(file_sha256, paths))
+
+
 def source_identity(name: str, source: DictConfig) -> dict[str, Any]:
     """What a source holds, for fingerprints: its settings and, for local files, their contents'
     sha256 (not their paths, so the same data fingerprints the same on every machine)."""
@@ -70,11 +84,7 @@ def source_identity(name: str, source: DictConfig) -> dict[str, Any]:
     if source.hub_id:
         identity.update(hub_id=source.hub_id, revision=source.revision, data_files=list(source.data_files))
         return identity
-    files = []
-    for path in source_files(name, source):
-        st = path.stat()
-        files.append({"name": path.name, "sha256": _file_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)})
-    identity["files"] = files
+    identity["files"] = [{"name": p.name, "sha256": file_sha256(p)} for p in source_files(name, source)]
     return identity
 
 
@@ -107,42 +117,6 @@ def read_json_records(path: Path) -> Iterator[tuple[bytes | dict[str, Any], str]
             yield raw, f"{path}:{lineno}"
 
 
-def jsonl_chunks(path: Path, chunk_bytes: int) -> list[tuple[int, int]]:
-    """Byte ranges covering a JSON Lines file, each ending at a line end (for parallel reading)."""
-    size = path.stat().st_size
-    bounds = [0]
-    with open(path, "rb") as f:
-        while bounds[-1] + chunk_bytes < size:
-            f.seek(bounds[-1] + chunk_bytes)
-            f.readline()
-            if f.tell() >= size:
-                break
-            bounds.append(f.tell())
-    return list(zip(bounds, [*bounds[1:], size], strict=True))
-
-
-def read_jsonl_range(path: Path, start: int, end: int, first_line: int) -> Iterator[tuple[bytes, str]]:
-    """Yield (raw line, "file:line") for the lines in bytes [start, end) of a JSON Lines file."""
-    with open(path, "rb", buffering=1 << 20) as f:
-        f.seek(start)
-        position = start
-        for lineno, raw in enumerate(f, first_line):
-            if position >= end:
-                break
-            position += len(raw)
-            yield raw, f"{path}:{lineno}"
-
-
-def count_lines_before(path: Path, offset: int) -> int:
-    """Newlines in the first `offset` bytes of a file."""
-    count = 0
-    with open(path, "rb") as f:
-        while offset > 0 and (block := f.read(min(1 << 24, offset))):
-            count += block.count(b"\n")
-            offset -= len(block)
-    return count
-
-
 def is_plain_jsonl(path: Path) -> bool:
     """An uncompressed JSON Lines file (not a JSON list): it can be split into byte ranges."""
     if not path.name.endswith(".jsonl"):
@@ -153,17 +127,10 @@ def is_plain_jsonl(path: Path) -> bool:
 
 def parse_line(raw: bytes, where: str) -> dict[str, Any]:
     """One JSON Lines line -> dict, with errors that name the file and line."""
-    if not raw.strip():
-        raise DataError(f"{where}: blank line (every line must hold one JSON object)")
     try:
-        record = json.loads(raw)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where}: malformed JSON: {e.msg} (column {e.colno})") from None
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    return record
+        return json_object(raw)
+    except LineError as e:
+        raise DataError(f"{where}: {e}") from None
 
 
 def iter_raw(name: str, source: DictConfig) -> Iterator[tuple[bytes | dict[str, Any], str]]:
@@ -209,8 +176,22 @@ def _field(record: dict[str, Any], key: str, where: str, kind: str) -> str:
     return value
 
 
+def _is_tidy(messages: list[Message]) -> bool:
+    """The common case, checked cheaply: alternating, non-empty, user (or system) first, answer last."""
+    if len(messages) < 2 or messages[-1]["role"] != "assistant" or messages[0]["role"] == "assistant":
+        return False
+    previous = None
+    for m in messages:
+        if m["role"] == previous or not m["content"].strip():
+            return False
+        previous = m["role"]
+    return any(m["role"] == "user" for m in messages)
+
+
 def _tidy(messages: list[Message]) -> list[Message] | None:
     """Merge consecutive turns of one role, drop empty turns, trim to user-first / assistant-last."""
+    if _is_tidy(messages):
+        return messages
     out: list[Message] = []
     for m in messages:
         if not m["content"].strip():

@@ -24,16 +24,13 @@ byte-identical file.
 from __future__ import annotations
 
 import hashlib
-import json
-import mmap
 import os
 import re
 import zlib
 from array import array
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +39,22 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from recipe.data import templates
-from recipe.data.filecheck import check_file
-from recipe.data.sources import (
+from recipe.data.filecheck import BlockChecker
+from recipe.data.jsonl import (
+    CHUNK_BYTES,
+    POOL_MIN_BYTES,
     count_lines_before,
+    encode_line,
+    jsonl_chunks,
+    read_jsonl_range,
+    worker_count,
+    worker_pool,
+)
+from recipe.data.sources import (
+    hash_files,
     is_plain_jsonl,
     iter_raw,
-    jsonl_chunks,
     parse_line,
-    read_jsonl_range,
     source_files,
     source_identity,
     to_messages,
@@ -61,8 +66,6 @@ from recipe.store import Artifact
 Message = dict[str, str]
 MIXTURE_FILE = "mixture.jsonl"
 EVAL_FILE = "eval.jsonl"
-CHUNK_BYTES = 32 << 20  # JSON Lines files are read in ranges of this size, in parallel
-POOL_MIN_BYTES = 64 << 20  # below this, worker start-up costs more than it saves
 _DOCUMENT_LINE = re.compile(r"(?m)^Document \[\d+\]")
 
 TOKEN_COUNTERS: dict[str, Callable[[str], int]] = {
@@ -150,6 +153,8 @@ class Mix(Stage):
         """The mixture node plus what each referenced source holds (file contents by sha256)."""
         semantic = super().semantic_config()
         used = sorted({self.config.components[n].source for n in self.components})
+        local = [name for name in used if not self.root.sources[name].hub_id]
+        hash_files([f for name in local for f in source_files(name, self.root.sources[name])])
         semantic["sources"] = {name: source_identity(name, self.root.sources[name]) for name in used}
         return semantic
 
@@ -165,9 +170,17 @@ class Mix(Stage):
 
     # ---- run ------------------------------------------------------------------------------
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
-        c = self.config
         units = self._units(out_dir)
-        results = self._read_all(units)
+        chunked = [u for u in units if u.path is not None]
+        workers = min(worker_count(self.config.workers), len(chunked))
+        if workers > 1 and sum(u.end - u.start for u in chunked) >= POOL_MIN_BYTES:
+            with worker_pool(workers) as pool:
+                return self._run(units, out_dir, pool)
+        return self._run(units, out_dir, None)
+
+    def _run(self, units: list[_Unit], out_dir: Path, pool: Executor | None) -> dict[str, Any]:
+        c = self.config
+        results = self._read_all(units, pool)
         arrays, strata, stats = self._merge(units, results)
 
         keep = np.ones(len(arrays["hash"]), dtype=bool)
@@ -194,20 +207,19 @@ class Mix(Stage):
             "format": c.format.value,
             "template": c.template,
         }
-        spools = [_map(Path(u.spool)) for u in units]
-        manifest.update(self._write(out_dir / MIXTURE_FILE, train_order, spools, arrays, strata))
-        manifest["eval"] = (
-            self._write(out_dir / EVAL_FILE, eval_order, spools, arrays, strata) if len(eval_order) else None
-        )
-        for spool, unit in zip(spools, units, strict=True):
-            if isinstance(spool, mmap.mmap):
-                spool.close()
-            Path(unit.spool).unlink()
+        # pread, not mmap: mapped spool pages would count as this process's memory.
+        spools = [os.open(u.spool, os.O_RDONLY) for u in units]
+        try:
+            manifest.update(self._write(out_dir / MIXTURE_FILE, train_order, spools, arrays, strata, pool))
+            if len(eval_order):
+                manifest["eval"] = self._write(out_dir / EVAL_FILE, eval_order, spools, arrays, strata, pool)
+            else:
+                manifest["eval"] = None
+        finally:
+            for fd, unit in zip(spools, units, strict=True):
+                os.close(fd)
+                Path(unit.spool).unlink()
         manifest["sources"] = stats
-        if c.check:
-            manifest["check"] = check_file(out_dir / MIXTURE_FILE)
-            if manifest["eval"]:
-                check_file(out_dir / EVAL_FILE)
         return manifest
 
     def _units(self, out_dir: Path) -> list[_Unit]:
@@ -242,20 +254,13 @@ class Mix(Stage):
                 units.append(_Unit(**common, spool=str(out_dir / f".spool-{len(units)}")))
         return units
 
-    def _read_all(self, units: list[_Unit]) -> list[dict[str, Any]]:
-        """Read every unit, in worker processes when there is enough to read; results in unit order."""
-        c = self.config
-        workers = c.workers or os.cpu_count() or 1
-        chunked = [u for u in units if u.path is not None]
-        pooled = workers > 1 and len(chunked) > 1 and sum(u.end - u.start for u in chunked) >= POOL_MIN_BYTES
-        progress = tqdm(desc="mix", unit=" rec", disable=not c.progress, mininterval=0.5)
+    def _read_all(self, units: list[_Unit], pool: Executor | None) -> list[dict[str, Any]]:
+        """Read every unit (byte ranges on the pool when there is one); results in unit order."""
+        progress = tqdm(desc="mix", unit=" rec", disable=not self.config.progress, mininterval=0.5)
+        futures = {id(u): pool.submit(_read_unit, u) for u in units if u.path is not None} if pool else {}
         next_line: dict[str, int] = {}  # per file, the line number where the next unit starts
         results: list[dict[str, Any]] = []
-        executor = (
-            ProcessPoolExecutor(min(workers, len(chunked)), mp_context=get_context("forkserver")) if pooled else None
-        )
         try:
-            futures = {id(u): executor.submit(_read_unit, u) for u in chunked} if executor else {}
             for unit in units:
                 if unit.path is None:
                     source = self.root.sources[unit.source]
@@ -273,9 +278,11 @@ class Mix(Stage):
                     result = _read_unit(unit, read_jsonl_range(Path(unit.path), unit.start, unit.end, first), progress)
                     next_line[unit.path] = first + result["records"]
                 results.append(result)
+        except BaseException:
+            for future in futures.values():
+                future.cancel()
+            raise
         finally:
-            if executor is not None:
-                executor.shutdown(cancel_futures=True)
             progress.close()
         return results
 
@@ -367,19 +374,28 @@ class Mix(Stage):
         self,
         path: Path,
         order: np.ndarray,
-        spools: list[Any],
+        spools: list[int],
         arrays: dict[str, np.ndarray],
         strata: list[dict[Any, int]],
+        pool: Executor | None,
     ) -> dict[str, Any]:
-        """Copy the chosen lines out of the spools in `order`; return the file's manifest fields."""
+        """Copy the chosen lines out of the spools in `order`, running the Together file check on
+        each block as it is written; return the file's manifest fields."""
         digest = hashlib.sha256()
-        starts = arrays["offset"][order]
-        ends = (starts + arrays["length"][order]).tolist()
-        with open(path, "wb", buffering=1 << 20) as out:
-            for spool_id, start, end in zip(arrays["spool"][order].tolist(), starts.tolist(), ends, strict=True):
-                line = spools[spool_id][start:end]
-                digest.update(line)
-                out.write(line)
+        checker = BlockChecker(path, self.config.format.value, pool) if self.config.check else None
+        starts = arrays["offset"][order].tolist()
+        lengths = arrays["length"][order].tolist()
+        spool_ids = arrays["spool"][order].tolist()
+        batch: list[bytes] = []
+        batched = 0
+        with open(path, "wb") as out:
+            for spool_id, start, length in zip(spool_ids, starts, lengths, strict=True):
+                batch.append(os.pread(spools[spool_id], length, start))
+                batched += length
+                if batched >= 1 << 22:  # hash, check and write 4 MiB at a time
+                    self._emit(b"".join(batch), out, digest, checker)
+                    batch, batched = [], 0
+            self._emit(b"".join(batch), out, digest, checker)
         counts: dict[str, int] = {}
         tokens: dict[str, int] = {}
         by_stratum: dict[str, dict[str, int]] = {}
@@ -393,6 +409,7 @@ class Mix(Stage):
                 by_stratum[name] = {str(labels[int(s)]): int(k) for s, k in zip(ids, n, strict=True)}
         return {
             "file": path.name,
+            "check": checker.report() if checker else None,
             "sha256": digest.hexdigest(),
             "examples": len(order),
             "tokens": int(sum(tokens.values())),
@@ -400,6 +417,14 @@ class Mix(Stage):
             "tokens_by_component": tokens,
             "strata": by_stratum,
         }
+
+    @staticmethod
+    def _emit(block: bytes, out: Any, digest: Any, checker: BlockChecker | None) -> None:
+        if block:
+            digest.update(block)
+            out.write(block)
+            if checker is not None:
+                checker.add(block)
 
 
 def _take(size: np.ndarray, target: int) -> int | None:
@@ -411,11 +436,6 @@ def _take(size: np.ndarray, target: int) -> int | None:
     if len(cumulative) == 0 or cumulative[-1] < target:
         return None
     return int(np.searchsorted(cumulative, target, side="left")) + 1
-
-
-def _map(path: Path) -> mmap.mmap | bytes:
-    with open(path, "rb") as f:
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if path.stat().st_size else b""
 
 
 @dataclass(frozen=True)
@@ -467,7 +487,7 @@ def _read_unit(unit: _Unit, lines: Iterator[tuple[Any, str]] | None = None, prog
                 skipped += 1
                 continue
             example = format_example(messages, fmt, template)
-            line = (json.dumps(example, ensure_ascii=False) + "\n").encode()
+            line = encode_line(example)
             if strata_key is None:
                 label = None
             elif strata_key == "num_documents":
