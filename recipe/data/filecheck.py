@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable
-from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
 
@@ -122,36 +121,18 @@ def _check_range(path: Path, start: int, end: int, first_line: int, fmt: str | N
     return check_lines((raw for raw, _ in read_jsonl_range(path, start, end, first_line)), path, first_line, fmt)
 
 
-def _check_block(block: bytes, path: Path, first_line: int, fmt: str) -> int:
+def check_block(block: bytes, path: Path, first_line: int, fmt: str) -> int:
+    """Check a block of whole lines of `path` (its first line numbered `first_line`); return its samples."""
     return check_lines(io.BytesIO(block), path, first_line, fmt)[1]
 
 
-class BlockChecker:
-    """Check a file as it is written, block by block (each block whole lines), on worker processes
-    when a pool is given: the same rules as `check_file`, without reading the file again."""
-
-    def __init__(self, path: Path, fmt: str, pool: Executor | None = None) -> None:
-        self.path, self.fmt, self.pool = path, fmt, pool
-        self.lines = 0
-        self.size = 0
-        self.results: list[Future[int] | int] = []
-
-    def add(self, block: bytes) -> None:
-        first_line = self.lines + 1
-        self.lines += block.count(b"\n")
-        self.size += len(block)
-        if self.pool is None:
-            self.results.append(_check_block(block, self.path, first_line, self.fmt))
-        else:
-            self.results.append(self.pool.submit(_check_block, block, self.path, first_line, self.fmt))
-
-    def report(self) -> dict[str, Any]:
-        samples = sum(r if isinstance(r, int) else r.result() for r in self.results)
-        if self.size > MAX_FILE_BYTES:
-            raise FileCheckError(self.path, None, "file_size", f"{self.size} bytes is over the 50.1 GB limit")
-        if samples < MIN_SAMPLES:
-            raise FileCheckError(self.path, None, "min_samples", f"{samples} samples; at least {MIN_SAMPLES} needed")
-        return {"is_check_passed": True, "format": self.fmt, "num_samples": samples, "file_size": self.size}
+def check_report(path: Path, fmt: str | None, samples: int, size: int) -> dict[str, Any]:
+    """The whole-file rules, once every line has been checked."""
+    if size > MAX_FILE_BYTES:
+        raise FileCheckError(path, None, "file_size", f"{size} bytes is over the 50.1 GB limit")
+    if samples < MIN_SAMPLES:
+        raise FileCheckError(path, None, "min_samples", f"{samples} samples; at least {MIN_SAMPLES} needed")
+    return {"is_check_passed": True, "format": fmt, "num_samples": samples, "file_size": size}
 
 
 def check_file(path: str | Path, workers: int = 1) -> dict[str, Any]:
@@ -162,7 +143,7 @@ def check_file(path: str | Path, workers: int = 1) -> dict[str, Any]:
     if not path.is_file():
         raise FileCheckError(path, None, "found", "file not found")
     size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
+    if size > MAX_FILE_BYTES:  # before reading 50 GB
         raise FileCheckError(path, None, "file_size", f"{size} bytes is over the 50.1 GB limit")
     ranges = jsonl_chunks(path, CHUNK_BYTES) if workers > 1 and size >= POOL_MIN_BYTES else [(0, size)]
     if len(ranges) == 1:
@@ -179,6 +160,4 @@ def check_file(path: str | Path, workers: int = 1) -> dict[str, Any]:
                     pool.shutdown(cancel_futures=True)
                     _check_range(path, start, end, count_lines_before(path, start) + 1, fmt)
                     raise
-    if samples < MIN_SAMPLES:
-        raise FileCheckError(path, None, "min_samples", f"{samples} samples; at least {MIN_SAMPLES} needed")
-    return {"is_check_passed": True, "format": fmt, "num_samples": samples, "file_size": size}
+    return check_report(path, fmt, samples, size)

@@ -212,7 +212,9 @@ def to_messages(record: dict[str, Any], kind: str, where: str, text_template: st
     if kind == "prompt_completion":
         prompt = _field(record, "prompt", where, kind)
         completion = _field(record, "completion", where, kind)
-        return _tidy([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}])
+        if not (prompt.strip() and completion.strip()):
+            return None
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
     if kind == "text":
         text = _field(record, "text", where, kind)
         try:

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import zlib
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from recipe.data import templates
-from recipe.data.filecheck import BlockChecker
+from recipe.data.filecheck import check_block, check_report
 from recipe.data.jsonl import (
     CHUNK_BYTES,
     POOL_MIN_BYTES,
@@ -66,11 +66,12 @@ from recipe.store import Artifact
 Message = dict[str, str]
 MIXTURE_FILE = "mixture.jsonl"
 EVAL_FILE = "eval.jsonl"
-_DOCUMENT_LINE = re.compile(r"(?m)^Document \[\d+\]")
+BLOCK_LINES = 8192  # output lines built (and checked) per task while writing
 
-TOKEN_COUNTERS: dict[str, Callable[[str], int]] = {
-    "approx": lambda s: (len(s) + 3) // 4,  # ~4 characters per token, the usual rule of thumb
-    "whitespace": lambda s: len(s.split()),
+TOKEN_COUNTERS: dict[str, Callable[[dict[str, Any]], int]] = {
+    # ~4 characters per token, the usual rule of thumb
+    "approx": lambda example: (sum(len(part) for part in _trained_text(example)) + 3) // 4,
+    "whitespace": lambda example: sum(len(part.split()) for part in _trained_text(example)),
 }
 
 
@@ -98,11 +99,13 @@ def format_example(messages: list[Message], fmt: str, template: str) -> dict[str
     return {"text": templates.render(messages, template)}
 
 
-def example_text(example: dict[str, Any]) -> str:
-    """The text a model trains on, for token counting."""
+def _trained_text(example: dict[str, Any]) -> list[str]:
+    """The pieces of text a model trains on, for token counting."""
     if "messages" in example:
-        return "".join(m["content"] for m in example["messages"])
-    return example.get("text") or example["prompt"] + example["completion"]
+        return [m["content"] for m in example["messages"]]
+    if "text" in example:
+        return [example["text"]]
+    return [example["prompt"], example["completion"]]
 
 
 class Mix(Stage):
@@ -175,10 +178,10 @@ class Mix(Stage):
         workers = min(worker_count(self.config.workers), len(chunked))
         if workers > 1 and sum(u.end - u.start for u in chunked) >= POOL_MIN_BYTES:
             with worker_pool(workers) as pool:
-                return self._run(units, out_dir, pool)
-        return self._run(units, out_dir, None)
+                return self._run(units, out_dir, pool, workers)
+        return self._run(units, out_dir, None, 1)
 
-    def _run(self, units: list[_Unit], out_dir: Path, pool: Executor | None) -> dict[str, Any]:
+    def _run(self, units: list[_Unit], out_dir: Path, pool: Executor | None, workers: int) -> dict[str, Any]:
         c = self.config
         results = self._read_all(units, pool)
         arrays, strata, stats = self._merge(units, results)
@@ -207,24 +210,22 @@ class Mix(Stage):
             "format": c.format.value,
             "template": c.template,
         }
-        # pread, not mmap: mapped spool pages would count as this process's memory.
-        spools = [os.open(u.spool, os.O_RDONLY) for u in units]
         try:
-            manifest.update(self._write(out_dir / MIXTURE_FILE, train_order, spools, arrays, strata, pool))
+            manifest.update(self._write(out_dir / MIXTURE_FILE, train_order, units, arrays, strata, pool, workers))
             if len(eval_order):
-                manifest["eval"] = self._write(out_dir / EVAL_FILE, eval_order, spools, arrays, strata, pool)
+                manifest["eval"] = self._write(out_dir / EVAL_FILE, eval_order, units, arrays, strata, pool, workers)
             else:
                 manifest["eval"] = None
         finally:
-            for fd, unit in zip(spools, units, strict=True):
-                os.close(fd)
-                Path(unit.spool).unlink()
+            for unit in units:
+                Path(unit.spool).unlink(missing_ok=True)
         manifest["sources"] = stats
         return manifest
 
     def _units(self, out_dir: Path) -> list[_Unit]:
         """Split the reading into units: byte ranges of plain JSON Lines files (which can run in
-        worker processes), or whole sources (hub, parquet, zstd, JSON lists) read here."""
+        worker processes), or whole sources (hub, parquet, zstd, JSON lists) read here. Each unit
+        writes its formatted lines to its own spool file."""
         c = self.config
         units = []
         for comp_id, name in enumerate(self.components):
@@ -245,18 +246,15 @@ class Mix(Stage):
             if files and all(is_plain_jsonl(f) for f in files):
                 for f in files:
                     for start, end in jsonl_chunks(f, CHUNK_BYTES):
-                        units.append(
-                            _Unit(
-                                **common, spool=str(out_dir / f".spool-{len(units)}"), path=str(f), start=start, end=end
-                            )
-                        )
+                        spool = str(out_dir / f".spool-{len(units)}")
+                        units.append(_Unit(**common, spool=spool, path=str(f), start=start, end=end))
             else:
                 units.append(_Unit(**common, spool=str(out_dir / f".spool-{len(units)}")))
         return units
 
     def _read_all(self, units: list[_Unit], pool: Executor | None) -> list[dict[str, Any]]:
         """Read every unit (byte ranges on the pool when there is one); results in unit order."""
-        progress = tqdm(desc="mix", unit=" rec", disable=not self.config.progress, mininterval=0.5)
+        progress = tqdm(desc="mix: read", unit=" rec", disable=not self.config.progress, mininterval=0.5)
         futures = {id(u): pool.submit(_read_unit, u) for u in units if u.path is not None} if pool else {}
         next_line: dict[str, int] = {}  # per file, the line number where the next unit starts
         results: list[dict[str, Any]] = []
@@ -296,8 +294,8 @@ class Mix(Stage):
             for name in self.components
         }
         parts: dict[str, list[np.ndarray]] = {k: [] for k in ("offset", "length", "tokens", "hash", "stratum")}
-        parts["component"], parts["spool"] = [], []
-        for spool_id, (unit, result) in enumerate(zip(units, results, strict=True)):
+        parts["component"], parts["unit"] = [], []
+        for unit_id, (unit, result) in enumerate(zip(units, results, strict=True)):
             ids = strata[unit.comp_id]
             remap = np.array([ids.setdefault(label, len(ids)) for label in result["labels"]], dtype=np.int32)
             n = len(result["offset"])
@@ -305,7 +303,7 @@ class Mix(Stage):
                 parts[key].append(result[key])
             parts["stratum"].append(remap[result["stratum"]] if n else np.zeros(0, np.int32))
             parts["component"].append(np.full(n, unit.comp_id, dtype=np.int32))
-            parts["spool"].append(np.full(n, spool_id, dtype=np.int32))
+            parts["unit"].append(np.full(n, unit_id, dtype=np.int32))
             stats[unit.component]["records"] += result["records"]
             stats[unit.component]["skipped"] += result["skipped"]
         for name, s in stats.items():
@@ -374,28 +372,50 @@ class Mix(Stage):
         self,
         path: Path,
         order: np.ndarray,
-        spools: list[int],
+        units: list[_Unit],
         arrays: dict[str, np.ndarray],
         strata: list[dict[Any, int]],
         pool: Executor | None,
+        workers: int,
     ) -> dict[str, Any]:
-        """Copy the chosen lines out of the spools in `order`, running the Together file check on
-        each block as it is written; return the file's manifest fields."""
+        """Write the chosen records in `order`. Blocks of lines are gathered from the spools and
+        run through the Together file check on the pool, a few blocks ahead, while this process
+        hashes and writes them in order."""
+        fmt = self.config.format.value
+        check = self.config.check
+        spools = [u.spool for u in units]
         digest = hashlib.sha256()
-        checker = BlockChecker(path, self.config.format.value, pool) if self.config.check else None
-        starts = arrays["offset"][order].tolist()
-        lengths = arrays["length"][order].tolist()
-        spool_ids = arrays["spool"][order].tolist()
-        batch: list[bytes] = []
-        batched = 0
+        samples = size = 0
+        pending: deque[Future[tuple[bytes, int]]] = deque()
+        progress = tqdm(desc=f"mix: write {path.name}", total=len(order), unit=" rec", disable=not self.config.progress)
+
+        def emit(block: bytes, lines: int, checked: int) -> None:
+            nonlocal samples, size
+            digest.update(block)
+            out.write(block)
+            samples += checked
+            size += len(block)
+            progress.update(lines)
+
         with open(path, "wb") as out:
-            for spool_id, start, length in zip(spool_ids, starts, lengths, strict=True):
-                batch.append(os.pread(spools[spool_id], length, start))
-                batched += length
-                if batched >= 1 << 22:  # hash, check and write 4 MiB at a time
-                    self._emit(b"".join(batch), out, digest, checker)
-                    batch, batched = [], 0
-            self._emit(b"".join(batch), out, digest, checker)
+            for first in range(0, len(order), BLOCK_LINES):
+                rows = order[first : first + BLOCK_LINES]
+                task = (
+                    spools,
+                    arrays["unit"][rows],
+                    arrays["offset"][rows],
+                    arrays["length"][rows],
+                    (path, first + 1, fmt) if check else None,
+                )
+                if pool is None:
+                    emit(*_build_block(*task))
+                    continue
+                pending.append(pool.submit(_build_block, *task))
+                if len(pending) > 2 * workers:  # bounded read-ahead: memory stays a few blocks
+                    emit(*pending.popleft().result())
+            while pending:
+                emit(*pending.popleft().result())
+        progress.close()
         counts: dict[str, int] = {}
         tokens: dict[str, int] = {}
         by_stratum: dict[str, dict[str, int]] = {}
@@ -409,7 +429,7 @@ class Mix(Stage):
                 by_stratum[name] = {str(labels[int(s)]): int(k) for s, k in zip(ids, n, strict=True)}
         return {
             "file": path.name,
-            "check": checker.report() if checker else None,
+            "check": check_report(path, fmt, samples, size) if check else None,
             "sha256": digest.hexdigest(),
             "examples": len(order),
             "tokens": int(sum(tokens.values())),
@@ -417,14 +437,6 @@ class Mix(Stage):
             "tokens_by_component": tokens,
             "strata": by_stratum,
         }
-
-    @staticmethod
-    def _emit(block: bytes, out: Any, digest: Any, checker: BlockChecker | None) -> None:
-        if block:
-            digest.update(block)
-            out.write(block)
-            if checker is not None:
-                checker.add(block)
 
 
 def _take(size: np.ndarray, target: int) -> int | None:
@@ -440,7 +452,8 @@ def _take(size: np.ndarray, target: int) -> int | None:
 
 @dataclass(frozen=True)
 class _Unit:
-    """A piece of reading work: a component's whole source, or a byte range of one of its files."""
+    """A piece of reading work: a byte range of a JSON Lines file (`path`) or a whole source,
+    whose formatted lines go to its `spool` file."""
 
     comp_id: int
     component: str
@@ -458,7 +471,8 @@ class _Unit:
 
 
 def _read_unit(unit: _Unit, lines: Iterator[tuple[Any, str]] | None = None, progress: Any = None) -> dict[str, Any]:
-    """Normalise, format and spool every record of a unit; return per-record arrays.
+    """Validate, format and spool every record of a unit; return per-record arrays (spool offset,
+    length, tokens, stratum, hash).
 
     Runs in worker processes for byte ranges (`lines` None: line numbers there are relative to the
     range, so the caller re-reads a failing range itself to report the absolute line)."""
@@ -473,7 +487,8 @@ def _read_unit(unit: _Unit, lines: Iterator[tuple[Any, str]] | None = None, prog
         unit.template,
         unit.strata_key,
     )
-    offset, length, tokens, stratum, hashes = array("q"), array("q"), array("q"), array("i"), array("q")
+    offset, length, tokens, stratum = array("q"), array("q"), array("q"), array("i")
+    hashes = bytearray()
     labels: dict[Any, int] = {}
     position = records = skipped = 0
     with open(unit.spool, "wb", buffering=1 << 20) as spool:
@@ -491,7 +506,8 @@ def _read_unit(unit: _Unit, lines: Iterator[tuple[Any, str]] | None = None, prog
             if strata_key is None:
                 label = None
             elif strata_key == "num_documents":
-                label = len(_DOCUMENT_LINE.findall(messages[-2]["content"]))
+                prompt = messages[-2]["content"]
+                label = prompt.count("\nDocument [") + prompt.startswith("Document [")
             elif strata_key == "num_turns":
                 label = sum(m["role"] == "user" for m in messages)
             elif strata_key in record:
@@ -507,9 +523,9 @@ def _read_unit(unit: _Unit, lines: Iterator[tuple[Any, str]] | None = None, prog
             offset.append(position)
             length.append(len(line))
             position += len(line)
-            tokens.append(count_tokens(example_text(example)))
+            tokens.append(count_tokens(example))
             stratum.append(labels.setdefault(label, len(labels)))
-            hashes.append(int.from_bytes(hashlib.blake2b(line, digest_size=8).digest(), "little", signed=True))
+            hashes += hashlib.sha256(line).digest()[:8]  # for dedupe; sha256 is the fastest here (SHA-NI)
             spool.write(line)
     if progress is not None:
         progress.update(records % 1000)
@@ -521,5 +537,29 @@ def _read_unit(unit: _Unit, lines: Iterator[tuple[Any, str]] | None = None, prog
         "length": np.frombuffer(length, dtype=np.int64),
         "tokens": np.frombuffer(tokens, dtype=np.int64),
         "stratum": np.frombuffer(stratum, dtype=np.int32),
-        "hash": np.frombuffer(hashes, dtype=np.int64),
+        "hash": np.frombuffer(bytes(hashes), dtype=np.int64),
     }
+
+
+def _build_block(
+    spools: list[str],
+    unit_ids: np.ndarray,
+    offsets: np.ndarray,
+    lengths: np.ndarray,
+    check: tuple[Path, int, str] | None,
+) -> tuple[bytes, int, int]:
+    """Gather these spooled lines, in this order, and run the file check on them (pread, not
+    mmap: mapped spool pages would count as the process's memory). Returns (block, lines, samples)."""
+    fds: dict[int, int] = {}
+    lines = []
+    try:
+        for unit_id, offset, length in zip(unit_ids.tolist(), offsets.tolist(), lengths.tolist(), strict=True):
+            fd = fds.get(unit_id)
+            if fd is None:
+                fd = fds[unit_id] = os.open(spools[unit_id], os.O_RDONLY)
+            lines.append(os.pread(fd, length, offset))
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    block = b"".join(lines)
+    return block, len(lines), (check_block(block, *check) if check else 0)
