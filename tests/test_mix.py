@@ -308,3 +308,36 @@ def test_manifest_config_holds_no_paths_only_content_hashes(make_cfg, tmp_path: 
     files = manifest["config"]["sources"]["booksum_sample"]["files"]
     assert files[0]["name"] == "booksum.jsonl" and len(files[0]["sha256"]) == 64
     assert OmegaConf.create(manifest["config"])  # plain JSON-able
+
+
+def test_a_dataset_repository_loads_through_datasets(make_cfg, tmp_path: Path) -> None:
+    # hub_id takes anything datasets.load_dataset takes: here a local dataset directory, the same
+    # code path as a hub id without the network.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    write_jsonl(repo / "part.jsonl", pc_records(12, "hub"))
+    cfg = with_components(
+        make_cfg(),
+        {"hub": {"kind": "prompt_completion", "hub_id": str(repo), "data_files": ["part.jsonl"]}},
+        {"hub": {"source": "hub", "share": 1.0}},
+        total=10,
+        eval_fraction=0.0,
+    )
+    _path, manifest = artifact(mix(cfg, tmp_path))
+    assert manifest["counts"] == {"hub": 10}
+    assert manifest["config"]["sources"]["hub"]["hub_id"] == str(repo)
+
+
+def test_an_unreadable_parquet_file_names_the_source(make_cfg, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.parquet"
+    bad.write_bytes(b"not parquet at all")
+    cfg = with_components(
+        make_cfg(),
+        {"pq": {"kind": "prompt_completion", "data_files": [str(bad)]}},
+        {"pq": {"source": "pq", "share": 1.0}},
+        total=1,
+        eval_fraction=0.0,
+    )
+    with pytest.raises(RecipeError, match=r"sources.pq: .*broken.parquet cannot be read"):
+        run(cfg, run_dir=tmp_path)
+    assert store_entries(tmp_path) == []

@@ -136,29 +136,40 @@ def parse_line(raw: bytes, where: str) -> dict[str, Any]:
 def iter_raw(name: str, source: DictConfig) -> Iterator[tuple[bytes | dict[str, Any], str]]:
     """Every record of a source as (raw line bytes or dict, location)."""
     if source.hub_id:
-        import datasets
-
-        ds = datasets.load_dataset(
-            source.hub_id,
-            data_files=list(source.data_files) or None,
-            split=source.split,
-            revision=source.revision,
-            streaming=True,
+        where = f"sources.{name}: hub dataset {source.hub_id!r}"
+        yield from _stream_dataset(
+            where, f"{source.hub_id} record", source.hub_id, list(source.data_files) or None, source
         )
-        for i, record in enumerate(ds, 1):
-            yield record, f"{source.hub_id} record {i}"
         return
     for path in source_files(name, source):
         if path.suffix == ".parquet":
-            import datasets
-
-            ds = datasets.load_dataset("parquet", data_files=[str(path)], split="train", streaming=True)
-            for i, record in enumerate(ds, 1):
-                yield record, f"{path} row {i}"
+            yield from _stream_dataset(f"sources.{name}: {path}", f"{path} row", "parquet", [str(path)], None)
         elif path.name.endswith((".jsonl", ".json", ".jsonl.zst", ".json.zst")):
             yield from read_json_records(path)
         else:
             raise DataError(f"sources.{name}.data_files: {path} is not .jsonl, .json, .jsonl.zst or .parquet")
+
+
+def _stream_dataset(
+    what: str, label: str, path: str, data_files: list[str] | None, source: DictConfig | None
+) -> Iterator[tuple[dict[str, Any], str]]:
+    """Records through `datasets.load_dataset(streaming=True)`; loading failures name the source."""
+    import datasets
+
+    options = {"split": source.split, "revision": source.revision} if source is not None else {"split": "train"}
+    try:
+        records = iter(datasets.load_dataset(path, data_files=data_files, streaming=True, **options))
+        first = next(records, None)
+    except Exception as e:  # network, missing files, bad parquet: datasets raises many types
+        raise DataError(
+            f"{what} cannot be read ({type(e).__name__}: {e}); without network access use local "
+            "data_files, e.g. the shipped *_sample sources"
+        ) from None
+    if first is None:
+        return
+    yield first, f"{label} 1"
+    for i, record in enumerate(records, 2):
+        yield record, f"{label} {i}"
 
 
 def iter_records(name: str, source: DictConfig) -> Iterator[tuple[dict[str, Any], str]]:
