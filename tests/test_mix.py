@@ -48,6 +48,13 @@ def with_components(cfg: DictConfig, sources: dict[str, dict], components: dict[
     return cfg
 
 
+def one_source(cfg: DictConfig, name: str, source: dict, total: int, **component) -> DictConfig:
+    """A mixture of a single component `name` reading `source`, with no eval split."""
+    return with_components(
+        cfg, {name: source}, {name: {"source": name, "share": 1.0, **component}}, total=total, eval_fraction=0.0
+    )
+
+
 def pc_records(n: int, prefix: str = "q") -> list[dict]:
     return [{"prompt": f"{prefix} {i}?", "completion": f" answer {i}"} for i in range(n)]
 
@@ -143,19 +150,13 @@ def test_tokens_unit_splits_a_token_budget(make_cfg, tmp_path: Path) -> None:
 
 def test_too_small_source_is_a_clear_error_and_nothing_is_stored(make_cfg, tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "small.jsonl", pc_records(5))
-    cfg = with_components(
-        make_cfg(),
-        {"small": {"kind": "prompt_completion", "data_files": [str(src)]}},
-        {"only": {"source": "small", "share": 1.0}},
-        total=8,
-        eval_fraction=0.0,
-    )
-    with pytest.raises(RecipeError, match=r"mixture.components.only: needs 8 examples .* has 5 .*replace=true"):
+    cfg = one_source(make_cfg(), "small", {"kind": "prompt_completion", "data_files": [str(src)]}, total=8)
+    with pytest.raises(RecipeError, match=r"mixture.components.small: needs 8 examples .* has 5 .*replace=true"):
         run(cfg, run_dir=tmp_path)
     assert store_entries(tmp_path) == []
     assert json.loads((tmp_path / "run.json").read_text())["stages"]["mix"]["status"] == "failed"
     with open_dict(cfg):
-        cfg.mixture.components.only.replace = True
+        cfg.mixture.components.small.replace = True
     path, _manifest = artifact(mix(cfg, tmp_path))
     rows = lines(path / "mixture.jsonl")
     assert len(rows) == 8 and len({json.dumps(r) for r in rows}) == 5  # every record once, 3 repeated
@@ -185,13 +186,7 @@ def test_strata_from_a_record_field_are_proportional(make_cfg, tmp_path: Path) -
     records = [{"prompt": f"p{i}", "completion": "c", "lang": "en"} for i in range(30)]
     records += [{"prompt": f"q{i}", "completion": "c", "lang": "fr"} for i in range(10)]
     src = write_jsonl(tmp_path / "s.jsonl", records)
-    cfg = with_components(
-        make_cfg(),
-        {"s": {"kind": "prompt_completion", "data_files": [str(src)]}},
-        {"s": {"source": "s", "share": 1.0, "strata": "lang"}},
-        total=20,
-        eval_fraction=0.0,
-    )
+    cfg = one_source(make_cfg(), "s", {"kind": "prompt_completion", "data_files": [str(src)]}, total=20, strata="lang")
     _, manifest = artifact(mix(cfg, tmp_path))
     assert manifest["strata"]["s"] == {"en": 15, "fr": 5}
 
@@ -256,13 +251,7 @@ BAD_LINES = [
 def test_bad_input_names_the_file_and_line(make_cfg, tmp_path: Path, content: bytes, message: str) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(content)
-    cfg = with_components(
-        make_cfg(),
-        {"bad": {"kind": "prompt_completion", "data_files": [str(bad)]}},
-        {"bad": {"source": "bad", "share": 1.0}},
-        total=1,
-        eval_fraction=0.0,
-    )
+    cfg = one_source(make_cfg(), "bad", {"kind": "prompt_completion", "data_files": [str(bad)]}, total=1)
     with pytest.raises(RecipeError, match=message):
         run(cfg, run_dir=tmp_path)
     mix_dir = tmp_path / "store" / "mix"
@@ -316,12 +305,8 @@ def test_a_dataset_repository_loads_through_datasets(make_cfg, tmp_path: Path) -
     repo = tmp_path / "repo"
     repo.mkdir()
     write_jsonl(repo / "part.jsonl", pc_records(12, "hub"))
-    cfg = with_components(
-        make_cfg(),
-        {"hub": {"kind": "prompt_completion", "hub_id": str(repo), "data_files": ["part.jsonl"]}},
-        {"hub": {"source": "hub", "share": 1.0}},
-        total=10,
-        eval_fraction=0.0,
+    cfg = one_source(
+        make_cfg(), "hub", {"kind": "prompt_completion", "hub_id": str(repo), "data_files": ["part.jsonl"]}, total=10
     )
     _path, manifest = artifact(mix(cfg, tmp_path))
     assert manifest["counts"] == {"hub": 10}
@@ -331,13 +316,7 @@ def test_a_dataset_repository_loads_through_datasets(make_cfg, tmp_path: Path) -
 def test_an_unreadable_parquet_file_names_the_source(make_cfg, tmp_path: Path) -> None:
     bad = tmp_path / "broken.parquet"
     bad.write_bytes(b"not parquet at all")
-    cfg = with_components(
-        make_cfg(),
-        {"pq": {"kind": "prompt_completion", "data_files": [str(bad)]}},
-        {"pq": {"source": "pq", "share": 1.0}},
-        total=1,
-        eval_fraction=0.0,
-    )
+    cfg = one_source(make_cfg(), "pq", {"kind": "prompt_completion", "data_files": [str(bad)]}, total=1)
     with pytest.raises(RecipeError, match=r"sources.pq: .*broken.parquet cannot be read"):
         run(cfg, run_dir=tmp_path)
     assert store_entries(tmp_path) == []
