@@ -386,7 +386,7 @@ class Mix(Stage):
         spools = [u.spool for u in units]
         digest = hashlib.sha256()
         samples = size = 0
-        pending: deque[Future[tuple[bytes, int]]] = deque()
+        pending: deque[Future[tuple[bytes, int, int]]] = deque()
         progress = tqdm(desc=f"mix: write {path.name}", total=len(order), unit=" rec", disable=not self.config.progress)
 
         def emit(block: bytes, lines: int, checked: int) -> None:
