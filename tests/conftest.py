@@ -20,13 +20,18 @@ register_configs()
 RECIPE = str(Path(sys.executable).parent / "recipe")
 
 
+# Most tests exercise one stage: by default they compose the sample-only mixture and no Distill.
+SAMPLES_ONLY = ("mixture=samples", "~distill")
+
+
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
-    """compose(overrides) with the store in a temporary directory."""
+    """compose(overrides) with the store (and teacher cache) in a temporary directory."""
 
-    def _make(*overrides: str) -> DictConfig:
+    def _make(*overrides: str, base: tuple[str, ...] = SAMPLES_ONLY) -> DictConfig:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            return compose(config_name="config", overrides=[f"store_dir={tmp_path / 'store'}", *overrides])
+            store = f"store_dir={tmp_path / 'store'}"
+            return compose(config_name="config", overrides=[store, *base, *overrides])
 
     return _make
 

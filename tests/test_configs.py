@@ -28,7 +28,7 @@ def test_every_yaml_opens_with_a_usage_comment() -> None:
 
 
 def test_root_config_composes_with_every_source(make_cfg) -> None:
-    cfg = make_cfg()
+    cfg = make_cfg(base=())
     assert sorted(cfg.sources) == options("source")
     for name, source in cfg.sources.items():
         assert source.kind.value in ("sharegpt", "text", "prompt_completion"), name
@@ -36,30 +36,55 @@ def test_root_config_composes_with_every_source(make_cfg) -> None:
     # Shipped samples resolve to files in the package.
     for name in ("sharegpt_sample", "llama_instruct_sample", "booksum_sample", "mqa_sample"):
         assert Path(cfg.sources[name].data_files[0]).is_file()
-    assert configured_stages(cfg) == ["mix"]
+    assert configured_stages(cfg) == ["distill", "mix"]
+    assert cfg.mixture.components.instructions.source == "distill"
 
 
 @pytest.mark.parametrize("mixture", options("mixture"))
 def test_every_mixture_composes_and_validates(make_cfg, mixture: str) -> None:
-    cfg = make_cfg(f"mixture={mixture}")
+    cfg = make_cfg(f"mixture={mixture}", base=())
     stage = build_stage("mix", cfg)
     assert isinstance(stage, Mix)
     assert stage.plan({}).startswith(f"mix {cfg.mixture.total} ")
 
 
+DISTILL_REQUIRED = {"openai_compatible": ("distill.teacher.base_url=http://127.0.0.1:9/v1", "distill.teacher.model=m")}
+
+
+@pytest.mark.parametrize("distill", options("distill"))
+def test_every_distill_option_composes_and_validates(make_cfg, distill: str) -> None:
+    cfg = make_cfg(f"distill={distill}", *DISTILL_REQUIRED.get(distill, ()), base=())
+    stage = build_stage("distill", cfg)
+    assert stage.semantic_config()["teacher"]["model"] == cfg.distill.teacher.model
+
+
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes(make_cfg, experiment: str) -> None:
-    cfg = make_cfg(f"experiment={experiment}")
+    cfg = make_cfg(f"experiment={experiment}", base=())
     assert cfg.notes.experiment == experiment
     for stage in configured_stages(cfg):
         build_stage(stage, cfg)
 
 
 def test_seed_experiment_uses_hub_sources_at_50_25_25(make_cfg) -> None:
-    cfg = make_cfg("experiment=llama2_7b_32k_instruct")
+    cfg = make_cfg("experiment=llama2_7b_32k_instruct", base=())
     comps = cfg.mixture.components
     assert {n: c.share for n, c in comps.items()} == {"instructions": 0.5, "booksum": 0.25, "mqa": 0.25}
-    assert cfg.sources[comps.instructions.source].hub_id == "togethercomputer/llama-instruct"
+    assert comps.instructions.source == "distill"
+    assert cfg.sources[cfg.distill.source].hub_id == "philschmid/sharegpt-raw"
+    assert (
+        cfg.distill.teacher.model == "togethercomputer/llama-2-70b-chat"
+        and cfg.distill.teacher.api.value == "completions"
+    )
+    assert dict(cfg.distill.sampling) == {
+        "max_tokens": 1024,
+        "temperature": 0.7,
+        "top_p": 0.7,
+        "top_k": 50,
+        "repetition_penalty": 1.0,
+        "stop": ["[INST]"],
+        "seed": None,
+    }
     assert cfg.sources[comps.mqa.source].data_files == ["fine-tune/natural_questions_10_200_docs.jsonl.zst"]
     assert cfg.mixture.total == 38000 and cfg.mixture.template == "llama2_inst"
 

@@ -232,6 +232,18 @@ def to_messages(record: dict[str, Any], kind: str, where: str, text_template: st
             return _tidy(templates.parse(text, text_template))
         except ValueError as e:
             raise DataError(f"{where}: {e} (source template {text_template})") from None
+    if kind == "messages":
+        messages = record.get("messages")
+        if not isinstance(messages, list):
+            raise DataError(f"{where}: missing field 'messages' (a list of {{role, content}})")
+        for i, m in enumerate(messages):
+            if (
+                not isinstance(m, dict)
+                or m.get("role") not in ("system", "user", "assistant")
+                or not isinstance(m.get("content"), str)
+            ):
+                raise DataError(f"{where}: messages[{i}] needs a role (system, user, assistant) and string content")
+        return _tidy([{"role": m["role"], "content": m["content"]} for m in messages])
     if kind == "sharegpt":
         turns = record.get("conversations")
         if not isinstance(turns, list):

@@ -24,7 +24,13 @@ CONFIG_KEY = {"distill": "distill", "mix": "mixture", "train": "train", "test": 
 
 
 class StageError(RecipeError):
-    """A problem with a stage's config or inputs, worded for the user (names key, file, line)."""
+    """A problem with a stage's config or inputs, worded for the user (names key, file, line).
+
+    `details` (e.g. usage and cost spent before the failure) go into the stage's run.json entry."""
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or {}
 
 
 class Stage:

@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from recipe.config import SourceConfig, SourceKind
 from recipe.data import templates
 from recipe.data.filecheck import check_block, check_report
 from recipe.data.jsonl import (
@@ -65,6 +66,7 @@ from recipe.store import Artifact
 
 Message = dict[str, str]
 MIXTURE_FILE = "mixture.jsonl"
+DISTILLED = "distill"  # a component source naming the Distill stage's conversations
 EVAL_FILE = "eval.jsonl"
 BLOCK_LINES = 8192  # output lines built (and checked) per task while writing
 
@@ -118,6 +120,7 @@ class Mix(Stage):
     def __init__(self, config: DictConfig, root: DictConfig) -> None:
         super().__init__(config, root)
         self.components = sorted(config.components)  # sorted: overrides may reorder keys
+        self._distilled: DictConfig | None = None
         self._validate()
 
     # ---- config ---------------------------------------------------------------------------
@@ -141,21 +144,36 @@ class Mix(Stage):
         templates.check_template(c.template, "mixture.template")
         for name in self.components:
             comp = c.components[name]
-            if comp.source not in self.root.sources:
-                known = ", ".join(sorted(self.root.sources)) or "none"
-                raise StageError(f"mixture.components.{name}.source={comp.source!r}: no such source (known: {known})")
             if comp.template is not None:
                 templates.check_template(comp.template, f"mixture.components.{name}.template")
+            if comp.source == DISTILLED:
+                if self.root.get("distill") is None:
+                    raise StageError(
+                        f"mixture.components.{name}.source=distill needs a distill config (distill=local, ...)"
+                    )
+                continue
+            if comp.source not in self.root.sources:
+                known = ", ".join(sorted([*self.root.sources, DISTILLED])) or "none"
+                raise StageError(f"mixture.components.{name}.source={comp.source!r}: no such source (known: {known})")
             source = self.root.sources[comp.source]
             if source.kind.value == "text" and source.template not in ("llama2_inst", "chatml"):
                 raise StageError(
                     f"sources.{comp.source}.template={source.template!r}: text sources are parsed as llama2_inst or chatml"
                 )
 
+    def upstream(self) -> tuple[str, ...]:
+        uses_distill = any(self.config.components[n].source == DISTILLED for n in self.components)
+        return ("distill",) if uses_distill else ()
+
+    def _source(self, name: str) -> DictConfig:
+        """A source's config; `distill` is the Distill artifact's conversations (set by `run`)."""
+        return self._distilled if name == DISTILLED else self.root.sources[name]
+
     def semantic_config(self) -> dict[str, Any]:
-        """The mixture node plus what each referenced source holds (file contents by sha256)."""
+        """The mixture node plus what each referenced source holds (file contents by sha256); the
+        distilled conversations enter through the upstream fingerprint."""
         semantic = super().semantic_config()
-        used = sorted({self.config.components[n].source for n in self.components})
+        used = sorted({self.config.components[n].source for n in self.components} - {DISTILLED})
         local = [name for name in used if not self.root.sources[name].hub_id]
         hash_files([f for name in local for f in source_files(name, self.root.sources[name])])
         semantic["sources"] = {name: source_identity(name, self.root.sources[name]) for name in used}
@@ -173,6 +191,11 @@ class Mix(Stage):
 
     # ---- run ------------------------------------------------------------------------------
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
+        if "distill" in inputs:
+            conversations = inputs["distill"].path / inputs["distill"].manifest["file"]
+            self._distilled = OmegaConf.structured(
+                SourceConfig(kind=SourceKind.messages, data_files=[str(conversations)])
+            )
         units = self._units(out_dir)
         chunked = [u for u in units if u.path is not None]
         workers = min(worker_count(self.config.workers), len(chunked))
@@ -230,7 +253,7 @@ class Mix(Stage):
         units = []
         for comp_id, name in enumerate(self.components):
             comp = c.components[name]
-            source = self.root.sources[comp.source]
+            source = self._source(comp.source)
             common = {
                 "comp_id": comp_id,
                 "component": name,
@@ -261,7 +284,7 @@ class Mix(Stage):
         try:
             for unit in units:
                 if unit.path is None:
-                    source = self.root.sources[unit.source]
+                    source = self._source(unit.source)
                     result = _read_unit(unit, iter_raw(unit.source, source), progress)
                 elif id(unit) in futures:
                     try:

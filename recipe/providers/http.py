@@ -1,0 +1,175 @@
+"""The one HTTP client: a `requests` session with urllib3 retries and client-side rate limits.
+
+Retries follow the official Together SDK: timeouts, connection errors, 408/409/429/5xx, up to
+`max_retries` times, honouring `retry-after-ms` / `Retry-After` (capped at 60 s), otherwise an
+exponential backoff of ~0.5 * 2^n s with jitter, capped at 8 s. Every Together call also honours
+TOGETHER_API_KEY / TOGETHER_BASE_URL; the key only ever lives in the session's headers.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from recipe.errors import RecipeError
+
+TOGETHER_BASE_URL = "https://api.together.xyz/v1"
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_RETRY_AFTER_S = 60.0
+
+
+class APIError(RecipeError):
+    """A request that failed for good (after retries), with the server's message when it gave one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Retry(Retry):
+    """urllib3 Retry that also reads `retry-after-ms`, caps waits, and counts its retries."""
+
+    RETRY_AFTER_STATUS_CODES = RETRY_STATUSES
+    counter: _Counter | None = None
+
+    def get_retry_after(self, response: Any) -> float | None:
+        ms = response.headers.get("retry-after-ms")
+        if ms is not None:
+            try:
+                return min(float(ms) / 1000, MAX_RETRY_AFTER_S)
+            except ValueError:
+                pass
+        seconds = super().get_retry_after(response)
+        return None if seconds is None else min(seconds, MAX_RETRY_AFTER_S)
+
+    def increment(self, *args: Any, **kwargs: Any) -> Retry:
+        new = super().increment(*args, **kwargs)
+        if self.counter is not None:
+            self.counter.add()
+        return new
+
+    def new(self, **kwargs: Any) -> Retry:
+        retry = super().new(**kwargs)
+        retry.counter = self.counter  # type: ignore[attr-defined]
+        return retry
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        with self._lock:
+            self.value += 1
+
+
+class Client:
+    """JSON over HTTP to one base URL, shared by threads (requests sessions are thread-safe for
+    this use: one connection pool per host, `pool_maxsize` connections)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        max_retries: int = 5,
+        timeout_s: float = 120.0,
+        backoff_s: float = 0.5,
+        pool_size: int = 32,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.retries = _Counter()
+        retry = _Retry(
+            total=max_retries,
+            connect=max_retries,
+            read=max_retries,
+            status=max_retries,
+            other=0,
+            allowed_methods=None,  # POSTs too: completions are safe to repeat
+            status_forcelist=RETRY_STATUSES,
+            backoff_factor=backoff_s,
+            backoff_max=8.0,
+            backoff_jitter=backoff_s / 2,
+            respect_retry_after_header=True,
+            raise_on_status=False,
+        )
+        retry.counter = self.retries
+        self.session = requests.Session()
+        adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=pool_size)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        if api_key:
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        url = path if path.startswith("http") else f"{self.base_url}/{path.lstrip('/')}"
+        kwargs.setdefault("timeout", self.timeout_s)
+        try:
+            response = self.session.request(method, url, **kwargs)
+        except requests.RequestException as e:
+            raise APIError(f"{method} {url}: {type(e).__name__}: {e}") from None
+        if response.status_code >= 400:
+            raise APIError(
+                f"{method} {url}: HTTP {response.status_code}: {_error_message(response)}", response.status_code
+            )
+        return response
+
+    def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", path, json=body).json()
+
+    def get_json(self, path: str, **params: Any) -> dict[str, Any]:
+        return self.request("GET", path, params=params or None).json()
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _error_message(response: requests.Response) -> str:
+    try:
+        error = response.json().get("error")
+    except ValueError:
+        return response.text[:300]
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    return str(error or response.text[:300])
+
+
+def together_base_url(configured: str | None) -> str:
+    return configured or os.environ.get("TOGETHER_BASE_URL") or TOGETHER_BASE_URL
+
+
+class RateLimiter:
+    """Client-side requests-per-minute and tokens-per-minute limits over a sliding minute."""
+
+    def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None) -> None:
+        self.rpm, self.tpm = requests_per_minute, tokens_per_minute
+        self._sent: deque[tuple[float, int]] = deque()
+        self._tokens = 0
+        self._lock = threading.Lock()
+
+    def wait(self, tokens: int) -> None:
+        """Block until one request of about `tokens` tokens fits in both limits, then book it."""
+        if not self.rpm and not self.tpm:
+            return
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                while self._sent and now - self._sent[0][0] >= 60:
+                    self._tokens -= self._sent.popleft()[1]
+                fits_rpm = not self.rpm or len(self._sent) < self.rpm
+                fits_tpm = not self.tpm or not self._sent or self._tokens + tokens <= self.tpm
+                if fits_rpm and fits_tpm:
+                    self._sent.append((now, tokens))
+                    self._tokens += tokens
+                    return
+                delay = 60 - (now - self._sent[0][0])
+            time.sleep(max(delay, 0.01))

@@ -1,0 +1,158 @@
+"""A teacher: one model behind a chat or raw-completions API, reached through the request cache.
+
+The same code talks to Together, any OpenAI-compatible server and the managed local llama.cpp
+server: only the base URL, the key and the request shape (chat messages, or a prompt we template
+ourselves, as the seed did with `[INST] ... [/INST]`) differ.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from recipe.data import templates
+from recipe.providers.cache import TeacherCache, request_key
+from recipe.providers.http import APIError, Client, RateLimiter
+
+TEMPLATE_VERSION = "1"  # bump when templates.render_prompt changes what a prompt looks like
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached: bool
+
+
+class BudgetReached(Exception):
+    """No new request may be sent: the budget is spent."""
+
+
+class Ledger:
+    """Token usage and cost of the requests this run sends, and the budget they may not pass."""
+
+    def __init__(self, input_per_mtok: float, output_per_mtok: float, max_usd: float | None, factor: float = 1.0):
+        self.input_rate = input_per_mtok * factor / 1e6
+        self.output_rate = output_per_mtok * factor / 1e6
+        self.max_usd = max_usd
+        self.prompt_tokens = self.completion_tokens = self.requests = self.cached_requests = 0
+        self.cost_usd = 0.0
+        self._reserved = 0.0
+        self._lock = threading.Lock()
+        self.stopped = False
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return prompt_tokens * self.input_rate + completion_tokens * self.output_rate
+
+    def reserve(self, prompt_tokens: int, max_tokens: int) -> float:
+        """Book the worst case of one request before sending it, or raise BudgetReached."""
+        worst = self.cost(prompt_tokens, max_tokens)
+        with self._lock:
+            if self.stopped or (self.max_usd is not None and self.cost_usd + self._reserved + worst > self.max_usd):
+                self.stopped = True
+                raise BudgetReached
+            self._reserved += worst
+        return worst
+
+    def settle(self, reserved: float, answer: Answer | None) -> None:
+        with self._lock:
+            self._reserved -= reserved
+            if answer is not None:
+                self.requests += 1
+                self.prompt_tokens += answer.prompt_tokens
+                self.completion_tokens += answer.completion_tokens
+                self.cost_usd += self.cost(answer.prompt_tokens, answer.completion_tokens)
+
+    def record_cached(self) -> None:
+        with self._lock:
+            self.cached_requests += 1
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "requests": self.requests,
+            "cached_requests": self.cached_requests,
+        }
+
+
+def approx_tokens(text: str) -> int:
+    return (len(text) + 3) // 4
+
+
+class Teacher:
+    def __init__(
+        self,
+        client: Client,
+        cache: TeacherCache,
+        *,
+        provider: str,
+        model: str,
+        api: str,
+        template: str,
+        sampling: dict[str, Any],
+        ledger: Ledger,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.client, self.cache, self.ledger, self.limiter = client, cache, ledger, limiter
+        self.provider, self.model, self.api, self.template = provider, model, api, template
+        self.sampling = {k: v for k, v in sampling.items() if v is not None and v != []}
+        if api == "completions" and "stop" not in self.sampling and template == "llama2_inst":
+            self.sampling["stop"] = ["[INST]"]  # the seed's stop: the model must not write the next turn
+
+    def body(self, messages: list[Message]) -> dict[str, Any]:
+        """The request body for the conversation so far (ending with the user's turn)."""
+        if self.api == "chat":
+            return {"model": self.model, "messages": messages, **self.sampling}
+        return {"model": self.model, "prompt": templates.render_prompt(messages, self.template), **self.sampling}
+
+    def key(self, body: dict[str, Any]) -> str:
+        identity = {"provider": self.provider, "api": self.api, "body": body}
+        if self.api == "completions":
+            identity["template"] = f"{self.template}/{TEMPLATE_VERSION}"
+        return request_key(identity)
+
+    def cached(self, messages: list[Message]) -> Answer | None:
+        hit = self.cache.get(self.key(self.body(messages)))
+        return None if hit is None else Answer(hit[0], hit[1], hit[2], cached=True)
+
+    def ask(self, messages: list[Message]) -> Answer:
+        """The teacher's answer to the conversation so far: from the cache, or sent and cached."""
+        body = self.body(messages)
+        key = self.key(body)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.ledger.record_cached()
+            return Answer(hit[0], hit[1], hit[2], cached=True)
+        prompt_estimate = approx_tokens(str(body.get("messages") or body.get("prompt")))
+        reserved = self.ledger.reserve(prompt_estimate, int(self.sampling.get("max_tokens", 0)))
+        answer = None
+        try:
+            if self.limiter is not None:
+                self.limiter.wait(prompt_estimate + int(self.sampling.get("max_tokens", 0)))
+            path = "chat/completions" if self.api == "chat" else "completions"
+            answer = parse_response(self.client.post_json(path, body), self.api, prompt_estimate)
+            self.cache.put(key, answer.text, answer.prompt_tokens, answer.completion_tokens)
+        finally:
+            self.ledger.settle(reserved, answer)
+        return answer
+
+
+def parse_response(response: dict[str, Any], api: str, prompt_estimate: int) -> Answer:
+    """Text and usage of a chat or completions response (usage estimated when the server gives none)."""
+    try:
+        choice = response["choices"][0]
+        text = choice["message"]["content"] if api == "chat" else choice["text"]
+    except (KeyError, IndexError, TypeError):
+        raise APIError(f"unexpected response shape: {str(response)[:300]}") from None
+    text = (text or "").strip()
+    usage = response.get("usage") or {}
+    return Answer(
+        text,
+        int(usage.get("prompt_tokens") or prompt_estimate),
+        int(usage.get("completion_tokens") or approx_tokens(text)),
+        cached=False,
+    )

@@ -1,0 +1,418 @@
+"""Distill: the recipe's Step I. Replay the human turns of ShareGPT conversations to a teacher,
+multi-turn (each turn sees the whole history with the teacher's own earlier answers), and keep
+its answers as chat conversations for Mix.
+
+What it supports:
+- teachers: `local` (the embedded SmolLM2 behind a llama.cpp server on 127.0.0.1, the default),
+  `together` (chat, or raw completions with the seed's `[INST] ... [/INST]` prompts and `[INST]`
+  stop), `openai_compatible` (any base URL); one HTTP client, one code path;
+- the seed's cleanup of ShareGPT page counters (`1 / 1` glued to a turn); limits on conversations,
+  turns, turn length and history length; skipped turns counted;
+- a per-request SQLite cache shared by runs: answers are committed as they arrive, so a killed run
+  resumes without sending any finished request again;
+- conversations in parallel (`concurrency`), requests- and tokens-per-minute limits, retries with
+  backoff honouring Retry-After; a conversation whose request fails for good is recorded as failed
+  and the run goes on; the stage fails if more than `max_failure_share` of them fail;
+- money: usage and cost in a ledger, a dry-run estimate walked through the cache, and
+  `budget.max_usd`, past which no new request is sent (the stage then stops, saying so);
+- `mode: batch` (Together): one batch job per turn index, its id stored before waiting so a re-run
+  re-attaches; results land in the same cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from recipe.data.jsonl import encode_line
+from recipe.data.sources import SHAREGPT_ROLES, iter_records, source_identity
+from recipe.providers.cache import TeacherCache, request_key
+from recipe.providers.http import APIError, Client, RateLimiter, together_base_url
+from recipe.providers.local.llama_server import LlamaCppServer, embedded_gguf
+from recipe.providers.teacher import Answer, BudgetReached, Ledger, Teacher, approx_tokens, parse_response
+from recipe.providers.together import BATCH_DONE, create_batch, download_file, get_batch, upload_batch_file
+from recipe.secrets import together_api_key
+from recipe.stages import Stage, StageError
+from recipe.store import Artifact
+
+CONVERSATIONS_FILE = "conversations.jsonl"
+# ShareGPT scrapes start some turns with the web UI's page counter ("1 / 1", "2 / 2"); the seed cut it.
+PAGE_COUNTER = re.compile(r"^\s*\d+\s*/\s*\d+")
+Message = dict[str, str]
+
+
+@dataclass
+class Conversation:
+    id: str
+    turns: list[str]
+    messages: list[Message] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.error is None and len(self.messages) == 2 * len(self.turns)
+
+
+class Distill(Stage):
+    """Build `conversations.jsonl` (teacher answers, multi-turn) and a manifest of counts and cost."""
+
+    name = "distill"
+    version = "1"
+    execution_keys = frozenset(
+        {
+            "concurrency",
+            "requests_per_minute",
+            "tokens_per_minute",
+            "timeout_s",
+            "max_retries",
+            "max_failure_share",
+            "batch_poll_s",
+            "cache_path",
+            "progress",
+            "prices",
+            "budget",
+            "estimate_answer_tokens",
+        }
+    )
+
+    def __init__(self, config: DictConfig, root: DictConfig) -> None:
+        super().__init__(config, root)
+        c = config
+        if c.source not in root.sources:
+            raise StageError(f"distill.source={c.source!r}: no such source (known: {', '.join(sorted(root.sources))})")
+        if root.sources[c.source].kind.value != "sharegpt":
+            raise StageError(
+                f"distill.source={c.source!r}: must be a sharegpt source, not {root.sources[c.source].kind.value}"
+            )
+        for key in ("max_turns", "max_turn_chars", "concurrency"):
+            if c[key] < 1:
+                raise StageError(f"distill.{key}={c[key]}: must be at least 1")
+        if c.max_conversations is not None and c.max_conversations < 1:
+            raise StageError(f"distill.max_conversations={c.max_conversations}: must be at least 1 (or null for all)")
+        provider = c.teacher.provider.value
+        if provider == "openai_compatible" and not c.teacher.base_url:
+            raise StageError("distill.teacher.base_url: required for provider openai_compatible")
+        if c.mode.value == "batch" and provider != "together":
+            raise StageError(f"distill.mode=batch needs distill.teacher.provider=together, not {provider}")
+        if c.sampling.max_tokens < 1:
+            raise StageError(f"distill.sampling.max_tokens={c.sampling.max_tokens}: must be at least 1")
+
+    # ---- identity and plan -----------------------------------------------------------------
+    def semantic_config(self) -> dict[str, Any]:
+        semantic = super().semantic_config()
+        semantic["teacher"].pop("base_url", None)  # where the teacher runs, not what it answers
+        semantic["source_data"] = source_identity(self.config.source, self.root.sources[self.config.source])
+        return semantic
+
+    def conversations(self) -> tuple[list[Conversation], dict[str, int]]:
+        """The conversations to replay: human turns, cleaned and limited; and what was left out."""
+        c = self.config
+        stats = {"skipped_empty_turns": 0, "skipped_long_turns": 0, "turns_beyond_max_turns": 0, "no_turns": 0}
+        conversations = []
+        for i, (record, where) in enumerate(iter_records(c.source, self.root.sources[c.source])):
+            if c.max_conversations is not None and len(conversations) >= c.max_conversations:
+                break
+            turns = record.get("conversations")
+            if not isinstance(turns, list):
+                raise StageError(f"{where}: missing field 'conversations' (a list of {{from, value}} turns)")
+            human = []
+            for j, turn in enumerate(turns):
+                if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+                    raise StageError(f"{where}: conversations[{j}] needs string fields 'from' and 'value'")
+                if SHAREGPT_ROLES.get(str(turn.get("from")).lower()) != "user":
+                    continue
+                text = PAGE_COUNTER.sub("", turn["value"], count=1).strip()
+                if not text:
+                    stats["skipped_empty_turns"] += 1
+                elif len(text) > c.max_turn_chars:
+                    stats["skipped_long_turns"] += 1
+                else:
+                    human.append(text)
+            stats["turns_beyond_max_turns"] += max(0, len(human) - c.max_turns)
+            if not human:
+                stats["no_turns"] += 1
+                continue
+            conversations.append(Conversation(str(record.get("id", i)), human[: c.max_turns]))
+        return conversations, stats
+
+    def plan(self, inputs: dict[str, Artifact | None]) -> str:
+        c = self.config
+        conversations, _ = self.conversations()
+        teacher = self._teacher(None, TeacherCache(c.cache_path), Ledger(0, 0, None))
+        ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, None, self._price_factor())
+        cached = to_send = prompt_tokens = 0
+        for conv in conversations:
+            history: list[Message] = []
+            following_cache = True
+            for turn in conv.turns:
+                history.append({"role": "user", "content": turn})
+                answer = teacher.cached(history) if following_cache else None
+                if answer is not None:
+                    cached += 1
+                    history.append({"role": "assistant", "content": answer.text})
+                    continue
+                following_cache = False  # later turns depend on an answer not known yet
+                to_send += 1
+                prompt_tokens += approx_tokens(json.dumps(history)) + 8
+                history.append({"role": "assistant", "content": "x" * 4 * c.estimate_answer_tokens})
+        expected = ledger.cost(prompt_tokens, to_send * c.estimate_answer_tokens)
+        worst = ledger.cost(prompt_tokens, to_send * c.sampling.max_tokens)
+        turns = cached + to_send
+        return (
+            f"distill {len(conversations)} conversations ({turns} turns) with {c.teacher.provider.value}:"
+            f"{c.teacher.model}: {cached} answers cached, {to_send} to send, ~{prompt_tokens} prompt tokens; "
+            f"cost ~${expected:.2f} (at most ${worst:.2f} with max_tokens={c.sampling.max_tokens})"
+        )
+
+    def _price_factor(self) -> float:
+        return self.config.prices.batch_factor if self.config.mode.value == "batch" else 1.0
+
+    # ---- run ----------------------------------------------------------------------------------
+    def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
+        c = self.config
+        conversations, stats = self.conversations()
+        if not conversations:
+            raise StageError(f"sources.{c.source}: no conversation has a human turn to replay")
+        cache = TeacherCache(c.cache_path)
+        ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, c.budget.max_usd, self._price_factor())
+        try:
+            with self._endpoint() as (base_url, api_key):
+                client = Client(
+                    base_url, api_key, max_retries=c.max_retries, timeout_s=c.timeout_s, pool_size=c.concurrency
+                )
+                try:
+                    teacher = self._teacher(client, cache, ledger)
+                    if c.mode.value == "batch":
+                        self._run_batch(teacher, client, conversations, ledger, out_dir)
+                    else:
+                        self._run_online(teacher, conversations, ledger, client)
+                finally:
+                    client.close()
+        finally:
+            cache.close()
+        return self._finish(conversations, stats, ledger, out_dir, client.retries.value)
+
+    @contextlib.contextmanager
+    def _endpoint(self) -> Iterator[tuple[str, str | None]]:
+        """(base URL, key) of the teacher; starts and always stops the local server."""
+        t = self.config.teacher
+        provider = t.provider.value
+        if provider == "together":
+            key = together_api_key(self.root)
+            if not key:
+                raise StageError("distill.teacher.provider=together needs TOGETHER_API_KEY in the environment")
+            yield together_base_url(t.base_url or self.root.together.base_url), key
+        elif provider == "openai_compatible":
+            yield t.base_url, os.environ.get(t.api_key_env)
+        elif t.base_url:  # a local server someone already runs
+            yield t.base_url, None
+        else:
+            gguf = Path(t.gguf) if t.gguf else embedded_gguf()
+            with LlamaCppServer(gguf, t.model, context_length=t.context_length) as server:
+                yield server.base_url, None
+
+    def _teacher(self, client: Client | None, cache: TeacherCache, ledger: Ledger) -> Teacher:
+        c = self.config
+        sampling = OmegaConf.to_container(c.sampling, resolve=True)
+        assert isinstance(sampling, dict)
+        limiter = RateLimiter(c.requests_per_minute, c.tokens_per_minute)
+        return Teacher(
+            client,  # type: ignore[arg-type]  (None only for dry-run key lookups)
+            cache,
+            provider=c.teacher.provider.value,
+            model=c.teacher.model,
+            api=c.teacher.api.value,
+            template=c.teacher.template,
+            sampling=sampling,
+            ledger=ledger,
+            limiter=limiter,
+        )
+
+    def _run_online(self, teacher: Teacher, conversations: list[Conversation], ledger: Ledger, client: Client) -> None:
+        progress = _Progress(len(conversations), ledger, client, self.config.progress)
+
+        def converse(conv: Conversation) -> None:
+            try:
+                for turn in conv.turns:
+                    conv.messages.append({"role": "user", "content": turn})
+                    answer = teacher.ask(conv.messages)
+                    conv.messages.append({"role": "assistant", "content": answer.text})
+            except BudgetReached:
+                conv.error = "budget"
+                del conv.messages[len(conv.messages) // 2 * 2 :]
+            except APIError as e:
+                conv.error = str(e)
+            progress.conversation_done(conv)
+
+        try:
+            with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
+                list(pool.map(converse, conversations))
+        finally:
+            progress.close()
+
+    def _run_batch(
+        self, teacher: Teacher, client: Client, conversations: list[Conversation], ledger: Ledger, out_dir: Path
+    ) -> None:
+        """One Together batch job per turn index; answers go to the cache like online ones."""
+        c = self.config
+        endpoint = "/v1/chat/completions" if teacher.api == "chat" else "/v1/completions"
+        for index in range(c.max_turns):
+            waiting: list[tuple[Conversation, dict[str, Any], str]] = []
+            for conv in conversations:
+                if conv.error is not None or len(conv.turns) <= index:
+                    continue
+                conv.messages.append({"role": "user", "content": conv.turns[index]})
+                answer = teacher.cached(conv.messages)
+                if answer is not None:
+                    ledger.record_cached()
+                    conv.messages.append({"role": "assistant", "content": answer.text})
+                else:
+                    body = teacher.body(conv.messages)
+                    waiting.append((conv, body, teacher.key(body)))
+            if not waiting:
+                continue
+            prompt_tokens = sum(approx_tokens(json.dumps(body)) for _, body, _ in waiting)
+            try:
+                reserved = ledger.reserve(prompt_tokens, c.sampling.max_tokens * len(waiting))
+            except BudgetReached:
+                for conv, _, _ in waiting:
+                    conv.error = "budget"
+                    conv.messages.pop()
+                return
+            answers = self._batch(client, teacher, endpoint, index, waiting, out_dir)
+            ledger.settle(reserved, None)
+            for conv, _, key in waiting:
+                answer = answers.get(key)
+                if isinstance(answer, Answer):
+                    ledger.settle(0.0, answer)
+                    conv.messages.append({"role": "assistant", "content": answer.text})
+                else:
+                    conv.error = answer or "no answer in the batch output"
+
+    def _batch(
+        self,
+        client: Client,
+        teacher: Teacher,
+        endpoint: str,
+        index: int,
+        waiting: list[tuple[Conversation, dict[str, Any], str]],
+        out_dir: Path,
+    ) -> dict[str, Answer | str]:
+        """Submit (or re-attach to) the batch of these requests; wait; cache and return answers."""
+        batch_key = request_key({"batch": sorted(key for _, _, key in waiting), "endpoint": endpoint})
+        batch_id = teacher.cache.batch_id(batch_key)
+        if batch_id is None:
+            with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+                requests_file = Path(tmp) / f"turn-{index + 1}.jsonl"
+                with open(requests_file, "wb") as f:
+                    for _, body, key in waiting:
+                        f.write(encode_line({"custom_id": key, "body": body}))
+                file_id = upload_batch_file(client, requests_file)
+            batch_id = str(create_batch(client, file_id, endpoint)["id"])
+            teacher.cache.put_batch(batch_key, batch_id)  # before waiting: a re-run re-attaches
+        bar = tqdm(desc=f"distill: batch turn {index + 1}", total=100, unit="%", disable=not self.config.progress)
+        try:
+            while True:
+                job = get_batch(client, batch_id)
+                bar.n = int(float(job.get("progress") or 0))
+                bar.refresh()
+                if job.get("status") in BATCH_DONE:
+                    break
+                time.sleep(self.config.batch_poll_s)
+        finally:
+            bar.close()
+        if job["status"] != "COMPLETED" or not job.get("output_file_id"):
+            teacher.cache.put_batch(batch_key, "")  # finished for good: a re-run submits a new one
+            raise StageError(
+                f"Together batch {batch_id} (turn {index + 1}) ended {job['status']}: {job.get('error') or 'no output'}; "
+                "answers already cached are kept, a re-run submits the rest again"
+            )
+        answers: dict[str, Answer | str] = {}
+        for line in download_file(client, job["output_file_id"]).splitlines():
+            if not line.strip():
+                continue
+            result = json.loads(line)
+            response = result.get("response") or {}
+            if response.get("status_code", 200) != 200 or "body" not in response:
+                answers[result.get("custom_id", "")] = (
+                    f"batch item failed: {str(result.get('error') or response)[:200]}"
+                )
+                continue
+            answer = parse_response(response["body"], teacher.api, 0)
+            teacher.cache.put(result["custom_id"], answer.text, answer.prompt_tokens, answer.completion_tokens)
+            answers[result["custom_id"]] = answer
+        return answers
+
+    def _finish(
+        self, conversations: list[Conversation], stats: dict[str, int], ledger: Ledger, out_dir: Path, retries: int
+    ) -> dict[str, Any]:
+        c = self.config
+        budget_stopped = [conv for conv in conversations if conv.error == "budget"]
+        failed = [conv for conv in conversations if conv.error not in (None, "budget")]
+        details = {"usage": ledger.usage(), "cost_usd": round(ledger.cost_usd, 6)}
+        if budget_stopped:
+            done = sum(conv.done for conv in conversations)
+            raise StageError(
+                f"distill.budget.max_usd={c.budget.max_usd} reached: spent ${ledger.cost_usd:.4f} on "
+                f"{ledger.requests} requests; {done} of {len(conversations)} conversations are complete and every "
+                "answer is cached; raise the budget and run again to continue where this run stopped",
+                details,
+            )
+        if len(failed) > c.max_failure_share * len(conversations):
+            raise StageError(
+                f"distill: {len(failed)} of {len(conversations)} conversations failed (distill.max_failure_share="
+                f"{c.max_failure_share}); first error: {failed[0].error}; finished answers are cached",
+                details,
+            )
+        done = [conv for conv in conversations if conv.done]
+        with open(out_dir / CONVERSATIONS_FILE, "wb") as f:
+            for conv in done:
+                f.write(encode_line({"id": conv.id, "messages": conv.messages}))
+        return {
+            "file": CONVERSATIONS_FILE,
+            "conversations": {"distilled": len(done), "failed": len(failed), "without_turns": stats.pop("no_turns")},
+            "turns": {"answered": sum(len(conv.turns) for conv in done), **stats},
+            "failed": [{"id": conv.id, "error": conv.error} for conv in failed[:20]],
+            "teacher": {"provider": c.teacher.provider.value, "model": c.teacher.model, "api": c.teacher.api.value},
+            "retries": retries,
+            **details,
+        }
+
+
+class _Progress:
+    """One tqdm bar: conversations done, with tokens, cost, retries and failures."""
+
+    def __init__(self, total: int, ledger: Ledger, client: Client, enabled: bool) -> None:
+        self.bar = tqdm(total=total, desc="distill", unit=" conv", disable=not enabled, mininterval=0.5)
+        self.ledger, self.client = ledger, client
+        self.failed = 0
+        self._lock = threading.Lock()
+
+    def conversation_done(self, conv: Conversation) -> None:
+        with self._lock:
+            self.failed += conv.error is not None
+            tokens = self.ledger.prompt_tokens + self.ledger.completion_tokens
+            self.bar.set_postfix(
+                tokens=tokens,
+                cost=f"${self.ledger.cost_usd:.4f}",
+                retries=self.client.retries.value,
+                failed=self.failed,
+                refresh=False,
+            )
+            self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
