@@ -175,6 +175,7 @@ class DistillConfig:
     tokens_per_minute: Optional[float] = None
     timeout_s: float = 120.0
     max_retries: int = 5
+    retry_backoff_s: float = 0.5  # first backoff; doubles per retry, capped at 8 s, plus jitter
     max_failure_share: float = 0.05  # the stage fails if more conversations than this fail
     batch_poll_s: float = 10.0
     cache_path: str = "outputs/cache/teacher.sqlite"  # shared by runs: answers are never bought twice

@@ -78,6 +78,7 @@ class Distill(Stage):
             "tokens_per_minute",
             "timeout_s",
             "max_retries",
+            "retry_backoff_s",
             "max_failure_share",
             "batch_poll_s",
             "cache_path",

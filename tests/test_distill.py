@@ -1,0 +1,260 @@
+"""Distill against the fake Together server (spec-validated) and the real embedded teacher."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from recipe.errors import RecipeError
+from recipe.runner import run
+
+from .conftest import RECIPE
+from .fake_together import FakeTogether
+
+KEY = "sk-test-distill-0123456789"
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    with FakeTogether(api_key=KEY) as server:
+        monkeypatch.setenv("TOGETHER_API_KEY", KEY)
+        monkeypatch.setenv("TOGETHER_BASE_URL", server.base_url)
+        yield server
+    assert server.invalid == [], "requests that break the spec"
+
+
+def together(make_cfg, tmp_path: Path, *overrides: str, distill: str = "together"):
+    """Distill through Together on the shipped ShareGPT sample, small, with a private cache."""
+    return make_cfg(
+        f"distill={distill}",
+        "distill.source=sharegpt_sample",
+        "distill.max_conversations=6",
+        "distill.max_turns=3",
+        "distill.progress=false",
+        "distill.retry_backoff_s=0.01",
+        f"distill.cache_path={tmp_path / 'cache.sqlite'}",
+        "stages=[distill]",
+        *overrides,
+        base=("mixture=samples",),
+    )
+
+
+def conversations(record: dict) -> list[dict]:
+    artifact = Path(record["stages"]["distill"]["artifact"])
+    return [json.loads(line) for line in (artifact / "conversations.jsonl").read_text().splitlines()]
+
+
+def test_chat_replays_every_turn_with_the_whole_history(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    record = run(together(make_cfg, tmp_path, "distill.teacher.api=chat"), run_dir=tmp_path)
+    convs = conversations(record)
+    assert len(convs) == 6
+    for conv in convs:
+        users = [m["content"] for m in conv["messages"] if m["role"] == "user"]
+        answers = [m["content"] for m in conv["messages"] if m["role"] == "assistant"]
+        # The k-th answer was asked with all k user turns (and the k-1 answers) in the request.
+        assert answers == [f"answer {k} to: {u[:60]}" for k, u in enumerate(users, 1)]
+    posts = fake.posts("/v1/chat/completions")
+    assert len(posts) == sum(len(c["messages"]) // 2 for c in convs)
+    longest = max(posts, key=lambda r: len(r.body["messages"]))
+    roles = [m["role"] for m in longest.body["messages"]]
+    assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"]
+    assert all(r.headers["Authorization"] == f"Bearer {KEY}" for r in posts)
+    usage = record["stages"]["distill"]["usage"]
+    assert usage["requests"] == len(posts) and usage["prompt_tokens"] > 0 and usage["cached_requests"] == 0
+    # ShareGPT page counters ("1 / 1Write a haiku") are cut, as the seed did.
+    assert not any(m["content"].startswith("1 / 1") for c in convs for m in c["messages"])
+
+
+def test_seed_format_raw_completions(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    run(together(make_cfg, tmp_path), run_dir=tmp_path)
+    posts = fake.posts("/v1/completions")
+    assert posts and not fake.posts("/v1/chat/completions")
+    body = max(posts, key=lambda r: len(r.body["prompt"])).body
+    assert body["model"] == "togethercomputer/llama-2-70b-chat"
+    sampling = {k: body[k] for k in ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "stop")}
+    assert sampling == {
+        "max_tokens": 1024,
+        "temperature": 0.7,
+        "top_p": 0.7,
+        "top_k": 50,
+        "repetition_penalty": 1.0,
+        "stop": ["[INST]"],
+    }
+    # [INST] q1 [/INST] a1 [INST] q2 [/INST]: the prompt grows turn by turn with the answers fed back.
+    assert body["prompt"].startswith("[INST] ") and body["prompt"].endswith(" [/INST]")
+    assert body["prompt"].count("[INST]") >= 2 and "answer 1 to:" in body["prompt"]
+
+
+def test_a_second_run_sends_nothing(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    run(together(make_cfg, tmp_path), run_dir=tmp_path)
+    sent = len(fake.requests)
+    # Another store (no artifact to reuse), same teacher cache: every answer comes from the cache.
+    record = run(together(make_cfg, tmp_path, f"store_dir={tmp_path / 'store2'}"), run_dir=tmp_path)
+    assert len(fake.requests) == sent
+    assert record["stages"]["distill"]["usage"]["requests"] == 0
+    assert record["stages"]["distill"]["usage"]["cached_requests"] > 0
+
+
+def test_faults_are_survived(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    fake.fail(429, 2, retry_after_ms=20)
+    fake.fail(503, 2, retry_after=0)
+    fake.fail(500, 1)
+    fake.drop(2)
+    record = run(together(make_cfg, tmp_path, "distill.concurrency=3"), run_dir=tmp_path)
+    manifest = json.loads((Path(record["stages"]["distill"]["artifact"]) / "manifest.json").read_text())
+    assert manifest["conversations"]["distilled"] == 6 and manifest["conversations"]["failed"] == 0
+    assert manifest["retries"] >= 7
+
+
+def test_failures_past_the_threshold_fail_the_stage(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    fake.fail(503, 40)  # more than every request's retries
+    with pytest.raises(RecipeError, match=r"conversations failed \(distill.max_failure_share=0.05\)"):
+        run(together(make_cfg, tmp_path, "distill.max_retries=1", "distill.concurrency=1"), run_dir=tmp_path)
+    # Below the threshold the run goes on and records the failures.
+    fake.clear_faults()
+    fake.fail(400, 1)  # not retried: one conversation fails for good
+    record = run(
+        together(make_cfg, tmp_path, "distill.max_failure_share=0.5", "distill.concurrency=1"), run_dir=tmp_path
+    )
+    manifest = json.loads((Path(record["stages"]["distill"]["artifact"]) / "manifest.json").read_text())
+    assert manifest["conversations"]["failed"] == 1 and manifest["conversations"]["distilled"] == 5
+    assert "HTTP 400" in manifest["failed"][0]["error"]
+
+
+def test_budget_stops_sending_and_a_rerun_continues(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    # $1 per 1K tokens: the budget covers a few requests (each reserves its 1024 max_tokens).
+    prices = ("distill.prices.input_per_mtok=1000", "distill.prices.output_per_mtok=1000")
+    cfg = together(make_cfg, tmp_path, *prices, "distill.budget.max_usd=1.3", "distill.concurrency=1")
+    with pytest.raises(RecipeError, match=r"distill.budget.max_usd=1.3 reached: spent \$"):
+        run(cfg, run_dir=tmp_path)
+    entry = json.loads((tmp_path / "run.json").read_text())["stages"]["distill"]
+    assert entry["status"] == "failed" and 0 < entry["cost_usd"] <= 1.3 and entry["usage"]["requests"] >= 1
+    first = len(fake.answered)
+    record = run(together(make_cfg, tmp_path, *prices, "distill.budget.max_usd=1000"), run_dir=tmp_path)
+    assert record["stages"]["distill"]["status"] == "ok"
+    assert len(fake.answered) == len(set(fake.answered))  # nothing answered was bought twice
+    assert len(fake.answered) > first
+
+
+def test_dry_run_estimates_from_the_cache_and_sends_nothing(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    prices = ("distill.prices.input_per_mtok=2", "distill.prices.output_per_mtok=6")
+    plan = run(together(make_cfg, tmp_path, "dry_run=true", *prices), run_dir=tmp_path)["stages"]["distill"]["plan"]
+    assert fake.requests == []
+    assert "0 answers cached" in plan and "to send" in plan and "cost ~$" in plan
+    run(together(make_cfg, tmp_path, *prices), run_dir=tmp_path)
+    again = run(together(make_cfg, tmp_path, "dry_run=true", f"store_dir={tmp_path / 's2'}", *prices), run_dir=tmp_path)
+    assert ", 0 to send" in again["stages"]["distill"]["plan"]
+
+
+def test_batch_mode_one_job_per_turn_and_reattach(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    batch = ("distill.batch_poll_s=0.01",)
+    fake.fail(500, 1000, paths=("/v1/batches/*",))  # polling breaks after the first job is created
+    with pytest.raises(RecipeError, match="HTTP 500"):
+        run(together(make_cfg, tmp_path, *batch, "distill.max_retries=0", distill="together_batch"), run_dir=tmp_path)
+    assert len(fake.posts("/v1/batches")) == 1
+    fake.clear_faults()
+    record = run(together(make_cfg, tmp_path, *batch, distill="together_batch"), run_dir=tmp_path)
+    # Re-attached to the first job; then one new job per remaining turn index (3 turns at most).
+    assert len(fake.posts("/v1/batches")) <= 3
+    assert [r.body["purpose"] for r in fake.posts("/v1/files/upload")] == ["batch-api"] * len(fake.posts("/v1/batches"))
+    convs = conversations(record)
+    assert len(convs) == 6 and all(
+        m["content"].startswith("answer") for c in convs for m in c["messages"] if m["role"] == "assistant"
+    )
+    assert fake.posts("/v1/chat/completions") == []  # everything went through batches
+
+
+def test_distilled_conversations_feed_the_mixture(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    cfg = together(
+        make_cfg,
+        tmp_path,
+        "stages=[distill,mix]",
+        "mixture=offline",
+        "distill.max_conversations=12",
+        "mixture.total=16",
+        "mixture.eval_fraction=0",
+        "mixture.progress=false",
+    )
+    record = run(cfg, run_dir=tmp_path)
+    mixture = Path(record["stages"]["mix"]["artifact"]) / "mixture.jsonl"
+    texts = [json.loads(line)["text"] for line in mixture.read_text().splitlines()]
+    assert sum("answer 1 to:" in t for t in texts) == 8  # the instructions half, answered by the teacher
+
+
+def test_kill_9_then_resume_resends_nothing_finished(tmp_path: Path, fake: FakeTogether) -> None:
+    fake.delay_s = 0.15
+    args = [
+        RECIPE,
+        "stages=[distill]",
+        "mixture=samples",
+        "distill=together",
+        "distill.source=sharegpt_sample",
+        "distill.max_turns=3",
+        "distill.concurrency=2",
+        "distill.progress=false",
+        f"distill.cache_path={tmp_path / 'cache.sqlite'}",
+    ]
+    env = {**os.environ, "TOGETHER_API_KEY": KEY, "TOGETHER_BASE_URL": fake.base_url}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(fake.answered) < 8 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with fake._lock:
+        answered_before = set(fake.answered)
+        sent_before = len(fake.requests)
+    cached = sqlite3.connect(tmp_path / "cache.sqlite").execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+    assert cached >= len(answered_before) - 2  # at most the answers in flight at the kill are lost
+    fake.delay_s = 0
+    subprocess.run(args, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
+    resent = [r for r in fake.requests[sent_before:] if json.dumps(r.body, sort_keys=True) in answered_before]
+    assert len(resent) <= 2  # only requests whose answers were on the wire at the kill
+    assert not (tmp_path / "outputs" / "store" / "distill").exists() or any(
+        (tmp_path / "outputs" / "store" / "distill").iterdir()
+    )
+
+
+def test_the_key_stays_off_disk(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    run(together(make_cfg, tmp_path), run_dir=tmp_path)
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_together_without_a_key_is_a_clear_error(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("TOGETHER_API_KEY", raising=False)
+    with pytest.raises(RecipeError, match="needs TOGETHER_API_KEY"):
+        run(together(make_cfg, tmp_path), run_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_offline_distill_and_mix_with_the_embedded_teacher(run_cli, tmp_path: Path) -> None:
+    """The offline recipe's first two stages for real: SmolLM2 behind llama.cpp on 127.0.0.1."""
+    pytest.importorskip("llama_cpp")
+    run_cli(
+        "stages=[distill,mix]",
+        "distill.max_conversations=6",
+        "distill.sampling.max_tokens=32",
+        "distill.progress=false",
+        "mixture.total=8",
+        "mixture.eval_fraction=0",
+        "mixture.progress=false",
+    )
+    runs = sorted((tmp_path / "outputs" / "runs").glob("*/*/run.json"))
+    record = json.loads(runs[-1].read_text())
+    assert record["stages"]["distill"]["status"] == "ok" and record["stages"]["distill"]["usage"]["requests"] > 0
+    convs = conversations(record)
+    answers = [m["content"] for c in convs for m in c["messages"] if m["role"] == "assistant"]
+    assert len(convs) >= 4 and all(a.strip() for a in answers)
+    mixture = Path(record["stages"]["mix"]["artifact"]) / "mixture.jsonl"
+    texts = mixture.read_text()
+    assert sum(answer[:40] in texts for answer in answers) >= 4  # the teacher's real answers are mixed in
+    assert not list((tmp_path).rglob("llama-server-*.log"))  # server stopped and cleaned up
