@@ -96,8 +96,10 @@ class Teacher:
         sampling: dict[str, Any],
         ledger: Ledger,
         limiter: RateLimiter | None = None,
+        weights: str | None = None,
     ) -> None:
         self.client, self.cache, self.ledger, self.limiter = client, cache, ledger, limiter
+        self.weights = weights  # for local models: which file answers, since the alias alone may not say
         self.provider, self.model, self.api, self.template = provider, model, api, template
         self.sampling = {k: v for k, v in sampling.items() if v is not None and v != []}
         if api == "completions" and "stop" not in self.sampling and template == "llama2_inst":
@@ -111,6 +113,8 @@ class Teacher:
 
     def key(self, body: dict[str, Any]) -> str:
         identity = {"provider": self.provider, "api": self.api, "body": body}
+        if self.weights:
+            identity["weights"] = self.weights
         if self.api == "completions":
             identity["template"] = f"{self.template}/{TEMPLATE_VERSION}"
         return request_key(identity)

@@ -221,8 +221,7 @@ class Distill(Stage):
         elif t.base_url:  # a local server someone already runs
             yield t.base_url, None
         else:
-            gguf = Path(t.gguf) if t.gguf else embedded_gguf()
-            with LlamaCppServer(gguf, t.model, context_length=t.context_length) as server:
+            with LlamaCppServer(self._gguf(), t.model, context_length=t.context_length) as server:
                 yield server.base_url, None
 
     def _teacher(self, client: Client | None, cache: TeacherCache, ledger: Ledger) -> Teacher:
@@ -230,6 +229,10 @@ class Distill(Stage):
         sampling = OmegaConf.to_container(c.sampling, resolve=True)
         assert isinstance(sampling, dict)
         limiter = RateLimiter(c.requests_per_minute, c.tokens_per_minute)
+        weights = None
+        if c.teacher.provider.value == "local" and not c.teacher.base_url:
+            gguf = self._gguf()
+            weights = f"{gguf.name}:{gguf.stat().st_size}"
         return Teacher(
             client,  # type: ignore[arg-type]  (None only for dry-run key lookups)
             cache,
@@ -240,7 +243,11 @@ class Distill(Stage):
             sampling=sampling,
             ledger=ledger,
             limiter=limiter,
+            weights=weights,
         )
+
+    def _gguf(self) -> Path:
+        return Path(self.config.teacher.gguf) if self.config.teacher.gguf else embedded_gguf()
 
     def _run_online(self, teacher: Teacher, conversations: list[Conversation], ledger: Ledger, client: Client) -> None:
         progress = _Progress(len(conversations), ledger, client, self.config.progress)

