@@ -146,7 +146,7 @@ def test_budget_stops_sending_and_a_rerun_continues(make_cfg, tmp_path: Path, fa
 def test_dry_run_estimates_from_the_cache_and_sends_nothing(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
     prices = ("distill.prices.input_per_mtok=2", "distill.prices.output_per_mtok=6")
     plan = run(together(make_cfg, tmp_path, "dry_run=true", *prices), run_dir=tmp_path)["stages"]["distill"]["plan"]
-    assert fake.requests == []
+    assert fake.requests == [] and not (tmp_path / "cache.sqlite").exists()  # a dry run writes nothing
     assert "0 answers cached" in plan and "to send" in plan and "cost ~$" in plan
     run(together(make_cfg, tmp_path, *prices), run_dir=tmp_path)
     again = run(together(make_cfg, tmp_path, "dry_run=true", f"store_dir={tmp_path / 's2'}", *prices), run_dir=tmp_path)

@@ -152,7 +152,9 @@ class Distill(Stage):
     def plan(self, inputs: dict[str, Artifact | None]) -> str:
         c = self.config
         conversations, _ = self.conversations()
-        teacher = self._teacher(None, TeacherCache(c.cache_path), Ledger(0, 0, None))
+        # A dry run writes nothing: without a cache file yet, every request is still to send.
+        cache = TeacherCache(c.cache_path) if Path(c.cache_path).exists() else None
+        teacher = self._teacher(None, cache, Ledger(0, 0, None))
         ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, None, self._price_factor())
         cached = to_send = prompt_tokens = 0
         for conv in conversations:
@@ -160,7 +162,7 @@ class Distill(Stage):
             following_cache = True
             for turn in conv.turns:
                 history.append({"role": "user", "content": turn})
-                answer = teacher.cached(history) if following_cache else None
+                answer = teacher.cached(history) if following_cache and cache is not None else None
                 if answer is not None:
                     cached += 1
                     history.append({"role": "assistant", "content": answer.text})
@@ -169,6 +171,8 @@ class Distill(Stage):
                 to_send += 1
                 prompt_tokens += approx_tokens(json.dumps(history)) + 8
                 history.append({"role": "assistant", "content": "x" * 4 * c.estimate_answer_tokens})
+        if cache is not None:
+            cache.close()
         expected = ledger.cost(prompt_tokens, to_send * c.estimate_answer_tokens)
         worst = ledger.cost(prompt_tokens, to_send * c.sampling.max_tokens)
         turns = cached + to_send
@@ -224,7 +228,7 @@ class Distill(Stage):
             with LlamaCppServer(self._gguf(), t.model, context_length=t.context_length) as server:
                 yield server.base_url, None
 
-    def _teacher(self, client: Client | None, cache: TeacherCache, ledger: Ledger) -> Teacher:
+    def _teacher(self, client: Client | None, cache: TeacherCache | None, ledger: Ledger) -> Teacher:
         c = self.config
         sampling = OmegaConf.to_container(c.sampling, resolve=True)
         assert isinstance(sampling, dict)
@@ -235,7 +239,7 @@ class Distill(Stage):
             weights = f"{gguf.name}:{gguf.stat().st_size}"
         return Teacher(
             client,  # type: ignore[arg-type]  (None only for dry-run key lookups)
-            cache,
+            cache,  # type: ignore[arg-type]
             provider=c.teacher.provider.value,
             model=c.teacher.model,
             api=c.teacher.api.value,
