@@ -258,3 +258,40 @@ def test_offline_distill_and_mix_with_the_embedded_teacher(run_cli, tmp_path: Pa
     texts = mixture.read_text()
     assert sum(answer[:40] in texts for answer in answers) >= 4  # the teacher's real answers are mixed in
     assert not list((tmp_path).rglob("llama-server-*.log"))  # server stopped and cleaned up
+
+
+def llama_servers() -> list[int]:
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"llama_cpp.server" in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_local_teacher_server(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    before = set(llama_servers())
+    proc = subprocess.Popen(
+        [RECIPE, "stages=[distill]", "distill.progress=false", "distill.max_conversations=20"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not set(llama_servers()) - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    started = set(llama_servers()) - before
+    assert started, "the local server never started"
+    time.sleep(2)  # let it answer a little
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) != 0
+    deadline = time.monotonic() + 15
+    while started & set(llama_servers()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not started & set(llama_servers()), "the llama.cpp server outlived Ctrl-C"
+    distill_store = tmp_path / "outputs" / "store" / "distill"
+    assert not distill_store.exists() or not any(distill_store.iterdir())  # no artifact, no temp dir

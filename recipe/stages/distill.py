@@ -255,10 +255,13 @@ class Distill(Stage):
 
     def _run_online(self, teacher: Teacher, conversations: list[Conversation], ledger: Ledger, client: Client) -> None:
         progress = _Progress(len(conversations), ledger, client, self.config.progress)
+        stop = threading.Event()  # set on Ctrl-C or any crash: no new request after it
 
         def converse(conv: Conversation) -> None:
             try:
                 for turn in conv.turns:
+                    if stop.is_set():
+                        return
                     conv.messages.append({"role": "user", "content": turn})
                     answer = teacher.ask(conv.messages)
                     conv.messages.append({"role": "assistant", "content": answer.text})
@@ -269,10 +272,14 @@ class Distill(Stage):
                 conv.error = str(e)
             progress.conversation_done(conv)
 
+        pool = ThreadPoolExecutor(max_workers=self.config.concurrency)
         try:
-            with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
-                list(pool.map(converse, conversations))
+            list(pool.map(converse, conversations))
+        except BaseException:
+            stop.set()  # in-flight requests finish (and are cached); queued conversations never start
+            raise
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             progress.close()
 
     def _run_batch(
