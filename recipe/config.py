@@ -182,6 +182,89 @@ class DistillConfig:
     progress: bool = True
 
 
+class TrainingType(Enum):
+    lora = "lora"
+    full = "full"
+
+
+class LRSchedulerType(Enum):
+    linear = "linear"
+    cosine = "cosine"
+
+
+class Download(Enum):
+    none = "none"
+    merged = "merged"
+    adapter = "adapter"
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    trainable_modules: str = "all-linear"
+
+
+@dataclass
+class LRSchedulerConfig:
+    type: LRSchedulerType = LRSchedulerType.linear
+    min_lr_ratio: float = 0.0
+    num_cycles: float = 0.5  # cosine only
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases logging of the hosted job; the key is read from WANDB_API_KEY."""
+
+    enabled: bool = False
+    project_name: Optional[str] = None
+    name: Optional[str] = None
+    entity: Optional[str] = None
+    base_url: Optional[str] = None
+
+
+@dataclass
+class TogetherTrainConfig:
+    """Train on Together: check, upload (deduplicated), price, create once, follow, download."""
+
+    _target_: str = "recipe.stages.train.TogetherTrain"
+    model: str = "togethercomputer/LLaMA-2-7B-32K"
+    training_type: TrainingType = TrainingType.lora
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train_on_inputs: str = "auto"  # auto | true | false
+    n_epochs: int = 1
+    n_checkpoints: int = 1
+    n_evals: int = 0  # > 0 sends the mixture's eval split as validation_file
+    batch_size: str = "max"  # an integer, or "max"
+    learning_rate: float = 1e-5
+    lr_scheduler: LRSchedulerConfig = field(default_factory=LRSchedulerConfig)
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    suffix: Optional[str] = None  # at most 40 characters
+    packing: bool = True
+    max_seq_length: Optional[int] = None
+    random_seed: Optional[int] = None
+    from_checkpoint: Optional[str] = None
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    # Execution-only (not in the fingerprint):
+    confirm: bool = False  # ask on the terminal before a paid job starts
+    relaunch: bool = False  # launch a new (paid) job when the recorded one failed or was cancelled
+    cancel: bool = False  # cancel the job recorded for this config, then stop
+    wait: bool = True  # follow the job to the end; false: return after creating it
+    download: Download = Download.none
+    poll_s: float = 10.0  # first poll interval; grows to 60 s while nothing changes
+    timeout_s: float = 120.0
+    max_retries: int = 5
+    retry_backoff_s: float = 0.5
+    multipart_threshold_gb: float = 5.0  # larger files use the multipart upload
+    multipart_part_mb: float = 256.0
+    multipart_workers: int = 4
+    progress: bool = True
+
+
 @dataclass
 class TogetherConfig:
     """Where Together calls go. The key is read from TOGETHER_API_KEY unless given here; it is
@@ -205,6 +288,8 @@ class RecipeConfig:
     sources: Dict[str, SourceConfig] = field(default_factory=dict)
     distill: Optional[DistillConfig] = None
     mixture: Optional[MixtureConfig] = None
+    # Each train/*.yaml extends a schema registered in the `train` group (e.g. together_schema).
+    train: Optional[Any] = None
     # Free-form notes carried into run.json (e.g. what an experiment is for).
     notes: Dict[str, Any] = field(default_factory=dict)
 
@@ -222,3 +307,4 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("samples", _samples_path)
     cs = ConfigStore.instance()
     cs.store(name="recipe_schema", node=RecipeConfig)
+    cs.store(group="train", name="together_schema", node=TogetherTrainConfig)

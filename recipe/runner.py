@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
-from recipe.stages import CONFIG_KEY, STAGE_ORDER, Stage, StageError
+from recipe.stages import CONFIG_KEY, STAGE_ORDER, Stage, StageError, StagePending
 from recipe.store import Artifact, ArtifactStore, fingerprint, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
             started = time.monotonic()
             entry: dict[str, Any] = record["stages"].setdefault(name, {"status": "running"})
             stage = plan.stage(name)
+            stage.store = store
             fp = plan.fingerprint(name)
             entry["fingerprint"] = fp
             inputs: dict[str, Artifact | None] = {}
@@ -121,7 +122,13 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
                         "upstream": {up: plan.fingerprint(up) for up in stage.upstream()},
                         "config": stage.semantic_config(),
                     }
-                    hit = store.build(name, fp, lambda out, s=stage, i=inputs: s.run(i, out), meta)  # type: ignore[misc]
+                    try:
+                        hit = store.build(name, fp, lambda out, s=stage, i=inputs: s.run(i, out), meta)  # type: ignore[misc]
+                    except StagePending as pending:
+                        entry.update(status="pending", note=str(pending), **pending.details)
+                        entry["seconds"] = round(time.monotonic() - started, 3)
+                        log.info("%s %s: pending: %s", name, fp, pending)
+                        break  # later stages need this artifact; a later run picks the work up
                     manifest = hit.manifest
                     for key in ("usage", "cost_usd"):  # what this run spent (a cache hit spends nothing)
                         if key in manifest:
@@ -140,7 +147,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         record["status"] = "failed"
         write_json_atomic(run_dir / "run.json", record)
         raise
-    record["status"] = "planned" if cfg.dry_run else "ok"
+    pending = any(s["status"] == "pending" for s in record["stages"].values())
+    record["status"] = "planned" if cfg.dry_run else "pending" if pending else "ok"
     record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     write_json_atomic(run_dir / "run.json", record)
     print_summary(record, run_dir)

@@ -98,6 +98,18 @@ class ArtifactStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
+    # ---- records of paid, long-lived remote objects (uploaded files, jobs, endpoints) ---------------
+    def record(self, kind: str, key: str) -> dict[str, Any] | None:
+        """What was stored under `records/<kind>/<key>.json`, or None."""
+        path = self.root / "records" / kind / f"{key}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def put_record(self, kind: str, key: str, value: dict[str, Any]) -> None:
+        """Store a record atomically, before anything waits on the object it describes."""
+        directory = self.root / "records" / kind
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(directory / f"{key}.json", value)
+
     @staticmethod
     def _remove_stale_tmp(stage_dir: Path, fp: str) -> None:
         """Remove leftovers of crashed builds of this fingerprint (their process is gone)."""

@@ -6,17 +6,25 @@ what was sent and count duplicates. Faults can be switched on: HTTP errors with 
 retry-after-ms, dropped connections, slow replies.
 
 Endpoints: POST /v1/chat/completions, /v1/completions, /v1/files/upload, /v1/batches;
-GET /v1/files/{id}/content, /v1/batches/{id}. It will grow with the Train and Deploy issues.
+GET /v1/files/{id}/content, /v1/batches/{id}. Fine-tuning: the SDKs' upload (POST /v1/files ->
+302 + X-Together-File-Id -> PUT to the presigned URL without auth -> POST /v1/files/{id}/preprocess,
+and the multipart flow under /v1/files/multipart/), POST /v1/fine-tunes (+ estimate-price),
+GET /v1/fine-tunes/{id} (+ /events, /checkpoints), POST /v1/fine-tunes/{id}/cancel,
+GET /v1/finetune/download. A job advances one state per poll: pending, queued, running (steps),
+uploading, completed. The two spec rules every SDK trips are relaxed, and only those:
+`train_on_inputs` may be "auto", and `lr_scheduler_args` is matched with anyOf.
 """
 
 from __future__ import annotations
 
+import copy
 import email.parser
 import email.policy
 import json
 import socket
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +50,19 @@ def validator(schema_name: str) -> jsonschema.protocols.Validator:
     """A validator for one of the spec's component schemas ($refs resolve inside the spec)."""
     root = {"$ref": f"#/components/schemas/{schema_name}", "components": spec()["components"]}
     return jsonschema.Draft202012Validator(root)
+
+
+def fine_tune_validator(path: str) -> jsonschema.protocols.Validator:
+    """The request schema of /fine-tunes (or estimate-price), with the SDKs' two known quirks relaxed."""
+    components = copy.deepcopy(spec()["components"])
+    schemas = components["schemas"]
+    schemas["TrainingMethodSFT"]["properties"]["train_on_inputs"].pop("type", None)
+    scheduler = schemas["LRScheduler"]["properties"]["lr_scheduler_args"]
+    scheduler["anyOf"] = scheduler.pop("oneOf")
+    body = copy.deepcopy(spec()["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"])
+    if "train_on_inputs" in body["properties"]:
+        body["properties"]["train_on_inputs"].pop("type", None)
+    return jsonschema.Draft202012Validator({**body, "components": components})
 
 
 def request_schema(path: str, method: str = "post") -> dict[str, Any]:
@@ -91,6 +112,11 @@ class FakeTogether:
         self.answered: list[str] = []  # bodies (canonical JSON) of POSTs answered with 200
         self.invalid: list[str] = []
         self.files: dict[str, bytes] = {}
+        self.uploads: dict[str, dict[str, Any]] = {}  # file id -> pending SDK-style upload
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.job_steps = 4  # training steps a job reports before it completes
+        self.job_outcome = "completed"  # or "error", "cancelled" ... for the next jobs
+        self.unauthorized_puts = 0  # presigned PUTs that carried an Authorization header
         self.batches: dict[str, dict[str, Any]] = {}
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
@@ -98,6 +124,8 @@ class FakeTogether:
             "/v1/chat/completions": validator("ChatCompletionRequest"),
             "/v1/completions": validator("CompletionRequest"),
             "/v1/batches": validator("CreateBatchRequest"),
+            "/v1/fine-tunes": fine_tune_validator("/fine-tunes"),
+            "/v1/fine-tunes/estimate-price": fine_tune_validator("/fine-tunes/estimate-price"),
         }
         self._upload_schema = jsonschema.Draft202012Validator(
             {**request_schema("/files/upload"), "components": spec()["components"]}
@@ -116,6 +144,9 @@ class FakeTogether:
 
             def do_POST(self) -> None:
                 server._handle(self, "POST")
+
+            def do_PUT(self) -> None:
+                server._handle(self, "PUT")
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -170,12 +201,17 @@ class FakeTogether:
         path = h.path.split("?", 1)[0]
         content_type = h.headers.get("Content-Type", "")
         body: Any = None
-        if raw and content_type.startswith("application/json"):
+        if method == "PUT":
+            body = raw
+        elif raw and content_type.startswith("application/json"):
             body = json.loads(raw)
         elif raw and content_type.startswith("multipart/form-data"):
             body = _parse_multipart(content_type, raw)
+        elif raw and content_type.startswith("application/x-www-form-urlencoded"):
+            body = {k: v[-1] for k, v in urllib.parse.parse_qs(raw.decode()).items()}
         with self._lock:
-            self.requests.append(Recorded(method, path, body, dict(h.headers)))
+            recorded = body if method != "PUT" else f"<{len(raw)} bytes>"
+            self.requests.append(Recorded(method, path, recorded, dict(h.headers)))
             fault = next((f for f in self._faults if _matches(f.paths, path)), None)
             if fault is not None:
                 self._faults.remove(fault)
@@ -187,7 +223,10 @@ class FakeTogether:
             return
         if fault is not None:
             return _send(h, fault.status, {"error": {"message": "injected fault", "type": "fault"}}, fault.headers)
-        if self.api_key and h.headers.get("Authorization") != f"Bearer {self.api_key}":
+        if method == "PUT":  # presigned URLs carry their own authority: no API key may travel there
+            if h.headers.get("Authorization"):
+                self.unauthorized_puts += 1
+        elif self.api_key and h.headers.get("Authorization") != f"Bearer {self.api_key}":
             return _send(h, 401, {"error": {"message": "invalid API key", "type": "invalid_request_error"}})
         try:
             status, payload = self._route(method, path, body)
@@ -195,7 +234,9 @@ class FakeTogether:
             with self._lock:
                 self.invalid.append(f"{method} {path}: {e}")
             status, payload = 400, {"error": {"message": str(e), "type": "invalid_request_error"}}
-        if isinstance(payload, bytes):
+        if isinstance(payload, _Redirect):
+            _send(h, status, {}, {**({"Location": payload.location} if payload.location else {}), **payload.headers})
+        elif isinstance(payload, bytes):
             _send_bytes(h, status, payload)
         else:
             _send(h, status, payload)
@@ -236,6 +277,12 @@ class FakeTogether:
             if file_id not in self.files:
                 return 404, {"error": {"message": f"no file {file_id}"}}
             return 200, self.files[file_id]
+        if path.startswith("/v1/files") or path.startswith("/upload/"):
+            routed = self._route_files(method, path, body)
+            if routed is not None:
+                return routed
+        if path.startswith("/v1/fine-tunes") or path == "/v1/finetune/download":
+            return self._route_fine_tunes(method, path, body)
         if method == "POST" and path == "/v1/batches":
             self._validate(path, body)
             if body["input_file_id"] not in self.files:
@@ -263,6 +310,190 @@ class FakeTogether:
                 job.update(status="IN_PROGRESS", progress=50.0)
             return 200, _public(job)
         return 404, {"error": {"message": f"no route {method} {path}"}}
+
+    # ---- files, the SDK way -------------------------------------------------------------------
+    def _file_object(self, file_id: str, name: str, size: int, purpose: str, file_type: str) -> dict[str, Any]:
+        return {
+            "id": file_id,
+            "object": "file",
+            "created_at": int(time.time()),
+            "filename": name,
+            "bytes": size,
+            "purpose": purpose,
+            "FileType": file_type,
+            "Processed": True,
+            "LineCount": 0,
+        }
+
+    def _route_files(self, method: str, path: str, body: Any) -> tuple[int, Any] | None:
+        if method == "POST" and path == "/v1/files":
+            for key in ("purpose", "file_name"):
+                if not body or key not in body:
+                    raise _BadRequest(f"form field {key!r} is required")
+            errors = list(self._upload_schema.iter_errors({**body, "file": "binary"}))
+            if errors:
+                raise _BadRequest(errors[0].message)
+            file_id = f"file-{uuid.uuid4()}"
+            self.uploads[file_id] = {**body, "data": None}
+            location = f"{self.base_url.rsplit('/v1', 1)[0]}/upload/{file_id}"
+            return 302, _Redirect(location, {"X-Together-File-Id": file_id})
+        if method == "PUT" and path.startswith("/upload/"):
+            parts = path.split("/")
+            file_id = parts[2]
+            if file_id not in self.uploads:
+                return 404, {"error": "no such upload"}
+            if len(parts) == 5:  # /upload/{id}/part/{n}
+                self.uploads[file_id].setdefault("parts", {})[int(parts[4])] = body
+                return 200, _Redirect(None, {"ETag": f'"{uuid.uuid4().hex}"'})
+            self.uploads[file_id]["data"] = body
+            return 200, {}
+        if method == "POST" and path.startswith("/v1/files/") and path.endswith("/preprocess"):
+            file_id = path.split("/")[3]
+            upload = self.uploads.get(file_id)
+            if upload is None or upload["data"] is None:
+                return 400, {"error": {"message": f"{file_id} has no uploaded bytes"}}
+            self.files[file_id] = upload["data"]
+            return 200, self._file_object(
+                file_id, upload["file_name"], len(upload["data"]), upload["purpose"], upload.get("file_type", "jsonl")
+            )
+        if method == "POST" and path == "/v1/files/multipart/initiate":
+            file_id = f"file-{uuid.uuid4()}"
+            self.uploads[file_id] = {**body, "data": None, "parts": {}}
+            base = self.base_url.rsplit("/v1", 1)[0]
+            urls = [
+                {"PartNumber": n, "URL": f"{base}/upload/{file_id}/part/{n}"} for n in range(1, body["num_parts"] + 1)
+            ]
+            return 200, {"upload_id": f"up-{file_id}", "file_id": file_id, "parts": urls}
+        if method == "POST" and path == "/v1/files/multipart/complete":
+            upload = self.uploads[body["file_id"]]
+            numbers = [p["PartNumber"] for p in body["parts"]]
+            if numbers != sorted(upload["parts"]) or not all(p.get("ETag") for p in body["parts"]):
+                raise _BadRequest("complete needs every part with its ETag, in order")
+            upload["data"] = b"".join(upload["parts"][n] for n in numbers)
+            self.files[body["file_id"]] = upload["data"]
+            return 200, self._file_object(
+                body["file_id"],
+                upload["file_name"],
+                len(upload["data"]),
+                upload["purpose"],
+                upload.get("file_type", "jsonl"),
+            )
+        if method == "POST" and path == "/v1/files/multipart/abort":
+            self.uploads.pop(body["file_id"], None)
+            return 200, {}
+        return None
+
+    # ---- fine-tuning ---------------------------------------------------------------------------
+    def _route_fine_tunes(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        if method == "POST" and path == "/v1/fine-tunes/estimate-price":
+            self._validate(path, body)
+            tokens = len(self.files.get(body["training_file"], b"")) // 4 * body.get("n_epochs", 1)
+            return 200, {
+                "estimated_total_price": round(tokens * 3e-6, 4),
+                "allowed_to_proceed": True,
+                "user_limit": 1000.0,
+                "estimated_train_token_count": tokens,
+                "estimated_eval_token_count": 0,
+            }
+        if method == "POST" and path == "/v1/fine-tunes":
+            self._validate(path, body)
+            for key in ("training_file", "validation_file"):
+                if key in body and body[key] not in self.files:
+                    raise _BadRequest(f"{key} {body[key]} was never uploaded")
+            job_id = f"ft-{uuid.uuid4()}"
+            job = {
+                "id": job_id,
+                "status": "pending",
+                "model": body["model"],
+                "training_file": body["training_file"],
+                "model_output_name": f"user/{body['model'].split('/')[-1]}-{body.get('suffix', 'ft')}-{job_id[3:11]}",
+                "created_at": "2026-01-01T00:00:00Z",
+                "updated_at": "2026-01-01T00:00:00Z",
+                "events": [],
+                "_step": 0,
+                "_outcome": self.job_outcome,
+                "_request": body,
+            }
+            self.jobs[job_id] = job
+            self._event(job, "job_pending", "Fine tune request created")
+            return 200, _truncated(job)
+        if method == "GET" and path == "/v1/finetune/download":
+            return 200, b"model weights (" + (path.encode()) + b")"
+        parts = path.split("/")
+        job = self.jobs.get(parts[3]) if len(parts) > 3 else None
+        if job is None:
+            return 404, {"error": {"message": f"no fine-tune job at {path}"}}
+        if method == "GET" and len(parts) == 4:
+            self._advance(job)
+            return 200, _public(job)
+        if method == "GET" and parts[4] == "events":
+            return 200, {"data": job["events"]}
+        if method == "GET" and parts[4] == "checkpoints":
+            steps = [e["step"] for e in job["events"] if e["type"] == "checkpoint_save"]
+            return 200, {
+                "data": [
+                    {
+                        "step": s,
+                        "created_at": "2026-01-01T00:00:00Z",
+                        "path": f"{job['id']}/ckpt-{s}",
+                        "checkpoint_type": "Intermediate",
+                    }
+                    for s in steps
+                ]
+            }
+        if method == "POST" and parts[4] == "cancel":
+            if job["status"] not in ("completed", "error", "user_error", "cancelled"):
+                job["status"] = "cancelled"
+                self._event(job, "cancel_requested", "Cancelled by the user")
+            return 200, _truncated(job)
+        return 404, {"error": {"message": f"no route {method} {path}"}}
+
+    def _event(self, job: dict[str, Any], kind: str, message: str, **extra: Any) -> None:
+        job["events"].append(
+            {
+                "object": "fine-tune-event",
+                "created_at": "2026-01-01T00:00:00Z",
+                "level": "info",
+                "message": message,
+                "type": kind,
+                "param_count": 0,
+                "token_count": 0,
+                "total_steps": self.job_steps,
+                "wandb_url": "",
+                "step": extra.get("step", 0),
+                "checkpoint_path": "",
+                "model_path": "",
+                "training_offset": 0,
+                "hash": "",
+            }
+        )
+
+    def _advance(self, job: dict[str, Any]) -> None:
+        """One state per poll: pending -> queued -> running (one step per poll) -> uploading -> outcome."""
+        status = job["status"]
+        if status == "pending":
+            job["status"] = "queued"
+        elif status == "queued":
+            job["status"] = "running"
+            self._event(job, "training_start", "Training started")
+        elif status == "running" and job["_step"] < self.job_steps:
+            job["_step"] += 1
+            self._event(
+                job,
+                "checkpoint_save" if job["_step"] == self.job_steps else "epoch_complete",
+                f"step {job['_step']}/{self.job_steps}",
+                step=job["_step"],
+            )
+            if job["_outcome"] == "error" and job["_step"] == 2:
+                job["status"] = "error"
+                self._event(job, "job_error", "CUDA out of memory")
+        elif status == "running":
+            job["status"] = "uploading"
+        elif status == "uploading":
+            job["status"] = job["_outcome"]
+            job["total_price"] = 1.25
+            job["token_count"] = len(self.files.get(job["training_file"], b"")) // 4
+            self._event(job, "job_complete", "Job finished")
 
     def _complete(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         text = self.answer(body)
@@ -300,6 +531,16 @@ class FakeTogether:
         output_id = f"file-{uuid.uuid4()}"
         self.files[output_id] = ("\n".join(out) + "\n").encode()
         job.update(status="COMPLETED", progress=100.0, output_file_id=output_id)
+
+
+@dataclass
+class _Redirect:
+    location: str | None
+    headers: dict[str, str]
+
+
+def _truncated(job: dict[str, Any]) -> dict[str, Any]:
+    return {k: job[k] for k in ("id", "status", "created_at", "updated_at", "model", "model_output_name")}
 
 
 def _matches(patterns: tuple[str, ...], path: str) -> bool:

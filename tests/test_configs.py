@@ -58,6 +58,20 @@ def test_every_distill_option_composes_and_validates(make_cfg, distill: str) -> 
     assert stage.semantic_config()["teacher"]["model"] == cfg.distill.teacher.model
 
 
+@pytest.mark.parametrize("train", options("train"))
+def test_every_train_option_composes_and_validates(make_cfg, train: str) -> None:
+    cfg = make_cfg(f"train={train}")
+    stage = build_stage("train", cfg)
+    assert stage.upstream() == ("mix",) and cfg.train.model == "togethercomputer/LLaMA-2-7B-32K"
+    assert stage.body("file-1", None)["n_epochs"] == 4
+
+
+def test_a_typo_in_a_train_key_is_an_error_naming_it(make_cfg) -> None:
+    with pytest.raises(ConfigCompositionException) as err:
+        make_cfg("train=together_lora", "train.n_epoch=3")
+    assert "n_epoch" in f"{err.value} {err.value.__cause__}"
+
+
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes(make_cfg, experiment: str) -> None:
     cfg = make_cfg(f"experiment={experiment}", base=())

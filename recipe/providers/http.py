@@ -87,6 +87,7 @@ class Client:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.max_retries, self.backoff_s = max_retries, backoff_s
         self.retries = _Counter()
         retry = _Retry(
             total=max_retries,

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recipe.errors import RecipeError
 from recipe.secrets import strip_secrets
-from recipe.store import Artifact
+from recipe.store import Artifact, ArtifactStore
 
 # The recipe's order; `stages=[...]` runs a subset of these, always in this order.
 STAGE_ORDER = ("distill", "mix", "train", "test", "deploy")
@@ -33,6 +33,15 @@ class StageError(RecipeError):
         self.details = details or {}
 
 
+class StagePending(RecipeError):
+    """The stage started remote work that is not finished (e.g. `train.wait=false`): no artifact
+    yet, later stages are not run, and a later run picks the work up where it is."""
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or {}
+
+
 class Stage:
     name: ClassVar[str]
     # Bump when a change in code changes what the stage produces: old artifacts stop matching.
@@ -43,6 +52,7 @@ class Stage:
     def __init__(self, config: DictConfig, root: DictConfig) -> None:
         self.config = config
         self.root = root
+        self.store: ArtifactStore | None = None  # set by the runner: for records of remote objects
 
     def upstream(self) -> tuple[str, ...]:
         """Names of stages whose artifacts this one needs."""

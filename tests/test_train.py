@@ -1,0 +1,240 @@
+"""Train on Together against the fake server: upload, create once, follow, re-attach."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from recipe.data.filecheck import FileCheckError
+from recipe.errors import RecipeError
+from recipe.runner import run
+
+from .conftest import RECIPE
+from .fake_together import FakeTogether
+
+KEY = "sk-test-train-0123456789"
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    with FakeTogether(api_key=KEY) as server:
+        monkeypatch.setenv("TOGETHER_API_KEY", KEY)
+        monkeypatch.setenv("TOGETHER_BASE_URL", server.base_url)
+        yield server
+    assert server.invalid == [], "requests that break the spec"
+    assert server.unauthorized_puts == 0, "the API key travelled to a presigned URL"
+
+
+def train_cfg(make_cfg, *overrides: str, train: str = "together_lora"):
+    return make_cfg(
+        "stages=[mix,train]",
+        f"train={train}",
+        "train.poll_s=0.01",
+        "train.retry_backoff_s=0.01",
+        "train.progress=false",
+        "mixture.progress=false",
+        *overrides,
+    )
+
+
+def manifest(record: dict, stage: str = "train") -> dict:
+    return json.loads((Path(record["stages"][stage]["artifact"]) / "manifest.json").read_text())
+
+
+def test_mixture_to_completed_job_with_the_seed_hyperparameters(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    record = run(train_cfg(make_cfg), run_dir=tmp_path)
+    entry = record["stages"]["train"]
+    assert entry["status"] == "ok" and entry["cost_usd"] == 1.25  # the billed total_price
+    (create,) = fake.posts("/v1/fine-tunes")
+    body = create.body
+    assert body["model"] == "togethercomputer/LLaMA-2-7B-32K"
+    assert body["training_type"] == {
+        "type": "Lora",
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
+        "lora_trainable_modules": "all-linear",
+    }
+    assert body["training_method"] == {"method": "sft", "train_on_inputs": "auto"}
+    assert (body["n_epochs"], body["batch_size"], body["learning_rate"]) == (4, 32, 1e-05)
+    assert body["lr_scheduler"] == {"lr_scheduler_type": "linear", "lr_scheduler_args": {"min_lr_ratio": 0.0}}
+    assert body["suffix"] == "llama2-7b-32k-instruct" and "validation_file" not in body
+    # Upload as the SDKs do: form POST, presigned PUT (no key), preprocess; price before create.
+    order = [(r.method, r.path.split("/")[2] if r.path.startswith("/v1/") else "PUT") for r in fake.requests[:5]]
+    assert order == [
+        ("POST", "files"),
+        ("PUT", "PUT"),
+        ("POST", "files"),
+        ("POST", "fine-tunes"),
+        ("POST", "fine-tunes"),
+    ]
+    assert fake.posts("/v1/files")[0].body == {
+        "purpose": "fine-tune",
+        "file_name": "mixture.jsonl",
+        "file_type": "jsonl",
+    }
+    uploaded = fake.files[body["training_file"]]
+    mix = manifest(record, "mix")
+    assert uploaded == (Path(record["stages"]["mix"]["artifact"]) / "mixture.jsonl").read_bytes()
+    m = manifest(record)
+    assert (m["job_id"] == create.body and False) or m["job_id"].startswith("ft-")
+    assert m["model_output_name"] and m["status"] == "completed" and m["checkpoints"][0]["step"] == 4
+    assert m["price_estimate"]["estimated_total_price"] > 0 and m["total_price"] == 1.25
+    assert mix["sha256"]
+
+
+def test_full_training_and_the_eval_split(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    run(
+        train_cfg(
+            make_cfg,
+            "train.n_evals=2",
+            "train.train_on_inputs=false",
+            "train.lr_scheduler.type=cosine",
+            train="together_full",
+        ),
+        run_dir=tmp_path,
+    )
+    (create,) = fake.posts("/v1/fine-tunes")
+    assert create.body["training_type"] == {"type": "Full"} and create.body["n_evals"] == 2
+    assert (
+        create.body["validation_file"] in fake.files and create.body["validation_file"] != create.body["training_file"]
+    )
+    assert create.body["training_method"]["train_on_inputs"] is False
+    assert create.body["lr_scheduler"]["lr_scheduler_args"] == {"min_lr_ratio": 0.0, "num_cycles": 0.5}
+
+
+def test_transient_failures_on_every_step_are_survived(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    fake.fail(503, 1, paths=("/v1/files",))
+    fake.fail(503, 2, paths=("/upload/*",))  # the SDKs never retry the presigned PUT
+    fake.fail(429, 2, retry_after_ms=1, paths=("/v1/fine-tunes",))
+    fake.fail(503, 2, paths=("/v1/fine-tunes",))
+    fake.drop(3, paths=("/v1/fine-tunes/*",))  # dropped polls
+    record = run(train_cfg(make_cfg), run_dir=tmp_path)
+    assert record["stages"]["train"]["status"] == "ok"
+    assert len(fake.jobs) == 1 and len(fake.posts("/v1/fine-tunes")) == 5  # 4 refused, 1 created
+
+
+def test_the_same_mixture_twice_is_uploaded_once(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    run(train_cfg(make_cfg), run_dir=tmp_path)
+    run(train_cfg(make_cfg, "train.n_epochs=2"), run_dir=tmp_path)  # another job, same data
+    assert len(fake.posts("/v1/files")) == 1 and len(fake.jobs) == 2
+
+
+def test_a_mixture_that_breaks_a_rule_sends_nothing(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    record = run(make_cfg("stages=[mix]", "mixture.progress=false"), run_dir=tmp_path)
+    mixture = Path(record["stages"]["mix"]["artifact"]) / "mixture.jsonl"
+    mixture.write_bytes(mixture.read_bytes() + b'{"text": "ok", "extra": 1}\n')  # damaged after the fact
+    with pytest.raises(FileCheckError, match=r"mixture.jsonl:33: unexpected keys \['extra'\]"):
+        run(make_cfg("stages=[train]", "train=together_lora"), run_dir=tmp_path)
+    assert fake.requests == []
+
+
+def test_kill_9_while_polling_then_rerun_attaches_to_the_same_job(tmp_path: Path, fake: FakeTogether) -> None:
+    fake.job_steps = 10_000  # keeps running until the test lets it finish
+    args = [
+        RECIPE,
+        "stages=[mix,train]",
+        "mixture=samples",
+        "train=together_lora",
+        "train.poll_s=0.02",
+        "train.progress=false",
+        "mixture.progress=false",
+    ]
+    env = {**os.environ, "TOGETHER_API_KEY": KEY, "TOGETHER_BASE_URL": fake.base_url}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not any(j["_step"] >= 3 for j in fake.jobs.values()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(fake.jobs) == 1
+    (job,) = fake.jobs.values()
+    fake.job_steps = job["_step"] + 1
+    subprocess.run(args, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
+    assert len(fake.posts("/v1/fine-tunes")) == 1 and len(fake.posts("/v1/files")) == 1
+    assert job["status"] == "completed"
+
+
+def test_wait_false_returns_pending_and_a_later_run_picks_it_up(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    record = run(train_cfg(make_cfg, "train.wait=false"), run_dir=tmp_path)
+    assert record["status"] == "pending" and record["stages"]["train"]["status"] == "pending"
+    assert record["stages"]["train"]["job_id"] in fake.jobs and "artifact" not in record["stages"]["train"]
+    record = run(train_cfg(make_cfg), run_dir=tmp_path)
+    assert record["stages"]["train"]["status"] == "ok" and len(fake.jobs) == 1
+
+
+def test_a_failed_job_is_an_error_and_only_relaunch_pays_again(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    fake.job_outcome = "error"
+    with pytest.raises(RecipeError, match=r"ended error; .*train.relaunch=true"):
+        run(train_cfg(make_cfg), run_dir=tmp_path)
+    with pytest.raises(RecipeError, match=r"ended error; set train.relaunch=true"):
+        run(train_cfg(make_cfg), run_dir=tmp_path)  # re-attaches, does not launch
+    assert len(fake.jobs) == 1
+    fake.job_outcome = "completed"
+    record = run(train_cfg(make_cfg, "train.relaunch=true"), run_dir=tmp_path)
+    assert record["stages"]["train"]["status"] == "ok" and len(fake.jobs) == 2
+
+
+def test_cancel_the_recorded_job(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    run(train_cfg(make_cfg, "train.wait=false"), run_dir=tmp_path)
+    with pytest.raises(RecipeError, match="cancelled Together fine-tune ft-"):
+        run(train_cfg(make_cfg, "train.cancel=true"), run_dir=tmp_path)
+    (job,) = fake.jobs.values()
+    assert job["status"] == "cancelled" and len(fake.posts("/v1/fine-tunes")) == 1
+
+
+def test_the_budget_is_checked_against_the_estimate_before_creating(
+    make_cfg, tmp_path: Path, fake: FakeTogether
+) -> None:
+    with pytest.raises(RecipeError, match=r"over train.budget.max_usd=0.001; nothing was launched"):
+        run(train_cfg(make_cfg, "train.budget.max_usd=0.001"), run_dir=tmp_path)
+    assert fake.posts("/v1/fine-tunes/estimate-price") and not fake.posts("/v1/fine-tunes")
+
+
+def test_download_and_multipart_upload(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    record = run(
+        train_cfg(
+            make_cfg, "train.multipart_threshold_gb=1e-6", "train.multipart_part_mb=0.01", "train.download=merged"
+        ),
+        run_dir=tmp_path,
+    )
+    (initiate,) = fake.posts("/v1/files/multipart/initiate")
+    assert initiate.body["num_parts"] == 3 and len(fake.posts("/v1/files/multipart/complete")) == 1
+    training_file = fake.posts("/v1/fine-tunes")[0].body["training_file"]
+    assert fake.files[training_file] == (Path(record["stages"]["mix"]["artifact"]) / "mixture.jsonl").read_bytes()
+    m = manifest(record)
+    assert (
+        (Path(record["stages"]["train"]["artifact"]) / m["download"]["file"]).stat().st_size
+        == m["download"]["bytes"]
+        > 0
+    )
+
+
+def test_wandb_key_is_sent_but_never_stored(make_cfg, tmp_path: Path, fake: FakeTogether, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", "wandb-secret-0123456789")
+    run(train_cfg(make_cfg, "train.wandb.enabled=true", "train.wandb.project_name=recipe"), run_dir=tmp_path)
+    body = fake.posts("/v1/fine-tunes")[0].body
+    assert body["wandb_api_key"] == "wandb-secret-0123456789" and body["wandb_project_name"] == "recipe"
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert b"wandb-secret" not in path.read_bytes() and KEY.encode() not in path.read_bytes(), path
+
+
+def test_cli_mix_and_train_fill_run_json(run_cli, tmp_path: Path, fake: FakeTogether) -> None:
+    run_cli(
+        "stages=[mix,train]",
+        "mixture=samples",
+        "train=together_lora",
+        "train.poll_s=0.01",
+        "train.progress=false",
+        env={"TOGETHER_API_KEY": KEY, "TOGETHER_BASE_URL": fake.base_url},
+    )
+    record = json.loads(sorted((tmp_path / "outputs" / "runs").glob("*/*/run.json"))[-1].read_text())
+    assert record["status"] == "ok"
+    assert set(record["stages"]["train"]) >= {"status", "fingerprint", "artifact", "cache_hit", "seconds", "cost_usd"}
