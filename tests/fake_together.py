@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import email.parser
 import email.policy
+import hashlib
 import json
 import socket
 import threading
@@ -116,7 +117,10 @@ class FakeTogether:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.job_steps = 4  # training steps a job reports before it completes
         self.job_outcome = "completed"  # or "error", "cancelled" ... for the next jobs
-        self.unauthorized_puts = 0  # presigned PUTs that carried an Authorization header
+        self.unauthorized_puts = 0
+        self.keep_put_bytes = (
+            64 << 20
+        )  # larger PUT bodies are drained and hashed, not kept  # presigned PUTs that carried an Authorization header
         self.batches: dict[str, dict[str, Any]] = {}
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
@@ -197,7 +201,18 @@ class FakeTogether:
     # ---- serving -----------------------------------------------------------------------------
     def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
         length = int(h.headers.get("Content-Length") or 0)
-        raw = h.rfile.read(length) if length else b""
+        if h.command == "PUT" and length > self.keep_put_bytes:  # big uploads: drain, keep only a digest
+            digest = hashlib.sha256()
+            left = length
+            while left > 0:
+                block = h.rfile.read(min(left, 1 << 20))
+                if not block:
+                    break
+                digest.update(block)
+                left -= len(block)
+            raw = f"<{length} bytes, sha256 {digest.hexdigest()}>".encode()
+        else:
+            raw = h.rfile.read(length) if length else b""
         path = h.path.split("?", 1)[0]
         content_type = h.headers.get("Content-Type", "")
         body: Any = None
