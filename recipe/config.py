@@ -265,6 +265,48 @@ class TogetherTrainConfig:
     progress: bool = True
 
 
+class Device(Enum):
+    auto = "auto"  # CUDA when available, else CPU
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@dataclass
+class LocalLoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str = "all-linear"  # or a comma-separated list of module names
+
+
+@dataclass
+class LocalTrainConfig:
+    """Train locally (transformers + peft): LoRA or full, packed, CPU fp32 or CUDA bf16, resumable."""
+
+    _target_: str = "recipe.stages.train_local.LocalTrain"
+    # null = the embedded SmolLM2-135M-Instruct GGUF (dequantised); else a local HF directory or hub id.
+    model: Optional[str] = None
+    training_type: TrainingType = TrainingType.lora
+    lora: LocalLoraConfig = field(default_factory=LocalLoraConfig)
+    train_on_inputs: bool = False  # loss on assistant tokens only unless true
+    max_seq_length: int = 512
+    packing: bool = True  # pack examples into max_seq_length rows, no attention across examples
+    batch_size: int = 2  # rows per micro-batch
+    gradient_accumulation: int = 1
+    learning_rate: float = 2e-4
+    lr_scheduler: LRSchedulerType = LRSchedulerType.linear
+    warmup_ratio: float = 0.1
+    n_epochs: int = 2
+    max_steps: Optional[int] = None  # stop early after this many optimizer steps
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    # Execution-only (not in the fingerprint):
+    device: Device = Device.auto
+    checkpoint_every: int = 5  # optimizer steps between resumable checkpoints
+    progress: bool = True
+
+
 @dataclass
 class TogetherConfig:
     """Where Together calls go. The key is read from TOGETHER_API_KEY unless given here; it is
@@ -308,3 +350,4 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="recipe_schema", node=RecipeConfig)
     cs.store(group="train", name="together_schema", node=TogetherTrainConfig)
+    cs.store(group="train", name="local_schema", node=LocalTrainConfig)

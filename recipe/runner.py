@@ -95,8 +95,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
             started = time.monotonic()
             entry: dict[str, Any] = record["stages"].setdefault(name, {"status": "running"})
             stage = plan.stage(name)
-            stage.store = store
             fp = plan.fingerprint(name)
+            stage.store, stage.fingerprint = store, fp
             entry["fingerprint"] = fp
             inputs: dict[str, Artifact | None] = {}
             for up in stage.upstream():

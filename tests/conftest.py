@@ -20,8 +20,10 @@ register_configs()
 RECIPE = str(Path(sys.executable).parent / "recipe")
 
 
-# Most tests exercise one stage: by default they compose the sample-only mixture and no Distill.
-SAMPLES_ONLY = ("mixture=samples", "~distill")
+# Most tests exercise one stage: by default they compose the sample-only mixture, no Distill and
+# no training; tests of other stages pass `base=` themselves.
+SAMPLES_ONLY = ("mixture=samples", "~distill", "~train")
+NO_DISTILL = ("mixture=samples", "~distill")
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ def test_root_config_composes_with_every_source(make_cfg) -> None:
     # Shipped samples resolve to files in the package.
     for name in ("sharegpt_sample", "llama_instruct_sample", "booksum_sample", "mqa_sample"):
         assert Path(cfg.sources[name].data_files[0]).is_file()
-    assert configured_stages(cfg) == ["distill", "mix"]
+    assert configured_stages(cfg) == ["distill", "mix", "train"]
     assert cfg.mixture.components.instructions.source == "distill"
 
 
@@ -60,15 +60,16 @@ def test_every_distill_option_composes_and_validates(make_cfg, distill: str) -> 
 
 @pytest.mark.parametrize("train", options("train"))
 def test_every_train_option_composes_and_validates(make_cfg, train: str) -> None:
-    cfg = make_cfg(f"train={train}")
+    cfg = make_cfg(f"train={train}", base=("mixture=samples",))
     stage = build_stage("train", cfg)
-    assert stage.upstream() == ("mix",) and cfg.train.model == "togethercomputer/LLaMA-2-7B-32K"
-    assert stage.body("file-1", None)["n_epochs"] == 4
+    assert stage.upstream() == ("mix",) and stage.plan({})
+    if train.startswith("together"):
+        assert cfg.train.model == "togethercomputer/LLaMA-2-7B-32K" and stage.body("file-1", None)["n_epochs"] == 4
 
 
 def test_a_typo_in_a_train_key_is_an_error_naming_it(make_cfg) -> None:
     with pytest.raises(ConfigCompositionException) as err:
-        make_cfg("train=together_lora", "train.n_epoch=3")
+        make_cfg("train=together_lora", "train.n_epoch=3", base=("mixture=samples",))
     assert "n_epoch" in f"{err.value} {err.value.__cause__}"
 
 

@@ -15,7 +15,7 @@ from recipe.data.filecheck import FileCheckError
 from recipe.errors import RecipeError
 from recipe.runner import run
 
-from .conftest import RECIPE
+from .conftest import NO_DISTILL, RECIPE
 from .fake_together import FakeTogether
 
 KEY = "sk-test-train-0123456789"
@@ -40,6 +40,7 @@ def train_cfg(make_cfg, *overrides: str, train: str = "together_lora"):
         "train.progress=false",
         "mixture.progress=false",
         *overrides,
+        base=NO_DISTILL,
     )
 
 
@@ -131,7 +132,7 @@ def test_a_mixture_that_breaks_a_rule_sends_nothing(make_cfg, tmp_path: Path, fa
     mixture = Path(record["stages"]["mix"]["artifact"]) / "mixture.jsonl"
     mixture.write_bytes(mixture.read_bytes() + b'{"text": "ok", "extra": 1}\n')  # damaged after the fact
     with pytest.raises(FileCheckError, match=r"mixture.jsonl:33: unexpected keys \['extra'\]"):
-        run(make_cfg("stages=[train]", "train=together_lora"), run_dir=tmp_path)
+        run(make_cfg("stages=[train]", "train=together_lora", base=NO_DISTILL), run_dir=tmp_path)
     assert fake.requests == []
 
 

@@ -53,6 +53,7 @@ class Stage:
         self.config = config
         self.root = root
         self.store: ArtifactStore | None = None  # set by the runner: for records of remote objects
+        self.fingerprint: str | None = None  # set by the runner before `run`
 
     def upstream(self) -> tuple[str, ...]:
         """Names of stages whose artifacts this one needs."""

