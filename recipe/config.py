@@ -307,6 +307,55 @@ class LocalTrainConfig:
     progress: bool = True
 
 
+class Engine(Enum):
+    auto = "auto"  # vLLM on a GPU when it is installed, else transformers serve
+    transformers = "transformers"
+    vllm = "vllm"
+
+
+@dataclass
+class LocalDeployConfig:
+    """Serve the trained (merged) model behind an OpenAI-compatible server on this machine."""
+
+    _target_: str = "recipe.stages.deploy.LocalDeploy"
+    engine: Engine = Engine.auto
+    host: str = "127.0.0.1"
+    port: Optional[int] = None  # null = a free port
+    device: str = "cpu"  # transformers serve: cpu, cuda:0, auto
+    foreground: bool = False  # keep serving until Ctrl-C (else: smoke query, then stop)
+    smoke_prompt: str = "What is the capital of Australia?"
+    smoke_max_tokens: int = 32
+    startup_timeout_s: float = 180.0
+
+
+class EndpointAction(Enum):
+    ensure = "ensure"  # create (once) or re-attach, wait until STARTED, smoke query
+    stop = "stop"
+    start = "start"
+    delete = "delete"
+
+
+@dataclass
+class TogetherDeployConfig:
+    """Serve the fine-tuned model on Together: a dedicated endpoint, or serverless."""
+
+    _target_: str = "recipe.stages.deploy.TogetherDeploy"
+    dedicated: bool = True  # false: query the model serverless (when Together allows it)
+    hardware: Optional[str] = None  # null = the cheapest available for the model (GET /hardware)
+    min_replicas: int = 1
+    max_replicas: int = 1
+    inactive_timeout: Optional[int] = 15  # minutes idle before Together stops it (stops the bill)
+    smoke_prompt: str = "What is the capital of Australia?"
+    smoke_max_tokens: int = 32
+    # Execution-only:
+    action: EndpointAction = EndpointAction.ensure
+    poll_s: float = 10.0
+    timeout_s: float = 120.0
+    max_retries: int = 5
+    retry_backoff_s: float = 0.5
+    progress: bool = True
+
+
 @dataclass
 class TogetherConfig:
     """Where Together calls go. The key is read from TOGETHER_API_KEY unless given here; it is
@@ -332,6 +381,8 @@ class RecipeConfig:
     mixture: Optional[MixtureConfig] = None
     # Each train/*.yaml extends a schema registered in the `train` group (e.g. together_schema).
     train: Optional[Any] = None
+    # Each deploy/*.yaml extends a schema registered in the `deploy` group.
+    deploy: Optional[Any] = None
     # Free-form notes carried into run.json (e.g. what an experiment is for).
     notes: Dict[str, Any] = field(default_factory=dict)
 
@@ -351,3 +402,5 @@ def register_configs() -> None:
     cs.store(name="recipe_schema", node=RecipeConfig)
     cs.store(group="train", name="together_schema", node=TogetherTrainConfig)
     cs.store(group="train", name="local_schema", node=LocalTrainConfig)
+    cs.store(group="deploy", name="local_schema", node=LocalDeployConfig)
+    cs.store(group="deploy", name="together_schema", node=TogetherDeployConfig)

@@ -106,7 +106,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
                         f"stage {name!r} needs the {up!r} artifact {plan.fingerprint(up)}, which is not "
                         f"in {store.root}; run it too: stages=[{up},{name}]"
                     )
-            hit = store.get(name, fp)
+            hit = store.get(name, fp) if stage.reusable else None
             entry["cache_hit"] = hit is not None
             if cfg.dry_run:
                 entry["status"] = "planned"
@@ -123,7 +123,9 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
                         "config": stage.semantic_config(),
                     }
                     try:
-                        hit = store.build(name, fp, lambda out, s=stage, i=inputs: s.run(i, out), meta)  # type: ignore[misc]
+                        hit = store.build(
+                            name, fp, lambda out, s=stage, i=inputs: s.run(i, out), meta, replace=not stage.reusable
+                        )  # type: ignore[misc]
                     except StagePending as pending:
                         entry.update(status="pending", note=str(pending), **pending.details)
                         entry["seconds"] = round(time.monotonic() - started, 3)

@@ -72,6 +72,7 @@ class ArtifactStore:
         fp: str,
         produce: Callable[[Path], dict[str, Any]],
         meta: dict[str, Any],
+        replace: bool = False,
     ) -> Artifact:
         """Run `produce(tmpdir)`, write its manifest (merged over `meta`), then publish atomically.
 
@@ -92,7 +93,13 @@ class ArtifactStore:
             except OSError:
                 if not (final / MANIFEST).is_file():  # not a concurrent twin: a real failure
                     raise
-                shutil.rmtree(tmp)  # an identical build (same fingerprint) finished first
+                if replace:  # a stage that runs every time: the newest record wins
+                    old = stage_dir / f".old-{fp}-{uuid.uuid4().hex[:8]}"
+                    os.rename(final, old)
+                    os.rename(tmp, final)
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    shutil.rmtree(tmp)  # an identical build (same fingerprint) finished first
             return Artifact(stage, fp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -22,7 +22,7 @@ RECIPE = str(Path(sys.executable).parent / "recipe")
 
 # Most tests exercise one stage: by default they compose the sample-only mixture, no Distill and
 # no training; tests of other stages pass `base=` themselves.
-SAMPLES_ONLY = ("mixture=samples", "~distill", "~train")
+SAMPLES_ONLY = ("mixture=samples", "~distill", "~train", "~deploy")
 NO_DISTILL = ("mixture=samples", "~distill")
 
 

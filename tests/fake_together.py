@@ -115,6 +115,7 @@ class FakeTogether:
         self.files: dict[str, bytes] = {}
         self.uploads: dict[str, dict[str, Any]] = {}  # file id -> pending SDK-style upload
         self.jobs: dict[str, dict[str, Any]] = {}
+        self.endpoints: dict[str, dict[str, Any]] = {}
         self.job_steps = 4  # training steps a job reports before it completes
         self.job_outcome = "completed"  # or "error", "cancelled" ... for the next jobs
         self.unauthorized_puts = 0
@@ -131,6 +132,7 @@ class FakeTogether:
             "/v1/fine-tunes": fine_tune_validator("/fine-tunes"),
             "/v1/fine-tunes/estimate-price": fine_tune_validator("/fine-tunes/estimate-price"),
         }
+        self._endpoint_validator = validator("CreateEndpointRequest")
         self._upload_schema = jsonschema.Draft202012Validator(
             {**request_schema("/files/upload"), "components": spec()["components"]}
         )
@@ -151,6 +153,12 @@ class FakeTogether:
 
             def do_PUT(self) -> None:
                 server._handle(self, "PUT")
+
+            def do_PATCH(self) -> None:
+                server._handle(self, "PATCH")
+
+            def do_DELETE(self) -> None:
+                server._handle(self, "DELETE")
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -296,6 +304,8 @@ class FakeTogether:
             routed = self._route_files(method, path, body)
             if routed is not None:
                 return routed
+        if path.startswith("/v1/endpoints") or path == "/v1/hardware":
+            return self._route_endpoints(method, path, body)
         if path.startswith("/v1/fine-tunes") or path == "/v1/finetune/download":
             return self._route_fine_tunes(method, path, body)
         if method == "POST" and path == "/v1/batches":
@@ -461,6 +471,62 @@ class FakeTogether:
                 job["status"] = "cancelled"
                 self._event(job, "cancel_requested", "Cancelled by the user")
             return 200, _truncated(job)
+        return 404, {"error": {"message": f"no route {method} {path}"}}
+
+    # ---- dedicated endpoints -------------------------------------------------------------------
+    HARDWARE = (("2x_nvidia_h100_80gb_sxm", 11.0), ("1x_nvidia_h100_80gb_sxm", 5.42), ("1x_nvidia_a100_80gb_pcie", 4.0))
+
+    def _route_endpoints(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        if method == "GET" and path == "/v1/hardware":
+            data = [
+                {
+                    "object": "hardware",
+                    "id": name,
+                    "pricing": {"cents_per_minute": cents},
+                    "specs": {"gpu_type": name, "gpu_link": "sxm", "gpu_memory": 80, "gpu_count": 1},
+                    "availability": {"status": "unavailable" if cents < 5 else "available"},
+                    "updated_at": "2026-01-01T00:00:00Z",
+                }
+                for name, cents in self.HARDWARE
+            ]
+            return 200, {"object": "list", "data": data}
+        if method == "POST" and path == "/v1/endpoints":
+            errors = list(self._endpoint_validator.iter_errors(body))
+            if errors:
+                raise _BadRequest(errors[0].message)
+            endpoint_id = f"endpoint-{uuid.uuid4()}"
+            endpoint = {
+                "object": "endpoint",
+                "id": endpoint_id,
+                "name": f"user/{body['model'].split('/')[-1]}-{endpoint_id[9:17]}",
+                "display_name": body.get("display_name", ""),
+                "model": body["model"],
+                "hardware": body["hardware"],
+                "type": "dedicated",
+                "owner": "user",
+                "state": "PENDING",
+                "autoscaling": body["autoscaling"],
+                "created_at": "2026-01-01T00:00:00Z",
+                "_request": body,
+            }
+            self.endpoints[endpoint_id] = endpoint
+            return 200, _public(endpoint)
+        endpoint = self.endpoints.get(path.split("/")[3]) if path.count("/") == 3 else None
+        if endpoint is None:
+            return 404, {"error": {"message": f"no endpoint at {path}"}}
+        if method == "GET":
+            endpoint["state"] = {"PENDING": "STARTING", "STARTING": "STARTED"}.get(endpoint["state"], endpoint["state"])
+            return 200, _public(endpoint)
+        if method == "PATCH":
+            if body.get("state") not in ("STARTED", "STOPPED"):
+                raise _BadRequest(f"state must be STARTED or STOPPED, not {body.get('state')!r}")
+            endpoint["state"] = (
+                "STARTING" if body["state"] == "STARTED" and endpoint["state"] == "STOPPED" else body["state"]
+            )
+            return 200, _public(endpoint)
+        if method == "DELETE":
+            del self.endpoints[endpoint["id"]]
+            return 204, b""
         return 404, {"error": {"message": f"no route {method} {path}"}}
 
     def _event(self, job: dict[str, Any], kind: str, message: str, **extra: Any) -> None:

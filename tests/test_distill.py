@@ -257,7 +257,19 @@ def test_offline_distill_and_mix_with_the_embedded_teacher(run_cli, tmp_path: Pa
     mixture = Path(record["stages"]["mix"]["artifact"]) / "mixture.jsonl"
     texts = mixture.read_text()
     assert sum(answer[:40] in texts for answer in answers) >= 4  # the teacher's real answers are mixed in
-    assert not list((tmp_path).rglob("llama-server-*.log"))  # server stopped and cleaned up
+    assert not llama_servers_started_in(tmp_path)  # the teacher's server was stopped
+
+
+def llama_servers_started_in(cwd: Path) -> list[int]:
+    """llama.cpp servers still running whose working directory is `cwd`."""
+    pids = []
+    for pid in llama_servers():
+        try:
+            if Path(f"/proc/{pid}/cwd").resolve() == cwd.resolve():
+                pids.append(pid)
+        except OSError:
+            continue
+    return pids
 
 
 def llama_servers() -> list[int]:

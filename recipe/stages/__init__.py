@@ -48,6 +48,8 @@ class Stage:
     version: ClassVar[str]
     # Keys of the stage's node that change how, not what, it runs: left out of the fingerprint.
     execution_keys: ClassVar[frozenset[str]] = frozenset()
+    # False for stages whose effect is not a file (a server answering now): run every time.
+    reusable: ClassVar[bool] = True
 
     def __init__(self, config: DictConfig, root: DictConfig) -> None:
         self.config = config

@@ -41,7 +41,7 @@ from recipe.data.jsonl import encode_line
 from recipe.data.sources import SHAREGPT_ROLES, iter_records, source_identity
 from recipe.providers.cache import TeacherCache, request_key
 from recipe.providers.http import APIError, Client, RateLimiter, together_base_url
-from recipe.providers.local.llama_server import LlamaCppServer, embedded_gguf
+from recipe.providers.local.server import LlamaCppServer, embedded_gguf
 from recipe.providers.teacher import Answer, BudgetReached, Ledger, Teacher, approx_tokens, parse_response
 from recipe.providers.together import BATCH_DONE, create_batch, download_file, get_batch, upload_batch_file
 from recipe.secrets import together_api_key

