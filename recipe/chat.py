@@ -33,7 +33,9 @@ def newest_deployment(store: Path) -> dict[str, Any]:
     return json.loads(manifests[-1].read_text())
 
 
-def stream_chat(url: str, model: str, messages: list[dict[str, str]], key: str | None, max_tokens: int) -> Iterator[str]:
+def stream_chat(
+    url: str, model: str, messages: list[dict[str, str]], key: str | None, max_tokens: int
+) -> Iterator[str]:
     """Yield the answer's text pieces from an OpenAI-compatible streaming chat completion."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": True}
@@ -60,7 +62,9 @@ def reachable(url: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="recipe-chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="recipe-chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("prompt", nargs="?", help="one prompt; without it, an interactive chat")
     parser.add_argument("--url", help="an OpenAI-compatible base URL (default: the newest deployment)")
     parser.add_argument("--model", help="the model name at that URL")

@@ -79,6 +79,9 @@ class MixtureConfig:
     _target_: str = "recipe.stages.mix.Mix"
     total: int = MISSING  # size of mixture.jsonl, in `unit`
     unit: Unit = Unit.examples
+    # A component whose share is kept as given while the others are scaled to fill the rest
+    # (for sweeps over one share); null = shares must already sum to 1.
+    rescale: Optional[str] = None
     seed: int = 0
     components: Dict[str, ComponentConfig] = field(default_factory=dict)
     format: OutputFormat = OutputFormat.text

@@ -320,3 +320,51 @@ def test_an_unreadable_parquet_file_names_the_source(make_cfg, tmp_path: Path) -
     with pytest.raises(RecipeError, match=r"sources.pq: .*broken.parquet cannot be read"):
         run(cfg, run_dir=tmp_path)
     assert store_entries(tmp_path) == []
+
+
+def test_rescale_keeps_one_share_and_scales_the_others(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg(
+        "mixture.progress=false",
+        "mixture.rescale=instructions",
+        "mixture.components.instructions.share=0.6",
+        "mixture.total=20",
+        "mixture.eval_fraction=0",
+    )
+    _, manifest = artifact(mix(cfg, tmp_path))
+    assert manifest["shares"] == {"booksum": 0.2, "instructions": 0.6, "mqa": 0.2}
+    assert manifest["counts"] == {"booksum": 4, "instructions": 12, "mqa": 4}
+    with pytest.raises(RecipeError, match=r"mixture.rescale='books': not a component"):
+        run(make_cfg("mixture.rescale=books"), run_dir=tmp_path)
+
+
+def test_a_sweep_over_one_share_reuses_one_distill(run_cli, tmp_path: Path) -> None:
+    """The sweep pays for Distill once: every job after the first reports a cache hit for it."""
+    from .fake_together import FakeTogether
+
+    with FakeTogether(api_key="k") as fake:
+        run_cli(
+            "-m",
+            "stages=[distill,mix]",
+            "distill=together",
+            "distill.source=sharegpt_sample",
+            "distill.max_conversations=12",
+            "distill.progress=false",
+            "mixture.progress=false",
+            "mixture.total=16",
+            "mixture.eval_fraction=0",
+            "mixture.rescale=instructions",
+            "mixture.components.instructions.share=0.25,0.5,0.75",
+            env={"TOGETHER_API_KEY": "k", "TOGETHER_BASE_URL": fake.base_url},
+        )
+        sent = len(fake.posts("/v1/completions"))
+    jobs = sorted((tmp_path / "outputs" / "multiruns").glob("*/*/*/run.json"), key=lambda p: int(p.parent.name))
+    records = [json.loads(p.read_text()) for p in jobs]
+    assert [r["stages"]["distill"]["cache_hit"] for r in records] == [False, True, True]
+    assert len({r["stages"]["distill"]["fingerprint"] for r in records}) == 1
+    assert len({r["stages"]["mix"]["fingerprint"] for r in records}) == 3
+    counts = [json.loads(Path(r["stages"]["mix"]["artifact"], "manifest.json").read_text())["counts"] for r in records]
+    assert [c["instructions"] for c in counts] == [4, 8, 12]
+    assert sent == sum(
+        len(json.loads(line)["messages"]) // 2
+        for line in Path(records[0]["stages"]["distill"]["artifact"], "conversations.jsonl").read_text().splitlines()
+    )

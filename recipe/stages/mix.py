@@ -134,9 +134,12 @@ class Mix(Stage):
         for name, share in shares.items():
             if not 0 < share <= 1:
                 raise StageError(f"mixture.components.{name}.share={share}: must be in (0, 1]")
+        if c.rescale is not None:
+            shares = self._rescaled(shares, c.rescale)
         if abs(sum(shares.values()) - 1) > 1e-6:
             quoted = ", ".join(f"{n}={s:g}" for n, s in shares.items())
             raise StageError(f"mixture.components: shares must sum to 1, got {sum(shares.values()):g} ({quoted})")
+        self.shares = shares
         if not 0 <= c.eval_fraction < 1:
             raise StageError(f"mixture.eval_fraction={c.eval_fraction}: must be in [0, 1)")
         if c.tokenizer not in TOKEN_COUNTERS:
@@ -161,6 +164,17 @@ class Mix(Stage):
                     f"sources.{comp.source}.template={source.template!r}: text sources are parsed as llama2_inst or chatml"
                 )
 
+    def _rescaled(self, shares: dict[str, float], fixed: str) -> dict[str, float]:
+        """Keep `fixed`'s share; scale the others in proportion so that all sum to 1 (the rule that
+        lets a sweep move one component: 0.6 instructions leaves 0.2 + 0.2 of 0.25 + 0.25)."""
+        if fixed not in shares:
+            raise StageError(f"mixture.rescale={fixed!r}: not a component ({', '.join(shares)})")
+        if shares[fixed] >= 1 and len(shares) > 1:
+            raise StageError(f"mixture.components.{fixed}.share={shares[fixed]}: leaves nothing for the others")
+        others = sum(v for k, v in shares.items() if k != fixed)
+        scale = (1 - shares[fixed]) / others if others else 0.0
+        return {k: v if k == fixed else v * scale for k, v in shares.items()}
+
     def upstream(self) -> tuple[str, ...]:
         uses_distill = any(self.config.components[n].source == DISTILLED for n in self.components)
         return ("distill",) if uses_distill else ()
@@ -171,8 +185,11 @@ class Mix(Stage):
 
     def semantic_config(self) -> dict[str, Any]:
         """The mixture node plus what each referenced source holds (file contents by sha256); the
-        distilled conversations enter through the upstream fingerprint."""
+        distilled conversations enter through the upstream fingerprint. Shares as applied."""
         semantic = super().semantic_config()
+        for name in self.components:
+            semantic["components"][name]["share"] = round(self.shares[name], 12)
+        semantic.pop("rescale", None)
         used = sorted({self.config.components[n].source for n in self.components} - {DISTILLED})
         local = [name for name in used if not self.root.sources[name].hub_id]
         hash_files([f for name in local for f in source_files(name, self.root.sources[name])])
@@ -180,7 +197,7 @@ class Mix(Stage):
         return semantic
 
     def _targets(self, total: int) -> dict[str, int]:
-        shares = [self.config.components[n].share for n in self.components]
+        shares = [self.shares[n] for n in self.components]
         return dict(zip(self.components, largest_remainder(total, shares), strict=True))
 
     def plan(self, inputs: dict[str, Artifact | None]) -> str:
@@ -230,6 +247,7 @@ class Mix(Stage):
             "total": c.total,
             "unit": c.unit.value,
             "seed": c.seed,
+            "shares": {name: round(self.shares[name], 12) for name in self.components},
             "format": c.format.value,
             "template": c.template,
         }
