@@ -18,6 +18,7 @@ from recipe.config import register_configs
 
 register_configs()
 RECIPE = str(Path(sys.executable).parent / "recipe")
+TOGETHER_KEY = "sk-test-together-0123456789"
 
 
 # Most tests exercise one stage: by default they compose the sample-only mixture, no Distill and
@@ -61,3 +62,17 @@ def latest_run(root: Path) -> dict:
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """The fake Together API, with TOGETHER_API_KEY and TOGETHER_BASE_URL pointing at it; every
+    request must keep to the spec and no presigned PUT may carry the key."""
+    from .fake_together import FakeTogether
+
+    with FakeTogether(api_key=TOGETHER_KEY) as server:
+        monkeypatch.setenv("TOGETHER_API_KEY", TOGETHER_KEY)
+        monkeypatch.setenv("TOGETHER_BASE_URL", server.base_url)
+        yield server
+    assert server.invalid == [], "requests that break the spec"
+    assert server.unauthorized_puts == 0, "the API key travelled to a presigned URL"

@@ -221,6 +221,9 @@ class FakeTogether:
             raw = f"<{length} bytes, sha256 {digest.hexdigest()}>".encode()
         else:
             raw = h.rfile.read(length) if length else b""
+            if len(raw) < length:  # the client went away mid-request (killed): nothing to answer
+                h.close_connection = True
+                return
         path = h.path.split("?", 1)[0]
         content_type = h.headers.get("Content-Type", "")
         body: Any = None

@@ -15,19 +15,10 @@ import pytest
 from recipe.errors import RecipeError
 from recipe.runner import run
 
-from .conftest import NO_DISTILL, RECIPE
+from .conftest import NO_DISTILL, RECIPE, TOGETHER_KEY
 from .fake_together import FakeTogether
 
-KEY = "sk-test-deploy-0123456789"
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    with FakeTogether(api_key=KEY) as server:
-        monkeypatch.setenv("TOGETHER_API_KEY", KEY)
-        monkeypatch.setenv("TOGETHER_BASE_URL", server.base_url)
-        yield server
-    assert server.invalid == []
+KEY = TOGETHER_KEY
 
 
 def together(make_cfg, *overrides: str, deploy: str = "together_dedicated"):

@@ -15,19 +15,10 @@ import pytest
 from recipe.errors import RecipeError
 from recipe.runner import run
 
-from .conftest import RECIPE
+from .conftest import RECIPE, TOGETHER_KEY
 from .fake_together import FakeTogether
 
-KEY = "sk-test-distill-0123456789"
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    with FakeTogether(api_key=KEY) as server:
-        monkeypatch.setenv("TOGETHER_API_KEY", KEY)
-        monkeypatch.setenv("TOGETHER_BASE_URL", server.base_url)
-        yield server
-    assert server.invalid == [], "requests that break the spec"
+KEY = TOGETHER_KEY
 
 
 def together(make_cfg, tmp_path: Path, *overrides: str, distill: str = "together"):

@@ -15,20 +15,10 @@ from recipe.data.filecheck import FileCheckError
 from recipe.errors import RecipeError
 from recipe.runner import run
 
-from .conftest import NO_DISTILL, RECIPE
+from .conftest import NO_DISTILL, RECIPE, TOGETHER_KEY
 from .fake_together import FakeTogether
 
-KEY = "sk-test-train-0123456789"
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    with FakeTogether(api_key=KEY) as server:
-        monkeypatch.setenv("TOGETHER_API_KEY", KEY)
-        monkeypatch.setenv("TOGETHER_BASE_URL", server.base_url)
-        yield server
-    assert server.invalid == [], "requests that break the spec"
-    assert server.unauthorized_puts == 0, "the API key travelled to a presigned URL"
+KEY = TOGETHER_KEY
 
 
 def train_cfg(make_cfg, *overrides: str, train: str = "together_lora"):

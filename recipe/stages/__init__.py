@@ -14,7 +14,8 @@ from typing import Any, ClassVar
 from omegaconf import DictConfig, OmegaConf
 
 from recipe.errors import RecipeError
-from recipe.secrets import strip_secrets
+from recipe.providers.http import Client, together_base_url
+from recipe.secrets import strip_secrets, together_api_key
 from recipe.store import Artifact, ArtifactStore
 
 # The recipe's order; `stages=[...]` runs a subset of these, always in this order.
@@ -60,6 +61,16 @@ class Stage:
     def upstream(self) -> tuple[str, ...]:
         """Names of stages whose artifacts this one needs."""
         return ()
+
+    def together_client(self) -> Client:
+        """The one HTTP client to Together (TOGETHER_API_KEY, TOGETHER_BASE_URL or `together.*`),
+        with this stage's `max_retries`, `timeout_s` and `retry_backoff_s`."""
+        key = together_api_key(self.root)
+        if not key:
+            raise StageError(f"{self.name} on Together needs TOGETHER_API_KEY in the environment")
+        c = self.config
+        base_url = together_base_url(self.root.together.base_url)
+        return Client(base_url, key, max_retries=c.max_retries, timeout_s=c.timeout_s, backoff_s=c.retry_backoff_s)
 
     def semantic_config(self) -> dict[str, Any]:
         """What the fingerprint hashes: the resolved node minus execution-only keys and secrets."""

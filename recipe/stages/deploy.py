@@ -25,9 +25,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from recipe.providers.http import Client, together_base_url
+from recipe.providers.http import Client
 from recipe.providers.local.server import ManagedServer, TransformersServer, VllmServer
-from recipe.secrets import together_api_key
 from recipe.stages import Stage, StageError
 from recipe.store import Artifact
 
@@ -149,11 +148,8 @@ class TogetherDeploy(Stage):
         model = train.get("model_output_name")
         if train.get("provider") != "together" or not model:
             raise StageError("deploy=together_* needs a Together fine-tune (train=together_lora|together_full)")
-        key = together_api_key(self.root)
-        if not key:
-            raise StageError("deploy on Together needs TOGETHER_API_KEY in the environment")
-        base_url = together_base_url(self.root.together.base_url)
-        client = Client(base_url, key, max_retries=c.max_retries, timeout_s=c.timeout_s, backoff_s=c.retry_backoff_s)
+        client = self.together_client()
+        base_url = client.base_url
         try:
             if not c.dedicated:
                 answer = smoke(client, model, c.smoke_prompt, c.smoke_max_tokens)

@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from recipe.data.filecheck import check_file
-from recipe.providers.http import APIError, Client, together_base_url
+from recipe.providers.http import APIError, Client
 from recipe.providers.together import (
     FINE_TUNE_DONE,
     cancel_fine_tune,
@@ -46,7 +46,6 @@ from recipe.providers.together import (
     get_fine_tune,
     upload_fine_tune_file,
 )
-from recipe.secrets import together_api_key
 from recipe.stages import Stage, StageError, StagePending
 from recipe.store import Artifact, sha256_file
 
@@ -174,11 +173,8 @@ class TogetherTrain(Stage):
         for path in (mixture, eval_file):
             if path is not None:
                 check_file(path)  # before any request: a bad file never leaves this machine
-        key = together_api_key(self.root)
-        if not key:
-            raise StageError("train on Together needs TOGETHER_API_KEY in the environment")
-        base_url = together_base_url(self.root.together.base_url)
-        client = Client(base_url, key, max_retries=c.max_retries, timeout_s=c.timeout_s, backoff_s=c.retry_backoff_s)
+        client = self.together_client()
+        base_url = client.base_url
         try:
             training_file = self._upload(client, base_url, mixture, mix.manifest["sha256"])
             validation_file = self._upload(client, base_url, eval_file, None) if eval_file else None
