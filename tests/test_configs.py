@@ -36,7 +36,7 @@ def test_root_config_composes_with_every_source(make_cfg) -> None:
     # Shipped samples resolve to files in the package.
     for name in ("sharegpt_sample", "llama_instruct_sample", "booksum_sample", "mqa_sample"):
         assert Path(cfg.sources[name].data_files[0]).is_file()
-    assert configured_stages(cfg) == ["distill", "mix", "train"]
+    assert configured_stages(cfg) == ["distill", "mix", "train", "deploy"]
     assert cfg.mixture.components.instructions.source == "distill"
 
 
@@ -56,6 +56,17 @@ def test_every_distill_option_composes_and_validates(make_cfg, distill: str) -> 
     cfg = make_cfg(f"distill={distill}", *DISTILL_REQUIRED.get(distill, ()), base=())
     stage = build_stage("distill", cfg)
     assert stage.semantic_config()["teacher"]["model"] == cfg.distill.teacher.model
+
+
+DEPLOY_NEEDS = {"local": "train=local_lora"}
+
+
+@pytest.mark.parametrize("deploy", options("deploy"))
+def test_every_deploy_option_composes_and_validates(make_cfg, deploy: str) -> None:
+    train = DEPLOY_NEEDS.get(deploy, "train=together_lora")
+    cfg = make_cfg(f"deploy={deploy}", train, base=("mixture=samples",))
+    stage = build_stage("deploy", cfg)
+    assert stage.upstream() == ("train",) and stage.plan({})
 
 
 @pytest.mark.parametrize("train", options("train"))
