@@ -1,0 +1,74 @@
+"""Metrics on hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from recipe.eval.metrics import best_subspan_em, normalize_answer, pair_score, parse_verdict, rouge, win_rate
+
+
+def test_normalisation_drops_case_punctuation_articles_and_extra_space() -> None:
+    assert normalize_answer("The  Great Wall, of China!") == "great wall of china"
+    assert normalize_answer("An apple a day") == "apple day"
+    assert normalize_answer("Theatre") == "theatre"  # articles only as whole words
+
+
+@pytest.mark.parametrize(
+    ("prediction", "answers", "score"),
+    [
+        ("Canberra is the capital.", ["Canberra"], 1.0),
+        ("It is the Challenger Deep.", ["the Challenger Deep", "Challenger Deep"], 1.0),
+        ("michael collins orbited", ["Michael Collins"], 1.0),
+        ("Sydney\nCanberra", ["Canberra"], 0.0),  # only the first line counts
+        ("  \nCanberra", ["Canberra"], 1.0),  # leading blank lines are not the answer's first line
+        ("In 1889.", ["1889"], 1.0),
+        ("eighteen eighty-nine", ["1889"], 0.0),
+        ("The A.D. era", ["ad"], 1.0),
+    ],
+)
+def test_best_subspan_em(prediction: str, answers: list[str], score: float) -> None:
+    assert best_subspan_em(prediction, answers) == score
+
+
+def test_rouge_equals_rouge_score_on_the_same_pairs() -> None:
+    from rouge_score import rouge_scorer
+
+    predictions = ["the cat sat on the mat", "a summary of the chapter", "nothing alike"]
+    references = ["the cat is on the mat", "the chapter is summarised here", "completely different words"]
+    ours = rouge(predictions, references)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    for key in ("rouge1", "rouge2", "rougeL"):
+        expected = sum(scorer.score(r, p)[key].fmeasure for p, r in zip(predictions, references, strict=True)) / 3
+        assert ours[key] == pytest.approx(expected)
+    assert rouge(["x y z"], ["x y z"]) == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("reply", "verdict"),
+    [
+        ("[[A]]", "A"),
+        ("After comparing both, my final verdict is [[B]].", "B"),
+        ("Output (a)", "A"),
+        ("Output (b) is more helpful.", "B"),
+        ("**Answer: B**", "B"),
+        ("Reasoning... A is short. B is long.\nWinner: A", "A"),
+        ("Response B is better because it is complete.", "B"),
+        ("B", "B"),
+        ("It's a tie.", "tie"),
+        ("[[tie]]", "tie"),
+        ("I cannot decide between these.", None),
+    ],
+)
+def test_judge_parsing_survives_messy_output(reply: str, verdict: str | None) -> None:
+    assert parse_verdict(reply) == verdict
+
+
+def test_both_orders_cancel_position_bias_and_the_standard_error() -> None:
+    assert pair_score("A", "B") == 1.0  # tuned wins whichever side it is shown on
+    assert pair_score("A", "A") == 0.5  # the judge always picks the first: no information
+    assert pair_score(None, "A") == 0.0 and pair_score(None, None) is None
+    rate, stderr, n = win_rate([1.0, 0.5, 0.0, 1.0, None])
+    assert (rate, n) == (0.625, 4)
+    assert stderr == pytest.approx(math.sqrt(((0.375**2 * 2) + 0.125**2 + 0.625**2) / 3) / 2)
