@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/recipe $(ARGS)
+	$(BIN)/recipe experiment=smollm2_offline $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check recipe tests

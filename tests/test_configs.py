@@ -92,6 +92,13 @@ def test_every_experiment_composes(make_cfg, experiment: str) -> None:
         build_stage(stage, cfg)
 
 
+def test_the_offline_experiment_is_the_default_recipe(make_cfg) -> None:
+    default, offline = make_cfg(base=()), make_cfg("experiment=smollm2_offline", base=())
+    for stage in configured_stages(default):
+        assert build_stage(stage, offline).semantic_config() == build_stage(stage, default).semantic_config()
+    assert configured_stages(offline) == ["distill", "mix", "train", "deploy"]
+
+
 def test_seed_experiment_uses_hub_sources_at_50_25_25(make_cfg) -> None:
     cfg = make_cfg("experiment=llama2_7b_32k_instruct", base=())
     comps = cfg.mixture.components
