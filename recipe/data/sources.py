@@ -218,6 +218,19 @@ def _tidy(messages: list[Message]) -> list[Message] | None:
     return out if any(m["role"] == "user" for m in out) else None
 
 
+def sharegpt_turns(record: dict[str, Any], where: str) -> list[tuple[str, str]]:
+    """A ShareGPT record's turns as (speaker lower-cased, text), checked for shape."""
+    turns = record.get("conversations")
+    if not isinstance(turns, list):
+        raise DataError(f"{where}: missing field 'conversations' (a list of {{from, value}} turns)")
+    checked = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or "from" not in turn:
+            raise DataError(f"{where}: conversations[{i}] needs string fields 'from' and 'value'")
+        checked.append((str(turn["from"]).lower(), turn["value"]))
+    return checked
+
+
 def to_messages(record: dict[str, Any], kind: str, where: str, text_template: str) -> list[Message] | None:
     """Normalise one record to chat messages; None when it holds no answered user turn."""
     if kind == "prompt_completion":
@@ -245,18 +258,11 @@ def to_messages(record: dict[str, Any], kind: str, where: str, text_template: st
                 raise DataError(f"{where}: messages[{i}] needs a role (system, user, assistant) and string content")
         return _tidy([{"role": m["role"], "content": m["content"]} for m in messages])
     if kind == "sharegpt":
-        turns = record.get("conversations")
-        if not isinstance(turns, list):
-            raise DataError(f"{where}: missing field 'conversations' (a list of {{from, value}} turns)")
         messages = []
-        for i, turn in enumerate(turns):
-            if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or "from" not in turn:
-                raise DataError(f"{where}: conversations[{i}] needs string fields 'from' and 'value'")
-            role = SHAREGPT_ROLES.get(str(turn["from"]).lower())
+        for i, (speaker, value) in enumerate(sharegpt_turns(record, where)):
+            role = SHAREGPT_ROLES.get(speaker)
             if role is None:
-                raise DataError(
-                    f"{where}: conversations[{i}].from={turn['from']!r} is not one of {sorted(SHAREGPT_ROLES)}"
-                )
-            messages.append({"role": role, "content": turn["value"]})
+                raise DataError(f"{where}: conversations[{i}].from={speaker!r} is not one of {sorted(SHAREGPT_ROLES)}")
+            messages.append({"role": role, "content": value})
         return _tidy(messages)
     raise DataError(f"{where}: unknown source kind {kind!r}")

@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from recipe.data.jsonl import encode_line
-from recipe.data.sources import SHAREGPT_ROLES, iter_records, source_identity
+from recipe.data.sources import SHAREGPT_ROLES, iter_records, sharegpt_turns, source_identity
 from recipe.providers.cache import TeacherCache, request_key
 from recipe.providers.http import APIError, Client, RateLimiter, together_base_url
 from recipe.providers.local.server import LlamaCppServer, embedded_gguf
@@ -126,16 +126,11 @@ class Distill(Stage):
         for i, (record, where) in enumerate(iter_records(c.source, self.root.sources[c.source])):
             if c.max_conversations is not None and len(conversations) >= c.max_conversations:
                 break
-            turns = record.get("conversations")
-            if not isinstance(turns, list):
-                raise StageError(f"{where}: missing field 'conversations' (a list of {{from, value}} turns)")
             human = []
-            for j, turn in enumerate(turns):
-                if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-                    raise StageError(f"{where}: conversations[{j}] needs string fields 'from' and 'value'")
-                if SHAREGPT_ROLES.get(str(turn.get("from")).lower()) != "user":
+            for speaker, value in sharegpt_turns(record, where):
+                if SHAREGPT_ROLES.get(speaker) != "user":
                     continue
-                text = PAGE_COUNTER.sub("", turn["value"], count=1).strip()
+                text = PAGE_COUNTER.sub("", value, count=1).strip()
                 if not text:
                     stats["skipped_empty_turns"] += 1
                 elif len(text) > c.max_turn_chars:
