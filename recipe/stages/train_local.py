@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -79,27 +80,20 @@ class LocalTrain(Stage):
             [trainer.tokenize(tokenizer, m, c.train_on_inputs) for m in messages], c.max_seq_length, c.packing
         )
         rows, eval_rows = to_rows(train_messages), to_rows(eval_messages)
+        # Keys with the same name in the config and the trainer's settings are copied as they are.
+        same = {
+            f.name: c[f.name]
+            for f in fields(trainer.TrainSettings)
+            if f.name in c and f.name not in ("lora", "lr_scheduler")
+        }
         settings = trainer.TrainSettings(
+            **same,
             lora=c.training_type.value == "lora",
             lora_r=c.lora.r,
             lora_alpha=c.lora.alpha,
             lora_dropout=c.lora.dropout,
             lora_target_modules=c.lora.target_modules,
-            train_on_inputs=c.train_on_inputs,
-            max_seq_length=c.max_seq_length,
-            packing=c.packing,
-            batch_size=c.batch_size,
-            gradient_accumulation=c.gradient_accumulation,
-            learning_rate=c.learning_rate,
             lr_scheduler=c.lr_scheduler.value,
-            warmup_ratio=c.warmup_ratio,
-            n_epochs=c.n_epochs,
-            max_steps=c.max_steps,
-            weight_decay=c.weight_decay,
-            max_grad_norm=c.max_grad_norm,
-            seed=c.seed,
-            checkpoint_every=c.checkpoint_every,
-            progress=c.progress,
         )
         # Checkpoints live outside the artifact's temporary directory, which a crash removes.
         work_dir = self.store.root / "work" / "train" / self.fingerprint
