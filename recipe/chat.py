@@ -23,6 +23,7 @@ from typing import Any
 import requests
 
 from recipe.errors import RecipeError
+from recipe.providers.http import Client
 from recipe.providers.local.server import TransformersServer
 
 
@@ -37,21 +38,22 @@ def stream_chat(
     url: str, model: str, messages: list[dict[str, str]], key: str | None, max_tokens: int
 ) -> Iterator[str]:
     """Yield the answer's text pieces from an OpenAI-compatible streaming chat completion."""
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": True}
-    with requests.post(f"{url}/chat/completions", json=body, headers=headers, stream=True, timeout=600) as response:
-        if response.status_code >= 400:
-            raise RecipeError(f"{url}: HTTP {response.status_code}: {response.text[:300]}")
-        for line in response.iter_lines(decode_unicode=True):
-            if not line or not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
-                return
-            for choice in json.loads(data).get("choices") or []:
-                piece = (choice.get("delta") or {}).get("content")
-                if piece:
-                    yield piece
+    client = Client(url, key, timeout_s=600)
+    try:
+        with client.request("POST", "chat/completions", json=body, stream=True) as response:
+            for line in response.iter_lines(decode_unicode=True):
+                if not line or not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                for choice in json.loads(data).get("choices") or []:
+                    piece = (choice.get("delta") or {}).get("content")
+                    if piece:
+                        yield piece
+    finally:
+        client.close()
 
 
 def reachable(url: str) -> bool:
