@@ -359,6 +359,98 @@ class TogetherDeployConfig:
     progress: bool = True
 
 
+class SuiteKind(Enum):
+    mqa = "mqa"  # multi-document QA, "Lost in the Middle" setup: best_subspan_em
+    booksum = "booksum"  # summarisation: ROUGE-1/2/L F-measure
+    judge = "judge"  # AlpacaEval-style pairwise judging against reference answers
+
+
+class GoldPosition(Enum):
+    first = "first"
+    middle = "middle"
+    last = "last"
+
+
+@dataclass
+class SuiteConfig:
+    """One evaluation suite: where its records come from and how they become prompts."""
+
+    kind: SuiteKind = MISSING
+    # Records: a hub dataset (`hub_id`, optional `data_files`), or local `data_files` (.jsonl, .json, .jsonl.zst,
+    # .jsonl.gz, .parquet). `hub_id: json` with URLs in data_files reads remote JSON Lines.
+    hub_id: Optional[str] = None
+    revision: Optional[str] = None
+    data_files: List[str] = field(default_factory=list)
+    split: str = "train"
+    max_examples: Optional[int] = None  # the first N records; null = all
+    max_tokens: int = 128  # generation length per prompt
+    description: str = ""
+    # mqa: records {question, answers: [str], ctxs: [{title, text, isgold?}]} (the paper's files)
+    num_documents: List[int] = field(default_factory=lambda: [20, 30, 50])
+    gold_positions: List[GoldPosition] = field(
+        default_factory=lambda: [GoldPosition.first, GoldPosition.middle, GoldPosition.last]
+    )
+    # booksum: a long text and its reference summary, e.g. kmfoda/booksum's chapter / summary_text
+    text_field: str = "chapter"
+    summary_field: str = "summary_text"
+    max_text_chars: Optional[int] = None  # cut longer texts (at a paragraph) to fit a small context
+    # judge: an instruction and a reference model's answer, e.g. AlpacaEval's instruction / output
+    instruction_field: str = "instruction"
+    reference_field: str = "output"
+
+
+class EvalEndpoint(Enum):
+    serverless = "serverless"
+    dedicated = "dedicated"  # a temporary dedicated endpoint for the tuned model, deleted afterwards
+
+
+class EvalModel(Enum):
+    base = "base"
+    tuned = "tuned"
+
+
+@dataclass
+class HeldoutConfig:
+    loss: bool = True  # local models: mean loss on the mixture's eval split, base and tuned
+    samples: int = 3  # side-by-side generations on the first N eval-split prompts
+    max_tokens: int = 128
+
+
+@dataclass
+class EvalConfig:
+    """Test: the model card's suites, base against tuned, in one report."""
+
+    _target_: str = "recipe.stages.test.Test"
+    models: List[EvalModel] = field(default_factory=lambda: [EvalModel.base, EvalModel.tuned])
+    suites: Dict[str, SuiteConfig] = field(default_factory=dict)
+    heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
+    # How prompts reach the models: `chat` (the server applies the model's chat template), or raw
+    # `completions` with `prompt_format` (the model card's `[INST]\n{prompt}\n[/INST]\n\n`).
+    api: TeacherAPI = TeacherAPI.chat
+    prompt_format: str = "[INST]\n{prompt}\n[/INST]\n\n"
+    temperature: float = 0.0
+    seed: Optional[int] = 0
+    # Who judges `judge` suites: any teacher provider (local llama.cpp, Together, OpenAI-compatible).
+    judge: TeacherConfig = field(default_factory=TeacherConfig)
+    judge_max_tokens: int = 64
+    # Together-trained models: the serverless API, or a temporary dedicated endpoint.
+    endpoint: EvalEndpoint = EvalEndpoint.serverless
+    hardware: Optional[str] = None  # dedicated: null = the cheapest available
+    prices: PricesConfig = field(default_factory=PricesConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    # Execution-only:
+    engine: Engine = Engine.auto  # local models: transformers serve on CPU, vLLM on GPU when installed
+    device: str = "cpu"
+    concurrency: int = 8  # requests in flight to remote models (a local server takes one at a time)
+    timeout_s: float = 300.0
+    max_retries: int = 5
+    retry_backoff_s: float = 0.5
+    poll_s: float = 10.0
+    startup_timeout_s: float = 180.0
+    cache_path: str = "outputs/cache/teacher.sqlite"  # generations are cached like Distill's answers
+    progress: bool = True
+
+
 @dataclass
 class TogetherConfig:
     """Where Together calls go. The key is read from TOGETHER_API_KEY unless given here; it is
@@ -384,6 +476,7 @@ class RecipeConfig:
     mixture: Optional[MixtureConfig] = None
     # Each train/*.yaml extends a schema registered in the `train` group (e.g. together_schema).
     train: Optional[Any] = None
+    test: Optional[EvalConfig] = None
     # Each deploy/*.yaml extends a schema registered in the `deploy` group.
     deploy: Optional[Any] = None
     # Free-form notes carried into run.json (e.g. what an experiment is for).

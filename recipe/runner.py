@@ -139,6 +139,11 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
                     log.info("%s %s: cache hit, reusing %s", name, fp, hit.path)
                 artifacts[name] = hit
                 entry.update(status="ok", artifact=str(hit.path))
+                if "metrics" in (manifest := hit.manifest):  # headline figures (Test), for sweep summaries
+                    entry["metrics"] = manifest["metrics"]
+                report = stage.report(hit)
+                if report:
+                    print(report, flush=True)
             entry["seconds"] = round(time.monotonic() - started, 3)
             write_json_atomic(run_dir / "run.json", record)
     except BaseException as e:

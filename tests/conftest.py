@@ -23,8 +23,8 @@ TOGETHER_KEY = "sk-test-together-0123456789"
 
 # Most tests exercise one stage: by default they compose the sample-only mixture, no Distill and
 # no training; tests of other stages pass `base=` themselves.
-SAMPLES_ONLY = ("mixture=samples", "~distill", "~train", "~deploy")
-NO_DISTILL = ("mixture=samples", "~distill")
+SAMPLES_ONLY = ("mixture=samples", "~distill", "~train", "~test", "~deploy")
+NO_DISTILL = ("mixture=samples", "~distill", "~test")
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ def test_root_config_composes_with_every_source(make_cfg) -> None:
     # Shipped samples resolve to files in the package.
     for name in ("sharegpt_sample", "llama_instruct_sample", "booksum_sample", "mqa_sample"):
         assert Path(cfg.sources[name].data_files[0]).is_file()
-    assert configured_stages(cfg) == ["distill", "mix", "train", "deploy"]
+    assert configured_stages(cfg) == ["distill", "mix", "train", "test", "deploy"]
     assert cfg.mixture.components.instructions.source == "distill"
 
 
@@ -84,6 +84,31 @@ def test_a_typo_in_a_train_key_is_an_error_naming_it(make_cfg) -> None:
     assert "n_epoch" in f"{err.value} {err.value.__cause__}"
 
 
+TEST_NEEDS = {"offline": "train=local_lora", "model_card": "train=together_full"}
+
+
+@pytest.mark.parametrize("test", options("test"))
+def test_every_test_option_composes_and_validates(make_cfg, test: str) -> None:
+    cfg = make_cfg(f"test={test}", TEST_NEEDS[test], base=("mixture=samples", "~distill"))
+    stage = build_stage("test", cfg)
+    assert stage.upstream() == ("mix", "train")
+    assert stage.plan({}).startswith("evaluate base and tuned on mqa (mqa, ")
+    assert stage.semantic_config()["suite_data"].keys() == {"mqa", "booksum", "alpaca_eval"}
+
+
+@pytest.mark.parametrize("suite", options("test/suite"))
+def test_every_test_suite_composes_and_its_shipped_data_reads(make_cfg, suite: str) -> None:
+    cfg = make_cfg(f"+test/suite@test.suites.extra={suite}", base=("mixture=samples", "~distill"))
+    stage = build_stage("test", cfg)
+    node = cfg.test.suites.extra
+    assert node.kind.value in ("mqa", "booksum", "judge") and node.description
+    if node.hub_id is None:  # the shipped samples: every record makes prompts
+        items = stage.items()["extra"]
+        assert items and all(i.prompt and i.answers for i in items)
+    else:
+        assert node.hub_id in ("json", "kmfoda/booksum", "tatsu-lab/alpaca_eval")
+
+
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes(make_cfg, experiment: str) -> None:
     cfg = make_cfg(f"experiment={experiment}", base=())
@@ -96,7 +121,7 @@ def test_the_offline_experiment_is_the_default_recipe(make_cfg) -> None:
     default, offline = make_cfg(base=()), make_cfg("experiment=smollm2_offline", base=())
     for stage in configured_stages(default):
         assert build_stage(stage, offline).semantic_config() == build_stage(stage, default).semantic_config()
-    assert configured_stages(offline) == ["distill", "mix", "train", "deploy"]
+    assert configured_stages(offline) == ["distill", "mix", "train", "test", "deploy"]
 
 
 def test_seed_experiment_uses_hub_sources_at_50_25_25(make_cfg) -> None:
@@ -120,6 +145,14 @@ def test_seed_experiment_uses_hub_sources_at_50_25_25(make_cfg) -> None:
     }
     assert cfg.sources[comps.mqa.source].data_files == ["fine-tune/natural_questions_10_200_docs.jsonl.zst"]
     assert cfg.mixture.total == 38000 and cfg.mixture.template == "llama2_inst"
+    # Test as the model card: its prompt format, AlpacaEval's 805 prompts, MQA at 20/30/50 documents.
+    test = cfg.test
+    assert test.api.value == "completions" and test.prompt_format == "[INST]\n{prompt}\n[/INST]\n\n"
+    assert test.suites.alpaca_eval.hub_id == "tatsu-lab/alpaca_eval" and test.suites.alpaca_eval.max_examples is None
+    assert list(test.suites.mqa.num_documents) == [20, 30, 50]
+    assert [p.value for p in test.suites.mqa.gold_positions] == ["first", "middle", "last"]
+    assert test.suites.booksum.hub_id == "kmfoda/booksum" and test.suites.booksum.split == "test"
+    assert cfg.deploy.dedicated and cfg.deploy._target_ == "recipe.stages.deploy.TogetherDeploy"
 
 
 def test_a_typo_in_a_key_is_an_error_naming_it(make_cfg) -> None:

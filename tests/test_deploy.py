@@ -187,7 +187,7 @@ def test_local_deployment_serves_the_openai_client_until_ctrl_c(tmp_path: Path, 
 @pytest.mark.slow
 def test_the_offline_recipe_end_to_end(run_cli, tmp_path: Path) -> None:
     """`recipe` with its defaults (shrunk to test size): distill with the embedded teacher, mix,
-    train LoRA, deploy locally; ends with the deployment answering a smoke query."""
+    train LoRA, test base against tuned, deploy locally; ends with the deployment answering a smoke query."""
     pytest.importorskip("llama_cpp")
     out = run_cli(
         "distill.max_conversations=6",
@@ -199,15 +199,49 @@ def test_the_offline_recipe_end_to_end(run_cli, tmp_path: Path) -> None:
         "train.max_seq_length=256",
         "train.max_steps=3",
         "train.progress=false",
+        "test.suites.mqa.max_examples=1",
+        "test.suites.mqa.num_documents=[3]",
+        "test.suites.mqa.gold_positions=[first,last]",
+        "test.suites.booksum.max_examples=1",
+        "test.suites.alpaca_eval.max_examples=2",
+        "test.heldout.samples=1",
+        "test.progress=false",
         "deploy.smoke_max_tokens=8",
     ).stdout
     record = json.loads(sorted((tmp_path / "outputs" / "runs").glob("*/*/run.json"))[-1].read_text())
-    assert [s["status"] for s in record["stages"].values()] == ["ok"] * 4 and list(record["stages"]) == [
+    assert [s["status"] for s in record["stages"].values()] == ["ok"] * 5 and list(record["stages"]) == [
         "distill",
         "mix",
         "train",
+        "test",
         "deploy",
     ]
+    # Test: base (the embedded model, exported once) against tuned, both served by transformers serve.
+    test_dir = Path(record["stages"]["test"]["artifact"])
+    metrics = json.loads((test_dir / "metrics.json").read_text())
+    assert set(metrics["summary"]) == {"base", "tuned"}
+    for which in ("base", "tuned"):
+        figures = metrics["summary"][which]
+        assert set(figures) == {
+            "mqa.accuracy",
+            "mqa.docs3",
+            "booksum.rouge1",
+            "booksum.rouge2",
+            "booksum.rougeL",
+            "alpaca_eval.win_rate",
+            "alpaca_eval.win_rate_se",
+            "heldout.loss",
+        }
+        assert 0 < figures["heldout.loss"] < 10 and 0 < figures["booksum.rouge1"] <= 1
+    assert metrics["models"]["tuned"]["name"].endswith("/merged")
+    assert metrics["suites"]["mqa"]["prompts"] == 2 and metrics["suites"]["alpaca_eval"]["prompts"] == 2
+    rows = [json.loads(line) for line in (test_dir / "generations.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 + 1 + 2 + 1 and all(r["base"] is not None and r["tuned"] is not None for r in rows)
+    assert all(len(r["tuned_judge"]) == 2 for r in rows if r["suite"] == "alpaca_eval")
+    assert "Test (" in out and "heldout.loss" in out  # the summary table is printed
+    assert (test_dir / "chart.png").read_bytes()[:4] == b"\x89PNG" and "| 3 | last |" in (
+        test_dir / "report.md"
+    ).read_text()
     manifest = json.loads((Path(record["stages"]["deploy"]["artifact"]) / "manifest.json").read_text())
     assert manifest["smoke"]["answer"] and manifest["smoke"]["answer"] in out
     # recipe-chat finds the newest deployment in the store and serves it for the chat.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import gzip
 import io
 import json
 from collections.abc import Iterator
@@ -45,15 +46,21 @@ class DataError(RecipeError):
     """Bad input data; the message names the source, file and line."""
 
 
+def config_key(name: str) -> str:
+    """Where a source lives in the config, for error messages: `sources.<name>`, or a full key
+    (e.g. `test.suites.mqa`) for nodes elsewhere that name their records the same way."""
+    return name if "." in name else f"sources.{name}"
+
+
 def source_files(name: str, source: DictConfig) -> list[Path]:
     """The local files of a source (globs expanded, sorted); errors name `sources.<name>.data_files`."""
     if not source.data_files:
-        raise DataError(f"sources.{name}: set hub_id or data_files (neither is set)")
+        raise DataError(f"{config_key(name)}: set hub_id or data_files (neither is set)")
     files: list[Path] = []
     for pattern in source.data_files:
         matched = sorted(glob.glob(str(Path(pattern).expanduser())))
         if not matched:
-            raise DataError(f"sources.{name}.data_files: {pattern!r} matches no file")
+            raise DataError(f"{config_key(name)}.data_files: {pattern!r} matches no file")
         files.extend(Path(m) for m in matched)
     return files
 
@@ -93,6 +100,8 @@ def _open_binary(path: Path) -> io.BufferedReader:
         import zstandard
 
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))  # type: ignore[arg-type]
+    if path.name.endswith(".gz"):
+        return io.BufferedReader(gzip.open(path, "rb"))  # type: ignore[arg-type]
     return open(path, "rb")
 
 
@@ -136,18 +145,20 @@ def parse_line(raw: bytes, where: str) -> dict[str, Any]:
 def iter_raw(name: str, source: DictConfig) -> Iterator[tuple[bytes | dict[str, Any], str]]:
     """Every record of a source as (raw line bytes or dict, location)."""
     if source.hub_id:
-        where = f"sources.{name}: hub dataset {source.hub_id!r}"
+        where = f"{config_key(name)}: hub dataset {source.hub_id!r}"
         yield from _stream_dataset(
             where, f"{source.hub_id} record", source.hub_id, list(source.data_files) or None, source
         )
         return
     for path in source_files(name, source):
         if path.suffix == ".parquet":
-            yield from _stream_dataset(f"sources.{name}: {path}", f"{path} row", "parquet", [str(path)], None)
-        elif path.name.endswith((".jsonl", ".json", ".jsonl.zst", ".json.zst")):
+            yield from _stream_dataset(f"{config_key(name)}: {path}", f"{path} row", "parquet", [str(path)], None)
+        elif path.name.endswith((".jsonl", ".json", ".jsonl.zst", ".json.zst", ".jsonl.gz", ".json.gz")):
             yield from read_json_records(path)
         else:
-            raise DataError(f"sources.{name}.data_files: {path} is not .jsonl, .json, .jsonl.zst or .parquet")
+            raise DataError(
+                f"{config_key(name)}.data_files: {path} is not .jsonl, .json, .jsonl.zst, .jsonl.gz or .parquet"
+            )
 
 
 def _stream_dataset(

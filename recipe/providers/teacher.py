@@ -7,13 +7,22 @@ ourselves, as the seed did with `[INST] ... [/INST]`) differ.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
 from recipe.data import templates
+from recipe.errors import RecipeError
 from recipe.providers.cache import TeacherCache, request_key
-from recipe.providers.http import APIError, Client, RateLimiter
+from recipe.providers.http import APIError, Client, RateLimiter, together_base_url
+from recipe.providers.local.server import LlamaCppServer, embedded_gguf
+from recipe.secrets import together_api_key
 
 TEMPLATE_VERSION = "1"  # bump when templates.render_prompt changes what a prompt looks like
 Message = dict[str, str]
@@ -97,8 +106,11 @@ class Teacher:
         ledger: Ledger,
         limiter: RateLimiter | None = None,
         weights: str | None = None,
+        prompt_format: str | None = None,
     ) -> None:
         self.client, self.cache, self.ledger, self.limiter = client, cache, ledger, limiter
+        # completions of single prompts in a fixed format (e.g. "[INST]\n{prompt}\n[/INST]\n\n"), not a template
+        self.prompt_format = prompt_format
         self.weights = weights  # for local models: which file answers, since the alias alone may not say
         self.provider, self.model, self.api, self.template = provider, model, api, template
         self.sampling = {k: v for k, v in sampling.items() if v is not None and v != []}
@@ -109,7 +121,11 @@ class Teacher:
         """The request body for the conversation so far (ending with the user's turn)."""
         if self.api == "chat":
             return {"model": self.model, "messages": messages, **self.sampling}
-        return {"model": self.model, "prompt": templates.render_prompt(messages, self.template), **self.sampling}
+        if self.prompt_format is not None:
+            prompt = self.prompt_format.replace("{prompt}", messages[-1]["content"])
+        else:
+            prompt = templates.render_prompt(messages, self.template)
+        return {"model": self.model, "prompt": prompt, **self.sampling}
 
     def key(self, body: dict[str, Any]) -> str:
         identity = {"provider": self.provider, "api": self.api, "body": body}
@@ -160,3 +176,34 @@ def parse_response(response: dict[str, Any], api: str, prompt_estimate: int) -> 
         int(usage.get("completion_tokens") or approx_tokens(text)),
         cached=False,
     )
+
+
+def _gguf(t: DictConfig) -> Path:
+    return Path(t.gguf) if t.gguf else embedded_gguf()
+
+
+def local_weights(t: DictConfig) -> str | None:
+    """For a local model we start ourselves: which weights file answers (part of cache keys)."""
+    if t.provider.value != "local" or t.base_url:
+        return None
+    gguf = _gguf(t)
+    return f"{gguf.name}:{gguf.stat().st_size}"
+
+
+@contextlib.contextmanager
+def teacher_endpoint(t: DictConfig, root: DictConfig) -> Iterator[tuple[str, str | None]]:
+    """(base URL, key) of a teacher config node (`provider`, `model`, `base_url`, ...); a local
+    teacher is started as a llama.cpp server on 127.0.0.1 and always stopped."""
+    provider = t.provider.value
+    if provider == "together":
+        key = together_api_key(root)
+        if not key:
+            raise RecipeError(f"{t._get_full_key(None)}.provider=together needs TOGETHER_API_KEY in the environment")
+        yield together_base_url(t.base_url or root.together.base_url), key
+    elif provider == "openai_compatible":
+        yield t.base_url, os.environ.get(t.api_key_env)
+    elif t.base_url:  # a local server someone already runs
+        yield t.base_url, None
+    else:
+        with LlamaCppServer(_gguf(t), t.model, context_length=t.context_length) as server:
+            yield server.base_url, None

@@ -1,4 +1,5 @@
-"""Together REST calls beyond completions: files, the Batch API and fine-tuning (one HTTP client)."""
+"""Together REST calls beyond completions: files, the Batch API, fine-tuning and dedicated endpoints
+(one HTTP client)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from tqdm import tqdm
 
+from recipe.errors import RecipeError
 from recipe.providers.http import RETRY_STATUSES, APIError, Client
 
 BATCH_DONE = frozenset({"COMPLETED", "FAILED", "EXPIRED", "CANCELLED"})
@@ -197,3 +200,30 @@ def download_fine_tune(client: Client, job_id: str, checkpoint: str, target: Pat
             if progress is not None:
                 progress.update(len(block))
     return size
+
+
+# Dedicated endpoints (Deploy, and Test's temporary endpoint).
+ENDPOINT_READY = "STARTED"
+ENDPOINT_FAILED = frozenset({"ERROR"})
+
+
+def cheapest_hardware(client: Client, model: str) -> str:
+    """The id of the cheapest hardware Together lists as available for the model."""
+    options = client.get_json("hardware", model=model).get("data") or []
+    available = [h for h in options if (h.get("availability") or {}).get("status") == "available"]
+    if not available:
+        raise RecipeError(f"Together lists no available hardware for {model}; set the hardware in the config")
+    return min(available, key=lambda h: h["pricing"]["cents_per_minute"])["id"]
+
+
+def wait_endpoint_started(client: Client, endpoint_id: str, poll_s: float, progress: bool) -> dict[str, Any]:
+    """Poll an endpoint until it is STARTED (its state shown on a progress line); ERROR raises."""
+    with tqdm(desc=f"endpoint {endpoint_id}", bar_format="{desc}: {postfix}", disable=not progress) as bar:
+        while True:
+            endpoint = client.get_json(f"endpoints/{endpoint_id}")
+            bar.set_postfix_str(endpoint.get("state", "?"))
+            if endpoint.get("state") == ENDPOINT_READY:
+                return endpoint
+            if endpoint.get("state") in ENDPOINT_FAILED:
+                raise RecipeError(f"Together endpoint {endpoint_id} is in state ERROR; deploy.action=delete removes it")
+            time.sleep(poll_s)

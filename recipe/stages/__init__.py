@@ -62,6 +62,10 @@ class Stage:
         """Names of stages whose artifacts this one needs."""
         return ()
 
+    def report(self, artifact: Artifact) -> str | None:
+        """Text the runner prints once the stage's artifact is ready (built or reused)."""
+        return None
+
     def together_client(self) -> Client:
         """The one HTTP client to Together (TOGETHER_API_KEY, TOGETHER_BASE_URL or `together.*`),
         with this stage's `max_retries`, `timeout_s` and `retry_backoff_s`."""

@@ -16,24 +16,20 @@ The manifest records URL, model, endpoint id, hardware, state, the smoke query a
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from recipe.providers.http import Client
-from recipe.providers.local.server import ManagedServer, TransformersServer, VllmServer
+from recipe.providers.local.server import model_server, serving_engine
+from recipe.providers.together import cheapest_hardware, wait_endpoint_started
 from recipe.stages import Stage, StageError
 from recipe.store import Artifact
 
 log = logging.getLogger(__name__)
 ENDPOINTS = "together-endpoints"
-ENDPOINT_READY = "STARTED"
-ENDPOINT_FAILED = frozenset({"ERROR"})
 
 
 def smoke(client: Client, model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
@@ -76,12 +72,7 @@ class LocalDeploy(Stage):
         return f"serve the trained model on {self.config.host} with {self._engine()}, then a smoke query"
 
     def _engine(self) -> str:
-        engine = self.config.engine.value
-        if engine != "auto":
-            return engine
-        import torch
-
-        return "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "transformers"
+        return serving_engine(self.config.engine.value)
 
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
         c = self.config
@@ -94,12 +85,7 @@ class LocalDeploy(Stage):
         model_dir = inputs["train"].path / train["merged"]
         engine = self._engine()
         options = {"host": c.host, "port": c.port, "startup_timeout_s": c.startup_timeout_s}
-        server: ManagedServer = (
-            VllmServer(model_dir, **options)
-            if engine == "vllm"
-            else TransformersServer(model_dir, device=c.device, **options)
-        )
-        with server:
+        with model_server(model_dir, engine, c.device, **options) as server:
             model = server.model  # type: ignore[attr-defined]
             client = Client(server.base_url, None, max_retries=2, timeout_s=600)
             answer = smoke(client, model, c.smoke_prompt, c.smoke_max_tokens)
@@ -179,7 +165,7 @@ class TogetherDeploy(Stage):
         if record is None or record.get("deleted"):
             if action != "ensure":
                 raise StageError(f"deploy.action={action}: no Together endpoint is recorded for this config")
-            hardware = c.hardware or self._cheapest_hardware(client, model)
+            hardware = c.hardware or cheapest_hardware(client, model)
             body = {
                 "display_name": f"recipe {model.split('/')[-1]}"[:64],
                 "model": model,
@@ -216,7 +202,7 @@ class TogetherDeploy(Stage):
         endpoint = client.get_json(f"endpoints/{endpoint_id}")
         if endpoint.get("state") == "STOPPED" and action == "ensure":
             endpoint = client.request("PATCH", f"endpoints/{endpoint_id}", json={"state": "STARTED"}).json()
-        endpoint = self._wait_started(client, endpoint_id)
+        endpoint = wait_endpoint_started(client, endpoint_id, c.poll_s, c.progress)
         answer = smoke(client, endpoint["name"], c.smoke_prompt, c.smoke_max_tokens)
         print(
             f"\nendpoint {endpoint_id} ({endpoint['name']}) on {endpoint.get('hardware')}: {answer['answer']!r} in "
@@ -234,24 +220,3 @@ class TogetherDeploy(Stage):
             "inactive_timeout": c.inactive_timeout,
             "smoke": answer,
         }
-
-    def _cheapest_hardware(self, client: Client, model: str) -> str:
-        options = client.get_json("hardware", model=model).get("data") or []
-        available = [h for h in options if (h.get("availability") or {}).get("status") == "available"]
-        if not available:
-            raise StageError(f"Together lists no available hardware for {model}; set deploy.hardware")
-        return min(available, key=lambda h: h["pricing"]["cents_per_minute"])["id"]
-
-    def _wait_started(self, client: Client, endpoint_id: str) -> dict[str, Any]:
-        c = self.config
-        with tqdm(desc=f"endpoint {endpoint_id}", bar_format="{desc}: {postfix}", disable=not c.progress) as bar:
-            while True:
-                endpoint = client.get_json(f"endpoints/{endpoint_id}")
-                bar.set_postfix_str(endpoint.get("state", "?"))
-                if endpoint.get("state") == ENDPOINT_READY:
-                    return endpoint
-                if endpoint.get("state") in ENDPOINT_FAILED:
-                    raise StageError(
-                        f"Together endpoint {endpoint_id} is in state ERROR; deploy.action=delete removes it"
-                    )
-                time.sleep(c.poll_s)

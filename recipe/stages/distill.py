@@ -21,14 +21,11 @@ What it supports:
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,11 +37,18 @@ from tqdm import tqdm
 from recipe.data.jsonl import encode_line
 from recipe.data.sources import SHAREGPT_ROLES, iter_records, sharegpt_turns, source_identity
 from recipe.providers.cache import TeacherCache, request_key
-from recipe.providers.http import APIError, Client, RateLimiter, together_base_url
-from recipe.providers.local.server import LlamaCppServer, embedded_gguf
-from recipe.providers.teacher import Answer, BudgetReached, Ledger, Teacher, approx_tokens, parse_response
+from recipe.providers.http import APIError, Client, RateLimiter
+from recipe.providers.teacher import (
+    Answer,
+    BudgetReached,
+    Ledger,
+    Teacher,
+    approx_tokens,
+    local_weights,
+    parse_response,
+    teacher_endpoint,
+)
 from recipe.providers.together import BATCH_DONE, create_batch, download_file, get_batch, upload_batch_file
-from recipe.secrets import together_api_key
 from recipe.stages import Stage, StageError
 from recipe.store import Artifact
 
@@ -189,7 +193,7 @@ class Distill(Stage):
         cache = TeacherCache(c.cache_path)
         ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, c.budget.max_usd, self._price_factor())
         try:
-            with self._endpoint() as (base_url, api_key):
+            with teacher_endpoint(c.teacher, self.root) as (base_url, api_key):
                 client = Client(
                     base_url, api_key, max_retries=c.max_retries, timeout_s=c.timeout_s, pool_size=c.concurrency
                 )
@@ -205,33 +209,12 @@ class Distill(Stage):
             cache.close()
         return self._finish(conversations, stats, ledger, out_dir, client.retries.value)
 
-    @contextlib.contextmanager
-    def _endpoint(self) -> Iterator[tuple[str, str | None]]:
-        """(base URL, key) of the teacher; starts and always stops the local server."""
-        t = self.config.teacher
-        provider = t.provider.value
-        if provider == "together":
-            key = together_api_key(self.root)
-            if not key:
-                raise StageError("distill.teacher.provider=together needs TOGETHER_API_KEY in the environment")
-            yield together_base_url(t.base_url or self.root.together.base_url), key
-        elif provider == "openai_compatible":
-            yield t.base_url, os.environ.get(t.api_key_env)
-        elif t.base_url:  # a local server someone already runs
-            yield t.base_url, None
-        else:
-            with LlamaCppServer(self._gguf(), t.model, context_length=t.context_length) as server:
-                yield server.base_url, None
-
     def _teacher(self, client: Client | None, cache: TeacherCache | None, ledger: Ledger) -> Teacher:
         c = self.config
         sampling = OmegaConf.to_container(c.sampling, resolve=True)
         assert isinstance(sampling, dict)
         limiter = RateLimiter(c.requests_per_minute, c.tokens_per_minute)
-        weights = None
-        if c.teacher.provider.value == "local" and not c.teacher.base_url:
-            gguf = self._gguf()
-            weights = f"{gguf.name}:{gguf.stat().st_size}"
+        weights = local_weights(c.teacher)
         return Teacher(
             client,  # type: ignore[arg-type]  (None only for dry-run key lookups)
             cache,  # type: ignore[arg-type]
@@ -244,9 +227,6 @@ class Distill(Stage):
             limiter=limiter,
             weights=weights,
         )
-
-    def _gguf(self) -> Path:
-        return Path(self.config.teacher.gguf) if self.config.teacher.gguf else embedded_gguf()
 
     def _run_online(self, teacher: Teacher, conversations: list[Conversation], ledger: Ledger, client: Client) -> None:
         progress = _Progress(len(conversations), ledger, client, self.config.progress)

@@ -214,3 +214,19 @@ class VllmServer(ManagedServer):
             "--port",
             str(self.port),
         ]
+
+
+def serving_engine(engine: str) -> str:
+    """`auto`: vLLM on a GPU when it is installed, else `transformers serve`."""
+    if engine != "auto":
+        return engine
+    import torch
+
+    return "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "transformers"
+
+
+def model_server(model_dir: Path, engine: str, device: str, **options: object) -> ManagedServer:
+    """A managed server for a Hugging Face model directory with the chosen engine (see serving_engine)."""
+    if serving_engine(engine) == "vllm":
+        return VllmServer(model_dir, **options)
+    return TransformersServer(model_dir, device=device, **options)

@@ -298,3 +298,20 @@ def _save_checkpoint(model: Any, optimizer: Any, scheduler: Any, step: int, work
     for old in work_dir.glob("checkpoint-*"):
         if int(old.name.split("-")[1]) < step:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def export_embedded(target: Path) -> Path:
+    """The embedded GGUF as a Hugging Face model directory (dequantised fp32 safetensors, tokenizer and
+    chat template), written once to `target` through a temporary directory and reused after."""
+    if (target / "config.json").is_file():
+        return target
+    model, tokenizer = load_model(None, torch.device("cpu"), torch.float32)
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial, safe_serialization=True)
+    tokenizer.save_pretrained(partial)
+    try:
+        os.replace(partial, target)
+    except OSError:  # a twin process finished first
+        shutil.rmtree(partial, ignore_errors=True)
+    return target

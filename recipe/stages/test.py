@@ -1,0 +1,466 @@
+"""Test: the recipe's Step III. The model card's suites, base against tuned, in one report.
+
+What it does:
+- reaches each model in `test.models` (`base`, `tuned`) the way it was trained: for local training a
+  managed OpenAI-compatible server on 127.0.0.1 (`transformers serve` on CPU, vLLM on GPU when
+  installed) over the merged model, or over the base model (the embedded GGUF is exported once to a
+  Hugging Face directory in the store, so both run on the same engine); for a Together fine-tune the
+  inference API, serverless or through a temporary dedicated endpoint that the stage deletes after;
+- asks every suite's prompts (`conf/test/suite/`: multi-document QA, BookSum, AlpacaEval-style
+  instructions) through the request cache Distill uses, so a re-run or a sweep asks nothing twice;
+- has a judge (any teacher provider) compare each model's answers with the reference answers, both
+  orders; computes the held-out loss of both models on the mixture's eval split (local models) and
+  a few side-by-side generations;
+- writes `report.md` (tables shaped like the model card's), `metrics.json`, `chart.png` and
+  `generations.jsonl`; the summary table is printed at the end of the stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from recipe.data.sources import config_key, file_sha256, iter_records, source_files
+from recipe.eval import report as reporting
+from recipe.eval import suites as S
+from recipe.providers.cache import TeacherCache
+from recipe.providers.http import APIError, Client
+from recipe.providers.local.server import embedded_gguf, model_server, serving_engine
+from recipe.providers.teacher import BudgetReached, Ledger, Teacher, local_weights, teacher_endpoint
+from recipe.providers.together import cheapest_hardware, wait_endpoint_started
+from recipe.stages import Stage, StageError
+from recipe.stages.train_local import read_conversations
+from recipe.store import Artifact
+
+log = logging.getLogger(__name__)
+TEST_ENDPOINTS = "together-test-endpoints"
+
+
+@dataclass
+class ModelAccess:
+    """How to ask one of the compared models."""
+
+    which: str  # base | tuned
+    client: Client
+    model: str  # the model name requests carry
+    provider: str  # part of cache keys
+    weights: str | None  # for local models: which weights answer (part of cache keys)
+    local_dir: Path | None  # local models: the Hugging Face directory (held-out loss)
+    concurrency: int
+
+
+class Test(Stage):
+    __test__ = False  # not a pytest test class
+    name = "test"
+    version = "1"
+    execution_keys = frozenset(
+        {
+            "engine",
+            "device",
+            "concurrency",
+            "timeout_s",
+            "max_retries",
+            "retry_backoff_s",
+            "poll_s",
+            "startup_timeout_s",
+            "cache_path",
+            "progress",
+        }
+    )
+
+    def upstream(self) -> tuple[str, ...]:
+        return ("mix", "train")
+
+    def semantic_config(self) -> dict[str, Any]:
+        semantic = super().semantic_config()
+        semantic["suite_data"] = {name: self._data_identity(name) for name in self.config.suites}
+        return semantic
+
+    def _data_identity(self, name: str) -> dict[str, Any]:
+        suite = self.config.suites[name]
+        if suite.hub_id:
+            return {"hub_id": suite.hub_id, "revision": suite.revision, "data_files": list(suite.data_files)}
+        files = source_files(self._key(name), suite)
+        return {"files": [{"name": p.name, "sha256": file_sha256(p)} for p in files]}
+
+    def _key(self, name: str) -> str:
+        return f"test.suites.{name}"
+
+    # -- what will be asked ------------------------------------------------------------------------
+
+    def items(self) -> dict[str, list[S.Item]]:
+        """Every suite's prompts (records read and checked; errors name file and line)."""
+        out: dict[str, list[S.Item]] = {}
+        self.skipped: dict[str, dict[str, int]] = {}
+        for name, suite in self.config.suites.items():
+            key = self._key(name)
+            records = islice(iter_records(key, suite), suite.max_examples)
+            kind = suite.kind.value
+            if kind == "mqa":
+                items, skipped = S.mqa_items(
+                    name, records, list(suite.num_documents), [p.value for p in suite.gold_positions], key
+                )
+                if skipped.counts:
+                    self.skipped[name] = dict(skipped.counts)
+                    log.warning("%s: records skipped: %s", key, dict(skipped.counts))
+            elif kind == "booksum":
+                items = S.booksum_items(name, records, suite.text_field, suite.summary_field, suite.max_text_chars, key)
+            else:
+                items = S.judge_items(name, records, suite.instruction_field, suite.reference_field, key)
+            if not items:
+                raise StageError(f"{key}: no usable record (see {config_key(key)}.data_files / hub_id)")
+            out[name] = items
+        return out
+
+    def heldout_items(self, mix: Artifact | None) -> tuple[list[S.Item], list[list[dict[str, str]]]]:
+        """Side-by-side sample prompts (the first user turn of eval-split conversations, with the
+        mixture's answer as reference) and the eval split itself, for the held-out loss."""
+        if mix is None or not mix.manifest.get("eval"):
+            return [], []
+        conversations = read_conversations(mix.path / mix.manifest["eval"]["file"], mix.manifest)
+        samples = []
+        for i, messages in enumerate(conversations[: self.config.heldout.samples]):
+            user = next((m["content"] for m in messages if m["role"] == "user"), None)
+            answer = next((m["content"] for m in messages if m["role"] == "assistant"), "")
+            if user:
+                samples.append(S.Item(suite="heldout", id=f"heldout/{i}", prompt=user, answers=(answer,)))
+        return samples, conversations
+
+    def plan(self, inputs: dict[str, Artifact | None]) -> str:
+        c = self.config
+        parts = []
+        for name, suite in c.suites.items():
+            kind = suite.kind.value
+            size = f"≤{suite.max_examples}" if suite.max_examples else "all"
+            detail = f"{len(suite.num_documents)}×{len(suite.gold_positions)} settings" if kind == "mqa" else ""
+            judged = ", judged both orders" if kind == "judge" else ""
+            parts.append(f"{name} ({kind}, {size} records{', ' + detail if detail else ''}{judged})")
+        models = " and ".join(m.value for m in c.models)
+        return f"evaluate {models} on {'; '.join(parts) or 'no suite'}; held-out samples {c.heldout.samples}"
+
+    # -- the run -----------------------------------------------------------------------------------
+
+    def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
+        c = self.config
+        train, mix = inputs["train"], inputs.get("mix")
+        items = self.items()
+        samples, heldout_conversations = self.heldout_items(mix)
+        started = time.monotonic()
+        cache = TeacherCache(c.cache_path)
+        ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, c.budget.max_usd)
+        answers: dict[str, dict[str, str]] = {}
+        names: dict[str, str] = {}
+        heldout_loss: dict[str, float] = {}
+        try:
+            for which in (m.value for m in c.models):
+                with self._access(which, train) as access:
+                    names[which] = access.model
+                    answers[which] = self._generate(access, cache, ledger, items, samples)
+                    if c.heldout.loss and access.local_dir is not None and heldout_conversations:
+                        heldout_loss[which] = self._heldout_loss(access.local_dir, heldout_conversations)
+            verdicts = self._judge(cache, ledger, items, answers) if self._judged(items) else {}
+        except BudgetReached:
+            raise StageError(
+                f"test.budget.max_usd={c.budget.max_usd}: the budget is spent; answers so far are cached, "
+                "a re-run with a larger budget asks only the rest",
+                details={"usage": ledger.usage(), "cost_usd": round(ledger.cost_usd, 6)},
+            ) from None
+        finally:
+            cache.close()
+        if "tuned" not in heldout_loss and train.manifest.get("eval_loss") is not None:
+            heldout_loss.setdefault("tuned", train.manifest["eval_loss"])  # as measured by the trainer
+        metrics = self._score(items, answers, verdicts, heldout_loss)
+        result = {
+            "models": {w: {"name": names[w], **metrics[w]} for w in answers},
+            "suites": {
+                name: {"kind": c.suites[name].kind.value, "prompts": len(its), "skipped": self.skipped.get(name, {})}
+                for name, its in items.items()
+            },
+        }
+        summary = reporting.headline(result, {n: c.suites[n].kind.value for n in items})
+        (out_dir / "metrics.json").write_text(json.dumps({**result, "summary": summary}, indent=2) + "\n")
+        self._write_generations(out_dir / "generations.jsonl", items, samples, answers, verdicts)
+        side_by_side = [(s, {w: answers[w][s.id] for w in answers}) for s in samples]
+        table = reporting.summary_table(summary)
+        reporting.write_report(out_dir / "report.md", result, summary, side_by_side, items, answers, table)
+        reporting.write_chart(out_dir / "chart.png", summary)
+        (out_dir / "summary.txt").write_text(table + "\n")
+        return {
+            "report": "report.md",
+            "metrics_file": "metrics.json",
+            "chart": "chart.png",
+            "generations": "generations.jsonl",
+            "models": {w: names[w] for w in answers},
+            "metrics": summary.get("tuned") or next(iter(summary.values()), {}),
+            "summary": summary,
+            "usage": ledger.usage(),
+            "cost_usd": round(ledger.cost_usd, 6),
+            "seconds": round(time.monotonic() - started, 2),
+        }
+
+    def report(self, artifact: Artifact) -> str | None:
+        table = (artifact.path / "summary.txt").read_text().rstrip()
+        return f"\nTest ({artifact.path / 'report.md'}):\n{table}\n"
+
+    # -- models ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _access(self, which: str, train: Artifact) -> Iterator[ModelAccess]:
+        manifest = train.manifest
+        if manifest.get("provider") == "local":
+            with self._local(which, train) as access:
+                yield access
+        elif manifest.get("provider") == "together":
+            with self._together(which, train) as access:
+                yield access
+        else:
+            raise StageError(f"test: the train artifact {train.path} names no provider it can be tested on")
+
+    @contextlib.contextmanager
+    def _local(self, which: str, train: Artifact) -> Iterator[ModelAccess]:
+        c = self.config
+        if which == "tuned":
+            model_dir = train.path / train.manifest["merged"]
+            weights = f"train:{train.fingerprint}"
+        else:
+            base = self.root.train.get("model")
+            if base is None:
+                assert self.store is not None
+                gguf = embedded_gguf()
+                weights = f"{gguf.name}:{gguf.stat().st_size}"
+                from recipe.providers.local import trainer
+
+                model_dir = trainer.export_embedded(self.store.root / "models" / f"{gguf.stem}-{gguf.stat().st_size}")
+            else:
+                model_dir, weights = Path(base), f"model:{base}"
+        engine = serving_engine(c.engine.value)
+        options = {"startup_timeout_s": c.startup_timeout_s}
+        with model_server(model_dir, engine, c.device, **options) as server:
+            client = Client(server.base_url, None, max_retries=2, timeout_s=c.timeout_s)
+            try:
+                yield ModelAccess(
+                    which,
+                    client,
+                    server.model,  # type: ignore[attr-defined]
+                    f"local-{engine}",
+                    weights,
+                    model_dir if model_dir.is_dir() else None,
+                    1 if engine == "transformers" else c.concurrency,
+                )
+            finally:
+                client.close()
+
+    @contextlib.contextmanager
+    def _together(self, which: str, train: Artifact) -> Iterator[ModelAccess]:
+        c = self.config
+        model = train.manifest.get("model_output_name") if which == "tuned" else self.root.train.model
+        if not model:
+            raise StageError(f"test: no {which} model name in the Together fine-tune {train.path}")
+        client = self.together_client()
+        try:
+            if which == "tuned" and c.endpoint.value == "dedicated":
+                with self._temporary_endpoint(client, model) as name:
+                    yield ModelAccess(which, client, name, "together", None, None, c.concurrency)
+            else:
+                yield ModelAccess(which, client, model, "together", None, None, c.concurrency)
+        finally:
+            client.close()
+
+    @contextlib.contextmanager
+    def _temporary_endpoint(self, client: Client, model: str) -> Iterator[str]:
+        """A dedicated endpoint for the tuned model while Test runs: recorded before waiting (a
+        re-run re-attaches, never pays twice), deleted afterwards, on errors too."""
+        assert self.store is not None
+        c = self.config
+        key = hashlib.sha256(json.dumps([client.base_url, model, c.hardware]).encode()).hexdigest()[:24]
+        record = self.store.record(TEST_ENDPOINTS, key)
+        if record is None or record.get("deleted"):
+            hardware = c.hardware or cheapest_hardware(client, model)
+            body = {
+                "display_name": f"recipe test {model.split('/')[-1]}"[:64],
+                "model": model,
+                "hardware": hardware,
+                "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+                "state": "STARTED",
+                "inactive_timeout": 15,  # if we are killed before deleting it, Together stops it
+            }
+            endpoint = client.post_json("endpoints", body)
+            record = {"id": endpoint["id"], "hardware": hardware, "created": time.time()}
+            self.store.put_record(TEST_ENDPOINTS, key, record)
+        try:
+            endpoint = wait_endpoint_started(client, record["id"], c.poll_s, c.progress)
+            yield endpoint["name"]
+        finally:
+            try:
+                client.request("DELETE", f"endpoints/{record['id']}")
+                self.store.put_record(TEST_ENDPOINTS, key, {**record, "deleted": True})
+            except APIError as e:  # keep the first error; say what is left running
+                log.error("could not delete Together endpoint %s (%s): delete it by hand", record["id"], e)
+
+    # -- asking ------------------------------------------------------------------------------------
+
+    def _teacher(self, access: ModelAccess, cache: TeacherCache, ledger: Ledger, max_tokens: int) -> Teacher:
+        c = self.config
+        sampling = {"max_tokens": max_tokens, "temperature": c.temperature, "seed": c.seed}
+        completions = c.api.value == "completions"
+        return Teacher(
+            access.client,
+            cache,
+            provider=access.provider,
+            model=access.model,
+            api=c.api.value,
+            template="raw",
+            sampling=sampling,
+            ledger=ledger,
+            weights=access.weights,
+            prompt_format=c.prompt_format if completions else None,
+        )
+
+    def _generate(
+        self,
+        access: ModelAccess,
+        cache: TeacherCache,
+        ledger: Ledger,
+        items: dict[str, list[S.Item]],
+        samples: list[S.Item],
+    ) -> dict[str, str]:
+        c = self.config
+        work: list[tuple[S.Item, Teacher]] = []
+        for name, suite_items in items.items():
+            teacher = self._teacher(access, cache, ledger, c.suites[name].max_tokens)
+            work.extend((item, teacher) for item in suite_items)
+        if samples:
+            teacher = self._teacher(access, cache, ledger, c.heldout.max_tokens)
+            work.extend((item, teacher) for item in samples)
+        return self._ask_all(
+            f"test {access.which}",
+            access.concurrency,
+            work,
+            lambda w: w[1].ask([{"role": "user", "content": w[0].prompt}]),
+        )
+
+    def _ask_all(self, desc: str, concurrency: int, work: list[Any], ask: Callable[[Any], Any]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        with (
+            tqdm(total=len(work), desc=desc, unit="prompt", disable=not self.config.progress) as bar,
+            ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool,
+        ):
+            futures = [(w, pool.submit(ask, w)) for w in work]
+            try:
+                for w, future in futures:
+                    answer = future.result()
+                    out[w[0].id if isinstance(w[0], S.Item) else w[0]] = answer.text
+                    bar.update(1)
+            except BaseException:
+                for _, future in futures:
+                    future.cancel()
+                raise
+        return out
+
+    def _judged(self, items: dict[str, list[S.Item]]) -> bool:
+        return any(self.config.suites[n].kind.value == "judge" for n in items)
+
+    def _judge(
+        self,
+        cache: TeacherCache,
+        ledger: Ledger,
+        items: dict[str, list[S.Item]],
+        answers: dict[str, dict[str, str]],
+    ) -> dict[str, dict[str, tuple[str, str]]]:
+        """{model: {item id: (judge reply with the model as (a), reply with it as (b))}}."""
+        c = self.config
+        j = c.judge
+        judged = [i for n, its in items.items() if c.suites[n].kind.value == "judge" for i in its]
+        with teacher_endpoint(j, self.root) as (base_url, api_key):
+            client = Client(base_url, api_key, max_retries=c.max_retries, timeout_s=c.timeout_s)
+            try:
+                judge = Teacher(
+                    client,
+                    cache,
+                    provider=j.provider.value,
+                    model=j.model,
+                    api=j.api.value,
+                    template=j.template,
+                    sampling={"max_tokens": c.judge_max_tokens, "temperature": 0.0, "seed": c.seed},
+                    ledger=ledger,
+                    weights=local_weights(j),
+                )
+                work = []
+                for which in answers:
+                    for item in judged:
+                        mine, ref = answers[which][item.id], item.answers[0]
+                        work.append((f"{which}|{item.id}|a", S.judge_messages(item.instruction, mine, ref)))
+                        work.append((f"{which}|{item.id}|b", S.judge_messages(item.instruction, ref, mine)))
+                local = j.provider.value == "local"
+                replies = self._ask_all("judge", 1 if local else c.concurrency, work, lambda w: judge.ask(w[1]))
+            finally:
+                client.close()
+        return {
+            which: {item.id: (replies[f"{which}|{item.id}|a"], replies[f"{which}|{item.id}|b"]) for item in judged}
+            for which in answers
+        }
+
+    def _heldout_loss(self, model_dir: Path, conversations: list[list[dict[str, str]]]) -> float:
+        """Mean loss on the eval split's assistant tokens, packed as the trainer packs them."""
+        import torch
+
+        from recipe.providers.local import trainer
+
+        max_len = int(self.root.train.get("max_seq_length") or 2048)
+        model, tokenizer = trainer.load_model(str(model_dir), torch.device("cpu"), torch.float32)
+        rows = trainer.pack([trainer.tokenize(tokenizer, m, False) for m in conversations], max_len, True)
+        with torch.no_grad():
+            return trainer.evaluate(model, rows, tokenizer, torch.device("cpu"))
+
+    # -- scores and files --------------------------------------------------------------------------
+
+    def _score(
+        self,
+        items: dict[str, list[S.Item]],
+        answers: dict[str, dict[str, str]],
+        verdicts: dict[str, dict[str, tuple[str, str]]],
+        heldout_loss: dict[str, float],
+    ) -> dict[str, dict[str, Any]]:
+        scores: dict[str, dict[str, Any]] = {}
+        for which, mine in answers.items():
+            per_suite: dict[str, Any] = {}
+            for name, suite_items in items.items():
+                kind = self.config.suites[name].kind.value
+                if kind == "mqa":
+                    per_suite[name] = S.score_mqa(suite_items, mine)
+                elif kind == "booksum":
+                    per_suite[name] = S.score_booksum(suite_items, mine)
+                else:
+                    per_suite[name] = S.score_judge(suite_items, verdicts[which])
+            scores[which] = {"suites": per_suite, "heldout_loss": heldout_loss.get(which)}
+        return scores
+
+    def _write_generations(
+        self,
+        path: Path,
+        items: dict[str, list[S.Item]],
+        samples: list[S.Item],
+        answers: dict[str, dict[str, str]],
+        verdicts: dict[str, dict[str, tuple[str, str]]],
+    ) -> None:
+        with open(path, "w") as f:
+            for item in [i for its in items.values() for i in its] + samples:
+                row: dict[str, Any] = {"id": item.id, "suite": item.suite, "prompt": item.prompt}
+                row.update(dict(item.group))
+                row["reference"] = list(item.answers)
+                for which in answers:
+                    row[which] = answers[which][item.id]
+                    if item.id in verdicts.get(which, {}):
+                        row[f"{which}_judge"] = list(verdicts[which][item.id])
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")

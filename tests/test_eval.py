@@ -1,0 +1,241 @@
+"""Test (the recipe's Step III): suite prompts, scores, the report, and a Together-backed run
+against the fake server. The offline run (transformers serve, base against tuned) is in
+tests/test_deploy.py's end-to-end test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recipe.data.sources import DataError
+from recipe.errors import RecipeError
+from recipe.eval import report
+from recipe.eval import suites as S
+from recipe.runner import run
+
+from .fake_together import FakeTogether, default_answer
+
+DOCS = [{"title": f"T{i}", "text": f"text {i}"} for i in range(8)]
+
+
+def records(*rows: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    return [(row, f"data.jsonl:{i}") for i, row in enumerate(rows, 1)]
+
+
+def test_mqa_prompt_is_the_papers_and_the_gold_document_moves() -> None:
+    gold = {"title": "Gold", "text": "the answer is here", "isgold": True}
+    row = {"question": "q?", "answers": ["here"], "ctxs": [DOCS[0], gold, *DOCS[1:5]]}
+    items, skipped = S.mqa_items("mqa", records(row), [5], ["first", "middle", "last"], "test.suites.mqa")
+    assert not skipped.counts
+    prompts = {dict(i.group)["gold"]: i.prompt for i in items}
+    first = prompts["first"]
+    assert first.startswith(
+        "Write a high-quality answer for the given question using only the provided search results "
+        "(some of which might be irrelevant).\n\nDocument [1](Title: Gold) the answer is here\n"
+        "Document [2](Title: T0) text 0\n"
+    )
+    assert first.endswith("Document [5](Title: T3) text 3\n\nQuestion: q?\nAnswer:")
+    assert "Document [3](Title: Gold)" in prompts["middle"]  # (5 - 1) // 2 -> the third of five
+    assert "Document [5](Title: Gold)" in prompts["last"]
+    # Distractors keep their order and never repeat the gold document.
+    assert all(p.count("Title: Gold") == 1 and p.count("Title: T0") == 1 for p in prompts.values())
+
+
+def test_mqa_skips_and_counts_records_with_too_few_documents() -> None:
+    row = {"question": "q", "answers": "a", "ctxs": DOCS[:4]}  # a bare string answer is accepted
+    items, skipped = S.mqa_items("mqa", records(row), [3, 10], ["first"], "k")
+    assert [dict(i.group)["documents"] for i in items] == [3]
+    assert skipped.counts == {"fewer than 10 documents": 1}
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"answers": ["a"], "ctxs": DOCS}, r"data\.jsonl:1: no text field 'question'"),
+        ({"question": "q", "answers": [], "ctxs": DOCS}, r"data\.jsonl:1: `answers` must be"),
+        ({"question": "q", "answers": ["a"], "ctxs": "x"}, r"data\.jsonl:1: `ctxs` must be"),
+    ],
+)
+def test_bad_mqa_records_name_file_and_line(row: dict[str, Any], message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        S.mqa_items("mqa", records(row), [3], ["first"], "test.suites.mqa")
+
+
+def test_booksum_prompt_cut_and_field_errors() -> None:
+    text = "Para one.\n\nPara two is longer.\n\nPara three."
+    (item,) = S.booksum_items(
+        "b", records({"chapter": text, "summary_text": "S"}), "chapter", "summary_text", None, "k"
+    )
+    assert item.prompt == text + "\n\nQ: Can you write an appropriate summary of the above paragraphs?\nA:"
+    (cut,) = S.booksum_items("b", records({"chapter": text, "summary_text": "S"}), "chapter", "summary_text", 35, "k")
+    assert cut.prompt.startswith("Para one.\n\nPara two is longer.\n\nQ:")  # cut at a paragraph break
+    with pytest.raises(DataError, match=r"data\.jsonl:1: no text field 'text'.*test\.suites\.b\.text_field"):
+        S.booksum_items("b", records({"chapter": text}), "text", "summary_text", None, "test.suites.b")
+
+
+def test_judge_scores_both_orders_and_reads_messy_verdicts() -> None:
+    items = S.judge_items(
+        "a", records(*({"instruction": f"i{n}", "output": "ref"} for n in range(4))), "instruction", "output", "k"
+    )
+    assert (
+        S.judge_items(
+            "a", records({"instruction": "do", "input": "this", "output": "r"}), "instruction", "output", "k"
+        )[0].instruction
+        == "do\n\nthis"
+    )
+    messages = S.judge_messages("do it", "first", "second")
+    assert "# Output (a)\nfirst" in messages[1]["content"] and "# Output (b)\nsecond" in messages[1]["content"]
+    verdicts = {
+        "a/0": ("Output (a)", "**Output (b)** is better"),  # wins both orders -> 1
+        "a/1": ("Output (a)", "Output (a)"),  # position bias: one each -> 0.5
+        "a/2": ("I prefer Output (b).", "Verdict: A"),  # loses both -> 0
+        "a/3": ("hmm", "no idea"),  # unreadable: not counted
+    }
+    scored = S.score_judge(items, verdicts)
+    assert scored["win_rate"] == pytest.approx(0.5) and scored["judged"] == 3 and scored["prompts"] == 4
+    assert scored["stderr"] == pytest.approx(0.5 / 3**0.5)
+
+
+def test_mqa_and_booksum_scores() -> None:
+    gold = {"title": "G", "text": "x", "isgold": True}
+    row = {"question": "q", "answers": ["Canberra"], "ctxs": [gold, *DOCS[:3]]}
+    items, _ = S.mqa_items("m", records(row), [2, 4], ["first", "last"], "k")
+    answers = {i.id: ("Canberra." if dict(i.group)["gold"] == "first" else "Sydney\nCanberra") for i in items}
+    scored = S.score_mqa(items, answers)
+    assert scored["by_position"] == {"2/first": 1.0, "2/last": 0.0, "4/first": 1.0, "4/last": 0.0}
+    shuffled, _ = S.mqa_items("m", records(row), [3], ["last", "middle", "first"], "k")
+    assert list(S.score_mqa(shuffled, {i.id: "" for i in shuffled})["by_position"]) == ["3/first", "3/middle", "3/last"]
+    assert scored["by_documents"] == {"2": 0.5, "4": 0.5} and scored["accuracy"] == 0.5
+    summaries = S.booksum_items(
+        "b", records({"chapter": "c", "summary_text": "the cat sat"}), "chapter", "summary_text", None, "k"
+    )
+    assert S.score_booksum(summaries, {"b/0": "the cat sat"})["rouge1"] == pytest.approx(1.0)
+
+
+def test_report_table_and_chart(tmp_path: Path) -> None:
+    result = {
+        "models": {
+            "base": {
+                "name": "b",
+                "heldout_loss": 2.5,
+                "suites": {"qa": {"accuracy": 0.25, "by_documents": {"3": 0.25}}},
+            },
+            "tuned": {
+                "name": "t",
+                "heldout_loss": 2.0,
+                "suites": {"qa": {"accuracy": 0.75, "by_documents": {"3": 0.75}}},
+            },
+        }
+    }
+    summary = report.headline(result, {"qa": "mqa"})
+    assert summary == {
+        "base": {"qa.accuracy": 0.25, "qa.docs3": 0.25, "heldout.loss": 2.5},
+        "tuned": {"qa.accuracy": 0.75, "qa.docs3": 0.75, "heldout.loss": 2.0},
+    }
+    table = report.summary_table(summary).splitlines()
+    assert table[0].split() == ["metric", "base", "tuned"] and table[1].split() == ["qa.accuracy", "0.250", "0.750"]
+    report.write_chart(tmp_path / "chart.png", summary)
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- Together-backed Test against the fake server ------------------------------------------------
+
+
+BASE = "togethercomputer/LLaMA-2-7B-32K"
+
+
+def answer_and_judge(body: dict[str, Any]) -> str:
+    """Models answer with their name attached; the fake's judge prefers the base model's answer
+    in either order and otherwise always says "Output (a)" (pure position bias)."""
+    messages = body.get("messages") or []
+    if messages and messages[0]["role"] == "system" and "judge" in messages[0]["content"]:
+        output_a = messages[-1]["content"].split("# Output (a)\n", 1)[1].split("# Output (b)", 1)[0]
+        output_b = messages[-1]["content"].split("# Output (b)\n", 1)[1]
+        return "Output (b)" if f"({BASE})" in output_b and f"({BASE})" not in output_a else "Output (a)"
+    return f"{default_answer(body)} ({body['model']})"
+
+
+def together_test(make_cfg, *overrides: str):
+    return make_cfg(
+        "stages=[mix,train,test]",
+        "train=together_lora",
+        "train.poll_s=0.01",
+        "train.progress=false",
+        "mixture.progress=false",
+        "test=model_card",
+        # the shipped samples instead of the hub data; the rest of the model card's setup as it is
+        "test/suite@test.suites.mqa=mqa_sample",
+        "test/suite@test.suites.booksum=booksum_sample",
+        "test/suite@test.suites.alpaca_eval=alpaca_eval_sample",
+        "test.progress=false",
+        "test.poll_s=0.01",
+        "test.heldout.samples=2",
+        *overrides,
+        base=("mixture=samples", "~distill"),
+    )
+
+
+def test_together_backed_test_scores_base_and_tuned(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    fake.answer = answer_and_judge
+    cfg = together_test(make_cfg, f"test.cache_path={tmp_path}/cache.sqlite")
+    record = run(cfg, run_dir=tmp_path)
+    entry = record["stages"]["test"]
+    out = Path(entry["artifact"])
+    train = json.loads((Path(record["stages"]["train"]["artifact"]) / "manifest.json").read_text())
+    completions = [r.body for r in fake.posts("/v1/completions")]
+    # 12 MQA + 2 BookSum + 4 instructions + 2 held-out samples, per model, in the card's prompt format.
+    assert len(completions) == 2 * 20
+    assert {b["model"] for b in completions} == {train["model_output_name"], BASE}
+    assert all(b["prompt"].startswith("[INST]\n") and b["prompt"].endswith("\n[/INST]\n\n") for b in completions)
+    assert all(b["temperature"] == 0.0 for b in completions)
+    judged = [r.body for r in fake.posts("/v1/chat/completions")]
+    assert len(judged) == 2 * 4 * 2 and {b["model"] for b in judged} == {"meta-llama/Llama-3.3-70B-Instruct-Turbo"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    # Both orders asked: the base model wins both (1.0); position bias alone splits the tuned one (0.5).
+    assert metrics["summary"]["base"]["alpaca_eval.win_rate"] == 1.0
+    assert metrics["summary"]["tuned"]["alpaca_eval.win_rate"] == 0.5
+    assert metrics["summary"]["tuned"]["alpaca_eval.win_rate_se"] == 0.0
+    assert set(metrics["summary"]["tuned"]) >= {"booksum.rouge1", "mqa.docs3", "mqa.docs6", "mqa.accuracy"}
+    assert entry["metrics"] == metrics["summary"]["tuned"]  # run.json carries the headline figures
+    text = (out / "report.md").read_text()
+    assert "| 6 | middle |" in text and "## booksum: summarisation (ROUGE F-measure)" in text
+    assert (out / "chart.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((out / "generations.jsonl").read_text().splitlines()) == 20
+    # A second run is a cache hit; with the artifact gone, the request cache answers: no request.
+    sent = len(fake.requests)
+    assert run(cfg, run_dir=tmp_path)["stages"]["test"]["cache_hit"]
+    import shutil
+
+    shutil.rmtree(out)
+    again = run(cfg, run_dir=tmp_path)
+    assert not again["stages"]["test"]["cache_hit"] and len(fake.requests) == sent
+    assert json.loads((out / "metrics.json").read_text())["summary"] == metrics["summary"]
+
+
+def test_a_temporary_dedicated_endpoint_is_deleted_after(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    cfg = together_test(
+        make_cfg,
+        f"test.cache_path={tmp_path}/cache.sqlite",
+        "test.endpoint=dedicated",
+        "test.models=[tuned]",
+        "~test.suites.alpaca_eval",
+        "~test.suites.booksum",
+    )
+    run(cfg, run_dir=tmp_path)
+    (create,) = fake.posts("/v1/endpoints")
+    assert create.body["inactive_timeout"] == 15  # stops on its own if we die before deleting it
+    names = {r.body["model"] for r in fake.posts("/v1/completions")}
+    assert len(names) == 1 and names != {create.body["model"]}  # asked through the endpoint's name
+    assert fake.endpoints == {}  # deleted afterwards
+
+
+def test_budget_stop_and_missing_data_are_clear_errors(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    cfg = together_test(make_cfg, f"test.cache_path={tmp_path}/cache.sqlite", "test.budget.max_usd=0.00001")
+    with pytest.raises(RecipeError, match=r"test\.budget\.max_usd=1e-05: the budget is spent"):
+        run(cfg, run_dir=tmp_path)
+    cfg = together_test(make_cfg, "test.suites.mqa.data_files=[/nonexistent/*.jsonl]")
+    with pytest.raises(RecipeError, match=r"test\.suites\.mqa\.data_files: '/nonexistent/\*\.jsonl' matches no file"):
+        run(cfg, run_dir=tmp_path)
