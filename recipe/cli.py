@@ -4,7 +4,8 @@ recipe                         # the offline recipe, every configured stage
 recipe stages=[mix]            # a subset, inputs from the store
 recipe --cfg job               # print the composed config
 recipe dry_run=true            # validate and print the plan
-recipe -m mixture.seed=0,1,2   # a sweep
+recipe -m mixture.seed=0,1,2   # a sweep (summary.csv / .md / .png at the multirun root)
+recipe -m ... sweep.preview=true   # each job's overrides and plan, nothing run
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from recipe.config import register_configs
@@ -27,10 +30,17 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun and cfg.sweep.preview:
+        hydra_cfg = HydraConfig.get()
+        print(f"\njob {hydra_cfg.job.num}: {' '.join(hydra_cfg.overrides.task) or '(no overrides)'}")
+        cfg.dry_run = True
     try:
         run(cfg)
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
+        if multirun:
+            raise  # Hydra marks the job failed; the sweep summary records it; other jobs still run
         sys.exit(2)
 
 

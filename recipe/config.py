@@ -461,6 +461,14 @@ class TogetherConfig:
 
 
 @dataclass
+class SweepConfig:
+    """Multiruns (`recipe -m ...`); none of it enters a fingerprint."""
+
+    fail_fast: bool = False  # stop the sweep at the first failed job (default: run every job, mark failures)
+    preview: bool = False  # print each job's overrides and plan (a dry run), run nothing
+
+
+@dataclass
 class RecipeConfig:
     """The root of the composed config."""
 
@@ -471,6 +479,7 @@ class RecipeConfig:
     # The artifact store, shared by runs and sweeps (relative paths are relative to the cwd).
     store_dir: str = "outputs/store"
     together: TogetherConfig = field(default_factory=TogetherConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     sources: Dict[str, SourceConfig] = field(default_factory=dict)
     distill: Optional[DistillConfig] = None
     mixture: Optional[MixtureConfig] = None

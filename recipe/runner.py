@@ -132,8 +132,10 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
                         log.info("%s %s: pending: %s", name, fp, pending)
                         break  # later stages need this artifact; a later run picks the work up
                     manifest = hit.manifest
+                    if hit.reused:  # a twin job built it while this one waited
+                        entry["cache_hit"] = True
                     for key in ("usage", "cost_usd"):  # what this run spent (a cache hit spends nothing)
-                        if key in manifest:
+                        if key in manifest and not hit.reused:
                             entry[key] = manifest[key]
                 else:
                     log.info("%s %s: cache hit, reusing %s", name, fp, hit.path)

@@ -8,6 +8,7 @@ only a `.tmp-*` directory, which is removed on the next build of that stage.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -51,6 +52,7 @@ class Artifact:
     stage: str
     fingerprint: str
     path: Path
+    reused: bool = False  # build() found it finished by a twin (same fingerprint) it waited for
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -77,10 +79,30 @@ class ArtifactStore:
         """Run `produce(tmpdir)`, write its manifest (merged over `meta`), then publish atomically.
 
         On any error the temporary directory is removed and the error propagates: nothing
-        half-written is left in the store.
+        half-written is left in the store. Builds of one fingerprint take turns (a file lock), so
+        twin jobs of a parallel sweep wait for the first and reuse its artifact instead of paying
+        for the same work again.
         """
         stage_dir = self.root / stage
         stage_dir.mkdir(parents=True, exist_ok=True)
+        locks = self.root / "locks"
+        locks.mkdir(exist_ok=True)
+        with open(locks / f"{stage}-{fp}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if we die
+            done = self.get(stage, fp)
+            if done is not None and not replace:
+                return Artifact(stage, fp, done.path, reused=True)
+            return self._build_locked(stage_dir, stage, fp, produce, meta, replace)
+
+    def _build_locked(
+        self,
+        stage_dir: Path,
+        stage: str,
+        fp: str,
+        produce: Callable[[Path], dict[str, Any]],
+        meta: dict[str, Any],
+        replace: bool,
+    ) -> Artifact:
         self._remove_stale_tmp(stage_dir, fp)
         tmp = stage_dir / f".tmp-{fp}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()

@@ -76,3 +76,30 @@ def fake(monkeypatch):
         yield server
     assert server.invalid == [], "requests that break the spec"
     assert server.unauthorized_puts == 0, "the API key travelled to a presigned URL"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A small random Llama with the embedded model's tokenizer and chat template: trains and
+    serves in seconds, so the serving path can be tested for real."""
+    transformers = pytest.importorskip("transformers")
+    from recipe.providers.local.server import embedded_gguf
+
+    gguf = embedded_gguf()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = transformers.LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

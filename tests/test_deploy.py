@@ -91,33 +91,6 @@ def test_local_deploy_needs_a_local_model(make_cfg, tmp_path: Path, fake: FakeTo
         run(cfg, run_dir=tmp_path)
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A small random Llama with the embedded model's tokenizer and chat template: trains and
-    serves in seconds, so the serving path can be tested for real."""
-    transformers = pytest.importorskip("transformers")
-    from recipe.providers.local.server import embedded_gguf
-
-    gguf = embedded_gguf()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = transformers.LlamaForCausalLM(config)
-    path = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def serve_processes() -> set[int]:
     pids = set()
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):

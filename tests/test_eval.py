@@ -97,6 +97,8 @@ def test_judge_scores_both_orders_and_reads_messy_verdicts() -> None:
     scored = S.score_judge(items, verdicts)
     assert scored["win_rate"] == pytest.approx(0.5) and scored["judged"] == 3 and scored["prompts"] == 4
     assert scored["stderr"] == pytest.approx(0.5 / 3**0.5)
+    unreadable = S.score_judge(items[:1], {"a/0": ("hmm", "dunno")})
+    assert unreadable["win_rate"] is None and unreadable["judged"] == 0  # no verdict is not a loss
 
 
 def test_mqa_and_booksum_scores() -> None:

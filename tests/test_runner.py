@@ -80,3 +80,33 @@ def test_a_crashed_build_leaves_no_complete_artifact(make_cfg, tmp_path: Path, m
         run(make_cfg("mixture.progress=false"), run_dir=tmp_path)
     assert list((tmp_path / "store" / "mix").iterdir()) == []
     assert json.loads((tmp_path / "run.json").read_text())["stages"]["mix"]["status"] == "failed"
+
+
+def _build_slowly(root: str, log: str) -> tuple[str, bool]:
+    """In a separate process: build one fingerprint; the build appends to `log` and takes 1 s."""
+    import time
+
+    from recipe.store import ArtifactStore
+
+    def produce(out: Path) -> dict:
+        with open(log, "a") as f:
+            f.write("built\n")
+        time.sleep(1)
+        (out / "data.txt").write_text("x")
+        return {}
+
+    artifact = ArtifactStore(root).build("distill", "f" * 20, produce, {"stage": "distill"})
+    return str(artifact.path), artifact.reused
+
+
+def test_twin_builds_take_turns_and_the_second_reuses_the_first(tmp_path: Path) -> None:
+    """Two processes building the same fingerprint (parallel sweep jobs sharing a Distill): the
+    work is done once, the twin waits for it and reuses the artifact."""
+    import multiprocessing
+
+    log = tmp_path / "builds.log"
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        results = pool.starmap(_build_slowly, [(str(tmp_path / "store"), str(log))] * 2)
+    assert log.read_text() == "built\n"
+    assert len({path for path, _ in results}) == 1 and sorted(reused for _, reused in results) == [False, True]
+    assert sorted(p.name for p in (tmp_path / "store" / "distill").iterdir()) == ["f" * 20]

@@ -24,8 +24,9 @@ def headline(result: dict[str, Any], kinds: dict[str, str]) -> Summary:
         for name, scores in model["suites"].items():
             kind = kinds[name]
             if kind == "judge":
-                flat[f"{name}.win_rate"] = scores["win_rate"]
-                flat[f"{name}.win_rate_se"] = scores["stderr"]
+                if scores["win_rate"] is not None:  # None: no readable verdict at all
+                    flat[f"{name}.win_rate"] = scores["win_rate"]
+                    flat[f"{name}.win_rate_se"] = scores["stderr"]
             elif kind == "booksum":
                 for key in ("rouge1", "rouge2", "rougeL"):
                     flat[f"{name}.{key}"] = scores[key]

@@ -212,6 +212,8 @@ def score_judge(items: Sequence[Item], verdicts: dict[str, tuple[str, str]]) -> 
         first, second = verdicts[item.id]
         scores.append(pair_score(parse_verdict(first), parse_verdict(second)))
     rate, stderr, counted = win_rate(scores)
+    if not counted:  # the judge never gave a readable verdict: no figure, rather than a false 0
+        return {"win_rate": None, "stderr": None, "prompts": len(items), "judged": 0}
     return {"win_rate": rate, "stderr": stderr, "prompts": len(items), "judged": counted}
 
 

@@ -1,0 +1,141 @@
+"""Sweeps: the summary at the multirun root, failed jobs, fail-fast, preview, launchers."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from recipe.cli import CONF_DIR
+
+from .fake_together import FakeTogether, default_answer
+
+SAMPLES = ("stages=[mix]", "mixture=samples", "~distill", "~train", "~test", "~deploy", "mixture.progress=false")
+
+
+def sweep_root(tmp_path: Path) -> Path:
+    (root,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
+    return root
+
+
+def summary_rows(root: Path) -> list[dict[str, str]]:
+    with open(root / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_failed_job_is_marked_and_the_others_still_run(run_cli, tmp_path: Path) -> None:
+    proc = run_cli("-m", *SAMPLES, "mixture.total=8,-3,12", check=False)
+    assert proc.returncode != 0  # the sweep as a whole reports the failure
+    assert "error: mixture.total=-3: must be a positive number" in proc.stderr
+    root = sweep_root(tmp_path)
+    rows = summary_rows(root)
+    assert [(r["job"], r["mixture.total"], r["status"]) for r in rows] == [
+        ("0", "8", "ok"),
+        ("1", "-3", "failed"),
+        ("2", "12", "ok"),
+    ]
+    assert "must be a positive number" in rows[1]["error"]
+    assert "| 1 | -3 | **FAILED** |" in (root / "summary.md").read_text()
+
+
+def test_fail_fast_stops_the_sweep_at_the_first_failure(run_cli, tmp_path: Path) -> None:
+    proc = run_cli("-m", *SAMPLES, "mixture.total=-3,8,12", "sweep.fail_fast=true", check=False)
+    assert proc.returncode != 0 and "sweep.fail_fast: job 0 failed" in proc.stderr + proc.stdout
+    root = sweep_root(tmp_path)
+    assert [(r["job"], r["status"]) for r in summary_rows(root)] == [("0", "failed"), ("1", "skipped")]
+    assert not (root / "1" / "run.json").exists() and not (root / "2").exists()
+
+
+def test_preview_lists_every_job_and_runs_nothing(run_cli, tmp_path: Path) -> None:
+    out = run_cli(
+        "-m",
+        *SAMPLES,
+        "mixture.rescale=instructions",
+        "mixture.components.instructions.share=0.4,0.6",
+        "mixture.seed=0,1",
+        "sweep.preview=true",
+    ).stdout
+    jobs = [line for line in out.splitlines() if line.startswith("job ")]
+    assert len(jobs) == 4 and "mixture.components.instructions.share=0.6 mixture.seed=1" in jobs[3]
+    assert out.count("planned") >= 4 and not (tmp_path / "store").exists()
+    assert not list((tmp_path / "outputs").glob("store/mix/*"))
+    assert {r["status"] for r in summary_rows(sweep_root(tmp_path))} == {"planned"}
+
+
+@pytest.mark.parametrize(
+    ("launcher", "target"),
+    [
+        ("parallel", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+        ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+        ("ray_cluster", "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"),
+    ],
+)
+def test_every_launcher_config_composes(launcher: str, target: str) -> None:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == target
+    if launcher == "parallel":
+        assert cfg.hydra.launcher.n_jobs == 2
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.timeout_min == 240
+
+
+def test_a_parallel_offline_sweep_pays_distill_once_and_plots_test(
+    run_cli, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Three mixtures through Distill, Mix, Train and Test with the joblib launcher (two jobs at a
+    time): one Distill, three trainings on a tiny model, a summary with Test's figures and a plot."""
+
+    def answer(body: dict) -> str:  # a judge with pure position bias; the default answer otherwise
+        judging = "messages" in body and body["messages"][0]["role"] == "system"
+        return "Output (a)" if judging else default_answer(body)
+
+    with FakeTogether(answer=answer, api_key="k") as fake:
+        run_cli(
+            "-m",
+            "hydra/launcher=parallel",
+            "stages=[distill,mix,train,test]",
+            "distill=together",
+            "distill.source=sharegpt_sample",
+            "distill.max_conversations=12",
+            "distill.progress=false",
+            "mixture.progress=false",
+            "mixture.total=16",
+            "mixture.eval_fraction=0",
+            "mixture.rescale=instructions",
+            "mixture.components.instructions.share=0.25,0.5,0.75",
+            f"train.model={tiny_model_dir}",
+            "train.max_steps=2",
+            "train.max_seq_length=256",
+            "train.progress=false",
+            "test.judge.provider=together",
+            "test.judge.model=judge",
+            "test.suites.mqa.max_examples=1",
+            "test.suites.mqa.num_documents=[3]",
+            "test.suites.mqa.gold_positions=[first]",
+            "test.suites.booksum.max_examples=1",
+            "test.suites.alpaca_eval.max_examples=1",
+            "test.suites.alpaca_eval.max_tokens=8",
+            "test.suites.booksum.max_tokens=8",
+            "test.progress=false",
+            env={"TOGETHER_API_KEY": "k", "TOGETHER_BASE_URL": fake.base_url},
+        )
+        distilled = len(fake.posts("/v1/completions"))
+    root = sweep_root(tmp_path)
+    records = [json.loads((root / str(n) / "run.json").read_text()) for n in range(3)]
+    # One job built Distill; its twins found it (cache hit, or built while they waited on the lock).
+    assert sorted(r["stages"]["distill"]["cache_hit"] for r in records) == [False, True, True]
+    assert len({r["stages"]["distill"]["fingerprint"] for r in records}) == 1
+    assert len({r["stages"]["train"]["fingerprint"] for r in records}) == 3
+    conversations = Path(records[0]["stages"]["distill"]["artifact"], "conversations.jsonl").read_text()
+    assert distilled == sum(len(json.loads(line)["messages"]) // 2 for line in conversations.splitlines())
+    rows = summary_rows(root)
+    assert [r["mixture.components.instructions.share"] for r in rows] == ["0.25", "0.5", "0.75"]
+    assert all(r["status"] == "ok" for r in rows)
+    assert {"mqa.accuracy", "booksum.rouge1", "alpaca_eval.win_rate"} <= set(rows[0])
+    assert all(r["booksum.rouge1"] != "" for r in rows)
+    assert all(r["alpaca_eval.win_rate"] == "0.5" for r in rows)  # both orders asked: the bias cancels
+    assert (root / "summary.png").read_bytes()[:4] == b"\x89PNG"
