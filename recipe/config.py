@@ -307,6 +307,10 @@ class LocalTrainConfig:
     # Execution-only (not in the fingerprint):
     device: Device = Device.auto
     checkpoint_every: int = 5  # optimizer steps between resumable checkpoints
+    # > 1: data parallel over this many processes through torchrun: one per GPU with device=cuda
+    # (NCCL), or CPU processes (gloo). Each optimizer step then takes batch_size x gradient_accumulation
+    # rows on every process.
+    devices: int = 1
     progress: bool = True
 
 

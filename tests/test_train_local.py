@@ -70,6 +70,9 @@ def test_rows_respect_the_length_and_padding_is_never_a_target() -> None:
     assert batch["input_ids"].shape == (3, 16)
     assert (batch["labels"][1, 9:] == -100).all() and batch["position_ids"][1, 9:].tolist() == list(range(7))
     assert len(pack(examples, max_len=16, packing=False)) == 4
+    # An example whose answer lies beyond the cut has nothing to learn: dropped, never a 0/0 loss.
+    prompt_only = Example([1] * 20, [-100] * 18 + [5, 6])
+    assert pack([prompt_only, examples[0]], max_len=16, packing=False) == pack([examples[0]], 16, False)
 
 
 @pytest.mark.slow
@@ -123,3 +126,40 @@ def test_kill_9_mid_training_resumes_from_the_checkpoint(tmp_path: Path) -> None
         for line in (next((tmp_path / "outputs" / "store" / "train").glob("*/metrics.jsonl"))).read_text().splitlines()
     ]
     assert steps[-1] == manifest["steps"] and manifest["resumed_from"] + 1 in steps  # continued, not restarted
+
+
+def test_data_parallel_through_torchrun_matches_one_process(run_cli, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """train.devices=2 runs two gloo processes under torchrun, one row each per step; DDP averages
+    their gradients, which is exactly one process accumulating the same two rows: same losses,
+    same weights."""
+    common = (
+        "stages=[mix,train]",
+        "mixture=samples",
+        "mixture.total=8",
+        "mixture.eval_fraction=0",
+        "mixture.progress=false",
+        f"train.model={tiny_model_dir}",
+        "train.max_seq_length=128",
+        "train.max_steps=3",
+        "train.lora.dropout=0",
+        "train.learning_rate=1e-3",
+        "train.checkpoint_every=2",
+        "train.batch_size=1",
+        "train.progress=false",
+    )
+    run_cli(*common, "train.devices=2", "train.gradient_accumulation=1")
+    run_cli(*common, "train.devices=1", "train.gradient_accumulation=2")
+    runs = sorted((tmp_path / "outputs" / "runs").glob("*/*/run.json"))
+    parallel, single = (Path(json.loads(r.read_text())["stages"]["train"]["artifact"]) for r in runs)
+    manifests = [json.loads((a / "manifest.json").read_text()) for a in (parallel, single)]
+    assert [m["world_size"] for m in manifests] == [2, 1] and manifests[0]["steps"] == manifests[1]["steps"] == 3
+    assert manifests[0]["trained_tokens"] == manifests[1]["trained_tokens"]
+    losses = [
+        [json.loads(line)["loss"] for line in (a / "metrics.jsonl").read_text().splitlines()]
+        for a in (parallel, single)
+    ]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-4)
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(x / "merged" / "model.safetensors")) for x in (parallel, single))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

@@ -162,14 +162,28 @@ class Test(Stage):
         answers: dict[str, dict[str, str]] = {}
         names: dict[str, str] = {}
         heldout_loss: dict[str, float] = {}
+        seconds: dict[str, float] = {}  # where the stage's time goes
+
+        def clock(key: str, since: float) -> float:
+            now = time.monotonic()
+            seconds[key] = round(seconds.get(key, 0.0) + now - since, 2)
+            return now
+
         try:
             for which in (m.value for m in c.models):
+                mark = time.monotonic()
                 with self._access(which, train) as access:
+                    mark = clock(f"{which}.start", mark)
                     names[which] = access.model
                     answers[which] = self._generate(access, cache, ledger, items, samples)
+                    mark = clock(f"{which}.generate", mark)
                     if c.heldout.loss and access.local_dir is not None and heldout_conversations:
                         heldout_loss[which] = self._heldout_loss(access.local_dir, heldout_conversations)
+                        mark = clock(f"{which}.heldout_loss", mark)
+                clock(f"{which}.stop", mark)
+            mark = time.monotonic()
             verdicts = self._judge(cache, ledger, items, answers) if self._judged(items) else {}
+            clock("judge", mark)
         except BudgetReached:
             raise StageError(
                 f"test.budget.max_usd={c.budget.max_usd}: the budget is spent; answers so far are cached, "
@@ -207,6 +221,7 @@ class Test(Stage):
             "usage": ledger.usage(),
             "cost_usd": round(ledger.cost_usd, 6),
             "seconds": round(time.monotonic() - started, 2),
+            "timings": seconds,
         }
 
     def report(self, artifact: Artifact) -> str | None:

@@ -43,7 +43,7 @@ class LocalTrain(Stage):
     def __init__(self, config: DictConfig, root: DictConfig) -> None:
         super().__init__(config, root)
         c = config
-        for key in ("max_seq_length", "batch_size", "gradient_accumulation", "n_epochs", "checkpoint_every"):
+        for key in ("max_seq_length", "batch_size", "gradient_accumulation", "n_epochs", "checkpoint_every", "devices"):
             if c[key] < 1:
                 raise StageError(f"train.{key}={c[key]}: must be at least 1")
         if root.get("mixture") is None:
@@ -57,13 +57,14 @@ class LocalTrain(Stage):
         kind = f"LoRA r={c.lora.r}" if c.training_type.value == "lora" else "full"
         return (
             f"train {c.model or 'the embedded SmolLM2-135M-Instruct'} locally ({kind}, {c.n_epochs} epochs, "
-            f"rows of {c.max_seq_length} tokens{' packed' if c.packing else ''}, lr {c.learning_rate:g})"
+            f"rows of {c.max_seq_length} tokens{' packed' if c.packing else ''}, lr {c.learning_rate:g}"
+            + (f", data parallel on {c.devices} processes through torchrun)" if c.devices > 1 else ")")
         )
 
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
         import torch
 
-        from recipe.providers.local import trainer
+        from recipe.providers.local import ddp, trainer
 
         c = self.config
         assert self.store is not None and self.fingerprint is not None
@@ -75,7 +76,9 @@ class LocalTrain(Stage):
             raise StageError("train.device=cuda but no CUDA device is available")
         device = torch.device("cuda" if c.device.value != "cpu" and torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        model, tokenizer = trainer.load_model(c.model, device, dtype)
+        if device.type == "cuda" and c.devices > torch.cuda.device_count():
+            raise StageError(f"train.devices={c.devices}: only {torch.cuda.device_count()} CUDA devices are visible")
+        tokenizer = trainer.load_tokenizer(c.model)
         to_rows = lambda messages: trainer.pack(  # noqa: E731
             [trainer.tokenize(tokenizer, m, c.train_on_inputs) for m in messages], c.max_seq_length, c.packing
         )
@@ -98,17 +101,24 @@ class LocalTrain(Stage):
         # Checkpoints live outside the artifact's temporary directory, which a crash removes.
         work_dir = self.store.root / "work" / "train" / self.fingerprint
         work_dir.mkdir(parents=True, exist_ok=True)
-        result = trainer.train(
-            model, tokenizer, rows, eval_rows, settings, work_dir, device, work_dir / "metrics.jsonl"
-        )
-        trained = result["model"]
-        manifest: dict[str, Any] = {}
-        if settings.lora:
-            trained.save_pretrained(out_dir / "adapter")
-            manifest["adapter"] = "adapter"
-            trained = trained.merge_and_unload()
-        trained.save_pretrained(out_dir / "merged", safe_serialization=True)
-        tokenizer.save_pretrained(out_dir / "merged")
+        if c.devices > 1:  # data parallel under torchrun; rank 0 saves the outputs
+            result = ddp.launch(
+                model=c.model,
+                device=device.type,
+                devices=c.devices,
+                settings=settings,
+                rows=rows,
+                eval_rows=eval_rows,
+                work_dir=work_dir,
+                out_dir=out_dir,
+            )
+            manifest: dict[str, Any] = {k: result[k] for k in ("adapter",) if k in result}
+        else:
+            model = trainer.load_model(c.model, device, dtype)[0]
+            result = trainer.train(
+                model, tokenizer, rows, eval_rows, settings, work_dir, device, work_dir / "metrics.jsonl"
+            )
+            manifest = trainer.save_outputs(result["model"], tokenizer, settings.lora, out_dir)
         shutil.copy(work_dir / "metrics.jsonl", out_dir / "metrics.jsonl")
         shutil.rmtree(work_dir, ignore_errors=True)  # the artifact is complete: checkpoints are done with
         losses = result["losses"]
@@ -131,6 +141,7 @@ class LocalTrain(Stage):
             final_loss=round(statistics.fmean(tail), 5) if losses else None,
             eval_loss=result["eval_loss"],
             seconds=result["seconds"],
+            world_size=result["world_size"],
         )
         return manifest
 

@@ -14,6 +14,7 @@ seed and the epoch), not from step 0.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from recipe.errors import RecipeError
@@ -40,22 +42,44 @@ class Example:
     labels: list[int]
 
 
-def load_model(name: str | None, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
-    """(model, tokenizer): a local directory or hub id, or (None) the embedded SmolLM2 GGUF, dequantised."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(name: str | None) -> Any:
+    """The tokenizer (with its chat template) of a local directory or hub id, or (None) the embedded GGUF's."""
+    from transformers import AutoTokenizer
 
     if name is None:
         gguf = embedded_gguf()
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str | None, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+    """(model, tokenizer): a local directory or hub id, or (None) the embedded SmolLM2 GGUF, dequantised."""
+    from transformers import AutoModelForCausalLM
+
+    if name is None:
+        gguf = embedded_gguf()
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
         # The GGUF loader marks the model quantised; without this save_pretrained refuses.
         model.hf_quantizer.remove_quantization_config(model)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device), tokenizer
+    return model.to(device), load_tokenizer(name)
+
+
+def save_outputs(trained: Any, tokenizer: Any, lora: bool, out_dir: Path) -> dict[str, Any]:
+    """The adapter (LoRA) and the merged model in safetensors with the tokenizer and chat template."""
+    manifest: dict[str, Any] = {}
+    if lora:
+        trained.save_pretrained(out_dir / "adapter")
+        manifest["adapter"] = "adapter"
+        trained = trained.merge_and_unload()
+    trained.save_pretrained(out_dir / "merged", safe_serialization=True)
+    tokenizer.save_pretrained(out_dir / "merged")
+    return manifest
 
 
 def tokenize(tokenizer: Any, messages: list[Message], train_on_inputs: bool) -> Example:
@@ -87,11 +111,15 @@ def tokenize(tokenizer: Any, messages: list[Message], train_on_inputs: bool) -> 
 
 def pack(examples: list[Example], max_len: int, packing: bool) -> list[dict[str, list[int]]]:
     """Rows of at most `max_len` tokens: examples packed first-fit in order (or one per row), each
-    with position ids from 0; longer examples are cut at `max_len`."""
+    with position ids from 0; longer examples are cut at `max_len`, and an example left with no
+    target token (its answer cut off) is dropped: it would teach nothing, and a row of nothing but
+    such examples has a loss of 0/0."""
     rows: list[dict[str, list[int]]] = []
     current: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
     for ex in examples:
         ids, labels = ex.input_ids[:max_len], ex.labels[:max_len]
+        if all(label == -100 for label in labels):
+            continue
         if current["input_ids"] and (not packing or len(current["input_ids"]) + len(ids) > max_len):
             rows.append(current)
             current = {"input_ids": [], "labels": [], "position_ids": []}
@@ -165,7 +193,14 @@ def train(
     device: torch.device,
     metrics_path: Path,
 ) -> dict[str, Any]:
-    """Train (resuming from work_dir if a checkpoint is there); return the run's figures."""
+    """Train (resuming from work_dir if a checkpoint is there); return the run's figures.
+
+    Under torchrun (a process group initialised, see recipe/providers/local/ddp.py) this is data
+    parallel: every rank draws the same global order, takes its share of each optimizer step's
+    rows, and DistributedDataParallel averages the gradients; rank 0 alone writes checkpoints
+    and metrics."""
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    rank = dist.get_rank() if world > 1 else 0
     torch.manual_seed(s.seed)
     if s.lora:
         from peft import LoraConfig, get_peft_model
@@ -181,9 +216,15 @@ def train(
                 task_type="CAUSAL_LM",
             ),
         )
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay)
-    steps_per_epoch = math.ceil(len(rows) / (s.batch_size * s.gradient_accumulation))
+    per_step = s.batch_size * s.gradient_accumulation * world  # rows per optimizer step, all ranks
+    steps_per_epoch = math.ceil(len(rows) / per_step)
     total = min(s.max_steps or steps_per_epoch * s.n_epochs, steps_per_epoch * s.n_epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _schedule(s.lr_scheduler, int(s.warmup_ratio * total), total)
@@ -201,28 +242,34 @@ def train(
     started = time.monotonic()
     tokens = targets = 0
     losses: list[float] = []
-    bar = tqdm(total=total, initial=step, desc="train", unit=" step", disable=not s.progress)
-    per_step = s.batch_size * s.gradient_accumulation
-    with open(metrics_path, "a") as metrics:
+    bar = tqdm(total=total, initial=step, desc="train", unit=" step", disable=not s.progress or rank != 0)
+    with open(metrics_path, "a") if rank == 0 else contextlib.nullcontext() as metrics:
         while step < total:
             epoch, offset = divmod(step * per_step, len(rows) if len(rows) else 1)
             order = _order(len(rows), s.seed, epoch)
-            chosen = [order[(offset + i) % len(order)] for i in range(per_step)]
+            chosen = [order[(offset + i) % len(order)] for i in range(per_step)][rank::world]  # this rank's share
             optimizer.zero_grad(set_to_none=True)
             step_loss, step_tokens, step_targets = 0.0, 0, 0
             for micro in range(s.gradient_accumulation):
                 micro_rows = [rows[i] for i in chosen[micro * s.batch_size : (micro + 1) * s.batch_size]]
                 batch = collate(micro_rows, tokenizer.pad_token_id, device)
-                out = model(
-                    input_ids=batch["input_ids"],
-                    position_ids=batch["position_ids"],
-                    labels=batch["labels"],
-                    use_cache=False,
-                )
-                (out.loss / s.gradient_accumulation).backward()
+                last = micro == s.gradient_accumulation - 1
+                # Gradients are averaged across ranks once per optimizer step, at the last micro-batch.
+                with net.no_sync() if world > 1 and not last else contextlib.nullcontext():
+                    out = net(
+                        input_ids=batch["input_ids"],
+                        position_ids=batch["position_ids"],
+                        labels=batch["labels"],
+                        use_cache=False,
+                    )
+                    (out.loss / s.gradient_accumulation).backward()
                 step_loss += out.loss.item() / s.gradient_accumulation
                 step_tokens += sum(len(r["input_ids"]) for r in micro_rows)  # real tokens, padding excluded
                 step_targets += int((batch["labels"] != -100).sum())
+            if world > 1:  # the step's figures over all ranks: mean loss, summed tokens
+                figures = torch.tensor([step_loss, step_tokens, step_targets], dtype=torch.float64, device=device)
+                dist.all_reduce(figures)
+                step_loss, step_tokens, step_targets = figures[0].item() / world, int(figures[1]), int(figures[2])
             if s.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
             optimizer.step()
@@ -239,12 +286,16 @@ def train(
                 "tokens": step_tokens,
                 "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
             }
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
+            if metrics is not None:
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
             bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=record["tokens_per_s"], refresh=False)
             bar.update()
             if step % s.checkpoint_every == 0 and step < total:
-                _save_checkpoint(model, optimizer, scheduler, step, work_dir)
+                if rank == 0:
+                    _save_checkpoint(model, optimizer, scheduler, step, work_dir)
+                if world > 1:
+                    dist.barrier()  # no rank runs ahead of a checkpoint it might resume from
     bar.close()
     eval_loss = evaluate(model, eval_rows, tokenizer, device) if eval_rows else None
     return {
@@ -257,6 +308,7 @@ def train(
         "target_tokens": targets,
         "eval_loss": eval_loss,
         "seconds": round(time.monotonic() - started, 2),
+        "world_size": world,
     }
 
 

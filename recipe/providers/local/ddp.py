@@ -1,0 +1,111 @@
+"""Data-parallel local training through torchrun (PyTorch's own launcher).
+
+`launch()` writes the tokenised rows and the settings to the work directory and runs
+
+    python -m torch.distributed.run --standalone --nproc_per_node N -m recipe.providers.local.ddp SPEC
+
+Each rank loads the model on its device (`cuda:<local rank>` with NCCL, or CPU processes with gloo),
+trains its share of every step (see trainer.train), and rank 0 writes the adapter, the merged model
+and `result.json`, which `launch()` returns. Checkpoints and the data order are the single-process
+ones, so a killed run resumes the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from recipe.errors import RecipeError
+
+SPEC = "ddp-spec.json"
+RESULT = "result.json"
+
+
+def launch(
+    *,
+    model: str | None,
+    device: str,
+    devices: int,
+    settings: Any,
+    rows: list[dict[str, list[int]]],
+    eval_rows: list[dict[str, list[int]]],
+    work_dir: Path,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """Run the training on `devices` processes; the result figures (the model is saved in out_dir)."""
+    (work_dir / "rows.json").write_text(json.dumps({"train": rows, "eval": eval_rows}))
+    spec = {
+        "model": model,
+        "device": device,
+        "settings": asdict(settings),
+        "rows": str(work_dir / "rows.json"),
+        "work_dir": str(work_dir),
+        "out_dir": str(out_dir),
+    }
+    (work_dir / SPEC).write_text(json.dumps(spec))
+    (out_dir / RESULT).unlink(missing_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={devices}",
+        "-m",
+        "recipe.providers.local.ddp",
+        str(work_dir / SPEC),
+    ]
+    threads = str(max(1, (os.cpu_count() or 1) // devices))  # CPU ranks share the cores
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
+    tail = bytearray()
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE) as proc:
+        assert proc.stderr is not None
+        while chunk := proc.stderr.read1(65536):  # passed through live (progress bars), tail kept
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.flush()
+            tail = (tail + chunk)[-6000:]
+    if proc.returncode != 0 or not (out_dir / RESULT).is_file():
+        last = "\n".join(tail.decode(errors="replace").replace("\r", "\n").strip().splitlines()[-20:])
+        raise RecipeError(f"torchrun training on {devices} {device} processes failed ({proc.returncode}):\n{last}")
+    result = json.loads((out_dir / RESULT).read_text())
+    (out_dir / RESULT).unlink()
+    return result
+
+
+def main(spec_path: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from recipe.providers.local import trainer
+
+    spec = json.loads(Path(spec_path).read_text())
+    local_rank = int(os.environ["LOCAL_RANK"])
+    cuda = spec["device"] == "cuda"
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        rank = dist.get_rank()
+        model, tokenizer = trainer.load_model(spec["model"], device, torch.bfloat16 if cuda else torch.float32)
+        data = json.loads(Path(spec["rows"]).read_text())
+        settings = trainer.TrainSettings(**spec["settings"])
+        work_dir, out_dir = Path(spec["work_dir"]), Path(spec["out_dir"])
+        result = trainer.train(
+            model, tokenizer, data["train"], data["eval"], settings, work_dir, device, work_dir / "metrics.jsonl"
+        )
+        if rank == 0:
+            figures = {k: v for k, v in result.items() if k != "model"}
+            figures.update(trainer.save_outputs(result["model"], tokenizer, settings.lora, out_dir))
+            (out_dir / RESULT).write_text(json.dumps(figures))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,66 @@
+"""The committed experiments run end to end: the seed recipe against the fake Together server.
+
+Only the data is swapped for the shipped samples (the hub is out of reach); every request must
+carry the seed's fields."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from recipe.runner import run
+
+from .fake_together import FakeTogether
+
+SEED_SAMPLING = {"max_tokens": 1024, "temperature": 0.7, "top_p": 0.7, "top_k": 50, "repetition_penalty": 1.0}
+
+
+def test_the_seed_experiment_sends_the_seeds_requests(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    cfg = make_cfg(
+        "experiment=llama2_7b_32k_instruct",
+        "distill.source=sharegpt_sample",
+        "distill.max_conversations=8",
+        f"distill.cache_path={tmp_path}/cache.sqlite",
+        "distill.progress=false",
+        "mixture.components.booksum.source=booksum_sample",
+        "mixture.components.mqa.source=mqa_sample",
+        "mixture.total=16",
+        "mixture.progress=false",
+        "train.poll_s=0.01",
+        "train.progress=false",
+        "test/suite@test.suites.mqa=mqa_sample",
+        "test/suite@test.suites.booksum=booksum_sample",
+        "test/suite@test.suites.alpaca_eval=alpaca_eval_sample",
+        "test.heldout.samples=1",
+        f"test.cache_path={tmp_path}/cache.sqlite",
+        "test.progress=false",
+        "deploy.poll_s=0.01",
+        "deploy.progress=false",
+        base=(),
+    )
+    record = run(cfg, run_dir=tmp_path)
+    assert [(n, s["status"]) for n, s in record["stages"].items()] == [
+        (n, "ok") for n in ("distill", "mix", "train", "test", "deploy")
+    ]
+    # Distill: llama-2-70b-chat through raw completions, `[INST] ... [/INST]` prompts, the seed's fields.
+    train = json.loads(Path(record["stages"]["train"]["artifact"], "manifest.json").read_text())
+    tuned = train["model_output_name"]
+    completions = [r.body for r in fake.posts("/v1/completions")]
+    distill = [b for b in completions if b["model"] == "togethercomputer/llama-2-70b-chat"]
+    assert distill and all(b["prompt"].startswith("[INST] ") and b["prompt"].endswith(" [/INST]") for b in distill)
+    assert all({k: b[k] for k in SEED_SAMPLING} == SEED_SAMPLING and b["stop"] == ["[INST]"] for b in distill)
+    # Train: a full fine-tune of LLaMA-2-7B-32K, 4 epochs, batch 32, lr 1e-5, on the uploaded mixture.
+    (create,) = fake.posts("/v1/fine-tunes")
+    body = create.body
+    assert body["model"] == "togethercomputer/LLaMA-2-7B-32K" and body["training_type"] == {"type": "Full"}
+    assert (body["n_epochs"], body["batch_size"], body["learning_rate"]) == (4, 32, 1e-05)
+    mixture = Path(record["stages"]["mix"]["artifact"], "mixture.jsonl").read_bytes()
+    assert fake.files[body["training_file"]] == mixture and b"[INST]" in mixture
+    # Test: base and tuned in the model card's prompt format; the judge on chat completions.
+    tested = [b for b in completions if b["model"] in (tuned, "togethercomputer/LLaMA-2-7B-32K")]
+    assert {b["model"] for b in tested} == {tuned, "togethercomputer/LLaMA-2-7B-32K"}
+    assert all(b["prompt"].startswith("[INST]\n") and b["prompt"].endswith("\n[/INST]\n\n") for b in tested)
+    assert {r.body["model"] for r in fake.posts("/v1/chat/completions")} >= {"meta-llama/Llama-3.3-70B-Instruct-Turbo"}
+    # Deploy: a dedicated endpoint for the fine-tune, stopped by Together after 15 idle minutes.
+    (endpoint,) = fake.posts("/v1/endpoints")
+    assert endpoint.body["model"] == tuned and endpoint.body["inactive_timeout"] == 15
