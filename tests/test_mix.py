@@ -16,7 +16,7 @@ from recipe.errors import RecipeError
 from recipe.runner import run
 from recipe.stages.mix import largest_remainder
 
-from .conftest import write_jsonl
+from .conftest import SHARE_SWEEP, write_jsonl
 
 
 def mix(cfg: DictConfig, tmp_path: Path) -> dict:
@@ -345,15 +345,7 @@ def test_a_sweep_over_one_share_reuses_one_distill(run_cli, tmp_path: Path) -> N
         run_cli(
             "-m",
             "stages=[distill,mix]",
-            "distill=together",
-            "distill.source=sharegpt_sample",
-            "distill.max_conversations=12",
-            "distill.progress=false",
-            "mixture.progress=false",
-            "mixture.total=16",
-            "mixture.eval_fraction=0",
-            "mixture.rescale=instructions",
-            "mixture.components.instructions.share=0.25,0.5,0.75",
+            *SHARE_SWEEP,
             env={"TOGETHER_API_KEY": "k", "TOGETHER_BASE_URL": fake.base_url},
         )
         sent = len(fake.posts("/v1/completions"))

@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from recipe.cli import CONF_DIR
 
+from .conftest import SHARE_SWEEP
 from .fake_together import FakeTogether, default_answer
 
 SAMPLES = ("stages=[mix]", "mixture=samples", "~distill", "~train", "~test", "~deploy", "mixture.progress=false")
@@ -98,15 +99,7 @@ def test_a_parallel_offline_sweep_pays_distill_once_and_plots_test(
             "-m",
             "hydra/launcher=parallel",
             "stages=[distill,mix,train,test]",
-            "distill=together",
-            "distill.source=sharegpt_sample",
-            "distill.max_conversations=12",
-            "distill.progress=false",
-            "mixture.progress=false",
-            "mixture.total=16",
-            "mixture.eval_fraction=0",
-            "mixture.rescale=instructions",
-            "mixture.components.instructions.share=0.25,0.5,0.75",
+            *SHARE_SWEEP,
             f"train.model={tiny_model_dir}",
             "train.max_steps=2",
             "train.max_seq_length=256",
