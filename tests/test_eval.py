@@ -188,13 +188,13 @@ def test_together_backed_test_scores_base_and_tuned(make_cfg, tmp_path: Path, fa
     out = Path(entry["artifact"])
     train = json.loads((Path(record["stages"]["train"]["artifact"]) / "manifest.json").read_text())
     completions = [r.body for r in fake.posts("/v1/completions")]
-    # 12 MQA + 2 BookSum + 4 instructions + 2 held-out samples, per model, in the card's prompt format.
-    assert len(completions) == 2 * 20
+    # 12 MQA + 2 BookSum + 3 instructions + 2 held-out samples, per model, in the card's prompt format.
+    assert len(completions) == 2 * 19
     assert {b["model"] for b in completions} == {train["model_output_name"], BASE}
     assert all(b["prompt"].startswith("[INST]\n") and b["prompt"].endswith("\n[/INST]\n\n") for b in completions)
     assert all(b["temperature"] == 0.0 for b in completions)
     judged = [r.body for r in fake.posts("/v1/chat/completions")]
-    assert len(judged) == 2 * 4 * 2 and {b["model"] for b in judged} == {"meta-llama/Llama-3.3-70B-Instruct-Turbo"}
+    assert len(judged) == 2 * 3 * 2 and {b["model"] for b in judged} == {"meta-llama/Llama-3.3-70B-Instruct-Turbo"}
     metrics = json.loads((out / "metrics.json").read_text())
     # Both orders asked: the base model wins both (1.0); position bias alone splits the tuned one (0.5).
     assert metrics["summary"]["base"]["alpaca_eval.win_rate"] == 1.0
@@ -205,7 +205,7 @@ def test_together_backed_test_scores_base_and_tuned(make_cfg, tmp_path: Path, fa
     text = (out / "report.md").read_text()
     assert "| 6 | middle |" in text and "## booksum: summarisation (ROUGE F-measure)" in text
     assert (out / "chart.png").read_bytes()[:4] == b"\x89PNG"
-    assert len((out / "generations.jsonl").read_text().splitlines()) == 20
+    assert len((out / "generations.jsonl").read_text().splitlines()) == 19
     # A second run is a cache hit; with the artifact gone, the request cache answers: no request.
     sent = len(fake.requests)
     assert run(cfg, run_dir=tmp_path)["stages"]["test"]["cache_hit"]
