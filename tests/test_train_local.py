@@ -163,3 +163,57 @@ def test_data_parallel_through_torchrun_matches_one_process(run_cli, tmp_path: P
 
     a, b = (load_file(str(x / "merged" / "model.safetensors")) for x in (parallel, single))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def ddp_workers(spec_dir: Path) -> list[int]:
+    """Processes of torchrun or its workers started for a spec under `spec_dir`."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(spec_dir).encode() in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_kill_9_during_data_parallel_training_stops_the_workers_and_resumes(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    args = [
+        RECIPE,
+        "stages=[mix,train]",
+        "mixture=samples",
+        "mixture.total=8",
+        "mixture.eval_fraction=0",
+        "mixture.progress=false",
+        f"train.model={tiny_model_dir}",
+        "train.max_seq_length=128",
+        "train.devices=2",
+        "train.batch_size=1",
+        "train.n_epochs=100",
+        "train.max_steps=300",
+        "train.checkpoint_every=2",
+        "train.progress=false",
+    ]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = tmp_path / "outputs" / "store" / "work" / "train"
+    deadline = time.monotonic() + 240
+    while not list(work.glob("*/checkpoint-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    checkpoints = list(work.glob("*/checkpoint-*"))
+    assert checkpoints, "no checkpoint was written"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = int(checkpoints[0].name.split("-")[1])
+    deadline = time.monotonic() + 30
+    while ddp_workers(work) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not ddp_workers(work), "torchrun or its workers outlived the killed run"
+    subprocess.run(args, cwd=tmp_path, check=True, capture_output=True, timeout=600)
+    manifest = json.loads(next((tmp_path / "outputs" / "store" / "train").glob("*/manifest.json")).read_text())
+    assert manifest["world_size"] == 2 and manifest["steps"] > killed_at
+    assert manifest["resumed_from"] is not None and manifest["resumed_from"] >= killed_at
+    metrics = next((tmp_path / "outputs" / "store" / "train").glob("*/metrics.jsonl")).read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in metrics]
+    assert steps[-1] == manifest["steps"] and manifest["resumed_from"] + 1 in steps  # continued, not restarted
