@@ -105,27 +105,36 @@ def test_lora_on_the_embedded_model_learns_and_the_merged_model_answers(run_cli,
     )  # checkpoints are removed once the artifact is complete
 
 
-@pytest.mark.slow
-def test_kill_9_mid_training_resumes_from_the_checkpoint(tmp_path: Path) -> None:
-    args = [RECIPE, *SMALL, "train.checkpoint_every=2"]
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    work = tmp_path / "outputs" / "store" / "work" / "train"
+def kill_at_first_checkpoint(args: list[str], cwd: Path, poll_s: float) -> int:
+    """Start `recipe`, kill -9 it as soon as a checkpoint exists; the checkpoint's step."""
+    proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = cwd / "outputs" / "store" / "work" / "train"
     deadline = time.monotonic() + 240
     while not list(work.glob("*/checkpoint-*")) and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(poll_s)
     checkpoints = list(work.glob("*/checkpoint-*"))
     assert checkpoints, "no checkpoint was written"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = int(checkpoints[0].name.split("-")[1])
-    subprocess.run(args, cwd=tmp_path, check=True, capture_output=True, timeout=600)
-    manifest = json.loads(next((tmp_path / "outputs" / "store" / "train").glob("*/manifest.json")).read_text())
+    return int(checkpoints[0].name.split("-")[1])
+
+
+def rerun_and_check_it_resumed(args: list[str], cwd: Path, killed_at: int) -> dict:
+    """Run `recipe` again: it must continue from the checkpoint, not restart; the train manifest."""
+    subprocess.run(args, cwd=cwd, check=True, capture_output=True, timeout=600)
+    store = cwd / "outputs" / "store" / "train"
+    manifest = json.loads(next(store.glob("*/manifest.json")).read_text())
     assert manifest["resumed_from"] is not None and manifest["resumed_from"] >= killed_at
-    steps = [
-        json.loads(line)["step"]
-        for line in (next((tmp_path / "outputs" / "store" / "train").glob("*/metrics.jsonl"))).read_text().splitlines()
-    ]
+    steps = [json.loads(line)["step"] for line in next(store.glob("*/metrics.jsonl")).read_text().splitlines()]
     assert steps[-1] == manifest["steps"] and manifest["resumed_from"] + 1 in steps  # continued, not restarted
+    return manifest
+
+
+@pytest.mark.slow
+def test_kill_9_mid_training_resumes_from_the_checkpoint(tmp_path: Path) -> None:
+    args = [RECIPE, *SMALL, "train.checkpoint_every=2"]
+    killed_at = kill_at_first_checkpoint(args, tmp_path, poll_s=0.2)
+    rerun_and_check_it_resumed(args, tmp_path, killed_at)
 
 
 def test_data_parallel_through_torchrun_matches_one_process(run_cli, tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -196,24 +205,11 @@ def test_kill_9_during_data_parallel_training_stops_the_workers_and_resumes(
         "train.checkpoint_every=2",
         "train.progress=false",
     ]
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_at = kill_at_first_checkpoint(args, tmp_path, poll_s=0.05)
     work = tmp_path / "outputs" / "store" / "work" / "train"
-    deadline = time.monotonic() + 240
-    while not list(work.glob("*/checkpoint-*")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    checkpoints = list(work.glob("*/checkpoint-*"))
-    assert checkpoints, "no checkpoint was written"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = int(checkpoints[0].name.split("-")[1])
     deadline = time.monotonic() + 30
     while ddp_workers(work) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not ddp_workers(work), "torchrun or its workers outlived the killed run"
-    subprocess.run(args, cwd=tmp_path, check=True, capture_output=True, timeout=600)
-    manifest = json.loads(next((tmp_path / "outputs" / "store" / "train").glob("*/manifest.json")).read_text())
+    manifest = rerun_and_check_it_resumed(args, tmp_path, killed_at)
     assert manifest["world_size"] == 2 and manifest["steps"] > killed_at
-    assert manifest["resumed_from"] is not None and manifest["resumed_from"] >= killed_at
-    metrics = next((tmp_path / "outputs" / "store" / "train").glob("*/metrics.jsonl")).read_text().splitlines()
-    steps = [json.loads(line)["step"] for line in metrics]
-    assert steps[-1] == manifest["steps"] and manifest["resumed_from"] + 1 in steps  # continued, not restarted

@@ -31,7 +31,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from recipe.data.sources import config_key, file_sha256, iter_records, source_files
+from recipe.data.sources import config_key, iter_records, source_identity
 from recipe.eval import report as reporting
 from recipe.eval import suites as S
 from recipe.providers.cache import TeacherCache
@@ -84,15 +84,9 @@ class Test(Stage):
 
     def semantic_config(self) -> dict[str, Any]:
         semantic = super().semantic_config()
-        semantic["suite_data"] = {name: self._data_identity(name) for name in self.config.suites}
+        # Each suite's data by content (local files by sha256, not path), as sources enter Mix's.
+        semantic["suite_data"] = {n: source_identity(self._key(n), s) for n, s in self.config.suites.items()}
         return semantic
-
-    def _data_identity(self, name: str) -> dict[str, Any]:
-        suite = self.config.suites[name]
-        if suite.hub_id:
-            return {"hub_id": suite.hub_id, "revision": suite.revision, "data_files": list(suite.data_files)}
-        files = source_files(self._key(name), suite)
-        return {"files": [{"name": p.name, "sha256": file_sha256(p)} for p in files]}
 
     def _key(self, name: str) -> str:
         return f"test.suites.{name}"

@@ -114,7 +114,7 @@ class LocalTrain(Stage):
             )
             manifest: dict[str, Any] = {k: result[k] for k in ("adapter",) if k in result}
         else:
-            model = trainer.load_model(c.model, device, dtype)[0]
+            model = trainer.load_weights(c.model, device, dtype)
             result = trainer.train(
                 model, tokenizer, rows, eval_rows, settings, work_dir, device, work_dir / "metrics.jsonl"
             )

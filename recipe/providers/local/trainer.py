@@ -56,8 +56,8 @@ def load_tokenizer(name: str | None) -> Any:
     return tokenizer
 
 
-def load_model(name: str | None, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
-    """(model, tokenizer): a local directory or hub id, or (None) the embedded SmolLM2 GGUF, dequantised."""
+def load_weights(name: str | None, device: torch.device, dtype: torch.dtype) -> Any:
+    """The model of a local directory or hub id, or (None) the embedded SmolLM2 GGUF, dequantised."""
     from transformers import AutoModelForCausalLM
 
     if name is None:
@@ -67,7 +67,12 @@ def load_model(name: str | None, device: torch.device, dtype: torch.dtype) -> tu
         model.hf_quantizer.remove_quantization_config(model)
     else:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
-    return model.to(device), load_tokenizer(name)
+    return model.to(device)
+
+
+def load_model(name: str | None, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+    """(model, tokenizer), see load_weights and load_tokenizer."""
+    return load_weights(name, device, dtype), load_tokenizer(name)
 
 
 def save_outputs(trained: Any, tokenizer: Any, lora: bool, out_dir: Path) -> dict[str, Any]:
