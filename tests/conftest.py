@@ -23,19 +23,19 @@ TOGETHER_KEY = "sk-test-together-0123456789"
 
 # Most tests exercise one stage: by default they compose the sample-only mixture, no Distill and
 # no training; tests of other stages pass `base=` themselves.
-SAMPLES_ONLY = ("mixture=samples", "~distill", "~train", "~test", "~deploy")
-NO_DISTILL = ("mixture=samples", "~distill", "~test")
+SAMPLES_ONLY = ("mix=samples", "~distill", "~train", "~test", "~deploy")
+NO_DISTILL = ("mix=samples", "~distill", "~test")
 # Distill against the fake Together server (TOGETHER_BASE_URL), then a 3-job sweep of the instructions' share.
 SHARE_SWEEP = (
     "distill=together",
     "distill.source=sharegpt_sample",
     "distill.max_conversations=12",
     "distill.progress=false",
-    "mixture.progress=false",
-    "mixture.total=16",
-    "mixture.eval_fraction=0",
-    "mixture.rescale=instructions",
-    "mixture.components.instructions.share=0.25,0.5,0.75",
+    "mix.progress=false",
+    "mix.total=16",
+    "mix.eval_fraction=0",
+    "mix.rescale=instructions",
+    "mix.components.instructions.share=0.25,0.5,0.75",
 )
 
 

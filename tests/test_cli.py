@@ -21,12 +21,12 @@ def files_containing(root: Path, needle: str) -> list[Path]:
 
 
 def test_mix_twice_reports_a_cache_hit_with_the_same_sha(run_cli, tmp_path: Path) -> None:
-    first = run_cli("stages=[mix]", "mixture=samples", "mixture.progress=false")
+    first = run_cli("stages=[mix]", "mix=samples", "mix.progress=false")
     assert "mix      ok" in first.stdout
     record = latest_run(tmp_path)
     manifest = json.loads(Path(record["stages"]["mix"]["artifact"], "manifest.json").read_text())
     assert record["stages"]["mix"]["cache_hit"] is False
-    run_cli("stages=[mix]", "mixture=samples", "mixture.progress=false")
+    run_cli("stages=[mix]", "mix=samples", "mix.progress=false")
     again = latest_run(tmp_path)
     assert again["stages"]["mix"]["cache_hit"] is True
     assert again["stages"]["mix"]["artifact"] == record["stages"]["mix"]["artifact"]
@@ -39,22 +39,22 @@ def test_mix_twice_reports_a_cache_hit_with_the_same_sha(run_cli, tmp_path: Path
 
 
 def test_cfg_job_prints_the_composed_config(run_cli) -> None:
-    out = run_cli("--cfg", "job", "mixture.total=40").stdout
+    out = run_cli("--cfg", "job", "mix.total=40").stdout
     cfg = OmegaConf.create(out)
-    assert cfg.mixture.total == 40 and cfg.mixture.components.instructions.share == 0.5
+    assert cfg.mix.total == 40 and cfg.mix.components.instructions.share == 0.5
 
 
 def test_config_errors_exit_non_zero_naming_the_key(run_cli) -> None:
-    proc = run_cli("mixture.totl=3", check=False)
+    proc = run_cli("mix.totl=3", check=False)
     assert proc.returncode != 0 and "totl" in proc.stderr
-    proc = run_cli("stages=[mix]", "mixture=samples", "mixture.components.booksum.share=0.5", check=False)
+    proc = run_cli("stages=[mix]", "mix=samples", "mix.components.booksum.share=0.5", check=False)
     assert proc.returncode == 2
-    assert "error: mixture.components: shares must sum to 1, got 1.25" in proc.stderr
+    assert "error: mix.components: shares must sum to 1, got 1.25" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_a_key_given_as_an_override_never_reaches_disk(run_cli, tmp_path: Path) -> None:
-    run_cli("stages=[mix]", "mixture=samples", "mixture.progress=false", f"together.api_key={PLANTED}")
+    run_cli("stages=[mix]", "mix=samples", "mix.progress=false", f"together.api_key={PLANTED}")
     outputs = tmp_path / "outputs"
     assert files_containing(outputs, PLANTED) == []
     assert files_containing(outputs, PLANTED[3:15]) == []
@@ -68,9 +68,9 @@ def test_a_key_in_a_sweep_never_reaches_disk(run_cli, tmp_path: Path) -> None:
     proc = run_cli(
         "-m",
         "stages=[mix]",
-        "mixture=samples",
-        "mixture.progress=false",
-        "mixture.seed=0,1",
+        "mix=samples",
+        "mix.progress=false",
+        "mix.seed=0,1",
         f"together.api_key='{PLANTED}'",
     )
     assert PLANTED not in proc.stdout + proc.stderr
@@ -81,7 +81,7 @@ def test_a_key_in_a_sweep_never_reaches_disk(run_cli, tmp_path: Path) -> None:
 
 
 def test_a_key_from_the_environment_never_reaches_disk(run_cli, tmp_path: Path) -> None:
-    run_cli("stages=[mix]", "mixture=samples", "mixture.progress=false", env={"TOGETHER_API_KEY": PLANTED})
+    run_cli("stages=[mix]", "mix=samples", "mix.progress=false", env={"TOGETHER_API_KEY": PLANTED})
     assert files_containing(tmp_path / "outputs", PLANTED) == []
 
 

@@ -8,6 +8,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from recipe.artifacts import PromptFormat
 from recipe.cli import CONF_DIR
 from recipe.runner import build_stage, configured_stages
 from recipe.stages.mix import Mix
@@ -37,15 +38,15 @@ def test_root_config_composes_with_every_source(make_cfg) -> None:
     for name in ("sharegpt_sample", "llama_instruct_sample", "booksum_sample", "mqa_sample"):
         assert Path(cfg.sources[name].data_files[0]).is_file()
     assert configured_stages(cfg) == ["distill", "mix", "train", "test", "deploy"]
-    assert cfg.mixture.components.instructions.source == "distill"
+    assert cfg.mix.components.instructions.source == "distill"
 
 
-@pytest.mark.parametrize("mixture", options("mixture"))
+@pytest.mark.parametrize("mixture", options("mix"))
 def test_every_mixture_composes_and_validates(make_cfg, mixture: str) -> None:
-    cfg = make_cfg(f"mixture={mixture}", base=())
+    cfg = make_cfg(f"mix={mixture}", base=())
     stage = build_stage("mix", cfg)
     assert isinstance(stage, Mix)
-    assert stage.plan({}).startswith(f"mix {cfg.mixture.total} ")
+    assert stage.plan({}).startswith(f"mix {cfg.mix.total} ")
 
 
 DISTILL_REQUIRED = {"openai_compatible": ("distill.teacher.base_url=http://127.0.0.1:9/v1", "distill.teacher.model=m")}
@@ -64,14 +65,14 @@ DEPLOY_NEEDS = {"local": "train=local_lora"}
 @pytest.mark.parametrize("deploy", options("deploy"))
 def test_every_deploy_option_composes_and_validates(make_cfg, deploy: str) -> None:
     train = DEPLOY_NEEDS.get(deploy, "train=together_lora")
-    cfg = make_cfg(f"deploy={deploy}", train, base=("mixture=samples",))
+    cfg = make_cfg(f"deploy={deploy}", train, base=("mix=samples",))
     stage = build_stage("deploy", cfg)
     assert stage.upstream() == ("train",) and stage.plan({})
 
 
 @pytest.mark.parametrize("train", options("train"))
 def test_every_train_option_composes_and_validates(make_cfg, train: str) -> None:
-    cfg = make_cfg(f"train={train}", base=("mixture=samples",))
+    cfg = make_cfg(f"train={train}", base=("mix=samples",))
     stage = build_stage("train", cfg)
     assert stage.upstream() == ("mix",) and stage.plan({})
     if train.startswith("together"):
@@ -80,7 +81,7 @@ def test_every_train_option_composes_and_validates(make_cfg, train: str) -> None
 
 def test_a_typo_in_a_train_key_is_an_error_naming_it(make_cfg) -> None:
     with pytest.raises(ConfigCompositionException) as err:
-        make_cfg("train=together_lora", "train.n_epoch=3", base=("mixture=samples",))
+        make_cfg("train=together_lora", "train.n_epoch=3", base=("mix=samples",))
     assert "n_epoch" in f"{err.value} {err.value.__cause__}"
 
 
@@ -89,7 +90,7 @@ TEST_NEEDS = {"offline": "train=local_lora", "model_card": "train=together_full"
 
 @pytest.mark.parametrize("test", options("test"))
 def test_every_test_option_composes_and_validates(make_cfg, test: str) -> None:
-    cfg = make_cfg(f"test={test}", TEST_NEEDS[test], base=("mixture=samples", "~distill"))
+    cfg = make_cfg(f"test={test}", TEST_NEEDS[test], base=("mix=samples", "~distill"))
     stage = build_stage("test", cfg)
     assert stage.upstream() == ("mix", "train")
     assert stage.plan({}).startswith("evaluate base and tuned on mqa (mqa, ")
@@ -98,7 +99,7 @@ def test_every_test_option_composes_and_validates(make_cfg, test: str) -> None:
 
 @pytest.mark.parametrize("suite", options("test/suite"))
 def test_every_test_suite_composes_and_its_shipped_data_reads(make_cfg, suite: str) -> None:
-    cfg = make_cfg(f"+test/suite@test.suites.extra={suite}", base=("mixture=samples", "~distill"))
+    cfg = make_cfg(f"+test/suite@test.suites.extra={suite}", base=("mix=samples", "~distill"))
     stage = build_stage("test", cfg)
     node = cfg.test.suites.extra
     assert node.kind.value in ("mqa", "booksum", "judge") and node.description
@@ -126,7 +127,7 @@ def test_the_offline_experiment_is_the_default_recipe(make_cfg) -> None:
 
 def test_seed_experiment_uses_hub_sources_at_50_25_25(make_cfg) -> None:
     cfg = make_cfg("experiment=llama2_7b_32k_instruct", base=())
-    comps = cfg.mixture.components
+    comps = cfg.mix.components
     assert {n: c.share for n, c in comps.items()} == {"instructions": 0.5, "booksum": 0.25, "mqa": 0.25}
     assert comps.instructions.source == "distill"
     assert cfg.sources[cfg.distill.source].hub_id == "philschmid/sharegpt-raw"
@@ -144,10 +145,12 @@ def test_seed_experiment_uses_hub_sources_at_50_25_25(make_cfg) -> None:
         "seed": None,
     }
     assert cfg.sources[comps.mqa.source].data_files == ["fine-tune/natural_questions_10_200_docs.jsonl.zst"]
-    assert cfg.mixture.total == 38000 and cfg.mixture.template == "llama2_inst"
-    # Test as the model card: its prompt format, AlpacaEval's 805 prompts, MQA at 20/30/50 documents.
+    assert cfg.mix.total == 38000 and cfg.mix.template == "llama2_inst"
+    # Train renders the upload for LLaMA-2-7B-32K in the seed's [INST] text (what the mixture already is).
+    train = build_stage("train", cfg)
+    assert cfg.train.format.value == "auto" and train.format == PromptFormat("text", "llama2_inst")
+    # Test as the model card: AlpacaEval's 805 prompts, MQA at 20/30/50 documents (prompts as trained).
     test = cfg.test
-    assert test.api.value == "completions" and test.prompt_format == "[INST]\n{prompt}\n[/INST]\n\n"
     assert test.suites.alpaca_eval.hub_id == "tatsu-lab/alpaca_eval" and test.suites.alpaca_eval.max_examples is None
     assert list(test.suites.mqa.num_documents) == [20, 30, 50]
     assert [p.value for p in test.suites.mqa.gold_positions] == ["first", "middle", "last"]
@@ -157,21 +160,21 @@ def test_seed_experiment_uses_hub_sources_at_50_25_25(make_cfg) -> None:
 
 def test_a_typo_in_a_key_is_an_error_naming_it(make_cfg) -> None:
     with pytest.raises(ConfigCompositionException) as err:
-        make_cfg("mixture.totl=5")
+        make_cfg("mix.totl=5")
     assert "totl" in str(err.value) or "totl" in str(err.value.__cause__)
 
 
 def test_a_wrong_type_is_an_error_naming_the_key(make_cfg) -> None:
     with pytest.raises(ConfigCompositionException) as err:
-        make_cfg("mixture.total=lots")
+        make_cfg("mix.total=lots")
     text = f"{err.value} {err.value.__cause__}"
-    assert "mixture.total" in text and "lots" in text
+    assert "mix.total" in text and "lots" in text
 
 
 def test_an_unknown_enum_value_is_an_error(make_cfg) -> None:
     with pytest.raises(ConfigCompositionException) as err:
-        make_cfg("mixture.unit=bytes")
-    assert "mixture.unit" in f"{err.value} {err.value.__cause__}"
+        make_cfg("mix.unit=bytes")
+    assert "mix.unit" in f"{err.value} {err.value.__cause__}"
 
 
 def test_unknown_key_inside_a_source_is_rejected(make_cfg) -> None:

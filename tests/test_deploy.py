@@ -30,7 +30,7 @@ def together(make_cfg, *overrides: str, deploy: str = "together_dedicated"):
         f"deploy={deploy}",
         "deploy.poll_s=0.01",
         "deploy.progress=false",
-        "mixture.progress=false",
+        "mix.progress=false",
         *overrides,
         base=NO_DISTILL,
     )
@@ -51,8 +51,11 @@ def test_dedicated_endpoint_is_created_once_and_answers(make_cfg, tmp_path: Path
     )
     assert manifest["state"] == "STARTED" and manifest["endpoint_id"] in fake.endpoints
     assert manifest["smoke"]["answer"].startswith("answer 1 to: What is the capital")
-    chat = fake.posts("/v1/chat/completions")[-1].body
-    assert chat["model"] == fake.endpoints[manifest["endpoint_id"]]["name"]  # queried through the endpoint
+    # Queried through the endpoint, in the format the model was trained in (the seed's [INST] text).
+    smoke = fake.posts("/v1/completions")[-1].body
+    assert smoke["model"] == fake.endpoints[manifest["endpoint_id"]]["name"]
+    assert smoke["prompt"] == "[INST] What is the capital of Australia? [/INST]" and smoke["stop"] == ["[INST]"]
+    assert manifest["deployment"]["format"] == {"kind": "text", "template": "llama2_inst"}
     # Re-run: re-attaches, no second endpoint.
     run(together(make_cfg), run_dir=tmp_path)
     assert len(fake.posts("/v1/endpoints")) == 1
@@ -74,6 +77,10 @@ def test_serverless_queries_the_fine_tuned_model(make_cfg, tmp_path: Path, fake:
     record = run(together(make_cfg, deploy="together_serverless"), run_dir=tmp_path)
     manifest = json.loads((Path(record["stages"]["deploy"]["artifact"]) / "manifest.json").read_text())
     assert manifest["mode"] == "serverless" and not fake.posts("/v1/endpoints")
+    assert fake.posts("/v1/completions")[-1].body["model"] == manifest["model"]
+    # A model trained on `messages` is asked through chat, Together applying its template.
+    record = run(together(make_cfg, "train.model=org/chat-model", deploy="together_serverless"), run_dir=tmp_path)
+    manifest = json.loads((Path(record["stages"]["deploy"]["artifact"]) / "manifest.json").read_text())
     assert fake.posts("/v1/chat/completions")[-1].body["model"] == manifest["model"]
 
 
@@ -84,7 +91,7 @@ def test_local_deploy_needs_a_local_model(make_cfg, tmp_path: Path, fake: FakeTo
         "train.poll_s=0.01",
         "train.progress=false",
         "deploy=local",
-        "mixture.progress=false",
+        "mix.progress=false",
         base=NO_DISTILL,
     )
     with pytest.raises(RecipeError, match="deploy=local needs a locally trained model"):
@@ -110,8 +117,8 @@ def test_local_deployment_serves_the_openai_client_until_ctrl_c(tmp_path: Path, 
         [
             RECIPE,
             "stages=[mix,train,deploy]",
-            "mixture=samples",
-            "mixture.progress=false",
+            "mix=samples",
+            "mix.progress=false",
             f"train.model={tiny_model_dir}",
             "train.max_steps=2",
             "train.max_seq_length=128",
@@ -166,9 +173,9 @@ def test_the_offline_recipe_end_to_end(run_cli, tmp_path: Path) -> None:
         "distill.max_conversations=6",
         "distill.sampling.max_tokens=32",
         "distill.progress=false",
-        "mixture.total=8",
-        "mixture.eval_fraction=0.25",
-        "mixture.progress=false",
+        "mix.total=8",
+        "mix.eval_fraction=0.25",
+        "mix.progress=false",
         "train.max_seq_length=256",
         "train.max_steps=3",
         "train.progress=false",

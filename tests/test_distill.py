@@ -33,7 +33,7 @@ def together(make_cfg, tmp_path: Path, *overrides: str, distill: str = "together
         f"distill.cache_path={tmp_path / 'cache.sqlite'}",
         "stages=[distill]",
         *overrides,
-        base=("mixture=samples",),
+        base=("mix=samples",),
     )
 
 
@@ -167,11 +167,11 @@ def test_distilled_conversations_feed_the_mixture(make_cfg, tmp_path: Path, fake
         make_cfg,
         tmp_path,
         "stages=[distill,mix]",
-        "mixture=offline",
+        "mix=offline",
         "distill.max_conversations=12",
-        "mixture.total=16",
-        "mixture.eval_fraction=0",
-        "mixture.progress=false",
+        "mix.total=16",
+        "mix.eval_fraction=0",
+        "mix.progress=false",
     )
     record = run(cfg, run_dir=tmp_path)
     mixture = Path(record["stages"]["mix"]["artifact"]) / "mixture.jsonl"
@@ -184,7 +184,7 @@ def test_kill_9_then_resume_resends_nothing_finished(tmp_path: Path, fake: FakeT
     args = [
         RECIPE,
         "stages=[distill]",
-        "mixture=samples",
+        "mix=samples",
         "distill=together",
         "distill.source=sharegpt_sample",
         "distill.max_turns=3",
@@ -235,9 +235,9 @@ def test_offline_distill_and_mix_with_the_embedded_teacher(run_cli, tmp_path: Pa
         "distill.max_conversations=6",
         "distill.sampling.max_tokens=32",
         "distill.progress=false",
-        "mixture.total=8",
-        "mixture.eval_fraction=0",
-        "mixture.progress=false",
+        "mix.total=8",
+        "mix.eval_fraction=0",
+        "mix.progress=false",
     )
     runs = sorted((tmp_path / "outputs" / "runs").glob("*/*/run.json"))
     record = json.loads(runs[-1].read_text())

@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
+from recipe.data import templates
 from recipe.data.sources import DataError
 from recipe.errors import RecipeError
-from recipe.eval import report
-from recipe.eval import suites as S
 from recipe.runner import run
+from recipe.test import report
+from recipe.test import suites as S
 
 from .fake_together import FakeTogether, default_answer
 
@@ -166,7 +167,7 @@ def together_test(make_cfg, *overrides: str):
         "train=together_lora",
         "train.poll_s=0.01",
         "train.progress=false",
-        "mixture.progress=false",
+        "mix.progress=false",
         "test=model_card",
         # the shipped samples instead of the hub data; the rest of the model card's setup as it is
         "test/suite@test.suites.mqa=mqa_sample",
@@ -176,7 +177,7 @@ def together_test(make_cfg, *overrides: str):
         "test.poll_s=0.01",
         "test.heldout.samples=2",
         *overrides,
-        base=("mixture=samples", "~distill"),
+        base=("mix=samples", "~distill"),
     )
 
 
@@ -188,10 +189,18 @@ def test_together_backed_test_scores_base_and_tuned(make_cfg, tmp_path: Path, fa
     out = Path(entry["artifact"])
     train = json.loads((Path(record["stages"]["train"]["artifact"]) / "manifest.json").read_text())
     completions = [r.body for r in fake.posts("/v1/completions")]
-    # 12 MQA + 2 BookSum + 3 instructions + 2 held-out samples, per model, in the card's prompt format.
+    # 12 MQA + 2 BookSum + 3 instructions + 2 held-out samples, per model, both prompted in the format
+    # Train recorded for the upload (LLaMA-2-7B-32K: the seed's llama2_inst text), never another.
+    assert train["trained_model"]["format"] == {"kind": "text", "template": "llama2_inst"}
     assert len(completions) == 2 * 19
     assert {b["model"] for b in completions} == {train["model_output_name"], BASE}
-    assert all(b["prompt"].startswith("[INST]\n") and b["prompt"].endswith("\n[/INST]\n\n") for b in completions)
+    uploaded = fake.files[fake.posts("/v1/fine-tunes")[0].body["training_file"]].decode()
+    assert all(json.loads(line)["text"].startswith("[INST] ") for line in uploaded.splitlines())
+    for b in completions:
+        question = b["prompt"].removeprefix("[INST] ").removesuffix(" [/INST]")
+        assert b["prompt"] == templates.render_prompt([{"role": "user", "content": question}], "llama2_inst")
+        assert b["prompt"] != question and b["stop"] == ["[INST]"]
+    assert json.loads((out / "manifest.json").read_text())["prompt_format"] == "text template llama2_inst"
     assert all(b["temperature"] == 0.0 for b in completions)
     judged = [r.body for r in fake.posts("/v1/chat/completions")]
     assert len(judged) == 2 * 3 * 2 and {b["model"] for b in judged} == {"meta-llama/Llama-3.3-70B-Instruct-Turbo"}

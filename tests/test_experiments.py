@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from recipe.artifacts import Mixture, PromptFormat
 from recipe.runner import run
+from recipe.stages.train import render_upload
+from recipe.store import ArtifactStore
 
 from .fake_together import FakeTogether
 
@@ -22,10 +25,10 @@ def test_the_seed_experiment_sends_the_seeds_requests(make_cfg, tmp_path: Path, 
         "distill.max_conversations=8",
         f"distill.cache_path={tmp_path}/cache.sqlite",
         "distill.progress=false",
-        "mixture.components.booksum.source=booksum_sample",
-        "mixture.components.mqa.source=mqa_sample",
-        "mixture.total=16",
-        "mixture.progress=false",
+        "mix.components.booksum.source=booksum_sample",
+        "mix.components.mqa.source=mqa_sample",
+        "mix.total=16",
+        "mix.progress=false",
         "train.poll_s=0.01",
         "train.progress=false",
         "test/suite@test.suites.mqa=mqa_sample",
@@ -56,10 +59,16 @@ def test_the_seed_experiment_sends_the_seeds_requests(make_cfg, tmp_path: Path, 
     assert (body["n_epochs"], body["batch_size"], body["learning_rate"]) == (4, 32, 1e-05)
     mixture = Path(record["stages"]["mix"]["artifact"], "mixture.jsonl").read_bytes()
     assert fake.files[body["training_file"]] == mixture and b"[INST]" in mixture
-    # Test: base and tuned in the model card's prompt format; the judge on chat completions.
+    # The mixture is already in the model's format, so it is uploaded as it is; rendering the canonical
+    # conversations for the model gives the same bytes (BookSum and MQA keep their `raw` template).
+    assert train["trained_model"]["format"] == {"kind": "text", "template": "llama2_inst"} and not train["upload_file"]
+    mix = Mixture.load(ArtifactStore(cfg.store_dir).get("mix", record["stages"]["mix"]["fingerprint"]))
+    render_upload(mix, "train", PromptFormat("text", "llama2_inst"), tmp_path / "rendered.jsonl")
+    assert (tmp_path / "rendered.jsonl").read_bytes() == mixture
+    # Test: base and tuned prompted in the format Train recorded; the judge on chat completions.
     tested = [b for b in completions if b["model"] in (tuned, "togethercomputer/LLaMA-2-7B-32K")]
     assert {b["model"] for b in tested} == {tuned, "togethercomputer/LLaMA-2-7B-32K"}
-    assert all(b["prompt"].startswith("[INST]\n") and b["prompt"].endswith("\n[/INST]\n\n") for b in tested)
+    assert all(b["prompt"].startswith("[INST] ") and b["prompt"].endswith(" [/INST]") for b in tested)
     assert {r.body["model"] for r in fake.posts("/v1/chat/completions")} >= {"meta-llama/Llama-3.3-70B-Instruct-Turbo"}
     # Deploy: a dedicated endpoint for the fine-tune, stopped by Together after 15 idle minutes.
     (endpoint,) = fake.posts("/v1/endpoints")

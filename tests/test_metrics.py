@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from recipe.eval.metrics import best_subspan_em, normalize_answer, pair_score, parse_verdict, rouge, win_rate
+from recipe.test.metrics import best_subspan_em, normalize_answer, pair_score, parse_verdict, rouge, win_rate
 
 
 def test_normalisation_drops_case_punctuation_articles_and_extra_space() -> None:

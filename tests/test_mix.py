@@ -39,12 +39,12 @@ def with_components(cfg: DictConfig, sources: dict[str, dict], components: dict[
     with open_dict(cfg):
         for name, source in sources.items():
             cfg.sources[name] = OmegaConf.merge(OmegaConf.structured(SourceConfig), source)
-        cfg.mixture.components = {
+        cfg.mix.components = {
             n: OmegaConf.merge(OmegaConf.structured(ComponentConfig), c) for n, c in components.items()
         }
         for key, value in mixture.items():
-            cfg.mixture[key] = value
-        cfg.mixture.progress = False
+            cfg.mix[key] = value
+        cfg.mix.progress = False
     return cfg
 
 
@@ -68,7 +68,7 @@ def store_entries(tmp_path: Path) -> list[Path]:
 
 
 def test_offline_mixture_counts_strata_sha_and_check(make_cfg, tmp_path: Path) -> None:
-    entry = mix(make_cfg("stages=[mix]", "mixture.progress=false"), tmp_path)
+    entry = mix(make_cfg("stages=[mix]", "mix.progress=false"), tmp_path)
     path, manifest = artifact(entry)
     assert entry["cache_hit"] is False and entry["seconds"] >= 0
     assert manifest["counts"] == {"booksum": 8, "instructions": 16, "mqa": 8}
@@ -88,18 +88,18 @@ def test_offline_mixture_counts_strata_sha_and_check(make_cfg, tmp_path: Path) -
 
 
 def test_second_run_is_a_cache_hit_and_seed_changes_the_file(make_cfg, tmp_path: Path) -> None:
-    first = mix(make_cfg("mixture.progress=false"), tmp_path)
-    again = mix(make_cfg("mixture.progress=true"), tmp_path)  # execution-only key: same fingerprint
+    first = mix(make_cfg("mix.progress=false"), tmp_path)
+    again = mix(make_cfg("mix.progress=true"), tmp_path)  # execution-only key: same fingerprint
     assert again["cache_hit"] and again["fingerprint"] == first["fingerprint"]
     assert artifact(again)[1]["sha256"] == artifact(first)[1]["sha256"]
-    other = mix(make_cfg("mixture.seed=1", "mixture.progress=false"), tmp_path)
+    other = mix(make_cfg("mix.seed=1", "mix.progress=false"), tmp_path)
     assert not other["cache_hit"] and other["fingerprint"] != first["fingerprint"]
     assert artifact(other)[1]["sha256"] != artifact(first)[1]["sha256"]
 
 
 def test_same_config_and_seed_give_a_byte_identical_file(make_cfg, tmp_path: Path) -> None:
-    a = artifact(mix(make_cfg("mixture.progress=false"), tmp_path))[0]
-    b_cfg = make_cfg("mixture.progress=false", f"store_dir={tmp_path / 'other_store'}")
+    a = artifact(mix(make_cfg("mix.progress=false"), tmp_path))[0]
+    b_cfg = make_cfg("mix.progress=false", f"store_dir={tmp_path / 'other_store'}")
     b = artifact(mix(b_cfg, tmp_path))[0]
     assert a != b
     assert (a / "mixture.jsonl").read_bytes() == (b / "mixture.jsonl").read_bytes()
@@ -117,7 +117,7 @@ def test_largest_remainder_sums_exactly() -> None:
 @pytest.mark.parametrize("fmt", ["text", "messages", "prompt_completion"])
 @pytest.mark.parametrize("template", ["llama2_inst", "chatml", "raw", "### {role}:\n{content}\n"])
 def test_every_format_and_template_passes_the_file_check(make_cfg, tmp_path: Path, fmt: str, template: str) -> None:
-    cfg = make_cfg("mixture.progress=false", f"mixture.format={fmt}", f"mixture.template='{template}'")
+    cfg = make_cfg("mix.progress=false", f"mix.format={fmt}", f"mix.template='{template}'")
     path, _manifest = artifact(mix(cfg, tmp_path))
     assert check_file(path / "mixture.jsonl")["format"] == fmt
     first = lines(path / "mixture.jsonl")[0]
@@ -128,7 +128,7 @@ def test_every_format_and_template_passes_the_file_check(make_cfg, tmp_path: Pat
 
 
 def test_per_component_template_overrides_the_mixture_template(make_cfg, tmp_path: Path) -> None:
-    cfg = make_cfg("mixture.progress=false", "mixture.template=llama2_inst", "mixture.components.booksum.template=raw")
+    cfg = make_cfg("mix.progress=false", "mix.template=llama2_inst", "mix.components.booksum.template=raw")
     path, _ = artifact(mix(cfg, tmp_path))
     texts = [x["text"] for x in lines(path / "mixture.jsonl")]
     booksum = [t for t in texts if "Can you write an appropriate summary" in t]
@@ -137,7 +137,7 @@ def test_per_component_template_overrides_the_mixture_template(make_cfg, tmp_pat
 
 
 def test_tokens_unit_splits_a_token_budget(make_cfg, tmp_path: Path) -> None:
-    cfg = make_cfg("mixture.progress=false", "mixture.unit=tokens", "mixture.total=4000", "mixture.eval_fraction=0")
+    cfg = make_cfg("mix.progress=false", "mix.unit=tokens", "mix.total=4000", "mix.eval_fraction=0")
     _, manifest = artifact(mix(cfg, tmp_path))
     by = manifest["tokens_by_component"]
     # Each component reaches its budget, overshooting by less than one record.
@@ -151,12 +151,12 @@ def test_tokens_unit_splits_a_token_budget(make_cfg, tmp_path: Path) -> None:
 def test_too_small_source_is_a_clear_error_and_nothing_is_stored(make_cfg, tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "small.jsonl", pc_records(5))
     cfg = one_source(make_cfg(), "small", {"kind": "prompt_completion", "data_files": [str(src)]}, total=8)
-    with pytest.raises(RecipeError, match=r"mixture.components.small: needs 8 examples .* has 5 .*replace=true"):
+    with pytest.raises(RecipeError, match=r"mix.components.small: needs 8 examples .* has 5 .*replace=true"):
         run(cfg, run_dir=tmp_path)
     assert store_entries(tmp_path) == []
     assert json.loads((tmp_path / "run.json").read_text())["stages"]["mix"]["status"] == "failed"
     with open_dict(cfg):
-        cfg.mixture.components.small.replace = True
+        cfg.mix.components.small.replace = True
     path, _manifest = artifact(mix(cfg, tmp_path))
     rows = lines(path / "mixture.jsonl")
     assert len(rows) == 8 and len({json.dumps(r) for r in rows}) == 5  # every record once, 3 repeated
@@ -262,30 +262,30 @@ def test_bad_input_names_the_file_and_line(make_cfg, tmp_path: Path, content: by
     ("overrides", "message"),
     [
         (
-            ["mixture.components.booksum.share=0.5"],
+            ["mix.components.booksum.share=0.5"],
             r"shares must sum to 1, got 1.25 \(booksum=0.5, instructions=0.5, mqa=0.25\)",
         ),
-        (["mixture.total=0"], r"mixture.total=0: must be a positive"),
-        (["mixture.total=-3"], r"mixture.total=-3"),
-        (["mixture.components.mqa.source=nope"], r"mixture.components.mqa.source='nope': no such source"),
-        (["+mixture.components.extra.share=0.1"], r"mixture.components.extra"),
-        (["mixture.template=mine"], r"mixture.template='mine': not a template"),
-        (["mixture.eval_fraction=1.5"], r"mixture.eval_fraction=1.5"),
-        (["mixture.tokenizer=gpt9"], r"mixture.tokenizer='gpt9'"),
+        (["mix.total=0"], r"mix.total=0: must be a positive"),
+        (["mix.total=-3"], r"mix.total=-3"),
+        (["mix.components.mqa.source=nope"], r"mix.components.mqa.source='nope': no such source"),
+        (["+mix.components.extra.share=0.1"], r"mix.components.extra"),
+        (["mix.template=mine"], r"mix.template='mine': not a template"),
+        (["mix.eval_fraction=1.5"], r"mix.eval_fraction=1.5"),
+        (["mix.tokenizer=gpt9"], r"mix.tokenizer='gpt9'"),
         (
-            ["mixture.components.mqa.strata=colour"],
-            r"mqa\.jsonl:1: missing field 'colour' named by mixture.components.mqa.strata",
+            ["mix.components.mqa.strata=colour"],
+            r"mqa\.jsonl:1: missing field 'colour' named by mix.components.mqa.strata",
         ),
     ],
 )
 def test_bad_config_is_a_clear_error(make_cfg, tmp_path: Path, overrides: list[str], message: str) -> None:
     with pytest.raises(Exception, match=message):
-        run(make_cfg("mixture.progress=false", *overrides), run_dir=tmp_path)
+        run(make_cfg("mix.progress=false", *overrides), run_dir=tmp_path)
     assert store_entries(tmp_path) == []
 
 
 def test_unknown_source_file_is_named(make_cfg, tmp_path: Path) -> None:
-    cfg = make_cfg("mixture.progress=false")
+    cfg = make_cfg("mix.progress=false")
     with open_dict(cfg):
         cfg.sources.booksum_sample.data_files = [str(tmp_path / "missing-*.jsonl")]
     with pytest.raises(RecipeError, match=r"sources.booksum_sample.data_files: '.*missing-\*.jsonl' matches no file"):
@@ -293,7 +293,7 @@ def test_unknown_source_file_is_named(make_cfg, tmp_path: Path) -> None:
 
 
 def test_manifest_config_holds_no_paths_only_content_hashes(make_cfg, tmp_path: Path) -> None:
-    _, manifest = artifact(mix(make_cfg("mixture.progress=false"), tmp_path))
+    _, manifest = artifact(mix(make_cfg("mix.progress=false"), tmp_path))
     files = manifest["config"]["sources"]["booksum_sample"]["files"]
     assert files[0]["name"] == "booksum.jsonl" and len(files[0]["sha256"]) == 64
     assert OmegaConf.create(manifest["config"])  # plain JSON-able
@@ -324,17 +324,17 @@ def test_an_unreadable_parquet_file_names_the_source(make_cfg, tmp_path: Path) -
 
 def test_rescale_keeps_one_share_and_scales_the_others(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg(
-        "mixture.progress=false",
-        "mixture.rescale=instructions",
-        "mixture.components.instructions.share=0.6",
-        "mixture.total=20",
-        "mixture.eval_fraction=0",
+        "mix.progress=false",
+        "mix.rescale=instructions",
+        "mix.components.instructions.share=0.6",
+        "mix.total=20",
+        "mix.eval_fraction=0",
     )
     _, manifest = artifact(mix(cfg, tmp_path))
     assert manifest["shares"] == {"booksum": 0.2, "instructions": 0.6, "mqa": 0.2}
     assert manifest["counts"] == {"booksum": 4, "instructions": 12, "mqa": 4}
-    with pytest.raises(RecipeError, match=r"mixture.rescale='books': not a component"):
-        run(make_cfg("mixture.rescale=books"), run_dir=tmp_path)
+    with pytest.raises(RecipeError, match=r"mix.rescale='books': not a component"):
+        run(make_cfg("mix.rescale=books"), run_dir=tmp_path)
 
 
 def test_a_sweep_over_one_share_reuses_one_distill(run_cli, tmp_path: Path) -> None:

@@ -13,16 +13,16 @@ from recipe.stages import StageError
 
 
 def test_target_outside_the_recipe_package_is_refused(make_cfg, tmp_path: Path) -> None:
-    cfg = make_cfg("mixture._target_=os.system")
-    with pytest.raises(StageError, match=r"mixture._target_='os.system' is refused.*recipe\.\*"):
+    cfg = make_cfg("mix._target_=os.system")
+    with pytest.raises(StageError, match=r"mix._target_='os.system' is refused.*recipe\.\*"):
         run(cfg, run_dir=tmp_path)
 
 
 def test_target_that_is_not_a_stage_is_refused(make_cfg, tmp_path: Path) -> None:
     with pytest.raises(StageError, match="not a recipe Stage class"):
-        run(make_cfg("mixture._target_=recipe.store.ArtifactStore"), run_dir=tmp_path)
+        run(make_cfg("mix._target_=recipe.store.ArtifactStore"), run_dir=tmp_path)
     with pytest.raises(StageError, match="cannot be imported"):
-        run(make_cfg("mixture._target_=recipe.stages.nothing.Here"), run_dir=tmp_path)
+        run(make_cfg("mix._target_=recipe.stages.nothing.Here"), run_dir=tmp_path)
 
 
 def test_unknown_or_unconfigured_stage_is_an_error(make_cfg, tmp_path: Path) -> None:
@@ -40,13 +40,13 @@ def test_dry_run_plans_without_writing_the_store(make_cfg, tmp_path: Path, capsy
     assert not (tmp_path / "store").exists()
     assert "planned" in capsys.readouterr().out
     # After a real run the plan says it would reuse the artifact.
-    run(make_cfg("mixture.progress=false"), run_dir=tmp_path)
+    run(make_cfg("mix.progress=false"), run_dir=tmp_path)
     again = run(make_cfg("dry_run=true"), run_dir=tmp_path)["stages"]["mix"]
     assert again["cache_hit"] and again["plan"].startswith("reuse ")
 
 
 def test_run_json_has_the_contract_fields(make_cfg, tmp_path: Path) -> None:
-    run(make_cfg("mixture.progress=false"), run_dir=tmp_path)
+    run(make_cfg("mix.progress=false"), run_dir=tmp_path)
     record = json.loads((tmp_path / "run.json").read_text())
     mix = record["stages"]["mix"]
     assert record["status"] == "ok"
@@ -55,8 +55,8 @@ def test_run_json_has_the_contract_fields(make_cfg, tmp_path: Path) -> None:
 
 
 def test_fingerprint_ignores_execution_keys_and_sample_location(make_cfg, tmp_path: Path) -> None:
-    base = run(make_cfg("mixture.progress=false", "dry_run=true"), run_dir=tmp_path)["stages"]["mix"]["fingerprint"]
-    progress = run(make_cfg("mixture.progress=true", "dry_run=true"), run_dir=tmp_path)["stages"]["mix"]["fingerprint"]
+    base = run(make_cfg("mix.progress=false", "dry_run=true"), run_dir=tmp_path)["stages"]["mix"]["fingerprint"]
+    progress = run(make_cfg("mix.progress=true", "dry_run=true"), run_dir=tmp_path)["stages"]["mix"]["fingerprint"]
     assert base == progress
     # The same bytes at another path fingerprint the same; other bytes do not.
     cfg = make_cfg("dry_run=true")
@@ -77,7 +77,7 @@ def test_a_crashed_build_leaves_no_complete_artifact(make_cfg, tmp_path: Path, m
 
     monkeypatch.setattr(mix_module.Mix, "_write", boom)
     with pytest.raises(KeyboardInterrupt):
-        run(make_cfg("mixture.progress=false"), run_dir=tmp_path)
+        run(make_cfg("mix.progress=false"), run_dir=tmp_path)
     assert list((tmp_path / "store" / "mix").iterdir()) == []
     assert json.loads((tmp_path / "run.json").read_text())["stages"]["mix"]["status"] == "failed"
 

@@ -14,7 +14,7 @@ from recipe.cli import CONF_DIR
 from .conftest import SHARE_SWEEP
 from .fake_together import FakeTogether, default_answer
 
-SAMPLES = ("stages=[mix]", "mixture=samples", "~distill", "~train", "~test", "~deploy", "mixture.progress=false")
+SAMPLES = ("stages=[mix]", "mix=samples", "~distill", "~train", "~test", "~deploy", "mix.progress=false")
 
 
 def sweep_root(tmp_path: Path) -> Path:
@@ -28,12 +28,12 @@ def summary_rows(root: Path) -> list[dict[str, str]]:
 
 
 def test_a_failed_job_is_marked_and_the_others_still_run(run_cli, tmp_path: Path) -> None:
-    proc = run_cli("-m", *SAMPLES, "mixture.total=8,-3,12", check=False)
+    proc = run_cli("-m", *SAMPLES, "mix.total=8,-3,12", check=False)
     assert proc.returncode != 0  # the sweep as a whole reports the failure
-    assert "error: mixture.total=-3: must be a positive number" in proc.stderr
+    assert "error: mix.total=-3: must be a positive number" in proc.stderr
     root = sweep_root(tmp_path)
     rows = summary_rows(root)
-    assert [(r["job"], r["mixture.total"], r["status"]) for r in rows] == [
+    assert [(r["job"], r["mix.total"], r["status"]) for r in rows] == [
         ("0", "8", "ok"),
         ("1", "-3", "failed"),
         ("2", "12", "ok"),
@@ -43,7 +43,7 @@ def test_a_failed_job_is_marked_and_the_others_still_run(run_cli, tmp_path: Path
 
 
 def test_fail_fast_stops_the_sweep_at_the_first_failure(run_cli, tmp_path: Path) -> None:
-    proc = run_cli("-m", *SAMPLES, "mixture.total=-3,8,12", "sweep.fail_fast=true", check=False)
+    proc = run_cli("-m", *SAMPLES, "mix.total=-3,8,12", "sweep.fail_fast=true", check=False)
     assert proc.returncode != 0 and "sweep.fail_fast: job 0 failed" in proc.stderr + proc.stdout
     root = sweep_root(tmp_path)
     assert [(r["job"], r["status"]) for r in summary_rows(root)] == [("0", "failed"), ("1", "skipped")]
@@ -54,13 +54,13 @@ def test_preview_lists_every_job_and_runs_nothing(run_cli, tmp_path: Path) -> No
     out = run_cli(
         "-m",
         *SAMPLES,
-        "mixture.rescale=instructions",
-        "mixture.components.instructions.share=0.4,0.6",
-        "mixture.seed=0,1",
+        "mix.rescale=instructions",
+        "mix.components.instructions.share=0.4,0.6",
+        "mix.seed=0,1",
         "sweep.preview=true",
     ).stdout
     jobs = [line for line in out.splitlines() if line.startswith("job ")]
-    assert len(jobs) == 4 and "mixture.components.instructions.share=0.6 mixture.seed=1" in jobs[3]
+    assert len(jobs) == 4 and "mix.components.instructions.share=0.6 mix.seed=1" in jobs[3]
     assert out.count("planned") >= 4 and not (tmp_path / "store").exists()
     assert not list((tmp_path / "outputs").glob("store/mix/*"))
     assert {r["status"] for r in summary_rows(sweep_root(tmp_path))} == {"planned"}
@@ -126,7 +126,7 @@ def test_a_parallel_offline_sweep_pays_distill_once_and_plots_test(
     conversations = Path(records[0]["stages"]["distill"]["artifact"], "conversations.jsonl").read_text()
     assert distilled == sum(len(json.loads(line)["messages"]) // 2 for line in conversations.splitlines())
     rows = summary_rows(root)
-    assert [r["mixture.components.instructions.share"] for r in rows] == ["0.25", "0.5", "0.75"]
+    assert [r["mix.components.instructions.share"] for r in rows] == ["0.25", "0.5", "0.75"]
     assert all(r["status"] == "ok" for r in rows)
     assert {"mqa.accuracy", "booksum.rouge1", "alpaca_eval.win_rate"} <= set(rows[0])
     assert all(r["booksum.rouge1"] != "" for r in rows)

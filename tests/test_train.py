@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from recipe.data import templates
 from recipe.data.filecheck import FileCheckError
 from recipe.errors import RecipeError
 from recipe.runner import run
@@ -28,7 +29,7 @@ def train_cfg(make_cfg, *overrides: str, train: str = "together_lora"):
         "train.poll_s=0.01",
         "train.retry_backoff_s=0.01",
         "train.progress=false",
-        "mixture.progress=false",
+        "mix.progress=false",
         *overrides,
         base=NO_DISTILL,
     )
@@ -67,14 +68,23 @@ def test_mixture_to_completed_job_with_the_seed_hyperparameters(make_cfg, tmp_pa
     ]
     assert fake.posts("/v1/files")[0].body == {
         "purpose": "fine-tune",
-        "file_name": "mixture.jsonl",
+        "file_name": "upload.jsonl",
         "file_type": "jsonl",
     }
+    # mix=samples is ChatML text (for SmolLM2); LLaMA-2-7B-32K is trained in [INST] text, so the upload
+    # is rendered once, from the mixture's conversations, for the target model.
     uploaded = fake.files[body["training_file"]]
     mix = manifest(record, "mix")
-    assert uploaded == (Path(record["stages"]["mix"]["artifact"]) / "mixture.jsonl").read_bytes()
+    mix_dir = Path(record["stages"]["mix"]["artifact"])
+    assert b"<|im_start|>" in (mix_dir / "mixture.jsonl").read_bytes() and b"<|im_start|>" not in uploaded
+    conversations = [json.loads(line)["messages"] for line in (mix_dir / "conversations.jsonl").open()]
+    texts = [json.loads(line)["text"] for line in uploaded.decode().splitlines()]
+    assert texts == [templates.render(c, "llama2_inst") for c in conversations] and len(texts) == 32
+    assert all(t.startswith("[INST] ") for t in texts)
     m = manifest(record)
-    assert (m["job_id"] == create.body and False) or m["job_id"].startswith("ft-")
+    assert m["trained_model"]["format"] == {"kind": "text", "template": "llama2_inst"}
+    assert m["upload_file"] == "upload.jsonl" and (Path(entry["artifact"]) / "upload.jsonl").read_bytes() == uploaded
+    assert m["job_id"].startswith("ft-")
     assert m["model_output_name"] and m["status"] == "completed" and m["checkpoints"][0]["step"] == 4
     assert m["price_estimate"]["estimated_total_price"] > 0 and m["total_price"] == 1.25
     assert mix["sha256"]
@@ -100,6 +110,32 @@ def test_full_training_and_the_eval_split(make_cfg, tmp_path: Path, fake: FakeTo
     assert create.body["lr_scheduler"]["lr_scheduler_args"] == {"min_lr_ratio": 0.0, "num_cycles": 0.5}
 
 
+def test_the_upload_is_rendered_for_the_target_model(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    # A model of unknown format takes `messages`: Together applies its own chat template.
+    record = run(train_cfg(make_cfg, "train.model=org/chat-model"), run_dir=tmp_path)
+    uploaded = fake.files[fake.posts("/v1/fine-tunes")[0].body["training_file"]].decode().splitlines()
+    mix_dir = Path(record["stages"]["mix"]["artifact"])
+    assert [json.loads(line) for line in uploaded] == [
+        {"messages": json.loads(line)["messages"]} for line in (mix_dir / "conversations.jsonl").open()
+    ]
+    assert manifest(record)["trained_model"]["format"] == {"kind": "chat_template", "template": None}
+    # Formats the seed's base model is known not to take are refused before any request.
+    requests = len(fake.requests)
+    with pytest.raises(
+        RecipeError, match=r"train.format=messages: togethercomputer/LLaMA-2-7B-32K has no chat template"
+    ):
+        run(train_cfg(make_cfg, "train.format=messages"), run_dir=tmp_path)
+    with pytest.raises(
+        RecipeError, match=r"train.template='chatml': togethercomputer/LLaMA-2-7B-32K is trained .* llama2_inst"
+    ):
+        run(train_cfg(make_cfg, "train.format=text", "train.template=chatml"), run_dir=tmp_path)
+    with pytest.raises(RecipeError, match=r"mix.template='chatml': togethercomputer/LLaMA-2-7B-32K"):
+        run(train_cfg(make_cfg, "train.format=mixture"), run_dir=tmp_path)  # mix=samples is ChatML
+    with pytest.raises(RecipeError, match=r"train.format=text: set train.template .* for org/chat-model"):
+        run(train_cfg(make_cfg, "train.format=text", "train.model=org/chat-model"), run_dir=tmp_path)
+    assert len(fake.requests) == requests
+
+
 def test_transient_failures_on_every_step_are_survived(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
     fake.fail(503, 1, paths=("/v1/files",))
     fake.fail(503, 2, paths=("/upload/*",))  # the SDKs never retry the presigned PUT
@@ -118,11 +154,13 @@ def test_the_same_mixture_twice_is_uploaded_once(make_cfg, tmp_path: Path, fake:
 
 
 def test_a_mixture_that_breaks_a_rule_sends_nothing(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
-    record = run(make_cfg("stages=[mix]", "mixture.progress=false"), run_dir=tmp_path)
+    record = run(make_cfg("stages=[mix]", "mix.progress=false"), run_dir=tmp_path)
     mixture = Path(record["stages"]["mix"]["artifact"]) / "mixture.jsonl"
     mixture.write_bytes(mixture.read_bytes() + b'{"text": "ok", "extra": 1}\n')  # damaged after the fact
+    # train.format=mixture uploads mixture.jsonl as Mix wrote it (ChatML: fine for a model of unknown format).
+    overrides = ("stages=[train]", "train=together_lora", "train.format=mixture", "train.model=org/chatml-model")
     with pytest.raises(FileCheckError, match=r"mixture.jsonl:33: unexpected keys \['extra'\]"):
-        run(make_cfg("stages=[train]", "train=together_lora", base=NO_DISTILL), run_dir=tmp_path)
+        run(make_cfg(*overrides, base=NO_DISTILL), run_dir=tmp_path)
     assert fake.requests == []
 
 
@@ -131,11 +169,11 @@ def test_kill_9_while_polling_then_rerun_attaches_to_the_same_job(tmp_path: Path
     args = [
         RECIPE,
         "stages=[mix,train]",
-        "mixture=samples",
+        "mix=samples",
         "train=together_lora",
         "train.poll_s=0.02",
         "train.progress=false",
-        "mixture.progress=false",
+        "mix.progress=false",
     ]
     env = {**os.environ, "TOGETHER_API_KEY": KEY, "TOGETHER_BASE_URL": fake.base_url}
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -198,8 +236,8 @@ def test_download_and_multipart_upload(make_cfg, tmp_path: Path, fake: FakeToget
     (initiate,) = fake.posts("/v1/files/multipart/initiate")
     assert initiate.body["num_parts"] == 3 and len(fake.posts("/v1/files/multipart/complete")) == 1
     training_file = fake.posts("/v1/fine-tunes")[0].body["training_file"]
-    assert fake.files[training_file] == (Path(record["stages"]["mix"]["artifact"]) / "mixture.jsonl").read_bytes()
     m = manifest(record)
+    assert fake.files[training_file] == (Path(record["stages"]["train"]["artifact"]) / m["upload_file"]).read_bytes()
     assert (
         (Path(record["stages"]["train"]["artifact"]) / m["download"]["file"]).stat().st_size
         == m["download"]["bytes"]
@@ -220,7 +258,7 @@ def test_wandb_key_is_sent_but_never_stored(make_cfg, tmp_path: Path, fake: Fake
 def test_cli_mix_and_train_fill_run_json(run_cli, tmp_path: Path, fake: FakeTogether) -> None:
     run_cli(
         "stages=[mix,train]",
-        "mixture=samples",
+        "mix=samples",
         "train=together_lora",
         "train.poll_s=0.01",
         "train.progress=false",

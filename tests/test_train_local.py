@@ -21,10 +21,10 @@ from .conftest import RECIPE  # noqa: E402
 # A small run on the shipped samples that still learns something measurable on two CPU cores.
 SMALL = (
     "stages=[mix,train]",
-    "mixture=samples",
-    "mixture.total=6",
-    "mixture.eval_fraction=0.34",
-    "mixture.progress=false",
+    "mix=samples",
+    "mix.total=6",
+    "mix.eval_fraction=0.34",
+    "mix.progress=false",
     "train.max_seq_length=256",
     "train.n_epochs=4",
     "train.learning_rate=1e-3",
@@ -143,10 +143,10 @@ def test_data_parallel_through_torchrun_matches_one_process(run_cli, tmp_path: P
     same weights."""
     common = (
         "stages=[mix,train]",
-        "mixture=samples",
-        "mixture.total=8",
-        "mixture.eval_fraction=0",
-        "mixture.progress=false",
+        "mix=samples",
+        "mix.total=8",
+        "mix.eval_fraction=0",
+        "mix.progress=false",
         f"train.model={tiny_model_dir}",
         "train.max_seq_length=128",
         "train.max_steps=3",
@@ -192,10 +192,10 @@ def test_kill_9_during_data_parallel_training_stops_the_workers_and_resumes(
     args = [
         RECIPE,
         "stages=[mix,train]",
-        "mixture=samples",
-        "mixture.total=8",
-        "mixture.eval_fraction=0",
-        "mixture.progress=false",
+        "mix=samples",
+        "mix.total=8",
+        "mix.eval_fraction=0",
+        "mix.progress=false",
         f"train.model={tiny_model_dir}",
         "train.max_seq_length=128",
         "train.devices=2",
@@ -213,3 +213,29 @@ def test_kill_9_during_data_parallel_training_stops_the_workers_and_resumes(
     assert not ddp_workers(work), "torchrun or its workers outlived the killed run"
     manifest = rerun_and_check_it_resumed(args, tmp_path, killed_at)
     assert manifest["world_size"] == 2 and manifest["steps"] > killed_at
+
+
+@pytest.mark.parametrize("fmt", ["text", "prompt_completion"])
+def test_rendered_mixtures_train_on_the_original_conversations(make_cfg, tmp_path: Path, fmt: str) -> None:
+    """Whatever mix.format renders mixture.jsonl as, the trainer tokenises the conversations with the
+    model's own chat template exactly once: no markup inside a message's content."""
+    from recipe.artifacts import Mixture
+    from recipe.providers.local.trainer import load_tokenizer, tokenize
+    from recipe.runner import run
+    from recipe.store import ArtifactStore
+
+    def mixture(*overrides: str) -> Mixture:
+        record = run(make_cfg("stages=[mix]", "mix.progress=false", *overrides), run_dir=tmp_path)
+        entry = record["stages"]["mix"]
+        return Mixture.load(ArtifactStore(tmp_path / "store").get("mix", entry["fingerprint"]))
+
+    original = mixture("mix.format=messages")
+    originals = [json.loads(line)["messages"] for line in (original.dir / "mixture.jsonl").open()]
+    rendered = mixture(f"mix.format={fmt}", "mix.template=chatml")
+    assert (rendered.dir / "mixture.jsonl").read_bytes() != (original.dir / "mixture.jsonl").read_bytes()
+    assert rendered.conversations("train") == originals and rendered.conversations("eval")
+    tokenizer = load_tokenizer(None)
+    for messages, expected in zip(rendered.conversations("train"), originals, strict=True):
+        ids = tokenize(tokenizer, messages, train_on_inputs=False).input_ids
+        assert ids == tokenizer.apply_chat_template(expected, tokenize=True, return_dict=False)
+        assert not any("<|im_start|>" in m["content"] for m in messages)  # no doubled markup

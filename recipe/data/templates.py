@@ -79,6 +79,36 @@ def render(messages: list[Message], template: str) -> str:
     return render_prompt(messages[:-1], template) + render_completion(messages[-1], template)
 
 
+def example(messages: list[Message], fmt: str, template: str) -> dict[str, object]:
+    """One training-file record of a conversation: `text` (rendered with `template`), `messages`,
+    or `prompt_completion` (everything before the last answer, and the answer)."""
+    if fmt == "messages":
+        return {"messages": messages}
+    if fmt == "prompt_completion":
+        return {
+            "prompt": render_prompt(messages[:-1], template),
+            "completion": render_completion(messages[-1], template),
+        }
+    return {"text": render(messages, template)}
+
+
+# Hosted base models whose prompt format is known, for rendering a fine-tune's upload file. The seed's
+# base model (LLaMA-2-7B-32K) has no chat template: it was trained, and its Instruct model is tested,
+# in [INST] text. Pattern -> (text template, whether the model has a chat template of its own).
+KNOWN_MODELS: tuple[tuple[re.Pattern[str], str, bool], ...] = (
+    (re.compile(r"llama-2-7b-32k", re.IGNORECASE), "llama2_inst", False),
+    (re.compile(r"llama-2-\d+b-chat", re.IGNORECASE), "llama2_inst", True),
+)
+
+
+def known_format(model: str) -> tuple[str, bool] | None:
+    """(text template, has a chat template) of a known hosted model, or None."""
+    for pattern, template, chat in KNOWN_MODELS:
+        if pattern.search(model):
+            return template, chat
+    return None
+
+
 def parse(text: str, template: str) -> list[Message]:
     """Split a templated conversation back into messages (for `text` sources).
 

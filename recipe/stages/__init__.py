@@ -2,8 +2,10 @@
 
 A stage is a class named by `_target_` in its config node (allow-listed to `recipe.*`). The runner
 builds it with `Stage(config=<its node>, root=<the whole config>)`, asks it for its semantic config
-(what its fingerprint hashes) and the upstream stages it needs, and calls `run(inputs, out_dir)`,
-which writes outputs into `out_dir` and returns the manifest fields. Stages never import the runner.
+(what its fingerprint hashes: its node minus the keys its `schema` marks execution-only) and the
+upstream stages it needs, and calls `run(inputs, out_dir)`, which writes outputs into `out_dir` and
+returns the manifest fields. Stages read upstream artifacts through `recipe.artifacts`; they never
+import the runner or each other.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, ClassVar
 
 from omegaconf import DictConfig, OmegaConf
 
+from recipe.config import semantic_view
 from recipe.errors import RecipeError
 from recipe.providers.http import Client, together_base_url
 from recipe.secrets import strip_secrets, together_api_key
@@ -21,7 +24,7 @@ from recipe.store import Artifact, ArtifactStore
 # The recipe's order; `stages=[...]` runs a subset of these, always in this order.
 STAGE_ORDER = ("distill", "mix", "train", "test", "deploy")
 # Where each stage's config node lives in the composed config.
-CONFIG_KEY = {"distill": "distill", "mix": "mixture", "train": "train", "test": "test", "deploy": "deploy"}
+CONFIG_KEY = {name: name for name in STAGE_ORDER}
 
 
 class StageError(RecipeError):
@@ -47,8 +50,9 @@ class Stage:
     name: ClassVar[str]
     # Bump when a change in code changes what the stage produces: old artifacts stop matching.
     version: ClassVar[str]
-    # Keys of the stage's node that change how, not what, it runs: left out of the fingerprint.
-    execution_keys: ClassVar[frozenset[str]] = frozenset()
+    # The structured config of the stage's node; its execution-only fields (recipe.config.execution)
+    # are left out of the fingerprint.
+    schema: ClassVar[type]
     # False for stages whose effect is not a file (a server answering now): run every time.
     reusable: ClassVar[bool] = True
 
@@ -80,7 +84,7 @@ class Stage:
         """What the fingerprint hashes: the resolved node minus execution-only keys and secrets."""
         node = OmegaConf.to_container(self.config, resolve=True, enum_to_str=True)
         assert isinstance(node, dict)
-        return strip_secrets({k: v for k, v in node.items() if k not in self.execution_keys})
+        return strip_secrets(semantic_view(self.schema, node))
 
     def plan(self, inputs: dict[str, Artifact | None]) -> str:
         """One or two lines saying what `run` would do (for dry_run); must not do slow or paid work."""

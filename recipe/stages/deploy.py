@@ -15,16 +15,19 @@ The manifest records URL, model, endpoint id, hardware, state, the smoke query a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from recipe.artifacts import Deployment, PromptFormat, TrainedModel
+from recipe.config import LocalDeployConfig, TogetherDeployConfig
 from recipe.providers.http import Client
-from recipe.providers.local.server import model_server, serving_engine
-from recipe.providers.together import cheapest_hardware, wait_endpoint_started
+from recipe.providers.local.server import serving_engine
+from recipe.providers.model_client import completion_request
+from recipe.providers.serving import DedicatedEndpoints, LocalServing, local_model
 from recipe.stages import Stage, StageError
 from recipe.store import Artifact
 
@@ -32,23 +35,39 @@ log = logging.getLogger(__name__)
 ENDPOINTS = "together-endpoints"
 
 
-def smoke(client: Client, model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
-    """One chat request: the answer and how long it took."""
+def smoke(client: Client, model: str, prompt: str, max_tokens: int, fmt: PromptFormat) -> dict[str, Any]:
+    """One request in the model's trained format: the answer and how long it took."""
     started = time.monotonic()
-    response = client.post_json(
-        "chat/completions",
-        {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens},
-    )
-    answer = (response["choices"][0]["message"]["content"] or "").strip()
-    return {"prompt": prompt, "answer": answer, "latency_s": round(time.monotonic() - started, 3)}
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
+    if fmt.kind == "chat_template":
+        response = client.post_json("chat/completions", {**body, "messages": [{"role": "user", "content": prompt}]})
+        answer = response["choices"][0]["message"]["content"] or ""
+    else:
+        assert fmt.template is not None
+        response = client.post_json("completions", {**body, **completion_request([_user(prompt)], fmt.template)})
+        answer = response["choices"][0]["text"] or ""
+    return {"prompt": prompt, "answer": answer.strip(), "latency_s": round(time.monotonic() - started, 3)}
 
 
-def snippets(url: str, model: str, key_env: str | None) -> str:
+def _user(prompt: str) -> dict[str, str]:
+    return {"role": "user", "content": prompt}
+
+
+def snippets(url: str, model: str, key_env: str | None, fmt: PromptFormat) -> str:
     auth = f' -H "Authorization: Bearer ${key_env}"' if key_env else ""
     key = f'os.environ["{key_env}"]' if key_env else '"none"'
+    if fmt.kind == "text":
+        assert fmt.template is not None
+        request = {"model": model, **completion_request([_user("Hello!")], fmt.template)}
+        return (
+            f"  # trained in {fmt.describe()}: prompt it through raw completions in that format\n"
+            f"  curl {url}/completions -H 'Content-Type: application/json'{auth} \\\n"
+            f"    -d '{json.dumps(request)}'\n"
+            f"  # or: recipe-chat 'Hello!'"
+        )
     return (
         f"  curl {url}/chat/completions -H 'Content-Type: application/json'{auth} \\\n"
-        f"    -d '{json.dumps({'model': model, 'messages': [{'role': 'user', 'content': 'Hello!'}]})}'\n\n"
+        f"    -d '{json.dumps({'model': model, 'messages': [_user('Hello!')]})}'\n\n"
         f"  import os; from openai import OpenAI\n"
         f"  client = OpenAI(base_url={url!r}, api_key={key})\n"
         f"  print(client.chat.completions.create(model={model!r}, "
@@ -63,49 +82,37 @@ class LocalDeploy(Stage):
     name = "deploy"
     version = "1"
     reusable = False  # a server answering now is not a file: deploy every time
-    execution_keys = frozenset({"engine", "host", "port", "device", "foreground", "startup_timeout_s"})
+    schema = LocalDeployConfig
 
     def upstream(self) -> tuple[str, ...]:
         return ("train",)
 
     def plan(self, inputs: dict[str, Artifact | None]) -> str:
-        return f"serve the trained model on {self.config.host} with {self._engine()}, then a smoke query"
-
-    def _engine(self) -> str:
-        return serving_engine(self.config.engine.value)
+        return f"serve the trained model on {self.config.host} with {serving_engine(self.config.engine.value)}, then a smoke query"
 
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
         c = self.config
-        train = inputs["train"].manifest
-        if train.get("provider") != "local":
+        trained = TrainedModel.load(inputs["train"])
+        if trained.provider != "local":
             raise StageError(
                 "deploy=local needs a locally trained model (train=local_lora|local_full); "
                 "for a Together fine-tune use deploy=together_dedicated or together_serverless"
             )
-        model_dir = inputs["train"].path / train["merged"]
-        engine = self._engine()
-        options = {"host": c.host, "port": c.port, "startup_timeout_s": c.startup_timeout_s}
-        with model_server(model_dir, engine, c.device, **options) as server:
-            model = server.model  # type: ignore[attr-defined]
-            client = Client(server.base_url, None, max_retries=2, timeout_s=600)
-            answer = smoke(client, model, c.smoke_prompt, c.smoke_max_tokens)
-            client.close()
+        serving = LocalServing(c.engine.value, c.device, c.host, c.port, c.startup_timeout_s)
+        with local_model(trained.local_dir, serving, which="tuned", weights=trained.weights, fmt=trained.format) as m:
+            answer = smoke(m.client, m.model, c.smoke_prompt, c.smoke_max_tokens, m.format)
+            engine = m.provider.removeprefix("local-")
             print(
-                f"\nserving {model}\n  at {server.base_url} ({engine})\n  smoke: {answer['prompt']!r} -> "
-                f"{answer['answer']!r} in {answer['latency_s']} s\n\n{snippets(server.base_url, model, None)}\n"
+                f"\nserving {m.model}\n  at {m.url} ({engine})\n  smoke: {answer['prompt']!r} -> "
+                f"{answer['answer']!r} in {answer['latency_s']} s\n\n{snippets(m.url, m.model, None, m.format)}\n"
             )
-            manifest = {
-                "provider": "local",
-                "engine": engine,
-                "url": server.base_url,
-                "model": model,
-                "model_dir": str(model_dir),
-                "smoke": answer,
-            }
+            deployment = Deployment("local", m.url, m.model, model_dir=str(trained.local_dir), format=asdict(m.format))
+            manifest = {**deployment.manifest(), "provider": "local", "engine": engine, "smoke": answer}
             if c.foreground:
                 print("serving until Ctrl-C ...", flush=True)
                 try:
-                    server.wait()
+                    assert m.server is not None
+                    m.server.wait()
                 except KeyboardInterrupt:
                     print("\nstopping the server", flush=True)
         manifest["state"] = "stopped"
@@ -118,7 +125,7 @@ class TogetherDeploy(Stage):
     name = "deploy"
     version = "1"
     reusable = False  # the endpoint's state changes; each run reports it anew
-    execution_keys = frozenset({"action", "poll_s", "timeout_s", "max_retries", "retry_backoff_s", "progress"})
+    schema = TogetherDeployConfig
 
     def upstream(self) -> tuple[str, ...]:
         return ("train",)
@@ -130,91 +137,86 @@ class TogetherDeploy(Stage):
 
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
         c = self.config
-        train = inputs["train"].manifest
-        model = train.get("model_output_name")
-        if train.get("provider") != "together" or not model:
+        trained = TrainedModel.load(inputs["train"])
+        if trained.provider != "together":
             raise StageError("deploy=together_* needs a Together fine-tune (train=together_lora|together_full)")
+        model, fmt = trained.model, trained.format
         client = self.together_client()
-        base_url = client.base_url
+        url = client.base_url
         try:
             if not c.dedicated:
-                answer = smoke(client, model, c.smoke_prompt, c.smoke_max_tokens)
+                answer = smoke(client, model, c.smoke_prompt, c.smoke_max_tokens, fmt)
                 print(
                     f"\nserverless {model}: {answer['answer']!r} in {answer['latency_s']} s\n\n"
-                    f"{snippets(base_url, model, 'TOGETHER_API_KEY')}\n"
+                    f"{snippets(url, model, 'TOGETHER_API_KEY', fmt)}\n"
                 )
-                return {"provider": "together", "mode": "serverless", "url": base_url, "model": model, "smoke": answer}
-            return self._dedicated(client, base_url, model)
+                deployment = Deployment("together", url, model, key_env="TOGETHER_API_KEY", format=asdict(fmt))
+                return {
+                    **deployment.manifest(),
+                    "provider": "together",
+                    "mode": "serverless",
+                    "url": url,
+                    "model": model,
+                    "smoke": answer,
+                }
+            return self._dedicated(client, model, trained)
         finally:
             client.close()
 
-    def _dedicated(self, client: Client, base_url: str, model: str) -> dict[str, Any]:
+    def _dedicated(self, client: Client, model: str, trained: TrainedModel) -> dict[str, Any]:
         assert self.store is not None
         c = self.config
+        endpoints = DedicatedEndpoints(client, self.store, ENDPOINTS, c.poll_s, c.progress)
         identity = {
-            "base_url": base_url,
             "model": model,
             "hardware": c.hardware,
             "min": c.min_replicas,
             "max": c.max_replicas,
             "inactive_timeout": c.inactive_timeout,
         }
-        record_key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
-        record = self.store.record(ENDPOINTS, record_key)
+        key = endpoints.key(identity)
+        record = endpoints.recorded(key)
         action = c.action.value
-        if record is None or record.get("deleted"):
+        if record is None:
             if action != "ensure":
                 raise StageError(f"deploy.action={action}: no Together endpoint is recorded for this config")
-            hardware = c.hardware or cheapest_hardware(client, model)
             body = {
                 "display_name": f"recipe {model.split('/')[-1]}"[:64],
                 "model": model,
-                "hardware": hardware,
+                "hardware": c.hardware,
                 "autoscaling": {"min_replicas": c.min_replicas, "max_replicas": c.max_replicas},
                 "state": "STARTED",
             }
             if c.inactive_timeout is not None:
                 body["inactive_timeout"] = c.inactive_timeout
-            endpoint = client.post_json("endpoints", body)
-            self.store.put_record(
-                ENDPOINTS,
-                record_key,
-                {"id": endpoint["id"], "name": endpoint["name"], "hardware": hardware, "created": time.time()},
-            )
-            log.info("created Together endpoint %s on %s", endpoint["id"], hardware)
-            record = self.store.record(ENDPOINTS, record_key)
-        assert record is not None
+            record = endpoints.create(key, body)
         endpoint_id = record["id"]
+        state = {"provider": "together", "endpoint_id": endpoint_id, "model": model}
         if action == "delete":
-            client.request("DELETE", f"endpoints/{endpoint_id}")
-            self.store.put_record(ENDPOINTS, record_key, {**record, "deleted": True})
-            return {"provider": "together", "endpoint_id": endpoint_id, "state": "DELETED", "model": model}
-        if action in ("stop", "start"):
-            state = "STOPPED" if action == "stop" else "STARTED"
-            endpoint = client.request("PATCH", f"endpoints/{endpoint_id}", json={"state": state}).json()
-            if action == "stop":
-                return {
-                    "provider": "together",
-                    "endpoint_id": endpoint_id,
-                    "state": endpoint.get("state"),
-                    "model": model,
-                }
-        endpoint = client.get_json(f"endpoints/{endpoint_id}")
-        if endpoint.get("state") == "STOPPED" and action == "ensure":
-            endpoint = client.request("PATCH", f"endpoints/{endpoint_id}", json={"state": "STARTED"}).json()
-        endpoint = wait_endpoint_started(client, endpoint_id, c.poll_s, c.progress)
-        answer = smoke(client, endpoint["name"], c.smoke_prompt, c.smoke_max_tokens)
+            endpoints.delete(key, record)
+            return {**state, "state": "DELETED"}
+        if action == "stop":
+            return {**state, "state": endpoints.set_state(endpoint_id, "STOPPED").get("state")}
+        if action == "start" or endpoints.get(endpoint_id).get("state") == "STOPPED":
+            endpoints.set_state(endpoint_id, "STARTED")
+        endpoint = endpoints.wait_started(endpoint_id)
+        name = endpoint["name"]
+        answer = smoke(client, name, c.smoke_prompt, c.smoke_max_tokens, trained.format)
         print(
-            f"\nendpoint {endpoint_id} ({endpoint['name']}) on {endpoint.get('hardware')}: {answer['answer']!r} in "
+            f"\nendpoint {endpoint_id} ({name}) on {endpoint.get('hardware')}: {answer['answer']!r} in "
             f"{answer['latency_s']} s; it stops after {c.inactive_timeout} idle minutes "
-            f"(deploy.action=stop|delete to stop paying now)\n\n{snippets(client.base_url, endpoint['name'], 'TOGETHER_API_KEY')}\n"
+            f"(deploy.action=stop|delete to stop paying now)\n\n"
+            f"{snippets(client.base_url, name, 'TOGETHER_API_KEY', trained.format)}\n"
+        )
+        deployment = Deployment(
+            "together", client.base_url, name, key_env="TOGETHER_API_KEY", format=asdict(trained.format)
         )
         return {
-            "provider": "together",
+            **deployment.manifest(),
+            **state,
             "mode": "dedicated",
             "url": client.base_url,
-            "endpoint_id": endpoint_id,
-            "model": endpoint["name"],
+            "model": name,
             "hardware": endpoint.get("hardware"),
             "state": endpoint.get("state"),
             "inactive_timeout": c.inactive_timeout,

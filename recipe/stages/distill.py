@@ -34,19 +34,21 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from recipe.artifacts import Conversations as ConversationsArtifact
+from recipe.config import DistillConfig
 from recipe.data.jsonl import encode_line
 from recipe.data.sources import SHAREGPT_ROLES, iter_records, sharegpt_turns, source_identity
-from recipe.providers.cache import TeacherCache, request_key
+from recipe.providers.cache import RequestCache, request_key
 from recipe.providers.http import APIError, Client, RateLimiter
-from recipe.providers.teacher import (
+from recipe.providers.model_client import (
     Answer,
     BudgetReached,
     Ledger,
-    Teacher,
+    ModelClient,
     approx_tokens,
     local_weights,
+    model_endpoint,
     parse_response,
-    teacher_endpoint,
 )
 from recipe.providers.together import BATCH_DONE, create_batch, download_file, get_batch, upload_batch_file
 from recipe.stages import Stage, StageError
@@ -75,23 +77,7 @@ class Distill(Stage):
 
     name = "distill"
     version = "1"
-    execution_keys = frozenset(
-        {
-            "concurrency",
-            "requests_per_minute",
-            "tokens_per_minute",
-            "timeout_s",
-            "max_retries",
-            "retry_backoff_s",
-            "max_failure_share",
-            "batch_poll_s",
-            "cache_path",
-            "progress",
-            "prices",
-            "budget",
-            "estimate_answer_tokens",
-        }
-    )
+    schema = DistillConfig
 
     def __init__(self, config: DictConfig, root: DictConfig) -> None:
         super().__init__(config, root)
@@ -118,7 +104,6 @@ class Distill(Stage):
     # ---- identity and plan -----------------------------------------------------------------
     def semantic_config(self) -> dict[str, Any]:
         semantic = super().semantic_config()
-        semantic["teacher"].pop("base_url", None)  # where the teacher runs, not what it answers
         semantic["source_data"] = source_identity(self.config.source, self.root.sources[self.config.source])
         return semantic
 
@@ -152,7 +137,7 @@ class Distill(Stage):
         c = self.config
         conversations, _ = self.conversations()
         # A dry run writes nothing: without a cache file yet, every request is still to send.
-        cache = TeacherCache(c.cache_path) if Path(c.cache_path).exists() else None
+        cache = RequestCache(c.cache_path) if Path(c.cache_path).exists() else None
         teacher = self._teacher(None, cache, Ledger(0, 0, None))
         ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, None, self._price_factor())
         cached = to_send = prompt_tokens = 0
@@ -190,10 +175,10 @@ class Distill(Stage):
         conversations, stats = self.conversations()
         if not conversations:
             raise StageError(f"sources.{c.source}: no conversation has a human turn to replay")
-        cache = TeacherCache(c.cache_path)
+        cache = RequestCache(c.cache_path)
         ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, c.budget.max_usd, self._price_factor())
         try:
-            with teacher_endpoint(c.teacher, self.root) as (base_url, api_key):
+            with model_endpoint(c.teacher, self.root) as (base_url, api_key):
                 client = Client(
                     base_url, api_key, max_retries=c.max_retries, timeout_s=c.timeout_s, pool_size=c.concurrency
                 )
@@ -209,13 +194,13 @@ class Distill(Stage):
             cache.close()
         return self._finish(conversations, stats, ledger, out_dir, client.retries.value)
 
-    def _teacher(self, client: Client | None, cache: TeacherCache | None, ledger: Ledger) -> Teacher:
+    def _teacher(self, client: Client | None, cache: RequestCache | None, ledger: Ledger) -> ModelClient:
         c = self.config
         sampling = OmegaConf.to_container(c.sampling, resolve=True)
         assert isinstance(sampling, dict)
         limiter = RateLimiter(c.requests_per_minute, c.tokens_per_minute)
         weights = local_weights(c.teacher)
-        return Teacher(
+        return ModelClient(
             client,  # type: ignore[arg-type]  (None only for dry-run key lookups)
             cache,  # type: ignore[arg-type]
             provider=c.teacher.provider.value,
@@ -228,7 +213,9 @@ class Distill(Stage):
             weights=weights,
         )
 
-    def _run_online(self, teacher: Teacher, conversations: list[Conversation], ledger: Ledger, client: Client) -> None:
+    def _run_online(
+        self, teacher: ModelClient, conversations: list[Conversation], ledger: Ledger, client: Client
+    ) -> None:
         progress = _Progress(len(conversations), ledger, client, self.config.progress)
         stop = threading.Event()  # set on Ctrl-C or any crash: no new request after it
 
@@ -258,7 +245,7 @@ class Distill(Stage):
             progress.close()
 
     def _run_batch(
-        self, teacher: Teacher, client: Client, conversations: list[Conversation], ledger: Ledger, out_dir: Path
+        self, teacher: ModelClient, client: Client, conversations: list[Conversation], ledger: Ledger, out_dir: Path
     ) -> None:
         """One Together batch job per turn index; answers go to the cache like online ones."""
         c = self.config
@@ -299,7 +286,7 @@ class Distill(Stage):
     def _batch(
         self,
         client: Client,
-        teacher: Teacher,
+        teacher: ModelClient,
         endpoint: str,
         index: int,
         waiting: list[tuple[Conversation, dict[str, Any], str]],
@@ -376,7 +363,7 @@ class Distill(Stage):
             for conv in done:
                 f.write(encode_line({"id": conv.id, "messages": conv.messages}))
         return {
-            "file": CONVERSATIONS_FILE,
+            **ConversationsArtifact(out_dir / CONVERSATIONS_FILE).manifest(),
             "conversations": {"distilled": len(done), "failed": len(failed), "without_turns": stats.pop("no_turns")},
             "turns": {"answered": sum(len(conv.turns) for conv in done), **stats},
             "failed": [{"id": conv.id, "error": conv.error} for conv in failed[:20]],

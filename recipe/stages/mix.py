@@ -10,104 +10,59 @@ What it supports:
 - sampling without replacement (an error when a source is too small, unless `replace: true`);
 - exact-duplicate removal within and across components; a deterministic shuffle from `seed`;
 - a held-out eval split (`eval_fraction`) drawn from records that are not in the mixture;
-- output as `text` (through a template), `messages` or `prompt_completion`;
-- the Together file check on its own output.
+- two files of the same examples in the same order: `conversations.jsonl`, the canonical form that
+  trainers and Test read (`messages` with the component, source and stratum of each), and
+  `mixture.jsonl`, rendered as `format` asks (`text` through a template, `messages`,
+  `prompt_completion`), with the Together file check on it; the eval split likewise.
 
-How: one streaming pass reads every source record, normalises it to messages, formats its output
-line, and appends the line to a spool file, keeping only (offset, length, tokens, stratum, hash) per
-record in memory. Selection then works on those arrays with numpy, and the output is written by
-copying the chosen lines out of the memory-mapped spool in shuffled order. Memory stays at a few
-tens of bytes per record whatever the records' size; the same config and seed give a
-byte-identical file.
+How (recipe/data/spool.py): one streaming pass reads every source record, normalises it to
+messages and spools its two lines, keeping only (offset, lengths, tokens, stratum, hash) per record
+in memory. Selection then works on those arrays with numpy, and the files are written by copying
+the chosen lines out of the spools in shuffled order. Memory stays at a few tens of bytes per
+record whatever the records' size; the same config and seed give byte-identical files.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import zlib
-from array import array
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
-from recipe.config import SourceConfig, SourceKind
+from recipe.artifacts import (
+    CONVERSATIONS_FILE,
+    EVAL_CONVERSATIONS_FILE,
+    EVAL_FILE,
+    MIXTURE_FILE,
+    Conversations,
+)
+from recipe.config import MixConfig, SourceConfig, SourceKind
 from recipe.data import templates
-from recipe.data.filecheck import check_block, check_report
+from recipe.data.filecheck import check_report
 from recipe.data.jsonl import (
     CHUNK_BYTES,
     POOL_MIN_BYTES,
-    count_lines_before,
-    encode_line,
     jsonl_chunks,
-    read_jsonl_range,
     worker_count,
     worker_pool,
 )
-from recipe.data.sources import (
-    hash_files,
-    is_plain_jsonl,
-    iter_raw,
-    parse_line,
-    source_files,
-    source_identity,
-    to_messages,
+from recipe.data.sources import hash_files, is_plain_jsonl, iter_raw, source_files, source_identity
+from recipe.data.spool import (
+    TOKEN_COUNTERS,
+    SpoolUnit,
+    largest_remainder,
+    merge_units,
+    read_all,
+    take,
+    write_spooled,
 )
-from recipe.errors import RecipeError
 from recipe.stages import Stage, StageError
 from recipe.store import Artifact
 
-Message = dict[str, str]
-MIXTURE_FILE = "mixture.jsonl"
 DISTILLED = "distill"  # a component source naming the Distill stage's conversations
-EVAL_FILE = "eval.jsonl"
-BLOCK_LINES = 8192  # output lines built (and checked) per task while writing
-
-TOKEN_COUNTERS: dict[str, Callable[[dict[str, Any]], int]] = {
-    # ~4 characters per token, the usual rule of thumb
-    "approx": lambda example: (sum(len(part) for part in _trained_text(example)) + 3) // 4,
-    "whitespace": lambda example: sum(len(part.split()) for part in _trained_text(example)),
-}
-
-
-def largest_remainder(total: int, weights: Sequence[float]) -> list[int]:
-    """Split `total` into integers proportional to `weights` that add up to `total` exactly."""
-    weight_sum = float(sum(weights))
-    if total == 0 or weight_sum == 0:
-        return [0] * len(weights)
-    quotas = [total * w / weight_sum for w in weights]
-    counts = [int(q) for q in quotas]
-    by_remainder = sorted(range(len(weights)), key=lambda i: (-(quotas[i] - counts[i]), i))
-    for i in by_remainder[: total - sum(counts)]:
-        counts[i] += 1
-    return counts
-
-
-def format_example(messages: list[Message], fmt: str, template: str) -> dict[str, Any]:
-    if fmt == "messages":
-        return {"messages": messages}
-    if fmt == "prompt_completion":
-        return {
-            "prompt": templates.render_prompt(messages[:-1], template),
-            "completion": templates.render_completion(messages[-1], template),
-        }
-    return {"text": templates.render(messages, template)}
-
-
-def _trained_text(example: dict[str, Any]) -> list[str]:
-    """The pieces of text a model trains on, for token counting."""
-    if "messages" in example:
-        return [m["content"] for m in example["messages"]]
-    if "text" in example:
-        return [example["text"]]
-    return [example["prompt"], example["completion"]]
 
 
 class Mix(Stage):
@@ -115,7 +70,7 @@ class Mix(Stage):
 
     name = "mix"
     version = "1"
-    execution_keys = frozenset({"progress", "workers"})
+    schema = MixConfig
 
     def __init__(self, config: DictConfig, root: DictConfig) -> None:
         super().__init__(config, root)
@@ -127,37 +82,33 @@ class Mix(Stage):
     def _validate(self) -> None:
         c = self.config
         if c.total <= 0:
-            raise StageError(f"mixture.total={c.total}: must be a positive number of {c.unit.value}")
+            raise StageError(f"mix.total={c.total}: must be a positive number of {c.unit.value}")
         if not self.components:
-            raise StageError("mixture.components is empty: add at least one component with a source and a share")
+            raise StageError("mix.components is empty: add at least one component with a source and a share")
         shares = {name: c.components[name].share for name in self.components}
         for name, share in shares.items():
             if not 0 < share <= 1:
-                raise StageError(f"mixture.components.{name}.share={share}: must be in (0, 1]")
+                raise StageError(f"mix.components.{name}.share={share}: must be in (0, 1]")
         if c.rescale is not None:
             shares = self._rescaled(shares, c.rescale)
         if abs(sum(shares.values()) - 1) > 1e-6:
             quoted = ", ".join(f"{n}={s:g}" for n, s in shares.items())
-            raise StageError(f"mixture.components: shares must sum to 1, got {sum(shares.values()):g} ({quoted})")
+            raise StageError(f"mix.components: shares must sum to 1, got {sum(shares.values()):g} ({quoted})")
         self.shares = shares
         if not 0 <= c.eval_fraction < 1:
-            raise StageError(f"mixture.eval_fraction={c.eval_fraction}: must be in [0, 1)")
+            raise StageError(f"mix.eval_fraction={c.eval_fraction}: must be in [0, 1)")
         if c.tokenizer not in TOKEN_COUNTERS:
-            raise StageError(f"mixture.tokenizer={c.tokenizer!r}: use one of {', '.join(TOKEN_COUNTERS)}")
-        templates.check_template(c.template, "mixture.template")
+            raise StageError(f"mix.tokenizer={c.tokenizer!r}: use one of {', '.join(TOKEN_COUNTERS)}")
+        templates.check_template(c.template, "mix.template")
         for name in self.components:
             comp = c.components[name]
             if comp.template is not None:
-                templates.check_template(comp.template, f"mixture.components.{name}.template")
-            if comp.source == DISTILLED:
-                if self.root.get("distill") is None:
-                    raise StageError(
-                        f"mixture.components.{name}.source=distill needs a distill config (distill=local, ...)"
-                    )
+                templates.check_template(comp.template, f"mix.components.{name}.template")
+            if comp.source == DISTILLED:  # the Distill artifact: the runner checks that distill is configured
                 continue
             if comp.source not in self.root.sources:
                 known = ", ".join(sorted([*self.root.sources, DISTILLED])) or "none"
-                raise StageError(f"mixture.components.{name}.source={comp.source!r}: no such source (known: {known})")
+                raise StageError(f"mix.components.{name}.source={comp.source!r}: no such source (known: {known})")
             source = self.root.sources[comp.source]
             if source.kind.value == "text" and source.template not in ("llama2_inst", "chatml"):
                 raise StageError(
@@ -168,9 +119,9 @@ class Mix(Stage):
         """Keep `fixed`'s share; scale the others in proportion so that all sum to 1 (the rule that
         lets a sweep move one component: 0.6 instructions leaves 0.2 + 0.2 of 0.25 + 0.25)."""
         if fixed not in shares:
-            raise StageError(f"mixture.rescale={fixed!r}: not a component ({', '.join(shares)})")
+            raise StageError(f"mix.rescale={fixed!r}: not a component ({', '.join(shares)})")
         if shares[fixed] >= 1 and len(shares) > 1:
-            raise StageError(f"mixture.components.{fixed}.share={shares[fixed]}: leaves nothing for the others")
+            raise StageError(f"mix.components.{fixed}.share={shares[fixed]}: leaves nothing for the others")
         others = sum(v for k, v in shares.items() if k != fixed)
         scale = (1 - shares[fixed]) / others if others else 0.0
         return {k: v if k == fixed else v * scale for k, v in shares.items()}
@@ -209,7 +160,7 @@ class Mix(Stage):
     # ---- run ------------------------------------------------------------------------------
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
         if "distill" in inputs:
-            conversations = inputs["distill"].path / inputs["distill"].manifest["file"]
+            conversations = Conversations.load(inputs["distill"]).path
             self._distilled = OmegaConf.structured(
                 SourceConfig(kind=SourceKind.messages, data_files=[str(conversations)])
             )
@@ -221,7 +172,7 @@ class Mix(Stage):
                 return self._run(units, out_dir, pool, workers)
         return self._run(units, out_dir, None, 1)
 
-    def _run(self, units: list[_Unit], out_dir: Path, pool: Executor | None, workers: int) -> dict[str, Any]:
+    def _run(self, units: list[SpoolUnit], out_dir: Path, pool: Executor | None, workers: int) -> dict[str, Any]:
         c = self.config
         results = self._read_all(units, pool)
         arrays, strata, stats = self._merge(units, results)
@@ -250,11 +201,17 @@ class Mix(Stage):
             "shares": {name: round(self.shares[name], 12) for name in self.components},
             "format": c.format.value,
             "template": c.template,
+            "component_templates": {n: c.components[n].template for n in self.components if c.components[n].template},
         }
         try:
-            manifest.update(self._write(out_dir / MIXTURE_FILE, train_order, units, arrays, strata, pool, workers))
+            write = lambda path, order, canonical: self._write(  # noqa: E731
+                path, order, units, arrays, strata, pool, workers, canonical
+            )
+            manifest.update(write(out_dir / MIXTURE_FILE, train_order, False))
+            manifest["conversations"] = write(out_dir / CONVERSATIONS_FILE, train_order, True)
             if len(eval_order):
-                manifest["eval"] = self._write(out_dir / EVAL_FILE, eval_order, units, arrays, strata, pool, workers)
+                manifest["eval"] = write(out_dir / EVAL_FILE, eval_order, False)
+                manifest["eval"]["conversations"] = write(out_dir / EVAL_CONVERSATIONS_FILE, eval_order, True)
             else:
                 manifest["eval"] = None
         finally:
@@ -263,7 +220,7 @@ class Mix(Stage):
         manifest["sources"] = stats
         return manifest
 
-    def _units(self, out_dir: Path) -> list[_Unit]:
+    def _units(self, out_dir: Path) -> list[SpoolUnit]:
         """Split the reading into units: byte ranges of plain JSON Lines files (which can run in
         worker processes), or whole sources (hub, parquet, zstd, JSON lists) read here. Each unit
         writes its formatted lines to its own spool file."""
@@ -288,73 +245,28 @@ class Mix(Stage):
                 for f in files:
                     for start, end in jsonl_chunks(f, CHUNK_BYTES):
                         spool = str(out_dir / f".spool-{len(units)}")
-                        units.append(_Unit(**common, spool=spool, path=str(f), start=start, end=end))
+                        units.append(SpoolUnit(**common, spool=spool, path=str(f), start=start, end=end))
             else:
-                units.append(_Unit(**common, spool=str(out_dir / f".spool-{len(units)}")))
+                units.append(SpoolUnit(**common, spool=str(out_dir / f".spool-{len(units)}")))
         return units
 
-    def _read_all(self, units: list[_Unit], pool: Executor | None) -> list[dict[str, Any]]:
-        """Read every unit (byte ranges on the pool when there is one); results in unit order."""
-        progress = tqdm(desc="mix: read", unit=" rec", disable=not self.config.progress, mininterval=0.5)
-        futures = {id(u): pool.submit(_read_unit, u) for u in units if u.path is not None} if pool else {}
-        next_line: dict[str, int] = {}  # per file, the line number where the next unit starts
-        results: list[dict[str, Any]] = []
-        try:
-            for unit in units:
-                if unit.path is None:
-                    source = self._source(unit.source)
-                    result = _read_unit(unit, iter_raw(unit.source, source), progress)
-                elif id(unit) in futures:
-                    try:
-                        result = futures[id(unit)].result()
-                    except RecipeError:  # read it again here, to report the error's absolute line
-                        first = count_lines_before(Path(unit.path), unit.start) + 1
-                        _read_unit(unit, read_jsonl_range(Path(unit.path), unit.start, unit.end, first))
-                        raise
-                    progress.update(result["records"])
-                else:
-                    first = next_line.get(unit.path, 1)
-                    result = _read_unit(unit, read_jsonl_range(Path(unit.path), unit.start, unit.end, first), progress)
-                    next_line[unit.path] = first + result["records"]
-                results.append(result)
-        except BaseException:
-            for future in futures.values():
-                future.cancel()
-            raise
-        finally:
-            progress.close()
-        return results
+    def _read_all(self, units: list[SpoolUnit], pool: Executor | None) -> list[dict[str, Any]]:
+        whole = lambda unit: iter_raw(unit.source, self._source(unit.source))  # noqa: E731
+        return read_all(units, pool, whole, self.config.progress)
 
     def _merge(
-        self, units: list[_Unit], results: list[dict[str, Any]]
+        self, units: list[SpoolUnit], results: list[dict[str, Any]]
     ) -> tuple[dict[str, np.ndarray], list[dict[Any, int]], dict[str, dict[str, Any]]]:
-        """Concatenate the units' per-record arrays; give each component one stratum numbering."""
-        strata: list[dict[Any, int]] = [{} for _ in self.components]
-        stats = {
-            name: {"source": self.config.components[name].source, "records": 0, "skipped": 0}
-            for name in self.components
-        }
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("offset", "length", "tokens", "hash", "stratum")}
-        parts["component"], parts["unit"] = [], []
-        for unit_id, (unit, result) in enumerate(zip(units, results, strict=True)):
-            ids = strata[unit.comp_id]
-            remap = np.array([ids.setdefault(label, len(ids)) for label in result["labels"]], dtype=np.int32)
-            n = len(result["offset"])
-            for key in ("offset", "length", "tokens", "hash"):
-                parts[key].append(result[key])
-            parts["stratum"].append(remap[result["stratum"]] if n else np.zeros(0, np.int32))
-            parts["component"].append(np.full(n, unit.comp_id, dtype=np.int32))
-            parts["unit"].append(np.full(n, unit_id, dtype=np.int32))
-            stats[unit.component]["records"] += result["records"]
-            stats[unit.component]["skipped"] += result["skipped"]
+        sources = [self.config.components[name].source for name in self.components]
+        arrays, strata, stats = merge_units(units, results, self.components, sources)
         for name, s in stats.items():
             if s["records"] == 0:
-                raise StageError(f"sources.{s['source']}: no records (mixture.components.{name})")
+                raise StageError(f"sources.{s['source']}: no records (mix.components.{name})")
             if s["records"] == s["skipped"]:
                 raise StageError(
                     f"sources.{s['source']}: none of its {s['records']} records holds an answered user turn"
                 )
-        return {k: np.concatenate(v) for k, v in parts.items()}, strata, stats
+        return arrays, strata, stats
 
     def _select(
         self,
@@ -379,21 +291,21 @@ class Mix(Stage):
         for (label, _), group, k, e in zip(ordered, groups, train_k, eval_k, strict=True):
             perm = rng.permutation(group)
             size = arrays["tokens"][perm] if by_tokens else np.ones(len(perm), dtype=np.int64)
-            n_train = _take(size, k)
+            n_train = take(size, k)
             if n_train is None:  # not enough records for the training share
                 if not comp.replace:
                     self._too_small(name, label, len(ordered) > 1, k, int(size.sum()), len(mine))
                 reps = -(-k // max(int(size.sum()), 1))
                 tiled = np.tile(perm, reps)
-                train.append(tiled[: _take(np.tile(size, reps), k)])
+                train.append(tiled[: take(np.tile(size, reps), k)])
                 n_train = len(perm)
             else:
                 train.append(perm[:n_train])
             rest, rest_size = perm[n_train:], size[n_train:]
-            n_eval = _take(rest_size, e)
+            n_eval = take(rest_size, e)
             if n_eval is None:
                 raise StageError(
-                    f"mixture.eval_fraction={self.config.eval_fraction}: component {name!r}"
+                    f"mix.eval_fraction={self.config.eval_fraction}: component {name!r}"
                     f"{f' stratum {label!r}' if len(ordered) > 1 else ''} needs {e} held-out "
                     f"{self.config.unit.value} but only {int(rest_size.sum())} are left outside the mixture"
                 )
@@ -404,59 +316,43 @@ class Mix(Stage):
         unit = self.config.unit.value
         where = f" in stratum {label!r}" if stratified else ""
         raise StageError(
-            f"mixture.components.{name}: needs {need} {unit}{where} but source "
+            f"mix.components.{name}: needs {need} {unit}{where} but source "
             f"{self.config.components[name].source!r} has {have} ({records} distinct records); lower "
-            f"mixture.total or this share, or set mixture.components.{name}.replace=true"
+            f"mix.total or this share, or set mix.components.{name}.replace=true"
         )
 
     def _write(
         self,
         path: Path,
         order: np.ndarray,
-        units: list[_Unit],
+        units: list[SpoolUnit],
         arrays: dict[str, np.ndarray],
         strata: list[dict[Any, int]],
         pool: Executor | None,
         workers: int,
+        canonical: bool,
     ) -> dict[str, Any]:
-        """Write the chosen records in `order`. Blocks of lines are gathered from the spools and
-        run through the Together file check on the pool, a few blocks ahead, while this process
-        hashes and writes them in order."""
+        """Write the chosen records in `order`: their upload lines, or (`canonical`) their canonical
+        conversation lines. Blocks of lines are gathered from the spools and run through the Together
+        file check on the pool, a few blocks ahead, while this process hashes and writes them in order."""
         fmt = self.config.format.value
-        check = self.config.check
-        spools = [u.spool for u in units]
-        digest = hashlib.sha256()
-        samples = size = 0
-        pending: deque[Future[tuple[bytes, int, int]]] = deque()
-        progress = tqdm(desc=f"mix: write {path.name}", total=len(order), unit=" rec", disable=not self.config.progress)
-
-        def emit(block: bytes, lines: int, checked: int) -> None:
-            nonlocal samples, size
-            digest.update(block)
-            out.write(block)
-            samples += checked
-            size += len(block)
-            progress.update(lines)
-
-        with open(path, "wb") as out:
-            for first in range(0, len(order), BLOCK_LINES):
-                rows = order[first : first + BLOCK_LINES]
-                task = (
-                    spools,
-                    arrays["unit"][rows],
-                    arrays["offset"][rows],
-                    arrays["length"][rows],
-                    (path, first + 1, fmt) if check else None,
-                )
-                if pool is None:
-                    emit(*_build_block(*task))
-                    continue
-                pending.append(pool.submit(_build_block, *task))
-                if len(pending) > 2 * workers:  # bounded read-ahead: memory stays a few blocks
-                    emit(*pending.popleft().result())
-            while pending:
-                emit(*pending.popleft().result())
-        progress.close()
+        check = self.config.check and not canonical
+        offsets = arrays["offset"] + arrays["length"] if canonical else arrays["offset"]
+        lengths = arrays["canonical_length"] if canonical else arrays["length"]
+        digest, samples, size = write_spooled(
+            path,
+            order,
+            [u.spool for u in units],
+            arrays["unit"],
+            offsets,
+            lengths,
+            fmt if check else None,
+            pool,
+            workers,
+            self.config.progress,
+        )
+        if canonical:
+            return {"file": path.name, "sha256": digest, "examples": len(order)}
         counts: dict[str, int] = {}
         tokens: dict[str, int] = {}
         by_stratum: dict[str, dict[str, int]] = {}
@@ -471,136 +367,10 @@ class Mix(Stage):
         return {
             "file": path.name,
             "check": check_report(path, fmt, samples, size) if check else None,
-            "sha256": digest.hexdigest(),
+            "sha256": digest,
             "examples": len(order),
             "tokens": int(sum(tokens.values())),
             "counts": counts,
             "tokens_by_component": tokens,
             "strata": by_stratum,
         }
-
-
-def _take(size: np.ndarray, target: int) -> int | None:
-    """How many leading records reach `target` (records, or tokens when sizes are token counts);
-    None when all of them together fall short."""
-    if target <= 0:
-        return 0
-    cumulative = np.cumsum(size)
-    if len(cumulative) == 0 or cumulative[-1] < target:
-        return None
-    return int(np.searchsorted(cumulative, target, side="left")) + 1
-
-
-@dataclass(frozen=True)
-class _Unit:
-    """A piece of reading work: a byte range of a JSON Lines file (`path`) or a whole source,
-    whose formatted lines go to its `spool` file."""
-
-    comp_id: int
-    component: str
-    source: str
-    kind: str
-    text_template: str
-    fmt: str
-    template: str
-    tokenizer: str
-    strata_key: str | None
-    spool: str
-    path: str | None = None
-    start: int = 0
-    end: int = 0
-
-
-def _read_unit(unit: _Unit, lines: Iterator[tuple[Any, str]] | None = None, progress: Any = None) -> dict[str, Any]:
-    """Validate, format and spool every record of a unit; return per-record arrays (spool offset,
-    length, tokens, stratum, hash).
-
-    Runs in worker processes for byte ranges (`lines` None: line numbers there are relative to the
-    range, so the caller re-reads a failing range itself to report the absolute line)."""
-    if lines is None:
-        assert unit.path is not None
-        lines = read_jsonl_range(Path(unit.path), unit.start, unit.end, 1)
-    count_tokens = TOKEN_COUNTERS[unit.tokenizer]
-    kind, text_template, fmt, template, strata_key = (
-        unit.kind,
-        unit.text_template,
-        unit.fmt,
-        unit.template,
-        unit.strata_key,
-    )
-    offset, length, tokens, stratum = array("q"), array("q"), array("q"), array("i")
-    hashes = bytearray()
-    labels: dict[Any, int] = {}
-    position = records = skipped = 0
-    with open(unit.spool, "wb", buffering=1 << 20) as spool:
-        for raw, where in lines:
-            record = parse_line(raw, where) if isinstance(raw, bytes) else raw
-            records += 1
-            if progress is not None and records % 1000 == 0:
-                progress.update(1000)
-            messages = to_messages(record, kind, where, text_template)
-            if messages is None:
-                skipped += 1
-                continue
-            example = format_example(messages, fmt, template)
-            line = encode_line(example)
-            if strata_key is None:
-                label = None
-            elif strata_key == "num_documents":
-                prompt = messages[-2]["content"]
-                label = prompt.count("\nDocument [") + prompt.startswith("Document [")
-            elif strata_key == "num_turns":
-                label = sum(m["role"] == "user" for m in messages)
-            elif strata_key in record:
-                label = record[strata_key]
-                if not isinstance(label, (str, int, float, bool)):
-                    raise StageError(
-                        f"{where}: field {strata_key!r} (mixture.components.{unit.component}.strata) must be a scalar"
-                    )
-            else:
-                raise StageError(
-                    f"{where}: missing field {strata_key!r} named by mixture.components.{unit.component}.strata"
-                )
-            offset.append(position)
-            length.append(len(line))
-            position += len(line)
-            tokens.append(count_tokens(example))
-            stratum.append(labels.setdefault(label, len(labels)))
-            hashes += hashlib.sha256(line).digest()[:8]  # for dedupe; sha256 is the fastest here (SHA-NI)
-            spool.write(line)
-    if progress is not None:
-        progress.update(records % 1000)
-    return {
-        "records": records,
-        "skipped": skipped,
-        "labels": list(labels),
-        "offset": np.frombuffer(offset, dtype=np.int64),
-        "length": np.frombuffer(length, dtype=np.int64),
-        "tokens": np.frombuffer(tokens, dtype=np.int64),
-        "stratum": np.frombuffer(stratum, dtype=np.int32),
-        "hash": np.frombuffer(bytes(hashes), dtype=np.int64),
-    }
-
-
-def _build_block(
-    spools: list[str],
-    unit_ids: np.ndarray,
-    offsets: np.ndarray,
-    lengths: np.ndarray,
-    check: tuple[Path, int, str] | None,
-) -> tuple[bytes, int, int]:
-    """Gather these spooled lines, in this order, and run the file check on them (pread, not
-    mmap: mapped spool pages would count as the process's memory). Returns (block, lines, samples)."""
-    fds: dict[int, int] = {}
-    lines = []
-    try:
-        for unit_id, offset, length in zip(unit_ids.tolist(), offsets.tolist(), lengths.tolist(), strict=True):
-            fd = fds.get(unit_id)
-            if fd is None:
-                fd = fds[unit_id] = os.open(spools[unit_id], os.O_RDONLY)
-            lines.append(os.pread(fd, length, offset))
-    finally:
-        for fd in fds.values():
-            os.close(fd)
-    block = b"".join(lines)
-    return block, len(lines), (check_block(block, *check) if check else 0)

@@ -18,66 +18,38 @@ What it does:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from recipe.artifacts import Mixture, TrainedModel
+from recipe.config import TestConfig
 from recipe.data.sources import config_key, iter_records, source_identity
-from recipe.eval import report as reporting
-from recipe.eval import suites as S
-from recipe.providers.cache import TeacherCache
-from recipe.providers.http import APIError, Client
-from recipe.providers.local.server import embedded_gguf, model_server, serving_engine
-from recipe.providers.teacher import BudgetReached, Ledger, Teacher, local_weights, teacher_endpoint
-from recipe.providers.together import cheapest_hardware, wait_endpoint_started
+from recipe.providers.cache import RequestCache
+from recipe.providers.http import Client, together_base_url
+from recipe.providers.model_client import BudgetReached, Ledger, ModelClient, local_weights, model_endpoint
+from recipe.providers.serving import LocalServing, ModelAccess, Together, reach
+from recipe.secrets import together_api_key
 from recipe.stages import Stage, StageError
-from recipe.stages.train_local import read_conversations
 from recipe.store import Artifact
+from recipe.test import report as reporting
+from recipe.test import suites as S
 
 log = logging.getLogger(__name__)
-TEST_ENDPOINTS = "together-test-endpoints"
-
-
-@dataclass
-class ModelAccess:
-    """How to ask one of the compared models."""
-
-    which: str  # base | tuned
-    client: Client
-    model: str  # the model name requests carry
-    provider: str  # part of cache keys
-    weights: str | None  # for local models: which weights answer (part of cache keys)
-    local_dir: Path | None  # local models: the Hugging Face directory (held-out loss)
-    concurrency: int
 
 
 class Test(Stage):
     __test__ = False  # not a pytest test class
     name = "test"
     version = "1"
-    execution_keys = frozenset(
-        {
-            "engine",
-            "device",
-            "concurrency",
-            "timeout_s",
-            "max_retries",
-            "retry_backoff_s",
-            "poll_s",
-            "startup_timeout_s",
-            "cache_path",
-            "progress",
-        }
-    )
+    schema = TestConfig
 
     def upstream(self) -> tuple[str, ...]:
         return ("mix", "train")
@@ -117,12 +89,12 @@ class Test(Stage):
             out[name] = items
         return out
 
-    def heldout_items(self, mix: Artifact | None) -> tuple[list[S.Item], list[list[dict[str, str]]]]:
+    def heldout_items(self, mixture: Mixture | None) -> tuple[list[S.Item], list[list[dict[str, str]]]]:
         """Side-by-side sample prompts (the first user turn of eval-split conversations, with the
         mixture's answer as reference) and the eval split itself, for the held-out loss."""
-        if mix is None or not mix.manifest.get("eval"):
+        if mixture is None:
             return [], []
-        conversations = read_conversations(mix.path / mix.manifest["eval"]["file"], mix.manifest)
+        conversations = mixture.conversations("eval")
         samples = []
         for i, messages in enumerate(conversations[: self.config.heldout.samples]):
             user = next((m["content"] for m in messages if m["role"] == "user"), None)
@@ -147,11 +119,11 @@ class Test(Stage):
 
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
         c = self.config
-        train, mix = inputs["train"], inputs.get("mix")
+        trained = TrainedModel.load(inputs["train"])
         items = self.items()
-        samples, heldout_conversations = self.heldout_items(mix)
+        samples, heldout_conversations = self.heldout_items(Mixture.load(inputs["mix"]) if "mix" in inputs else None)
         started = time.monotonic()
-        cache = TeacherCache(c.cache_path)
+        cache = RequestCache(c.cache_path)
         ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, c.budget.max_usd)
         answers: dict[str, dict[str, str]] = {}
         names: dict[str, str] = {}
@@ -166,13 +138,13 @@ class Test(Stage):
         try:
             for which in (m.value for m in c.models):
                 mark = time.monotonic()
-                with self._access(which, train) as access:
+                with self._reach(trained, which) as access:
                     mark = clock(f"{which}.start", mark)
                     names[which] = access.model
                     answers[which] = self._generate(access, cache, ledger, items, samples)
                     mark = clock(f"{which}.generate", mark)
                     if c.heldout.loss and access.local_dir is not None and heldout_conversations:
-                        heldout_loss[which] = self._heldout_loss(access.local_dir, heldout_conversations)
+                        heldout_loss[which] = self._heldout_loss(access.local_dir, heldout_conversations, trained)
                         mark = clock(f"{which}.heldout_loss", mark)
                 clock(f"{which}.stop", mark)
             mark = time.monotonic()
@@ -186,8 +158,8 @@ class Test(Stage):
             ) from None
         finally:
             cache.close()
-        if "tuned" not in heldout_loss and train.manifest.get("eval_loss") is not None:
-            heldout_loss.setdefault("tuned", train.manifest["eval_loss"])  # as measured by the trainer
+        if "tuned" not in heldout_loss and trained.eval_loss is not None:
+            heldout_loss["tuned"] = trained.eval_loss  # as measured by the trainer
         metrics = self._score(items, answers, verdicts, heldout_loss)
         result = {
             "models": {w: {"name": names[w], **metrics[w]} for w in answers},
@@ -210,6 +182,7 @@ class Test(Stage):
             "chart": "chart.png",
             "generations": "generations.jsonl",
             "models": {w: names[w] for w in answers},
+            "prompt_format": trained.format.describe(),
             "metrics": summary.get("tuned") or next(iter(summary.values()), {}),
             "summary": summary,
             "usage": ledger.usage(),
@@ -224,137 +197,65 @@ class Test(Stage):
 
     # -- models ------------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _access(self, which: str, train: Artifact) -> Iterator[ModelAccess]:
-        manifest = train.manifest
-        if manifest.get("provider") == "local":
-            with self._local(which, train) as access:
-                yield access
-        elif manifest.get("provider") == "together":
-            with self._together(which, train) as access:
-                yield access
-        else:
-            raise StageError(f"test: the train artifact {train.path} names no provider it can be tested on")
-
-    @contextlib.contextmanager
-    def _local(self, which: str, train: Artifact) -> Iterator[ModelAccess]:
+    def _reach(self, trained: TrainedModel, which: str) -> contextlib.AbstractContextManager[ModelAccess]:
         c = self.config
-        if which == "tuned":
-            model_dir = train.path / train.manifest["merged"]
-            weights = f"train:{train.fingerprint}"
-        else:
-            base = self.root.train.get("model")
-            if base is None:
-                assert self.store is not None
-                gguf = embedded_gguf()
-                weights = f"{gguf.name}:{gguf.stat().st_size}"
-                from recipe.providers.local import trainer
-
-                model_dir = trainer.export_embedded(self.store.root / "models" / f"{gguf.stem}-{gguf.stat().st_size}")
-            else:
-                model_dir, weights = Path(base), f"model:{base}"
-        engine = serving_engine(c.engine.value)
-        options = {"startup_timeout_s": c.startup_timeout_s}
-        with model_server(model_dir, engine, c.device, **options) as server:
-            client = Client(server.base_url, None, max_retries=2, timeout_s=c.timeout_s)
-            try:
-                yield ModelAccess(
-                    which,
-                    client,
-                    server.model,  # type: ignore[attr-defined]
-                    f"local-{engine}",
-                    weights,
-                    model_dir if model_dir.is_dir() else None,
-                    1 if engine == "transformers" else c.concurrency,
-                )
-            finally:
-                client.close()
-
-    @contextlib.contextmanager
-    def _together(self, which: str, train: Artifact) -> Iterator[ModelAccess]:
-        c = self.config
-        model = train.manifest.get("model_output_name") if which == "tuned" else self.root.train.model
-        if not model:
-            raise StageError(f"test: no {which} model name in the Together fine-tune {train.path}")
-        client = self.together_client()
-        try:
-            if which == "tuned" and c.endpoint.value == "dedicated":
-                with self._temporary_endpoint(client, model) as name:
-                    yield ModelAccess(which, client, name, "together", None, None, c.concurrency)
-            else:
-                yield ModelAccess(which, client, model, "together", None, None, c.concurrency)
-        finally:
-            client.close()
-
-    @contextlib.contextmanager
-    def _temporary_endpoint(self, client: Client, model: str) -> Iterator[str]:
-        """A dedicated endpoint for the tuned model while Test runs: recorded before waiting (a
-        re-run re-attaches, never pays twice), deleted afterwards, on errors too."""
         assert self.store is not None
-        c = self.config
-        key = hashlib.sha256(json.dumps([client.base_url, model, c.hardware]).encode()).hexdigest()[:24]
-        record = self.store.record(TEST_ENDPOINTS, key)
-        if record is None or record.get("deleted"):
-            hardware = c.hardware or cheapest_hardware(client, model)
-            body = {
-                "display_name": f"recipe test {model.split('/')[-1]}"[:64],
-                "model": model,
-                "hardware": hardware,
-                "autoscaling": {"min_replicas": 1, "max_replicas": 1},
-                "state": "STARTED",
-                "inactive_timeout": 15,  # if we are killed before deleting it, Together stops it
-            }
-            endpoint = client.post_json("endpoints", body)
-            record = {"id": endpoint["id"], "hardware": hardware, "created": time.time()}
-            self.store.put_record(TEST_ENDPOINTS, key, record)
-        try:
-            endpoint = wait_endpoint_started(client, record["id"], c.poll_s, c.progress)
-            yield endpoint["name"]
-        finally:
-            try:
-                client.request("DELETE", f"endpoints/{record['id']}")
-                self.store.put_record(TEST_ENDPOINTS, key, {**record, "deleted": True})
-            except APIError as e:  # keep the first error; say what is left running
-                log.error("could not delete Together endpoint %s (%s): delete it by hand", record["id"], e)
+        key = together_api_key(self.root) if trained.provider == "together" else None
+        if trained.provider == "together" and not key:
+            raise StageError("test of a Together fine-tune needs TOGETHER_API_KEY in the environment")
+        together = (
+            Together(together_base_url(self.root.together.base_url), key, c.timeout_s, c.max_retries, c.retry_backoff_s)
+            if key
+            else None
+        )
+        return reach(
+            trained,
+            which,
+            store=self.store,
+            local=LocalServing(c.engine.value, c.device, startup_timeout_s=c.startup_timeout_s, timeout_s=c.timeout_s),
+            together=together,
+            dedicated=c.endpoint.value == "dedicated",
+            hardware=c.hardware,
+            poll_s=c.poll_s,
+            progress=c.progress,
+        )
 
     # -- asking ------------------------------------------------------------------------------------
 
-    def _teacher(self, access: ModelAccess, cache: TeacherCache, ledger: Ledger, max_tokens: int) -> Teacher:
+    def _client_for(self, access: ModelAccess, cache: RequestCache, ledger: Ledger, max_tokens: int) -> ModelClient:
         c = self.config
         sampling = {"max_tokens": max_tokens, "temperature": c.temperature, "seed": c.seed}
-        completions = c.api.value == "completions"
-        return Teacher(
+        return ModelClient(  # prompts in the format the model was trained in (the Train artifact's)
             access.client,
             cache,
             provider=access.provider,
             model=access.model,
-            api=c.api.value,
-            template="raw",
+            api=access.format.api,
+            template=access.format.template or "raw",
             sampling=sampling,
             ledger=ledger,
             weights=access.weights,
-            prompt_format=c.prompt_format if completions else None,
         )
 
     def _generate(
         self,
         access: ModelAccess,
-        cache: TeacherCache,
+        cache: RequestCache,
         ledger: Ledger,
         items: dict[str, list[S.Item]],
         samples: list[S.Item],
     ) -> dict[str, str]:
         c = self.config
-        work: list[tuple[S.Item, Teacher]] = []
+        work: list[tuple[S.Item, ModelClient]] = []
         for name, suite_items in items.items():
-            teacher = self._teacher(access, cache, ledger, c.suites[name].max_tokens)
+            teacher = self._client_for(access, cache, ledger, c.suites[name].max_tokens)
             work.extend((item, teacher) for item in suite_items)
         if samples:
-            teacher = self._teacher(access, cache, ledger, c.heldout.max_tokens)
+            teacher = self._client_for(access, cache, ledger, c.heldout.max_tokens)
             work.extend((item, teacher) for item in samples)
         return self._ask_all(
             f"test {access.which}",
-            access.concurrency,
+            access.concurrency or c.concurrency,
             work,
             lambda w: w[1].ask([{"role": "user", "content": w[0].prompt}]),
         )
@@ -382,7 +283,7 @@ class Test(Stage):
 
     def _judge(
         self,
-        cache: TeacherCache,
+        cache: RequestCache,
         ledger: Ledger,
         items: dict[str, list[S.Item]],
         answers: dict[str, dict[str, str]],
@@ -391,10 +292,10 @@ class Test(Stage):
         c = self.config
         j = c.judge
         judged = [i for n, its in items.items() if c.suites[n].kind.value == "judge" for i in its]
-        with teacher_endpoint(j, self.root) as (base_url, api_key):
+        with model_endpoint(j, self.root) as (base_url, api_key):
             client = Client(base_url, api_key, max_retries=c.max_retries, timeout_s=c.timeout_s)
             try:
-                judge = Teacher(
+                judge = ModelClient(
                     client,
                     cache,
                     provider=j.provider.value,
@@ -420,13 +321,13 @@ class Test(Stage):
             for which in answers
         }
 
-    def _heldout_loss(self, model_dir: Path, conversations: list[list[dict[str, str]]]) -> float:
+    def _heldout_loss(self, model_dir: Path, conversations: list[list[dict[str, str]]], trained: TrainedModel) -> float:
         """Mean loss on the eval split's assistant tokens, packed as the trainer packs them."""
         import torch
 
         from recipe.providers.local import trainer
 
-        max_len = int(self.root.train.get("max_seq_length") or 2048)
+        max_len = trained.max_seq_length or 2048
         model, tokenizer = trainer.load_model(str(model_dir), torch.device("cpu"), torch.float32)
         rows = trainer.pack([trainer.tokenize(tokenizer, m, False) for m in conversations], max_len, True)
         with torch.no_grad():

@@ -1,84 +1,107 @@
-"""Train on Together: the recipe's Step II on the hosted service.
+"""Train: the recipe's Step II, on Together or on this machine. Both read the same way: take the
+Mix artifact's conversations, render them once for the model being trained, hand them to a
+fine-tune provider, and describe the result as a `TrainedModel` (where the model is, its base, and
+the prompt format it was trained in, which Test and Deploy obey).
 
-What it supports:
-- the Together file check on the mixture (and eval split) before any request: a file that breaks a
-  rule stops the stage with its line and rule;
-- the upload the official SDKs do (302 + presigned PUT + preprocess; multipart above 5 GiB),
-  streamed from disk with a byte progress bar, every step retried; a file whose sha256 was already
-  uploaded to this base URL (recorded in the store) is not uploaded again;
-- the fine-tune body shaped as the spec wants (LoRA or Full under `training_type`,
-  `training_method` with `train_on_inputs`, `lr_scheduler`, W&B with the key from WANDB_API_KEY);
-  `estimate-price` first: printed, recorded, held against `budget.max_usd`, optionally confirmed;
-- never twice: the job id is recorded under the job's fingerprint before waiting; a re-run
-  re-attaches to it; a failed or cancelled job is an error that says so, and only
-  `train.relaunch=true` launches a new one; `train.cancel=true` cancels it;
-- following the job: status and events polled with a growing interval, new events logged, a
-  progress bar from the events' steps, transient poll failures survived; `train.wait=false`
-  returns after creation and a later run picks the job up;
-- artifact: manifest with file ids, job id, `model_output_name`, status, price estimate, billed
-  `total_price`, token count, checkpoints; optional download of the merged model or adapter.
+`TogetherTrain` (`train=together_lora|together_full`):
+- the upload file is rendered for the target model (`train.format`): `messages` (Together applies
+  the model's chat template) or text in a named template (the seed's `[INST]`, `llama2_inst`); `auto`
+  takes the model's known format; a format the model is known not to take is refused;
+- the Together file check before any request; the SDKs' upload, deduplicated by content; the
+  fine-tune body shaped as the spec wants; `estimate-price` first, against `budget.max_usd`;
+- never twice: the job is recorded before waiting and re-attached on a re-run; a failed job is an
+  error unless `train.relaunch=true`; `train.cancel=true`; `train.wait=false` returns after creating;
+- the artifact: file ids, job id, `model_output_name`, status, price, checkpoints, optional download.
+  The lifecycle itself is `recipe.providers.together_finetune`.
+
+`LocalTrain` (`train=local_lora|local_full`): LoRA or full fine-tuning of the embedded SmolLM2 (or
+any local Hugging Face model) with transformers + peft, through `recipe.providers.local.finetune`:
+the model's own chat template, loss on assistant tokens, packing without leakage, CPU or CUDA,
+resumable checkpoints, data parallel through torchrun; adapter and merged model in the artifact.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import sys
-import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
-from tqdm import tqdm
 
+from recipe.artifacts import Mixture, PromptFormat, TrainedModel
+from recipe.config import LocalTrainConfig, TogetherTrainConfig
+from recipe.data import templates
 from recipe.data.filecheck import check_file
-from recipe.providers.http import APIError, Client
-from recipe.providers.together import (
-    FINE_TUNE_DONE,
-    cancel_fine_tune,
-    create_fine_tune,
-    download_fine_tune,
-    estimate_price,
-    fine_tune_checkpoints,
-    fine_tune_events,
-    get_fine_tune,
-    upload_fine_tune_file,
-)
+from recipe.data.jsonl import encode_line
+from recipe.providers.together_finetune import FineTuneError, FineTuneSettings, TogetherFineTuner
 from recipe.stages import Stage, StageError, StagePending
-from recipe.store import Artifact, sha256_file
+from recipe.store import Artifact
 
 log = logging.getLogger(__name__)
-FILES = "together-files"
-JOBS = "together-fine-tunes"
-MAX_POLL_S = 60.0
-MAX_POLL_FAILURES = 10
+UPLOAD_FILE = "upload.jsonl"
+EVAL_UPLOAD_FILE = "upload-eval.jsonl"
+EMBEDDED = "SmolLM2-135M-Instruct (embedded GGUF)"
+
+
+def upload_format(model: str, fmt: str, template: str | None, mixture: Mixture | None) -> PromptFormat:
+    """The format a hosted fine-tune of `model` is trained in, from `train.format`/`train.template`
+    (and, for `mixture`, the mixture's own format); a format the model is known not to take is an error."""
+    known = templates.known_format(model)
+    key = "mix.template" if fmt == "mixture" else "train.template"
+    if fmt == "mixture":
+        if mixture is None:
+            return PromptFormat("chat_template")  # a dry run before Mix: checked when it runs
+        if mixture.upload_format == "messages":
+            fmt = "messages"
+        else:
+            fmt, template = "text", mixture.upload_template
+    if fmt == "auto":
+        return PromptFormat("text", known[0]) if known and not known[1] else PromptFormat("chat_template")
+    if fmt == "messages":
+        if known and not known[1]:
+            raise StageError(
+                f"train.format=messages: {model} has no chat template; it is trained (and tested) in "
+                f"{known[0]} text: use train.format=auto or train.format=text"
+            )
+        return PromptFormat("chat_template")
+    if template is None:
+        if known is None:
+            raise StageError(f"train.format=text: set train.template (llama2_inst, chatml, ...) for {model}")
+        template = known[0]
+    templates.check_template(template, key)
+    if known and template != known[0]:
+        raise StageError(
+            f"{key}={template!r}: {model} is trained and tested in {known[0]} ([INST] ... [/INST]); "
+            "use train.format=auto, or a template that matches the model"
+        )
+    return PromptFormat("text", template)
+
+
+def render_upload(mixture: Mixture, split: str, fmt: PromptFormat, path: Path) -> str:
+    """Write the mixture's `split` conversations as a fine-tune file in `fmt`; its sha256."""
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        for record in mixture.records(split):
+            if fmt.kind == "chat_template":
+                line = encode_line({"messages": record["messages"]})
+            else:
+                assert fmt.template is not None
+                template = mixture.template_for(record["component"], fmt.template)
+                line = encode_line(templates.example(record["messages"], "text", template))
+            digest.update(line)
+            f.write(line)
+    return digest.hexdigest()
 
 
 class TogetherTrain(Stage):
     """Fine-tune on Together from the Mix artifact; the artifact describes the finished job."""
 
     name = "train"
-    version = "1"
-    execution_keys = frozenset(
-        {
-            "confirm",
-            "relaunch",
-            "cancel",
-            "wait",
-            "download",
-            "poll_s",
-            "timeout_s",
-            "max_retries",
-            "retry_backoff_s",
-            "multipart_threshold_gb",
-            "multipart_part_mb",
-            "multipart_workers",
-            "progress",
-            "budget",
-        }
-    )
+    version = "2"
+    schema = TogetherTrainConfig
 
     def __init__(self, config: DictConfig, root: DictConfig) -> None:
         super().__init__(config, root)
@@ -92,9 +115,7 @@ class TogetherTrain(Stage):
         for key in ("n_epochs", "n_checkpoints"):
             if c[key] < 1:
                 raise StageError(f"train.{key}={c[key]}: must be at least 1")
-        if root.get("mixture") is None:
-            raise StageError("train needs the mix stage's config (mixture=...)")
-        self._sha_by_file_id: dict[str, str] = {}  # uploaded file id -> content sha256
+        self.format = upload_format(c.model, c.format.value, c.template, None)  # checked early; again in run
 
     def upstream(self) -> tuple[str, ...]:
         return ("mix",)
@@ -154,224 +175,187 @@ class TogetherTrain(Stage):
     def plan(self, inputs: dict[str, Artifact | None]) -> str:
         c = self.config
         kind = "LoRA" if c.training_type.value == "lora" else "full"
-        mix = inputs.get("mix")
-        data = f"mixture {mix.manifest['sha256'][:12]}" if mix else "the mixture this run builds"
+        mixture = Mixture.load(inputs["mix"]) if inputs.get("mix") else None
+        data = f"mixture {mixture.upload_sha256[:12]}" if mixture else "the mixture this run builds"
+        fmt = upload_format(c.model, c.format.value, c.template, mixture)
         return (
             f"fine-tune {c.model} ({kind}, {c.n_epochs} epochs, batch {c.batch_size}, lr {c.learning_rate:g}) on "
-            f"{data} through Together; the price is estimated before the job is created"
+            f"{data} in {fmt.describe()} through Together; the price is estimated before the job is created"
         )
 
-    # ---- run ----------------------------------------------------------------------------------
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
         c = self.config
         assert self.store is not None
-        mix = inputs["mix"]
-        mixture = mix.path / mix.manifest["file"]
-        eval_file = mix.path / mix.manifest["eval"]["file"] if c.n_evals > 0 and mix.manifest.get("eval") else None
-        if c.n_evals > 0 and eval_file is None:
-            raise StageError(f"train.n_evals={c.n_evals} needs an eval split: set mixture.eval_fraction > 0")
-        for path in (mixture, eval_file):
+        mixture = Mixture.load(inputs["mix"])
+        fmt = upload_format(c.model, c.format.value, c.template, mixture)
+        if c.n_evals > 0 and mixture.eval_conversations_file is None:
+            raise StageError(f"train.n_evals={c.n_evals} needs an eval split: set mix.eval_fraction > 0")
+        training, validation, sha = self._files(mixture, fmt, out_dir)
+        for path in (training, validation):
             if path is not None:
                 check_file(path)  # before any request: a bad file never leaves this machine
+        settings = FineTuneSettings(
+            relaunch=c.relaunch,
+            confirm=c.confirm,
+            max_usd=c.budget.max_usd,
+            poll_s=c.poll_s,
+            multipart_threshold=int(c.multipart_threshold_gb * 2**30),
+            part_size=max(1, int(c.multipart_part_mb * 2**20)),
+            workers=c.multipart_workers,
+            progress=c.progress,
+        )
         client = self.together_client()
-        base_url = client.base_url
         try:
-            training_file = self._upload(client, base_url, mixture, mix.manifest["sha256"])
-            validation_file = self._upload(client, base_url, eval_file, None) if eval_file else None
+            tuner = TogetherFineTuner(client, self.store, settings)
+            training_file = tuner.upload(training, sha)
+            validation_file = tuner.upload(validation) if validation else None
             body = self.body(training_file, validation_file)
-            job_key = self.job_fingerprint(base_url, body)
-            job = self._job(client, job_key, body)
             if c.cancel:
-                cancel_fine_tune(client, job["id"])
+                job = tuner.recorded(body)
+                if job is None:
+                    raise StageError("train.cancel=true: no Together fine-tune is recorded for this config")
+                tuner.cancel(job["id"])
                 raise StageError(f"cancelled Together fine-tune {job['id']} (train.cancel=true)")
+            job = tuner.ensure(body, {"model": c.model, "format": fmt.describe(), "config": self.semantic_config()})
             if not c.wait:
                 raise StagePending(
                     f"Together fine-tune {job['id']} is {job.get('status', 'pending')}; run again to follow it",
                     {"job_id": job["id"]},
                 )
-            job = self._follow(client, job["id"])
-            return self._finish(client, job, training_file, validation_file, job_key, out_dir)
+            job = tuner.follow(job["id"])
+            if job["status"] != "completed":
+                raise StageError(
+                    f"Together fine-tune {job['id']} ended {job['status']}; the job stays recorded: set "
+                    "train.relaunch=true to launch a new (paid) one"
+                )
+            return self._manifest(tuner, job, body, fmt, training, out_dir)
+        except FineTuneError as e:
+            raise StageError(str(e)) from None
         finally:
             client.close()
 
-    def job_fingerprint(self, base_url: str, body: dict[str, Any]) -> str:
-        """What identifies a paid job: where it runs, the data (by content) and every hyperparameter."""
-        identity = {k: v for k, v in body.items() if k not in ("training_file", "validation_file", "wandb_api_key")}
-        identity["base_url"] = base_url
-        identity["data"] = self.store_key_of(body.get("training_file")), self.store_key_of(body.get("validation_file"))
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
-
-    def store_key_of(self, file_id: str | None) -> str | None:
-        return None if file_id is None else self._sha_by_file_id.get(file_id, file_id)
-
-    def _upload(self, client: Client, base_url: str, path: Path, sha256: str | None) -> str:
-        """The file id of `path` on this base URL: recorded, or uploaded now and recorded."""
-        assert self.store is not None
-        sha256 = sha256 or sha256_file(path)
-        key = hashlib.sha256(f"{base_url}\n{sha256}".encode()).hexdigest()[:24]
-        record = self.store.record(FILES, key)
-        if record is not None:
-            log.info("%s already uploaded as %s (sha256 %s)", path.name, record["file_id"], sha256[:12])
-            self._sha_by_file_id[record["file_id"]] = sha256
-            return record["file_id"]
-        c = self.config
-        with tqdm(
-            total=path.stat().st_size, unit="B", unit_scale=True, desc=f"upload {path.name}", disable=not c.progress
-        ) as bar:
-            uploaded = upload_fine_tune_file(
-                client,
-                path,
-                progress=bar,
-                multipart_threshold=int(c.multipart_threshold_gb * 2**30),
-                part_size=max(1, int(c.multipart_part_mb * 2**20)),
-                workers=c.multipart_workers,
-            )
-        self.store.put_record(
-            FILES,
-            key,
-            {
-                "file_id": uploaded["id"],
-                "sha256": sha256,
-                "bytes": path.stat().st_size,
-                "base_url": base_url,
-                "file": uploaded,
-            },
+    def _files(self, mixture: Mixture, fmt: PromptFormat, out_dir: Path) -> tuple[Path, Path | None, str]:
+        """The training (and validation) file in `fmt`: mixture.jsonl itself when Mix already wrote
+        exactly that, else rendered from the canonical conversations into the artifact."""
+        as_mixture = (fmt.kind == "chat_template" and mixture.upload_format == "messages") or (
+            fmt.kind == "text" and mixture.upload_format == "text" and mixture.upload_template == fmt.template
         )
-        self._sha_by_file_id[uploaded["id"]] = sha256
-        return str(uploaded["id"])
+        validation = None
+        if as_mixture:
+            training, sha = mixture.dir / mixture.upload_file, mixture.upload_sha256
+            if self.config.n_evals > 0 and mixture.eval_upload_file:
+                validation = mixture.dir / mixture.eval_upload_file
+            return training, validation, sha
+        log.info("rendering the mixture for %s in %s", self.config.model, fmt.describe())
+        training = out_dir / UPLOAD_FILE
+        sha = render_upload(mixture, "train", fmt, training)
+        if self.config.n_evals > 0:
+            validation = out_dir / EVAL_UPLOAD_FILE
+            render_upload(mixture, "eval", fmt, validation)
+        return training, validation, sha
 
-    def _job(self, client: Client, job_key: str, body: dict[str, Any]) -> dict[str, Any]:
-        """The job recorded for this fingerprint, or a new one (priced, within budget, recorded first)."""
-        assert self.store is not None
-        c = self.config
-        record = self.store.record(JOBS, job_key)
-        if record is not None:
-            job = get_fine_tune(client, record["job_id"])
-            failed = job.get("status") in ("error", "user_error", "cancelled")
-            if not failed or c.cancel:
-                log.info("re-attaching to Together fine-tune %s (%s)", job["id"], job.get("status"))
-                return job
-            if not c.relaunch:
-                raise StageError(
-                    f"Together fine-tune {job['id']} for this config ended {job['status']}; set train.relaunch=true "
-                    "to launch a new (paid) job"
-                )
-            log.warning("fine-tune %s ended %s; launching a new one (train.relaunch=true)", job["id"], job["status"])
-        if c.cancel:
-            raise StageError("train.cancel=true: no Together fine-tune is recorded for this config")
-        estimate = estimate_price(client, body)
-        price = float(estimate.get("estimated_total_price") or 0.0)
-        print(
-            f"Together estimates ${price:.2f} for this fine-tune ({estimate.get('estimated_train_token_count', '?')} training tokens)"
-        )
-        if c.budget.max_usd is not None and price > c.budget.max_usd:
-            raise StageError(
-                f"estimated price ${price:.2f} is over train.budget.max_usd={c.budget.max_usd}; nothing was launched"
-            )
-        if estimate.get("allowed_to_proceed") is False:
-            raise StageError(
-                f"Together says this job may not proceed (limit ${estimate.get('user_limit')}); nothing was launched"
-            )
-        if c.confirm:
-            self._confirm(price)
-        job = create_fine_tune(client, body)
-        self.store.put_record(
-            JOBS,
-            job_key,
-            {
-                "job_id": job["id"],
-                "estimate": estimate,
-                "created": time.time(),
-                "model": c.model,
-                "config": self.semantic_config(),
-            },
-        )
-        log.info("created Together fine-tune %s", job["id"])
-        return {**job, "estimate": estimate}
-
-    @staticmethod
-    def _confirm(price: float) -> None:
-        if not sys.stdin.isatty():
-            raise StageError(
-                "train.confirm=true needs a terminal to answer on; set train.confirm=false to launch unattended"
-            )
-        answer = input(f"Launch this fine-tune for about ${price:.2f}? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            raise StageError("not launched: the price was not confirmed")
-
-    def _follow(self, client: Client, job_id: str) -> dict[str, Any]:
-        """Poll until a terminal status, logging new events and showing steps."""
-        c = self.config
-        interval = c.poll_s
-        seen = failures = 0
-        bar = tqdm(desc=f"train {job_id}", unit=" step", disable=not c.progress)
-        try:
-            while True:
-                try:
-                    job = get_fine_tune(client, job_id)
-                    events = fine_tune_events(client, job_id)
-                    failures = 0
-                except APIError as e:
-                    failures += 1
-                    if failures >= MAX_POLL_FAILURES:
-                        raise StageError(
-                            f"lost contact with Together fine-tune {job_id}: {e}; run again to re-attach"
-                        ) from None
-                    log.warning("poll of %s failed (%s); trying again", job_id, e)
-                    time.sleep(interval)
-                    continue
-                for event in events[seen:]:
-                    log.info("%s: [%s] %s", job_id, event.get("type"), event.get("message"))
-                    if event.get("total_steps"):
-                        bar.total = event["total_steps"]
-                    if event.get("step"):
-                        bar.n = event["step"]
-                changed = len(events) > seen
-                seen = len(events)
-                bar.set_postfix(status=job.get("status"), refresh=True)
-                if job.get("status") in FINE_TUNE_DONE:
-                    return job
-                interval = c.poll_s if changed else min(interval * 1.5, MAX_POLL_S)
-                time.sleep(interval)
-        finally:
-            bar.close()
-
-    def _finish(
+    def _manifest(
         self,
-        client: Client,
+        tuner: TogetherFineTuner,
         job: dict[str, Any],
-        training_file: str,
-        validation_file: str | None,
-        job_key: str,
+        body: dict[str, Any],
+        fmt: PromptFormat,
+        training: Path,
         out_dir: Path,
     ) -> dict[str, Any]:
-        assert self.store is not None
         c = self.config
-        if job["status"] != "completed":
-            raise StageError(
-                f"Together fine-tune {job['id']} ended {job['status']}; the job stays recorded: set train.relaunch=true "
-                "to launch a new (paid) one"
-            )
-        record = self.store.record(JOBS, job_key) or {}
+        model_name = job.get("model_output_name")
+        if not model_name:
+            raise StageError(f"Together fine-tune {job['id']} completed without a model_output_name")
+        trained = TrainedModel(
+            provider="together",
+            model=model_name,
+            base_model=job.get("model", c.model),
+            format=fmt,
+            weights=f"together:{model_name}",
+        )
         manifest: dict[str, Any] = {
+            **trained.manifest(),
             "provider": "together",
-            "training_file": training_file,
-            "validation_file": validation_file,
+            "upload_file": training.name if training.parent == out_dir else None,
+            "training_file": body["training_file"],
+            "validation_file": body.get("validation_file"),
             "job_id": job["id"],
             "model": job.get("model", c.model),
-            "model_output_name": job.get("model_output_name"),
+            "model_output_name": model_name,
             "status": job["status"],
-            "price_estimate": record.get("estimate"),
+            "price_estimate": tuner.estimate_of(body),
             "total_price": job.get("total_price"),
             "token_count": job.get("token_count"),
-            "checkpoints": fine_tune_checkpoints(client, job["id"]),
+            "checkpoints": tuner.checkpoints(job["id"]),
             "cost_usd": job.get("total_price"),
         }
         if c.download.value != "none":
             target = out_dir / f"model-{c.download.value}.tar.zst"
-            with tqdm(unit="B", unit_scale=True, desc=f"download {target.name}", disable=not c.progress) as bar:
-                manifest["download"] = {
-                    "file": target.name,
-                    "bytes": download_fine_tune(client, job["id"], c.download.value, target, bar),
-                }
+            manifest["download"] = {"file": target.name, "bytes": tuner.download(job["id"], c.download.value, target)}
         return manifest
+
+
+class LocalTrain(Stage):
+    """Fine-tune a local model on the Mix artifact; the artifact holds the adapter and merged model."""
+
+    name = "train"
+    version = "2"
+    schema = LocalTrainConfig
+
+    def __init__(self, config: DictConfig, root: DictConfig) -> None:
+        super().__init__(config, root)
+        c = config
+        for key in ("max_seq_length", "batch_size", "gradient_accumulation", "n_epochs", "checkpoint_every", "devices"):
+            if c[key] < 1:
+                raise StageError(f"train.{key}={c[key]}: must be at least 1")
+
+    def upstream(self) -> tuple[str, ...]:
+        return ("mix",)
+
+    def plan(self, inputs: dict[str, Artifact | None]) -> str:
+        c = self.config
+        kind = f"LoRA r={c.lora.r}" if c.training_type.value == "lora" else "full"
+        return (
+            f"train {c.model or 'the embedded SmolLM2-135M-Instruct'} locally ({kind}, {c.n_epochs} epochs, "
+            f"rows of {c.max_seq_length} tokens{' packed' if c.packing else ''}, lr {c.learning_rate:g}, "
+            "the model's chat template"
+            + (f", data parallel on {c.devices} processes through torchrun)" if c.devices > 1 else ")")
+        )
+
+    def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
+        from recipe.providers.local import finetune, trainer
+
+        c = self.config
+        assert self.store is not None and self.fingerprint is not None
+        mixture = Mixture.load(inputs["mix"])
+        settings = trainer.TrainSettings(
+            lora=c.training_type.value == "lora",
+            lora_r=c.lora.r,
+            lora_alpha=c.lora.alpha,
+            lora_dropout=c.lora.dropout,
+            lora_target_modules=c.lora.target_modules,
+            lr_scheduler=c.lr_scheduler.value,
+            **{f.name: c[f.name] for f in fields(trainer.TrainSettings) if not f.name.startswith(("lora", "lr_sch"))},
+        )
+        # Checkpoints live outside the artifact's temporary directory, which a crash removes.
+        result = finetune.fine_tune(
+            model=c.model,
+            settings=settings,
+            conversations=mixture.conversations("train"),
+            eval_conversations=mixture.conversations("eval"),
+            device_request=c.device.value,
+            devices=c.devices,
+            work_dir=self.store.root / "work" / "train" / self.fingerprint,
+            out_dir=out_dir,
+        )
+        trained = TrainedModel(
+            provider="local",
+            model=result["merged"],
+            base_model=c.model,
+            format=PromptFormat("chat_template"),
+            weights=f"train:{self.fingerprint}",
+            max_seq_length=c.max_seq_length,
+            eval_loss=result["eval_loss"],
+        )
+        return {**trained.manifest(), "provider": "local", "base_model": c.model or EMBEDDED, **result}

@@ -71,7 +71,7 @@ def distill(data: Path, work: Path, base_url: str, concurrency: int, cache: Path
     overrides = [
         f"store_dir={store}",
         "stages=[distill]",
-        "mixture=samples",
+        "mix=samples",
         "distill=together",
         "distill.teacher.api=chat",
         "distill.max_conversations=null",

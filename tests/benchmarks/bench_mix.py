@@ -111,11 +111,13 @@ def child_mix(directory: Path, store: Path, records: int, workers: int = 0) -> d
 
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"store_dir={store}", "mixture.progress=false"])
+        # Mix only: the default config goes on to Distill, train, test and deploy, which is not what is timed.
+        overrides = [f"store_dir={store}", "stages=[mix]", "~distill", "mix.progress=false"]
+        cfg = compose(config_name="config", overrides=overrides)
     kinds = {"instructions": "text", "booksum": "prompt_completion", "mqa": "prompt_completion"}
     shares = {"instructions": 0.5, "booksum": 0.25, "mqa": 0.25}
     with open_dict(cfg):
-        cfg.mixture.components = {}
+        cfg.mix.components = {}
         for name, kind in kinds.items():
             cfg.sources[f"bench_{name}"] = OmegaConf.merge(
                 OmegaConf.structured(SourceConfig), {"kind": kind, "data_files": [str(directory / f"{name}.jsonl")]}
@@ -123,10 +125,10 @@ def child_mix(directory: Path, store: Path, records: int, workers: int = 0) -> d
             component = {"source": f"bench_{name}", "share": shares[name]}
             if name == "mqa":
                 component["strata"] = "num_documents"
-            cfg.mixture.components[name] = OmegaConf.merge(OmegaConf.structured(ComponentConfig), component)
-        cfg.mixture.total = records // 2
-        cfg.mixture.eval_fraction = 0.01
-        cfg.mixture.workers = workers
+            cfg.mix.components[name] = OmegaConf.merge(OmegaConf.structured(ComponentConfig), component)
+        cfg.mix.total = records // 2
+        cfg.mix.eval_fraction = 0.01
+        cfg.mix.workers = workers
     peak = [0.0]
     done = threading.Event()
 
@@ -141,6 +143,7 @@ def child_mix(directory: Path, store: Path, records: int, workers: int = 0) -> d
     seconds = time.perf_counter() - started
     done.set()
     sampler.join()
+    assert list(record["stages"]) == ["mix"], record["stages"]  # nothing but Mix was run
     manifest = json.loads((Path(record["stages"]["mix"]["artifact"]) / "manifest.json").read_text())
     return {"seconds": seconds, "examples": manifest["examples"], "counts": manifest["counts"], "group_rss_mb": peak[0]}
 
@@ -157,7 +160,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=0, help="mixture.workers (0: one per CPU)")
+    parser.add_argument("--workers", type=int, default=0, help="mix.workers (0: one per CPU)")
     parser.add_argument("--dir", type=Path, default=None, help="keep the generated data here (reused if present)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -6,7 +6,7 @@ Each measurement starts cold: a fresh artifact store and a fresh request cache u
 outputs/bench/sweep/ (the single run is exactly `make run` after install, pointed at those dirs).
 
 - `full`: every stage of `experiment=smollm2_offline` (Distill, Mix, LoRA training, Test, Deploy);
-  the sweep is `mixture.components.instructions.share=0.4,0.5,0.6` with `mixture.rescale=instructions`.
+  the sweep is `mix.components.instructions.share=0.4,0.5,0.6` with `mix.rescale=instructions`.
   Distill runs once; each job trains, tests and deploys its own model.
 - `data`: the same sweep over the data stages only (`stages=[distill,mix]`): what a mixture sweep
   costs before any training.
@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / ".venv" / "bin" / "recipe"
 WORK = ROOT / "outputs" / "bench" / "sweep"
-SHARES = "mixture.components.instructions.share=0.4,0.5,0.6"
+SHARES = "mix.components.instructions.share=0.4,0.5,0.6"
 
 
 def recipe(name: str, *args: str) -> float:
@@ -44,7 +44,7 @@ def recipe(name: str, *args: str) -> float:
         f"hydra.run.dir={where / 'run'}",
         f"hydra.sweep.dir={where / 'multirun'}",
         "distill.progress=false",
-        "mixture.progress=false",
+        "mix.progress=false",
         "train.progress=false",
         "test.progress=false",
     ]
@@ -67,7 +67,7 @@ def stage_seconds(where: Path) -> dict[str, float]:
 def scenario(name: str, stages: list[str], launcher: str) -> None:
     extra = [f"stages=[{','.join(stages)}]"] if stages else []
     single = recipe(f"{name}-single", *extra)
-    sweep_args = ["-m", *extra, "mixture.rescale=instructions", SHARES]
+    sweep_args = ["-m", *extra, "mix.rescale=instructions", SHARES]
     if launcher == "parallel":
         sweep_args.append("hydra/launcher=parallel")
     sweep = recipe(f"{name}-sweep", *sweep_args)

@@ -1,4 +1,5 @@
-"""A teacher: one model behind a chat or raw-completions API, reached through the request cache.
+"""A model client: one model behind a chat or raw-completions API, reached through the request cache
+(Distill's teacher, the models Test compares, and Test's judge).
 
 The same code talks to Together, any OpenAI-compatible server and the managed local llama.cpp
 server: only the base URL, the key and the request shape (chat messages, or a prompt we template
@@ -19,7 +20,7 @@ from omegaconf import DictConfig
 
 from recipe.data import templates
 from recipe.errors import RecipeError
-from recipe.providers.cache import TeacherCache, request_key
+from recipe.providers.cache import RequestCache, request_key
 from recipe.providers.http import APIError, Client, RateLimiter, together_base_url
 from recipe.providers.local.server import LlamaCppServer, embedded_gguf
 from recipe.secrets import together_api_key
@@ -92,11 +93,20 @@ def approx_tokens(text: str) -> int:
     return (len(text) + 3) // 4
 
 
-class Teacher:
+def completion_request(messages: list[Message], template: str) -> dict[str, Any]:
+    """The raw-completions fields for a conversation ending with the user's turn, in a text template:
+    the prompt, and the stop that keeps a model from writing the next turn itself."""
+    request: dict[str, Any] = {"prompt": templates.render_prompt(messages, template)}
+    if template == "llama2_inst":
+        request["stop"] = ["[INST]"]  # the seed's stop
+    return request
+
+
+class ModelClient:
     def __init__(
         self,
         client: Client,
-        cache: TeacherCache,
+        cache: RequestCache,
         *,
         provider: str,
         model: str,
@@ -106,26 +116,17 @@ class Teacher:
         ledger: Ledger,
         limiter: RateLimiter | None = None,
         weights: str | None = None,
-        prompt_format: str | None = None,
     ) -> None:
         self.client, self.cache, self.ledger, self.limiter = client, cache, ledger, limiter
-        # completions of single prompts in a fixed format (e.g. "[INST]\n{prompt}\n[/INST]\n\n"), not a template
-        self.prompt_format = prompt_format
         self.weights = weights  # for local models: which file answers, since the alias alone may not say
         self.provider, self.model, self.api, self.template = provider, model, api, template
         self.sampling = {k: v for k, v in sampling.items() if v is not None and v != []}
-        if api == "completions" and "stop" not in self.sampling and template == "llama2_inst":
-            self.sampling["stop"] = ["[INST]"]  # the seed's stop: the model must not write the next turn
 
     def body(self, messages: list[Message]) -> dict[str, Any]:
         """The request body for the conversation so far (ending with the user's turn)."""
         if self.api == "chat":
             return {"model": self.model, "messages": messages, **self.sampling}
-        if self.prompt_format is not None:
-            prompt = self.prompt_format.replace("{prompt}", messages[-1]["content"])
-        else:
-            prompt = templates.render_prompt(messages, self.template)
-        return {"model": self.model, "prompt": prompt, **self.sampling}
+        return {"model": self.model, **completion_request(messages, self.template), **self.sampling}
 
     def key(self, body: dict[str, Any]) -> str:
         identity = {"provider": self.provider, "api": self.api, "body": body}
@@ -191,7 +192,7 @@ def local_weights(t: DictConfig) -> str | None:
 
 
 @contextlib.contextmanager
-def teacher_endpoint(t: DictConfig, root: DictConfig) -> Iterator[tuple[str, str | None]]:
+def model_endpoint(t: DictConfig, root: DictConfig) -> Iterator[tuple[str, str | None]]:
     """(base URL, key) of a teacher config node (`provider`, `model`, `base_url`, ...); a local
     teacher is started as a llama.cpp server on 127.0.0.1 and always stopped."""
     provider = t.provider.value

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recipe.data.sources import DataError
-from recipe.eval.metrics import best_subspan_em, pair_score, parse_verdict, rouge, win_rate
+from recipe.test.metrics import best_subspan_em, pair_score, parse_verdict, rouge, win_rate
 
 MQA_INSTRUCTION = (
     "Write a high-quality answer for the given question using only the provided search results "

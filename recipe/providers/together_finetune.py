@@ -1,0 +1,210 @@
+"""The Together fine-tune lifecycle: upload (deduplicated), estimate, create once, re-attach, follow,
+cancel, download. The Train stage shapes the request; this provider owns every REST call and the
+records that make "never pay twice" hold.
+
+Records (in the artifact store, written before anything waits on the object):
+- `together-files/<key>`: a file's id on one base URL, keyed by the file's sha256;
+- `together-fine-tunes/<key>`: the job created for one job identity (base URL, data by content and
+  every hyperparameter), so a re-run re-attaches instead of launching a second paid job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from recipe.errors import RecipeError
+from recipe.providers.http import APIError, Client
+from recipe.providers.together import (
+    FINE_TUNE_DONE,
+    cancel_fine_tune,
+    create_fine_tune,
+    download_fine_tune,
+    estimate_price,
+    fine_tune_checkpoints,
+    fine_tune_events,
+    get_fine_tune,
+    upload_fine_tune_file,
+)
+from recipe.store import ArtifactStore, sha256_file
+
+log = logging.getLogger(__name__)
+FILES = "together-files"
+JOBS = "together-fine-tunes"
+MAX_POLL_S = 60.0
+MAX_POLL_FAILURES = 10
+FAILED = ("error", "user_error", "cancelled")
+
+
+class FineTuneError(RecipeError):
+    """A fine-tune that cannot go on as asked (failed, cancelled, over budget, not confirmed)."""
+
+
+@dataclass
+class FineTuneSettings:
+    """How the lifecycle runs (none of it changes what is trained)."""
+
+    relaunch: bool = False  # launch a new (paid) job when the recorded one failed or was cancelled
+    confirm: bool = False  # ask on the terminal before a paid job starts
+    max_usd: float | None = None  # refuse a job whose estimate is over this
+    poll_s: float = 10.0
+    multipart_threshold: int = 5 * 2**30
+    part_size: int = 256 * 2**20
+    workers: int = 4
+    progress: bool = True
+
+
+class TogetherFineTuner:
+    """One Together account (a client) and the store's records of files and jobs."""
+
+    def __init__(self, client: Client, store: ArtifactStore, settings: FineTuneSettings) -> None:
+        self.client, self.store, self.settings = client, store, settings
+        self._sha_by_file_id: dict[str, str] = {}  # uploaded file id -> content sha256
+
+    # -- files ---------------------------------------------------------------------------------------
+    def upload(self, path: Path, sha256: str | None = None) -> str:
+        """The file id of `path` on this base URL: recorded, or uploaded now and recorded."""
+        sha256 = sha256 or sha256_file(path)
+        key = hashlib.sha256(f"{self.client.base_url}\n{sha256}".encode()).hexdigest()[:24]
+        record = self.store.record(FILES, key)
+        if record is not None:
+            log.info("%s already uploaded as %s (sha256 %s)", path.name, record["file_id"], sha256[:12])
+            self._sha_by_file_id[record["file_id"]] = sha256
+            return str(record["file_id"])
+        s = self.settings
+        size = path.stat().st_size
+        with tqdm(total=size, unit="B", unit_scale=True, desc=f"upload {path.name}", disable=not s.progress) as bar:
+            uploaded = upload_fine_tune_file(
+                self.client,
+                path,
+                progress=bar,
+                multipart_threshold=s.multipart_threshold,
+                part_size=s.part_size,
+                workers=s.workers,
+            )
+        value = {"file_id": uploaded["id"], "sha256": sha256, "bytes": size, "base_url": self.client.base_url}
+        self.store.put_record(FILES, key, {**value, "file": uploaded})
+        self._sha_by_file_id[uploaded["id"]] = sha256
+        return str(uploaded["id"])
+
+    # -- jobs ----------------------------------------------------------------------------------------
+    def job_key(self, body: dict[str, Any]) -> str:
+        """What identifies a paid job: where it runs, the data (by content) and every hyperparameter."""
+        identity = {k: v for k, v in body.items() if k not in ("training_file", "validation_file", "wandb_api_key")}
+        identity["base_url"] = self.client.base_url
+        identity["data"] = [
+            self._sha_by_file_id.get(body.get(k), body.get(k)) for k in ("training_file", "validation_file")
+        ]
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+    def recorded(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The job recorded for this body, as Together reports it now; None when none is recorded."""
+        record = self.store.record(JOBS, self.job_key(body))
+        return None if record is None else get_fine_tune(self.client, record["job_id"])
+
+    def ensure(self, body: dict[str, Any], record_extra: dict[str, Any]) -> dict[str, Any]:
+        """The job recorded for this body (re-attached), or a new one: priced, held against the
+        budget, confirmed if asked, and recorded before anything waits on it."""
+        s = self.settings
+        job = self.recorded(body)
+        if job is not None:
+            if job.get("status") not in FAILED:
+                log.info("re-attaching to Together fine-tune %s (%s)", job["id"], job.get("status"))
+                return job
+            if not s.relaunch:
+                raise FineTuneError(
+                    f"Together fine-tune {job['id']} for this config ended {job['status']}; set train.relaunch=true "
+                    "to launch a new (paid) job"
+                )
+            log.warning("fine-tune %s ended %s; launching a new one (train.relaunch=true)", job["id"], job["status"])
+        estimate = estimate_price(self.client, body)
+        price = float(estimate.get("estimated_total_price") or 0.0)
+        tokens = estimate.get("estimated_train_token_count", "?")
+        print(f"Together estimates ${price:.2f} for this fine-tune ({tokens} training tokens)")
+        if s.max_usd is not None and price > s.max_usd:
+            raise FineTuneError(
+                f"estimated price ${price:.2f} is over train.budget.max_usd={s.max_usd}; nothing was launched"
+            )
+        if estimate.get("allowed_to_proceed") is False:
+            raise FineTuneError(
+                f"Together says this job may not proceed (limit ${estimate.get('user_limit')}); nothing was launched"
+            )
+        if s.confirm:
+            _confirm(price)
+        job = create_fine_tune(self.client, body)
+        record = {"job_id": job["id"], "estimate": estimate, "created": time.time(), **record_extra}
+        self.store.put_record(JOBS, self.job_key(body), record)
+        log.info("created Together fine-tune %s", job["id"])
+        return job
+
+    def estimate_of(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        record = self.store.record(JOBS, self.job_key(body))
+        return None if record is None else record.get("estimate")
+
+    def cancel(self, job_id: str) -> None:
+        cancel_fine_tune(self.client, job_id)
+
+    def follow(self, job_id: str) -> dict[str, Any]:
+        """Poll until a terminal status, logging new events and showing steps; the final job."""
+        s = self.settings
+        interval = s.poll_s
+        seen = failures = 0
+        bar = tqdm(desc=f"train {job_id}", unit=" step", disable=not s.progress)
+        try:
+            while True:
+                try:
+                    job = get_fine_tune(self.client, job_id)
+                    events = fine_tune_events(self.client, job_id)
+                    failures = 0
+                except APIError as e:
+                    failures += 1
+                    if failures >= MAX_POLL_FAILURES:
+                        raise FineTuneError(
+                            f"lost contact with Together fine-tune {job_id}: {e}; run again to re-attach"
+                        ) from None
+                    log.warning("poll of %s failed (%s); trying again", job_id, e)
+                    time.sleep(interval)
+                    continue
+                for event in events[seen:]:
+                    log.info("%s: [%s] %s", job_id, event.get("type"), event.get("message"))
+                    if event.get("total_steps"):
+                        bar.total = event["total_steps"]
+                    if event.get("step"):
+                        bar.n = event["step"]
+                changed = len(events) > seen
+                seen = len(events)
+                bar.set_postfix(status=job.get("status"), refresh=True)
+                if job.get("status") in FINE_TUNE_DONE:
+                    return job
+                interval = s.poll_s if changed else min(interval * 1.5, MAX_POLL_S)
+                time.sleep(interval)
+        finally:
+            bar.close()
+
+    def checkpoints(self, job_id: str) -> list[dict[str, Any]]:
+        return fine_tune_checkpoints(self.client, job_id)
+
+    def download(self, job_id: str, checkpoint: str, target: Path) -> int:
+        """Stream the merged model or adapter to `target`; its size."""
+        desc = f"download {target.name}"
+        with tqdm(unit="B", unit_scale=True, desc=desc, disable=not self.settings.progress) as bar:
+            return download_fine_tune(self.client, job_id, checkpoint, target, bar)
+
+
+def _confirm(price: float, ask: Callable[[str], str] = input) -> None:
+    if not sys.stdin.isatty():
+        raise FineTuneError(
+            "train.confirm=true needs a terminal to answer on; set train.confirm=false to launch unattended"
+        )
+    answer = ask(f"Launch this fine-tune for about ${price:.2f}? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise FineTuneError("not launched: the price was not confirmed")
