@@ -81,10 +81,12 @@ class Recorded:
 
 @dataclass
 class Fault:
-    kind: str  # "status" | "drop"
+    kind: str  # "status" | "drop" | "slow"
     status: int = 503
     headers: dict[str, str] = field(default_factory=dict)
     paths: tuple[str, ...] = ()  # empty: any path
+    after: bool = False  # do the request's work first (create the object), then fail
+    delay_s: float = 0.0  # "slow": answer only after this long
 
 
 def default_answer(body: dict[str, Any]) -> str:
@@ -185,6 +187,7 @@ class FakeTogether:
         retry_after: float | None = None,
         retry_after_ms: int | None = None,
         paths: tuple[str, ...] = (),
+        after: bool = False,
     ) -> None:
         headers = {}
         if retry_after is not None:
@@ -192,11 +195,16 @@ class FakeTogether:
         if retry_after_ms is not None:
             headers["retry-after-ms"] = str(retry_after_ms)
         with self._lock:
-            self._faults += [Fault("status", status, headers, paths) for _ in range(times)]
+            self._faults += [Fault("status", status, headers, paths, after) for _ in range(times)]
 
-    def drop(self, times: int = 1, paths: tuple[str, ...] = ()) -> None:
+    def drop(self, times: int = 1, paths: tuple[str, ...] = (), *, after: bool = False) -> None:
         with self._lock:
-            self._faults += [Fault("drop", paths=paths) for _ in range(times)]
+            self._faults += [Fault("drop", paths=paths, after=after) for _ in range(times)]
+
+    def slow(self, delay_s: float, times: int = 1, paths: tuple[str, ...] = ()) -> None:
+        """Do the work, then answer only after `delay_s` (past a client's timeout: an ambiguous failure)."""
+        with self._lock:
+            self._faults += [Fault("slow", paths=paths, after=True, delay_s=delay_s) for _ in range(times)]
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -243,12 +251,8 @@ class FakeTogether:
                 self._faults.remove(fault)
         if self.delay_s:
             time.sleep(self.delay_s)
-        if fault is not None and fault.kind == "drop":
-            h.close_connection = True
-            h.connection.shutdown(socket.SHUT_RDWR)
-            return
-        if fault is not None:
-            return _send(h, fault.status, {"error": {"message": "injected fault", "type": "fault"}}, fault.headers)
+        if fault is not None and not fault.after:
+            return self._fault(h, fault)
         if method == "PUT":  # presigned URLs carry their own authority: no API key may travel there
             if h.headers.get("Authorization"):
                 self.unauthorized_puts += 1
@@ -260,6 +264,10 @@ class FakeTogether:
             with self._lock:
                 self.invalid.append(f"{method} {path}: {e}")
             status, payload = 400, {"error": {"message": str(e), "type": "invalid_request_error"}}
+        if fault is not None:  # the work is done (an object may exist now); the answer goes wrong
+            if fault.kind != "slow":
+                return self._fault(h, fault)
+            time.sleep(fault.delay_s)
         if isinstance(payload, _Redirect):
             _send(h, status, {}, {**({"Location": payload.location} if payload.location else {}), **payload.headers})
         elif isinstance(payload, bytes):
@@ -269,6 +277,14 @@ class FakeTogether:
         if status == 200 and method == "POST" and path.endswith("completions"):
             with self._lock:
                 self.answered.append(json.dumps(body, sort_keys=True))
+
+    @staticmethod
+    def _fault(h: BaseHTTPRequestHandler, fault: Fault) -> None:
+        if fault.kind == "drop":
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_RDWR)
+            return
+        _send(h, fault.status, {"error": {"message": "injected fault", "type": "fault"}}, fault.headers)
 
     def _validate(self, path: str, body: Any) -> None:
         if not self.validate:
@@ -327,6 +343,8 @@ class FakeTogether:
             }
             self.batches[batch_id] = job
             return 200, {"job": _public(job)}
+        if method == "GET" and path == "/v1/batches":
+            return 200, [_public(job) for job in self.batches.values()]
         if method == "GET" and path.startswith("/v1/batches/"):
             job = self.batches.get(path.rsplit("/", 1)[1])
             if job is None:
@@ -445,6 +463,15 @@ class FakeTogether:
             self.jobs[job_id] = job
             self._event(job, "job_pending", "Fine tune request created")
             return 200, _truncated(job)
+        if method == "GET" and path == "/v1/fine-tunes":
+            fields = ("suffix", "n_epochs", "n_checkpoints", "n_evals", "learning_rate", "validation_file")
+            return 200, {
+                "data": [
+                    {**_truncated(job), "training_file": job["training_file"]}
+                    | {k: job["_request"][k] for k in fields if k in job["_request"]}
+                    for job in self.jobs.values()
+                ]
+            }
         if method == "GET" and path == "/v1/finetune/download":
             return 200, b"model weights (" + (path.encode()) + b")"
         parts = path.split("/")
@@ -514,6 +541,9 @@ class FakeTogether:
             }
             self.endpoints[endpoint_id] = endpoint
             return 200, _public(endpoint)
+        if method == "GET" and path == "/v1/endpoints":
+            keys = ("object", "id", "name", "model", "type", "owner", "state", "created_at")
+            return 200, {"object": "list", "data": [{k: e[k] for k in keys} for e in self.endpoints.values()]}
         endpoint = self.endpoints.get(path.split("/")[3]) if path.count("/") == 3 else None
         if endpoint is None:
             return 404, {"error": {"message": f"no endpoint at {path}"}}

@@ -8,10 +8,12 @@ TOGETHER_API_KEY / TOGETHER_BASE_URL; the key only ever lives in the session's h
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -20,6 +22,7 @@ from urllib3.util.retry import Retry
 
 from recipe.errors import RecipeError
 
+log = logging.getLogger(__name__)
 TOGETHER_BASE_URL = "https://api.together.xyz/v1"
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 60.0
@@ -89,13 +92,14 @@ class Client:
         self.timeout_s = timeout_s
         self.max_retries, self.backoff_s = max_retries, backoff_s
         self.retries = _Counter()
+        self._once_session: requests.Session | None = None
         retry = _Retry(
             total=max_retries,
             connect=max_retries,
             read=max_retries,
             status=max_retries,
             other=0,
-            allowed_methods=None,  # POSTs too: completions are safe to repeat
+            allowed_methods=None,  # POSTs too: completions are safe to repeat (creates go through `create`)
             status_forcelist=RETRY_STATUSES,
             backoff_factor=backoff_s,
             backoff_max=8.0,
@@ -127,11 +131,66 @@ class Client:
     def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.request("POST", path, json=body).json()
 
+    def create(
+        self, path: str, body: dict[str, Any], *, find: Callable[[], dict[str, Any] | None], what: str
+    ) -> dict[str, Any]:
+        """POST the create of a paid or stateful object (a fine-tune job, an endpoint, a batch), never
+        retried blindly. Rate limits (429, with Retry-After) are waited out and sent again: the server
+        refused before doing anything. A clear 4xx raises at once. After an ambiguous failure (a
+        timeout, a dropped connection, a 5xx: the server may have created the object before failing)
+        `find()` looks the object up first; a match is adopted (and said), and only when there is
+        none is the create sent again, at most `max_retries` times."""
+        url = f"{self.base_url}/{path.lstrip('/')}"
+        attempt = 0
+        while True:
+            refused, wait = False, None
+            try:
+                response = self._once().request("POST", url, json=body, timeout=self.timeout_s)
+            except requests.RequestException as e:
+                failure = f"{type(e).__name__}: {e}"
+            else:
+                status = response.status_code
+                if status < 400:
+                    return response.json()
+                failure = f"HTTP {status}: {_error_message(response)}"
+                if status == 429:
+                    refused, wait = True, _Retry(total=1).get_retry_after(response)
+                elif status < 500 and status != 408:
+                    raise APIError(f"POST {url}: {failure}", status)
+            if not refused:  # ambiguous: the object may exist now
+                found = find()
+                if found is not None:
+                    log.warning(
+                        "POST %s failed ambiguously (%s) but the %s exists: adopting %s",
+                        url,
+                        failure,
+                        what,
+                        found.get("id"),
+                    )
+                    return found
+            attempt += 1
+            self.retries.add()
+            if attempt > self.max_retries:
+                raise APIError(f"POST {url}: {failure} (no {what} was created; tried {attempt} times)")
+            log.warning("POST %s failed (%s); no %s was created: sending it again", url, failure, what)
+            time.sleep(wait if wait is not None else min(self.backoff_s * 2 ** (attempt - 1), 8.0))
+
+    def _once(self) -> requests.Session:
+        """A session with this client's headers that never retries by itself (for creates)."""
+        if self._once_session is None:
+            self._once_session = requests.Session()
+            self._once_session.mount("http://", HTTPAdapter(max_retries=0))
+            self._once_session.mount("https://", HTTPAdapter(max_retries=0))
+            self._once_session.headers.update(self.session.headers)
+        return self._once_session
+
     def get_json(self, path: str, **params: Any) -> dict[str, Any]:
         return self.request("GET", path, params=params or None).json()
 
     def close(self) -> None:
         self.session.close()
+        if self._once_session is not None:
+            self._once_session.close()
 
 
 def _error_message(response: requests.Response) -> str:

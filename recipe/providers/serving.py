@@ -132,18 +132,57 @@ class DedicatedEndpoints:
         ).hexdigest()[:24]
 
     def recorded(self, key: str) -> dict[str, Any] | None:
-        """The live record under `key` (None when none, or when it was deleted)."""
+        """The live record under `key` (None when none, or when it was deleted). A create that was
+        sent but whose answer never came (a crash) is looked up by its display name and adopted."""
         record = self.store.record(self.kind, key)
-        return None if record is None or record.get("deleted") else record
+        if record is None or record.get("deleted"):
+            return None
+        if not record.get("id"):  # intent only
+            found = self._find(record["display_name"], record["model"])
+            if found is None:
+                return None
+            log.warning("found Together endpoint %s created before a crash: adopting it", found["id"])
+            record = {**record, "id": found["id"], "name": found.get("name"), "adopted": True}
+            self.store.put_record(self.kind, key, record)
+        return record
+
+    def alive(self, key: str, record: dict[str, Any]) -> dict[str, Any] | None:
+        """The recorded endpoint as Together reports it; None (and the record marked deleted) when
+        Together no longer has it (HTTP 404: deleted outside recipe)."""
+        try:
+            return self.get(record["id"])
+        except APIError as e:
+            if e.status != 404:
+                raise
+        log.warning("Together endpoint %s recorded for this config is gone (HTTP 404)", record["id"])
+        self.store.put_record(self.kind, key, {**record, "deleted": True, "gone": True})
+        return None
 
     def create(self, key: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Create an endpoint (`hardware` null = the cheapest available) and record it at once."""
+        """Create an endpoint (`hardware` null = the cheapest available): its intent recorded
+        first, under a display name that carries the record key, so that after an ambiguous
+        failure or a crash the endpoint is found and adopted instead of created twice."""
         hardware = body.get("hardware") or cheapest_hardware(self.client, body["model"])
-        endpoint = self.client.post_json("endpoints", {**body, "hardware": hardware})
-        record = {"id": endpoint["id"], "name": endpoint.get("name"), "hardware": hardware, "created": time.time()}
+        display_name = f"recipe-{key[:8]} {body['model'].split('/')[-1]}"[:64]
+        body = {**body, "hardware": hardware, "display_name": display_name}
+        intent = {"display_name": display_name, "model": body["model"], "hardware": hardware, "sent": time.time()}
+        self.store.put_record(self.kind, key, intent)
+        endpoint = self.client.create(
+            "endpoints", body, find=lambda: self._find(display_name, body["model"]), what="dedicated endpoint"
+        )
+        record = {**intent, "id": endpoint["id"], "name": endpoint.get("name"), "created": time.time()}
         self.store.put_record(self.kind, key, record)
         log.info("created Together endpoint %s on %s", endpoint["id"], hardware)
         return record
+
+    def _find(self, display_name: str, model: str) -> dict[str, Any] | None:
+        listed = self.client.get_json("endpoints", type="dedicated", mine="true").get("data") or []
+        for item in listed:
+            if item.get("model") == model:
+                endpoint = self.get(item["id"])
+                if endpoint.get("display_name") == display_name:
+                    return endpoint
+        return None
 
     def get(self, endpoint_id: str) -> dict[str, Any]:
         return self.client.get_json(f"endpoints/{endpoint_id}")
@@ -154,9 +193,17 @@ class DedicatedEndpoints:
     def wait_started(self, endpoint_id: str) -> dict[str, Any]:
         return wait_endpoint_started(self.client, endpoint_id, self.poll_s, self.progress)
 
-    def delete(self, key: str, record: dict[str, Any]) -> None:
-        self.client.request("DELETE", f"endpoints/{record['id']}")
+    def delete(self, key: str, record: dict[str, Any]) -> bool:
+        """Delete the recorded endpoint; False when Together had no such endpoint any more."""
+        try:
+            self.client.request("DELETE", f"endpoints/{record['id']}")
+            gone = False
+        except APIError as e:
+            if e.status != 404:
+                raise
+            gone = True
         self.store.put_record(self.kind, key, {**record, "deleted": True})
+        return not gone
 
 
 @contextlib.contextmanager
@@ -165,9 +212,10 @@ def temporary_endpoint(endpoints: DedicatedEndpoints, model: str, hardware: str 
     re-attaches), `inactive_timeout` in case we die, deleted afterwards, on errors too."""
     key = endpoints.key({"model": model, "hardware": hardware, "temporary": True})
     record = endpoints.recorded(key)
+    if record is not None and endpoints.alive(key, record) is None:
+        record = None
     if record is None:
         body = {
-            "display_name": f"recipe test {model.split('/')[-1]}"[:64],
             "model": model,
             "hardware": hardware,
             "autoscaling": {"min_replicas": 1, "max_replicas": 1},

@@ -31,7 +31,21 @@ def upload_batch_file(client: Client, path: Path) -> str:
 
 
 def create_batch(client: Client, input_file_id: str, endpoint: str) -> dict[str, Any]:
-    response = client.post_json("batches", {"input_file_id": input_file_id, "endpoint": endpoint})
+    """Create a batch job, never twice for one input file (see Client.create): after an ambiguous
+    failure, or for a create sent before a crash, the batch made from `input_file_id` is adopted."""
+
+    def find() -> dict[str, Any] | None:
+        listed = client.request("GET", "batches").json()
+        jobs = listed if isinstance(listed, list) else listed.get("data") or []
+        mine = [j for j in jobs if j.get("input_file_id") == input_file_id]
+        return max(mine, key=lambda j: str(j.get("created_at", ""))) if mine else None
+
+    found = find()  # a create sent before a crash may have made it already
+    if found is not None:
+        return found
+    response = client.create(
+        "batches", {"input_file_id": input_file_id, "endpoint": endpoint}, find=find, what="batch job"
+    )
     return response.get("job", response)  # BatchJobWithWarning wraps the job
 
 
@@ -165,10 +179,6 @@ def estimate_price(client: Client, body: dict[str, Any]) -> dict[str, Any]:
         "from_checkpoint",
     )
     return client.post_json("fine-tunes/estimate-price", {k: body[k] for k in keys if k in body})
-
-
-def create_fine_tune(client: Client, body: dict[str, Any]) -> dict[str, Any]:
-    return client.post_json("fine-tunes", body)
 
 
 def get_fine_tune(client: Client, job_id: str) -> dict[str, Any]:

@@ -27,7 +27,6 @@ from recipe.providers.http import APIError, Client
 from recipe.providers.together import (
     FINE_TUNE_DONE,
     cancel_fine_tune,
-    create_fine_tune,
     download_fine_tune,
     estimate_price,
     fine_tune_checkpoints,
@@ -43,6 +42,8 @@ JOBS = "together-fine-tunes"
 MAX_POLL_S = 60.0
 MAX_POLL_FAILURES = 10
 FAILED = ("error", "user_error", "cancelled")
+# Fields of a job in `GET /fine-tunes` that identify it as made from our request.
+MATCH_KEYS = ("training_file", "validation_file", "model", "suffix", "n_epochs", "learning_rate")
 
 
 class FineTuneError(RecipeError):
@@ -107,13 +108,38 @@ class TogetherFineTuner:
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
 
     def recorded(self, body: dict[str, Any]) -> dict[str, Any] | None:
-        """The job recorded for this body, as Together reports it now; None when none is recorded."""
-        record = self.store.record(JOBS, self.job_key(body))
-        return None if record is None else get_fine_tune(self.client, record["job_id"])
+        """The job recorded for this body, as Together reports it now; None when none is recorded.
+        A create that was sent but whose answer never came (a crash, a timeout) is looked up and,
+        when found, adopted and recorded. A recorded job that Together no longer knows (HTTP 404) is
+        an error unless `relaunch` (then: None)."""
+        key = self.job_key(body)
+        record = self.store.record(JOBS, key)
+        if record is None:
+            return None
+        if not record.get("job_id"):  # intent only: did the create reach Together?
+            job = self._find(body, set(record.get("previous_job_ids", [])))
+            if job is None:
+                return None
+            log.warning("found Together fine-tune %s created for this config before a crash: adopting it", job["id"])
+            self.store.put_record(JOBS, key, {**record, "job_id": job["id"], "adopted": True})
+            return get_fine_tune(self.client, job["id"])
+        try:
+            return get_fine_tune(self.client, record["job_id"])
+        except APIError as e:
+            if e.status != 404:
+                raise
+        if not self.settings.relaunch:
+            raise FineTuneError(
+                f"the Together fine-tune {record['job_id']} recorded for this config no longer exists (HTTP 404: "
+                "deleted outside recipe?); nothing was launched: set train.relaunch=true to launch a new (paid) one"
+            )
+        log.warning("the recorded fine-tune %s is gone; launching a new one (train.relaunch=true)", record["job_id"])
+        return None
 
     def ensure(self, body: dict[str, Any], record_extra: dict[str, Any]) -> dict[str, Any]:
         """The job recorded for this body (re-attached), or a new one: priced, held against the
-        budget, confirmed if asked, and recorded before anything waits on it."""
+        budget, confirmed if asked, its intent recorded before the create is sent, and the create
+        never repeated blindly (see Client.create)."""
         s = self.settings
         job = self.recorded(body)
         if job is not None:
@@ -140,11 +166,24 @@ class TogetherFineTuner:
             )
         if s.confirm:
             _confirm(price)
-        job = create_fine_tune(self.client, body)
-        record = {"job_id": job["id"], "estimate": estimate, "created": time.time(), **record_extra}
-        self.store.put_record(JOBS, self.job_key(body), record)
+        key = self.job_key(body)
+        old = self.store.record(JOBS, key) or {}
+        previous = [*old.get("previous_job_ids", []), *([old["job_id"]] if old.get("job_id") else [])]
+        # The intent first: if we die before Together's answer is recorded, a re-run looks the job up.
+        intent = {"estimate": estimate, "sent": time.time(), "previous_job_ids": previous, **record_extra}
+        self.store.put_record(JOBS, key, intent)
+        job = self.client.create("fine-tunes", body, find=lambda: self._find(body, set(previous)), what="fine-tune job")
+        self.store.put_record(JOBS, key, {**intent, "job_id": job["id"], "created": time.time()})
         log.info("created Together fine-tune %s", job["id"])
         return job
+
+    def _find(self, body: dict[str, Any], exclude: set[str]) -> dict[str, Any] | None:
+        """A job on Together made from this body (same files, model, suffix and schedule) that is
+        not one of `exclude`; the newest when there are several."""
+        jobs = self.client.get_json("fine-tunes").get("data") or []
+        keys = [k for k in MATCH_KEYS if k in body]
+        matches = [j for j in jobs if j.get("id") not in exclude and all(j.get(k) == body[k] for k in keys)]
+        return max(matches, key=lambda j: str(j.get("created_at", ""))) if matches else None
 
     def estimate_of(self, body: dict[str, Any]) -> dict[str, Any] | None:
         record = self.store.record(JOBS, self.job_key(body))

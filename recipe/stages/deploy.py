@@ -177,11 +177,24 @@ class TogetherDeploy(Stage):
         key = endpoints.key(identity)
         record = endpoints.recorded(key)
         action = c.action.value
-        if record is None:
+        current = endpoints.alive(key, record) if record is not None else None
+        if current is None:
+            gone = (
+                f"the endpoint {record['id']} recorded for this config is gone (deleted outside recipe)"
+                if record
+                else ""
+            )
+            if action == "delete" and record is not None:
+                print(f"{gone}: nothing to delete")
+                return {"provider": "together", "endpoint_id": record["id"], "model": model, "state": "DELETED"}
             if action != "ensure":
-                raise StageError(f"deploy.action={action}: no Together endpoint is recorded for this config")
+                raise StageError(
+                    f"deploy.action={action}: {gone or 'no Together endpoint is recorded for this config'}"
+                )
+            if record is not None:
+                print(f"{gone}; creating a new one")
             body = {
-                "display_name": f"recipe {model.split('/')[-1]}"[:64],
+                "display_name": "",
                 "model": model,
                 "hardware": c.hardware,
                 "autoscaling": {"min_replicas": c.min_replicas, "max_replicas": c.max_replicas},
@@ -197,7 +210,7 @@ class TogetherDeploy(Stage):
             return {**state, "state": "DELETED"}
         if action == "stop":
             return {**state, "state": endpoints.set_state(endpoint_id, "STOPPED").get("state")}
-        if action == "start" or endpoints.get(endpoint_id).get("state") == "STOPPED":
+        if action == "start" or (current or {}).get("state") == "STOPPED":
             endpoints.set_state(endpoint_id, "STARTED")
         endpoint = endpoints.wait_started(endpoint_id)
         name = endpoint["name"]

@@ -55,6 +55,7 @@ from recipe.stages import Stage, StageError
 from recipe.store import Artifact
 
 CONVERSATIONS_FILE = "conversations.jsonl"
+PENDING = "pending:"  # a batch whose create was sent for this input file, its id not known yet
 # ShareGPT scrapes start some turns with the web UI's page counter ("1 / 1", "2 / 2"); the seed cut it.
 PAGE_COUNTER = re.compile(r"^\s*\d+\s*/\s*\d+")
 Message = dict[str, str]
@@ -295,13 +296,17 @@ class Distill(Stage):
         """Submit (or re-attach to) the batch of these requests; wait; cache and return answers."""
         batch_key = request_key({"batch": sorted(key for _, _, key in waiting), "endpoint": endpoint})
         batch_id = teacher.cache.batch_id(batch_key)
-        if batch_id is None:
-            with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-                requests_file = Path(tmp) / f"turn-{index + 1}.jsonl"
-                with open(requests_file, "wb") as f:
-                    for _, body, key in waiting:
-                        f.write(encode_line({"custom_id": key, "body": body}))
-                file_id = upload_batch_file(client, requests_file)
+        if not batch_id or batch_id.startswith(PENDING):
+            file_id = batch_id.removeprefix(PENDING) if batch_id else None
+            if not file_id:
+                with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+                    requests_file = Path(tmp) / f"turn-{index + 1}.jsonl"
+                    with open(requests_file, "wb") as f:
+                        for _, body, key in waiting:
+                            f.write(encode_line({"custom_id": key, "body": body}))
+                    file_id = upload_batch_file(client, requests_file)
+                # The intent (its input file) first: a re-run after a crash looks the batch up by it.
+                teacher.cache.put_batch(batch_key, PENDING + file_id)
             batch_id = str(create_batch(client, file_id, endpoint)["id"])
             teacher.cache.put_batch(batch_key, batch_id)  # before waiting: a re-run re-attaches
         bar = tqdm(desc=f"distill: batch turn {index + 1}", total=100, unit="%", disable=not self.config.progress)
