@@ -24,7 +24,7 @@ import requests
 
 from recipe.artifacts import Deployment, PromptFormat
 from recipe.errors import RecipeError
-from recipe.providers.http import Client
+from recipe.providers.http import Client, together_base_url
 from recipe.providers.model_client import completion_request
 from recipe.providers.serving import LocalServing, local_model
 
@@ -84,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("prompt", nargs="?", help="one prompt; without it, an interactive chat")
     parser.add_argument("--url", help="an OpenAI-compatible base URL (default: the newest deployment)")
     parser.add_argument("--model", help="the model name at that URL")
+    parser.add_argument(
+        "--key-env",
+        help="an environment variable holding the key for --url (default: none, except TOGETHER_API_KEY "
+        "for the Together base URL itself)",
+    )
     parser.add_argument("--store", default="outputs/store", help="the artifact store (default: outputs/store)")
     parser.add_argument("--max-tokens", type=int, default=256)
     args = parser.parse_args(argv)
@@ -118,17 +123,31 @@ def _interactive() -> Iterator[str]:
         yield prompt
 
 
+def key_for(url: str, key_env: str | None) -> str | None:
+    """The key a URL may be sent: the variable the user (or the deployment) paired with it, else the
+    Together key for the Together base URL only; any other host gets none."""
+    if key_env:
+        key = os.environ.get(key_env)
+        if not key:
+            raise RecipeError(f"--key-env {key_env}: the variable is not set")
+        return key
+    if url.rstrip("/") == together_base_url(None).rstrip("/"):
+        return os.environ.get("TOGETHER_API_KEY")
+    return None
+
+
 @contextlib.contextmanager
 def _endpoint(args: argparse.Namespace) -> Iterator[tuple[str, str, str | None, PromptFormat]]:
     if args.url:
         if not args.model:
             raise RecipeError("--url needs --model")
-        yield args.url.rstrip("/"), args.model, os.environ.get("TOGETHER_API_KEY"), PromptFormat("chat_template")
+        url = args.url.rstrip("/")
+        yield url, args.model, key_for(url, args.key_env), PromptFormat("chat_template")
         return
     deployment = newest_deployment(Path(args.store))
     fmt = deployment.prompt_format
     if deployment.provider != "local":
-        yield deployment.url, deployment.model, os.environ.get(deployment.key_env or "TOGETHER_API_KEY"), fmt
+        yield deployment.url, deployment.model, key_for(deployment.url, deployment.key_env), fmt
     elif reachable(deployment.url):
         yield deployment.url, deployment.model, None, fmt
     else:  # the deploy stage's server stopped: serve the same directory for this chat

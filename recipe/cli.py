@@ -10,6 +10,7 @@ recipe -m ... sweep.preview=true   # each job's overrides and plan, nothing run
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from omegaconf import DictConfig
 from recipe.config import register_configs
 from recipe.errors import RecipeError
 from recipe.runner import run
+from recipe.secrets import mask_printed_secrets
 
 # conf/ sits at the top of the repository (next to recipe/); the project is installed editable.
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -28,8 +30,16 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register_configs()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, systemd, docker stop, Slurm, CI runners): stopped like Ctrl-C, cleanly."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     if multirun and cfg.sweep.preview:
         hydra_cfg = HydraConfig.get()
@@ -42,6 +52,17 @@ def main(cfg: DictConfig) -> None:
         if multirun:
             raise  # Hydra marks the job failed; the sweep summary records it; other jobs still run
         sys.exit(2)
+    except KeyboardInterrupt as e:  # managed servers and workers were stopped on the way out
+        terminated = isinstance(e, Terminated)
+        print(f"\n{'terminated (SIGTERM)' if terminated else 'interrupted (Ctrl-C)'}: stopped", file=sys.stderr)
+        sys.exit(143 if terminated else 130)
+
+
+def main() -> None:
+    """The console script: SIGTERM handled like Ctrl-C; secrets masked in printed configs."""
+    signal.signal(signal.SIGTERM, _terminate)
+    sys.argv[1:] = mask_printed_secrets(sys.argv[1:])
+    _main()
 
 
 if __name__ == "__main__":

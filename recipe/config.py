@@ -216,7 +216,9 @@ class DistillConfig:
     budget: BudgetConfig = execution(factory=BudgetConfig)
     # Answer length assumed by dry_run's cost estimate (max_tokens gives the upper bound).
     estimate_answer_tokens: int = execution(300)
-    concurrency: int = execution(8)  # conversations in flight; turns within one stay sequential
+    # Conversations in flight; turns within one stay sequential. Also the most a crash (kill -9) can
+    # cost: requests in flight then are sent again on resume (counted as resent_after_crash).
+    concurrency: int = execution(8)
     requests_per_minute: Optional[float] = execution(None)
     tokens_per_minute: Optional[float] = execution(None)
     timeout_s: float = execution(120.0)

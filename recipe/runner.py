@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class
 from omegaconf import DictConfig
 
-from recipe.stages import CONFIG_KEY, STAGE_ORDER, Stage, StageError, StagePending
+from recipe.stages import CONFIG_KEY, STAGE_ORDER, Stage, StageError, StagePending, build_stage, check_targets
 from recipe.store import Artifact, ArtifactStore, fingerprint, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -32,26 +31,6 @@ def select_stages(cfg: DictConfig) -> list[str]:
         if name not in available:
             raise StageError(f"stages: {name!r} has no config; choose one with {CONFIG_KEY[name]}=<option>")
     return [s for s in STAGE_ORDER if s in cfg.stages]
-
-
-def build_stage(name: str, cfg: DictConfig) -> Stage:
-    """Instantiate a stage from its node's `_target_`, which must be a Stage class under recipe.*."""
-    key = CONFIG_KEY[name]
-    node = cfg.get(key)
-    if node is None:
-        raise StageError(f"stage {name!r} needs config `{key}`; choose one with {key}=<option>")
-    target = node.get("_target_")
-    if not isinstance(target, str) or not target.startswith("recipe."):
-        raise StageError(
-            f"{key}._target_={target!r} is refused: stage classes must live in the recipe package (recipe.*)"
-        )
-    try:
-        cls = get_class(target)
-    except Exception as e:  # hydra wraps import errors in its own types
-        raise StageError(f"{key}._target_={target!r} cannot be imported: {e}") from None
-    if not (isinstance(cls, type) and issubclass(cls, Stage)):
-        raise StageError(f"{key}._target_={target!r} is not a recipe Stage class")
-    return cls(config=node, root=cfg)
 
 
 class _Plan:
@@ -87,6 +66,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     `run_dir` defaults to Hydra's run directory (the current directory outside a Hydra job)."""
     if run_dir is None:
         run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
+    check_targets(cfg)
     store = ArtifactStore(cfg.store_dir)
     plan = _Plan(cfg)
     record: dict[str, Any] = {

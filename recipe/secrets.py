@@ -42,6 +42,24 @@ def strip_secrets(value: Any) -> Any:
     return value
 
 
+PRINTING_FLAGS = frozenset({"--cfg", "-c", "--info", "-i"})
+
+
+def mask_printed_secrets(argv: list[str]) -> list[str]:
+    """When the command only prints the config (`--cfg`, `--info`), secret overrides given on the
+    command line are replaced by `***` before Hydra composes (and prints) anything: nothing runs, so
+    nothing needs the key, and CI logs keep stdout. Runs are scrubbed by ScrubSecrets instead."""
+    if not PRINTING_FLAGS.intersection(argv):
+        return argv
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and not arg.startswith("-") and is_secret_key(key.rsplit(".", 1)[-1]) and value:
+            arg = f"{key}={REDACTED}"
+        out.append(arg)
+    return out
+
+
 def together_api_key(cfg: DictConfig) -> str | None:
     """The Together key: `together.api_key` if set, else $TOGETHER_API_KEY."""
     return cfg.together.api_key or os.environ.get("TOGETHER_API_KEY") or None

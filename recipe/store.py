@@ -8,6 +8,7 @@ only a `.tmp-*` directory, which is removed on the next build of that stage.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -19,7 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recipe.errors import RecipeError
+
 MANIFEST = "manifest.json"
+
+
+class StoreFull(RecipeError):
+    """The disk filled up while an artifact was written (nothing half-written is left)."""
 
 
 def canonical_json(value: Any) -> str:
@@ -123,8 +130,14 @@ class ArtifactStore:
                 else:
                     shutil.rmtree(tmp)  # an identical build (same fingerprint) finished first
             return Artifact(stage, fp, final)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreFull(
+                    f"no space left on the device while writing the {stage} artifact in {stage_dir} "
+                    f"({e.filename or 'a file'}): nothing half-written was kept; free some space, or point "
+                    "store_dir= at a larger disk, and run again"
+                ) from None
             raise
 
     # ---- records of paid, long-lived remote objects (uploaded files, jobs, endpoints) ---------------

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,30 @@ def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
         return proc
 
     return _run
+
+
+def default_sigint() -> None:
+    """preexec_fn: a child we signal must get SIGINT's default disposition, even when the test suite
+    itself was started from a background shell (which starts it with SIGINT ignored, inherited)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., subprocess.Popen]]:
+    """Popen with SIGINT deliverable; whatever is still running when the test ends, even on failure,
+    is killed (its process group too, when it has one of its own)."""
+    started: list[subprocess.Popen] = []
+
+    def _spawn(args: list[str], **kwargs: object) -> subprocess.Popen:
+        proc = subprocess.Popen(args, preexec_fn=default_sigint, **kwargs)  # type: ignore[call-overload]
+        started.append(proc)
+        return proc
+
+    yield _spawn
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
 
 
 def latest_run(root: Path) -> dict:

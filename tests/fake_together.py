@@ -393,6 +393,13 @@ class FakeTogether:
                 return 200, _Redirect(None, {"ETag": f'"{uuid.uuid4().hex}"'})
             self.uploads[file_id]["data"] = body
             return 200, {}
+        if method == "DELETE" and path.startswith("/v1/files/") and path.count("/") == 3:
+            file_id = path.split("/")[3]
+            if file_id not in self.uploads and file_id not in self.files:
+                return 404, {"error": {"message": f"no file {file_id}"}}
+            self.uploads.pop(file_id, None)
+            self.files.pop(file_id, None)
+            return 200, {"id": file_id, "deleted": True}
         if method == "POST" and path.startswith("/v1/files/") and path.endswith("/preprocess"):
             file_id = path.split("/")[3]
             upload = self.uploads.get(file_id)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -93,3 +96,39 @@ def test_scrubbed_config_still_resolves_the_key_in_the_job(monkeypatch) -> None:
     scrub_config(cfg)
     assert PLANTED not in OmegaConf.to_yaml(cfg)  # what Hydra would save
     assert together_api_key(cfg) == PLANTED  # what the job sees
+
+
+@pytest.mark.parametrize("flag", [("--cfg", "job"), ("--cfg", "all"), ("--info", "config")])
+def test_printing_the_config_masks_a_key_given_on_the_command_line(run_cli, flag) -> None:
+    out = run_cli(*flag, f"together.api_key={PLANTED}", "train=together_lora")
+    assert PLANTED not in out.stdout + out.stderr
+    if flag[0] == "--cfg":
+        assert "api_key: '***'" in out.stdout
+
+
+def test_an_unselected_stage_with_a_foreign_target_is_refused_before_any_work(run_cli, tmp_path: Path) -> None:
+    proc = run_cli("train._target_=os.system", "stages=[mix]", "mix=samples", check=False)
+    assert proc.returncode == 2 and "train._target_='os.system' is refused" in proc.stderr
+    assert not (tmp_path / "outputs" / "store").exists()
+    proc = run_cli("+notes.x._target_=subprocess.run", "stages=[mix]", "mix=samples", check=False)
+    assert proc.returncode == 2 and "notes.x._target_='subprocess.run' is refused" in proc.stderr
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A 64 KiB tmpfs (needs root, as CI and these machines are); always unmounted."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)]).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(run_cli, tiny_disk: Path) -> None:
+    proc = run_cli("stages=[mix]", "mix=samples", "mix.progress=false", f"store_dir={tiny_disk}", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"no space left on the device while writing the mix artifact in {tiny_disk}/mix" in proc.stderr
+    assert list((tiny_disk / "mix").iterdir()) == []

@@ -110,10 +110,15 @@ def serve_processes() -> set[int]:
 
 
 @pytest.mark.slow
-def test_local_deployment_serves_the_openai_client_until_ctrl_c(tmp_path: Path, tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["int", "term", "kill"])
+def test_local_deployment_serves_the_openai_client_until_stopped(
+    tmp_path: Path, tiny_model_dir: Path, spawn, signum: int
+) -> None:
+    """Serving in the foreground ends cleanly on Ctrl-C or SIGTERM (the stage completes); kill -9
+    of `recipe` takes the server with it (PR_SET_PDEATHSIG)."""
     openai = pytest.importorskip("openai")
     before = serve_processes()
-    proc = subprocess.Popen(
+    proc = spawn(
         [
             RECIPE,
             "stages=[mix,train,deploy]",
@@ -154,14 +159,15 @@ def test_local_deployment_serves_the_openai_client_until_ctrl_c(tmp_path: Path, 
         timeout=120,
     )
     assert chat.returncode == 0 and chat.stdout.strip()
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 0
+    proc.send_signal(signum)
+    assert proc.wait(timeout=60) == (-signal.SIGKILL if signum == signal.SIGKILL else 0)
     deadline = time.monotonic() + 15
     while serve_processes() - before and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not serve_processes() - before, "the server outlived Ctrl-C"
-    record = json.loads(sorted((tmp_path / "outputs" / "runs").glob("*/*/run.json"))[-1].read_text())
-    assert record["stages"]["deploy"]["status"] == "ok"
+    assert not serve_processes() - before, "the server outlived its recipe"
+    if signum != signal.SIGKILL:
+        record = json.loads(sorted((tmp_path / "outputs" / "runs").glob("*/*/run.json"))[-1].read_text())
+        assert record["stages"]["deploy"]["status"] == "ok"
 
 
 @pytest.mark.slow
@@ -234,3 +240,18 @@ def test_the_offline_recipe_end_to_end(run_cli, tmp_path: Path) -> None:
         env=os.environ,
     )
     assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
+
+
+def test_recipe_chat_sends_the_together_key_to_together_only(tmp_path: Path) -> None:
+    chat = str(Path(sys.executable).parent / "recipe-chat")
+
+    def ask(url: str, *extra: str, **env: str) -> None:
+        environment = {**os.environ, "TOGETHER_API_KEY": KEY, "TOGETHER_BASE_URL": "http://127.0.0.1:9/v1", **env}
+        subprocess.run([chat, "--url", url, "--model", "m", *extra, "Hi"], env=environment, check=True, timeout=60)
+
+    with FakeTogether(api_key=None, validate=False) as other:
+        ask(other.base_url)  # any other host: no key
+        ask(other.base_url, "--key-env", "MY_SERVER_KEY", MY_SERVER_KEY="paired-key")  # a key the user paired
+        ask(other.base_url, TOGETHER_BASE_URL=other.base_url)  # the Together base URL itself: its key
+        sent = [r.headers.get("Authorization") for r in other.posts("/v1/chat/completions")]
+    assert sent == [None, "Bearer paired-key", f"Bearer {KEY}"]

@@ -179,7 +179,7 @@ def test_distilled_conversations_feed_the_mixture(make_cfg, tmp_path: Path, fake
     assert sum("answer 1 to:" in t for t in texts) == 8  # the instructions half, answered by the teacher
 
 
-def test_kill_9_then_resume_resends_nothing_finished(tmp_path: Path, fake: FakeTogether) -> None:
+def test_kill_9_then_resume_resends_nothing_finished(tmp_path: Path, fake: FakeTogether, spawn) -> None:
     fake.delay_s = 0.15
     args = [
         RECIPE,
@@ -193,7 +193,7 @@ def test_kill_9_then_resume_resends_nothing_finished(tmp_path: Path, fake: FakeT
         f"distill.cache_path={tmp_path / 'cache.sqlite'}",
     ]
     env = {**os.environ, "TOGETHER_API_KEY": KEY, "TOGETHER_BASE_URL": fake.base_url}
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = spawn(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while len(fake.answered) < 8 and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -202,12 +202,19 @@ def test_kill_9_then_resume_resends_nothing_finished(tmp_path: Path, fake: FakeT
     with fake._lock:
         answered_before = set(fake.answered)
         sent_before = len(fake.requests)
-    cached = sqlite3.connect(tmp_path / "cache.sqlite").execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+    db = sqlite3.connect(tmp_path / "cache.sqlite")
+    cached = db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+    in_flight = db.execute("SELECT COUNT(*) FROM inflight").fetchone()[0]  # the journal of the killed run
+    db.close()
     assert cached >= len(answered_before) - 2  # at most the answers in flight at the kill are lost
+    assert 1 <= in_flight <= 2  # the server was answering two conversations when the kill came
     fake.delay_s = 0
     subprocess.run(args, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
     resent = [r for r in fake.requests[sent_before:] if json.dumps(r.body, sort_keys=True) in answered_before]
-    assert len(resent) <= 2  # only requests whose answers were on the wire at the kill
+    assert len(resent) <= in_flight  # only requests whose answers were on the wire at the kill
+    record = json.loads(sorted((tmp_path / "outputs" / "runs").glob("*/*/run.json"))[-1].read_text())
+    manifest = json.loads((Path(record["stages"]["distill"]["artifact"]) / "manifest.json").read_text())
+    assert manifest["resent_after_crash"] == in_flight
     assert not (tmp_path / "outputs" / "store" / "distill").exists() or any(
         (tmp_path / "outputs" / "store" / "distill").iterdir()
     )
@@ -275,14 +282,18 @@ def llama_servers() -> list[int]:
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_the_local_teacher_server(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["int", "term", "kill"])
+def test_a_signal_stops_the_local_teacher_server(tmp_path: Path, spawn, signum: int) -> None:
+    """Ctrl-C and SIGTERM stop cleanly (exit 130 / 143, one line, no traceback); even kill -9 takes
+    the managed llama.cpp server with it."""
     pytest.importorskip("llama_cpp")
     before = set(llama_servers())
-    proc = subprocess.Popen(
+    proc = spawn(
         [RECIPE, "stages=[distill]", "distill.progress=false", "distill.max_conversations=20"],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 60
     while not set(llama_servers()) - before and time.monotonic() < deadline:
@@ -290,11 +301,43 @@ def test_ctrl_c_stops_the_local_teacher_server(tmp_path: Path) -> None:
     started = set(llama_servers()) - before
     assert started, "the local server never started"
     time.sleep(2)  # let it answer a little
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) != 0
+    proc.send_signal(signum)
+    code = proc.wait(timeout=60)
+    stderr = proc.stderr.read()
+    if signum == signal.SIGKILL:
+        assert code == -signal.SIGKILL
+    else:
+        assert code == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum], stderr
+        assert "Traceback" not in stderr and ("interrupted" in stderr or "terminated" in stderr), stderr
     deadline = time.monotonic() + 15
     while started & set(llama_servers()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not started & set(llama_servers()), "the llama.cpp server outlived Ctrl-C"
+    assert not started & set(llama_servers()), "the llama.cpp server outlived its recipe"
     distill_store = tmp_path / "outputs" / "store" / "distill"
-    assert not distill_store.exists() or not any(distill_store.iterdir())  # no artifact, no temp dir
+    assert not list(distill_store.glob("*/manifest.json"))  # no artifact
+    if signum != signal.SIGKILL:  # stopped cleanly: no temp dir either (kill -9's is removed by the next build)
+        assert not distill_store.exists() or not any(distill_store.iterdir())
+
+
+def test_a_damaged_cache_is_moved_aside_and_its_answers_salvaged(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    from recipe.providers.cache import RequestCache
+
+    cache = RequestCache(tmp_path / "big.sqlite")
+    for i in range(3000):
+        cache.put(f"key-{i}", "an answer that was paid for " * 4, 10, 20)
+    cache.close()
+    path = tmp_path / "big.sqlite"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])  # truncated: "malformed"
+    cache = RequestCache(path)
+    assert cache.salvaged is not None and 0 < cache.salvaged["answers"] < 3000
+    assert cache.get("key-0") is not None and len(cache) == cache.salvaged["answers"]
+    assert Path(cache.salvaged["moved_to"]).is_file()
+    cache.close()
+    # A run on the damaged teacher cache goes on: the salvaged answers are not bought again.
+    record = run(together(make_cfg, tmp_path), run_dir=tmp_path)
+    asked = len(fake.requests)
+    cache_file = tmp_path / "cache.sqlite"
+    cache_file.write_bytes(cache_file.read_bytes()[:4096] + b"\0" * 100)
+    again = run(together(make_cfg, tmp_path, f"store_dir={tmp_path / 'store2'}"), run_dir=tmp_path)
+    assert again["stages"]["distill"]["status"] == "ok" and record["stages"]["distill"]["status"] == "ok"
+    assert len(list(tmp_path.glob("cache.sqlite.damaged-????????-??????"))) == 1 and len(fake.requests) > asked

@@ -116,3 +116,14 @@ def test_a_fine_tune_deleted_behind_our_back_is_not_relaunched_silently(
     assert fake.jobs == {}
     record = run(train_cfg(make_cfg, "train.relaunch=true"), run_dir=tmp_path)
     assert record["stages"]["train"]["status"] == "ok" and len(fake.jobs) == 1
+
+
+def test_an_upload_killed_mid_put_leaves_no_orphan(make_cfg, tmp_path: Path, fake: FakeTogether, capsys) -> None:
+    fake.fail(500, 100, paths=("/upload/*",))  # the presigned PUT never gets through: the run dies there
+    with pytest.raises(RecipeError, match="PUT upload"):
+        run(train_cfg(make_cfg, "train.max_retries=0"), run_dir=tmp_path)
+    (orphan,) = fake.uploads  # created on the server, never filled
+    fake.clear_faults()
+    record = run(train_cfg(make_cfg), run_dir=tmp_path)
+    assert f"deleted the unfinished upload {orphan}" in capsys.readouterr().out
+    assert orphan not in fake.uploads and list(fake.files) == [manifest(record)["training_file"]]

@@ -165,7 +165,7 @@ def test_a_mixture_that_breaks_a_rule_sends_nothing(make_cfg, tmp_path: Path, fa
     assert fake.requests == []
 
 
-def test_kill_9_while_polling_then_rerun_attaches_to_the_same_job(tmp_path: Path, fake: FakeTogether) -> None:
+def test_kill_9_while_polling_then_rerun_attaches_to_the_same_job(tmp_path: Path, fake: FakeTogether, spawn) -> None:
     fake.job_steps = 10_000  # keeps running until the test lets it finish
     args = [
         RECIPE,
@@ -177,7 +177,7 @@ def test_kill_9_while_polling_then_rerun_attaches_to_the_same_job(tmp_path: Path
         "mix.progress=false",
     ]
     env = {**os.environ, "TOGETHER_API_KEY": KEY, "TOGETHER_BASE_URL": fake.base_url}
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = spawn(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not any(j["_step"] >= 3 for j in fake.jobs.values()) and time.monotonic() < deadline:
         time.sleep(0.02)

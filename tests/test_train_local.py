@@ -105,9 +105,9 @@ def test_lora_on_the_embedded_model_learns_and_the_merged_model_answers(run_cli,
     )  # checkpoints are removed once the artifact is complete
 
 
-def kill_at_first_checkpoint(args: list[str], cwd: Path, poll_s: float) -> int:
+def kill_at_first_checkpoint(spawn, args: list[str], cwd: Path, poll_s: float) -> int:
     """Start `recipe`, kill -9 it as soon as a checkpoint exists; the checkpoint's step."""
-    proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = spawn(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = cwd / "outputs" / "store" / "work" / "train"
     deadline = time.monotonic() + 240
     while not list(work.glob("*/checkpoint-*")) and time.monotonic() < deadline:
@@ -131,9 +131,9 @@ def rerun_and_check_it_resumed(args: list[str], cwd: Path, killed_at: int) -> di
 
 
 @pytest.mark.slow
-def test_kill_9_mid_training_resumes_from_the_checkpoint(tmp_path: Path) -> None:
+def test_kill_9_mid_training_resumes_from_the_checkpoint(tmp_path: Path, spawn) -> None:
     args = [RECIPE, *SMALL, "train.checkpoint_every=2"]
-    killed_at = kill_at_first_checkpoint(args, tmp_path, poll_s=0.2)
+    killed_at = kill_at_first_checkpoint(spawn, args, tmp_path, poll_s=0.2)
     rerun_and_check_it_resumed(args, tmp_path, killed_at)
 
 
@@ -187,7 +187,7 @@ def ddp_workers(spec_dir: Path) -> list[int]:
 
 
 def test_kill_9_during_data_parallel_training_stops_the_workers_and_resumes(
-    tmp_path: Path, tiny_model_dir: Path
+    tmp_path: Path, tiny_model_dir: Path, spawn
 ) -> None:
     args = [
         RECIPE,
@@ -205,7 +205,7 @@ def test_kill_9_during_data_parallel_training_stops_the_workers_and_resumes(
         "train.checkpoint_every=2",
         "train.progress=false",
     ]
-    killed_at = kill_at_first_checkpoint(args, tmp_path, poll_s=0.05)
+    killed_at = kill_at_first_checkpoint(spawn, args, tmp_path, poll_s=0.05)
     work = tmp_path / "outputs" / "store" / "work" / "train"
     deadline = time.monotonic() + 30
     while ddp_workers(work) and time.monotonic() < deadline:

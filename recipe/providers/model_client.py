@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
+from tqdm import tqdm
 
 from recipe.data import templates
 from recipe.errors import RecipeError
@@ -48,7 +49,7 @@ class Ledger:
         self.input_rate = input_per_mtok * factor / 1e6
         self.output_rate = output_per_mtok * factor / 1e6
         self.max_usd = max_usd
-        self.prompt_tokens = self.completion_tokens = self.requests = self.cached_requests = 0
+        self.prompt_tokens = self.completion_tokens = self.requests = self.cached_requests = self.resent = 0
         self.cost_usd = 0.0
         self._reserved = 0.0
         self._lock = threading.Lock()
@@ -79,6 +80,10 @@ class Ledger:
     def record_cached(self) -> None:
         with self._lock:
             self.cached_requests += 1
+
+    def record_resent(self) -> None:
+        with self._lock:
+            self.resent += 1
 
     def usage(self) -> dict[str, int]:
         return {
@@ -121,6 +126,7 @@ class ModelClient:
         self.weights = weights  # for local models: which file answers, since the alias alone may not say
         self.provider, self.model, self.api, self.template = provider, model, api, template
         self.sampling = {k: v for k, v in sampling.items() if v is not None and v != []}
+        self.resend_watch: set[str] = set()  # requests an earlier, crashed run had in flight
 
     def body(self, messages: list[Message]) -> dict[str, Any]:
         """The request body for the conversation so far (ending with the user's turn)."""
@@ -155,9 +161,14 @@ class ModelClient:
             if self.limiter is not None:
                 self.limiter.wait(prompt_estimate + int(self.sampling.get("max_tokens", 0)))
             path = "chat/completions" if self.api == "chat" else "completions"
+            if key in self.resend_watch:
+                self.ledger.record_resent()
+            self.cache.begin(key)  # journaled: a crash before the answer is stored is counted on resume
             answer = parse_response(self.client.post_json(path, body), self.api, prompt_estimate)
             self.cache.put(key, answer.text, answer.prompt_tokens, answer.completion_tokens)
         finally:
+            if answer is None:
+                self.cache.end(key)
             self.ledger.settle(reserved, answer)
         return answer
 
@@ -208,3 +219,29 @@ def model_endpoint(t: DictConfig, root: DictConfig) -> Iterator[tuple[str, str |
     else:
         with LlamaCppServer(_gguf(t), t.model, context_length=t.context_length) as server:
             yield server.base_url, None
+
+
+class SpendProgress:
+    """One tqdm bar of finished items (Distill: conversations) with tokens, cost, retries and failures."""
+
+    def __init__(self, total: int, ledger: Ledger, client: Client, enabled: bool) -> None:
+        self.bar = tqdm(total=total, desc="distill", unit=" conv", disable=not enabled, mininterval=0.5)
+        self.ledger, self.client = ledger, client
+        self.failed = 0
+        self._lock = threading.Lock()
+
+    def item_done(self, failed: bool) -> None:
+        with self._lock:
+            self.failed += failed
+            tokens = self.ledger.prompt_tokens + self.ledger.completion_tokens
+            self.bar.set_postfix(
+                tokens=tokens,
+                cost=f"${self.ledger.cost_usd:.4f}",
+                retries=self.client.retries.value,
+                failed=self.failed,
+                refresh=False,
+            )
+            self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()

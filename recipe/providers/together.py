@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,17 @@ def create_batch(client: Client, input_file_id: str, endpoint: str) -> dict[str,
 
 def get_batch(client: Client, batch_id: str) -> dict[str, Any]:
     return client.get_json(f"batches/{batch_id}")
+
+
+def delete_file(client: Client, file_id: str) -> bool:
+    """Delete a file; False when Together had no such file."""
+    try:
+        client.request("DELETE", f"files/{file_id}")
+    except APIError as e:
+        if e.status != 404:
+            raise
+        return False
+    return True
 
 
 def download_file(client: Client, file_id: str) -> bytes:
@@ -122,12 +134,14 @@ def upload_fine_tune_file(
     multipart_threshold: int = 5 << 30,
     part_size: int = 256 << 20,
     workers: int = 4,
+    on_file_id: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Upload a JSONL training file as the official SDKs do; return Together's file object.
 
     Small files: `POST /files` (form fields, redirects off) -> 302 with `Location` and
     `X-Together-File-Id` -> `PUT` the bytes there -> `POST /files/{id}/preprocess`. Files over
-    `multipart_threshold`: initiate, parallel part PUTs collecting ETags, complete (abort on failure)."""
+    `multipart_threshold`: initiate, parallel part PUTs collecting ETags, complete (abort on failure).
+    `on_file_id` hears the file's id as soon as Together names it, before any byte is sent."""
     size = path.stat().st_size
     form = {"purpose": "fine-tune", "file_name": path.name, "file_type": "jsonl"}
     if size <= multipart_threshold:
@@ -135,11 +149,15 @@ def upload_fine_tune_file(
         if response.status_code != 302 or "Location" not in response.headers:
             raise APIError(f"POST files: expected a 302 redirect to the upload URL, got HTTP {response.status_code}")
         file_id = response.headers["X-Together-File-Id"]
+        if on_file_id is not None:
+            on_file_id(file_id)
         _put(client, response.headers["Location"], path, 0, size, progress)
         return client.post_json(f"files/{file_id}/preprocess", {})
     parts = -(-size // part_size)
     started = client.post_json("files/multipart/initiate", {**form, "file_size": size, "num_parts": parts})
     upload = {"upload_id": started["upload_id"], "file_id": started["file_id"]}
+    if on_file_id is not None:
+        on_file_id(started["file_id"])
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             futures = {

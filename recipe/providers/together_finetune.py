@@ -27,6 +27,7 @@ from recipe.providers.http import APIError, Client
 from recipe.providers.together import (
     FINE_TUNE_DONE,
     cancel_fine_tune,
+    delete_file,
     download_fine_tune,
     estimate_price,
     fine_tune_checkpoints,
@@ -77,10 +78,15 @@ class TogetherFineTuner:
         sha256 = sha256 or sha256_file(path)
         key = hashlib.sha256(f"{self.client.base_url}\n{sha256}".encode()).hexdigest()[:24]
         record = self.store.record(FILES, key)
-        if record is not None:
+        if record is not None and record.get("file_id"):
             log.info("%s already uploaded as %s (sha256 %s)", path.name, record["file_id"], sha256[:12])
             self._sha_by_file_id[record["file_id"]] = sha256
             return str(record["file_id"])
+        if record is not None and record.get("uploading"):  # an upload that an earlier run never finished
+            orphan = record["uploading"]
+            deleted = delete_file(self.client, orphan)
+            what = "deleted the unfinished upload" if deleted else "the unfinished upload (gone already)"
+            print(f"{what} {orphan} of {path.name}, left by an interrupted run; uploading it again")
         s = self.settings
         size = path.stat().st_size
         with tqdm(total=size, unit="B", unit_scale=True, desc=f"upload {path.name}", disable=not s.progress) as bar:
@@ -91,6 +97,7 @@ class TogetherFineTuner:
                 multipart_threshold=s.multipart_threshold,
                 part_size=s.part_size,
                 workers=s.workers,
+                on_file_id=lambda file_id: self.store.put_record(FILES, key, {"uploading": file_id, "sha256": sha256}),
             )
         value = {"file_id": uploaded["id"], "sha256": sha256, "bytes": size, "base_url": self.client.base_url}
         self.store.put_record(FILES, key, {**value, "file": uploaded})

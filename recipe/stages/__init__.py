@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import get_class
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from recipe.config import semantic_view
 from recipe.errors import RecipeError
@@ -93,3 +94,51 @@ class Stage:
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
         """Produce the artifact's files in `out_dir`; return the manifest's fields."""
         raise NotImplementedError
+
+
+def stage_class(name: str, cfg: DictConfig) -> type[Stage]:
+    """The class a stage's node names with `_target_`, which must be a Stage class under recipe.*."""
+    key = CONFIG_KEY[name]
+    node = cfg.get(key)
+    if node is None:
+        raise StageError(f"stage {name!r} needs config `{key}`; choose one with {key}=<option>")
+    target = node.get("_target_")
+    if not isinstance(target, str) or not target.startswith("recipe."):
+        raise StageError(
+            f"{key}._target_={target!r} is refused: stage classes must live in the recipe package (recipe.*)"
+        )
+    try:
+        cls = get_class(target)
+    except Exception as e:  # hydra wraps import errors in its own types
+        raise StageError(f"{key}._target_={target!r} cannot be imported: {e}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Stage)):
+        raise StageError(f"{key}._target_={target!r} is not a recipe Stage class")
+    return cls
+
+
+def build_stage(name: str, cfg: DictConfig) -> Stage:
+    """Instantiate a stage from its node's `_target_` (see stage_class)."""
+    return stage_class(name, cfg)(config=cfg[CONFIG_KEY[name]], root=cfg)
+
+
+def check_targets(cfg: DictConfig) -> None:
+    """Refuse, before any work, a `_target_` anywhere in the config that is outside recipe.*, and a
+    stage node (selected or not) that names no recipe Stage class."""
+    for name in STAGE_ORDER:
+        if cfg.get(CONFIG_KEY[name]) is not None:
+            stage_class(name, cfg)
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, DictConfig | ListConfig) and (node._is_none() or node._is_missing()):
+            return
+        if isinstance(node, DictConfig):
+            for key in node.keys():
+                value = node._get_node(key)
+                if key == "_target_" and not str(node.get(key)).startswith("recipe."):
+                    raise StageError(f"{path}{key}={node.get(key)!r} is refused: targets must be in recipe.*")
+                walk(value, f"{path}{key}.")
+        elif isinstance(node, ListConfig):
+            for i, item in enumerate(node):
+                walk(item, f"{path}{i}.")
+
+    walk(cfg, "")

@@ -45,6 +45,7 @@ from recipe.providers.model_client import (
     BudgetReached,
     Ledger,
     ModelClient,
+    SpendProgress,
     approx_tokens,
     local_weights,
     model_endpoint,
@@ -185,6 +186,7 @@ class Distill(Stage):
                 )
                 try:
                     teacher = self._teacher(client, cache, ledger)
+                    teacher.resend_watch = cache.take_inflight()  # what a crash had in flight
                     if c.mode.value == "batch":
                         self._run_batch(teacher, client, conversations, ledger, out_dir)
                     else:
@@ -217,7 +219,7 @@ class Distill(Stage):
     def _run_online(
         self, teacher: ModelClient, conversations: list[Conversation], ledger: Ledger, client: Client
     ) -> None:
-        progress = _Progress(len(conversations), ledger, client, self.config.progress)
+        progress = SpendProgress(len(conversations), ledger, client, self.config.progress)
         stop = threading.Event()  # set on Ctrl-C or any crash: no new request after it
 
         def converse(conv: Conversation) -> None:
@@ -233,7 +235,7 @@ class Distill(Stage):
                 del conv.messages[len(conv.messages) // 2 * 2 :]
             except APIError as e:
                 conv.error = str(e)
-            progress.conversation_done(conv)
+            progress.item_done(conv.error is not None)
 
         pool = ThreadPoolExecutor(max_workers=self.config.concurrency)
         try:
@@ -374,31 +376,7 @@ class Distill(Stage):
             "failed": [{"id": conv.id, "error": conv.error} for conv in failed[:20]],
             "teacher": {"provider": c.teacher.provider.value, "model": c.teacher.model, "api": c.teacher.api.value},
             "retries": retries,
+            # Requests an earlier run had in flight when it died (at most `concurrency`), sent again.
+            "resent_after_crash": ledger.resent,
             **details,
         }
-
-
-class _Progress:
-    """One tqdm bar: conversations done, with tokens, cost, retries and failures."""
-
-    def __init__(self, total: int, ledger: Ledger, client: Client, enabled: bool) -> None:
-        self.bar = tqdm(total=total, desc="distill", unit=" conv", disable=not enabled, mininterval=0.5)
-        self.ledger, self.client = ledger, client
-        self.failed = 0
-        self._lock = threading.Lock()
-
-    def conversation_done(self, conv: Conversation) -> None:
-        with self._lock:
-            self.failed += conv.error is not None
-            tokens = self.ledger.prompt_tokens + self.ledger.completion_tokens
-            self.bar.set_postfix(
-                tokens=tokens,
-                cost=f"${self.ledger.cost_usd:.4f}",
-                retries=self.client.retries.value,
-                failed=self.failed,
-                refresh=False,
-            )
-            self.bar.update()
-
-    def close(self) -> None:
-        self.bar.close()

@@ -12,10 +12,8 @@ ones, so a killed run resumes the same way.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import asdict
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from recipe.errors import RecipeError
+from recipe.providers.local.server import die_with_parent
 
 SPEC = "ddp-spec.json"
 RESULT = "result.json"
@@ -64,7 +63,7 @@ def launch(
     threads = str(max(1, (os.cpu_count() or 1) // devices))  # CPU ranks share the cores
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
     tail = bytearray()
-    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, preexec_fn=_die_with_parent) as proc:
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, preexec_fn=die_with_parent) as proc:
         assert proc.stderr is not None
         while chunk := proc.stderr.read1(65536):  # passed through live (progress bars), tail kept
             sys.stderr.buffer.write(chunk)
@@ -76,15 +75,6 @@ def launch(
     result = json.loads((out_dir / RESULT).read_text())
     (out_dir / RESULT).unlink()
     return result
-
-
-def _die_with_parent() -> None:
-    """In the torchrun child, before exec: SIGTERM it when we die, even by kill -9 (Linux
-    PR_SET_PDEATHSIG), and torchrun stops its workers on SIGTERM; no orphan keeps training."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except OSError:  # not Linux: Ctrl-C still reaches the whole process group
-        pass
 
 
 def main(spec_path: str) -> None:

@@ -8,6 +8,7 @@ waited for, and always stopped (on errors and Ctrl-C too).
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import signal
@@ -42,6 +43,15 @@ def embedded_gguf() -> Path:
     return path
 
 
+def die_with_parent() -> None:
+    """In a child, before exec: SIGTERM it when its parent dies, even by kill -9 (Linux
+    PR_SET_PDEATHSIG), so no managed server or trainer outlives the `recipe` that started it."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:  # not Linux: Ctrl-C still reaches the whole process group
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -74,8 +84,14 @@ class ManagedServer:
     def __enter__(self) -> ManagedServer:
         self.port = self.port or free_port()
         # Its own process group, so stopping it also stops anything it started.
+        # It dies with us, even when we are killed with -9 (die_with_parent).
         self.process = subprocess.Popen(
-            self.command(), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env()
+            self.command(),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=self.env(),
+            preexec_fn=die_with_parent,
         )
         try:
             self._wait_ready()
