@@ -78,8 +78,8 @@ def test_seed_format_raw_completions(make_cfg, tmp_path: Path, fake: FakeTogethe
         "repetition_penalty": 1.0,
         "stop": ["[INST]"],
     }
-    # [INST] q1 [/INST] a1 [INST] q2 [/INST]: the prompt grows turn by turn with the answers fed back.
-    assert body["prompt"].startswith("[INST] ") and body["prompt"].endswith(" [/INST]")
+    # The seed script's prompts: it grows turn by turn with the answers fed back as they came.
+    assert body["prompt"].startswith("  [INST]  ") and body["prompt"].endswith("  [/INST]  ")
     assert body["prompt"].count("[INST]") >= 2 and "answer 1 to:" in body["prompt"]
 
 
@@ -341,3 +341,76 @@ def test_a_damaged_cache_is_moved_aside_and_its_answers_salvaged(make_cfg, tmp_p
     again = run(together(make_cfg, tmp_path, f"store_dir={tmp_path / 'store2'}"), run_dir=tmp_path)
     assert again["stages"]["distill"]["status"] == "ok" and record["stages"]["distill"]["status"] == "ok"
     assert len(list(tmp_path.glob("cache.sqlite.damaged-????????-??????"))) == 1 and len(fake.requests) > asked
+
+
+@pytest.mark.parametrize(
+    ("turn", "cut", "had"),
+    [
+        ("1 / 1Hello there", "Hello there", True),
+        ("2 / 2- Go on", " Go on", True),
+        ("19 / 19Last", "Last", True),
+        ("10 / 5 = ? Explain the division.", "10 / 5 = ? Explain the division.", False),
+        ("3 / 4 of 12 is what?", "3 / 4 of 12 is what?", False),
+        ("1 / 10 of the pie", "1 / 10 of the pie", False),  # the seed's plain replace would leave "0 of the pie"
+        ("1 / 2 cups of flour", "1 / 2 cups of flour", False),
+        ("20 / 20 vision", "20 / 20 vision", False),  # the seed cut counters 0 to 19 only
+        ("5/5 stars", "5/5 stars", False),
+        ("Page 1 / 1", "Page 1 / 1", False),
+    ],
+)
+def test_only_page_counters_are_cut(turn: str, cut: str, had: bool) -> None:
+    from recipe.data.sources import cut_page_counter
+
+    assert cut_page_counter(turn) == (cut, had)
+
+
+def test_the_seed_experiment_sends_the_seed_scripts_prompts_byte_for_byte(make_cfg, tmp_path: Path) -> None:
+    """Rebuilt from the seed script's description (FACTS.md): the prompt starts empty; each human
+    turn, verbatim with its page counter, adds two spaces, [INST], two spaces, the turn, two spaces,
+    [/INST], two spaces; the teacher's raw answer (not stripped) follows; the whole prompt is sent."""
+    turns = ["1 / 1Hi there", "2 / 2  What is 10 / 5?", "3 / 4 of 12 is what?"]
+    sharegpt = [
+        {
+            "id": "c1",
+            "conversations": [
+                x for t in turns for x in ({"from": "human", "value": t}, {"from": "gpt", "value": "old"})
+            ],
+        }
+    ]
+    (tmp_path / "sg.json").write_text(json.dumps(sharegpt))
+
+    def answer(body: dict) -> str:
+        return f" Sure {body['prompt'].count('[INST]')}! \n"  # whitespace the seed fed back as it came
+
+    with FakeTogether(answer=answer, api_key=KEY) as fake, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TOGETHER_API_KEY", KEY)
+        mp.setenv("TOGETHER_BASE_URL", fake.base_url)
+        cfg = make_cfg(
+            "experiment=llama2_7b_32k_instruct",
+            "stages=[distill]",
+            "+source@sources.mine=sharegpt_sample",
+            f"sources.mine.data_files=[{tmp_path / 'sg.json'}]",
+            "distill.source=mine",
+            "distill.progress=false",
+            f"distill.cache_path={tmp_path / 'cache.sqlite'}",
+            base=(),
+        )
+        record = run(cfg, run_dir=tmp_path)
+        sent = [r.body["prompt"] for r in fake.posts("/v1/completions")]
+    expected, prompt = [], ""
+    for k, turn in enumerate(turns, 1):
+        prompt += "  [INST]  " + turn + "  [/INST]  "
+        expected.append(prompt)
+        prompt += " " + f" Sure {k}! \n"  # as received: the fake's completions text opens with a space
+    assert sent == expected
+    (conv,) = conversations(record)
+    assert [m["content"] for m in conv["messages"]] == [
+        "Hi there",
+        "Sure 1!",
+        "What is 10 / 5?",
+        "Sure 2!",
+        "3 / 4 of 12 is what?",
+        "Sure 3!",
+    ]
+    manifest = json.loads((Path(record["stages"]["distill"]["artifact"]) / "manifest.json").read_text())
+    assert manifest["turns"]["page_counters_cut"] == 2

@@ -45,12 +45,15 @@ def test_the_seed_experiment_sends_the_seeds_requests(make_cfg, tmp_path: Path, 
     assert [(n, s["status"]) for n, s in record["stages"].items()] == [
         (n, "ok") for n in ("distill", "mix", "train", "test", "deploy")
     ]
-    # Distill: llama-2-70b-chat through raw completions, `[INST] ... [/INST]` prompts, the seed's fields.
+    # Distill: llama-2-70b-chat through raw completions, the seed script's `  [INST]  ...  [/INST]  `
+    # prompts (byte for byte: tests/test_distill.py), the seed's fields.
     train = json.loads(Path(record["stages"]["train"]["artifact"], "manifest.json").read_text())
     tuned = train["model_output_name"]
     completions = [r.body for r in fake.posts("/v1/completions")]
     distill = [b for b in completions if b["model"] == "togethercomputer/llama-2-70b-chat"]
-    assert distill and all(b["prompt"].startswith("[INST] ") and b["prompt"].endswith(" [/INST]") for b in distill)
+    assert distill and all(
+        b["prompt"].startswith("  [INST]  ") and b["prompt"].endswith("  [/INST]  ") for b in distill
+    )
     assert all({k: b[k] for k in SEED_SAMPLING} == SEED_SAMPLING and b["stop"] == ["[INST]"] for b in distill)
     # Train: a full fine-tune of LLaMA-2-7B-32K, 4 epochs, batch 32, lr 1e-5, on the uploaded mixture.
     (create,) = fake.posts("/v1/fine-tunes")

@@ -22,7 +22,10 @@ def test_normalisation_drops_case_punctuation_articles_and_extra_space() -> None
         ("It is the Challenger Deep.", ["the Challenger Deep", "Challenger Deep"], 1.0),
         ("michael collins orbited", ["Michael Collins"], 1.0),
         ("Sydney\nCanberra", ["Canberra"], 0.0),  # only the first line counts
-        ("  \nCanberra", ["Canberra"], 1.0),  # leading blank lines are not the answer's first line
+        ("  \nCanberra", ["Canberra"], 0.0),  # the reference cuts at the first newline, then strips
+        ("Canberra  \n", ["canberra"], 1.0),
+        ("anything at all", ["The"], 1.0),  # a gold answer normalising to "" is in every prediction (reference)
+        ("", ["!!!"], 1.0),
         ("In 1889.", ["1889"], 1.0),
         ("eighteen eighty-nine", ["1889"], 0.0),
         ("The A.D. era", ["ad"], 1.0),
@@ -59,6 +62,20 @@ def test_rouge_equals_rouge_score_on_the_same_pairs() -> None:
         ("It's a tie.", "tie"),
         ("[[tie]]", "tie"),
         ("I cannot decide between these.", None),
+        # AlpacaEval reads the first verdict; the explanation after it may name the other output.
+        ("Output (a) is better than Output (b)", "A"),
+        ("Output (b) is better than Output (a).", "B"),
+        ("I prefer Output (a) over Output (b).", "A"),
+        ("Output (a)\n\nHere the answer is Output (a) because it is right. Output (b) is a joke.", "A"),
+        ("### Preferred output: (b)\nBecause Output (a) rambles.", "B"),
+        ("The first one, Output (b), is clearly superior.", "B"),
+        ("- Output (b)\n\nOutput (a) misses the point.", "B"),
+        # Two readings: unreadable, not a guess.
+        ("Both Output (a) and Output (b) are fine.", None),
+        ("Output (a) says X while Output (b) says Y; hard to call.", None),
+        ("I prefer Output (a); others would prefer Output (b).", None),
+        ("[[A]] ... on reflection [[B]]", None),
+        ("Answer a question first.", None),
     ],
 )
 def test_judge_parsing_survives_messy_output(reply: str, verdict: str | None) -> None:

@@ -250,7 +250,9 @@ def test_wandb_key_is_sent_but_never_stored(make_cfg, tmp_path: Path, fake: Fake
     monkeypatch.setenv("WANDB_API_KEY", "wandb-secret-0123456789")
     run(train_cfg(make_cfg, "train.wandb.enabled=true", "train.wandb.project_name=recipe"), run_dir=tmp_path)
     body = fake.posts("/v1/fine-tunes")[0].body
-    assert body["wandb_api_key"] == "wandb-secret-0123456789" and body["wandb_project_name"] == "recipe"
+    # The official SDKs (1.x, 2.x, 3.x) send the key as `wandb_key`.
+    assert body["wandb_key"] == "wandb-secret-0123456789" and body["wandb_project_name"] == "recipe"
+    assert "wandb_api_key" not in body
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert b"wandb-secret" not in path.read_bytes() and KEY.encode() not in path.read_bytes(), path

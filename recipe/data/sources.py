@@ -16,6 +16,7 @@ import glob
 import gzip
 import io
 import json
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -277,3 +278,28 @@ def to_messages(record: dict[str, Any], kind: str, where: str, text_template: st
             messages.append({"role": role, "content": value})
         return _tidy(messages)
     raise DataError(f"{where}: unknown source kind {kind!r}")
+
+
+# ShareGPT scrapes start some turns with the web UI's page counter ("1 / 1", "2 / 2-"). The seed cut
+# exactly that from its output: both numbers equal, 0 to 19, one space each side of the slash, an
+# optional "-", at the very start of the turn. A turn that merely starts with a fraction ("10 / 5 = ?",
+# "3 / 4 of 12") is left as it is.
+PAGE_COUNTER = re.compile(r"^(1?[0-9]) / \1(?![0-9])-?")
+
+
+def cut_page_counter(turn: str) -> tuple[str, bool]:
+    """The turn without its page counter, and whether it had one."""
+    cut = PAGE_COUNTER.sub("", turn, count=1)
+    return cut, cut != turn
+
+
+def seed_output(messages: list[Message]) -> list[Message]:
+    """A conversation distilled with the seed's verbatim prompts, as the seed's output kept it: page
+    counters cut from human turns, every turn stripped."""
+    return [
+        {
+            "role": m["role"],
+            "content": (cut_page_counter(m["content"])[0] if m["role"] == "user" else m["content"]).strip(),
+        }
+        for m in messages
+    ]

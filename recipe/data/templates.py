@@ -6,6 +6,8 @@ and the prompt is everything before it plus the template's generation prefix, so
 
 - `llama2_inst`: the seed's format, `[INST] {user} [/INST] {answer} [INST] {user} [/INST] {answer}`
   (a system message goes inside the first [INST] as `<<SYS>>\\n...\\n<</SYS>>\\n\\n`);
+- `llama2_inst_seed`: the seed's Distill script's exact spacing, `  [INST]  {user}  [/INST]  {answer}`
+  repeated, answers as the teacher sent them (for byte-identical prompts to the seed's teacher);
 - `chatml`: `<|im_start|>{role}\\n{content}<|im_end|>\\n` (SmolLM2, Qwen, ...);
 - `raw`: contents concatenated as they are (Long-Data-Collections' `text` = prompt + completion);
 - any other string is a custom per-message format using `{role}` and `{content}`.
@@ -18,7 +20,11 @@ import re
 from recipe.errors import RecipeError
 
 Message = dict[str, str]
-NAMED = ("llama2_inst", "chatml", "raw")
+NAMED = ("llama2_inst", "llama2_inst_seed", "chatml", "raw")
+# The seed's own Distill prompts (its scripts/distill.py, as FACTS.md describes it): each human turn
+# adds two spaces, [INST], two spaces, the turn, two spaces, [/INST], two spaces; the teacher's raw
+# answer follows as it came (not stripped). Used to send byte-identical prompts; no system turn.
+SEED_TURN = "  [INST]  {content}  [/INST]  "
 
 _INST_MARK = re.compile(r"(\[/?INST\])")
 _SYS = re.compile(r"^\s*<<SYS>>\n?(.*?)\n?<</SYS>>\s*", re.DOTALL)
@@ -36,6 +42,10 @@ def check_template(template: str, key: str) -> None:
 
 def _piece(template: str, message: Message, first: bool) -> str:
     role, content = message["role"], message["content"]
+    if template == "llama2_inst_seed":
+        if role == "system":
+            raise RecipeError("llama2_inst_seed has no system turn (the seed's prompts had none)")
+        return SEED_TURN.format(content=content) if role == "user" else content
     if template == "chatml":
         return f"<|im_start|>{role}\n{content}<|im_end|>\n"
     if template == "raw":
@@ -52,7 +62,7 @@ def _piece(template: str, message: Message, first: bool) -> str:
 def _generation_prefix(template: str) -> str:
     if template == "chatml":
         return "<|im_start|>assistant\n"
-    if template in ("raw", "llama2_inst"):
+    if template in ("raw", "llama2_inst", "llama2_inst_seed"):
         return ""
     return template.split("{content}", 1)[0].replace("{role}", "assistant")
 

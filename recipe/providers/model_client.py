@@ -102,7 +102,7 @@ def completion_request(messages: list[Message], template: str) -> dict[str, Any]
     """The raw-completions fields for a conversation ending with the user's turn, in a text template:
     the prompt, and the stop that keeps a model from writing the next turn itself."""
     request: dict[str, Any] = {"prompt": templates.render_prompt(messages, template)}
-    if template == "llama2_inst":
+    if template in ("llama2_inst", "llama2_inst_seed"):
         request["stop"] = ["[INST]"]  # the seed's stop
     return request
 
@@ -126,6 +126,8 @@ class ModelClient:
         self.weights = weights  # for local models: which file answers, since the alias alone may not say
         self.provider, self.model, self.api, self.template = provider, model, api, template
         self.sampling = {k: v for k, v in sampling.items() if v is not None and v != []}
+        # The seed fed its teacher's answers back as they came: keep them unstripped for its template.
+        self.raw_answers = api == "completions" and template == "llama2_inst_seed"
         self.resend_watch: set[str] = set()  # requests an earlier, crashed run had in flight
 
     def body(self, messages: list[Message]) -> dict[str, Any]:
@@ -164,7 +166,7 @@ class ModelClient:
             if key in self.resend_watch:
                 self.ledger.record_resent()
             self.cache.begin(key)  # journaled: a crash before the answer is stored is counted on resume
-            answer = parse_response(self.client.post_json(path, body), self.api, prompt_estimate)
+            answer = parse_response(self.client.post_json(path, body), self.api, prompt_estimate, self.raw_answers)
             self.cache.put(key, answer.text, answer.prompt_tokens, answer.completion_tokens)
         finally:
             if answer is None:
@@ -173,14 +175,16 @@ class ModelClient:
         return answer
 
 
-def parse_response(response: dict[str, Any], api: str, prompt_estimate: int) -> Answer:
-    """Text and usage of a chat or completions response (usage estimated when the server gives none)."""
+def parse_response(response: dict[str, Any], api: str, prompt_estimate: int, raw: bool = False) -> Answer:
+    """Text (stripped unless `raw`) and usage of a chat or completions response (usage estimated when
+    the server gives none)."""
     try:
         choice = response["choices"][0]
         text = choice["message"]["content"] if api == "chat" else choice["text"]
     except (KeyError, IndexError, TypeError):
         raise APIError(f"unexpected response shape: {str(response)[:300]}") from None
-    text = (text or "").strip()
+    text = text or ""
+    text = text if raw else text.strip()
     usage = response.get("usage") or {}
     return Answer(
         text,

@@ -107,7 +107,9 @@ class TogetherFineTuner:
     # -- jobs ----------------------------------------------------------------------------------------
     def job_key(self, body: dict[str, Any]) -> str:
         """What identifies a paid job: where it runs, the data (by content) and every hyperparameter."""
-        identity = {k: v for k, v in body.items() if k not in ("training_file", "validation_file", "wandb_api_key")}
+        identity = {
+            k: v for k, v in body.items() if k not in ("training_file", "validation_file", "wandb_key", "wandb_api_key")
+        }
         identity["base_url"] = self.client.base_url
         identity["data"] = [
             self._sha_by_file_id.get(body.get(k), body.get(k)) for k in ("training_file", "validation_file")

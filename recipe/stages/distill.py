@@ -22,7 +22,6 @@ What it supports:
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 import threading
 import time
@@ -37,7 +36,14 @@ from tqdm import tqdm
 from recipe.artifacts import Conversations as ConversationsArtifact
 from recipe.config import DistillConfig
 from recipe.data.jsonl import encode_line
-from recipe.data.sources import SHAREGPT_ROLES, iter_records, sharegpt_turns, source_identity
+from recipe.data.sources import (
+    SHAREGPT_ROLES,
+    cut_page_counter,
+    iter_records,
+    seed_output,
+    sharegpt_turns,
+    source_identity,
+)
 from recipe.providers.cache import RequestCache, request_key
 from recipe.providers.http import APIError, Client, RateLimiter
 from recipe.providers.model_client import (
@@ -57,8 +63,7 @@ from recipe.store import Artifact
 
 CONVERSATIONS_FILE = "conversations.jsonl"
 PENDING = "pending:"  # a batch whose create was sent for this input file, its id not known yet
-# ShareGPT scrapes start some turns with the web UI's page counter ("1 / 1", "2 / 2"); the seed cut it.
-PAGE_COUNTER = re.compile(r"^\s*\d+\s*/\s*\d+")
+TURN_STATS = ("skipped_empty_turns", "skipped_long_turns", "turns_beyond_max_turns", "no_turns", "page_counters_cut")
 Message = dict[str, str]
 
 
@@ -109,10 +114,14 @@ class Distill(Stage):
         semantic["source_data"] = source_identity(self.config.source, self.root.sources[self.config.source])
         return semantic
 
+    def _seed_prompts(self) -> bool:
+        return self.config.teacher.api.value == "completions" and self.config.teacher.template == "llama2_inst_seed"
+
     def conversations(self) -> tuple[list[Conversation], dict[str, int]]:
         """The conversations to replay: human turns, cleaned and limited; and what was left out."""
         c = self.config
-        stats = {"skipped_empty_turns": 0, "skipped_long_turns": 0, "turns_beyond_max_turns": 0, "no_turns": 0}
+        stats = dict.fromkeys(TURN_STATS, 0)
+        seed = self._seed_prompts()
         conversations = []
         for i, (record, where) in enumerate(iter_records(c.source, self.root.sources[c.source])):
             if c.max_conversations is not None and len(conversations) >= c.max_conversations:
@@ -121,13 +130,15 @@ class Distill(Stage):
             for speaker, value in sharegpt_turns(record, where):
                 if SHAREGPT_ROLES.get(speaker) != "user":
                     continue
-                text = PAGE_COUNTER.sub("", value, count=1).strip()
+                text, counted = cut_page_counter(value)
+                text = text.strip()
                 if not text:
                     stats["skipped_empty_turns"] += 1
                 elif len(text) > c.max_turn_chars:
                     stats["skipped_long_turns"] += 1
                 else:
-                    human.append(text)
+                    stats["page_counters_cut"] += counted
+                    human.append(value if seed else text)  # the seed sent turns verbatim, counter and all
             stats["turns_beyond_max_turns"] += max(0, len(human) - c.max_turns)
             if not human:
                 stats["no_turns"] += 1
@@ -368,7 +379,9 @@ class Distill(Stage):
         done = [conv for conv in conversations if conv.done]
         with open(out_dir / CONVERSATIONS_FILE, "wb") as f:
             for conv in done:
-                f.write(encode_line({"id": conv.id, "messages": conv.messages}))
+                # The seed's turns went out verbatim and its answers came back raw: store them cut as its output was.
+                messages = seed_output(conv.messages) if self._seed_prompts() else conv.messages
+                f.write(encode_line({"id": conv.id, "messages": messages}))
         return {
             **ConversationsArtifact(out_dir / CONVERSATIONS_FILE).manifest(),
             "conversations": {"distilled": len(done), "failed": len(failed), "without_turns": stats.pop("no_turns")},

@@ -166,7 +166,9 @@ class TogetherTrain(Stage):
             key = os.environ.get("WANDB_API_KEY")
             if not key:
                 raise StageError("train.wandb.enabled=true needs WANDB_API_KEY in the environment")
-            body["wandb_api_key"] = key  # sent, never recorded: see job_fingerprint and the manifest
+            # `wandb_key`, as every official SDK sends it (the OpenAPI spec says wandb_api_key, which the
+            # live service is not what the SDKs were written against); sent, never recorded (job_key).
+            body["wandb_key"] = key
             for field in ("project_name", "name", "entity", "base_url"):
                 if c.wandb[field]:
                     body[f"wandb_{field}"] = c.wandb[field]
