@@ -71,8 +71,39 @@ def test_each_format_passes(tmp_path: Path, fmt: str) -> None:
             "messages",
         ),
         ([{"messages": [{"role": "robot", "content": "u"}]}], 1, "messages"),
+        # Rules of the SDK 1.x check (together/utils/files.py):
         (
-            [{"messages": [{"role": "user", "content": "u", "name": "x"}, {"role": "assistant", "content": "a"}]}],
+            [{"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a", "weight": 1.0}]}],
+            1,
+            "key_value",
+        ),
+        (
+            [{"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a", "weight": 2}]}],
+            1,
+            "key_value",
+        ),
+        (
+            [
+                {
+                    "input": {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "x"}]},
+                    "preferred_output": [{"role": "assistant", "content": "good"}],
+                    "non_preferred_output": [{"role": "assistant", "content": "bad"}],
+                }
+            ],
+            1,
+            "preference",
+        ),
+        ([{"text": [{"type": "text", "text": "a"}, {"type": "audio"}]}], 1, "key_value"),
+        ([{"prompt": "p", "completion": [{"type": "text", "text": "c"}]}], 1, "text_field"),
+        (
+            [
+                {
+                    "messages": [
+                        {"role": "user", "content": "u"},
+                        {"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "data:x"}}]},
+                    ]
+                }
+            ],
             1,
             "key_value",
         ),
@@ -83,6 +114,61 @@ def test_each_rule_fails_with_its_line(tmp_path: Path, lines: list, line: int, r
         check_file(write(tmp_path, lines))
     assert (err.value.line, err.value.rule) == (line, rule)
     assert f"f.jsonl:{line}:" in str(err.value)
+
+
+VALID_FOR_THE_SDK = [
+    # extra keys inside a message (the SDK checks the keys it needs, not the others)
+    {"messages": [{"role": "user", "content": "u", "name": "x"}, {"role": "assistant", "content": "a"}]},
+    # content as OpenAI-style content parts, in a message, in `text`, in `prompt`
+    {"messages": [{"role": "user", "content": [{"type": "text", "text": "u"}]}, {"role": "assistant", "content": "a"}]},
+    {"text": [{"type": "text", "text": "hello"}]},
+    {"prompt": [{"type": "text", "text": "p"}], "completion": "c"},
+    # integer weights 0 and 1
+    {"messages": [{"role": "user", "content": "u", "weight": 0}, {"role": "assistant", "content": "a", "weight": 1}]},
+]
+
+
+@pytest.mark.parametrize("record", VALID_FOR_THE_SDK, ids=range(len(VALID_FOR_THE_SDK)))
+def test_what_the_sdk_accepts_passes(tmp_path: Path, record: dict) -> None:
+    assert check_file(write(tmp_path, [record]))["is_check_passed"]
+
+
+def test_an_escaped_lone_surrogate_is_valid_json_as_the_sdk_reads_it(tmp_path: Path) -> None:
+    path = write(tmp_path, [b'{"text": "half a pair: \\ud800"}\n'])
+    assert check_file(path)["num_samples"] == 1
+
+
+def test_only_jsonl_and_parquet_files_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "data.json"
+    path.write_text('{"text": "a"}\n')
+    with pytest.raises(FileCheckError, match=r"'\.json': only \.jsonl and \.parquet are accepted \[Together file check: filetype\]"):
+        check_file(path)
+
+
+def test_parquet_is_checked_as_parquet(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good = tmp_path / "tokens.parquet"
+    pq.write_table(pa.table({"input_ids": [[1, 2, 3]], "attention_mask": [[1, 1, 1]], "labels": [[-100, 2, 3]]}), good)
+    assert check_file(good) == {
+        "is_check_passed": True,
+        "format": "parquet",
+        "num_samples": 1,
+        "file_size": good.stat().st_size,
+    }
+    extra = tmp_path / "extra.parquet"
+    pq.write_table(pa.table({"input_ids": [[1]], "text": ["a"]}), extra)
+    with pytest.raises(FileCheckError, match=r"unexpected columns \['text'\]"):
+        check_file(extra)
+    missing = tmp_path / "missing.parquet"
+    pq.write_table(pa.table({"labels": [[1]]}), missing)
+    with pytest.raises(FileCheckError, match="no 'input_ids' column"):
+        check_file(missing)
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"not parquet at all")
+    with pytest.raises(FileCheckError, match="load_parquet"):
+        check_file(broken)
 
 
 def test_empty_and_missing_files_fail(tmp_path: Path) -> None:

@@ -3,10 +3,25 @@
 Mix runs it on its own output, and Train runs it before every upload, so a file Together would
 reject is caught on this machine, with its line number and rule, before any request is sent.
 
-Rules for JSON Lines: valid UTF-8; every line one JSON object (a blank line fails); all lines in one
-format, `text` | `messages` | `prompt`+`completion` | preference (`input`, `preferred_output`,
-`non_preferred_output`); no extra top-level keys; messages use roles system/user/assistant, never two
-of the same role in a row, with at least one assistant turn; at least one sample; at most 50.1 GB.
+Checked against the official SDK 1.x's `together files check` (`together/utils/files.py`), which
+holds the full client-side rules (2.x/3.x moved most of them to the server):
+- the file's extension is `.jsonl` or `.parquet`; at most 50.1 GB; at least one sample;
+- JSON Lines: valid UTF-8; every line one JSON object, parsed as Python's `json` parses it (so an
+  escaped lone surrogate such as "\\ud800" is valid); a blank line fails; all lines in one format,
+  `text` | `messages` | `prompt`+`completion` | preference (`input`, `preferred_output`,
+  `non_preferred_output`), with no extra top-level keys; `text` and `prompt` hold a string or a list
+  of content parts (`{"type": "text", "text": ...}`); `completion` a string;
+- messages: roles system/user/assistant, never two of the same role in a row, at least one assistant
+  turn; `content` a string or a list of content parts (images only in user turns); `weight` an
+  integer 0 or 1; other keys in a message (e.g. `name`) are allowed, as the SDK allows them;
+- preference: `input.messages` must not end with an assistant turn; each output exactly one
+  assistant message;
+- Parquet (pre-tokenised): readable, an `input_ids` column, no columns but `input_ids`,
+  `attention_mask` and `labels`, at least one row.
+
+Where we differ on purpose: lines end at "\\n" only (the SDK reads in text mode, where a bare "\\r"
+also ends a line; Together's loaders split on "\\n"), and we do not enforce the docs' "start with
+system or user, then alternate user/assistant", which the SDK does not enforce either.
 """
 
 from __future__ import annotations
@@ -46,6 +61,23 @@ class FileCheckError(RecipeError):
         super().__init__(f"{where}: {message} [Together file check: {rule}]")
 
 
+def _check_content(content: Any, fail: Any, where: str, images: bool) -> None:
+    """A string, or a list of content parts (text; image_url where images are allowed)."""
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        fail("text_field", f"{where} must be a string or a list of content parts")
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            continue
+        if kind == "image_url" and images and isinstance((part.get("image_url") or {}).get("url"), str):
+            continue
+        if kind == "image_url" and not images:
+            fail("key_value", f"{where}[{j}]: only user messages can hold images")
+        fail("key_value", f"{where}[{j}] must be {{'type': 'text', 'text': str}} or an image_url part")
+
+
 def _check_messages(messages: Any, fail: Any, field: str = "messages") -> None:
     if not isinstance(messages, list) or not messages:
         fail("messages", f"'{field}' must be a non-empty list")
@@ -53,15 +85,13 @@ def _check_messages(messages: Any, fail: Any, field: str = "messages") -> None:
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             fail("messages", f"{field}[{i}] must be an object")
-        extra = set(m) - {"role", "content", "weight"}
-        if extra:
-            fail("key_value", f"{field}[{i}] has unexpected keys {sorted(extra)}")
         if m.get("role") not in ROLES:
             fail("messages", f"{field}[{i}].role={m.get('role')!r} is not one of {', '.join(ROLES)}")
-        if not isinstance(m.get("content"), str):
-            fail("messages", f"{field}[{i}].content must be a string")
-        if "weight" in m and m["weight"] not in (0, 1):
-            fail("messages", f"{field}[{i}].weight must be 0 or 1")
+        if "content" not in m:
+            fail("messages", f"{field}[{i}] has no content")
+        _check_content(m["content"], fail, f"{field}[{i}].content", images=m["role"] == "user")
+        if "weight" in m and (not isinstance(m["weight"], int) or m["weight"] not in (0, 1)):
+            fail("key_value", f"{field}[{i}].weight={m['weight']!r}: must be the integer 0 or 1")
         if m["role"] == previous:
             fail("messages", f"{field}[{i}]: two '{previous}' messages in a row")
         previous = m["role"]
@@ -69,12 +99,11 @@ def _check_messages(messages: Any, fail: Any, field: str = "messages") -> None:
 
 def _check_record(record: dict[str, Any], fmt: str, fail: Any) -> None:
     if fmt == "text":
-        if not isinstance(record["text"], str):
-            fail("text_field", "'text' must be a string")
+        _check_content(record["text"], fail, "'text'", images=False)
     elif fmt == "prompt_completion":
-        for key in ("prompt", "completion"):
-            if not isinstance(record[key], str):
-                fail("text_field", f"'{key}' must be a string")
+        _check_content(record["prompt"], fail, "'prompt'", images=False)
+        if not isinstance(record["completion"], str):
+            fail("text_field", "'completion' must be a string")
     elif fmt == "messages":
         _check_messages(record["messages"], fail)
         if not any(m["role"] == "assistant" for m in record["messages"]):
@@ -83,6 +112,8 @@ def _check_record(record: dict[str, Any], fmt: str, fail: Any) -> None:
         if not isinstance(record["input"], dict):
             fail("preference", "'input' must be an object with 'messages'")
         _check_messages(record["input"].get("messages"), fail, "input.messages")
+        if record["input"]["messages"][-1]["role"] == "assistant":
+            fail("preference", "'input.messages' must not end with an assistant message")
         for key in ("preferred_output", "non_preferred_output"):
             _check_messages(record[key], fail, key)
             if [m["role"] for m in record[key]] != ["assistant"]:
@@ -135,6 +166,27 @@ def check_report(path: Path, fmt: str | None, samples: int, size: int) -> dict[s
     return {"is_check_passed": True, "format": fmt, "num_samples": samples, "file_size": size}
 
 
+PARQUET_COLUMNS = ("input_ids", "attention_mask", "labels")
+
+
+def _check_parquet(path: Path, size: int) -> dict[str, Any]:
+    """A pre-tokenised Parquet file: readable, `input_ids`, no other columns than PARQUET_COLUMNS."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except (pa.ArrowInvalid, OSError) as e:
+        raise FileCheckError(path, None, "load_parquet", f"not a readable Parquet file ({e})") from None
+    columns = list(pq.read_schema(path).names)
+    if "input_ids" not in columns:
+        raise FileCheckError(path, None, "load_parquet", f"no 'input_ids' column (columns: {columns})")
+    extra = [c for c in columns if c not in PARQUET_COLUMNS]
+    if extra:
+        raise FileCheckError(path, None, "load_parquet", f"unexpected columns {extra}; only {list(PARQUET_COLUMNS)}")
+    return check_report(path, "parquet", meta.num_rows, size)
+
+
 def check_file(path: str | Path, workers: int = 1) -> dict[str, Any]:
     """Check a JSONL file against Together's rules; return a report or raise FileCheckError.
 
@@ -145,6 +197,12 @@ def check_file(path: str | Path, workers: int = 1) -> dict[str, Any]:
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:  # before reading 50 GB
         raise FileCheckError(path, None, "file_size", f"{size} bytes is over the 50.1 GB limit")
+    if path.suffix not in (".jsonl", ".parquet"):
+        raise FileCheckError(
+            path, None, "filetype", f"extension {path.suffix!r}: only .jsonl and .parquet are accepted"
+        )
+    if path.suffix == ".parquet":
+        return _check_parquet(path, size)
     ranges = jsonl_chunks(path, CHUNK_BYTES) if workers > 1 and size >= POOL_MIN_BYTES else [(0, size)]
     if len(ranges) == 1:
         fmt, samples = _check_range(path, 0, size, 1, None)

@@ -7,6 +7,7 @@ that range itself with `count_lines_before` to report the absolute line.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -36,10 +37,13 @@ def json_object(raw: bytes) -> dict[str, Any]:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         try:
-            raw.decode("utf-8")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as bad:
             raise LineError("utf8", f"not valid UTF-8 ({bad.reason} at byte {bad.start})") from None
-        raise LineError("load_json", f"malformed JSON: {e.msg} (column {e.colno})") from None
+        try:  # what orjson refuses but Python's json (the SDK's parser) reads, e.g. an escaped lone surrogate
+            value = json.loads(text)
+        except ValueError:
+            raise LineError("load_json", f"malformed JSON: {e.msg} (column {e.colno})") from None
     if not isinstance(value, dict):
         raise LineError("line_type", f"expected a JSON object, got {type(value).__name__}")
     return value
