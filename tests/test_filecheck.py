@@ -141,7 +141,9 @@ def test_an_escaped_lone_surrogate_is_valid_json_as_the_sdk_reads_it(tmp_path: P
 def test_only_jsonl_and_parquet_files_are_accepted(tmp_path: Path) -> None:
     path = tmp_path / "data.json"
     path.write_text('{"text": "a"}\n')
-    with pytest.raises(FileCheckError, match=r"'\.json': only \.jsonl and \.parquet are accepted \[Together file check: filetype\]"):
+    with pytest.raises(
+        FileCheckError, match=r"'\.json': only \.jsonl and \.parquet are accepted \[Together file check: filetype\]"
+    ):
         check_file(path)
 
 

@@ -89,3 +89,38 @@ def test_both_orders_cancel_position_bias_and_the_standard_error() -> None:
     rate, stderr, n = win_rate([1.0, 0.5, 0.0, 1.0, None])
     assert (rate, n) == (0.625, 4)
     assert stderr == pytest.approx(math.sqrt(((0.375**2 * 2) + 0.125**2 + 0.625**2) / 3) / 2)
+
+
+def test_the_alpaca_eval_protocol_reads_its_annotator_from_the_package() -> None:
+    from recipe.test import alpaca_eval
+
+    annotator = alpaca_eval.annotator()
+    assert annotator["name"].startswith("AlpacaEval chatgpt annotator (alpaca-eval ") and annotator["max_tokens"] == 50
+    turns = alpaca_eval.messages("Name a colour.", "Blue.", "Seven.")
+    assert [t["role"] for t in turns] == ["system", "user"]
+    assert (
+        "Blue." in turns[1]["content"] and "Seven." in turns[1]["content"] and "{output_1}" not in turns[1]["content"]
+    )
+    assert turns[1]["content"].index("Blue.") < turns[1]["content"].index("Seven.")  # output_1 is Output (a)
+    # Its parser: the first line-initial "Output (x)"; anything else is dropped, not guessed.
+    assert alpaca_eval.preference("Output (b)") == 2
+    assert alpaca_eval.preference("Output (a)\n\nOutput (b) is a joke.") == 1
+    assert alpaca_eval.preference("Reasoning first.\n Output (b)") == 2
+    assert alpaca_eval.preference("I prefer Output (a).") is None
+
+
+def test_the_alpaca_eval_protocol_orders_ties_and_rates_as_alpaca_eval_does() -> None:
+    from recipe.test import alpaca_eval
+
+    orders = [alpaca_eval.model_shown_first(0, f"instruction {i}") for i in range(200)]
+    assert 70 < sum(orders) < 130  # about half each way
+    assert orders == [alpaca_eval.model_shown_first(0, f"instruction {i}") for i in range(200)]  # reproducible
+    assert orders != [alpaca_eval.model_shown_first(1, f"instruction {i}") for i in range(200)]  # seeded
+    assert alpaca_eval.score("same", "same", None, True) == 0.5  # identical: a tie, never asked
+    assert alpaca_eval.score("mine", "ref", "Output (a)", True) == 1.0
+    assert alpaca_eval.score("mine", "ref", "Output (a)", False) == 0.0
+    assert alpaca_eval.score("mine", "ref", "no idea", True) is None  # dropped
+    rate, stderr, n = alpaca_eval.win_rate_percent([1.0, 0.0, 0.5, None, 1.0])
+    assert (rate, n) == (62.5, 4) and stderr == pytest.approx(
+        100 * math.sqrt(((0.375**2) * 2 + 0.625**2 + 0.125**2) / 3) / 2
+    )

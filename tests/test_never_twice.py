@@ -127,3 +127,15 @@ def test_an_upload_killed_mid_put_leaves_no_orphan(make_cfg, tmp_path: Path, fak
     record = run(train_cfg(make_cfg), run_dir=tmp_path)
     assert f"deleted the unfinished upload {orphan}" in capsys.readouterr().out
     assert orphan not in fake.uploads and list(fake.files) == [manifest(record)["training_file"]]
+
+
+def test_an_uploaded_file_deleted_behind_our_back_is_uploaded_again(
+    make_cfg, tmp_path: Path, fake: FakeTogether, capsys
+) -> None:
+    run(train_cfg(make_cfg, "train.wait=false"), run_dir=tmp_path)
+    (first,) = fake.files
+    fake.files.clear()  # deleted in Together's console
+    record = run(train_cfg(make_cfg, "train.n_epochs=2"), run_dir=tmp_path)  # another job on the same data
+    assert "is gone from Together (HTTP 404); uploading it again" in capsys.readouterr().out
+    (second,) = fake.files
+    assert second != first and manifest(record)["training_file"] == second

@@ -54,6 +54,17 @@ def get_batch(client: Client, batch_id: str) -> dict[str, Any]:
     return client.get_json(f"batches/{batch_id}")
 
 
+def file_exists(client: Client, file_id: str) -> bool:
+    """Whether Together still has the file (False on HTTP 404)."""
+    try:
+        client.get_json(f"files/{file_id}")
+    except APIError as e:
+        if e.status != 404:
+            raise
+        return False
+    return True
+
+
 def delete_file(client: Client, file_id: str) -> bool:
     """Delete a file; False when Together had no such file."""
     try:

@@ -30,6 +30,7 @@ from recipe.providers.together import (
     delete_file,
     download_fine_tune,
     estimate_price,
+    file_exists,
     fine_tune_checkpoints,
     fine_tune_events,
     get_fine_tune,
@@ -79,9 +80,13 @@ class TogetherFineTuner:
         key = hashlib.sha256(f"{self.client.base_url}\n{sha256}".encode()).hexdigest()[:24]
         record = self.store.record(FILES, key)
         if record is not None and record.get("file_id"):
-            log.info("%s already uploaded as %s (sha256 %s)", path.name, record["file_id"], sha256[:12])
-            self._sha_by_file_id[record["file_id"]] = sha256
-            return str(record["file_id"])
+            if file_exists(self.client, record["file_id"]):
+                log.info("%s already uploaded as %s (sha256 %s)", path.name, record["file_id"], sha256[:12])
+                self._sha_by_file_id[record["file_id"]] = sha256
+                return str(record["file_id"])
+            print(
+                f"the uploaded {path.name} ({record['file_id']}) is gone from Together (HTTP 404); uploading it again"
+            )
         if record is not None and record.get("uploading"):  # an upload that an earlier run never finished
             orphan = record["uploading"]
             deleted = delete_file(self.client, orphan)

@@ -39,6 +39,7 @@ from recipe.providers.serving import LocalServing, ModelAccess, Together, reach
 from recipe.secrets import together_api_key
 from recipe.stages import Stage, StageError
 from recipe.store import Artifact
+from recipe.test import judging as J
 from recipe.test import report as reporting
 from recipe.test import suites as S
 
@@ -162,6 +163,7 @@ class Test(Stage):
             heldout_loss["tuned"] = trained.eval_loss  # as measured by the trainer
         metrics = self._score(items, answers, verdicts, heldout_loss)
         result = {
+            "judge_protocol": J.protocol_name(c.judge_protocol.value) if self._judged(items) else None,
             "models": {w: {"name": names[w], **metrics[w]} for w in answers},
             "suites": {
                 name: {"kind": c.suites[name].kind.value, "prompts": len(its), "skipped": self.skipped.get(name, {})}
@@ -183,6 +185,7 @@ class Test(Stage):
             "generations": "generations.jsonl",
             "models": {w: names[w] for w in answers},
             "prompt_format": trained.format.describe(),
+            "judge_protocol": J.protocol_name(c.judge_protocol.value) if self._judged(items) else None,
             "metrics": summary.get("tuned") or next(iter(summary.values()), {}),
             "summary": summary,
             "usage": ledger.usage(),
@@ -288,9 +291,11 @@ class Test(Stage):
         items: dict[str, list[S.Item]],
         answers: dict[str, dict[str, str]],
     ) -> dict[str, dict[str, tuple[str, str]]]:
-        """{model: {item id: (judge reply with the model as (a), reply with it as (b))}}."""
+        """{model: {item id: verdict pair}}: both_orders, (reply with the model as (a), as (b));
+        alpaca_eval, (reply, the order shown) (see recipe/test/judging.py)."""
         c = self.config
         j = c.judge
+        protocol = c.judge_protocol.value
         judged = [i for n, its in items.items() if c.suites[n].kind.value == "judge" for i in its]
         with model_endpoint(j, self.root) as (base_url, api_key):
             client = Client(base_url, api_key, max_retries=c.max_retries, timeout_s=c.timeout_s)
@@ -302,22 +307,26 @@ class Test(Stage):
                     model=j.model,
                     api=j.api.value,
                     template=j.template,
-                    sampling={"max_tokens": c.judge_max_tokens, "temperature": 0.0, "seed": c.seed},
+                    sampling={
+                        "max_tokens": J.max_tokens(protocol, c.judge_max_tokens),
+                        "temperature": 0.0,
+                        "seed": c.seed,
+                    },
                     ledger=ledger,
                     weights=local_weights(j),
                 )
                 work = []
                 for which in answers:
                     for item in judged:
-                        mine, ref = answers[which][item.id], item.answers[0]
-                        work.append((f"{which}|{item.id}|a", S.judge_messages(item.instruction, mine, ref)))
-                        work.append((f"{which}|{item.id}|b", S.judge_messages(item.instruction, ref, mine)))
+                        work.extend(J.requests(protocol, c.seed, which, item, answers[which][item.id]))
                 local = j.provider.value == "local"
                 replies = self._ask_all("judge", 1 if local else c.concurrency, work, lambda w: judge.ask(w[1]))
             finally:
                 client.close()
         return {
-            which: {item.id: (replies[f"{which}|{item.id}|a"], replies[f"{which}|{item.id}|b"]) for item in judged}
+            which: {
+                item.id: J.verdict(protocol, c.seed, which, item, answers[which][item.id], replies) for item in judged
+            }
             for which in answers
         }
 
@@ -351,6 +360,8 @@ class Test(Stage):
                     per_suite[name] = S.score_mqa(suite_items, mine)
                 elif kind == "booksum":
                     per_suite[name] = S.score_booksum(suite_items, mine)
+                elif self.config.judge_protocol.value == "alpaca_eval":
+                    per_suite[name] = S.score_judge_alpaca_eval(suite_items, mine, verdicts[which])
                 else:
                     per_suite[name] = S.score_judge(suite_items, verdicts[which])
             scores[which] = {"suites": per_suite, "heldout_loss": heldout_loss.get(which)}

@@ -25,8 +25,9 @@ def headline(result: dict[str, Any], kinds: dict[str, str]) -> Summary:
             kind = kinds[name]
             if kind == "judge":
                 if scores["win_rate"] is not None:  # None: no readable verdict at all
-                    flat[f"{name}.win_rate"] = scores["win_rate"]
-                    flat[f"{name}.win_rate_se"] = scores["stderr"]
+                    key = f"{name}.win_rate_pct" if scores.get("unit") == "%" else f"{name}.win_rate"
+                    flat[key] = scores["win_rate"]
+                    flat[f"{key}_se"] = scores["stderr"]
             elif kind == "booksum":
                 for key in ("rouge1", "rouge2", "rougeL"):
                     flat[f"{name}.{key}"] = scores[key]
@@ -82,8 +83,10 @@ def write_report(
         kind = suite["kind"]
         scores = {w: result["models"][w]["suites"][name] for w in models}
         if kind == "judge":
-            out += [f"## {name}: instruction following (AlpacaEval-style win rate against the reference)", ""]
-            out += ["| Model | Win rate | ± s.e. | Prompts judged |", "|---|---|---|---|"]
+            protocol = result.get("judge_protocol", "both orders")
+            unit = " (%)" if any(scores[w].get("unit") == "%" for w in models) else ""
+            out += [f"## {name}: instruction following (win rate against the reference; judged: {protocol})", ""]
+            out += [f"| Model | Win rate{unit} | ± s.e. | Prompts judged |", "|---|---|---|---|"]
             for w in models:
                 s = scores[w]
                 out.append(f"| {w} | {_fmt(s['win_rate'])} | {_fmt(s['stderr'])} | {s['judged']} of {s['prompts']} |")

@@ -217,5 +217,20 @@ def score_judge(items: Sequence[Item], verdicts: dict[str, tuple[str, str]]) -> 
     return {"win_rate": rate, "stderr": stderr, "prompts": len(items), "judged": counted}
 
 
+def score_judge_alpaca_eval(
+    items: Sequence[Item], answers: dict[str, str], verdicts: dict[str, tuple[str, str]]
+) -> dict[str, Any]:
+    """AlpacaEval's win rate of the model over the reference, in %, from one seeded order per
+    prompt (`verdicts[id] = (reply, "model_first" | "reference_first" | "identical")`)."""
+    from recipe.test import alpaca_eval
+
+    scores = [
+        alpaca_eval.score(answers[i.id], i.answers[0], verdicts[i.id][0], verdicts[i.id][1] == "model_first")
+        for i in items
+    ]
+    rate, stderr, counted = alpaca_eval.win_rate_percent(scores)
+    return {"win_rate": rate, "stderr": stderr, "unit": "%", "prompts": len(items), "judged": counted}
+
+
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
