@@ -54,26 +54,25 @@ def get_batch(client: Client, batch_id: str) -> dict[str, Any]:
     return client.get_json(f"batches/{batch_id}")
 
 
-def file_exists(client: Client, file_id: str) -> bool:
-    """Whether Together still has the file (False on HTTP 404)."""
+def _found(request: Callable[[], object]) -> bool:
+    """Send `request`; False when Together answers HTTP 404 (the object is gone), other errors raise."""
     try:
-        client.get_json(f"files/{file_id}")
+        request()
     except APIError as e:
         if e.status != 404:
             raise
         return False
     return True
+
+
+def file_exists(client: Client, file_id: str) -> bool:
+    """Whether Together still has the file."""
+    return _found(lambda: client.get_json(f"files/{file_id}"))
 
 
 def delete_file(client: Client, file_id: str) -> bool:
     """Delete a file; False when Together had no such file."""
-    try:
-        client.request("DELETE", f"files/{file_id}")
-    except APIError as e:
-        if e.status != 404:
-            raise
-        return False
-    return True
+    return _found(lambda: client.request("DELETE", f"files/{file_id}"))
 
 
 def download_file(client: Client, file_id: str) -> bytes:
