@@ -179,58 +179,64 @@ def build_block(
     unit_ids: np.ndarray,
     offsets: np.ndarray,
     lengths: np.ndarray,
+    canonical_lengths: np.ndarray,
     check: tuple[Path, int, str] | None,
-) -> tuple[bytes, int, int]:
-    """Gather these spooled lines, in this order, and run the file check on them (pread, not
-    mmap: mapped spool pages would count as the process's memory). Returns (block, lines, samples)."""
+) -> tuple[bytes, bytes, int, int]:
+    """Gather these records' upload and canonical lines (adjacent in the spool: one pread each, not
+    mmap: mapped spool pages would count as the process's memory), in this order, and run the file
+    check on the upload lines. Returns (upload block, canonical block, lines, samples)."""
     fds: dict[int, int] = {}
-    lines = []
+    upload, canonical = [], []
     try:
-        for unit_id, offset, length in zip(unit_ids.tolist(), offsets.tolist(), lengths.tolist(), strict=True):
+        rows = zip(unit_ids.tolist(), offsets.tolist(), lengths.tolist(), canonical_lengths.tolist(), strict=True)
+        for unit_id, offset, length, canonical_length in rows:
             fd = fds.get(unit_id)
             if fd is None:
                 fd = fds[unit_id] = os.open(spools[unit_id], os.O_RDONLY)
-            lines.append(os.pread(fd, length, offset))
+            both = os.pread(fd, length + canonical_length, offset)
+            upload.append(both[:length])
+            canonical.append(both[length:])
     finally:
         for fd in fds.values():
             os.close(fd)
-    block = b"".join(lines)
-    return block, len(lines), (check_block(block, *check) if check else 0)
+    block = b"".join(upload)
+    return block, b"".join(canonical), len(upload), (check_block(block, *check) if check else 0)
 
 
 def write_spooled(
-    path: Path,
+    paths: tuple[Path, Path],
     order: np.ndarray,
     spools: list[str],
-    unit_ids: np.ndarray,
-    offsets: np.ndarray,
-    lengths: np.ndarray,
+    arrays: dict[str, np.ndarray],
     check_format: str | None,
     pool: Executor | None,
     workers: int,
     progress: bool,
-) -> tuple[str, int, int]:
-    """Write the spooled lines of records `order` (ids into the per-record arrays) to `path`, the
-    file check on each block (`check_format`) a few blocks ahead on the pool; (sha256, checked
-    samples, bytes)."""
-    digest = hashlib.sha256()
+) -> tuple[str, str, int, int]:
+    """Write the upload lines and the canonical lines of records `order` (ids into the per-record
+    arrays) to `paths` in one pass, the file check on each upload block (`check_format`) a few blocks
+    ahead on the pool; (upload sha256, canonical sha256, checked samples, upload bytes)."""
+    digests = hashlib.sha256(), hashlib.sha256()
     samples = size = 0
-    pending: deque[Future[tuple[bytes, int, int]]] = deque()
-    bar = tqdm(desc=f"mix: write {path.name}", total=len(order), unit=" rec", disable=not progress)
+    pending: deque[Future[tuple[bytes, bytes, int, int]]] = deque()
+    bar = tqdm(desc=f"mix: write {paths[0].name}", total=len(order), unit=" rec", disable=not progress)
 
-    def emit(block: bytes, lines: int, checked: int) -> None:
+    def emit(block: bytes, canonical: bytes, lines: int, checked: int) -> None:
         nonlocal samples, size
-        digest.update(block)
+        digests[0].update(block)
+        digests[1].update(canonical)
         out.write(block)
+        out_canonical.write(canonical)
         samples += checked
         size += len(block)
         bar.update(lines)
 
-    with open(path, "wb") as out:
+    with open(paths[0], "wb") as out, open(paths[1], "wb") as out_canonical:
         for first in range(0, len(order), BLOCK_LINES):
             rows = order[first : first + BLOCK_LINES]
-            check = (path, first + 1, check_format) if check_format else None
-            task = (spools, unit_ids[rows], offsets[rows], lengths[rows], check)
+            check = (paths[0], first + 1, check_format) if check_format else None
+            lengths = arrays["length"][rows], arrays["canonical_length"][rows]
+            task = (spools, arrays["unit"][rows], arrays["offset"][rows], *lengths, check)
             if pool is None:
                 emit(*build_block(*task))
                 continue
@@ -240,7 +246,7 @@ def write_spooled(
         while pending:
             emit(*pending.popleft().result())
     bar.close()
-    return digest.hexdigest(), samples, size
+    return digests[0].hexdigest(), digests[1].hexdigest(), samples, size
 
 
 def read_all(

@@ -204,14 +204,10 @@ class Mix(Stage):
             "component_templates": {n: c.components[n].template for n in self.components if c.components[n].template},
         }
         try:
-            write = lambda path, order, canonical: self._write(  # noqa: E731
-                path, order, units, arrays, strata, pool, workers, canonical
-            )
-            manifest.update(write(out_dir / MIXTURE_FILE, train_order, False))
-            manifest["conversations"] = write(out_dir / CONVERSATIONS_FILE, train_order, True)
+            write = lambda paths, order: self._write(paths, order, units, arrays, strata, pool, workers)  # noqa: E731
+            manifest.update(write((out_dir / MIXTURE_FILE, out_dir / CONVERSATIONS_FILE), train_order))
             if len(eval_order):
-                manifest["eval"] = write(out_dir / EVAL_FILE, eval_order, False)
-                manifest["eval"]["conversations"] = write(out_dir / EVAL_CONVERSATIONS_FILE, eval_order, True)
+                manifest["eval"] = write((out_dir / EVAL_FILE, out_dir / EVAL_CONVERSATIONS_FILE), eval_order)
             else:
                 manifest["eval"] = None
         finally:
@@ -323,36 +319,23 @@ class Mix(Stage):
 
     def _write(
         self,
-        path: Path,
+        paths: tuple[Path, Path],
         order: np.ndarray,
         units: list[SpoolUnit],
         arrays: dict[str, np.ndarray],
         strata: list[dict[Any, int]],
         pool: Executor | None,
         workers: int,
-        canonical: bool,
     ) -> dict[str, Any]:
-        """Write the chosen records in `order`: their upload lines, or (`canonical`) their canonical
-        conversation lines. Blocks of lines are gathered from the spools and run through the Together
-        file check on the pool, a few blocks ahead, while this process hashes and writes them in order."""
+        """Write the chosen records in `order`: their upload lines to `paths[0]` (Together-checked)
+        and their canonical conversation lines to `paths[1]`, in one pass over the spools."""
         fmt = self.config.format.value
-        check = self.config.check and not canonical
-        offsets = arrays["offset"] + arrays["length"] if canonical else arrays["offset"]
-        lengths = arrays["canonical_length"] if canonical else arrays["length"]
-        digest, samples, size = write_spooled(
-            path,
-            order,
-            [u.spool for u in units],
-            arrays["unit"],
-            offsets,
-            lengths,
-            fmt if check else None,
-            pool,
-            workers,
-            self.config.progress,
+        check = self.config.check
+        digest, canonical_digest, samples, size = write_spooled(
+            paths, order, [u.spool for u in units], arrays, fmt if check else None, pool, workers, self.config.progress
         )
-        if canonical:
-            return {"file": path.name, "sha256": digest, "examples": len(order)}
+        path = paths[0]
+        conversations = {"file": paths[1].name, "sha256": canonical_digest, "examples": len(order)}
         counts: dict[str, int] = {}
         tokens: dict[str, int] = {}
         by_stratum: dict[str, dict[str, int]] = {}
@@ -373,4 +356,5 @@ class Mix(Stage):
             "counts": counts,
             "tokens_by_component": tokens,
             "strata": by_stratum,
+            "conversations": conversations,
         }
