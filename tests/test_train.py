@@ -136,6 +136,16 @@ def test_the_upload_is_rendered_for_the_target_model(make_cfg, tmp_path: Path, f
     assert len(fake.requests) == requests
 
 
+def test_format_mixture_uploads_the_mixture_as_mix_wrote_it(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    overrides = ("train.format=mixture", "train.model=org/chatml-model", "mix.format=prompt_completion")
+    record = run(train_cfg(make_cfg, *overrides), run_dir=tmp_path)
+    uploaded = fake.files[fake.posts("/v1/fine-tunes")[0].body["training_file"]]
+    assert uploaded == (Path(record["stages"]["mix"]["artifact"]) / "mixture.jsonl").read_bytes()
+    assert b'"prompt"' in uploaded and manifest(record)["upload_file"] is None
+    # prompt_completion rendered in ChatML: the model is prompted in that text template.
+    assert manifest(record)["trained_model"]["format"] == {"kind": "text", "template": "chatml"}
+
+
 def test_transient_failures_on_every_step_are_survived(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
     fake.fail(503, 1, paths=("/v1/files",))
     fake.fail(503, 2, paths=("/upload/*",))  # the SDKs never retry the presigned PUT

@@ -239,8 +239,10 @@ class TogetherTrain(Stage):
     def _files(self, mixture: Mixture, fmt: PromptFormat, out_dir: Path) -> tuple[Path, Path | None, str]:
         """The training (and validation) file in `fmt`: mixture.jsonl itself when Mix already wrote
         exactly that, else rendered from the canonical conversations into the artifact."""
-        as_mixture = (fmt.kind == "chat_template" and mixture.upload_format == "messages") or (
-            fmt.kind == "text" and mixture.upload_format == "text" and mixture.upload_template == fmt.template
+        as_mixture = (
+            self.config.format.value == "mixture"  # mixture.jsonl as Mix wrote it (prompt_completion too)
+            or (fmt.kind == "chat_template" and mixture.upload_format == "messages")
+            or (fmt.kind == "text" and mixture.upload_format == "text" and mixture.upload_template == fmt.template)
         )
         validation = None
         if as_mixture:
