@@ -27,6 +27,7 @@ from recipe.artifacts import PromptFormat, TrainedModel
 from recipe.errors import RecipeError
 from recipe.providers.http import APIError, Client
 from recipe.providers.local.server import ManagedServer, embedded_gguf, model_server, serving_engine
+from recipe.providers.model_client import completion_request
 from recipe.providers.together import cheapest_hardware, wait_endpoint_started
 from recipe.store import ArtifactStore
 
@@ -274,3 +275,19 @@ def reach(
             yield ModelAccess(which, client, model, "together", None, trained.format)
     finally:
         client.close()
+
+
+def smoke_query(client: Client, model: str, prompt: str, max_tokens: int, fmt: PromptFormat) -> dict[str, Any]:
+    """One request in the model's trained format: the answer and how long it took."""
+    started = time.monotonic()
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
+    if fmt.kind == "chat_template":
+        response = client.post_json("chat/completions", {**body, "messages": [{"role": "user", "content": prompt}]})
+        answer = response["choices"][0]["message"]["content"] or ""
+    else:
+        assert fmt.template is not None
+        response = client.post_json(
+            "completions", {**body, **completion_request([{"role": "user", "content": prompt}], fmt.template)}
+        )
+        answer = response["choices"][0]["text"] or ""
+    return {"prompt": prompt, "answer": answer.strip(), "latency_s": round(time.monotonic() - started, 3)}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,26 +26,12 @@ from recipe.config import LocalDeployConfig, TogetherDeployConfig
 from recipe.providers.http import Client
 from recipe.providers.local.server import serving_engine
 from recipe.providers.model_client import completion_request
-from recipe.providers.serving import DedicatedEndpoints, LocalServing, local_model
+from recipe.providers.serving import DedicatedEndpoints, LocalServing, local_model, smoke_query
 from recipe.stages import Stage, StageError
 from recipe.store import Artifact
 
 log = logging.getLogger(__name__)
 ENDPOINTS = "together-endpoints"
-
-
-def smoke(client: Client, model: str, prompt: str, max_tokens: int, fmt: PromptFormat) -> dict[str, Any]:
-    """One request in the model's trained format: the answer and how long it took."""
-    started = time.monotonic()
-    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
-    if fmt.kind == "chat_template":
-        response = client.post_json("chat/completions", {**body, "messages": [{"role": "user", "content": prompt}]})
-        answer = response["choices"][0]["message"]["content"] or ""
-    else:
-        assert fmt.template is not None
-        response = client.post_json("completions", {**body, **completion_request([_user(prompt)], fmt.template)})
-        answer = response["choices"][0]["text"] or ""
-    return {"prompt": prompt, "answer": answer.strip(), "latency_s": round(time.monotonic() - started, 3)}
 
 
 def _user(prompt: str) -> dict[str, str]:
@@ -100,7 +85,7 @@ class LocalDeploy(Stage):
             )
         serving = LocalServing(c.engine.value, c.device, c.host, c.port, c.startup_timeout_s)
         with local_model(trained.local_dir, serving, which="tuned", weights=trained.weights, fmt=trained.format) as m:
-            answer = smoke(m.client, m.model, c.smoke_prompt, c.smoke_max_tokens, m.format)
+            answer = smoke_query(m.client, m.model, c.smoke_prompt, c.smoke_max_tokens, m.format)
             engine = m.provider.removeprefix("local-")
             print(
                 f"\nserving {m.model}\n  at {m.url} ({engine})\n  smoke: {answer['prompt']!r} -> "
@@ -145,7 +130,7 @@ class TogetherDeploy(Stage):
         url = client.base_url
         try:
             if not c.dedicated:
-                answer = smoke(client, model, c.smoke_prompt, c.smoke_max_tokens, fmt)
+                answer = smoke_query(client, model, c.smoke_prompt, c.smoke_max_tokens, fmt)
                 print(
                     f"\nserverless {model}: {answer['answer']!r} in {answer['latency_s']} s\n\n"
                     f"{snippets(url, model, 'TOGETHER_API_KEY', fmt)}\n"
@@ -214,7 +199,7 @@ class TogetherDeploy(Stage):
             endpoints.set_state(endpoint_id, "STARTED")
         endpoint = endpoints.wait_started(endpoint_id)
         name = endpoint["name"]
-        answer = smoke(client, name, c.smoke_prompt, c.smoke_max_tokens, trained.format)
+        answer = smoke_query(client, name, c.smoke_prompt, c.smoke_max_tokens, trained.format)
         print(
             f"\nendpoint {endpoint_id} ({name}) on {endpoint.get('hardware')}: {answer['answer']!r} in "
             f"{answer['latency_s']} s; it stops after {c.inactive_timeout} idle minutes "
