@@ -58,9 +58,23 @@ def _main(cfg: DictConfig) -> None:
         sys.exit(143 if terminated else 130)
 
 
+def check_arguments(argv: list[str]) -> None:
+    """Mistakes Hydra would report obscurely, said plainly (exit 2)."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+") == "stages" and value and not value.startswith(("[", "null")):
+            stages = ",".join(v.strip() for v in value.split(","))
+            print(
+                f"error: {arg}: stages is a list: 'stages=[{stages}]' (quoted, so that zsh leaves the brackets alone)",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+
+
 def main() -> None:
     """The console script: SIGTERM handled like Ctrl-C; secrets masked in printed configs."""
     signal.signal(signal.SIGTERM, _terminate)
+    check_arguments(sys.argv[1:])
     sys.argv[1:] = mask_printed_secrets(sys.argv[1:])
     _main()
 

@@ -132,3 +132,14 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(run_cli, tiny_d
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert f"no space left on the device while writing the mix artifact in {tiny_disk}/mix" in proc.stderr
     assert list((tiny_disk / "mix").iterdir()) == []
+
+
+def test_an_unknown_experiment_is_an_error_listing_the_known_ones(run_cli) -> None:
+    proc = run_cli("experiment=llama2_7b_32k_instrcut", "dry_run=true", check=False)
+    assert proc.returncode != 0 and "Could not find 'experiment/llama2_7b_32k_instrcut'" in proc.stderr
+    assert "llama2_7b_32k_instruct" in proc.stderr and "smollm2_offline" in proc.stderr
+
+
+def test_stages_without_brackets_gets_a_hint(run_cli) -> None:
+    proc = run_cli("stages=mix", check=False)
+    assert proc.returncode == 2 and "'stages=[mix]'" in proc.stderr and "Traceback" not in proc.stderr
