@@ -156,16 +156,14 @@ class TrainedModel:
 
     @classmethod
     def load(cls, artifact: Artifact) -> TrainedModel:
-        m = artifact.manifest
-        trained = _need(m, "trained_model", artifact)
-        fmt = trained.pop("format")
-        model = cls(format=PromptFormat(**fmt), **trained)
-        if model.provider == "local":  # stored relative: the store can move
-            model = cls(**{**asdict(model), "format": model.format, "model": str(artifact.path / model.model)})
-        return model
+        fields = _need(artifact.manifest, "trained_model", artifact)
+        model = fields["model"]
+        if fields["provider"] == "local":  # stored relative to the artifact: the store can move
+            model = str(artifact.path / model)
+        return cls(**{**fields, "model": model, "format": PromptFormat(**fields["format"])})
 
     def manifest(self) -> dict[str, Any]:
-        return {"trained_model": {**asdict(self), "format": asdict(self.format)}}
+        return {"trained_model": asdict(self)}
 
     @property
     def local_dir(self) -> Path:
@@ -183,22 +181,22 @@ class Deployment:
     model: str
     model_dir: str | None = None  # local: the served directory (recipe-chat serves it again when stopped)
     key_env: str | None = None  # the environment variable holding the key the URL needs
-    format: dict[str, Any] | None = None  # the PromptFormat the model was trained in (asdict)
-
-    @property
-    def prompt_format(self) -> PromptFormat:
-        return PromptFormat(**self.format) if self.format else PromptFormat("chat_template")
+    format: PromptFormat = PromptFormat("chat_template")  # the format the model was trained in
 
     @classmethod
     def load(cls, artifact: Artifact) -> Deployment:
-        return cls(**_need(artifact.manifest, "deployment", artifact))
+        return cls._from(_need(artifact.manifest, "deployment", artifact))
 
     @classmethod
     def from_manifest_file(cls, path: Path) -> Deployment:
         manifest = orjson.loads(path.read_bytes())
         if "deployment" not in manifest:
             raise ArtifactError(f"{path}: not a deployment written by this version of recipe; run stages=[deploy]")
-        return cls(**manifest["deployment"])
+        return cls._from(manifest["deployment"])
+
+    @classmethod
+    def _from(cls, fields: dict[str, Any]) -> Deployment:
+        return cls(**{**fields, "format": PromptFormat(**fields["format"])})
 
     def manifest(self) -> dict[str, Any]:
         return {"deployment": asdict(self)}

@@ -145,7 +145,7 @@ def _endpoint(args: argparse.Namespace) -> Iterator[tuple[str, str, str | None, 
         yield url, args.model, key_for(url, args.key_env), PromptFormat("chat_template")
         return
     deployment = newest_deployment(Path(args.store))
-    fmt = deployment.prompt_format
+    fmt = deployment.format
     if deployment.provider != "local":
         yield deployment.url, deployment.model, key_for(deployment.url, deployment.key_env), fmt
     elif reachable(deployment.url):

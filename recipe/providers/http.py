@@ -173,7 +173,11 @@ class Client:
             if attempt > self.max_retries:
                 raise APIError(f"POST {url}: {failure} (no {what} was created; tried {attempt} times)")
             log.warning("POST %s failed (%s); no %s was created: sending it again", url, failure, what)
-            time.sleep(wait if wait is not None else min(self.backoff_s * 2 ** (attempt - 1), 8.0))
+            time.sleep(wait if wait is not None else self.backoff(attempt))
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before retry number `attempt` (1, 2, ...) of a request retried by hand."""
+        return min(self.backoff_s * 2 ** (attempt - 1), 8.0)
 
     def _once(self) -> requests.Session:
         """A session with this client's headers that never retries by itself (for creates)."""

@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from recipe.errors import RecipeError
 from recipe.providers.http import APIError, Client
 from recipe.providers.local.server import ManagedServer, embedded_gguf, model_server, serving_engine
 from recipe.providers.model_client import completion_request
-from recipe.providers.together import cheapest_hardware, wait_endpoint_started
+from recipe.providers.together import cheapest_hardware, unless_gone, wait_endpoint_started
 from recipe.store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -51,26 +51,6 @@ class ModelAccess:
     @property
     def url(self) -> str:
         return self.client.base_url
-
-
-@dataclass
-class Together:
-    """Where Together calls go and how they are retried."""
-
-    base_url: str
-    api_key: str
-    timeout_s: float = 120.0
-    max_retries: int = 5
-    retry_backoff_s: float = 0.5
-
-    def client(self) -> Client:
-        return Client(
-            self.base_url,
-            self.api_key,
-            max_retries=self.max_retries,
-            timeout_s=self.timeout_s,
-            backoff_s=self.retry_backoff_s,
-        )
 
 
 @dataclass
@@ -150,11 +130,9 @@ class DedicatedEndpoints:
     def alive(self, key: str, record: dict[str, Any]) -> dict[str, Any] | None:
         """The recorded endpoint as Together reports it; None (and the record marked deleted) when
         Together no longer has it (HTTP 404: deleted outside recipe)."""
-        try:
-            return self.get(record["id"])
-        except APIError as e:
-            if e.status != 404:
-                raise
+        endpoint = unless_gone(lambda: self.get(record["id"]))
+        if endpoint is not None:
+            return endpoint
         log.warning("Together endpoint %s recorded for this config is gone (HTTP 404)", record["id"])
         self.store.put_record(self.kind, key, {**record, "deleted": True, "gone": True})
         return None
@@ -196,15 +174,9 @@ class DedicatedEndpoints:
 
     def delete(self, key: str, record: dict[str, Any]) -> bool:
         """Delete the recorded endpoint; False when Together had no such endpoint any more."""
-        try:
-            self.client.request("DELETE", f"endpoints/{record['id']}")
-            gone = False
-        except APIError as e:
-            if e.status != 404:
-                raise
-            gone = True
+        deleted = unless_gone(lambda: self.client.request("DELETE", f"endpoints/{record['id']}")) is not None
         self.store.put_record(self.kind, key, {**record, "deleted": True})
-        return not gone
+        return deleted
 
 
 @contextlib.contextmanager
@@ -240,14 +212,15 @@ def reach(
     *,
     store: ArtifactStore,
     local: LocalServing,
-    together: Together | None,
+    together: Callable[[], Client] | None,
     dedicated: bool = False,
     hardware: str | None = None,
     poll_s: float = 10.0,
     progress: bool = True,
 ) -> Iterator[ModelAccess]:
     """The `tuned` model of a Train artifact, or the `base` model it came from, ready to be asked
-    (in `trained.format`); `dedicated` puts the tuned Together model on a temporary endpoint."""
+    (in `trained.format`). `together` makes the Together client (closed here); `dedicated` puts the
+    tuned Together model on a temporary endpoint."""
     if which not in ("tuned", "base"):
         raise ValueError(which)
     if trained.provider == "local":
@@ -261,11 +234,11 @@ def reach(
     if trained.provider != "together":
         raise RecipeError(f"a {trained.provider!r} model cannot be reached (local or together)")
     if together is None:
-        raise RecipeError("reaching a Together model needs TOGETHER_API_KEY")
+        raise RecipeError("reaching a Together model needs a Together client")
     model = trained.model if which == "tuned" else trained.base_model
     if not model:
         raise RecipeError(f"the train artifact names no {which} model")
-    client = together.client()
+    client = together()
     try:
         if which == "tuned" and dedicated:
             endpoints = DedicatedEndpoints(client, store, "together-test-endpoints", poll_s, progress)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 from tqdm import tqdm
@@ -16,6 +16,7 @@ from tqdm import tqdm
 from recipe.errors import RecipeError
 from recipe.providers.http import RETRY_STATUSES, APIError, Client
 
+T = TypeVar("T")
 BATCH_DONE = frozenset({"COMPLETED", "FAILED", "EXPIRED", "CANCELLED"})
 
 
@@ -54,25 +55,25 @@ def get_batch(client: Client, batch_id: str) -> dict[str, Any]:
     return client.get_json(f"batches/{batch_id}")
 
 
-def _found(request: Callable[[], object]) -> bool:
-    """Send `request`; False when Together answers HTTP 404 (the object is gone), other errors raise."""
+def unless_gone(request: Callable[[], T]) -> T | None:
+    """`request()`'s result, or None when Together answers HTTP 404 (the object is gone, e.g. deleted
+    outside recipe); other errors raise."""
     try:
-        request()
+        return request()
     except APIError as e:
         if e.status != 404:
             raise
-        return False
-    return True
+        return None
 
 
 def file_exists(client: Client, file_id: str) -> bool:
     """Whether Together still has the file."""
-    return _found(lambda: client.get_json(f"files/{file_id}"))
+    return unless_gone(lambda: client.get_json(f"files/{file_id}")) is not None
 
 
 def delete_file(client: Client, file_id: str) -> bool:
     """Delete a file; False when Together had no such file."""
-    return _found(lambda: client.request("DELETE", f"files/{file_id}"))
+    return unless_gone(lambda: client.request("DELETE", f"files/{file_id}")) is not None
 
 
 def download_file(client: Client, file_id: str) -> bytes:
@@ -133,7 +134,7 @@ def _put(client: Client, url: str, path: Path, start: int, length: int, progress
             raise error
         if progress is not None:
             progress.n = done  # this region is sent again from its start
-        time.sleep(min(client.backoff_s * 2 ** (attempt - 1), 8.0))
+        time.sleep(client.backoff(attempt))
 
 
 def upload_fine_tune_file(

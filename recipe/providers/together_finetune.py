@@ -34,6 +34,7 @@ from recipe.providers.together import (
     fine_tune_checkpoints,
     fine_tune_events,
     get_fine_tune,
+    unless_gone,
     upload_fine_tune_file,
 )
 from recipe.store import ArtifactStore, sha256_file
@@ -137,11 +138,9 @@ class TogetherFineTuner:
             log.warning("found Together fine-tune %s created for this config before a crash: adopting it", job["id"])
             self.store.put_record(JOBS, key, {**record, "job_id": job["id"], "adopted": True})
             return get_fine_tune(self.client, job["id"])
-        try:
-            return get_fine_tune(self.client, record["job_id"])
-        except APIError as e:
-            if e.status != 404:
-                raise
+        job = unless_gone(lambda: get_fine_tune(self.client, record["job_id"]))
+        if job is not None:
+            return job
         if not self.settings.relaunch:
             raise FineTuneError(
                 f"the Together fine-tune {record['job_id']} recorded for this config no longer exists (HTTP 404: "

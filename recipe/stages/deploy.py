@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +90,7 @@ class LocalDeploy(Stage):
                 f"\nserving {m.model}\n  at {m.url} ({engine})\n  smoke: {answer['prompt']!r} -> "
                 f"{answer['answer']!r} in {answer['latency_s']} s\n\n{snippets(m.url, m.model, None, m.format)}\n"
             )
-            deployment = Deployment("local", m.url, m.model, model_dir=str(trained.local_dir), format=asdict(m.format))
+            deployment = Deployment("local", m.url, m.model, model_dir=str(trained.local_dir), format=m.format)
             manifest = {**deployment.manifest(), "provider": "local", "engine": engine, "smoke": answer}
             if c.foreground:
                 print("serving until Ctrl-C ...", flush=True)
@@ -135,7 +134,7 @@ class TogetherDeploy(Stage):
                     f"\nserverless {model}: {answer['answer']!r} in {answer['latency_s']} s\n\n"
                     f"{snippets(url, model, 'TOGETHER_API_KEY', fmt)}\n"
                 )
-                deployment = Deployment("together", url, model, key_env="TOGETHER_API_KEY", format=asdict(fmt))
+                deployment = Deployment("together", url, model, key_env="TOGETHER_API_KEY", format=fmt)
                 return {
                     **deployment.manifest(),
                     "provider": "together",
@@ -206,9 +205,7 @@ class TogetherDeploy(Stage):
             f"(deploy.action=stop|delete to stop paying now)\n\n"
             f"{snippets(client.base_url, name, 'TOGETHER_API_KEY', trained.format)}\n"
         )
-        deployment = Deployment(
-            "together", client.base_url, name, key_env="TOGETHER_API_KEY", format=asdict(trained.format)
-        )
+        deployment = Deployment("together", client.base_url, name, key_env="TOGETHER_API_KEY", format=trained.format)
         return {
             **deployment.manifest(),
             **state,

@@ -33,10 +33,9 @@ from recipe.artifacts import Mixture, TrainedModel
 from recipe.config import TestConfig
 from recipe.data.sources import config_key, iter_records, source_identity
 from recipe.providers.cache import RequestCache
-from recipe.providers.http import Client, together_base_url
+from recipe.providers.http import Client
 from recipe.providers.model_client import BudgetReached, Ledger, ModelClient, local_weights, model_endpoint
-from recipe.providers.serving import LocalServing, ModelAccess, Together, reach
-from recipe.secrets import together_api_key
+from recipe.providers.serving import LocalServing, ModelAccess, reach
 from recipe.stages import Stage, StageError
 from recipe.store import Artifact
 from recipe.test import judging as J
@@ -162,8 +161,9 @@ class Test(Stage):
         if "tuned" not in heldout_loss and trained.eval_loss is not None:
             heldout_loss["tuned"] = trained.eval_loss  # as measured by the trainer
         metrics = self._score(items, answers, verdicts, heldout_loss)
+        protocol = J.protocol_name(c.judge_protocol.value) if self._judged(items) else None
         result = {
-            "judge_protocol": J.protocol_name(c.judge_protocol.value) if self._judged(items) else None,
+            "judge_protocol": protocol,
             "models": {w: {"name": names[w], **metrics[w]} for w in answers},
             "suites": {
                 name: {"kind": c.suites[name].kind.value, "prompts": len(its), "skipped": self.skipped.get(name, {})}
@@ -185,7 +185,7 @@ class Test(Stage):
             "generations": "generations.jsonl",
             "models": {w: names[w] for w in answers},
             "prompt_format": trained.format.describe(),
-            "judge_protocol": J.protocol_name(c.judge_protocol.value) if self._judged(items) else None,
+            "judge_protocol": protocol,
             "metrics": summary.get("tuned") or next(iter(summary.values()), {}),
             "summary": summary,
             "usage": ledger.usage(),
@@ -203,20 +203,12 @@ class Test(Stage):
     def _reach(self, trained: TrainedModel, which: str) -> contextlib.AbstractContextManager[ModelAccess]:
         c = self.config
         assert self.store is not None
-        key = together_api_key(self.root) if trained.provider == "together" else None
-        if trained.provider == "together" and not key:
-            raise StageError("test of a Together fine-tune needs TOGETHER_API_KEY in the environment")
-        together = (
-            Together(together_base_url(self.root.together.base_url), key, c.timeout_s, c.max_retries, c.retry_backoff_s)
-            if key
-            else None
-        )
         return reach(
             trained,
             which,
             store=self.store,
             local=LocalServing(c.engine.value, c.device, startup_timeout_s=c.startup_timeout_s, timeout_s=c.timeout_s),
-            together=together,
+            together=self.together_client if trained.provider == "together" else None,
             dedicated=c.endpoint.value == "dedicated",
             hardware=c.hardware,
             poll_s=c.poll_s,
