@@ -108,6 +108,7 @@ class Mixture:
     upload_template: str  # the mixture's template (for text and prompt_completion)
     component_templates: dict[str, str]  # components whose template overrides upload_template
     eval_upload_file: str | None
+    contamination: dict[str, Any] | None  # what Mix's decontamination checked and found (None: off)
 
     @classmethod
     def load(cls, artifact: Artifact) -> Mixture:
@@ -124,6 +125,7 @@ class Mixture:
             upload_template=m["template"],
             component_templates=dict(m.get("component_templates") or {}),
             eval_upload_file=eval_info.get("file"),
+            contamination=m.get("contamination"),
         )
 
     def records(self, split: str = "train") -> Iterator[dict[str, Any]]:

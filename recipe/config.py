@@ -137,6 +137,8 @@ class MixConfig:
     # Token counter for `unit: tokens` and the manifest's totals: approx (UTF-8 bytes / 4) or whitespace.
     tokenizer: str = "approx"
     check: bool = True  # run the Together file check on the output files
+    # Keep the Test suites' prompts out of the mixture (recipe/test/contamination.py).
+    decontaminate: DecontaminateConfig = field(default_factory=lambda: DecontaminateConfig())
     progress: bool = execution(True)  # show progress bars
     workers: int = execution(0)  # processes reading large JSON Lines sources; 0 = one per CPU
 
@@ -228,6 +230,9 @@ class DistillConfig:
     batch_poll_s: float = execution(10.0)
     cache_path: str = execution("outputs/cache/teacher.sqlite")  # shared by runs: answers are never bought twice
     progress: bool = execution(True)
+    # Conversations whose human turns hold a Test suite's prompt: by default Mix's settings, so no
+    # answer is bought for a prompt that Mix would then drop.
+    decontaminate: Optional[DecontaminateConfig] = "${oc.select:mix.decontaminate,null}"  # type: ignore[assignment]
 
 
 class UploadFormat(Enum):
@@ -456,6 +461,26 @@ class SuiteConfig:
     # judge: an instruction and a reference model's answer, e.g. AlpacaEval's instruction / output
     instruction_field: str = "instruction"
     reference_field: str = "output"
+
+
+class ContaminationAction(Enum):
+    drop = "drop"  # leave the example out; Mix draws the next one of its random order instead
+    fail = "fail"  # stop, naming the suite and the examples
+    report = "report"  # count and record only
+
+
+@dataclass
+class DecontaminateConfig:
+    """Training examples that contain a Test suite's prompt (rules and sources: recipe/test/contamination.py)."""
+
+    enabled: bool = True
+    action: ContaminationAction = ContaminationAction.drop
+    ngram: int = 13  # GPT-3's N, on lower-cased words without punctuation
+    threshold: float = 0.5  # share of a test prompt's distinct n-grams one example must hold
+    min_words: int = 4  # shorter test prompts match only a whole message, exactly (normalised)
+    suites: Optional[List[str]] = None  # which of `against` to check; null = all
+    # The suites' data: the Test stage's suites unless set here.
+    against: Dict[str, SuiteConfig] = field(default_factory=lambda: "${oc.select:test.suites,{}}")  # type: ignore[arg-type]
 
 
 class TestEndpoint(Enum):

@@ -127,8 +127,10 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
                     log.info("%s %s: cache hit, reusing %s", name, fp, hit.path)
                 artifacts[name] = hit
                 entry.update(status="ok", artifact=str(hit.path))
-                if "metrics" in (manifest := hit.manifest):  # headline figures (Test), for sweep summaries
-                    entry["metrics"] = manifest["metrics"]
+                manifest = hit.manifest
+                for key in ("metrics", "contamination_counts"):  # headline figures, for sweep summaries
+                    if manifest.get(key) is not None:
+                        entry[key] = manifest[key]
                 report = stage.report(hit)
                 if report:
                     print(report, flush=True)

@@ -225,6 +225,9 @@ def test_the_offline_recipe_end_to_end(run_cli, tmp_path: Path) -> None:
     assert len(rows) == 2 + 1 + 2 + 1 and all(r["base"] is not None and r["tuned"] is not None for r in rows)
     assert all(len(r["tuned_judge"]) == 2 for r in rows if r["suite"] == "alpaca_eval")
     assert "Test (" in out and "heldout.loss" in out  # the summary table is printed
+    # Mix and Distill checked every example against the suites Test asked (all of them, not only the first few).
+    for line in ("mqa: 0 of 1 prompts", "booksum: 0 of 1 prompts", "alpaca_eval: 0 of 2 prompts"):
+        assert f"contamination {line} found in the training mixture" in out
     assert (test_dir / "chart.png").read_bytes()[:4] == b"\x89PNG" and "| 3 | last |" in (
         test_dir / "report.md"
     ).read_text()

@@ -211,6 +211,11 @@ def test_together_backed_test_scores_base_and_tuned(make_cfg, tmp_path: Path, fa
     assert metrics["summary"]["tuned"]["alpaca_eval.win_rate_se"] == 0.0
     assert set(metrics["summary"]["tuned"]) >= {"booksum.rouge1", "mqa.docs3", "mqa.docs6", "mqa.accuracy"}
     assert entry["metrics"] == metrics["summary"]["tuned"]  # run.json carries the headline figures
+    # Mix checked the mixture against these very suites: one contamination line each.
+    summary = (out / "summary.txt").read_text()
+    for name, prompts in (("mqa", 2), ("booksum", 2), ("alpaca_eval", 3)):
+        assert f"contamination {name}: 0 of {prompts} prompts found in the training mixture" in summary
+        assert entry["contamination_counts"][name] == {"prompts_in_training": 0}
     text = (out / "report.md").read_text()
     assert "| 6 | middle |" in text and "## booksum: summarisation (ROUGE F-measure)" in text
     assert (out / "chart.png").read_bytes()[:4] == b"\x89PNG"

@@ -20,6 +20,7 @@ from recipe.config import SAMPLES_DIR, execution_paths
 from recipe.errors import RecipeError
 from recipe.runner import build_stage
 from recipe.store import fingerprint
+from recipe.test.contamination import identity_fields
 
 # Stage configs to walk: (stage, overrides that pick the option).
 OPTIONS = [
@@ -35,6 +36,8 @@ OPTIONS = [
 EXECUTION_NAMES = re.compile(
     r"(^|_)(budget|prices|concurrency|timeout_s|poll_s|progress|max_retries|retry_backoff_s|cache_path|workers)$"
 )
+# A suite's data keys (with its kind's text fields) decide what decontamination checks.
+SUITE_DATA = {"kind", "hub_id", "revision", "data_files", "split"}
 # Shares enter Mix's fingerprint as applied (after `rescale`), not as written: covered in test_mix.py.
 SHARES = {"share", "rescale"}
 
@@ -119,6 +122,10 @@ def test_every_key_is_semantic_unless_marked_execution_only(make_cfg, stage_name
             changed = build_stage(stage_name, cfg)
             changed.config = mutated[stage_name]
         is_execution = any(path[: len(p)] == p for p in marked)
+        if "against" in path:  # a Test suite seen by decontamination: only what decides the texts checked
+            suite = OmegaConf.select(cfg[stage_name], ".".join(path[: path.index("against") + 2]))
+            data = SUITE_DATA if suite.hub_id else SUITE_DATA - {"revision"}  # a revision of local files: unused
+            is_execution = path[-1] not in {*data, *identity_fields(suite.kind.value)}
         if is_execution:
             assert _fp(changed) == base, f"{stage_name}.{key} is execution-only but changes the fingerprint"
         else:

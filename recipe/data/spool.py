@@ -311,3 +311,59 @@ def merge_units(
         stats[unit.component]["records"] += result["records"]
         stats[unit.component]["skipped"] += result["skipped"]
     return {k: np.concatenate(v) for k, v in parts.items()}, strata, stats
+
+
+def read_texts(spools: list[str], arrays: dict[str, np.ndarray], rows: np.ndarray) -> list[list[str]]:
+    """The message texts of these records (from their canonical lines), for content checks."""
+    fds: dict[int, int] = {}
+    texts = []
+    try:
+        for unit_id, offset, length, canonical_length in zip(
+            arrays["unit"][rows].tolist(),
+            arrays["offset"][rows].tolist(),
+            arrays["length"][rows].tolist(),
+            arrays["canonical_length"][rows].tolist(),
+            strict=True,
+        ):
+            fd = fds.get(unit_id)
+            if fd is None:
+                fd = fds[unit_id] = os.open(spools[unit_id], os.O_RDONLY)
+            line = orjson.loads(os.pread(fd, canonical_length, offset + length))
+            texts.append([m["content"] for m in line["messages"]])
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return texts
+
+
+class ContentCheck:
+    """Records checked lazily, once each, by `scan` (texts -> findings per record, empty = clean)."""
+
+    def __init__(self, spools: list[str], arrays: dict[str, np.ndarray], scan: Callable[..., list[Any]]) -> None:
+        self.spools, self.arrays, self.scan = spools, arrays, scan
+        self.checked = np.zeros(len(arrays["offset"]), dtype=bool)
+        self.bad = np.zeros(len(arrays["offset"]), dtype=bool)
+        self.found: dict[int, Any] = {}  # record -> what the scan found
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """Which of `rows` are bad (checking those not checked yet)."""
+        todo = rows[~self.checked[rows]]
+        if len(todo):
+            for row, found in zip(todo.tolist(), self.scan(read_texts(self.spools, self.arrays, todo)), strict=True):
+                if found:
+                    self.found[row] = found
+                    self.bad[row] = True
+            self.checked[todo] = True
+        return self.bad[rows]
+
+    def first_clean(self, perm: np.ndarray, size: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray, int | None]:
+        """Drop bad records from the draw order `perm` until its leading records that reach
+        `target` (see `take`) are all clean: each bad one is replaced by the next in the order."""
+        while True:
+            n = take(size, target)
+            head = len(perm) if n is None else n
+            bad = self(perm[:head])
+            if not bad.any():
+                return perm, size, n
+            perm = np.concatenate([perm[:head][~bad], perm[head:]])
+            size = np.concatenate([size[:head][~bad], size[head:]])

@@ -9,6 +9,7 @@ ourselves, as the seed did with `[INST] ... [/INST]`) differ.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -192,6 +193,21 @@ def parse_response(response: dict[str, Any], api: str, prompt_estimate: int, raw
         int(usage.get("completion_tokens") or approx_tokens(text)),
         cached=False,
     )
+
+
+def parse_batch_output(text: str, api: str) -> dict[str, Answer | str]:
+    """A batch job's output file: custom_id -> its answer, or why that item failed."""
+    answers: dict[str, Answer | str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        result = json.loads(line)
+        response = result.get("response") or {}
+        if response.get("status_code", 200) != 200 or "body" not in response:
+            answers[result.get("custom_id", "")] = f"batch item failed: {str(result.get('error') or response)[:200]}"
+            continue
+        answers[result["custom_id"]] = parse_response(response["body"], api, 0)
+    return answers
 
 
 def _gguf(t: DictConfig) -> Path:

@@ -55,11 +55,13 @@ from recipe.providers.model_client import (
     approx_tokens,
     local_weights,
     model_endpoint,
-    parse_response,
+    parse_batch_output,
 )
 from recipe.providers.together import BATCH_DONE, create_batch, download_file, get_batch, upload_batch_file
 from recipe.stages import Stage, StageError
 from recipe.store import Artifact
+from recipe.test import contamination
+from recipe.test.contamination import Decontamination
 
 CONVERSATIONS_FILE = "conversations.jsonl"
 PENDING = "pending:"  # a batch whose create was sent for this input file, its id not known yet
@@ -107,18 +109,22 @@ class Distill(Stage):
             raise StageError(f"distill.mode=batch needs distill.teacher.provider=together, not {provider}")
         if c.sampling.max_tokens < 1:
             raise StageError(f"distill.sampling.max_tokens={c.sampling.max_tokens}: must be at least 1")
+        d = c.decontaminate  # human turns holding a Test prompt are never sent (recipe/test/contamination.py)
+        self.decon = Decontamination(d, "distill.decontaminate") if d is not None and d.enabled else None
 
     # ---- identity and plan -----------------------------------------------------------------
     def semantic_config(self) -> dict[str, Any]:
         semantic = super().semantic_config()
         semantic["source_data"] = source_identity(self.config.source, self.root.sources[self.config.source])
+        semantic["decontaminate"] = contamination.identity(self.config.decontaminate, "distill.decontaminate")
         return semantic
 
     def _seed_prompts(self) -> bool:
         return self.config.teacher.api.value == "completions" and self.config.teacher.template == "llama2_inst_seed"
 
-    def conversations(self) -> tuple[list[Conversation], dict[str, int]]:
-        """The conversations to replay: human turns, cleaned and limited; and what was left out."""
+    def conversations(self, decontaminate: bool = True) -> tuple[list[Conversation], dict[str, int]]:
+        """The conversations to replay: human turns, cleaned, limited, decontaminated (not in a dry
+        run: the suites may be on the hub); and what was left out."""
         c = self.config
         stats = dict.fromkeys(TURN_STATS, 0)
         seed = self._seed_prompts()
@@ -144,11 +150,13 @@ class Distill(Stage):
                 stats["no_turns"] += 1
                 continue
             conversations.append(Conversation(str(record.get("id", i)), human[: c.max_turns]))
+        if self.decon is not None and decontaminate:
+            conversations = self.decon.filter(conversations, lambda conv: conv.turns, lambda conv: conv.id)
         return conversations, stats
 
     def plan(self, inputs: dict[str, Artifact | None]) -> str:
         c = self.config
-        conversations, _ = self.conversations()
+        conversations, _ = self.conversations(decontaminate=False)
         # A dry run writes nothing: without a cache file yet, every request is still to send.
         cache = RequestCache(c.cache_path) if Path(c.cache_path).exists() else None
         teacher = self._teacher(None, cache, Ledger(0, 0, None))
@@ -176,7 +184,8 @@ class Distill(Stage):
         return (
             f"distill {len(conversations)} conversations ({turns} turns) with {c.teacher.provider.value}:"
             f"{c.teacher.model}: {cached} answers cached, {to_send} to send, ~{prompt_tokens} prompt tokens; "
-            f"cost ~${expected:.2f} (at most ${worst:.2f} with max_tokens={c.sampling.max_tokens})"
+            f"cost ~${expected:.2f} (at most ${worst:.2f} with max_tokens={c.sampling.max_tokens}); "
+            + (f"then {self.decon.describe()}" if self.decon else "no decontamination")
         )
 
     def _price_factor(self) -> float:
@@ -339,20 +348,10 @@ class Distill(Stage):
                 f"Together batch {batch_id} (turn {index + 1}) ended {job['status']}: {job.get('error') or 'no output'}; "
                 "answers already cached are kept, a re-run submits the rest again"
             )
-        answers: dict[str, Answer | str] = {}
-        for line in download_file(client, job["output_file_id"]).splitlines():
-            if not line.strip():
-                continue
-            result = json.loads(line)
-            response = result.get("response") or {}
-            if response.get("status_code", 200) != 200 or "body" not in response:
-                answers[result.get("custom_id", "")] = (
-                    f"batch item failed: {str(result.get('error') or response)[:200]}"
-                )
-                continue
-            answer = parse_response(response["body"], teacher.api, 0)
-            teacher.cache.put(result["custom_id"], answer.text, answer.prompt_tokens, answer.completion_tokens)
-            answers[result["custom_id"]] = answer
+        answers = parse_batch_output(download_file(client, job["output_file_id"]), teacher.api)
+        for key, answer in answers.items():
+            if isinstance(answer, Answer):
+                teacher.cache.put(key, answer.text, answer.prompt_tokens, answer.completion_tokens)
         return answers
 
     def _finish(
@@ -391,5 +390,7 @@ class Distill(Stage):
             "retries": retries,
             # Requests an earlier run had in flight when it died (at most `concurrency`), sent again.
             "resent_after_crash": ledger.resent,
+            "contamination": self.decon.manifest() if self.decon else None,
+            "contamination_counts": self.decon.counts() if self.decon else None,
             **details,
         }

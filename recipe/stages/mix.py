@@ -9,6 +9,9 @@ What it supports:
   proportionally to the strata's sizes;
 - sampling without replacement (an error when a source is too small, unless `replace: true`);
 - exact-duplicate removal within and across components; a deterministic shuffle from `seed`;
+- decontamination (`decontaminate`, on by default): examples holding a Test suite's prompt are
+  dropped (the next record of the same random order takes their place), fail the stage, or are
+  reported; per-suite findings in the manifest (rules: recipe/test/contamination.py);
 - a held-out eval split (`eval_fraction`) drawn from records that are not in the mixture;
 - two files of the same examples in the same order: `conversations.jsonl`, the canonical form that
   trainers and Test read (`messages` with the component, source and stratum of each), and
@@ -52,6 +55,7 @@ from recipe.data.jsonl import (
 from recipe.data.sources import hash_files, is_plain_jsonl, iter_raw, source_files, source_identity
 from recipe.data.spool import (
     TOKEN_COUNTERS,
+    ContentCheck,
     SpoolUnit,
     largest_remainder,
     merge_units,
@@ -61,6 +65,8 @@ from recipe.data.spool import (
 )
 from recipe.stages import Stage, StageError
 from recipe.store import Artifact
+from recipe.test import contamination
+from recipe.test.contamination import Decontamination
 
 DISTILLED = "distill"  # a component source naming the Distill stage's conversations
 
@@ -77,6 +83,8 @@ class Mix(Stage):
         self.components = sorted(config.components)  # sorted: overrides may reorder keys
         self._distilled: DictConfig | None = None
         self._validate()
+        d = config.decontaminate
+        self.decon = Decontamination(d, "mix.decontaminate") if d.enabled else None
 
     # ---- config ---------------------------------------------------------------------------
     def _validate(self) -> None:
@@ -145,6 +153,8 @@ class Mix(Stage):
         local = [name for name in used if not self.root.sources[name].hub_id]
         hash_files([f for name in local for f in source_files(name, self.root.sources[name])])
         semantic["sources"] = {name: source_identity(name, self.root.sources[name]) for name in used}
+        # The suites' data by content and the settings, not the suites' whole config (max_tokens...).
+        semantic["decontaminate"] = contamination.identity(self.config.decontaminate, "mix.decontaminate")
         return semantic
 
     def _targets(self, total: int) -> dict[str, int]:
@@ -155,7 +165,11 @@ class Mix(Stage):
         c = self.config
         parts = [f"{n}={k} from {c.components[n].source}" for n, k in self._targets(c.total).items()]
         held_out = round(c.total * c.eval_fraction)
-        return f"mix {c.total} {c.unit.value} ({', '.join(parts)}); eval {held_out} {c.unit.value}; format {c.format.value}"
+        decon = self.decon.describe() if self.decon else "no decontamination"
+        return (
+            f"mix {c.total} {c.unit.value} ({', '.join(parts)}); eval {held_out} {c.unit.value}; "
+            f"format {c.format.value}; {decon}"
+        )
 
     # ---- run ------------------------------------------------------------------------------
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
@@ -183,13 +197,17 @@ class Mix(Stage):
             keep[np.unique(arrays["hash"], return_index=True)[1]] = True  # first occurrence wins
         train_targets = self._targets(c.total)
         eval_targets = self._targets(round(c.total * c.eval_fraction))
+        check = ContentCheck([u.spool for u in units], arrays, self.decon.scan) if self.decon else None
         train_parts, eval_parts = [], []
         for comp_id, name in enumerate(self.components):
             mine = np.flatnonzero((arrays["component"] == comp_id) & keep)
             stats[name]["duplicates_removed"] = int(np.count_nonzero(arrays["component"] == comp_id)) - len(mine)
-            train, held = self._select(name, mine, arrays, strata[comp_id], train_targets[name], eval_targets[name])
+            train, held = self._select(
+                name, mine, arrays, strata[comp_id], train_targets[name], eval_targets[name], check
+            )
             train_parts.append(train)
             eval_parts.append(held)
+        contamination = self._contamination(check, arrays, np.concatenate(train_parts)) if check else None
         shuffle = np.random.default_rng(np.random.SeedSequence([c.seed, zlib.crc32(b"\0shuffle")]))
         train_order = shuffle.permutation(np.concatenate(train_parts))
         eval_order = shuffle.permutation(np.concatenate(eval_parts))
@@ -214,7 +232,18 @@ class Mix(Stage):
             for unit in units:
                 Path(unit.spool).unlink(missing_ok=True)
         manifest["sources"] = stats
+        manifest["contamination"] = contamination
+        manifest["contamination_counts"] = self.decon.counts() if self.decon else None
         return manifest
+
+    def _contamination(self, check: ContentCheck, arrays: dict[str, np.ndarray], chosen: np.ndarray) -> dict[str, Any]:
+        """What the check found, in the mixture or dropped; `fail` stops here. Examples are named
+        `<component>#<n>`: the n-th record read for that component."""
+        assert self.decon is not None
+        first = np.searchsorted(arrays["component"], np.arange(len(self.components)))
+        comp = arrays["component"]
+        name = lambda row: f"{self.components[comp[row]]}#{row - int(first[comp[row]]) + 1}"  # noqa: E731
+        return self.decon.record(check.found, name, set(chosen.tolist()))
 
     def _units(self, out_dir: Path) -> list[SpoolUnit]:
         """Split the reading into units: byte ranges of plain JSON Lines files (which can run in
@@ -272,8 +301,11 @@ class Mix(Stage):
         strata_ids: dict[Any, int],
         target: int,
         eval_target: int,
+        check: ContentCheck | None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Pick this component's train and eval records, stratum by stratum."""
+        """Pick this component's train and eval records, stratum by stratum; `check` finds
+        contaminated records among those drawn for training (dropped and replaced when the action
+        is drop)."""
         comp = self.config.components[name]
         by_tokens = self.config.unit.value == "tokens"
         rng = np.random.default_rng(np.random.SeedSequence([self.config.seed, zlib.crc32(name.encode())]))
@@ -287,7 +319,12 @@ class Mix(Stage):
         for (label, _), group, k, e in zip(ordered, groups, train_k, eval_k, strict=True):
             perm = rng.permutation(group)
             size = arrays["tokens"][perm] if by_tokens else np.ones(len(perm), dtype=np.int64)
-            n_train = take(size, k)
+            if check is not None and self.decon is not None and self.decon.action == "drop":
+                perm, size, n_train = check.first_clean(perm, size, k)
+            else:
+                n_train = take(size, k)
+                if check is not None:
+                    check(perm[: len(perm) if n_train is None else n_train])
             if n_train is None:  # not enough records for the training share
                 if not comp.replace:
                     self._too_small(name, label, len(ordered) > 1, k, int(size.sum()), len(mine))

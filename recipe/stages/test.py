@@ -41,6 +41,7 @@ from recipe.store import Artifact
 from recipe.test import judging as J
 from recipe.test import report as reporting
 from recipe.test import suites as S
+from recipe.test.contamination import test_view, view_lines
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,9 @@ class Test(Stage):
         c = self.config
         trained = TrainedModel.load(inputs["train"])
         items = self.items()
-        samples, heldout_conversations = self.heldout_items(Mixture.load(inputs["mix"]) if "mix" in inputs else None)
+        mixture = Mixture.load(inputs["mix"]) if "mix" in inputs else None
+        samples, heldout_conversations = self.heldout_items(mixture)
+        contamination = test_view(mixture.contamination if mixture else None, c.suites, self._key)
         started = time.monotonic()
         cache = RequestCache(c.cache_path)
         ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, c.budget.max_usd)
@@ -174,7 +177,7 @@ class Test(Stage):
         (out_dir / "metrics.json").write_text(json.dumps({**result, "summary": summary}, indent=2) + "\n")
         self._write_generations(out_dir / "generations.jsonl", items, samples, answers, verdicts)
         side_by_side = [(s, {w: answers[w][s.id] for w in answers}) for s in samples]
-        table = reporting.summary_table(summary)
+        table = "\n".join([reporting.summary_table(summary), *view_lines(contamination)])
         reporting.write_report(out_dir / "report.md", result, summary, side_by_side, items, answers, table)
         reporting.write_chart(out_dir / "chart.png", summary)
         (out_dir / "summary.txt").write_text(table + "\n")
@@ -187,6 +190,10 @@ class Test(Stage):
             "prompt_format": trained.format.describe(),
             "judge_protocol": protocol,
             "metrics": summary.get("tuned") or next(iter(summary.values()), {}),
+            "contamination": contamination,
+            "contamination_counts": {
+                n: {"prompts_in_training": v["in_training"]} for n, v in contamination.items() if v["checked"]
+            },
             "summary": summary,
             "usage": ledger.usage(),
             "cost_usd": round(ledger.cost_usd, 6),

@@ -1,0 +1,284 @@
+"""Decontamination: planted Test prompts are found (verbatim, reworded in case/space/punctuation,
+inside a longer turn), near-misses are not; Mix drops, fails or reports; Distill sends nothing for
+a contaminated conversation; fingerprints follow the suites' data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from recipe.config import SuiteConfig
+from recipe.errors import RecipeError
+from recipe.runner import _Plan, run
+from recipe.test import contamination
+from recipe.test.contamination import Index, Words
+
+from .conftest import write_jsonl
+from .fake_together import FakeTogether
+from .test_mix import artifact, lines, one_source
+
+WITH_TEST = ("mix=samples", "~distill", "~train", "~deploy")  # Test's suites stay composed (not run)
+
+INSTRUCTIONS = [
+    "Write a limerick about a cat who is afraid of the dark but loves to watch the stars at night.",
+    "Explain the difference between a list and a tuple in Python, with an example of when each is the right choice.",
+    "Summarise the main causes of the French Revolution in three short paragraphs for a high school student.",
+]
+QUESTIONS = ["who wrote the novel moby dick", "when did the first man land on the moon"]
+
+
+def index(**suites: list[list[str]]) -> Index:
+    return Index.build({n: list(enumerate(texts)) for n, texts in suites.items()}, ngram=13, threshold=0.5, min_words=4)
+
+
+# ---- the matching rule ------------------------------------------------------------------------
+
+
+def test_planted_copies_are_found_and_near_misses_are_not() -> None:
+    idx = index(alpaca=[[t] for t in INSTRUCTIONS], mqa=[[q] for q in QUESTIONS], tiny=[["Hi"]])
+    verbatim = [INSTRUCTIONS[0]]
+    reworded = [
+        "  WRITE a limerick -- about a cat, who is AFRAID of the dark;\nbut loves to watch the stars at night!!"
+    ]
+    embedded = ["Sure. Here is my task for you today: " + INSTRUCTIONS[1] + " Please answer in English.", "ok"]
+    question_inside = ["Document [1] Herman Melville ...\n\nQuestion: Who wrote the novel 'Moby-Dick'?"]
+    # Shares a sentence's worth of words with a long instruction: under half of its 13-grams.
+    near_miss = ["Summarise the main causes of the French Revolution in a haiku for a poet."]
+    other_question = ["who wrote the novel war and peace"]
+    tiny_inside = ["Hi there, can you help me?"]  # a two-word prompt only matches a whole message
+    tiny_exact = ["hi!"]
+    found = idx.scan(
+        [verbatim, reworded, embedded, question_inside, near_miss, other_question, tiny_inside, tiny_exact]
+    )
+    assert found == [
+        [("alpaca", 0)],
+        [("alpaca", 0)],
+        [("alpaca", 1)],
+        [("mqa", 0)],
+        [],
+        [],
+        [],
+        [("tiny", 0)],
+    ]
+
+
+def test_threshold_is_the_share_of_the_test_prompts_ngrams() -> None:
+    words = [f"w{i}" for i in range(40)]  # 28 distinct 13-grams
+    idx = index(book=[[" ".join(words)]])
+    assert idx.part_grams.tolist() == [28]
+    half = " ".join(words[:27])  # 15 of the 28 13-grams: > 0.5
+    under = " ".join(words[:25])  # 13 of 28: < 0.5
+    assert idx.scan([[half], [under]]) == [[("book", 0)], []]
+    # n-grams never span two messages of an example
+    assert idx.scan([[" ".join(words[i : i + 12]) for i in range(0, 40, 12)]]) == [[]]
+
+
+def test_hashes_are_the_same_in_every_process() -> None:
+    """Mix's workers and the main process must agree: no per-process string hash."""
+    code = "from recipe.test.contamination import Words; print(Words.of(['Hello, World! again']).hashes.tolist())"
+    runs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    }
+    assert len(runs) == 1 and runs.pop().strip() == str(Words.of(["hello world AGAIN"]).hashes.tolist())
+
+
+# ---- Mix --------------------------------------------------------------------------------------
+
+
+def planted_mix(make_cfg, tmp_path: Path, *overrides: str, n: int = 60, total: int = 40) -> tuple[DictConfig, set[int]]:
+    """One instruction component of `n` records, three of them holding the suite's prompts
+    (verbatim, reworded, embedded), one a near-miss; Test's suite is a file of those prompts."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    suite_file = write_jsonl(tmp_path / "suite.jsonl", [{"instruction": t, "output": "ref"} for t in INSTRUCTIONS])
+    records = [{"prompt": f"Question number {i}: what is {i} plus {i}?", "completion": f"{2 * i}"} for i in range(n)]
+    planted = {
+        3: INSTRUCTIONS[0],
+        11: INSTRUCTIONS[1].upper().replace(",", " ;"),
+        17: "Hi! " + INSTRUCTIONS[2] + " Thanks",
+    }
+    for i, text in planted.items():
+        records[i]["prompt"] = text
+    records[19]["prompt"] = "Summarise the main causes of the French Revolution in a haiku for a poet."
+    source = {"kind": "prompt_completion", "data_files": [str(write_jsonl(tmp_path / "src.jsonl", records))]}
+    cfg = make_cfg("stages=[mix]", *overrides, base=WITH_TEST)
+    with open_dict(cfg):
+        cfg.test.suites = {
+            "alpaca_eval": OmegaConf.merge(
+                OmegaConf.structured(SuiteConfig), {"kind": "judge", "data_files": [str(suite_file)]}
+            )
+        }
+    return one_source(cfg, "instructions", source, total), set(planted)
+
+
+def prompts(entry: dict) -> list[str]:
+    path, _ = artifact(entry)
+    return [r["messages"][0]["content"] for r in lines(path / "conversations.jsonl")]
+
+
+def test_drop_removes_them_and_draws_the_next_records_in_mix_order(make_cfg, tmp_path: Path) -> None:
+    cfg, _ = planted_mix(make_cfg, tmp_path / "a", "mix.decontaminate.enabled=false", n=60, total=40)
+    plain = prompts(run(cfg, run_dir=tmp_path / "a")["stages"]["mix"])
+    cfg, _ = planted_mix(make_cfg, tmp_path / "b", n=60, total=40)
+    entry = run(cfg, run_dir=tmp_path / "b")["stages"]["mix"]
+    clean = prompts(entry)
+    assert len(clean) == 40  # mix.total exactly
+    assert not any(t in p for t in INSTRUCTIONS for p in clean)
+    assert not any("FRENCH" in p or "Thanks" in p or "LIST AND A TUPLE" in p for p in clean)
+    near_miss = "Summarise the main causes of the French Revolution in a haiku for a poet."
+    assert near_miss in plain and near_miss in clean  # below the threshold: kept
+    # Every clean example of the undecontaminated draw is kept; the dropped ones are replaced.
+    dropped_from_plain = [p for p in plain if p not in clean]
+    assert set(plain) - set(dropped_from_plain) <= set(clean)
+    assert all(any(t.lower()[:20] in p.lower() for t in INSTRUCTIONS) for p in dropped_from_plain)
+    _, manifest = artifact(entry)
+    suite = manifest["contamination"]["suites"]["alpaca_eval"]
+    assert suite["found_in_training"] == [] and suite["examples_kept"] == 0
+    assert suite["examples_dropped"] == len(dropped_from_plain) >= 1
+    assert all(i.startswith("instructions#") for i in suite["example_ids"])
+    assert entry["contamination_counts"]["alpaca_eval"]["examples_dropped"] == suite["examples_dropped"]
+
+
+def test_drop_when_every_record_is_needed_meets_total_only_with_replacement(make_cfg, tmp_path: Path) -> None:
+    cfg, _ = planted_mix(make_cfg, tmp_path, n=40, total=39)
+    with pytest.raises(RecipeError, match="needs 39 examples but source 'instructions' has 37"):
+        run(cfg, run_dir=tmp_path)
+    cfg.mix.components.instructions.replace = True
+    clean = prompts(run(cfg, run_dir=tmp_path)["stages"]["mix"])
+    assert len(clean) == 39 and not any(t in p for t in INSTRUCTIONS for p in clean)
+
+
+def test_fail_names_the_suite_and_examples_and_stores_nothing(make_cfg, tmp_path: Path) -> None:
+    cfg, planted = planted_mix(make_cfg, tmp_path, "mix.decontaminate.action=fail", n=20, total=20)
+    with pytest.raises(RecipeError) as err:
+        run(cfg, run_dir=tmp_path)
+    message = str(err.value)
+    assert "mix.decontaminate.action=fail" in message and "suite 'alpaca_eval': 3 example(s)" in message
+    for i in sorted(planted):
+        assert f"instructions#{i + 1}" in message
+    assert not list((tmp_path / "store").glob("mix/*/manifest.json"))
+
+
+def test_report_counts_and_keeps_the_mixture_as_it_was(make_cfg, tmp_path: Path) -> None:
+    cfg, _ = planted_mix(make_cfg, tmp_path / "a", "mix.decontaminate.enabled=false", n=20, total=20)
+    plain = artifact(run(cfg, run_dir=tmp_path / "a")["stages"]["mix"])[1]["sha256"]
+    cfg, _ = planted_mix(make_cfg, tmp_path / "b", "mix.decontaminate.action=report", n=20, total=20)
+    entry = run(cfg, run_dir=tmp_path / "b")["stages"]["mix"]
+    _, manifest = artifact(entry)
+    assert manifest["sha256"] == plain
+    suite = manifest["contamination"]["suites"]["alpaca_eval"]
+    assert suite["found_in_training"] == [0, 1, 2] and suite["examples_kept"] == 3
+    assert entry["contamination_counts"] == {"alpaca_eval": {"examples_in_training": 3, "examples_dropped": 0}}
+
+
+def test_fingerprint_follows_the_suites_data_and_settings_not_their_generation_keys(make_cfg, tmp_path: Path) -> None:
+    cfg, _ = planted_mix(make_cfg, tmp_path, n=20, total=20)
+
+    def fp(change=None) -> str:
+        c = cfg.copy()
+        if change:
+            change(c)
+        return _Plan(c).fingerprint("mix")
+
+    base = fp()
+    assert fp(lambda c: setattr(c.test.suites.alpaca_eval, "max_tokens", 7)) == base
+    assert fp(lambda c: setattr(c.test.suites.alpaca_eval, "description", "x")) == base
+    assert fp(lambda c: setattr(c.mix.decontaminate, "ngram", 8)) != base
+    assert fp(lambda c: setattr(c.mix.decontaminate, "action", "report")) != base
+    assert fp(lambda c: setattr(c.test.suites.alpaca_eval, "instruction_field", "output")) != base
+    other = write_jsonl(tmp_path / "other.jsonl", [{"instruction": "Something else entirely.", "output": "x"}])
+    assert fp(lambda c: setattr(c.test.suites.alpaca_eval, "data_files", [str(other)])) != base
+    (tmp_path / "suite.jsonl").write_text(json.dumps({"instruction": "Edited in place.", "output": "x"}) + "\n")
+    assert fp() != base  # the data by content, not by path
+
+
+def test_unknown_suite_is_named(make_cfg, tmp_path: Path) -> None:
+    cfg, _ = planted_mix(make_cfg, tmp_path, "mix.decontaminate.suites=[alpaca_evl]", n=20, total=20)
+    with pytest.raises(
+        RecipeError, match=r"mix.decontaminate.suites: alpaca_evl not among the Test suites \(alpaca_eval\)"
+    ):
+        run(cfg, run_dir=tmp_path)
+
+
+def test_dry_run_says_what_would_be_checked(make_cfg, tmp_path: Path) -> None:
+    cfg, _ = planted_mix(make_cfg, tmp_path, "dry_run=true", n=20, total=20)
+    plan = run(cfg, run_dir=tmp_path)["stages"]["mix"]["plan"]
+    assert "decontaminate against alpaca_eval (judge): 13-grams, threshold 0.5, action drop" in plan
+
+
+# ---- Distill ----------------------------------------------------------------------------------
+
+
+def test_distill_never_buys_an_answer_for_a_test_prompt(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    sharegpt = [
+        {"id": "clean", "conversations": [{"from": "human", "value": "Tell me a fact about otters."}]},
+        {
+            "id": "dirty",
+            "conversations": [
+                {"from": "human", "value": "hello"},
+                {"from": "gpt", "value": "hi"},
+                {"from": "human", "value": INSTRUCTIONS[1]},
+            ],
+        },
+    ]
+    suite_file = write_jsonl(tmp_path / "suite.jsonl", [{"instruction": t, "output": "ref"} for t in INSTRUCTIONS])
+    src = tmp_path / "sharegpt.json"
+    src.write_text(json.dumps(sharegpt))
+    cfg = make_cfg(
+        "distill=together",
+        "distill.source=sharegpt_sample",
+        "distill.progress=false",
+        f"distill.cache_path={tmp_path / 'cache.sqlite'}",
+        "stages=[distill]",
+        f"sources.sharegpt_sample.data_files=[{src}]",
+        base=("mix=samples", "~train", "~deploy"),
+    )
+    with open_dict(cfg):
+        cfg.test.suites = {
+            "alpaca_eval": OmegaConf.merge(
+                OmegaConf.structured(SuiteConfig), {"kind": "judge", "data_files": [str(suite_file)]}
+            )
+        }
+    entry = run(cfg, run_dir=tmp_path)["stages"]["distill"]
+    sent = json.dumps([r.body for r in fake.posts("/v1/completions") + fake.posts("/v1/chat/completions")])
+    assert "Tell me a fact about otters." in sent and INSTRUCTIONS[1] not in sent and "hello" not in sent
+    manifest = json.loads((Path(entry["artifact"]) / "manifest.json").read_text())
+    assert manifest["contamination"]["suites"]["alpaca_eval"]["example_ids"] == ["dirty"]
+    assert entry["contamination_counts"]["alpaca_eval"] == {"examples_in_training": 0, "examples_dropped": 1}
+
+
+# ---- Test's view ------------------------------------------------------------------------------
+
+
+def test_test_counts_only_the_prompts_it_asks_and_never_reports_an_unchecked_suite_as_clean(tmp_path: Path) -> None:
+    suite_file = write_jsonl(tmp_path / "suite.jsonl", [{"instruction": t, "output": "ref"} for t in INSTRUCTIONS])
+    suite = OmegaConf.merge(OmegaConf.structured(SuiteConfig), {"kind": "judge", "data_files": [str(suite_file)]})
+    identity = contamination.suite_identity(suite, "x")
+    recorded = {
+        "suites": {
+            "alpaca_eval": {
+                "records": 3,
+                "found_in_training": [0, 2],
+                "found_and_dropped": [1],
+                "identity": identity,
+            }
+        }
+    }
+    suites = OmegaConf.create({"alpaca_eval": suite, "other": suite})
+    view = contamination.test_view(recorded, suites, lambda n: f"test.suites.{n}")
+    assert view["alpaca_eval"] == {"checked": True, "prompts": 3, "in_training": 2, "dropped": 1}
+    assert view["other"] == {"checked": False}
+    suites.alpaca_eval.max_examples = 2  # Test asks the first two records only
+    lines = contamination.view_lines(contamination.test_view(recorded, suites, lambda n: f"test.suites.{n}"))
+    assert lines == [
+        "contamination alpaca_eval: 1 of 2 prompts found in the training mixture (1 more found in the sources and dropped by Mix)",
+        "contamination other: NOT CHECKED (the mixture was not decontaminated against this data)",
+    ]
+    # Other data under the same name is not the data Mix checked.
+    (tmp_path / "suite.jsonl").write_text(json.dumps({"instruction": "changed", "output": "x"}) + "\n")
+    assert contamination.test_view(recorded, suites, str)["alpaca_eval"] == {"checked": False}
