@@ -128,16 +128,19 @@ class Words:
         return cls(hashes, segment, starts, prefix)
 
     def grams(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Hashes of every k-word run inside one message, and the message of each."""
+        """Hashes of every k-word run inside one message, and the word index each starts at."""
         n = len(self.hashes) - k + 1
         if n <= 0:
             return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
         first = np.arange(n)
-        inside = self.segment[first] == self.segment[first + k - 1]
-        first = first[inside]
+        first = first[self.segment[first] == self.segment[first + k - 1]]
+        return self.gram_at(first, np.full(len(first), k, dtype=np.int64)), first
+
+    def gram_at(self, first: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """The hash of the k[j]-word run starting at word first[j] (caller keeps it inside a message)."""
         up, _ = _WORD_POWERS.get(len(self.hashes) + 1)
         h = (self.prefix[first + k] - self.prefix[first]) * up[first + k - 1]
-        return _mix(h ^ np.uint64(k)), self.segment[first]
+        return _mix(h ^ k.astype(np.uint64))
 
     def whole(self) -> tuple[np.ndarray, np.ndarray]:
         """One hash per non-empty message: its whole word sequence (for exact matches)."""
@@ -198,49 +201,74 @@ def identity(config: DictConfig | None, key: str) -> dict[str, Any] | None:
     }
 
 
-@dataclass
-class Index:
-    """The test side: sorted n-gram hashes, the test prompts (parts) behind each, and how many
-    distinct n-grams each part has."""
+class Table:
+    """Sorted hashes -> the test parts behind each, with two direct-mapped presence filters (low
+    and high hash bits, 8-16 slots per key): two memory accesses rule out nearly every training
+    n-gram before the binary search (~20 cache misses)."""
 
-    ngram: int
-    threshold: float
-    min_words: int
-    keys: np.ndarray  # sorted unique hashes
-    offsets: np.ndarray  # parts of keys[i]: part_ids[offsets[i]:offsets[i + 1]]
-    part_ids: np.ndarray
-    part_grams: np.ndarray  # distinct n-grams per part
-    parts: list[tuple[str, int]]  # part -> (suite, record index)
-    short_lengths: list[int]  # k of the short prompts' whole-prompt grams
-    records: dict[str, int]  # suite -> records
-    too_short: dict[str, int]  # suite -> parts matched only as whole messages
-    filters: tuple[np.ndarray, np.ndarray] = field(default=(np.zeros(1, bool), np.zeros(1, bool)), repr=False)
-
-    def __post_init__(self) -> None:
-        # Two direct-mapped presence tables (low and high hash bits, 8-16 slots per key): two memory
-        # accesses rule out ~98% of training n-grams before the binary search (~20 cache misses).
+    def __init__(self, hashes: np.ndarray, owners: np.ndarray) -> None:
+        order = np.lexsort((owners, hashes))
+        hashes, self.owners = hashes[order], owners[order]
+        self.keys, first = np.unique(hashes, return_index=True)
+        self.offsets = np.append(first, len(hashes)).astype(np.int64)
         size = 1 << max(10, int(8 * len(self.keys)).bit_length())
+        self.mask = np.uint64(size - 1)
         self.filters = (np.zeros(size, dtype=bool), np.zeros(size, dtype=bool))
         for table, slot in zip(self.filters, self._slots(self.keys), strict=True):
             table[slot] = True
 
     def _slots(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mask = np.uint64(len(self.filters[0]) - 1)
-        return (hashes & mask).astype(np.int64), ((hashes >> np.uint64(32)) & mask).astype(np.int64)
+        return (hashes & self.mask).astype(np.int64), ((hashes >> np.uint64(32)) & self.mask).astype(np.int64)
+
+    def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(index into `hashes`, part) for every part behind every hash found."""
+        if not len(self.keys) or not len(hashes):
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        low, high = self._slots(hashes)
+        maybe = self.filters[0][low]
+        maybe[maybe] = self.filters[1][high[maybe]]
+        where = np.flatnonzero(maybe)
+        pos = np.searchsorted(self.keys, hashes[where])
+        pos[pos == len(self.keys)] = 0
+        hit = self.keys[pos] == hashes[where]
+        where, pos = where[hit], pos[hit]
+        lo, counts = self.offsets[pos], self.offsets[pos + 1] - self.offsets[pos]
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        return np.repeat(where, counts), self.owners[np.repeat(lo, counts) + within]
+
+
+@dataclass
+class Index:
+    """The test side, in three tables: the distinct n-grams of long prompts (found by the share of
+    them an example holds), the first `min_words` words of short prompts (a hit is then checked
+    against the whole prompt at that place), and the whole text of tiny prompts (found as a whole
+    message)."""
+
+    ngram: int
+    threshold: float
+    min_words: int
+    parts: list[tuple[str, int]]  # part -> (suite, record index)
+    part_grams: np.ndarray  # long parts: distinct n-grams; others 1
+    long: Table
+    short: Table
+    short_length: np.ndarray  # short part -> its words
+    short_hash: np.ndarray  # short part -> the hash of all its words
+    tiny: Table
+    records: dict[str, int]  # suite -> records
 
     @classmethod
     def build(
         cls, suites: dict[str, Iterable[tuple[int, list[str]]]], ngram: int, threshold: float, min_words: int
     ) -> Index:
-        hashes: list[np.ndarray] = []
-        owners: list[np.ndarray] = []
         parts: list[tuple[str, int]] = []
         grams: list[int] = []
-        short: set[int] = set()
+        tables: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {k: ([], []) for k in ("long", "short", "tiny")}
+        short_length = np.zeros(0, dtype=np.int64)
+        lengths: list[int] = []
+        full: list[int] = []
         records: dict[str, int] = {}
-        too_short: dict[str, int] = {}
         for name, texts in suites.items():
-            records[name] = too_short[name] = 0
+            records[name] = 0
             for index, part_texts in texts:
                 records[name] = index + 1
                 for text in part_texts:
@@ -249,41 +277,43 @@ class Index:
                     if n == 0:
                         continue
                     if n >= ngram:
-                        h = np.unique(words.grams(ngram)[0])
+                        kind, h = "long", np.unique(words.grams(ngram)[0])
                     elif n >= min_words:
-                        h = words.grams(n)[0]
-                        short.add(n)
+                        kind, h = "short", words.grams(min_words)[0][:1]
                     else:
-                        h = words.whole()[0]
-                        too_short[name] += 1
-                    hashes.append(h)
-                    owners.append(np.full(len(h), len(parts), dtype=np.int64))
+                        kind, h = "tiny", words.whole()[0]
+                    part = len(parts)
+                    tables[kind][0].append(h)
+                    tables[kind][1].append(np.full(len(h), part, dtype=np.int64))
+                    lengths.append(n if kind == "short" else 0)
+                    full.append(int(words.gram_at(np.zeros(1, np.int64), np.array([n]))[0]) if kind == "short" else 0)
                     parts.append((name, index))
                     grams.append(len(h))
-        all_hashes = np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
-        all_owners = np.concatenate(owners) if owners else np.zeros(0, dtype=np.int64)
-        order = np.lexsort((all_owners, all_hashes))
-        all_hashes, all_owners = all_hashes[order], all_owners[order]
-        keys, first = np.unique(all_hashes, return_index=True)
-        offsets = np.append(first, len(all_hashes)).astype(np.int64)
+
+        def table(kind: str) -> Table:
+            hashes, owners = tables[kind]
+            empty_h, empty_o = np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+            return Table(np.concatenate(hashes) if hashes else empty_h, np.concatenate(owners) if owners else empty_o)
+
+        short_length = np.array(lengths, dtype=np.int64)
         return cls(
             ngram,
             threshold,
             min_words,
-            keys,
-            offsets,
-            all_owners,
-            np.array(grams, dtype=np.int64),
             parts,
-            sorted(short),
+            np.array(grams, dtype=np.int64),
+            table("long"),
+            table("short"),
+            short_length,
+            np.array(full, dtype=np.uint64),
+            table("tiny"),
             records,
-            too_short,
         )
 
     def scan(self, examples: Sequence[Sequence[str]]) -> list[list[tuple[str, int]]]:
         """For each example (its messages' texts), the test records (suite, index) it contains."""
         found: list[list[tuple[str, int]]] = [[] for _ in examples]
-        if not len(self.keys):
+        if not self.parts:
             return found
         batch: list[int] = []
         size = 0
@@ -308,42 +338,40 @@ class Index:
         if not messages:
             return
         words = Words.of(messages)
-        message_owner = np.array(owner, dtype=np.int64)
-        h_parts, m_parts = [], []
-        for k in (self.ngram, *self.short_lengths):
-            h, m = words.grams(k)
-            h_parts.append(h)
-            m_parts.append(m)
-        h, m = words.whole()
-        h_parts.append(h)
-        m_parts.append(m)
-        hashes = np.concatenate(h_parts)
-        where = np.concatenate(m_parts)
-        low, high = self._slots(hashes)
-        maybe = self.filters[0][low]
-        maybe[maybe] = self.filters[1][high[maybe]]
-        hashes, where = hashes[maybe], where[maybe]
-        pos = np.searchsorted(self.keys, hashes)
-        pos[pos == len(self.keys)] = 0
-        hit = self.keys[pos] == hashes
-        if not hit.any():
-            return
-        example = message_owner[where[hit]]
-        key_pos = pos[hit]
-        pairs = np.unique(example * len(self.keys) + key_pos)  # distinct (example, n-gram)
-        example, key_pos = pairs // len(self.keys), pairs % len(self.keys)
-        lo, hi = self.offsets[key_pos], self.offsets[key_pos + 1]
-        counts = hi - lo
-        expanded_example = np.repeat(example, counts)
-        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        parts = self.part_ids[np.repeat(lo, counts) + within]
-        pair, matched = np.unique(expanded_example * len(self.parts) + parts, return_counts=True)
-        pair_example, pair_part = pair // len(self.parts), pair % len(self.parts)
-        dirty = matched >= self.threshold * self.part_grams[pair_part]
-        for e, p in zip(pair_example[dirty].tolist(), pair_part[dirty].tolist(), strict=True):
-            record = self.parts[p]
-            if record not in found[e]:
-                found[e].append(record)
+        example_of_message = np.array(owner, dtype=np.int64)
+        example_of_word = example_of_message[words.segment]
+        hits: list[tuple[np.ndarray, np.ndarray]] = []  # (example, part) of every part found
+        # Long prompts: distinct (example, n-gram) hits per part against the part's n-grams.
+        hashes, first = words.grams(self.ngram)
+        at, part = self.long.lookup(hashes)
+        if len(at):
+            example = example_of_word[first[at]]
+            pairs = np.unique(np.stack([example, hashes[at].view(np.int64), part], axis=1), axis=0)
+            pair, matched = np.unique(pairs[:, 0] * len(self.parts) + pairs[:, 2], return_counts=True)
+            pair_part = pair % len(self.parts)
+            dirty = matched >= self.threshold * self.part_grams[pair_part]
+            hits.append((pair[dirty] // len(self.parts), pair_part[dirty]))
+        # Short prompts: where their first words occur, the whole prompt, inside one message.
+        hashes, first = words.grams(self.min_words)
+        at, part = self.short.lookup(hashes)
+        if len(at):
+            start, k = first[at], self.short_length[part]
+            inside = start + k <= len(words.hashes)
+            start, k, part = start[inside], k[inside], part[inside]
+            inside = words.segment[start] == words.segment[start + k - 1]
+            start, k, part = start[inside], k[inside], part[inside]
+            same = words.gram_at(start, k) == self.short_hash[part]
+            hits.append((example_of_word[start[same]], part[same]))
+        # Tiny prompts: a whole message.
+        hashes, message = words.whole()
+        at, part = self.tiny.lookup(hashes)
+        if len(at):
+            hits.append((example_of_message[message[at]], part))
+        for example, part in hits:
+            for e, p in zip(example.tolist(), part.tolist(), strict=True):
+                record = self.parts[p]
+                if record not in found[e]:
+                    found[e].append(record)
 
 
 SHOWN = 5  # example ids kept per suite in manifests and errors
