@@ -344,14 +344,40 @@ class LocalLoraConfig:
     target_modules: str = "all-linear"  # or a comma-separated list of module names
 
 
+class Strategy(Enum):
+    ddp = "ddp"  # DistributedDataParallel: the whole model, its gradients and optimizer state on every device
+    fsdp = "fsdp"  # FSDP2 (fully_shard per decoder layer): weights, gradients and optimizer state sharded
+
+
+class AttnImplementation(Enum):
+    auto = "auto"  # flash_attention_2 (CUDA, flash-attn installed), else flex_attention (CUDA), else sdpa
+    sdpa = "sdpa"  # packed rows become a dense block-diagonal mask (rows x seq^2)
+    flex_attention = "flex_attention"  # a document block mask from the packed boundaries: no dense mask
+    flash_attention_2 = "flash_attention_2"  # variable-length kernels from the position ids (flash-attn)
+    eager = "eager"  # the reference implementation: materialises the attention scores
+
+
+@dataclass
+class LaunchConfig:
+    """torchrun's rendezvous for training across nodes (`train/launch=slurm` reads SLURM's variables)."""
+
+    nnodes: int = 1  # nodes, each running `devices` processes (the global batch grows with it)
+    node_rank: Optional[int] = execution(None)  # this node's rank; null = 0
+    rdzv_endpoint: Optional[str] = execution(None)  # host:port on node 0; required when nnodes > 1
+    rdzv_id: str = execution("recipe")
+
+
 @dataclass
 class LocalTrainConfig:
     """Train locally (transformers + peft): LoRA or full, packed, CPU fp32 or CUDA bf16, resumable."""
 
-    _target_: str = "recipe.stages.train.LocalTrain"
+    _target_: str = "recipe.stages.train_local.LocalTrain"
     # null = the embedded SmolLM2-135M-Instruct GGUF (dequantised); else a local HF directory or hub id.
     model: Optional[str] = None
     training_type: TrainingType = TrainingType.lora
+    # null = the model's chat template; llama2_inst | chatml | ... renders text between BOS and EOS
+    # (a base model without a chat template: the seed's LLaMA-2-7B-32K was trained in llama2_inst).
+    template: Optional[str] = None
     lora: LocalLoraConfig = field(default_factory=LocalLoraConfig)
     train_on_inputs: bool = False  # loss on assistant tokens only unless true
     max_seq_length: int = 512
@@ -372,6 +398,16 @@ class LocalTrainConfig:
     # (NCCL), or CPU processes (gloo). Each optimizer step then takes batch_size x gradient_accumulation
     # rows on every process.
     devices: int = 1
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    # ddp: data parallel, each device holds the whole model; fsdp: FSDP2, sharded, bf16 compute with
+    # fp32 weights and reductions on CUDA; checkpoints sharded, the merged model gathered at the end.
+    strategy: Strategy = Strategy.ddp
+    # Recompute each decoder layer's activations in the backward pass: same gradients, far less memory.
+    activation_checkpointing: bool = execution(False)
+    offload_optimizer: bool = execution(False)  # fsdp: weights, gradients and optimizer state in CPU memory
+    attn_implementation: AttnImplementation = execution(AttnImplementation.auto)
+    # The memory plan is checked against this before training; null = the detected GPU's (none on CPU).
+    gpu_memory_gb: Optional[float] = execution(None)
     progress: bool = execution(True)
 
 

@@ -14,10 +14,7 @@ the prompt format it was trained in, which Test and Deploy obey).
 - the artifact: file ids, job id, `model_output_name`, status, price, checkpoints, optional download.
   The lifecycle itself is `recipe.providers.together_finetune`.
 
-`LocalTrain` (`train=local_lora|local_full`): LoRA or full fine-tuning of the embedded SmolLM2 (or
-any local Hugging Face model) with transformers + peft, through `recipe.providers.local.finetune`:
-the model's own chat template, loss on assistant tokens, packing without leakage, CPU or CUDA,
-resumable checkpoints, data parallel through torchrun; adapter and merged model in the artifact.
+`LocalTrain` (`train=local_lora|local_full`) is in train_local.py.
 """
 
 from __future__ import annotations
@@ -25,14 +22,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from recipe.artifacts import Mixture, PromptFormat, TrainedModel
-from recipe.config import LocalTrainConfig, TogetherTrainConfig
+from recipe.config import TogetherTrainConfig
 from recipe.data import templates
 from recipe.data.filecheck import check_file
 from recipe.data.jsonl import encode_line
@@ -43,7 +39,6 @@ from recipe.store import Artifact
 log = logging.getLogger(__name__)
 UPLOAD_FILE = "upload.jsonl"
 EVAL_UPLOAD_FILE = "upload-eval.jsonl"
-EMBEDDED = "SmolLM2-135M-Instruct (embedded GGUF)"
 
 
 def upload_format(model: str, fmt: str, template: str | None, mixture: Mixture | None) -> PromptFormat:
@@ -298,68 +293,3 @@ class TogetherTrain(Stage):
             target = out_dir / f"model-{c.download.value}.tar.zst"
             manifest["download"] = {"file": target.name, "bytes": tuner.download(job["id"], c.download.value, target)}
         return manifest
-
-
-class LocalTrain(Stage):
-    """Fine-tune a local model on the Mix artifact; the artifact holds the adapter and merged model."""
-
-    name = "train"
-    version = "2"
-    schema = LocalTrainConfig
-
-    def __init__(self, config: DictConfig, root: DictConfig) -> None:
-        super().__init__(config, root)
-        c = config
-        for key in ("max_seq_length", "batch_size", "gradient_accumulation", "n_epochs", "checkpoint_every", "devices"):
-            if c[key] < 1:
-                raise StageError(f"train.{key}={c[key]}: must be at least 1")
-
-    def upstream(self) -> tuple[str, ...]:
-        return ("mix",)
-
-    def plan(self, inputs: dict[str, Artifact | None]) -> str:
-        c = self.config
-        kind = f"LoRA r={c.lora.r}" if c.training_type.value == "lora" else "full"
-        return (
-            f"train {c.model or 'the embedded SmolLM2-135M-Instruct'} locally ({kind}, {c.n_epochs} epochs, "
-            f"rows of {c.max_seq_length} tokens{' packed' if c.packing else ''}, lr {c.learning_rate:g}, "
-            "the model's chat template"
-            + (f", data parallel on {c.devices} processes through torchrun)" if c.devices > 1 else ")")
-        )
-
-    def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
-        from recipe.providers.local import finetune, trainer
-
-        c = self.config
-        assert self.store is not None and self.fingerprint is not None
-        mixture = Mixture.load(inputs["mix"])
-        settings = trainer.TrainSettings(
-            lora=c.training_type.value == "lora",
-            lora_r=c.lora.r,
-            lora_alpha=c.lora.alpha,
-            lora_dropout=c.lora.dropout,
-            lora_target_modules=c.lora.target_modules,
-            lr_scheduler=c.lr_scheduler.value,
-            **{f.name: c[f.name] for f in fields(trainer.TrainSettings) if not f.name.startswith(("lora", "lr_sch"))},
-        )
-        # Checkpoints live outside the artifact's temporary directory, which a crash removes.
-        result = finetune.fine_tune(
-            model=c.model,
-            settings=settings,
-            conversations=mixture.conversations("train"),
-            eval_conversations=mixture.conversations("eval"),
-            device_request=c.device.value,
-            devices=c.devices,
-            work_dir=self.store.root / "work" / "train" / self.fingerprint,
-            out_dir=out_dir,
-        )
-        trained = TrainedModel(
-            provider="local",
-            model=result["merged"],
-            base_model=c.model,
-            format=PromptFormat("chat_template"),
-            weights=f"train:{self.fingerprint}",
-            max_seq_length=c.max_seq_length,
-            eval_loss=result["eval_loss"],
-        )
-        return {**trained.manifest(), "provider": "local", "base_model": c.model or EMBEDDED, **result}

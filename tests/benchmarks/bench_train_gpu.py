@@ -2,6 +2,8 @@
 
     python tests/benchmarks/bench_train_gpu.py                      # on a GPU: TinyLlama-1.1B shape, 8192
     python tests/benchmarks/bench_train_gpu.py --device cpu --tiny  # a smoke run of the same code on CPU
+    python tests/benchmarks/bench_train_gpu.py --activation-checkpointing      # + per-layer recomputation
+    torchrun --standalone --nproc_per_node=N tests/benchmarks/bench_train_gpu.py --strategy fsdp
 
 Same randomly initialised model of a known architecture (TinyLlama-1.1B: hidden 2048, 22 layers,
 32 heads, 4 KV heads, MLP 5632, vocab 32000), same data (a realistic length mix: half short
@@ -18,6 +20,12 @@ behind others must equal its logits alone (max abs difference printed). Reported
 real (non-padding) tokens/s over `--steps` timed steps after `--warmup`, MFU = 6 * params *
 tokens/s / the GPU's dense bf16 peak, and the speed-up over `padded`. Target on an H100/H200 at
 8192: >= 4x the padded loop and MFU >= 30 %, with no leakage.
+
+`--strategy fsdp` (under torchrun) shards every variant with recipe.providers.local.sharding (FSDP2,
+fp32 master weights, bf16 compute; every process runs the same batches, tokens/s are per process);
+`--activation-checkpointing` recomputes every decoder layer.
+Each variant also reports its peak GPU memory beside the memory plan's figure for the same setup
+(recipe/providers/local/memory.py: the plan assumes AdamW and a DDP gradient bucket).
 """
 
 from __future__ import annotations
@@ -29,8 +37,10 @@ import time
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
-from recipe.providers.local.trainer import Example, collate, pack
+from recipe.providers.local import memory, sharding
+from recipe.providers.local.trainer import Example, collate, enable_activation_checkpointing, pack
 
 # Dense bf16 peaks (TFLOP/s, no sparsity) by GPU name fragment.
 PEAKS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
@@ -112,6 +122,8 @@ def timed(model: Any, batches: list[dict[str, torch.Tensor]], steps: int, warmup
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     model.train()
     tokens, started = 0, 0.0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     for i in range(warmup + steps):
         batch = batches[i % len(batches)]
         if i == warmup:
@@ -140,18 +152,46 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--attn", default="sdpa,flex_attention")
     parser.add_argument("--compile", action="store_true", help="torch.compile the packed models")
+    parser.add_argument("--strategy", choices=["none", "fsdp"], default="none", help="fsdp: run under torchrun")
+    parser.add_argument("--activation-checkpointing", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    fsdp = args.strategy == "fsdp"
+    if fsdp:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", dist.get_rank() % torch.cuda.device_count())
+            torch.cuda.set_device(device)
+    # FSDP keeps fp32 master weights and computes in bf16 (its mixed-precision policy).
+    dtype = torch.bfloat16 if device.type == "cuda" and not fsdp else torch.float32
+
+    def prepared(model: Any) -> Any:
+        if args.activation_checkpointing:
+            enable_activation_checkpointing(model)
+        return sharding.shard(model, device.type, False) if fsdp else model
+
+    def peak_gb() -> float | None:
+        return round(torch.cuda.max_memory_allocated(device) / memory.GB, 2) if device.type == "cuda" else None
+
+    def planned_gb(attn: str, rows: int, strategy: str) -> float | None:
+        if args.tiny:
+            return None
+        world = dist.get_world_size() if fsdp else 1
+        setup = memory.Setup(None, strategy, world, seq, rows, args.activation_checkpointing, False, attn)
+        return memory.plan(memory.KNOWN_SHAPES["TinyLlama/TinyLlama_v1.1"], setup)["total"]
+
     seq = 256 if args.tiny and args.seq == 8192 else args.seq
     examples = make_examples(args.examples, seq, args.tiny)
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     model = make_model(args.tiny, "sdpa", device, dtype)
     params = sum(p.numel() for p in model.parameters())
     peak = peak_tflops(device)
-    results.update(params=params, seq=seq, peak_tflops=peak)
+    results.update(
+        params=params, seq=seq, peak_tflops=peak, strategy=args.strategy, checkpointing=args.activation_checkpointing
+    )
+    model = prepared(model)
     padded = timed(model, padded_batches(examples, args.padded_batch, device), args.steps, args.warmup, device)
-    results["padded"] = {"tokens_per_s": round(padded)}
+    results["padded"] = {"tokens_per_s": round(padded), "peak_gb": peak_gb()}
     del model
     rows = pack(examples, seq, True)
     packed_batches = [
@@ -166,6 +206,7 @@ def main() -> None:
             continue
         try:
             leak = leakage(model, examples[:4], seq, device)
+            model = prepared(model)
             if args.compile:
                 model = torch.compile(model)
             speed = timed(model, packed_batches, args.steps, args.warmup, device)
@@ -174,13 +215,17 @@ def main() -> None:
             del model
             continue
         entry: dict[str, Any] = {"tokens_per_s": round(speed), "vs_padded": round(speed / padded, 2), "leakage": leak}
+        entry.update(peak_gb=peak_gb(), plan_gb=planned_gb(attn, args.rows_per_step, "fsdp" if fsdp else "ddp"))
         if peak:
             entry["mfu"] = round(6 * params * speed / (peak * 1e12), 3)
         results[f"packed-{attn}"] = entry
         del model
     if peak:
         results["padded"]["mfu"] = round(6 * params * padded / (peak * 1e12), 3)
-    print(json.dumps(results, indent=2))
+    if not fsdp or dist.get_rank() == 0:
+        print(json.dumps(results, indent=2))
+    if fsdp:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

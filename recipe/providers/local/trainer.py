@@ -7,7 +7,7 @@ block-diagonal causal mask (each example sees only itself); the first token of e
 never a target, so no example is asked to predict across a boundary.
 
 Resume: every `checkpoint_every` steps the trainable weights, optimizer, scheduler and step go to
-`work_dir/checkpoint-<step>` (written to a temporary name, then renamed). A re-run with the same
+`work_dir/checkpoint-<step>` (written to a temporary name, then renamed; sharded with FSDP). A re-run with the same
 work dir continues from the newest one with the same data order (the order is a function of the
 seed and the epoch), not from step 0.
 """
@@ -30,7 +30,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from recipe.data import templates
 from recipe.errors import RecipeError
+from recipe.providers.local import sharding
 from recipe.providers.local.server import embedded_gguf
 
 Message = dict[str, str]
@@ -56,17 +58,20 @@ def load_tokenizer(name: str | None) -> Any:
     return tokenizer
 
 
-def load_weights(name: str | None, device: torch.device, dtype: torch.dtype) -> Any:
-    """The model of a local directory or hub id, or (None) the embedded SmolLM2 GGUF, dequantised."""
+def load_weights(name: str | None, device: torch.device, dtype: torch.dtype, attn: str = "sdpa") -> Any:
+    """The model of a local directory or hub id, or (None) the embedded SmolLM2 GGUF, dequantised;
+    attention through `attn` (see recipe/providers/local/attention.py)."""
     from transformers import AutoModelForCausalLM
 
     if name is None:
         gguf = embedded_gguf()
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=dtype, attn_implementation=attn
+        )
         # The GGUF loader marks the model quantised; without this save_pretrained refuses.
         model.hf_quantizer.remove_quantization_config(model)
     else:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation=attn)
     return model.to(device)
 
 
@@ -87,21 +92,43 @@ def save_outputs(trained: Any, tokenizer: Any, lora: bool, out_dir: Path) -> dic
     return manifest
 
 
-def tokenize(tokenizer: Any, messages: list[Message], train_on_inputs: bool) -> Example:
-    """Token ids of a conversation in the model's chat template, and labels: assistant turns only
-    (the whole text with `train_on_inputs`), the first token never a target."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+def tokenize(tokenizer: Any, messages: list[Message], train_on_inputs: bool, template: str | None = None) -> Example:
+    """Token ids of a conversation in the model's chat template (or, with `template`, rendered as
+    text by recipe.data.templates between the tokenizer's BOS and EOS: the seed's `[INST]` text for
+    a base model without a chat template), and labels: assistant turns only (the whole text with
+    `train_on_inputs`), the first token never a target."""
+    if template is None and not getattr(tokenizer, "chat_template", None):
+        raise RecipeError("the model has no chat template: set train.template (e.g. llama2_inst, the seed's)")
+
+    def prompt(upto: int) -> str:  # messages[:upto] and the generation prefix
+        if template is None:
+            return tokenizer.apply_chat_template(messages[:upto], tokenize=False, add_generation_prompt=True)
+        return templates.render_prompt(messages[:upto], template)
+
+    def rendered(upto: int) -> str:  # messages[:upto], the last one an answer
+        if template is None:
+            return tokenizer.apply_chat_template(messages[:upto], tokenize=False)
+        return templates.render(messages[:upto], template)
+
+    text = rendered(len(messages))
     spans = []  # character spans of assistant answers (with their end-of-turn tokens)
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        before, through = prompt(i), rendered(i + 1)
         if not text.startswith(through) or not through.startswith(before):
             raise RecipeError("the model's chat template does not render conversations prefix by prefix")
         spans.append((len(before), len(through)))
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = encoded["input_ids"]
+    if template is not None:  # a text example is a document: BOS first, EOS (a target: stop here) last
+        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        encoded["offset_mapping"] = ([(0, 0)] if bos is not None else []) + list(encoded["offset_mapping"])
+        ids = ([bos] if bos is not None else []) + list(ids)
+        if eos is not None:
+            ids.append(eos)
+            end = len(text)
+            encoded["offset_mapping"].append((end - 1, end) if messages[-1]["role"] == "assistant" else (0, 0))
     if train_on_inputs:
         labels = list(ids)
     else:
@@ -170,6 +197,11 @@ class TrainSettings:
     seed: int
     checkpoint_every: int
     progress: bool
+    strategy: str = "ddp"  # ddp | fsdp (FSDP2, recipe/providers/local/sharding.py)
+    activation_checkpointing: bool = False
+    offload_optimizer: bool = False
+    attn_implementation: str = "sdpa"  # as resolved (recipe/providers/local/attention.py)
+    template: str | None = None  # null: the model's chat template; else a recipe.data.templates text template
 
 
 def _schedule(kind: str, warmup: int, total: int) -> Callable[[int], float]:
@@ -202,27 +234,24 @@ def train(
 
     Under torchrun (a process group initialised, see recipe/providers/local/ddp.py) this is data
     parallel: every rank draws the same global order, takes its share of each optimizer step's
-    rows, and DistributedDataParallel averages the gradients; rank 0 alone writes checkpoints
-    and metrics."""
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    rank = dist.get_rank() if world > 1 else 0
+    rows, and the gradients are averaged: by DistributedDataParallel (`ddp`; rank 0 alone writes
+    checkpoints), or by FSDP2's reduce-scatter over sharded weights (`fsdp`, sharding.py; every
+    rank writes its shards of each checkpoint). Rank 0 writes the metrics."""
+    distributed = dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if distributed else 1
+    rank = dist.get_rank() if distributed else 0
+    sharded = s.strategy == "fsdp"
+    if sharded and not distributed:
+        raise RecipeError("train.strategy=fsdp runs under torchrun (recipe/providers/local/ddp.py launches it)")
     torch.manual_seed(s.seed)
+    if s.activation_checkpointing:  # per decoder layer, recomputed in the backward pass
+        enable_activation_checkpointing(model)
     if s.lora:
-        from peft import LoraConfig, get_peft_model
-
-        target = "all-linear" if s.lora_target_modules == "all-linear" else s.lora_target_modules.split(",")
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=s.lora_r,
-                lora_alpha=s.lora_alpha,
-                lora_dropout=s.lora_dropout,
-                target_modules=target,
-                task_type="CAUSAL_LM",
-            ),
-        )
+        model = with_lora(model, s)
     net = model
-    if world > 1:
+    if sharded:
+        sharding.shard(model, device.type, s.offload_optimizer)
+    elif world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -235,8 +264,10 @@ def train(
         optimizer, _schedule(s.lr_scheduler, int(s.warmup_ratio * total), total)
     )
     step, resumed_from = 0, None
-    checkpoint = _latest_checkpoint(work_dir)
-    if checkpoint is not None:
+    checkpoint = sharding.latest(work_dir) if sharded else _latest_checkpoint(work_dir)
+    if checkpoint is not None and sharded:
+        step = resumed_from = sharding.load(model, optimizer, scheduler, checkpoint)
+    elif checkpoint is not None:
         state = torch.load(checkpoint / "state.pt", map_location=device, weights_only=False)
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         model.load_state_dict({k: v for k, v in state["model"].items() if k in trainable}, strict=False)
@@ -260,7 +291,9 @@ def train(
                 batch = collate(micro_rows, tokenizer.pad_token_id, device)
                 last = micro == s.gradient_accumulation - 1
                 # Gradients are averaged across ranks once per optimizer step, at the last micro-batch.
-                with net.no_sync() if world > 1 and not last else contextlib.nullcontext():
+                if sharded:
+                    model.set_requires_gradient_sync(last)
+                with net.no_sync() if world > 1 and not sharded and not last else contextlib.nullcontext():
                     out = net(
                         input_ids=batch["input_ids"],
                         position_ids=batch["position_ids"],
@@ -297,7 +330,9 @@ def train(
             bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=record["tokens_per_s"], refresh=False)
             bar.update()
             if step % s.checkpoint_every == 0 and step < total:
-                if rank == 0:
+                if sharded:  # every rank writes its shards
+                    sharding.save(model, optimizer, scheduler, step, work_dir)
+                elif rank == 0:
                     _save_checkpoint(model, optimizer, scheduler, step, work_dir)
                 if world > 1:
                     dist.barrier()  # no rank runs ahead of a checkpoint it might resume from
@@ -315,6 +350,27 @@ def train(
         "seconds": round(time.monotonic() - started, 2),
         "world_size": world,
     }
+
+
+def enable_activation_checkpointing(model: Any) -> None:
+    """Recompute every decoder layer in the backward pass (non-reentrant torch.utils.checkpoint),
+    under the name the installed transformers gives it."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def with_lora(model: Any, s: TrainSettings) -> Any:
+    """The model with LoRA adapters on `s.lora_target_modules` (peft)."""
+    from peft import LoraConfig, get_peft_model
+
+    target = "all-linear" if s.lora_target_modules == "all-linear" else s.lora_target_modules.split(",")
+    config = LoraConfig(
+        r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout, target_modules=target, task_type="CAUSAL_LM"
+    )
+    return get_peft_model(model, config)
 
 
 @torch.no_grad()
