@@ -1,4 +1,4 @@
-"""`recipe` console script: Hydra entry point -> runner.run(cfg).
+"""`recipe` console script: Hydra entry point -> runner.run(cfg); `recipe init`; `recipe --help`.
 
 recipe                         # the offline recipe, every configured stage
 recipe stages=[mix]            # a subset, inputs from the store
@@ -10,6 +10,7 @@ recipe -m ... sweep.preview=true   # each job's overrides and plan, nothing run
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -24,8 +25,19 @@ from recipe.errors import RecipeError
 from recipe.runner import run
 from recipe.secrets import mask_printed_secrets
 
-# conf/ sits at the top of the repository (next to recipe/); the project is installed editable.
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+def _conf_dir() -> str:
+    """The shipped configs: the `recipe.conf` package, which is the wheel's copy when installed, or
+    the top-level conf/ of the checkout an editable install points at."""
+    try:
+        import recipe.conf as shipped
+
+        return str(Path(next(iter(shipped.__path__))).resolve())
+    except ImportError:  # running from a source tree that was never installed
+        return str(Path(__file__).resolve().parent.parent / "conf")
+
+
+CONF_DIR = _conf_dir()
 
 register_configs()
 
@@ -71,8 +83,97 @@ def check_arguments(argv: list[str]) -> None:
             sys.exit(2)
 
 
+def warn_other_checkout(cwd: Path) -> None:
+    """In another checkout of this project, say that its code and configs are not the ones running."""
+    here = cwd.resolve()
+    if (here / "conf" / "config.yaml").is_file() and (here / "recipe" / "cli.py").is_file():
+        if (here / "conf").resolve() != Path(CONF_DIR):
+            print(
+                f"note: this `recipe` runs the code and configs installed from {Path(CONF_DIR).parent}, not this "
+                f"checkout's ({here}); install this one (pip install -e .) or use its .venv to run its edits",
+                file=sys.stderr,
+            )
+
+
+COMMANDS = (
+    ("recipe", "the offline recipe: embedded teacher and model, CPU, every stage"),
+    ("recipe dry_run=true", "validate; fingerprints and each stage's plan; nothing run"),
+    ("recipe 'stages=[mix]' mix=samples mix.total=40", "some stages, the others' artifacts from the store"),
+    ("recipe --cfg job", "the composed config"),
+    ("recipe experiment=llama2_7b_32k_instruct dry_run=true", "the seed recipe on Together, planned"),
+    ("recipe experiment=llama2_7b_32k_local dry_run=true", "the seed's training on your GPUs, memory plan"),
+    ("recipe -m mix.components.instructions.share=0.4,0.5,0.6", "a sweep; summary.csv/.md/.png at the end"),
+    ("recipe train=local_full train.device=cuda", "a full fine-tune on a GPU"),
+    ("recipe 'stages=[test]' test.judge.provider=together", "Test with a Together judge"),
+    ("recipe init my_recipes", "your own config repository, then: recipe --config-dir conf ..."),
+)
+# Groups composed under a key other than their name (see conf/config.yaml).
+PLACED = {"source": "sources.<name>", "test/suite": "test.suites.<name>"}
+
+
+def groups(conf_dirs: list[Path]) -> dict[str, list[str]]:
+    """Config group -> its options, from the shipped configs and any --config-dir."""
+    found: dict[str, set[str]] = {}
+    for root in conf_dirs:
+        for path in root.rglob("*.yaml"):
+            group = path.parent.relative_to(root).as_posix()
+            if group != "." and not group.startswith("hydra/help"):
+                found.setdefault(group, set()).add(path.stem)
+    return {g: sorted(found[g]) for g in sorted(found, key=lambda g: (g.startswith("hydra"), g))}
+
+
+def help_text(argv: list[str]) -> str:
+    dirs = [Path(CONF_DIR)]
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config-dir"):
+            value = arg.partition("=")[2] or (argv[i + 1] if i + 1 < len(argv) else "")
+            if value and Path(value).is_dir():
+                dirs.insert(0, Path(value))
+    lines = [
+        "recipe: the Llama-2-7B-32K-Instruct recipe (Distill, Mix, Train, Test, Deploy) as committed configs.",
+        "",
+        "usage: recipe [group=option ...] [key=value ...]    |  recipe -m key=a,b (a sweep)  |  recipe init [DIR]",
+        "",
+        "stages, in order (stages=[...] picks some): distill, mix, train, test, deploy",
+        "",
+        "config groups (group=option):",
+    ]
+    for group, options in groups(dirs).items():
+        where = f"  (+{group}@{PLACED[group]}=option)" if group in PLACED else ""
+        lines.append(f"  {group:<16} {', '.join(options)}{where}")
+    lines += ["", "commands:"]
+    width = max(len(c) for c, _ in COMMANDS)
+    lines += [f"  {c:<{width}}  {what}" for c, what in COMMANDS]
+    lines += [
+        "",
+        "outputs: outputs/runs/<date>/<time>/run.json (each run), outputs/store/<stage>/<fingerprint>/ (artifacts,",
+        "  reused whenever the fingerprint matches; store_dir=...), outputs/multiruns/ (sweeps); relative to here.",
+        "keys: every key is typed and documented in recipe/config.py; `recipe --cfg job` prints them all.",
+        "more: README.md (the config tree, common overrides, sweeps, pointing at Together);",
+        "  Hydra's own flags: recipe --hydra-help",
+    ]
+    return "\n".join(lines)
+
+
+def print_help(argv: list[str]) -> None:
+    """Print the help; a closed pipe (recipe --help | head) ends it quietly."""
+    try:
+        print(help_text(argv), flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main() -> None:
-    """The console script: SIGTERM handled like Ctrl-C; secrets masked in printed configs."""
+    """The console script: `init`, `--help`; SIGTERM handled like Ctrl-C; secrets masked in printed configs."""
+    argv = sys.argv[1:]
+    if argv[:1] == ["init"]:
+        from recipe import scaffold
+
+        sys.exit(scaffold.main(argv[1:]))
+    if "--help" in argv or "-h" in argv:
+        print_help(argv)
+        return
+    warn_other_checkout(Path.cwd())
     signal.signal(signal.SIGTERM, _terminate)
     check_arguments(sys.argv[1:])
     sys.argv[1:] = mask_printed_secrets(sys.argv[1:])

@@ -1,0 +1,221 @@
+"""The Together fine-tuning file check (the rules of the official SDK's `together files check`).
+
+Mix runs it on its own output, and Train runs it before every upload, so a file Together would
+reject is caught on this machine, with its line number and rule, before any request is sent.
+
+Checked against the official SDK 1.x's `together files check` (`together/utils/files.py`), which
+holds the full client-side rules (2.x/3.x moved most of them to the server):
+- the file's extension is `.jsonl` or `.parquet`; at most 50.1 GB; at least one sample;
+- JSON Lines: valid UTF-8; every line one JSON object, parsed as Python's `json` parses it (so an
+  escaped lone surrogate such as "\\ud800" is valid); a blank line fails; all lines in one format,
+  `text` | `messages` | `prompt`+`completion` | preference (`input`, `preferred_output`,
+  `non_preferred_output`), with no extra top-level keys; `text` and `prompt` hold a string or a list
+  of content parts (`{"type": "text", "text": ...}`); `completion` a string;
+- messages: roles system/user/assistant, never two of the same role in a row, at least one assistant
+  turn; `content` a string or a list of content parts (images only in user turns); `weight` an
+  integer 0 or 1; other keys in a message (e.g. `name`) are allowed, as the SDK allows them;
+- preference: `input.messages` must not end with an assistant turn; each output exactly one
+  assistant message;
+- Parquet (pre-tokenised): readable, an `input_ids` column, no columns but `input_ids`,
+  `attention_mask` and `labels`, at least one row.
+
+Where we differ on purpose: lines end at "\\n" only (the SDK reads in text mode, where a bare "\\r"
+also ends a line; Together's loaders split on "\\n"), and we do not enforce the docs' "start with
+system or user, then alternate user/assistant", which the SDK does not enforce either.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from recipe.data.jsonl import (
+    CHUNK_BYTES,
+    POOL_MIN_BYTES,
+    LineError,
+    count_lines_before,
+    json_object,
+    jsonl_chunks,
+    read_jsonl_range,
+    worker_pool,
+)
+from recipe.errors import RecipeError
+
+MAX_FILE_BYTES = int(50.1 * 2**30)
+MIN_SAMPLES = 1
+FORMATS: dict[str, frozenset[str]] = {
+    "text": frozenset({"text"}),
+    "messages": frozenset({"messages"}),
+    "prompt_completion": frozenset({"prompt", "completion"}),
+    "preference": frozenset({"input", "preferred_output", "non_preferred_output"}),
+}
+ROLES = ("system", "user", "assistant")
+
+
+class FileCheckError(RecipeError):
+    def __init__(self, path: Path, line: int | None, rule: str, message: str) -> None:
+        self.path, self.line, self.rule = path, line, rule
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {message} [Together file check: {rule}]")
+
+
+def _check_content(content: Any, fail: Any, where: str, images: bool) -> None:
+    """A string, or a list of content parts (text; image_url where images are allowed)."""
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        fail("text_field", f"{where} must be a string or a list of content parts")
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            continue
+        if kind == "image_url" and images and isinstance((part.get("image_url") or {}).get("url"), str):
+            continue
+        if kind == "image_url" and not images:
+            fail("key_value", f"{where}[{j}]: only user messages can hold images")
+        fail("key_value", f"{where}[{j}] must be {{'type': 'text', 'text': str}} or an image_url part")
+
+
+def _check_messages(messages: Any, fail: Any, field: str = "messages") -> None:
+    if not isinstance(messages, list) or not messages:
+        fail("messages", f"'{field}' must be a non-empty list")
+    previous = None
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            fail("messages", f"{field}[{i}] must be an object")
+        if m.get("role") not in ROLES:
+            fail("messages", f"{field}[{i}].role={m.get('role')!r} is not one of {', '.join(ROLES)}")
+        if "content" not in m:
+            fail("messages", f"{field}[{i}] has no content")
+        _check_content(m["content"], fail, f"{field}[{i}].content", images=m["role"] == "user")
+        if "weight" in m and (not isinstance(m["weight"], int) or m["weight"] not in (0, 1)):
+            fail("key_value", f"{field}[{i}].weight={m['weight']!r}: must be the integer 0 or 1")
+        if m["role"] == previous:
+            fail("messages", f"{field}[{i}]: two '{previous}' messages in a row")
+        previous = m["role"]
+
+
+def _check_record(record: dict[str, Any], fmt: str, fail: Any) -> None:
+    if fmt == "text":
+        _check_content(record["text"], fail, "'text'", images=False)
+    elif fmt == "prompt_completion":
+        _check_content(record["prompt"], fail, "'prompt'", images=False)
+        if not isinstance(record["completion"], str):
+            fail("text_field", "'completion' must be a string")
+    elif fmt == "messages":
+        _check_messages(record["messages"], fail)
+        if not any(m["role"] == "assistant" for m in record["messages"]):
+            fail("messages", "no 'assistant' message")
+    else:
+        if not isinstance(record["input"], dict):
+            fail("preference", "'input' must be an object with 'messages'")
+        _check_messages(record["input"].get("messages"), fail, "input.messages")
+        if record["input"]["messages"][-1]["role"] == "assistant":
+            fail("preference", "'input.messages' must not end with an assistant message")
+        for key in ("preferred_output", "non_preferred_output"):
+            _check_messages(record[key], fail, key)
+            if [m["role"] for m in record[key]] != ["assistant"]:
+                fail("preference", f"'{key}' must hold exactly one assistant message")
+
+
+def check_lines(lines: Iterable[bytes], path: Path, first_line: int, fmt: str | None) -> tuple[str | None, int]:
+    """Check lines numbered from `first_line`; all must be in `fmt` (None: the first line's)."""
+    samples = 0
+    for lineno, raw in enumerate(lines, first_line):
+
+        def fail(rule: str, message: str, _line: int = lineno) -> None:
+            raise FileCheckError(path, _line, rule, message)
+
+        try:
+            record = json_object(raw)
+        except LineError as e:
+            fail(e.rule, str(e))
+        keys = frozenset(record)
+        line_fmt = next((name for name, required in FORMATS.items() if keys == required), None)
+        if line_fmt is None:
+            near = next((n for n, req in FORMATS.items() if req <= keys), None)
+            if near:
+                fail("key_value", f"unexpected keys {sorted(keys - FORMATS[near])} for the {near} format")
+            fail("text_field", f"keys {sorted(keys)} match no format (text, messages, prompt+completion, preference)")
+        if fmt is None:
+            fmt = line_fmt
+        elif line_fmt != fmt:
+            fail("key_value", f"line is in the {line_fmt} format but earlier lines are {fmt}")
+        _check_record(record, line_fmt, fail)
+        samples += 1
+    return fmt, samples
+
+
+def _check_range(path: Path, start: int, end: int, first_line: int, fmt: str | None) -> tuple[str | None, int]:
+    return check_lines((raw for raw, _ in read_jsonl_range(path, start, end, first_line)), path, first_line, fmt)
+
+
+def check_block(block: bytes, path: Path, first_line: int, fmt: str) -> int:
+    """Check a block of whole lines of `path` (its first line numbered `first_line`); return its samples."""
+    return check_lines(io.BytesIO(block), path, first_line, fmt)[1]
+
+
+def check_report(path: Path, fmt: str | None, samples: int, size: int) -> dict[str, Any]:
+    """The whole-file rules, once every line has been checked."""
+    if size > MAX_FILE_BYTES:
+        raise FileCheckError(path, None, "file_size", f"{size} bytes is over the 50.1 GB limit")
+    if samples < MIN_SAMPLES:
+        raise FileCheckError(path, None, "min_samples", f"{samples} samples; at least {MIN_SAMPLES} needed")
+    return {"is_check_passed": True, "format": fmt, "num_samples": samples, "file_size": size}
+
+
+PARQUET_COLUMNS = ("input_ids", "attention_mask", "labels")
+
+
+def _check_parquet(path: Path, size: int) -> dict[str, Any]:
+    """A pre-tokenised Parquet file: readable, `input_ids`, no other columns than PARQUET_COLUMNS."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except (pa.ArrowInvalid, OSError) as e:
+        raise FileCheckError(path, None, "load_parquet", f"not a readable Parquet file ({e})") from None
+    columns = list(pq.read_schema(path).names)
+    if "input_ids" not in columns:
+        raise FileCheckError(path, None, "load_parquet", f"no 'input_ids' column (columns: {columns})")
+    extra = [c for c in columns if c not in PARQUET_COLUMNS]
+    if extra:
+        raise FileCheckError(path, None, "load_parquet", f"unexpected columns {extra}; only {list(PARQUET_COLUMNS)}")
+    return check_report(path, "parquet", meta.num_rows, size)
+
+
+def check_file(path: str | Path, workers: int = 1) -> dict[str, Any]:
+    """Check a JSONL file against Together's rules; return a report or raise FileCheckError.
+
+    With `workers` > 1, a large file is checked in byte ranges by worker processes."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileCheckError(path, None, "found", "file not found")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:  # before reading 50 GB
+        raise FileCheckError(path, None, "file_size", f"{size} bytes is over the 50.1 GB limit")
+    if path.suffix not in (".jsonl", ".parquet"):
+        raise FileCheckError(
+            path, None, "filetype", f"extension {path.suffix!r}: only .jsonl and .parquet are accepted"
+        )
+    if path.suffix == ".parquet":
+        return _check_parquet(path, size)
+    ranges = jsonl_chunks(path, CHUNK_BYTES) if workers > 1 and size >= POOL_MIN_BYTES else [(0, size)]
+    if len(ranges) == 1:
+        fmt, samples = _check_range(path, 0, size, 1, None)
+    else:
+        fmt, _ = _check_range(path, 0, ranges[0][1], 1, None)  # the first range sets the format
+        samples = 0
+        with worker_pool(min(workers, len(ranges))) as pool:
+            futures = [pool.submit(_check_range, path, start, end, 1, fmt) for start, end in ranges]
+            for (start, end), future in zip(ranges, futures, strict=True):
+                try:
+                    samples += future.result()[1]
+                except FileCheckError:  # check that range again here, to report its absolute line
+                    pool.shutdown(cancel_futures=True)
+                    _check_range(path, start, end, count_lines_before(path, start) + 1, fmt)
+                    raise
+    return check_report(path, fmt, samples, size)

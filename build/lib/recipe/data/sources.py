@@ -1,0 +1,305 @@
+"""Data sources: records from the Hugging Face hub (through `datasets`) or from local files.
+
+Local JSON Lines (`.jsonl`, `.jsonl.zst`, `.json`) are streamed line by line by our own reader, so a
+bad record is reported with its file and line number (pyarrow's JSON reader, behind `datasets`,
+can name neither and silently skips blank lines); `.json` files holding one JSON list (ShareGPT raw)
+are read whole; parquet files and hub datasets go through `datasets.load_dataset(streaming=True)`.
+
+Every record is normalised into chat messages (`[{"role", "content"}]`, roles system/user/assistant,
+alternating, ending with an assistant answer), whatever the source's kind.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import gzip
+import io
+import json
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from recipe.data import templates
+from recipe.data.jsonl import LineError, json_object
+from recipe.errors import RecipeError
+from recipe.store import sha256_file
+
+Message = dict[str, str]
+
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
+
+
+class DataError(RecipeError):
+    """Bad input data; the message names the source, file and line."""
+
+
+def config_key(name: str) -> str:
+    """Where a source lives in the config, for error messages: `sources.<name>`, or a full key
+    (e.g. `test.suites.mqa`) for nodes elsewhere that name their records the same way."""
+    return name if "." in name else f"sources.{name}"
+
+
+def source_files(name: str, source: DictConfig) -> list[Path]:
+    """The local files of a source (globs expanded, sorted); errors name `sources.<name>.data_files`."""
+    if not source.data_files:
+        raise DataError(f"{config_key(name)}: set hub_id or data_files (neither is set)")
+    files: list[Path] = []
+    for pattern in source.data_files:
+        matched = sorted(glob.glob(str(Path(pattern).expanduser())))
+        if not matched:
+            raise DataError(f"{config_key(name)}.data_files: {pattern!r} matches no file")
+        files.extend(Path(m) for m in matched)
+    return files
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(Path(path))  # size and mtime are part of the cache key only
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's contents, computed once per process while the file is unchanged."""
+    st = path.stat()
+    return _file_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def hash_files(paths: list[Path]) -> None:
+    """Hash files in threads (hashlib releases the GIL), so later `file_sha256` calls are instant."""
+    with ThreadPoolExecutor(max_workers=min(4, len(paths) or 1)) as pool:
+        list(pool.map(file_sha256, paths))
+
+
+def source_identity(name: str, source: DictConfig) -> dict[str, Any]:
+    """What a source holds, for fingerprints: its settings and, for local files, their contents'
+    sha256 (not their paths, so the same data fingerprints the same on every machine)."""
+    identity: dict[str, Any] = {"kind": source.kind.value, "split": source.split}
+    if source.kind.value == "text":
+        identity["template"] = source.template
+    if source.hub_id:
+        identity.update(hub_id=source.hub_id, revision=source.revision, data_files=list(source.data_files))
+        return identity
+    identity["files"] = [{"name": p.name, "sha256": file_sha256(p)} for p in source_files(name, source)]
+    return identity
+
+
+def _open_binary(path: Path) -> io.BufferedReader:
+    if path.name.endswith(".zst"):
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))  # type: ignore[arg-type]
+    if path.name.endswith(".gz"):
+        return io.BufferedReader(gzip.open(path, "rb"))  # type: ignore[arg-type]
+    return open(path, "rb")
+
+
+def read_json_records(path: Path) -> Iterator[tuple[bytes | dict[str, Any], str]]:
+    """Yield (raw JSON line bytes, "file:line") for JSON Lines, or (dict, "file item N") for a
+    file holding one JSON list. Lines are validated by `parse_line`, not here."""
+    with _open_binary(path) as f:
+        head = f.peek(64).lstrip()[:1]
+        if head == b"[":
+            try:
+                items = json.load(io.TextIOWrapper(f, encoding="utf-8", errors="strict"))
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{e.lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
+            for i, item in enumerate(items, 1):
+                if not isinstance(item, dict):
+                    raise DataError(f"{path} item {i}: expected a JSON object, got {type(item).__name__}")
+                yield item, f"{path} item {i}"
+            return
+        for lineno, raw in enumerate(f, 1):
+            yield raw, f"{path}:{lineno}"
+
+
+def is_plain_jsonl(path: Path) -> bool:
+    """An uncompressed JSON Lines file (not a JSON list): it can be split into byte ranges."""
+    if not path.name.endswith(".jsonl"):
+        return False
+    with open(path, "rb") as f:
+        return f.read(64).lstrip()[:1] != b"["
+
+
+def parse_line(raw: bytes, where: str) -> dict[str, Any]:
+    """One JSON Lines line -> dict, with errors that name the file and line."""
+    try:
+        return json_object(raw)
+    except LineError as e:
+        raise DataError(f"{where}: {e}") from None
+
+
+def iter_raw(name: str, source: DictConfig) -> Iterator[tuple[bytes | dict[str, Any], str]]:
+    """Every record of a source as (raw line bytes or dict, location)."""
+    if source.hub_id:
+        where = f"{config_key(name)}: hub dataset {source.hub_id!r}"
+        yield from _stream_dataset(
+            where, f"{source.hub_id} record", source.hub_id, list(source.data_files) or None, source
+        )
+        return
+    for path in source_files(name, source):
+        if path.suffix == ".parquet":
+            yield from _stream_dataset(f"{config_key(name)}: {path}", f"{path} row", "parquet", [str(path)], None)
+        elif path.name.endswith((".jsonl", ".json", ".jsonl.zst", ".json.zst", ".jsonl.gz", ".json.gz")):
+            yield from read_json_records(path)
+        else:
+            raise DataError(
+                f"{config_key(name)}.data_files: {path} is not .jsonl, .json, .jsonl.zst, .jsonl.gz or .parquet"
+            )
+
+
+def _stream_dataset(
+    what: str, label: str, path: str, data_files: list[str] | None, source: DictConfig | None
+) -> Iterator[tuple[dict[str, Any], str]]:
+    """Records through `datasets.load_dataset(streaming=True)`; loading failures name the source."""
+    import datasets
+
+    options = {"split": source.split, "revision": source.revision} if source is not None else {"split": "train"}
+    try:
+        records = iter(datasets.load_dataset(path, data_files=data_files, streaming=True, **options))
+        first = next(records, None)
+    except Exception as e:  # network, missing files, bad parquet: datasets raises many types
+        raise DataError(
+            f"{what} cannot be read ({type(e).__name__}: {e}); without network access use local "
+            "data_files, e.g. the shipped *_sample sources"
+        ) from None
+    if first is None:
+        return
+    yield first, f"{label} 1"
+    for i, record in enumerate(records, 2):
+        yield record, f"{label} {i}"
+
+
+def iter_records(name: str, source: DictConfig) -> Iterator[tuple[dict[str, Any], str]]:
+    """Every record of a source as (dict, location); errors name file and line."""
+    for raw, where in iter_raw(name, source):
+        yield (parse_line(raw, where) if isinstance(raw, bytes) else raw), where
+
+
+def _field(record: dict[str, Any], key: str, where: str, kind: str) -> str:
+    if key not in record:
+        raise DataError(f"{where}: missing field {key!r} (a {kind} record needs it)")
+    value = record[key]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _is_tidy(messages: list[Message]) -> bool:
+    """The common case, checked cheaply: alternating, non-empty, user (or system) first, answer last."""
+    if len(messages) < 2 or messages[-1]["role"] != "assistant" or messages[0]["role"] == "assistant":
+        return False
+    previous = None
+    for m in messages:
+        if m["role"] == previous or not m["content"].strip():
+            return False
+        previous = m["role"]
+    return any(m["role"] == "user" for m in messages)
+
+
+def _tidy(messages: list[Message]) -> list[Message] | None:
+    """Merge consecutive turns of one role, drop empty turns, trim to user-first / assistant-last."""
+    if _is_tidy(messages):
+        return messages
+    out: list[Message] = []
+    for m in messages:
+        if not m["content"].strip():
+            continue
+        if out and out[-1]["role"] == m["role"]:
+            out[-1] = {"role": m["role"], "content": out[-1]["content"] + "\n\n" + m["content"]}
+        else:
+            out.append(dict(m))
+    while out and out[0]["role"] == "assistant":
+        out.pop(0)
+    while out and out[-1]["role"] != "assistant":
+        out.pop()
+    return out if any(m["role"] == "user" for m in out) else None
+
+
+def sharegpt_turns(record: dict[str, Any], where: str) -> list[tuple[str, str]]:
+    """A ShareGPT record's turns as (speaker lower-cased, text), checked for shape."""
+    turns = record.get("conversations")
+    if not isinstance(turns, list):
+        raise DataError(f"{where}: missing field 'conversations' (a list of {{from, value}} turns)")
+    checked = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or "from" not in turn:
+            raise DataError(f"{where}: conversations[{i}] needs string fields 'from' and 'value'")
+        checked.append((str(turn["from"]).lower(), turn["value"]))
+    return checked
+
+
+def to_messages(record: dict[str, Any], kind: str, where: str, text_template: str) -> list[Message] | None:
+    """Normalise one record to chat messages; None when it holds no answered user turn."""
+    if kind == "prompt_completion":
+        prompt = _field(record, "prompt", where, kind)
+        completion = _field(record, "completion", where, kind)
+        if not (prompt.strip() and completion.strip()):
+            return None
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+    if kind == "text":
+        text = _field(record, "text", where, kind)
+        try:
+            return _tidy(templates.parse(text, text_template))
+        except ValueError as e:
+            raise DataError(f"{where}: {e} (source template {text_template})") from None
+    if kind == "messages":
+        messages = record.get("messages")
+        if not isinstance(messages, list):
+            raise DataError(f"{where}: missing field 'messages' (a list of {{role, content}})")
+        for i, m in enumerate(messages):
+            if (
+                not isinstance(m, dict)
+                or m.get("role") not in ("system", "user", "assistant")
+                or not isinstance(m.get("content"), str)
+            ):
+                raise DataError(f"{where}: messages[{i}] needs a role (system, user, assistant) and string content")
+        return _tidy([{"role": m["role"], "content": m["content"]} for m in messages])
+    if kind == "sharegpt":
+        messages = []
+        for i, (speaker, value) in enumerate(sharegpt_turns(record, where)):
+            role = SHAREGPT_ROLES.get(speaker)
+            if role is None:
+                raise DataError(f"{where}: conversations[{i}].from={speaker!r} is not one of {sorted(SHAREGPT_ROLES)}")
+            messages.append({"role": role, "content": value})
+        return _tidy(messages)
+    raise DataError(f"{where}: unknown source kind {kind!r}")
+
+
+# ShareGPT scrapes start some turns with the web UI's page counter ("1 / 1", "2 / 2-"). The seed cut
+# exactly that from its output: both numbers equal, 0 to 19, one space each side of the slash, an
+# optional "-", at the very start of the turn. A turn that merely starts with a fraction ("10 / 5 = ?",
+# "3 / 4 of 12") is left as it is.
+PAGE_COUNTER = re.compile(r"^(1?[0-9]) / \1(?![0-9])-?")
+
+
+def cut_page_counter(turn: str) -> tuple[str, bool]:
+    """The turn without its page counter, and whether it had one."""
+    cut = PAGE_COUNTER.sub("", turn, count=1)
+    return cut, cut != turn
+
+
+def seed_output(messages: list[Message]) -> list[Message]:
+    """A conversation distilled with the seed's verbatim prompts, as the seed's output kept it: page
+    counters cut from human turns, every turn stripped."""
+    return [
+        {
+            "role": m["role"],
+            "content": (cut_page_counter(m["content"])[0] if m["role"] == "user" else m["content"]).strip(),
+        }
+        for m in messages
+    ]

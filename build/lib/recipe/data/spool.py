@@ -1,0 +1,369 @@
+"""Mix's machinery: spool every source record once, select on small per-record arrays, write the
+chosen lines out of the spools.
+
+Reading (`read_unit`, in worker processes for byte ranges of JSON Lines files) normalises each
+record to messages and appends two lines to the unit's spool file: the record rendered in the
+mixture's output format (the upload line), then its canonical conversation line (`messages`,
+`component`, `source`, `stratum`). Only (offset, lengths, tokens, stratum, hash) stay in memory.
+Writing (`write_spooled`) gathers chosen lines in order, block by block, running the Together file
+check on the blocks in the pool while this process hashes and writes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from tqdm import tqdm
+
+from recipe.data import templates
+from recipe.data.filecheck import check_block
+from recipe.data.jsonl import count_lines_before, encode_line, read_jsonl_range
+from recipe.data.sources import DataError, parse_line, to_messages
+from recipe.errors import RecipeError
+
+BLOCK_LINES = 8192  # output lines built (and checked) per task while writing
+
+TOKEN_COUNTERS: dict[str, Callable[[dict[str, Any]], int]] = {
+    # ~4 characters per token, the usual rule of thumb
+    "approx": lambda example: (sum(len(part) for part in _trained_text(example)) + 3) // 4,
+    "whitespace": lambda example: sum(len(part.split()) for part in _trained_text(example)),
+}
+
+
+def largest_remainder(total: int, weights: Sequence[float]) -> list[int]:
+    """Split `total` into integers proportional to `weights` that add up to `total` exactly."""
+    weight_sum = float(sum(weights))
+    if total == 0 or weight_sum == 0:
+        return [0] * len(weights)
+    quotas = [total * w / weight_sum for w in weights]
+    counts = [int(q) for q in quotas]
+    by_remainder = sorted(range(len(weights)), key=lambda i: (-(quotas[i] - counts[i]), i))
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _trained_text(example: dict[str, Any]) -> list[str]:
+    """The pieces of text a model trains on, for token counting."""
+    if "messages" in example:
+        return [m["content"] for m in example["messages"]]
+    if "text" in example:
+        return [example["text"]]
+    return [example["prompt"], example["completion"]]
+
+
+def take(size: np.ndarray, target: int) -> int | None:
+    """How many leading records reach `target` (records, or tokens when sizes are token counts);
+    None when all of them together fall short."""
+    if target <= 0:
+        return 0
+    cumulative = np.cumsum(size)
+    if len(cumulative) == 0 or cumulative[-1] < target:
+        return None
+    return int(np.searchsorted(cumulative, target, side="left")) + 1
+
+
+@dataclass(frozen=True)
+class SpoolUnit:
+    """A piece of reading work: a byte range of a JSON Lines file (`path`) or a whole source,
+    whose formatted lines go to its `spool` file."""
+
+    comp_id: int
+    component: str
+    source: str
+    kind: str
+    text_template: str
+    fmt: str
+    template: str
+    tokenizer: str
+    strata_key: str | None
+    spool: str
+    path: str | None = None
+    start: int = 0
+    end: int = 0
+
+
+def read_unit(unit: SpoolUnit, lines: Iterator[tuple[Any, str]] | None = None, progress: Any = None) -> dict[str, Any]:
+    """Validate, format and spool every record of a unit; return per-record arrays (spool offset,
+    length, tokens, stratum, hash).
+
+    Runs in worker processes for byte ranges (`lines` None: line numbers there are relative to the
+    range, so the caller re-reads a failing range itself to report the absolute line)."""
+    if lines is None:
+        assert unit.path is not None
+        lines = read_jsonl_range(Path(unit.path), unit.start, unit.end, 1)
+    count_tokens = TOKEN_COUNTERS[unit.tokenizer]
+    kind, text_template, fmt, template, strata_key = (
+        unit.kind,
+        unit.text_template,
+        unit.fmt,
+        unit.template,
+        unit.strata_key,
+    )
+    offset, length, canonical_length = array("q"), array("q"), array("q")
+    tokens, stratum = array("q"), array("i")
+    origin = (
+        b',"component":' + orjson.dumps(unit.component) + b',"source":' + orjson.dumps(unit.source) + b',"stratum":'
+    )
+    hashes = bytearray()
+    labels: dict[Any, int] = {}
+    position = records = skipped = 0
+    with open(unit.spool, "wb", buffering=1 << 20) as spool:
+        for raw, where in lines:
+            record = parse_line(raw, where) if isinstance(raw, bytes) else raw
+            records += 1
+            if progress is not None and records % 1000 == 0:
+                progress.update(1000)
+            messages = to_messages(record, kind, where, text_template)
+            if messages is None:
+                skipped += 1
+                continue
+            example = templates.example(messages, fmt, template)
+            line = encode_line(example)
+            if strata_key is None:
+                label = None
+            elif strata_key == "num_documents":
+                prompt = messages[-2]["content"]
+                label = prompt.count("\nDocument [") + prompt.startswith("Document [")
+            elif strata_key == "num_turns":
+                label = sum(m["role"] == "user" for m in messages)
+            elif strata_key in record:
+                label = record[strata_key]
+                if not isinstance(label, (str, int, float, bool)):
+                    raise DataError(
+                        f"{where}: field {strata_key!r} (mix.components.{unit.component}.strata) must be a scalar"
+                    )
+            else:
+                raise DataError(
+                    f"{where}: missing field {strata_key!r} named by mix.components.{unit.component}.strata"
+                )
+            # The canonical line (what trainers and Test read) follows the upload line in the spool.
+            encoded = orjson.dumps(messages)
+            canonical = b'{"messages":' + encoded + origin + orjson.dumps(label) + b"}\n"
+            offset.append(position)
+            length.append(len(line))
+            canonical_length.append(len(canonical))
+            position += len(line) + len(canonical)
+            tokens.append(count_tokens(example))
+            stratum.append(labels.setdefault(label, len(labels)))
+            hashes += hashlib.sha256(encoded).digest()[:8]  # dedupe by content; sha256 is fast here (SHA-NI)
+            spool.write(line)
+            spool.write(canonical)
+    if progress is not None:
+        progress.update(records % 1000)
+    return {
+        "records": records,
+        "skipped": skipped,
+        "labels": list(labels),
+        "offset": np.frombuffer(offset, dtype=np.int64),
+        "length": np.frombuffer(length, dtype=np.int64),
+        "canonical_length": np.frombuffer(canonical_length, dtype=np.int64),
+        "tokens": np.frombuffer(tokens, dtype=np.int64),
+        "stratum": np.frombuffer(stratum, dtype=np.int32),
+        "hash": np.frombuffer(bytes(hashes), dtype=np.int64),
+    }
+
+
+def build_block(
+    spools: list[str],
+    unit_ids: np.ndarray,
+    offsets: np.ndarray,
+    lengths: np.ndarray,
+    canonical_lengths: np.ndarray,
+    check: tuple[Path, int, str] | None,
+) -> tuple[bytes, bytes, int, int]:
+    """Gather these records' upload and canonical lines (adjacent in the spool: one pread each, not
+    mmap: mapped spool pages would count as the process's memory), in this order, and run the file
+    check on the upload lines. Returns (upload block, canonical block, lines, samples)."""
+    fds: dict[int, int] = {}
+    upload, canonical = [], []
+    try:
+        rows = zip(unit_ids.tolist(), offsets.tolist(), lengths.tolist(), canonical_lengths.tolist(), strict=True)
+        for unit_id, offset, length, canonical_length in rows:
+            fd = fds.get(unit_id)
+            if fd is None:
+                fd = fds[unit_id] = os.open(spools[unit_id], os.O_RDONLY)
+            both = os.pread(fd, length + canonical_length, offset)
+            upload.append(both[:length])
+            canonical.append(both[length:])
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    block = b"".join(upload)
+    return block, b"".join(canonical), len(upload), (check_block(block, *check) if check else 0)
+
+
+def write_spooled(
+    paths: tuple[Path, Path],
+    order: np.ndarray,
+    spools: list[str],
+    arrays: dict[str, np.ndarray],
+    check_format: str | None,
+    pool: Executor | None,
+    workers: int,
+    progress: bool,
+) -> tuple[str, str, int, int]:
+    """Write the upload lines and the canonical lines of records `order` (ids into the per-record
+    arrays) to `paths` in one pass, the file check on each upload block (`check_format`) a few blocks
+    ahead on the pool; (upload sha256, canonical sha256, checked samples, upload bytes)."""
+    digests = hashlib.sha256(), hashlib.sha256()
+    samples = size = 0
+    pending: deque[Future[tuple[bytes, bytes, int, int]]] = deque()
+    bar = tqdm(desc=f"mix: write {paths[0].name}", total=len(order), unit=" rec", disable=not progress)
+
+    def emit(block: bytes, canonical: bytes, lines: int, checked: int) -> None:
+        nonlocal samples, size
+        digests[0].update(block)
+        digests[1].update(canonical)
+        out.write(block)
+        out_canonical.write(canonical)
+        samples += checked
+        size += len(block)
+        bar.update(lines)
+
+    with open(paths[0], "wb") as out, open(paths[1], "wb") as out_canonical:
+        for first in range(0, len(order), BLOCK_LINES):
+            rows = order[first : first + BLOCK_LINES]
+            check = (paths[0], first + 1, check_format) if check_format else None
+            lengths = arrays["length"][rows], arrays["canonical_length"][rows]
+            task = (spools, arrays["unit"][rows], arrays["offset"][rows], *lengths, check)
+            if pool is None:
+                emit(*build_block(*task))
+                continue
+            pending.append(pool.submit(build_block, *task))
+            if len(pending) > 2 * workers:  # bounded read-ahead: memory stays a few blocks
+                emit(*pending.popleft().result())
+        while pending:
+            emit(*pending.popleft().result())
+    bar.close()
+    return digests[0].hexdigest(), digests[1].hexdigest(), samples, size
+
+
+def read_all(
+    units: list[SpoolUnit],
+    pool: Executor | None,
+    whole: Callable[[SpoolUnit], Iterator[tuple[Any, str]]],
+    show_progress: bool,
+) -> list[dict[str, Any]]:
+    """Read every unit (byte ranges on the pool when there is one, whole sources through `whole`);
+    results in unit order."""
+    progress = tqdm(desc="mix: read", unit=" rec", disable=not show_progress, mininterval=0.5)
+    futures = {id(u): pool.submit(read_unit, u) for u in units if u.path is not None} if pool else {}
+    next_line: dict[str, int] = {}  # per file, the line number where the next unit starts
+    results: list[dict[str, Any]] = []
+    try:
+        for unit in units:
+            if unit.path is None:
+                result = read_unit(unit, whole(unit), progress)
+            elif id(unit) in futures:
+                try:
+                    result = futures[id(unit)].result()
+                except RecipeError:  # read it again here, to report the error's absolute line
+                    first = count_lines_before(Path(unit.path), unit.start) + 1
+                    read_unit(unit, read_jsonl_range(Path(unit.path), unit.start, unit.end, first))
+                    raise
+                progress.update(result["records"])
+            else:
+                first = next_line.get(unit.path, 1)
+                result = read_unit(unit, read_jsonl_range(Path(unit.path), unit.start, unit.end, first), progress)
+                next_line[unit.path] = first + result["records"]
+            results.append(result)
+    except BaseException:
+        for future in futures.values():
+            future.cancel()
+        raise
+    finally:
+        progress.close()
+    return results
+
+
+def merge_units(
+    units: list[SpoolUnit], results: list[dict[str, Any]], components: list[str], sources: list[str]
+) -> tuple[dict[str, np.ndarray], list[dict[Any, int]], dict[str, dict[str, Any]]]:
+    """Concatenate the units' per-record arrays; give each component one stratum numbering."""
+    strata: list[dict[Any, int]] = [{} for _ in components]
+    stats = {
+        name: {"source": source, "records": 0, "skipped": 0} for name, source in zip(components, sources, strict=True)
+    }
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("offset", "length", "canonical_length", "tokens", "hash", "stratum")
+    }
+    parts["component"], parts["unit"] = [], []
+    for unit_id, (unit, result) in enumerate(zip(units, results, strict=True)):
+        ids = strata[unit.comp_id]
+        remap = np.array([ids.setdefault(label, len(ids)) for label in result["labels"]], dtype=np.int32)
+        n = len(result["offset"])
+        for key in ("offset", "length", "canonical_length", "tokens", "hash"):
+            parts[key].append(result[key])
+        parts["stratum"].append(remap[result["stratum"]] if n else np.zeros(0, np.int32))
+        parts["component"].append(np.full(n, unit.comp_id, dtype=np.int32))
+        parts["unit"].append(np.full(n, unit_id, dtype=np.int32))
+        stats[unit.component]["records"] += result["records"]
+        stats[unit.component]["skipped"] += result["skipped"]
+    return {k: np.concatenate(v) for k, v in parts.items()}, strata, stats
+
+
+def read_texts(spools: list[str], arrays: dict[str, np.ndarray], rows: np.ndarray) -> list[list[str]]:
+    """The message texts of these records (from their canonical lines), for content checks."""
+    fds: dict[int, int] = {}
+    texts = []
+    try:
+        for unit_id, offset, length, canonical_length in zip(
+            arrays["unit"][rows].tolist(),
+            arrays["offset"][rows].tolist(),
+            arrays["length"][rows].tolist(),
+            arrays["canonical_length"][rows].tolist(),
+            strict=True,
+        ):
+            fd = fds.get(unit_id)
+            if fd is None:
+                fd = fds[unit_id] = os.open(spools[unit_id], os.O_RDONLY)
+            line = orjson.loads(os.pread(fd, canonical_length, offset + length))
+            texts.append([m["content"] for m in line["messages"]])
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return texts
+
+
+class ContentCheck:
+    """Records checked lazily, once each, by `scan` (texts -> findings per record, empty = clean)."""
+
+    def __init__(self, spools: list[str], arrays: dict[str, np.ndarray], scan: Callable[..., list[Any]]) -> None:
+        self.spools, self.arrays, self.scan = spools, arrays, scan
+        self.checked = np.zeros(len(arrays["offset"]), dtype=bool)
+        self.bad = np.zeros(len(arrays["offset"]), dtype=bool)
+        self.found: dict[int, Any] = {}  # record -> what the scan found
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """Which of `rows` are bad (checking those not checked yet)."""
+        todo = rows[~self.checked[rows]]
+        if len(todo):
+            for row, found in zip(todo.tolist(), self.scan(read_texts(self.spools, self.arrays, todo)), strict=True):
+                if found:
+                    self.found[row] = found
+                    self.bad[row] = True
+            self.checked[todo] = True
+        return self.bad[rows]
+
+    def first_clean(self, perm: np.ndarray, size: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray, int | None]:
+        """Drop bad records from the draw order `perm` until its leading records that reach
+        `target` (see `take`) are all clean: each bad one is replaced by the next in the order."""
+        while True:
+            n = take(size, target)
+            head = len(perm) if n is None else n
+            bad = self(perm[:head])
+            if not bad.any():
+                return perm, size, n
+            perm = np.concatenate([perm[:head][~bad], perm[head:]])
+            size = np.concatenate([size[:head][~bad], size[head:]])

@@ -1,0 +1,239 @@
+"""The one HTTP client: a `requests` session with urllib3 retries and client-side rate limits.
+
+Retries follow the official Together SDK: timeouts, connection errors, 408/409/429/5xx, up to
+`max_retries` times, honouring `retry-after-ms` / `Retry-After` (capped at 60 s), otherwise an
+exponential backoff of ~0.5 * 2^n s with jitter, capped at 8 s. Every Together call also honours
+TOGETHER_API_KEY / TOGETHER_BASE_URL; the key only ever lives in the session's headers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from recipe.errors import RecipeError
+
+log = logging.getLogger(__name__)
+TOGETHER_BASE_URL = "https://api.together.xyz/v1"
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_RETRY_AFTER_S = 60.0
+
+
+class APIError(RecipeError):
+    """A request that failed for good (after retries), with the server's message when it gave one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Retry(Retry):
+    """urllib3 Retry that also reads `retry-after-ms`, caps waits, and counts its retries."""
+
+    RETRY_AFTER_STATUS_CODES = RETRY_STATUSES
+    counter: _Counter | None = None
+
+    def get_retry_after(self, response: Any) -> float | None:
+        ms = response.headers.get("retry-after-ms")
+        if ms is not None:
+            try:
+                return min(float(ms) / 1000, MAX_RETRY_AFTER_S)
+            except ValueError:
+                pass
+        seconds = super().get_retry_after(response)
+        return None if seconds is None else min(seconds, MAX_RETRY_AFTER_S)
+
+    def increment(self, *args: Any, **kwargs: Any) -> Retry:
+        new = super().increment(*args, **kwargs)
+        if self.counter is not None:
+            self.counter.add()
+        return new
+
+    def new(self, **kwargs: Any) -> Retry:
+        retry = super().new(**kwargs)
+        retry.counter = self.counter  # type: ignore[attr-defined]
+        return retry
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        with self._lock:
+            self.value += 1
+
+
+class Client:
+    """JSON over HTTP to one base URL, shared by threads (requests sessions are thread-safe for
+    this use: one connection pool per host, `pool_maxsize` connections)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        max_retries: int = 5,
+        timeout_s: float = 120.0,
+        backoff_s: float = 0.5,
+        pool_size: int = 32,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.max_retries, self.backoff_s = max_retries, backoff_s
+        self.retries = _Counter()
+        self._once_session: requests.Session | None = None
+        retry = _Retry(
+            total=max_retries,
+            connect=max_retries,
+            read=max_retries,
+            status=max_retries,
+            other=0,
+            allowed_methods=None,  # POSTs too: completions are safe to repeat (creates go through `create`)
+            status_forcelist=RETRY_STATUSES,
+            backoff_factor=backoff_s,
+            backoff_max=8.0,
+            backoff_jitter=backoff_s / 2,
+            respect_retry_after_header=True,
+            raise_on_status=False,
+        )
+        retry.counter = self.retries
+        self.session = requests.Session()
+        adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=pool_size)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        if api_key:
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        url = path if path.startswith("http") else f"{self.base_url}/{path.lstrip('/')}"
+        kwargs.setdefault("timeout", self.timeout_s)
+        try:
+            response = self.session.request(method, url, **kwargs)
+        except requests.RequestException as e:
+            raise APIError(f"{method} {url}: {type(e).__name__}: {e}") from None
+        if response.status_code >= 400:
+            raise APIError(
+                f"{method} {url}: HTTP {response.status_code}: {_error_message(response)}", response.status_code
+            )
+        return response
+
+    def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", path, json=body).json()
+
+    def create(
+        self, path: str, body: dict[str, Any], *, find: Callable[[], dict[str, Any] | None], what: str
+    ) -> dict[str, Any]:
+        """POST the create of a paid or stateful object (a fine-tune job, an endpoint, a batch), never
+        retried blindly. Rate limits (429, with Retry-After) are waited out and sent again: the server
+        refused before doing anything. A clear 4xx raises at once. After an ambiguous failure (a
+        timeout, a dropped connection, a 5xx: the server may have created the object before failing)
+        `find()` looks the object up first; a match is adopted (and said), and only when there is
+        none is the create sent again, at most `max_retries` times."""
+        url = f"{self.base_url}/{path.lstrip('/')}"
+        attempt = 0
+        while True:
+            refused, wait = False, None
+            try:
+                response = self._once().request("POST", url, json=body, timeout=self.timeout_s)
+            except requests.RequestException as e:
+                failure = f"{type(e).__name__}: {e}"
+            else:
+                status = response.status_code
+                if status < 400:
+                    return response.json()
+                failure = f"HTTP {status}: {_error_message(response)}"
+                if status == 429:
+                    refused, wait = True, _Retry(total=1).get_retry_after(response)
+                elif status < 500 and status != 408:
+                    raise APIError(f"POST {url}: {failure}", status)
+            if not refused:  # ambiguous: the object may exist now
+                found = find()
+                if found is not None:
+                    log.warning(
+                        "POST %s failed ambiguously (%s) but the %s exists: adopting %s",
+                        url,
+                        failure,
+                        what,
+                        found.get("id"),
+                    )
+                    return found
+            attempt += 1
+            self.retries.add()
+            if attempt > self.max_retries:
+                raise APIError(f"POST {url}: {failure} (no {what} was created; tried {attempt} times)")
+            log.warning("POST %s failed (%s); no %s was created: sending it again", url, failure, what)
+            time.sleep(wait if wait is not None else self.backoff(attempt))
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before retry number `attempt` (1, 2, ...) of a request retried by hand."""
+        return min(self.backoff_s * 2 ** (attempt - 1), 8.0)
+
+    def _once(self) -> requests.Session:
+        """A session with this client's headers that never retries by itself (for creates)."""
+        if self._once_session is None:
+            self._once_session = requests.Session()
+            self._once_session.mount("http://", HTTPAdapter(max_retries=0))
+            self._once_session.mount("https://", HTTPAdapter(max_retries=0))
+            self._once_session.headers.update(self.session.headers)
+        return self._once_session
+
+    def get_json(self, path: str, **params: Any) -> dict[str, Any]:
+        return self.request("GET", path, params=params or None).json()
+
+    def close(self) -> None:
+        self.session.close()
+        if self._once_session is not None:
+            self._once_session.close()
+
+
+def _error_message(response: requests.Response) -> str:
+    try:
+        error = response.json().get("error")
+    except ValueError:
+        return response.text[:300]
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    return str(error or response.text[:300])
+
+
+def together_base_url(configured: str | None) -> str:
+    return configured or os.environ.get("TOGETHER_BASE_URL") or TOGETHER_BASE_URL
+
+
+class RateLimiter:
+    """Client-side requests-per-minute and tokens-per-minute limits over a sliding minute."""
+
+    def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None) -> None:
+        self.rpm, self.tpm = requests_per_minute, tokens_per_minute
+        self._sent: deque[tuple[float, int]] = deque()
+        self._tokens = 0
+        self._lock = threading.Lock()
+
+    def wait(self, tokens: int) -> None:
+        """Block until one request of about `tokens` tokens fits in both limits, then book it."""
+        if not self.rpm and not self.tpm:
+            return
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                while self._sent and now - self._sent[0][0] >= 60:
+                    self._tokens -= self._sent.popleft()[1]
+                fits_rpm = not self.rpm or len(self._sent) < self.rpm
+                fits_tpm = not self.tpm or not self._sent or self._tokens + tokens <= self.tpm
+                if fits_rpm and fits_tpm:
+                    self._sent.append((now, tokens))
+                    self._tokens += tokens
+                    return
+                delay = 60 - (now - self._sent[0][0])
+            time.sleep(max(delay, 0.01))

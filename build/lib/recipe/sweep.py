@@ -1,0 +1,202 @@
+"""Sweeps: a Hydra callback that keeps a summary at the multirun root, and stops early on request.
+
+After every job (and at the end of the sweep) `summary.csv`, `summary.md` and `summary.png` are
+rewritten at the multirun root from what the job directories hold: each job's overrides (from
+`.hydra/overrides.yaml`, which the secrets callback has already scrubbed), its `run.json` (status,
+Test's headline figures, whether Distill was a cache hit, seconds) and the job's outcome. Rewriting
+from the directories, not from memory, keeps it right under any launcher (jobs in other processes or
+on other machines) and when the sweep itself stops on a failed job.
+
+`sweep.fail_fast=true`: once a job has failed, the next job to start stops the sweep.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+JOB_FILE = "job.json"
+
+
+def _multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _write_atomic(path: Path, text: str | bytes) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_bytes(text.encode() if isinstance(text, str) else text)
+    os.replace(partial, path)
+
+
+class SweepSummary(Callback):
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not _multirun() or not config.get("sweep") or not config.sweep.fail_fast:
+            return
+        job_dir = Path(config.hydra.runtime.output_dir)
+        failed = [row["job"] for row in collect(job_dir.parent) if row["status"] == "failed"]
+        if failed:
+            skipped = {
+                "job": config.hydra.job.num,
+                "status": "skipped",
+                "error": f"sweep.fail_fast after job {failed[0]}",
+            }
+            _write_atomic(job_dir / JOB_FILE, json.dumps(skipped) + "\n")
+            write_summary(job_dir.parent)
+            root = job_dir.parent
+            # SystemExit, not an Exception: Hydra turns a callback's exceptions into warnings.
+            raise SystemExit(
+                f"error: sweep.fail_fast: job {failed[0]} failed, so the sweep stops before job "
+                f"{config.hydra.job.num} (summary: {root / 'summary.md'})"
+            )
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if not _multirun():
+            return
+        job_dir = Path(config.hydra.runtime.output_dir)
+        outcome = {"job": config.hydra.job.num, "status": job_return.status.name.lower()}
+        if job_return.status == JobStatus.FAILED:
+            outcome["error"] = str(job_return._return_value)  # reading .return_value would re-raise
+        _write_atomic(job_dir / JOB_FILE, json.dumps(outcome) + "\n")
+        write_summary(job_dir.parent)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        root = Path(str(config.hydra.sweep.dir))
+        if root.is_dir():
+            rows = write_summary(root)
+            print(f"sweep summary ({len(rows)} jobs): {root / 'summary.md'}")
+
+
+def _job_dirs(root: Path) -> list[Path]:
+    dirs = [p for p in root.iterdir() if (p / ".hydra").is_dir()] if root.is_dir() else []
+    return sorted(dirs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+
+
+def collect(root: Path) -> list[dict[str, Any]]:
+    """One row per job directory: overrides, status, Test figures, Distill reuse, seconds, error."""
+    rows = []
+    for job_dir in _job_dirs(root):
+        overrides_file = job_dir / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+        run = json.loads((job_dir / "run.json").read_text()) if (job_dir / "run.json").is_file() else None
+        job = json.loads((job_dir / JOB_FILE).read_text()) if (job_dir / JOB_FILE).is_file() else None
+        stages = (run or {}).get("stages", {})
+        status = (run or {}).get("status") or ("running" if job is None else job["status"])
+        if job is not None and job["status"] == "failed":
+            status = "failed"
+        error = (job or {}).get("error") or next((s["error"] for s in stages.values() if s.get("error")), None)
+        rows.append(
+            {
+                "job": int(job_dir.name) if job_dir.name.isdigit() else job_dir.name,
+                "overrides": list(overrides or []),
+                "status": status,
+                "metrics": (stages.get("test") or {}).get("metrics") or {},
+                "distill_cache_hit": (stages.get("distill") or {}).get("cache_hit"),
+                "seconds": round(sum(s.get("seconds", 0) for s in stages.values()), 2),
+                "error": error,
+            }
+        )
+    return rows
+
+
+def swept_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """Override keys whose values differ between jobs (all of them for a one-job sweep)."""
+    values: dict[str, set[str]] = {}
+    for row in rows:
+        for override in row["overrides"]:
+            key, _, value = override.partition("=")
+            values.setdefault(key, set()).add(value)
+    varying = [k for k, v in values.items() if len(v) > 1]
+    return varying or list(values)
+
+
+def _value(row: dict[str, Any], key: str) -> str:
+    return next((o.partition("=")[2] for o in row["overrides"] if o.partition("=")[0] == key), "")
+
+
+def write_summary(root: Path) -> list[dict[str, Any]]:
+    rows = collect(root)
+    keys = swept_keys(rows)
+    metrics = list(dict.fromkeys(m for row in rows for m in row["metrics"] if not m.endswith("_se")))
+    header = ["job", *keys, "status", *metrics, "distill_cache_hit", "seconds", "error"]
+    table = []
+    for row in rows:
+        table.append(
+            [
+                row["job"],
+                *(_value(row, k) for k in keys),
+                row["status"],
+                *(row["metrics"].get(m, "") for m in metrics),
+                "" if row["distill_cache_hit"] is None else row["distill_cache_hit"],
+                row["seconds"],
+                (row["error"] or "")[:300],
+            ]
+        )
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(table)
+    _write_atomic(root / "summary.csv", buffer.getvalue())
+    failed = sum(row["status"] == "failed" for row in rows)
+    lines = [f"# Sweep summary: {len(rows)} jobs, {failed} failed", ""]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for cells in table:
+        text = ["**FAILED**" if c == "failed" else str(c).replace("|", "\\|").replace("\n", " ") for c in cells]
+        lines.append("| " + " | ".join(text) + " |")
+    _write_atomic(root / "summary.md", "\n".join(lines) + "\n")
+    if metrics:
+        _plot(root / "summary.png", rows, keys, metrics)
+    return rows
+
+
+def _plot(path: Path, rows: list[dict[str, Any]], keys: list[str], metrics: list[str]) -> None:
+    """One panel per Test metric against the swept value (numeric axis when one key sweeps numbers);
+    failed jobs are drawn as red crosses on the axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [", ".join(f"{k.rsplit('.', 1)[-1]}={_value(r, k)}" for k in keys) or f"job {r['job']}" for r in rows]
+    try:
+        xs: list[float] = [float(_value(r, keys[0])) for r in rows] if len(keys) == 1 else []
+    except ValueError:
+        xs = []
+    numeric = bool(xs)
+    positions = xs if numeric else list(range(len(rows)))
+    columns = min(3, len(metrics))
+    rows_of_panels = (len(metrics) + columns - 1) // columns
+    fig, axes = plt.subplots(rows_of_panels, columns, figsize=(4.2 * columns, 3.2 * rows_of_panels), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        ok = [(x, r["metrics"][metric]) for x, r in zip(positions, rows, strict=True) if metric in r["metrics"]]
+        ok.sort()
+        if ok:
+            ax.plot([p[0] for p in ok], [p[1] for p in ok], marker="o")
+        bad = [x for x, r in zip(positions, rows, strict=True) if r["status"] == "failed"]
+        if bad:
+            ax.scatter(bad, [ax.get_ylim()[0]] * len(bad), marker="x", color="red", label="failed")
+            ax.legend()
+        ax.set_title(metric)
+        ax.set_xlabel(keys[0] if numeric else "job")
+        if not numeric:
+            ax.set_xticks(positions, labels, rotation=30, ha="right", fontsize=7)
+    for ax in list(axes.flat)[len(metrics) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    _write_atomic(path, buffer.getvalue())

@@ -1,0 +1,1 @@
+"""Evaluation: metrics now; the Test stage's suites build on them."""

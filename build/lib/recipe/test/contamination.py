@@ -1,0 +1,532 @@
+"""Decontamination: find training examples that contain a Test suite's prompts.
+
+The rule, and where it comes from:
+- Text is normalised as the GPT-3 paper's contamination study did (Brown et al. 2020, appendix C;
+  the lm-evaluation-harness "janitor" implements it): lower case, punctuation removed, split on
+  whitespace. So whitespace, case and punctuation changes do not hide a copy.
+- A test prompt of at least `ngram` words (13, GPT-3's N) is found in a training example when the
+  example holds at least `threshold` (0.5) of the prompt's distinct 13-grams: the share-of-the-
+  benchmark-sample rule of Phi-1 and Cosmopedia's decontamination, which discards a sample when the
+  matched part exceeds half the benchmark sample. A test prompt copied inside a longer turn scores 1;
+  a turn that shares one sentence with a long prompt scores its small share.
+- A shorter prompt (most multi-document QA questions: NQ questions average nine words) has no
+  13-gram; like GPT-3, which shortened N for datasets of short examples, we take its whole word
+  sequence as its one n-gram: found when it occurs contiguously inside a message. Prompts under
+  `min_words` words would match too much by chance ("hi", "thank you"): they are found only when
+  a whole message equals them (exact normalised match).
+
+What a suite contributes (per record, all records of the suite, not only the first `max_examples`:
+a test run that grows later is still clean): `judge` its instruction (and Alpaca `input`), `booksum`
+its text and its reference summary, `mqa` its question (the documents are Wikipedia passages that
+every QA training set shares; they are not the test).
+
+How, fast: words are hashed with a polynomial hash computed by numpy prefix sums over the UTF-8
+bytes, and n-grams with the same trick over the word hashes, so a batch of examples costs a few
+vectorised passes; the test side (thousands of prompts) is one sorted array of n-gram hashes with
+the prompts behind each. Hashes are stable across processes (no Python `hash`).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from recipe.data.sources import iter_records, source_identity
+from recipe.errors import RecipeError
+
+T = TypeVar("T")
+_P = np.uint64(0x100000001B3)  # FNV prime: the byte base
+_Q = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio constant (odd): the word base
+_EXACT = np.uint64(0xD6E8FEB86659FD93)  # tags a whole-message hash
+_SPACE = 32
+# ASCII punctuation and whitespace -> space; other bytes (letters, digits, UTF-8) stay.
+_TABLE = bytes(_SPACE if chr(b) in string.punctuation or chr(b).isspace() else b for b in range(256))
+_UNICODE_PUNCT = re.compile(r"[^\w\s]")
+BATCH_BYTES = 1 << 22  # text hashed per numpy pass
+
+
+def _inverse(x: int) -> int:
+    return pow(x, -1, 1 << 64)
+
+
+def _powers(base: np.uint64, n: int) -> np.ndarray:
+    out = np.empty(n, dtype=np.uint64)
+    if n:
+        out[0] = 1
+        np.cumprod(np.full(n - 1, base, dtype=np.uint64), out=out[1:])
+    return out
+
+
+class _Powers:
+    """base^i and base^-i mod 2^64 for i < n, grown on demand."""
+
+    def __init__(self, base: np.uint64) -> None:
+        self.base, self.inv = base, np.uint64(_inverse(int(base)))
+        self.up = self.down = np.ones(0, dtype=np.uint64)
+
+    def get(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.up) < n:
+            size = max(n, 2 * len(self.up), 1024)
+            self.up, self.down = _powers(self.base, size), _powers(self.inv, size)
+        return self.up[:n], self.down[:n]
+
+
+_BYTE_POWERS, _WORD_POWERS = _Powers(_P), _Powers(_Q)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every output bit depends on every input bit."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def normalise(text: str) -> bytes:
+    """Lower case, punctuation and whitespace as single spaces' worth of separators (UTF-8)."""
+    text = text.lower()
+    if not text.isascii():
+        text = _UNICODE_PUNCT.sub(" ", text)
+    return text.encode("utf-8", "replace").translate(_TABLE)
+
+
+@dataclass
+class Words:
+    """The word hashes of a batch of messages: `hashes[i]` belongs to message `segment[i]`;
+    message m's words are hashes[starts[m]:starts[m + 1]]."""
+
+    hashes: np.ndarray
+    segment: np.ndarray
+    starts: np.ndarray
+    prefix: np.ndarray = field(repr=False)  # cumulative word sums for n-gram hashing
+
+    @classmethod
+    def of(cls, messages: Sequence[str]) -> Words:
+        normalised = [normalise(m) for m in messages]
+        joined = b" ".join(normalised) + b" "
+        data = np.frombuffer(joined, dtype=np.uint8)
+        is_word = data != _SPACE
+        edges = np.flatnonzero(np.diff(np.concatenate(([False], is_word, [False])).astype(np.int8)))
+        begin, end = edges[0::2], edges[1::2]  # each word's byte range
+        up, down = _BYTE_POWERS.get(len(data) + 1)
+        sums = np.concatenate(([np.uint64(0)], np.cumsum((data.astype(np.uint64) + np.uint64(1)) * down[: len(data)])))
+        hashes = _mix((sums[end] - sums[begin]) * up[end - 1])
+        # Which message each word is in: messages are separated by exactly one space in `joined`.
+        lengths = np.fromiter((len(m) + 1 for m in normalised), dtype=np.int64, count=len(messages))
+        message_end = np.cumsum(lengths)
+        segment = np.searchsorted(message_end, begin, side="right").astype(np.int64)
+        starts = np.searchsorted(segment, np.arange(len(messages) + 1), side="left")
+        _, wdown = _WORD_POWERS.get(len(hashes) + 1)
+        prefix = np.concatenate(([np.uint64(0)], np.cumsum(hashes * wdown[: len(hashes)])))
+        return cls(hashes, segment, starts, prefix)
+
+    def grams(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Hashes of every k-word run inside one message, and the word index each starts at."""
+        n = len(self.hashes) - k + 1
+        if n <= 0:
+            return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+        first = np.arange(n)
+        first = first[self.segment[first] == self.segment[first + k - 1]]
+        return self.gram_at(first, np.full(len(first), k, dtype=np.int64)), first
+
+    def gram_at(self, first: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """The hash of the k[j]-word run starting at word first[j] (caller keeps it inside a message)."""
+        up, _ = _WORD_POWERS.get(len(self.hashes) + 1)
+        h = (self.prefix[first + k] - self.prefix[first]) * up[first + k - 1]
+        return _mix(h ^ k.astype(np.uint64))
+
+    def whole(self) -> tuple[np.ndarray, np.ndarray]:
+        """One hash per non-empty message: its whole word sequence (for exact matches)."""
+        lo, hi = self.starts[:-1], self.starts[1:]
+        keep = np.flatnonzero(hi > lo)
+        lo, hi = lo[keep], hi[keep]
+        up, _ = _WORD_POWERS.get(len(self.hashes) + 1)
+        h = (self.prefix[hi] - self.prefix[lo]) * up[hi - 1]
+        return _mix(h ^ (hi - lo).astype(np.uint64) ^ _EXACT), keep
+
+
+def suite_texts(suite: DictConfig, key: str) -> Iterator[tuple[int, list[str]]]:
+    """(record index, the texts that must not be trained on) for every record of a Test suite."""
+    kind = suite.kind.value
+    for index, (record, _) in enumerate(iter_records(key, suite)):
+        if kind == "judge":
+            texts = [record.get(suite.instruction_field), record.get("input")]
+        elif kind == "booksum":
+            texts = [record.get(suite.text_field), record.get(suite.summary_field)]
+        else:
+            texts = [record.get("question")]
+        yield index, [t for t in texts if isinstance(t, str) and t.strip()]
+
+
+def identity_fields(kind: str) -> list[str]:
+    """The suite keys (beyond its data: kind, hub_id, revision, data_files, split) that decide
+    which texts are checked; max_tokens, max_examples and the like do not."""
+    return {"judge": ["instruction_field"], "booksum": ["text_field", "summary_field"]}.get(kind, [])
+
+
+def suite_identity(suite: DictConfig, key: str) -> dict[str, Any]:
+    """What a suite's prompts are made of, for fingerprints (data by content, and the fields read)."""
+    identity = source_identity(key, suite)
+    identity["fields"] = [suite[f] for f in identity_fields(suite.kind.value)]
+    return identity
+
+
+def suites_key(config: DictConfig, key: str) -> str:
+    """Where the checked suites are configured, for error messages: `test.suites` by default."""
+    return "test.suites" if OmegaConf.is_interpolation(config, "against") else f"{key}.against"
+
+
+def identity(config: DictConfig | None, key: str) -> dict[str, Any] | None:
+    """A stage's decontamination settings and every checked suite's data identity, for its
+    fingerprint (None when off). Names not among the suites are the stage's error to report."""
+    if config is None or not config.enabled:
+        return None
+    names = list(config.against) if config.suites is None else list(config.suites)
+    return {
+        "action": config.action.value,
+        "ngram": config.ngram,
+        "threshold": config.threshold,
+        "min_words": config.min_words,
+        "suites": {
+            n: suite_identity(config.against[n], f"{suites_key(config, key)}.{n}") if n in config.against else None
+            for n in names
+        },
+    }
+
+
+class Table:
+    """Sorted hashes -> the test parts behind each, with two direct-mapped presence filters (low
+    and high hash bits, 8-16 slots per key): two memory accesses rule out nearly every training
+    n-gram before the binary search (~20 cache misses)."""
+
+    def __init__(self, hashes: np.ndarray, owners: np.ndarray) -> None:
+        order = np.lexsort((owners, hashes))
+        hashes, self.owners = hashes[order], owners[order]
+        self.keys, first = np.unique(hashes, return_index=True)
+        self.offsets = np.append(first, len(hashes)).astype(np.int64)
+        size = 1 << max(10, int(8 * len(self.keys)).bit_length())
+        self.mask = np.uint64(size - 1)
+        self.filters = (np.zeros(size, dtype=bool), np.zeros(size, dtype=bool))
+        for table, slot in zip(self.filters, self._slots(self.keys), strict=True):
+            table[slot] = True
+
+    def _slots(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (hashes & self.mask).astype(np.int64), ((hashes >> np.uint64(32)) & self.mask).astype(np.int64)
+
+    def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(index into `hashes`, part) for every part behind every hash found."""
+        if not len(self.keys) or not len(hashes):
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        low, high = self._slots(hashes)
+        maybe = self.filters[0][low]
+        maybe[maybe] = self.filters[1][high[maybe]]
+        where = np.flatnonzero(maybe)
+        pos = np.searchsorted(self.keys, hashes[where])
+        pos[pos == len(self.keys)] = 0
+        hit = self.keys[pos] == hashes[where]
+        where, pos = where[hit], pos[hit]
+        lo, counts = self.offsets[pos], self.offsets[pos + 1] - self.offsets[pos]
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        return np.repeat(where, counts), self.owners[np.repeat(lo, counts) + within]
+
+
+@dataclass
+class Index:
+    """The test side, in three tables: the distinct n-grams of long prompts (found by the share of
+    them an example holds), the first `min_words` words of short prompts (a hit is then checked
+    against the whole prompt at that place), and the whole text of tiny prompts (found as a whole
+    message)."""
+
+    ngram: int
+    threshold: float
+    min_words: int
+    parts: list[tuple[str, int]]  # part -> (suite, record index)
+    part_grams: np.ndarray  # long parts: distinct n-grams; others 1
+    long: Table
+    short: Table
+    short_length: np.ndarray  # short part -> its words
+    short_hash: np.ndarray  # short part -> the hash of all its words
+    tiny: Table
+    records: dict[str, int]  # suite -> records
+
+    @classmethod
+    def build(
+        cls, suites: dict[str, Iterable[tuple[int, list[str]]]], ngram: int, threshold: float, min_words: int
+    ) -> Index:
+        parts: list[tuple[str, int]] = []
+        grams: list[int] = []
+        tables: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {k: ([], []) for k in ("long", "short", "tiny")}
+        short_length = np.zeros(0, dtype=np.int64)
+        lengths: list[int] = []
+        full: list[int] = []
+        records: dict[str, int] = {}
+        for name, texts in suites.items():
+            records[name] = 0
+            for index, part_texts in texts:
+                records[name] = index + 1
+                for text in part_texts:
+                    words = Words.of([text])
+                    n = len(words.hashes)
+                    if n == 0:
+                        continue
+                    if n >= ngram:
+                        kind, h = "long", np.unique(words.grams(ngram)[0])
+                    elif n >= min_words:
+                        kind, h = "short", words.grams(min_words)[0][:1]
+                    else:
+                        kind, h = "tiny", words.whole()[0]
+                    part = len(parts)
+                    tables[kind][0].append(h)
+                    tables[kind][1].append(np.full(len(h), part, dtype=np.int64))
+                    lengths.append(n if kind == "short" else 0)
+                    full.append(int(words.gram_at(np.zeros(1, np.int64), np.array([n]))[0]) if kind == "short" else 0)
+                    parts.append((name, index))
+                    grams.append(len(h))
+
+        def table(kind: str) -> Table:
+            hashes, owners = tables[kind]
+            empty_h, empty_o = np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+            return Table(np.concatenate(hashes) if hashes else empty_h, np.concatenate(owners) if owners else empty_o)
+
+        short_length = np.array(lengths, dtype=np.int64)
+        return cls(
+            ngram,
+            threshold,
+            min_words,
+            parts,
+            np.array(grams, dtype=np.int64),
+            table("long"),
+            table("short"),
+            short_length,
+            np.array(full, dtype=np.uint64),
+            table("tiny"),
+            records,
+        )
+
+    def scan(self, examples: Sequence[Sequence[str]]) -> list[list[tuple[str, int]]]:
+        """For each example (its messages' texts), the test records (suite, index) it contains."""
+        found: list[list[tuple[str, int]]] = [[] for _ in examples]
+        if not self.parts:
+            return found
+        batch: list[int] = []
+        size = 0
+        for i, example in enumerate(examples):
+            batch.append(i)
+            size += sum(len(m) for m in example)
+            if size >= BATCH_BYTES:
+                self._scan_batch(examples, batch, found)
+                batch, size = [], 0
+        if batch:
+            self._scan_batch(examples, batch, found)
+        return found
+
+    def _scan_batch(
+        self, examples: Sequence[Sequence[str]], batch: list[int], found: list[list[tuple[str, int]]]
+    ) -> None:
+        messages: list[str] = []
+        owner: list[int] = []
+        for i in batch:
+            messages.extend(examples[i])
+            owner.extend([i] * len(examples[i]))
+        if not messages:
+            return
+        words = Words.of(messages)
+        example_of_message = np.array(owner, dtype=np.int64)
+        example_of_word = example_of_message[words.segment]
+        hits: list[tuple[np.ndarray, np.ndarray]] = []  # (example, part) of every part found
+        # Long prompts: distinct (example, n-gram) hits per part against the part's n-grams.
+        hashes, first = words.grams(self.ngram)
+        at, part = self.long.lookup(hashes)
+        if len(at):
+            example = example_of_word[first[at]]
+            pairs = np.unique(np.stack([example, hashes[at].view(np.int64), part], axis=1), axis=0)
+            pair, matched = np.unique(pairs[:, 0] * len(self.parts) + pairs[:, 2], return_counts=True)
+            pair_part = pair % len(self.parts)
+            dirty = matched >= self.threshold * self.part_grams[pair_part]
+            hits.append((pair[dirty] // len(self.parts), pair_part[dirty]))
+        # Short prompts: where their first words occur, the whole prompt, inside one message.
+        hashes, first = words.grams(self.min_words)
+        at, part = self.short.lookup(hashes)
+        if len(at):
+            start, k = first[at], self.short_length[part]
+            inside = start + k <= len(words.hashes)
+            start, k, part = start[inside], k[inside], part[inside]
+            inside = words.segment[start] == words.segment[start + k - 1]
+            start, k, part = start[inside], k[inside], part[inside]
+            same = words.gram_at(start, k) == self.short_hash[part]
+            hits.append((example_of_word[start[same]], part[same]))
+        # Tiny prompts: a whole message.
+        hashes, message = words.whole()
+        at, part = self.tiny.lookup(hashes)
+        if len(at):
+            hits.append((example_of_message[message[at]], part))
+        for example, part in hits:
+            for e, p in zip(example.tolist(), part.tolist(), strict=True):
+                record = self.parts[p]
+                if record not in found[e]:
+                    found[e].append(record)
+
+
+SHOWN = 5  # example ids kept per suite in manifests and errors
+
+
+class ContaminationError(RecipeError):
+    """Bad decontamination settings, or contamination found with `action: fail`."""
+
+
+class Decontamination:
+    """One stage's decontamination settings (`mix.decontaminate`, `distill.decontaminate`): which
+    suites, their identity for fingerprints, the index, and what was found."""
+
+    def __init__(self, config: DictConfig, key: str) -> None:
+        self.config, self.key = config, key
+        self.action = config.action.value
+        against = config.against
+        names = list(against) if config.suites is None else list(config.suites)
+        unknown = [n for n in names if n not in against]
+        if unknown:
+            raise ContaminationError(
+                f"{key}.suites: {', '.join(unknown)} not among the Test suites ({', '.join(against) or 'none'})"
+            )
+        if config.ngram < 1 or config.min_words < 1:
+            raise ContaminationError(f"{key}.ngram and {key}.min_words must be at least 1")
+        if not 0 < config.threshold <= 1:
+            raise ContaminationError(f"{key}.threshold={config.threshold}: must be in (0, 1]")
+        self.names = names
+        self._index: Index | None = None
+        # suite -> test record -> example ids (training side), by what happened to the example
+        self.found: dict[str, dict[str, set[int]]] = {n: {"kept": set(), "dropped": set()} for n in names}
+        self.examples: dict[str, dict[str, list[str]]] = {n: {"kept": [], "dropped": []} for n in names}
+        self.checked = 0
+
+    def _suite_key(self, name: str) -> str:
+        return f"{suites_key(self.config, self.key)}.{name}"
+
+    def describe(self) -> str:
+        if not self.names:
+            return "no Test suite to decontaminate against"
+        suites = ", ".join(f"{n} ({self.config.against[n].kind.value})" for n in self.names)
+        c = self.config
+        return f"decontaminate against {suites}: {c.ngram}-grams, threshold {c.threshold:g}, action {self.action}"
+
+    @property
+    def index(self) -> Index:
+        if self._index is None:
+            texts = {n: suite_texts(self.config.against[n], self._suite_key(n)) for n in self.names}
+            c = self.config
+            self._index = Index.build(texts, c.ngram, c.threshold, c.min_words)
+        return self._index
+
+    def scan(self, examples: Sequence[Sequence[str]]) -> list[list[tuple[str, int]]]:
+        self.checked += len(examples)
+        return self.index.scan(examples) if self.names else [[] for _ in examples]
+
+    def note(self, example_id: str, records: list[tuple[str, int]], dropped: bool) -> None:
+        """Record one contaminated example and what was done with it."""
+        fate = "dropped" if dropped else "kept"
+        for suite in {s for s, _ in records}:
+            self.examples[suite][fate].append(example_id)
+        for suite, record in records:
+            self.found[suite][fate].add(record)
+
+    def record(
+        self, found: dict[int, list[tuple[str, int]]], name: Callable[[int], str], kept: set[int]
+    ) -> dict[str, Any]:
+        """Note `found` (example -> test records), examples outside `kept` as dropped; raise for
+        `fail`; the manifest."""
+        for example in sorted(found):
+            self.note(name(example), found[example], dropped=example not in kept)
+        self.fail_if_found()
+        return self.manifest()
+
+    def fail_if_found(self) -> None:
+        if self.action != "fail":
+            return
+        hits = {n: ex["kept"] for n, ex in self.examples.items() if ex["kept"]}
+        if hits:
+            detail = "; ".join(
+                f"suite {n!r}: {len(ids)} example(s), e.g. {', '.join(ids[:SHOWN])}" for n, ids in hits.items()
+            )
+            raise ContaminationError(
+                f"{self.key}.action=fail: training examples contain Test prompts: {detail} (set {self.key}.action="
+                "drop to leave them out, or report to keep them and only count)"
+            )
+
+    def manifest(self) -> dict[str, Any]:
+        """Per suite: test records and training examples found, and what was done (for the manifest,
+        the Test report and run.json)."""
+        suites = {}
+        for n in self.names:
+            kept, dropped = self.found[n]["kept"], self.found[n]["dropped"]
+            suites[n] = {
+                "records": self.index.records.get(n, 0) if self.names else 0,
+                "found_in_training": sorted(kept),  # test record indices still in the training data
+                "found_and_dropped": sorted(dropped - kept),
+                "examples_kept": len(self.examples[n]["kept"]),
+                "examples_dropped": len(self.examples[n]["dropped"]),
+                "example_ids": (self.examples[n]["kept"] + self.examples[n]["dropped"])[:SHOWN],
+                "identity": suite_identity(self.config.against[n], self._suite_key(n)),
+            }
+        return {**(identity(self.config, self.key) or {}), "checked_examples": self.checked, "suites": suites}
+
+    def filter(self, items: list[T], texts: Callable[[T], list[str]], name: Callable[[T], str]) -> list[T]:
+        """Check `items` (each one example); note what is found; `drop` returns the clean ones,
+        `report` all of them, `fail` raises when any is contaminated."""
+        found = self.scan([texts(item) for item in items])
+        kept = []
+        for item, records in zip(items, found, strict=True):
+            dropped = bool(records) and self.action == "drop"
+            if records:
+                self.note(name(item), records, dropped)
+            if not dropped:
+                kept.append(item)
+        self.fail_if_found()
+        return kept
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per suite: contaminated examples left in the training data and dropped (for run.json)."""
+        return {
+            n: {"examples_in_training": len(ex["kept"]), "examples_dropped": len(ex["dropped"])}
+            for n, ex in self.examples.items()
+        }
+
+
+def test_view(recorded: dict[str, Any] | None, suites: DictConfig, key_of: Callable[[str], str]) -> dict[str, Any]:
+    """For Test: per suite it asks, how many of its prompts the training mixture holds, as Mix
+    recorded it; a suite whose data Mix did not check (other files, or decontamination off) is
+    `checked: false`, never a silent zero."""
+    out: dict[str, Any] = {}
+    for name, suite in suites.items():
+        mine = ((recorded or {}).get("suites") or {}).get(name)
+        if mine is None or mine["identity"] != suite_identity(suite, key_of(name)):
+            out[name] = {"checked": False}
+            continue
+        asked = mine["records"] if suite.max_examples is None else min(suite.max_examples, mine["records"])
+        out[name] = {
+            "checked": True,
+            "prompts": asked,
+            "in_training": sum(r < asked for r in mine["found_in_training"]),
+            "dropped": sum(r < asked for r in mine["found_and_dropped"]),
+        }
+    return out
+
+
+def view_lines(view: dict[str, Any]) -> list[str]:
+    """One contamination line per suite, for the Test table and report."""
+    lines = []
+    for name, v in view.items():
+        if not v["checked"]:
+            lines.append(f"contamination {name}: NOT CHECKED (the mixture was not decontaminated against this data)")
+            continue
+        line = f"contamination {name}: {v['in_training']} of {v['prompts']} prompts found in the training mixture"
+        if v["dropped"]:
+            line += f" ({v['dropped']} more found in the sources and dropped by Mix)"
+        lines.append(line)
+    return lines

@@ -1,0 +1,1 @@
+"""The shipped configs, installed as the `recipe.conf` package (see pyproject.toml's package-dir)."""
