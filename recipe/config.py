@@ -218,6 +218,10 @@ class DistillConfig:
     budget: BudgetConfig = execution(factory=BudgetConfig)
     # Answer length assumed by dry_run's cost estimate (max_tokens gives the upper bound).
     estimate_answer_tokens: int = execution(300)
+    # A dry run never reads a hub source: it assumes max_conversations conversations of this many
+    # human turns (at most max_turns) of this many tokens each.
+    estimate_turns: float = execution(3.0)
+    estimate_turn_tokens: int = execution(100)
     # Conversations in flight; turns within one stay sequential. Also the most a crash (kill -9) can
     # cost: requests in flight then are sent again on resume (counted as resent_after_crash).
     concurrency: int = execution(8)

@@ -76,3 +76,33 @@ def test_the_seed_experiment_sends_the_seeds_requests(make_cfg, tmp_path: Path, 
     # Deploy: a dedicated endpoint for the fine-tune, stopped by Together after 15 idle minutes.
     (endpoint,) = fake.posts("/v1/endpoints")
     assert endpoint.body["model"] == tuned and endpoint.body["inactive_timeout"] == 15
+
+
+def test_the_seed_dry_run_plans_and_prices_every_stage_without_the_network(run_cli, tmp_path: Path) -> None:
+    """No key, no hub: every stage still plans; Distill is priced from stated assumptions; a
+    missing key is flagged on each Together stage; one table with the estimated total."""
+    env = {
+        "TOGETHER_API_KEY": "",
+        # Any attempt to reach the hub or Together would fail at once on this closed port.
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "HF_HUB_OFFLINE": "0",
+    }
+    out = run_cli("experiment=llama2_7b_32k_instruct", "dry_run=true", env=env).stdout
+    record = json.loads(next((tmp_path / "outputs" / "runs").glob("*/*/run.json")).read_text())
+    stages = record["stages"]
+    assert list(stages) == ["distill", "mix", "train", "test", "deploy"]
+    assert all(s["status"] == "planned" for s in stages.values())
+    distill = stages["distill"]
+    assert "19000 conversations" in distill["plan"] and "not read by a dry run" in distill["plan"]
+    assert "assuming 3 turns of 100 tokens and answers of 300" in distill["plan"]
+    # 19000 x (100 x 3 x 4 / 2 + 300 x 3 x 2 / 2) prompt tokens + 19000 x 3 x 300 answer tokens at $0.9/M
+    assert distill["estimated_usd"] == round((19000 * (600 + 900) + 19000 * 900) * 0.9 / 1e6, 2)
+    assert stages["mix"]["estimated_usd"] == 0.0
+    for name in ("distill", "train", "test", "deploy"):
+        assert stages[name]["missing"] == "TOGETHER_API_KEY", name
+        assert "TOGETHER_API_KEY is not set: a run would stop here" in stages[name]["plan"]
+    assert "train.budget.max_usd=200" in stages["train"]["plan"]
+    assert "billed per minute while started" in stages["deploy"]["plan"]
+    assert f"estimated total: ${distill['estimated_usd']:.2f} + unknown (train, test, deploy)" in out
+    assert any(line.startswith("stage ") and "est. $" in line for line in out.splitlines())  # the cost column

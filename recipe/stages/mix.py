@@ -162,6 +162,7 @@ class Mix(Stage):
         return dict(zip(self.components, largest_remainder(total, shares), strict=True))
 
     def plan(self, inputs: dict[str, Artifact | None]) -> str:
+        self.planned_usd = 0.0
         c = self.config
         parts = [f"{n}={k} from {c.components[n].source}" for n, k in self._targets(c.total).items()]
         held_out = round(c.total * c.eval_fraction)
