@@ -93,10 +93,15 @@ class SourceConfig:
     hub_id: Optional[str] = None
     # Pin a hub revision (commit sha) for reproducible fingerprints; null = the hub's default branch.
     revision: Optional[str] = None
+    name: Optional[str] = None  # the hub dataset's configuration (subset), e.g. "default"
     # Files (globs allowed): local paths, or paths inside the hub repository when hub_id is set.
     # Local formats: .jsonl, .json (JSON Lines or one JSON list), .jsonl.zst, .parquet.
     data_files: List[str] = field(default_factory=list)
+    # A hub split, optionally sliced by record: train, train[:1000], test[500:] (local files: the slice).
     split: str = "train"
+    # Your columns onto the record kind's fields, e.g. {prompt: instruction, completion: output}
+    # (prompt_completion), {text: body}, {messages: turns}, {conversations: dialog}.
+    columns: Dict[str, str] = field(default_factory=dict)
     # For kind=text: the chat format the `text` field is written in (llama2_inst or chatml).
     template: str = "llama2_inst"
     description: str = ""

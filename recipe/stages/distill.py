@@ -35,6 +35,7 @@ from recipe.config import DistillConfig
 from recipe.data.jsonl import encode_line
 from recipe.data.sources import (
     SHAREGPT_ROLES,
+    check_source,
     cut_page_counter,
     iter_records,
     seed_output,
@@ -92,6 +93,7 @@ class Distill(Stage):
             raise StageError(
                 f"distill.source={c.source!r}: must be a sharegpt source, not {root.sources[c.source].kind.value}"
             )
+        check_source(c.source, root.sources[c.source])
         for key in ("max_turns", "max_turn_chars", "concurrency"):
             if c[key] < 1:
                 raise StageError(f"distill.{key}={c[key]}: must be at least 1")
