@@ -1,4 +1,4 @@
-"""`recipe` console script: Hydra entry point -> runner.run(cfg); `recipe init`; `recipe --help`.
+"""`recipe` console script: Hydra entry point -> runner.run(cfg); `recipe init`, `recipe store`, `--help`.
 
 recipe                         # the offline recipe, every configured stage
 recipe stages=[mix]            # a subset, inputs from the store
@@ -106,6 +106,7 @@ COMMANDS = (
     ("recipe train=local_full train.device=cuda", "a full fine-tune on a GPU"),
     ("recipe 'stages=[test]' test.judge.provider=together", "Test with a Together judge"),
     ("recipe init my_recipes", "your own config repository, then: recipe --config-dir conf ..."),
+    ("recipe store list  |  recipe store prune --unused-for 14 --dry-run", "what the store holds; clearing it"),
 )
 # Groups composed under a key other than their name (see conf/config.yaml).
 PLACED = {"source": "sources.<name>", "test/suite": "test.suites.<name>"}
@@ -132,7 +133,7 @@ def help_text(argv: list[str]) -> str:
     lines = [
         "recipe: the Llama-2-7B-32K-Instruct recipe (Distill, Mix, Train, Test, Deploy) as committed configs.",
         "",
-        "usage: recipe [group=option ...] [key=value ...]    |  recipe -m key=a,b (a sweep)  |  recipe init [DIR]",
+        "usage: recipe [group=option ...] [key=value ...]  |  recipe -m key=a,b (a sweep)  |  recipe init|store ...",
         "",
         "stages, in order (stages=[...] picks some): distill, mix, train, test, deploy",
         "",
@@ -170,6 +171,10 @@ def main() -> None:
         from recipe import scaffold
 
         sys.exit(scaffold.main(argv[1:]))
+    if argv[:1] == ["store"]:
+        from recipe import store_admin
+
+        sys.exit(store_admin.main(argv[1:]))
     if "--help" in argv or "-h" in argv:
         print_help(argv)
         return

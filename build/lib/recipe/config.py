@@ -93,10 +93,15 @@ class SourceConfig:
     hub_id: Optional[str] = None
     # Pin a hub revision (commit sha) for reproducible fingerprints; null = the hub's default branch.
     revision: Optional[str] = None
+    name: Optional[str] = None  # the hub dataset's configuration (subset), e.g. "default"
     # Files (globs allowed): local paths, or paths inside the hub repository when hub_id is set.
     # Local formats: .jsonl, .json (JSON Lines or one JSON list), .jsonl.zst, .parquet.
     data_files: List[str] = field(default_factory=list)
+    # A hub split, optionally sliced by record: train, train[:1000], test[500:] (local files: the slice).
     split: str = "train"
+    # Your columns onto the record kind's fields, e.g. {prompt: instruction, completion: output}
+    # (prompt_completion), {text: body}, {messages: turns}, {conversations: dialog}.
+    columns: Dict[str, str] = field(default_factory=dict)
     # For kind=text: the chat format the `text` field is written in (llama2_inst or chatml).
     template: str = "llama2_inst"
     description: str = ""
@@ -218,6 +223,10 @@ class DistillConfig:
     budget: BudgetConfig = execution(factory=BudgetConfig)
     # Answer length assumed by dry_run's cost estimate (max_tokens gives the upper bound).
     estimate_answer_tokens: int = execution(300)
+    # A dry run never reads a hub source: it assumes max_conversations conversations of this many
+    # human turns (at most max_turns) of this many tokens each.
+    estimate_turns: float = execution(3.0)
+    estimate_turn_tokens: int = execution(100)
     # Conversations in flight; turns within one stay sequential. Also the most a crash (kill -9) can
     # cost: requests in flight then are sent again on resume (counted as resent_after_crash).
     concurrency: int = execution(8)

@@ -11,6 +11,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from recipe.secrets import together_api_key
 from recipe.stages import CONFIG_KEY, STAGE_ORDER, Stage, StageError, StagePending, build_stage, check_targets
 from recipe.store import Artifact, ArtifactStore, fingerprint, write_json_atomic
 
@@ -97,6 +98,10 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
             if cfg.dry_run:
                 entry["status"] = "planned"
                 entry["plan"] = "reuse " + str(hit.path) if hit else stage.plan(inputs)
+                entry["estimated_usd"] = 0.0 if hit else stage.planned_usd
+                if not hit and stage.uses_together() and not together_api_key(cfg):
+                    entry["plan"] += "; TOGETHER_API_KEY is not set: a run would stop here"
+                    entry["missing"] = "TOGETHER_API_KEY"
                 log.info("[dry run] %s %s: %s", name, fp, entry["plan"])
             else:
                 if hit is None:
@@ -152,10 +157,29 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     return record
 
 
+def _usd(entry: dict[str, Any], planned: bool) -> float | None:
+    return (
+        entry.get("estimated_usd") if planned else entry.get("cost_usd", 0.0 if entry.get("status") == "ok" else None)
+    )
+
+
 def print_summary(record: dict[str, Any], run_dir: Path) -> None:
-    print(f"{'stage':<8} {'status':<8} {'cache':<5} {'seconds':>8}  fingerprint / artifact or plan")
+    """The run table: stage, status, cache, seconds, cost (spent, or for a dry run estimated), where."""
+    planned = bool(record.get("dry_run"))
+    cost = "est. $" if planned else "cost $"
+    print(f"{'stage':<8} {'status':<8} {'cache':<5} {'seconds':>8} {cost:>9}  fingerprint / artifact or plan")
+    total, unknown = 0.0, []
     for name, s in record["stages"].items():
         where = s.get("artifact") or s.get("plan", "")
-        cache = "hit" if s.get("cache_hit") else "-"
-        print(f"{name:<8} {s['status']:<8} {cache:<5} {s.get('seconds', 0):>8.2f}  {s.get('fingerprint', '')}  {where}")
+        hit = "hit" if s.get("cache_hit") else "-"
+        usd = _usd(s, planned)
+        total += usd or 0.0
+        if usd is None:
+            unknown.append(name)
+        money = "?" if usd is None else f"{usd:.2f}"
+        line = f"{name:<8} {s['status']:<8} {hit:<5} {s.get('seconds', 0):>8.2f} {money:>9}  {s.get('fingerprint', '')}  {where}"
+        print(line)
+    if planned or total:
+        more = f" + unknown ({', '.join(unknown)})" if unknown else ""
+        print(f"{'estimated' if planned else 'spent'} total: ${total:.2f}{more}")
     print(f"run record: {run_dir / 'run.json'}")

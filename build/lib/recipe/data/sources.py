@@ -15,6 +15,7 @@ import functools
 import glob
 import gzip
 import io
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -83,10 +84,59 @@ def hash_files(paths: list[Path]) -> None:
         list(pool.map(file_sha256, paths))
 
 
+KIND_FIELDS = {
+    "prompt_completion": ("prompt", "completion"),
+    "text": ("text",),
+    "messages": ("messages",),
+    "sharegpt": ("conversations", "id"),
+}
+_SPLIT = re.compile(r"^([\w.-]+)(?:\[(\d*):(\d*)\])?$")
+
+
+def parse_split(split: str, key: str) -> tuple[str, int, int | None]:
+    """`train`, `train[:1000]`, `test[500:1500]` -> (split, first record, end or None)."""
+    match = _SPLIT.match(split.replace(" ", ""))
+    if not match:
+        raise DataError(
+            f"{key}.split={split!r}: use a split name, optionally sliced by record: train, train[:1000], train[500:]"
+        )
+    start, stop = match.group(2), match.group(3)
+    return match.group(1), int(start) if start else 0, int(stop) if stop else None
+
+
+def check_source(name: str, source: DictConfig) -> None:
+    """`split` parses; `columns` names only the source kind's fields."""
+    parse_split(source.split, config_key(name))
+    allowed = KIND_FIELDS.get(source.kind.value, ())
+    for ours in source.get("columns") or {}:
+        if ours not in allowed:
+            raise DataError(
+                f"{config_key(name)}.columns.{ours}: a {source.kind.value} record has {', '.join(allowed)}; "
+                "map those to your columns"
+            )
+
+
+def rename_columns(record: dict[str, Any], columns: dict[str, str], where: str, key: str) -> dict[str, Any]:
+    """The record with the kind's fields taken from the user's columns; a missing one is named."""
+    if not columns:
+        return record
+    out = dict(record)
+    for ours, theirs in columns.items():
+        if theirs not in record:
+            have = ", ".join(sorted(map(str, record)))[:200]
+            raise DataError(f"{where}: no column {theirs!r} ({key}.columns.{ours}); this record has: {have}")
+        out[ours] = record[theirs]
+    return out
+
+
 def source_identity(name: str, source: DictConfig) -> dict[str, Any]:
     """What a source holds, for fingerprints: its settings and, for local files, their contents'
     sha256 (not their paths, so the same data fingerprints the same on every machine)."""
     identity: dict[str, Any] = {"kind": source.kind.value, "split": source.split}
+    if source.get("columns"):
+        identity["columns"] = dict(source.columns)
+    if source.get("name"):
+        identity["name"] = source.name
     if source.kind.value == "text":
         identity["template"] = source.template
     if source.hub_id:
@@ -144,7 +194,17 @@ def parse_line(raw: bytes, where: str) -> dict[str, Any]:
 
 
 def iter_raw(name: str, source: DictConfig) -> Iterator[tuple[bytes | dict[str, Any], str]]:
-    """Every record of a source as (raw line bytes or dict, location)."""
+    """Every record of a source as (raw line bytes or dict, location), `split`'s slice of them."""
+    _, start, stop = parse_split(source.split, config_key(name))
+    records = _iter_all(name, source)
+    yield from itertools.islice(records, start, stop) if start or stop is not None else records
+
+
+def is_sliced(source: DictConfig) -> bool:
+    return "[" in source.split
+
+
+def _iter_all(name: str, source: DictConfig) -> Iterator[tuple[bytes | dict[str, Any], str]]:
     if source.hub_id:
         where = f"{config_key(name)}: hub dataset {source.hub_id!r}"
         yield from _stream_dataset(
@@ -168,7 +228,11 @@ def _stream_dataset(
     """Records through `datasets.load_dataset(streaming=True)`; loading failures name the source."""
     import datasets
 
-    options = {"split": source.split, "revision": source.revision} if source is not None else {"split": "train"}
+    options: dict[str, Any] = {"split": "train"}
+    if source is not None:
+        options = {"split": parse_split(source.split, what)[0], "revision": source.revision}
+        if source.get("name"):
+            options["name"] = source.name
     try:
         records = iter(datasets.load_dataset(path, data_files=data_files, streaming=True, **options))
         first = next(records, None)
@@ -186,8 +250,10 @@ def _stream_dataset(
 
 def iter_records(name: str, source: DictConfig) -> Iterator[tuple[dict[str, Any], str]]:
     """Every record of a source as (dict, location); errors name file and line."""
+    columns = dict(source.get("columns") or {})
     for raw, where in iter_raw(name, source):
-        yield (parse_line(raw, where) if isinstance(raw, bytes) else raw), where
+        record = parse_line(raw, where) if isinstance(raw, bytes) else raw
+        yield (rename_columns(record, columns, where, config_key(name)) if columns else record), where
 
 
 def _field(record: dict[str, Any], key: str, where: str, kind: str) -> str:

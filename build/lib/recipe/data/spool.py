@@ -28,7 +28,7 @@ from tqdm import tqdm
 from recipe.data import templates
 from recipe.data.filecheck import check_block
 from recipe.data.jsonl import count_lines_before, encode_line, read_jsonl_range
-from recipe.data.sources import DataError, parse_line, to_messages
+from recipe.data.sources import DataError, parse_line, rename_columns, to_messages
 from recipe.errors import RecipeError
 
 BLOCK_LINES = 8192  # output lines built (and checked) per task while writing
@@ -51,6 +51,18 @@ def largest_remainder(total: int, weights: Sequence[float]) -> list[int]:
     for i in by_remainder[: total - sum(counts)]:
         counts[i] += 1
     return counts
+
+
+def rescale_shares(shares: dict[str, float], fixed: str) -> dict[str, float]:
+    """Keep `fixed`'s share; scale the others in proportion so that all sum to 1 (the rule that
+    lets a sweep move one component: 0.6 instructions leaves 0.2 + 0.2 of 0.25 + 0.25)."""
+    if fixed not in shares:
+        raise RecipeError(f"mix.rescale={fixed!r}: not a component ({', '.join(shares)})")
+    if shares[fixed] >= 1 and len(shares) > 1:
+        raise RecipeError(f"mix.components.{fixed}.share={shares[fixed]}: leaves nothing for the others")
+    others = sum(v for k, v in shares.items() if k != fixed)
+    scale = (1 - shares[fixed]) / others if others else 0.0
+    return {k: v if k == fixed else v * scale for k, v in shares.items()}
 
 
 def _trained_text(example: dict[str, Any]) -> list[str]:
@@ -89,6 +101,7 @@ class SpoolUnit:
     strata_key: str | None
     spool: str
     path: str | None = None
+    columns: tuple[tuple[str, str], ...] = ()  # (ours, theirs): the source's `columns`
     start: int = 0
     end: int = 0
 
@@ -121,6 +134,8 @@ def read_unit(unit: SpoolUnit, lines: Iterator[tuple[Any, str]] | None = None, p
     with open(unit.spool, "wb", buffering=1 << 20) as spool:
         for raw, where in lines:
             record = parse_line(raw, where) if isinstance(raw, bytes) else raw
+            if unit.columns:
+                record = rename_columns(record, dict(unit.columns), where, f"sources.{unit.source}")
             records += 1
             if progress is not None and records % 1000 == 0:
                 progress.update(1000)

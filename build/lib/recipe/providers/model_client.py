@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +23,12 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from recipe.data import templates
+from recipe.data.jsonl import encode_line
 from recipe.errors import RecipeError
 from recipe.providers.cache import RequestCache, request_key
 from recipe.providers.http import APIError, Client, RateLimiter, together_base_url
 from recipe.providers.local.server import LlamaCppServer, embedded_gguf
+from recipe.providers.together import BATCH_DONE, create_batch, download_file, get_batch, upload_batch_file
 from recipe.secrets import together_api_key
 
 TEMPLATE_VERSION = "1"  # bump when templates.render_prompt changes what a prompt looks like
@@ -207,6 +211,60 @@ def parse_batch_output(text: str, api: str) -> dict[str, Answer | str]:
             answers[result.get("custom_id", "")] = f"batch item failed: {str(result.get('error') or response)[:200]}"
             continue
         answers[result["custom_id"]] = parse_response(response["body"], api, 0)
+    return answers
+
+
+BATCH_PENDING = "pending:"  # a batch whose create was sent for this input file, its id not known yet
+
+
+def ask_batch(
+    teacher: ModelClient,
+    client: Client,
+    endpoint: str,
+    label: str,
+    requests: list[tuple[dict[str, Any], str]],
+    work_dir: Path,
+    poll_s: float,
+    progress: bool,
+) -> dict[str, Answer | str]:
+    """Submit (or re-attach to) one Together batch of `requests` (body, cache key); wait; cache
+    and return the answers (or why an item failed). The batch is recorded in the cache before
+    anything waits on it: its input file first, then its id, so a re-run re-attaches."""
+    batch_key = request_key({"batch": sorted(key for _, key in requests), "endpoint": endpoint})
+    batch_id = teacher.cache.batch_id(batch_key)
+    if not batch_id or batch_id.startswith(BATCH_PENDING):
+        file_id = batch_id.removeprefix(BATCH_PENDING) if batch_id else None
+        if not file_id:
+            with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+                requests_file = Path(tmp) / f"{label.replace(' ', '-')}.jsonl"
+                with open(requests_file, "wb") as f:
+                    for body, key in requests:
+                        f.write(encode_line({"custom_id": key, "body": body}))
+                file_id = upload_batch_file(client, requests_file)
+            teacher.cache.put_batch(batch_key, BATCH_PENDING + file_id)
+        batch_id = str(create_batch(client, file_id, endpoint)["id"])
+        teacher.cache.put_batch(batch_key, batch_id)
+    bar = tqdm(desc=f"distill: batch {label}", total=100, unit="%", disable=not progress)
+    try:
+        while True:
+            job = get_batch(client, batch_id)
+            bar.n = int(float(job.get("progress") or 0))
+            bar.refresh()
+            if job.get("status") in BATCH_DONE:
+                break
+            time.sleep(poll_s)
+    finally:
+        bar.close()
+    if job["status"] != "COMPLETED" or not job.get("output_file_id"):
+        teacher.cache.put_batch(batch_key, "")  # finished for good: a re-run submits a new one
+        raise RecipeError(
+            f"Together batch {batch_id} ({label}) ended {job['status']}: {job.get('error') or 'no output'}; "
+            "answers already cached are kept, a re-run submits the rest again"
+        )
+    answers = parse_batch_output(download_file(client, job["output_file_id"]), teacher.api)
+    for key, answer in answers.items():
+        if isinstance(answer, Answer):
+            teacher.cache.put(key, answer.text, answer.prompt_tokens, answer.completion_tokens)
     return answers
 
 

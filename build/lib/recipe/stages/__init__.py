@@ -56,6 +56,12 @@ class Stage:
     schema: ClassVar[type]
     # False for stages whose effect is not a file (a server answering now): run every time.
     reusable: ClassVar[bool] = True
+    # What a dry run expects the stage to cost in USD, set by `plan` when it can say (None: unknown).
+    planned_usd: float | None = None
+
+    def uses_together(self) -> bool:
+        """Whether running this stage needs the Together key (a dry run flags a missing one)."""
+        return False
 
     def __init__(self, config: DictConfig, root: DictConfig) -> None:
         self.config = config

@@ -72,6 +72,7 @@ class LocalDeploy(Stage):
         return ("train",)
 
     def plan(self, inputs: dict[str, Artifact | None]) -> str:
+        self.planned_usd = 0.0
         return f"serve the trained model on {self.config.host} with {serving_engine(self.config.engine.value)}, then a smoke query"
 
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
@@ -114,10 +115,18 @@ class TogetherDeploy(Stage):
     def upstream(self) -> tuple[str, ...]:
         return ("train",)
 
+    def uses_together(self) -> bool:
+        return True
+
     def plan(self, inputs: dict[str, Artifact | None]) -> str:
         c = self.config
         where = f"a dedicated endpoint ({c.hardware or 'cheapest hardware'})" if c.dedicated else "the serverless API"
-        return f"{c.action.value} the fine-tuned model on {where}, then a smoke query"
+        billing = (
+            f"; billed per minute while started (stopped after {c.inactive_timeout} idle minutes)"
+            if c.dedicated
+            else ""
+        )
+        return f"{c.action.value} the fine-tuned model on {where}, then a smoke query{billing}"
 
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
         c = self.config

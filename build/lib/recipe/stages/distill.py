@@ -22,29 +22,27 @@ What it supports:
 from __future__ import annotations
 
 import json
-import tempfile
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from recipe.artifacts import Conversations as ConversationsArtifact
 from recipe.config import DistillConfig
 from recipe.data.jsonl import encode_line
 from recipe.data.sources import (
     SHAREGPT_ROLES,
+    check_source,
     cut_page_counter,
     iter_records,
     seed_output,
     sharegpt_turns,
     source_identity,
 )
-from recipe.providers.cache import RequestCache, request_key
+from recipe.providers.cache import RequestCache
 from recipe.providers.http import APIError, Client, RateLimiter
 from recipe.providers.model_client import (
     Answer,
@@ -53,18 +51,16 @@ from recipe.providers.model_client import (
     ModelClient,
     SpendProgress,
     approx_tokens,
+    ask_batch,
     local_weights,
     model_endpoint,
-    parse_batch_output,
 )
-from recipe.providers.together import BATCH_DONE, create_batch, download_file, get_batch, upload_batch_file
 from recipe.stages import Stage, StageError
 from recipe.store import Artifact
 from recipe.test import contamination
 from recipe.test.contamination import Decontamination
 
 CONVERSATIONS_FILE = "conversations.jsonl"
-PENDING = "pending:"  # a batch whose create was sent for this input file, its id not known yet
 TURN_STATS = ("skipped_empty_turns", "skipped_long_turns", "turns_beyond_max_turns", "no_turns", "page_counters_cut")
 Message = dict[str, str]
 
@@ -97,6 +93,7 @@ class Distill(Stage):
             raise StageError(
                 f"distill.source={c.source!r}: must be a sharegpt source, not {root.sources[c.source].kind.value}"
             )
+        check_source(c.source, root.sources[c.source])
         for key in ("max_turns", "max_turn_chars", "concurrency"):
             if c[key] < 1:
                 raise StageError(f"distill.{key}={c[key]}: must be at least 1")
@@ -154,8 +151,34 @@ class Distill(Stage):
             conversations = self.decon.filter(conversations, lambda conv: conv.turns, lambda conv: conv.id)
         return conversations, stats
 
+    def uses_together(self) -> bool:
+        return self.config.teacher.provider.value == "together"
+
+    def _plan_unread(self) -> str:
+        """A hub source is not read by a dry run: the cost from stated assumptions."""
+        c = self.config
+        ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, None, self._price_factor())
+        n, turns, u, a = (
+            c.max_conversations,
+            min(c.estimate_turns, c.max_turns),
+            c.estimate_turn_tokens,
+            c.estimate_answer_tokens,
+        )
+        if n is None:
+            return f"distill every conversation of sources.{c.source} (on the hub, not read by a dry run; set distill.max_conversations to price it)"
+        prompt = n * (u * turns * (turns + 1) / 2 + a * turns * (turns - 1) / 2)  # each turn resends the history
+        self.planned_usd = round(ledger.cost(int(prompt), int(n * turns * a)), 2)
+        worst = ledger.cost(int(prompt), int(n * turns * c.sampling.max_tokens))
+        return (
+            f"distill {n} conversations of sources.{c.source} (on the hub: not read by a dry run) with "
+            f"{c.teacher.provider.value}:{c.teacher.model}, assuming {turns:g} turns of {u} tokens and answers of {a} "
+            f"(distill.estimate_*): ~{int(prompt)} prompt tokens; cost ~${self.planned_usd:.2f} (at most ${worst:.2f})"
+        )
+
     def plan(self, inputs: dict[str, Artifact | None]) -> str:
         c = self.config
+        if self.root.sources[c.source].hub_id:
+            return self._plan_unread()
         conversations, _ = self.conversations(decontaminate=False)
         # A dry run writes nothing: without a cache file yet, every request is still to send.
         cache = RequestCache(c.cache_path) if Path(c.cache_path).exists() else None
@@ -178,7 +201,7 @@ class Distill(Stage):
                 history.append({"role": "assistant", "content": "x" * 4 * c.estimate_answer_tokens})
         if cache is not None:
             cache.close()
-        expected = ledger.cost(prompt_tokens, to_send * c.estimate_answer_tokens)
+        expected = self.planned_usd = round(ledger.cost(prompt_tokens, to_send * c.estimate_answer_tokens), 2)
         worst = ledger.cost(prompt_tokens, to_send * c.sampling.max_tokens)
         turns = cached + to_send
         return (
@@ -296,7 +319,10 @@ class Distill(Stage):
                     conv.error = "budget"
                     conv.messages.pop()
                 return
-            answers = self._batch(client, teacher, endpoint, index, waiting, out_dir)
+            requests = [(body, key) for _, body, key in waiting]
+            answers = ask_batch(
+                teacher, client, endpoint, f"turn {index + 1}", requests, out_dir, c.batch_poll_s, c.progress
+            )
             ledger.settle(reserved, None)
             for conv, _, key in waiting:
                 answer = answers.get(key)
@@ -305,54 +331,6 @@ class Distill(Stage):
                     conv.messages.append({"role": "assistant", "content": answer.text})
                 else:
                     conv.error = answer or "no answer in the batch output"
-
-    def _batch(
-        self,
-        client: Client,
-        teacher: ModelClient,
-        endpoint: str,
-        index: int,
-        waiting: list[tuple[Conversation, dict[str, Any], str]],
-        out_dir: Path,
-    ) -> dict[str, Answer | str]:
-        """Submit (or re-attach to) the batch of these requests; wait; cache and return answers."""
-        batch_key = request_key({"batch": sorted(key for _, _, key in waiting), "endpoint": endpoint})
-        batch_id = teacher.cache.batch_id(batch_key)
-        if not batch_id or batch_id.startswith(PENDING):
-            file_id = batch_id.removeprefix(PENDING) if batch_id else None
-            if not file_id:
-                with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-                    requests_file = Path(tmp) / f"turn-{index + 1}.jsonl"
-                    with open(requests_file, "wb") as f:
-                        for _, body, key in waiting:
-                            f.write(encode_line({"custom_id": key, "body": body}))
-                    file_id = upload_batch_file(client, requests_file)
-                # The intent (its input file) first: a re-run after a crash looks the batch up by it.
-                teacher.cache.put_batch(batch_key, PENDING + file_id)
-            batch_id = str(create_batch(client, file_id, endpoint)["id"])
-            teacher.cache.put_batch(batch_key, batch_id)  # before waiting: a re-run re-attaches
-        bar = tqdm(desc=f"distill: batch turn {index + 1}", total=100, unit="%", disable=not self.config.progress)
-        try:
-            while True:
-                job = get_batch(client, batch_id)
-                bar.n = int(float(job.get("progress") or 0))
-                bar.refresh()
-                if job.get("status") in BATCH_DONE:
-                    break
-                time.sleep(self.config.batch_poll_s)
-        finally:
-            bar.close()
-        if job["status"] != "COMPLETED" or not job.get("output_file_id"):
-            teacher.cache.put_batch(batch_key, "")  # finished for good: a re-run submits a new one
-            raise StageError(
-                f"Together batch {batch_id} (turn {index + 1}) ended {job['status']}: {job.get('error') or 'no output'}; "
-                "answers already cached are kept, a re-run submits the rest again"
-            )
-        answers = parse_batch_output(download_file(client, job["output_file_id"]), teacher.api)
-        for key, answer in answers.items():
-            if isinstance(answer, Answer):
-                teacher.cache.put(key, answer.text, answer.prompt_tokens, answer.completion_tokens)
-        return answers
 
     def _finish(
         self, conversations: list[Conversation], stats: dict[str, int], ledger: Ledger, out_dir: Path, retries: int

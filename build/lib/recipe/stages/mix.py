@@ -52,7 +52,15 @@ from recipe.data.jsonl import (
     worker_count,
     worker_pool,
 )
-from recipe.data.sources import hash_files, is_plain_jsonl, iter_raw, source_files, source_identity
+from recipe.data.sources import (
+    check_source,
+    hash_files,
+    is_plain_jsonl,
+    is_sliced,
+    iter_raw,
+    source_files,
+    source_identity,
+)
 from recipe.data.spool import (
     TOKEN_COUNTERS,
     ContentCheck,
@@ -60,6 +68,7 @@ from recipe.data.spool import (
     largest_remainder,
     merge_units,
     read_all,
+    rescale_shares,
     take,
     write_spooled,
 )
@@ -98,7 +107,7 @@ class Mix(Stage):
             if not 0 < share <= 1:
                 raise StageError(f"mix.components.{name}.share={share}: must be in (0, 1]")
         if c.rescale is not None:
-            shares = self._rescaled(shares, c.rescale)
+            shares = rescale_shares(shares, c.rescale)
         if abs(sum(shares.values()) - 1) > 1e-6:
             quoted = ", ".join(f"{n}={s:g}" for n, s in shares.items())
             raise StageError(f"mix.components: shares must sum to 1, got {sum(shares.values()):g} ({quoted})")
@@ -118,21 +127,11 @@ class Mix(Stage):
                 known = ", ".join(sorted([*self.root.sources, DISTILLED])) or "none"
                 raise StageError(f"mix.components.{name}.source={comp.source!r}: no such source (known: {known})")
             source = self.root.sources[comp.source]
+            check_source(comp.source, source)
             if source.kind.value == "text" and source.template not in ("llama2_inst", "chatml"):
                 raise StageError(
                     f"sources.{comp.source}.template={source.template!r}: text sources are parsed as llama2_inst or chatml"
                 )
-
-    def _rescaled(self, shares: dict[str, float], fixed: str) -> dict[str, float]:
-        """Keep `fixed`'s share; scale the others in proportion so that all sum to 1 (the rule that
-        lets a sweep move one component: 0.6 instructions leaves 0.2 + 0.2 of 0.25 + 0.25)."""
-        if fixed not in shares:
-            raise StageError(f"mix.rescale={fixed!r}: not a component ({', '.join(shares)})")
-        if shares[fixed] >= 1 and len(shares) > 1:
-            raise StageError(f"mix.components.{fixed}.share={shares[fixed]}: leaves nothing for the others")
-        others = sum(v for k, v in shares.items() if k != fixed)
-        scale = (1 - shares[fixed]) / others if others else 0.0
-        return {k: v if k == fixed else v * scale for k, v in shares.items()}
 
     def upstream(self) -> tuple[str, ...]:
         uses_distill = any(self.config.components[n].source == DISTILLED for n in self.components)
@@ -162,6 +161,7 @@ class Mix(Stage):
         return dict(zip(self.components, largest_remainder(total, shares), strict=True))
 
     def plan(self, inputs: dict[str, Artifact | None]) -> str:
+        self.planned_usd = 0.0
         c = self.config
         parts = [f"{n}={k} from {c.components[n].source}" for n, k in self._targets(c.total).items()]
         held_out = round(c.total * c.eval_fraction)
@@ -264,9 +264,10 @@ class Mix(Stage):
                 "template": comp.template or c.template,
                 "tokenizer": c.tokenizer,
                 "strata_key": comp.strata,
+                "columns": tuple(sorted((source.get("columns") or {}).items())),
             }
             files = [] if source.hub_id else source_files(comp.source, source)
-            if files and all(is_plain_jsonl(f) for f in files):
+            if files and all(is_plain_jsonl(f) for f in files) and not is_sliced(source):
                 for f in files:
                     for start, end in jsonl_chunks(f, CHUNK_BYTES):
                         spool = str(out_dir / f".spool-{len(units)}")

@@ -114,7 +114,18 @@ class Test(Stage):
             judged = ", judged both orders" if kind == "judge" else ""
             parts.append(f"{name} ({kind}, {size} records{', ' + detail if detail else ''}{judged})")
         models = " and ".join(m.value for m in c.models)
-        return f"evaluate {models} on {'; '.join(parts) or 'no suite'}; held-out samples {c.heldout.samples}"
+        orders = 2 if c.judge_protocol.value == "both_orders" else 1
+        calls = S.planned_calls(list(c.suites.values()), c.heldout.samples, len(c.models), orders)
+        trained = TrainedModel.load(inputs["train"]) if inputs.get("train") else None
+        free = c.prices.input_per_mtok == c.prices.output_per_mtok == 0  # a model not yet trained: priced at 0
+        if c.judge.provider.value == "local" and (trained.provider == "local" if trained else free):
+            self.planned_usd = 0.0
+        return f"evaluate {models} on {'; '.join(parts) or 'no suite'}; held-out samples {c.heldout.samples}; " + (
+            f"{calls[0]} generations and {calls[1]} judge calls" if calls else "requests: all records (unknown offline)"
+        )
+
+    def uses_together(self) -> bool:
+        return self.config.judge.provider.value == "together"
 
     # -- the run -----------------------------------------------------------------------------------
 

@@ -169,6 +169,9 @@ class TogetherTrain(Stage):
                     body[f"wandb_{field}"] = c.wandb[field]
         return body
 
+    def uses_together(self) -> bool:
+        return True
+
     def plan(self, inputs: dict[str, Artifact | None]) -> str:
         c = self.config
         kind = "LoRA" if c.training_type.value == "lora" else "full"
@@ -177,7 +180,9 @@ class TogetherTrain(Stage):
         fmt = upload_format(c.model, c.format.value, c.template, mixture)
         return (
             f"fine-tune {c.model} ({kind}, {c.n_epochs} epochs, batch {c.batch_size}, lr {c.learning_rate:g}) on "
-            f"{data} in {fmt.describe()} through Together; the price is estimated before the job is created"
+            f"{data} in {fmt.describe()} through Together; the price is Together's estimate-price, asked before "
+            f"the job is created (billed: epochs x the upload's tokens x your bracket's rate), capped by "
+            f"train.budget.max_usd={c.budget.max_usd}"
         )
 
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:

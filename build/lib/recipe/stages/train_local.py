@@ -56,6 +56,7 @@ class LocalTrain(Stage):
         return ("mix",)
 
     def plan(self, inputs: dict[str, Artifact | None]) -> str:
+        self.planned_usd = 0.0  # your own hardware
         c = self.config
         kind = f"LoRA r={c.lora.r}" if c.training_type.value == "lora" else "full"
         world = c.devices * c.launch.nnodes

@@ -1,0 +1,186 @@
+"""`recipe store list|prune`: what the artifact store holds, and removing what is no longer wanted.
+
+    recipe store list                                   # every artifact: stage, fingerprint, size, dates, runs
+    recipe store prune --unused-for 14 --dry-run        # what would go; nothing removed
+    recipe store prune --keep-last 2 --stage train      # all but the 2 most recently used per stage
+    recipe store prune --older-than 30                  # created more than 30 days ago
+
+Never removed, whatever the criteria: an artifact that describes a live paid object on Together
+(a fine-tune job and its model, an endpoint: their records under `records/` are never touched
+either), and an artifact that a pending run (status `pending` in its run.json) still needs. A
+criterion given must hold for an artifact to go (several: all of them). "Used" is the newest run
+(`outputs/runs`, `outputs/multiruns`) that built or reused it; an artifact no run mentions counts
+as used when it was created. An artifact being built or read under its lock is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from recipe.store import MANIFEST
+
+NOT_STAGES = {"records", "locks", "work", "models"}
+DAY = 86400.0
+
+
+@dataclass
+class Entry:
+    stage: str
+    fingerprint: str
+    path: Path
+    size: int
+    created: float
+    runs: list[str] = field(default_factory=list)
+    last_used: float = 0.0
+    keep: str = ""  # why it is never pruned ("" = it may be)
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def _live_paid(manifest: dict) -> bool:
+    """A Together fine-tune (its job and model) or endpoint: records of objects that cost money."""
+    return manifest.get("provider") == "together" or "job_id" in manifest or "endpoint" in manifest
+
+
+def scan(store: Path, runs_roots: list[Path]) -> list[Entry]:
+    entries: dict[tuple[str, str], Entry] = {}
+    if store.is_dir():
+        for stage_dir in sorted(p for p in store.iterdir() if p.is_dir() and p.name not in NOT_STAGES):
+            for art in sorted(p for p in stage_dir.iterdir() if (p / MANIFEST).is_file()):
+                manifest = json.loads((art / MANIFEST).read_text())
+                created = (art / MANIFEST).stat().st_mtime
+                entry = Entry(stage_dir.name, art.name, art, _size(art), created, last_used=created)
+                if _live_paid(manifest):
+                    entry.keep = "records a live paid object (Together)"
+                entries[(entry.stage, entry.fingerprint)] = entry
+    for root in runs_roots:
+        for run_file in sorted(root.rglob("run.json")) if root.is_dir() else []:
+            try:
+                record = json.loads(run_file.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            started = _timestamp(record.get("started"), run_file.stat().st_mtime)
+            pending = record.get("status") == "pending"
+            for stage, s in (record.get("stages") or {}).items():
+                entry = entries.get((stage, s.get("fingerprint", "")))
+                if entry is None:
+                    continue
+                entry.runs.append(str(run_file.parent))
+                if s.get("status") == "ok":
+                    entry.last_used = max(entry.last_used, started)
+                if pending and not entry.keep:
+                    entry.keep = f"needed by a pending run ({run_file.parent})"
+    return sorted(entries.values(), key=lambda e: (e.stage, -e.last_used))
+
+
+def _timestamp(value: object, default: float) -> float:
+    try:
+        return datetime.fromisoformat(str(value)).replace(tzinfo=UTC).timestamp() if value else default
+    except ValueError:
+        return default
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _date(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def table(entries: list[Entry]) -> str:
+    lines = [f"{'stage':<8} {'fingerprint':<20} {'size':>9} {'created':<16} {'last used':<16} {'runs':>4}  note"]
+    for e in entries:
+        lines.append(
+            f"{e.stage:<8} {e.fingerprint:<20} {_human(e.size):>9} {_date(e.created):<16} {_date(e.last_used):<16} "
+            f"{len(e.runs):>4}  {e.keep}"
+        )
+    lines.append(f"{len(entries)} artifacts, {_human(sum(e.size for e in entries))}")
+    return "\n".join(lines)
+
+
+def select(entries: list[Entry], a: argparse.Namespace, now: float) -> list[Entry]:
+    """The artifacts the criteria pick (the caller spares those marked `keep`)."""
+    chosen = [e for e in entries if not a.stage or e.stage in a.stage]
+    if a.older_than is not None:
+        chosen = [e for e in chosen if now - e.created > a.older_than * DAY]
+    if a.unused_for is not None:
+        chosen = [e for e in chosen if now - e.last_used > a.unused_for * DAY]
+    if a.keep_last is not None:
+        newest: dict[str, list[Entry]] = {}
+        for e in sorted(entries, key=lambda e: -e.last_used):
+            newest.setdefault(e.stage, []).append(e)
+        kept = {id(e) for group in newest.values() for e in group[: a.keep_last]}
+        chosen = [e for e in chosen if id(e) not in kept]
+    return chosen
+
+
+def remove(store: Path, entry: Entry) -> bool:
+    """Remove one artifact under its build lock (skipped when someone holds it); atomic rename first."""
+    locks = store / "locks"
+    locks.mkdir(exist_ok=True)
+    with open(locks / f"{entry.stage}-{entry.fingerprint}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        trash = entry.path.with_name(f".prune-{entry.fingerprint}-{uuid.uuid4().hex[:8]}")
+        os.rename(entry.path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    return True
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="recipe store", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("verb", choices=["list", "prune"])
+    parser.add_argument("--store", type=Path, default=Path("outputs/store"), help="store_dir (default outputs/store)")
+    parser.add_argument(
+        "--runs", type=Path, action="append", help="run directories to read (default outputs/runs, outputs/multiruns)"
+    )
+    parser.add_argument("--stage", action="append", help="only this stage (repeatable)")
+    parser.add_argument("--older-than", type=float, metavar="DAYS", help="created more than DAYS ago")
+    parser.add_argument("--unused-for", type=float, metavar="DAYS", help="not used by a run for DAYS")
+    parser.add_argument("--keep-last", type=int, metavar="N", help="keep the N most recently used per stage")
+    parser.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
+    a = parser.parse_args(argv)
+    runs = a.runs or [Path("outputs/runs"), Path("outputs/multiruns")]
+    entries = scan(a.store, runs)
+    if a.verb == "list":
+        print(table([e for e in entries if not a.stage or e.stage in a.stage]))
+        return 0
+    if a.older_than is None and a.unused_for is None and a.keep_last is None:
+        print("error: recipe store prune needs --older-than, --unused-for or --keep-last", file=sys.stderr)
+        return 2
+    chosen = select(entries, a, time.time())
+    going = [e for e in chosen if not e.keep]
+    for e in chosen:
+        if e.keep:
+            print(f"kept {e.stage}/{e.fingerprint}: {e.keep}")
+    for e in going:
+        if a.dry_run:
+            print(f"would remove {e.stage}/{e.fingerprint} ({_human(e.size)})")
+        elif remove(a.store, e):
+            print(f"removed {e.stage}/{e.fingerprint} ({_human(e.size)})")
+        else:
+            print(f"skipped {e.stage}/{e.fingerprint}: in use (locked)")
+    verb = "would free" if a.dry_run else "freed"
+    print(f"{verb} {_human(sum(e.size for e in going))} ({len(going)} of {len(entries)} artifacts)")
+    return 0
