@@ -324,6 +324,9 @@ class TogetherTrainConfig:
     from_checkpoint: Optional[str] = None
     wandb: WandbConfig = field(default_factory=WandbConfig)
     budget: BudgetConfig = execution(factory=BudgetConfig)
+    # USD per million tokens processed for the model's size bracket and method (together.ai/pricing),
+    # for a dry run's estimate: epochs x training tokens + n_evals x validation tokens; null: not priced.
+    price_per_mtok: Optional[float] = execution(None)
     confirm: bool = execution(False)  # ask on the terminal before a paid job starts
     relaunch: bool = execution(False)  # launch a new (paid) job when the recorded one failed or was cancelled
     cancel: bool = execution(False)  # cancel the job recorded for this config, then stop
@@ -591,6 +594,22 @@ class TogetherConfig:
     api_key: Optional[str] = None  # null = $TOGETHER_API_KEY
 
 
+class LoggerKind(Enum):
+    none = "none"
+    tensorboard = "tensorboard"  # tensorboardX event files under `dir`
+    mlflow = "mlflow"  # MLflow runs at `tracking_uri`
+
+
+@dataclass
+class LoggerConfig:
+    """An experiment tracker receiving training steps, Test figures and sweep summaries (recipe/tracking.py)."""
+
+    kind: LoggerKind = LoggerKind.none
+    dir: str = "outputs/tensorboard"
+    tracking_uri: str = "file:outputs/mlruns"
+    experiment: str = "recipe"
+
+
 @dataclass
 class SweepConfig:
     """Multiruns (`recipe -m ...`); none of it enters a fingerprint."""
@@ -609,8 +628,11 @@ class RecipeConfig:
     dry_run: bool = False
     # The artifact store, shared by runs and sweeps (relative paths are relative to the cwd).
     store_dir: str = "outputs/store"
+    # Third-party warnings and INFO logging (transformers, peft, absl, ...), off unless true.
+    verbose: bool = False
     together: TogetherConfig = field(default_factory=TogetherConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     sources: Dict[str, SourceConfig] = field(default_factory=dict)
     distill: Optional[DistillConfig] = None
     mix: Optional[MixConfig] = None

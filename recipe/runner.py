@@ -11,6 +11,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from recipe import summary, tracking
 from recipe.secrets import together_api_key
 from recipe.stages import CONFIG_KEY, STAGE_ORDER, Stage, StageError, StagePending, build_stage, check_targets
 from recipe.store import Artifact, ArtifactStore, fingerprint, write_json_atomic
@@ -68,6 +69,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     if run_dir is None:
         run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
     check_targets(cfg)
+    summary.quiet(bool(cfg.get("verbose", False)))
     store = ArtifactStore(cfg.store_dir)
     plan = _Plan(cfg)
     record: dict[str, Any] = {
@@ -77,6 +79,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         "stages": {},
     }
     artifacts: dict[str, Artifact] = {}
+    tracker = None if cfg.dry_run else tracking.open_tracker(cfg.get("logger"), "_".join(run_dir.resolve().parts[-2:]))
     try:
         for name in select_stages(cfg):
             started = time.monotonic()
@@ -136,6 +139,12 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
                 for key in ("metrics", "contamination_counts"):  # headline figures, for sweep summaries
                     if manifest.get(key) is not None:
                         entry[key] = manifest[key]
+                if tracker is not None:
+                    tracker.params({f"fingerprint/{name}": fp})
+                    tracking.log_stage(tracker, name, manifest, hit.path)
+                said = summary.line(name, manifest)
+                if said:
+                    print(f"{name}: {said}{' (reused)' if entry['cache_hit'] else ''}", flush=True)
                 report = stage.report(hit)
                 if report:
                     print(report, flush=True)
@@ -149,6 +158,9 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         record["status"] = "failed"
         write_json_atomic(run_dir / "run.json", record)
         raise
+    finally:
+        if tracker is not None:
+            tracker.close()
     pending = any(s["status"] == "pending" for s in record["stages"].values())
     record["status"] = "planned" if cfg.dry_run else "pending" if pending else "ok"
     record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")

@@ -106,3 +106,21 @@ def test_the_seed_dry_run_plans_and_prices_every_stage_without_the_network(run_c
     assert "billed per minute while started" in stages["deploy"]["plan"]
     assert f"estimated total: ${distill['estimated_usd']:.2f} + unknown (train, test, deploy)" in out
     assert any(line.startswith("stage ") and "est. $" in line for line in out.splitlines())  # the cost column
+
+
+def test_a_dry_run_prices_together_training_from_the_mixtures_tokens(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg("stages=[mix]", "mix.progress=false", base=("mix=samples", "~distill", "~test", "~deploy"))
+    tokens = run(cfg, run_dir=tmp_path)["stages"]["mix"]
+    mix_tokens = json.loads((Path(tokens["artifact"]) / "manifest.json").read_text())["tokens"]
+    cfg = make_cfg(
+        "stages=[mix,train]",
+        "train=together_lora",
+        "train.price_per_mtok=3.0",
+        "dry_run=true",
+        base=("mix=samples", "~distill", "~test", "~deploy"),
+    )
+    stages = run(cfg, run_dir=tmp_path)["stages"]
+    assert stages["mix"]["cache_hit"] and stages["mix"]["estimated_usd"] == 0.0
+    expected = round(4 * mix_tokens * 3.0 / 1e6, 2)  # together_lora: 4 epochs, no evals
+    assert stages["train"]["estimated_usd"] == expected
+    assert f"~{4 * mix_tokens} tokens billed at $3/M" in stages["train"]["plan"]

@@ -109,6 +109,8 @@ class Mixture:
     component_templates: dict[str, str]  # components whose template overrides upload_template
     eval_upload_file: str | None
     contamination: dict[str, Any] | None  # what Mix's decontamination checked and found (None: off)
+    tokens: int | None = None  # the training split's tokens as Mix counted them (mix.tokenizer)
+    eval_tokens: int | None = None
 
     @classmethod
     def load(cls, artifact: Artifact) -> Mixture:
@@ -126,6 +128,8 @@ class Mixture:
             component_templates=dict(m.get("component_templates") or {}),
             eval_upload_file=eval_info.get("file"),
             contamination=m.get("contamination"),
+            tokens=m.get("tokens"),
+            eval_tokens=(m.get("eval") or {}).get("tokens"),
         )
 
     def records(self, split: str = "train") -> Iterator[dict[str, Any]]:

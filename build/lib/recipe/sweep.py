@@ -27,6 +27,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from recipe import tracking
+
 log = logging.getLogger(__name__)
 JOB_FILE = "job.json"
 
@@ -77,6 +79,13 @@ class SweepSummary(Callback):
         if root.is_dir():
             rows = write_summary(root)
             print(f"sweep summary ({len(rows)} jobs): {root / 'summary.md'}")
+            tracker = tracking.open_tracker(config.get("logger"), f"sweep_{root.parent.name}_{root.name}")
+            if tracker is not None:
+                tracker.text("summary.md", (root / "summary.md").read_text())
+                for row in rows:
+                    if isinstance(row["job"], int):
+                        tracker.metrics({f"sweep/{k}": v for k, v in row["metrics"].items()}, step=row["job"])
+                tracker.close()
 
 
 def _job_dirs(root: Path) -> list[Path]:

@@ -178,11 +178,16 @@ class TogetherTrain(Stage):
         mixture = Mixture.load(inputs["mix"]) if inputs.get("mix") else None
         data = f"mixture {mixture.upload_sha256[:12]}" if mixture else "the mixture this run builds"
         fmt = upload_format(c.model, c.format.value, c.template, mixture)
+        price = "; at the run, Together's estimate-price before the job is created"
+        if mixture is not None and mixture.tokens is not None and c.price_per_mtok is not None:
+            billed = c.n_epochs * mixture.tokens + c.n_evals * (mixture.eval_tokens or 0)
+            self.planned_usd = round(billed * c.price_per_mtok / 1e6, 2)
+            price = f"; ~{billed} tokens billed at ${c.price_per_mtok:g}/M: ~${self.planned_usd:.2f}" + price
+        elif c.price_per_mtok is None:
+            price = "; not priced offline (set train.price_per_mtok: your bracket's rate)" + price
         return (
             f"fine-tune {c.model} ({kind}, {c.n_epochs} epochs, batch {c.batch_size}, lr {c.learning_rate:g}) on "
-            f"{data} in {fmt.describe()} through Together; the price is Together's estimate-price, asked before "
-            f"the job is created (billed: epochs x the upload's tokens x your bracket's rate), capped by "
-            f"train.budget.max_usd={c.budget.max_usd}"
+            f"{data} in {fmt.describe()} through Together{price}, capped by train.budget.max_usd={c.budget.max_usd}"
         )
 
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:

@@ -1,0 +1,70 @@
+"""What a run prints: one line per artifact (counts, tokens, cost, loss), and third-party noise off.
+
+A manifest is a record for people; these lines read its documented fields, and a field a stage
+did not write is simply left out of its line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+# Library loggers that talk at INFO (absl: rouge-score's tokenizer) or retry noisily.
+NOISY_LOGGERS = ("absl", "datasets", "huggingface_hub", "transformers", "peft", "urllib3", "filelock", "httpx")
+
+
+def quiet(verbose: bool) -> None:
+    """Third-party warnings and INFO lines off (verbose=true keeps them), here and in the processes
+    we start (torchrun workers, servers), which inherit the environment."""
+    if verbose:
+        return
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _money(manifest: dict[str, Any]) -> str:
+    cost = manifest.get("cost_usd")
+    return f"${cost:.2f}" if isinstance(cost, (int, float)) else ""
+
+
+def _contamination(manifest: dict[str, Any]) -> str:
+    counts = manifest.get("contamination_counts") or {}
+    dropped = sum(c.get("examples_dropped", 0) for c in counts.values())
+    kept = sum(c.get("examples_in_training", 0) for c in counts.values())
+    if not counts:
+        return ""
+    return f"contaminated: {dropped} dropped, {kept} kept" if dropped or kept else "no test prompt found"
+
+
+def line(stage: str, manifest: dict[str, Any]) -> str | None:
+    """One line saying what the artifact holds, or None when there is nothing to say."""
+    parts: list[str] = []
+    if stage == "distill" and "conversations" in manifest:
+        conv, turns = manifest["conversations"], manifest.get("turns", {})
+        parts.append(f"{conv.get('distilled', 0)} conversations ({turns.get('answered', 0)} turns answered)")
+        if conv.get("failed"):
+            parts.append(f"{conv['failed']} failed")
+    elif stage == "mix" and "examples" in manifest:
+        counts = ", ".join(f"{k} {v}" for k, v in (manifest.get("counts") or {}).items())
+        parts.append(f"{manifest['examples']} examples ({counts}), ~{manifest.get('tokens', 0)} tokens")
+        if manifest.get("eval"):
+            parts.append(f"eval {manifest['eval'].get('examples', 0)}")
+    elif stage == "train" and "steps" in manifest:
+        loss = f"loss {manifest.get('first_loss')} -> {manifest.get('final_loss')}"
+        evaluated = f", eval loss {manifest['eval_loss']}" if manifest.get("eval_loss") is not None else ""
+        where = f"{manifest.get('world_size', 1)} x {manifest.get('device', '?')}"
+        parts.append(f"{manifest['steps']} steps on {where} ({manifest.get('strategy', 'ddp')}), {loss}{evaluated}")
+    elif stage == "train" and manifest.get("job_id"):
+        status = manifest.get("status", "")
+        parts.append(f"Together job {manifest['job_id']} {status}".rstrip())
+        if manifest.get("model_output_name"):
+            parts.append(f"model {manifest['model_output_name']}")
+    parts += [p for p in (_contamination(manifest), _money(manifest)) if p]
+    return "; ".join(parts) or None
