@@ -282,3 +282,27 @@ def test_test_counts_only_the_prompts_it_asks_and_never_reports_an_unchecked_sui
     # Other data under the same name is not the data Mix checked.
     (tmp_path / "suite.jsonl").write_text(json.dumps({"instruction": "changed", "output": "x"}) + "\n")
     assert contamination.test_view(recorded, suites, str)["alpaca_eval"] == {"checked": False}
+
+
+def test_the_check_on_worker_processes_finds_the_same(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    """Large mixtures are checked in batches on Mix's worker count of processes: same findings, same file."""
+    import recipe.data.spool as spool
+    import recipe.stages.mix as mix_stage
+
+    cfg, _ = planted_mix(make_cfg, tmp_path / "a", n=60, total=40)
+    alone = artifact(run(cfg, run_dir=tmp_path / "a")["stages"]["mix"])[1]
+    monkeypatch.setattr(mix_stage, "POOL_MIN_BYTES", 0)  # Mix's own pool even for a small source
+    monkeypatch.setattr(mix_stage, "CHUNK_BYTES", 1024)  # ... read in several ranges
+    monkeypatch.setattr(spool, "PARALLEL_ROWS", 1)
+    monkeypatch.setattr(spool, "CHECK_ROWS", 7)
+    pools: list[bool] = []
+    close = spool.ContentCheck.close
+    monkeypatch.setattr(spool.ContentCheck, "close", lambda self: (pools.append(self._pool is not None), close(self)))
+    cfg, _ = planted_mix(make_cfg, tmp_path / "b", "mix.workers=2", n=60, total=40)
+    with open_dict(cfg):
+        cfg.store_dir = str(tmp_path / "store-b")
+    parallel = artifact(run(cfg, run_dir=tmp_path / "b")["stages"]["mix"])[1]
+    assert parallel["sha256"] == alone["sha256"]
+    assert parallel["contamination"]["suites"] == alone["contamination"]["suites"]
+    assert parallel["contamination"]["checked_examples"] == alone["contamination"]["checked_examples"]
+    assert pools == [True]  # the check did run on worker processes

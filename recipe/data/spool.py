@@ -351,25 +351,62 @@ def read_texts(spools: list[str], arrays: dict[str, np.ndarray], rows: np.ndarra
     return texts
 
 
-class ContentCheck:
-    """Records checked lazily, once each, by `scan` (texts -> findings per record, empty = clean)."""
+CHECK_ROWS = 2048  # records read and checked per batch: memory stays a few MB whatever the mixture
+PARALLEL_ROWS = 20_000  # below this, checking in this process beats starting workers
+_SCANNER: Any = None  # in a check worker: the object whose scan(texts) finds contamination
 
-    def __init__(self, spools: list[str], arrays: dict[str, np.ndarray], scan: Callable[..., list[Any]]) -> None:
-        self.spools, self.arrays, self.scan = spools, arrays, scan
+
+def _set_scanner(scanner: Any) -> None:
+    global _SCANNER
+    _SCANNER = scanner
+
+
+def _scan_rows(spools: list[str], arrays: dict[str, np.ndarray]) -> list[Any]:
+    return _SCANNER.scan(read_texts(spools, arrays, np.arange(len(arrays["unit"]))))
+
+
+class ContentCheck:
+    """Records checked lazily, once each, by `checker.scan` (texts -> findings per record, empty =
+    clean), in batches of CHECK_ROWS; large batches on `workers` processes, each given the checker's
+    `index` once (its scan is the same function)."""
+
+    def __init__(self, spools: list[str], arrays: dict[str, np.ndarray], checker: Any, workers: int = 1) -> None:
+        self.spools, self.arrays, self.checker, self.workers = spools, arrays, checker, workers
         self.checked = np.zeros(len(arrays["offset"]), dtype=bool)
         self.bad = np.zeros(len(arrays["offset"]), dtype=bool)
         self.found: dict[int, Any] = {}  # record -> what the scan found
+        self._pool: Executor | None = None
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         """Which of `rows` are bad (checking those not checked yet)."""
         todo = rows[~self.checked[rows]]
-        if len(todo):
-            for row, found in zip(todo.tolist(), self.scan(read_texts(self.spools, self.arrays, todo)), strict=True):
+        chunks = [todo[i : i + CHECK_ROWS] for i in range(0, len(todo), CHECK_ROWS)]
+        if self.workers > 1 and len(todo) >= PARALLEL_ROWS:
+            if self._pool is None:
+                from concurrent.futures import ProcessPoolExecutor
+                from multiprocessing import get_context
+
+                self._pool = ProcessPoolExecutor(
+                    self.workers, get_context("forkserver"), initializer=_set_scanner, initargs=(self.checker.index,)
+                )
+            keys = ("unit", "offset", "length", "canonical_length")
+            tasks = [self._pool.submit(_scan_rows, self.spools, {k: self.arrays[k][c] for k in keys}) for c in chunks]
+            results: Iterator[list[Any]] = (task.result() for task in tasks)
+            self.checker.checked += len(todo)
+        else:
+            results = (self.checker.scan(read_texts(self.spools, self.arrays, c)) for c in chunks)
+        for chunk, found_in_chunk in zip(chunks, results, strict=True):
+            for row, found in zip(chunk.tolist(), found_in_chunk, strict=True):
                 if found:
                     self.found[row] = found
                     self.bad[row] = True
-            self.checked[todo] = True
+        self.checked[todo] = True
         return self.bad[rows]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
     def first_clean(self, perm: np.ndarray, size: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray, int | None]:
         """Drop bad records from the draw order `perm` until its leading records that reach

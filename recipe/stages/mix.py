@@ -9,9 +9,8 @@ What it supports:
   proportionally to the strata's sizes;
 - sampling without replacement (an error when a source is too small, unless `replace: true`);
 - exact-duplicate removal within and across components; a deterministic shuffle from `seed`;
-- decontamination (`decontaminate`, on by default): examples holding a Test suite's prompt are
-  dropped (the next record of the same random order takes their place), fail the stage, or are
-  reported; per-suite findings in the manifest (rules: recipe/test/contamination.py);
+- decontamination (on by default, recipe/test/contamination.py): examples holding a Test prompt
+  are dropped (the next record of the same random order replaces each), fail the stage, or counted;
 - a held-out eval split (`eval_fraction`) drawn from records that are not in the mixture;
 - two files of the same examples in the same order: `conversations.jsonl`, the canonical form that
   trainers and Test read (`messages` with the component, source and stratum of each), and
@@ -195,18 +194,20 @@ class Mix(Stage):
         if c.dedupe and len(keep):
             keep[:] = False
             keep[np.unique(arrays["hash"], return_index=True)[1]] = True  # first occurrence wins
-        train_targets = self._targets(c.total)
-        eval_targets = self._targets(round(c.total * c.eval_fraction))
-        check = ContentCheck([u.spool for u in units], arrays, self.decon.scan) if self.decon else None
+        train_targets, eval_targets = self._targets(c.total), self._targets(round(c.total * c.eval_fraction))
+        check = ContentCheck([u.spool for u in units], arrays, self.decon, workers) if self.decon else None
         train_parts, eval_parts = [], []
-        for comp_id, name in enumerate(self.components):
-            mine = np.flatnonzero((arrays["component"] == comp_id) & keep)
-            stats[name]["duplicates_removed"] = int(np.count_nonzero(arrays["component"] == comp_id)) - len(mine)
-            train, held = self._select(
-                name, mine, arrays, strata[comp_id], train_targets[name], eval_targets[name], check
-            )
-            train_parts.append(train)
-            eval_parts.append(held)
+        try:  # the check's worker processes stop also when the selection fails
+            for comp_id, name in enumerate(self.components):
+                mine = np.flatnonzero((arrays["component"] == comp_id) & keep)
+                stats[name]["duplicates_removed"] = int(np.count_nonzero(arrays["component"] == comp_id)) - len(mine)
+                targets = (train_targets[name], eval_targets[name])
+                train, held = self._select(name, mine, arrays, strata[comp_id], *targets, check)
+                train_parts.append(train)
+                eval_parts.append(held)
+        finally:
+            if check:
+                check.close()
         contamination = self._contamination(check, arrays, np.concatenate(train_parts)) if check else None
         shuffle = np.random.default_rng(np.random.SeedSequence([c.seed, zlib.crc32(b"\0shuffle")]))
         train_order = shuffle.permutation(np.concatenate(train_parts))

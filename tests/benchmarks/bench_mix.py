@@ -7,7 +7,9 @@ Writes three JSON Lines sources in the recipe's shapes (50% llama-instruct `text
 then alternates, in fresh child processes, (a) the baseline, a plain pass that reads every line and
 `json.loads` it, (b) the same pass with orjson (the parser Mix uses), and (c) the Mix stage through
 the runner (fresh store each time, default settings: one worker per CPU), building a mixture of half
-the records plus a 1% eval split. Reports the median wall time of each, the ratios, peak RSS
+the records plus a 1% eval split, decontaminated against the default (offline) Test suites, and
+(d) the same Mix with `mix.decontaminate.enabled=false`. Reports the median wall time of each, the
+ratios, peak RSS
 (VmHWM) of each child, and for Mix also the sampled peak of its whole process group (workers too). Targets: Mix <= 2x the plain read pass, <= 500 MB RSS.
 
 Data and stores go under outputs/bench/ (the store's own filesystem; on these machines /tmp
@@ -101,7 +103,7 @@ def group_rss_mb() -> float:
     return total / 2**20
 
 
-def child_mix(directory: Path, store: Path, records: int, workers: int = 0) -> dict:
+def child_mix(directory: Path, store: Path, records: int, workers: int = 0, decontaminate: bool = True) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf, open_dict
 
@@ -129,6 +131,7 @@ def child_mix(directory: Path, store: Path, records: int, workers: int = 0) -> d
         cfg.mix.total = records // 2
         cfg.mix.eval_fraction = 0.01
         cfg.mix.workers = workers
+        cfg.mix.decontaminate.enabled = decontaminate  # against the default (offline) Test suites
     peak = [0.0]
     done = threading.Event()
 
@@ -169,7 +172,7 @@ def main() -> None:
         if kind == "read":
             result = child_read(Path(directory), rest[0])
         else:
-            result = child_mix(Path(directory), Path(rest[0]), int(rest[1]), int(rest[2]))
+            result = child_mix(Path(directory), Path(rest[0]), int(rest[1]), int(rest[2]), rest[3] == "on")
         result["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(result))
         return
@@ -184,17 +187,20 @@ def main() -> None:
         print(f"generated {args.records} records in {time.perf_counter() - started:.1f}s")
     size = sum(p.stat().st_size for p in data.glob("*.jsonl"))
     print(f"data: {size / 1e9:.2f} GB in {data}")
-    reads, fast_reads, mixes = [], [], []
+    reads, fast_reads, mixes, plain = [], [], [], []
     try:
         for i in range(args.repeats):
             reads.append(spawn("read", str(data), "json"))
             fast_reads.append(spawn("read", str(data), "orjson"))
             store = work / f"store{i}"
-            mixes.append(spawn("mix", str(data), str(store), str(args.records), str(args.workers)))
+            mixes.append(spawn("mix", str(data), str(store), str(args.records), str(args.workers), "on"))
+            shutil.rmtree(store, ignore_errors=True)
+            plain.append(spawn("mix", str(data), str(store), str(args.records), str(args.workers), "off"))
             shutil.rmtree(store, ignore_errors=True)
             print(
                 f"run {i + 1}: read(json) {reads[-1]['seconds']:.1f}s, read(orjson) {fast_reads[-1]['seconds']:.1f}s, "
-                f"mix {mixes[-1]['seconds']:.1f}s, mix RSS {mixes[-1]['peak_rss_mb']:.0f} MB"
+                f"mix {mixes[-1]['seconds']:.1f}s, mix RSS {mixes[-1]['peak_rss_mb']:.0f} MB, "
+                f"mix without decontamination {plain[-1]['seconds']:.1f}s"
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -209,6 +215,11 @@ def main() -> None:
         f"(with its worker processes, sampled: {max(m['group_rss_mb'] for m in mixes):.0f} MB)"
     )
     print(f"ratio mix / read(json): {mix_s / read_s:.2f}x (target <= 2x); mix / read(orjson): {mix_s / fast_s:.2f}x")
+    plain_s = statistics.median(m["seconds"] for m in plain)
+    print(
+        f"mix without decontamination: median {plain_s:.1f}s ({plain_s / read_s:.2f}x read(json)); the check of "
+        f"{mixes[0]['examples']} examples against the Test suites adds {mix_s - plain_s:.1f}s ({mix_s / plain_s:.2f}x)"
+    )
 
 
 if __name__ == "__main__":
