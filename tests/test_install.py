@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -21,6 +22,12 @@ def installed(tmp_path_factory) -> Path:
     """A fresh venv holding the built wheel (no -e); the heavy dependencies are the test venv's
     own, reached through a .pth line (a plain path: the checkout's editable finder is not loaded)."""
     tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "source"  # built from a copy: an in-tree build would leave build/ in the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("recipe", "conf"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     dist = tmp / "dist"
     subprocess.run(
         [
@@ -33,7 +40,7 @@ def installed(tmp_path_factory) -> Path:
             "--quiet",
             "-w",
             str(dist),
-            str(ROOT),
+            str(source),
         ],
         check=True,
         capture_output=True,

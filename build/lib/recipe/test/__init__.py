@@ -1,1 +1,0 @@
-"""Evaluation: metrics now; the Test stage's suites build on them."""
