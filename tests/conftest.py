@@ -96,6 +96,21 @@ def latest_run(root: Path) -> dict:
     return json.loads(runs[-1].read_text())
 
 
+def tiny_common(tiny_model_dir: Path) -> tuple[str, ...]:
+    """Mix the shipped samples (8 examples) and train the tiny model on them, briefly."""
+    return (
+        "stages=[mix,train]",
+        "mix=samples",
+        "mix.total=8",
+        "mix.eval_fraction=0",
+        "mix.progress=false",
+        f"train.model={tiny_model_dir}",
+        "train.max_seq_length=128",
+        "train.batch_size=1",
+        "train.progress=false",
+    )
+
+
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from recipe.runner import run
 
+from .conftest import tiny_common
 from .fake_together import FakeTogether
 from .test_eval import answer_and_judge, together_test
 
@@ -31,15 +32,9 @@ def scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
 
 def test_tensorboard_receives_every_training_step(make_cfg, tmp_path: Path, tiny_model_dir: Path) -> None:
     cfg = make_cfg(
+        *tiny_common(tiny_model_dir)[2:],
         "stages=[mix,train]",
-        "mix.total=8",
-        "mix.eval_fraction=0",
-        "mix.progress=false",
-        f"train.model={tiny_model_dir}",
-        "train.max_seq_length=128",
         "train.max_steps=3",
-        "train.batch_size=1",
-        "train.progress=false",
         "logger=tensorboard",
         f"logger.dir={tmp_path / 'tb'}",
         base=("mix=samples", "~distill", "~test", "~deploy"),

@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 
 from recipe.providers.local.trainer import Example, collate, pack  # noqa: E402
 
-from .conftest import RECIPE  # noqa: E402
+from .conftest import RECIPE, tiny_common  # noqa: E402
 
 # A small run on the shipped samples that still learns something measurable on two CPU cores.
 SMALL = (
@@ -142,19 +142,11 @@ def test_data_parallel_through_torchrun_matches_one_process(run_cli, tmp_path: P
     their gradients, which is exactly one process accumulating the same two rows: same losses,
     same weights."""
     common = (
-        "stages=[mix,train]",
-        "mix=samples",
-        "mix.total=8",
-        "mix.eval_fraction=0",
-        "mix.progress=false",
-        f"train.model={tiny_model_dir}",
-        "train.max_seq_length=128",
+        *tiny_common(tiny_model_dir),
         "train.max_steps=3",
         "train.lora.dropout=0",
         "train.learning_rate=1e-3",
         "train.checkpoint_every=2",
-        "train.batch_size=1",
-        "train.progress=false",
     )
     run_cli(*common, "train.devices=2", "train.gradient_accumulation=1")
     run_cli(*common, "train.devices=1", "train.gradient_accumulation=2")
@@ -189,21 +181,20 @@ def ddp_workers(spec_dir: Path) -> list[int]:
 def test_kill_9_during_data_parallel_training_stops_the_workers_and_resumes(
     tmp_path: Path, tiny_model_dir: Path, spawn
 ) -> None:
+    kill_9_two_processes_and_resume(tmp_path, tiny_model_dir, spawn)
+
+
+def kill_9_two_processes_and_resume(tmp_path: Path, tiny_model_dir: Path, spawn, *extra: str) -> dict:
+    """Train on two processes under torchrun, kill -9 the run at its first checkpoint: torchrun and
+    its workers must go with it, and a re-run resumes. The train manifest."""
     args = [
         RECIPE,
-        "stages=[mix,train]",
-        "mix=samples",
-        "mix.total=8",
-        "mix.eval_fraction=0",
-        "mix.progress=false",
-        f"train.model={tiny_model_dir}",
-        "train.max_seq_length=128",
+        *tiny_common(tiny_model_dir),
+        *extra,
         "train.devices=2",
-        "train.batch_size=1",
         "train.n_epochs=100",
         "train.max_steps=300",
         "train.checkpoint_every=2",
-        "train.progress=false",
     ]
     killed_at = kill_at_first_checkpoint(spawn, args, tmp_path, poll_s=0.05)
     work = tmp_path / "outputs" / "store" / "work" / "train"
@@ -213,6 +204,7 @@ def test_kill_9_during_data_parallel_training_stops_the_workers_and_resumes(
     assert not ddp_workers(work), "torchrun or its workers outlived the killed run"
     manifest = rerun_and_check_it_resumed(args, tmp_path, killed_at)
     assert manifest["world_size"] == 2 and manifest["steps"] > killed_at
+    return manifest
 
 
 @pytest.mark.parametrize("fmt", ["text", "prompt_completion"])

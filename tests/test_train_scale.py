@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,27 +18,14 @@ from recipe.providers.local.ddp import Rendezvous, torchrun_command
 from recipe.providers.local.trainer import Example, collate, enable_activation_checkpointing, pack
 from recipe.runner import run
 
-from .conftest import RECIPE
-from .test_train_local import ddp_workers, kill_at_first_checkpoint, rerun_and_check_it_resumed, tiny_llama
+from . import test_train_local
+from .conftest import tiny_common
+from .test_train_local import kill_9_two_processes_and_resume, tiny_llama
 
 GIB = 2**30
 
 
 # ---- FSDP2 ------------------------------------------------------------------------------------
-
-
-def tiny_common(tiny_model_dir: Path) -> tuple[str, ...]:
-    return (
-        "stages=[mix,train]",
-        "mix=samples",
-        "mix.total=8",
-        "mix.eval_fraction=0",
-        "mix.progress=false",
-        f"train.model={tiny_model_dir}",
-        "train.max_seq_length=128",
-        "train.batch_size=1",
-        "train.progress=false",
-    )
 
 
 def test_fsdp_on_two_gloo_processes_matches_one_process(run_cli, tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -71,27 +57,22 @@ def test_fsdp_on_two_gloo_processes_matches_one_process(run_cli, tmp_path: Path,
 
 
 def test_kill_9_during_fsdp_training_resumes_from_the_sharded_checkpoint(
-    tmp_path: Path, tiny_model_dir: Path, spawn
+    tmp_path: Path, tiny_model_dir: Path, spawn, monkeypatch
 ) -> None:
-    args = [
-        RECIPE,
-        *tiny_common(tiny_model_dir),
-        "train.strategy=fsdp",
-        "train.activation_checkpointing=true",
-        "train.devices=2",
-        "train.n_epochs=100",
-        "train.max_steps=300",
-        "train.checkpoint_every=2",
-    ]
-    killed_at = kill_at_first_checkpoint(spawn, args, tmp_path, poll_s=0.05)
-    checkpoint = next((tmp_path / "outputs" / "store" / "work" / "train").glob("*/checkpoint-*"))
-    assert (checkpoint / ".metadata").is_file()  # torch.distributed.checkpoint's sharded format
     work = tmp_path / "outputs" / "store" / "work" / "train"
-    deadline = time.monotonic() + 30
-    while ddp_workers(work) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not ddp_workers(work), "torchrun or its workers outlived the killed run"
-    manifest = rerun_and_check_it_resumed(args, tmp_path, killed_at)
+    formats: list[bool] = []
+    real_rerun = test_train_local.rerun_and_check_it_resumed
+
+    def rerun(args: list[str], cwd: Path, killed_at: int) -> dict:
+        checkpoint = next(work.glob("*/checkpoint-*"))
+        formats.append((checkpoint / ".metadata").is_file())  # torch.distributed.checkpoint's sharded format
+        return real_rerun(args, cwd, killed_at)
+
+    monkeypatch.setattr(test_train_local, "rerun_and_check_it_resumed", rerun)
+    manifest = kill_9_two_processes_and_resume(
+        tmp_path, tiny_model_dir, spawn, "train.strategy=fsdp", "train.activation_checkpointing=true"
+    )
+    assert formats == [True]
     assert manifest["world_size"] == 2 and manifest["strategy"] == "fsdp" and manifest["activation_checkpointing"]
 
 
