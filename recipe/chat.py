@@ -152,9 +152,8 @@ def _endpoint(args: argparse.Namespace) -> Iterator[tuple[str, str, str | None, 
         yield deployment.url, deployment.model, None, fmt
     else:  # the deploy stage's server stopped: serve the same directory for this chat
         assert deployment.model_dir is not None
-        with local_model(
-            Path(deployment.model_dir), LocalServing("transformers"), which="chat", weights=None, fmt=fmt
-        ) as m:
+        model_dir, serving = Path(deployment.model_dir), LocalServing("transformers")
+        with local_model(model_dir, serving, which="chat", weights=None, fmt=fmt, served_name=deployment.model) as m:
             yield m.url, m.model, None, fmt
 
 

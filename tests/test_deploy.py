@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -142,11 +143,12 @@ def test_local_deployment_serves_the_openai_client_until_stopped(
     for line in proc.stdout:
         if line.strip().startswith("at http://127.0.0.1:"):
             url = line.split()[1]
-        if line.startswith("serving /"):
+        if line.startswith("serving ") and "until Ctrl-C" not in line:
             model = line.split(" ", 1)[1].strip()
         if "serving until Ctrl-C" in line or time.monotonic() > deadline:
             break
     assert url and model, "the deployment never said where it serves"
+    assert re.fullmatch(r"recipe-[0-9a-f]{8}", model), model  # a readable name, not a filesystem path
     client = openai.OpenAI(base_url=url, api_key="none")
     completion = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "Hello!"}], max_tokens=5

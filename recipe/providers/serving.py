@@ -65,12 +65,19 @@ class LocalServing:
 
 @contextlib.contextmanager
 def local_model(
-    model_dir: Path, serving: LocalServing, *, which: str, weights: str | None, fmt: PromptFormat
+    model_dir: Path,
+    serving: LocalServing,
+    *,
+    which: str,
+    weights: str | None,
+    fmt: PromptFormat,
+    served_name: str | None = None,
 ) -> Iterator[ModelAccess]:
-    """A managed server over a Hugging Face model directory; stopped when the block ends."""
+    """A managed server over a Hugging Face model directory (clients name it `served_name` when
+    given, else its path); stopped when the block ends."""
     engine = serving_engine(serving.engine)
     options = {"host": serving.host, "port": serving.port, "startup_timeout_s": serving.startup_timeout_s}
-    with model_server(model_dir, engine, serving.device, **options) as server:
+    with model_server(model_dir, engine, serving.device, served_name, **options) as server:
         client = Client(server.base_url, None, max_retries=2, timeout_s=serving.timeout_s)
         try:
             yield ModelAccess(

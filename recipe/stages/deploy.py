@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,12 @@ class LocalDeploy(Stage):
                 "for a Together fine-tune use deploy=together_dedicated or together_serverless"
             )
         serving = LocalServing(c.engine.value, c.device, c.host, c.port, c.startup_timeout_s)
-        with local_model(trained.local_dir, serving, which="tuned", weights=trained.weights, fmt=trained.format) as m:
+        # A name people can read and clients can send: the experiment and the trained model's fingerprint.
+        experiment = re.sub(r"[^A-Za-z0-9._-]+", "-", str(self.root.notes.get("experiment") or "recipe"))
+        name = f"{experiment}-{trained.weights.rsplit(':', 1)[-1][:8]}" if trained.weights else None
+        with local_model(
+            trained.local_dir, serving, which="tuned", weights=trained.weights, fmt=trained.format, served_name=name
+        ) as m:
             answer = smoke_query(m.client, m.model, c.smoke_prompt, c.smoke_max_tokens, m.format)
             engine = m.provider.removeprefix("local-")
             print(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -67,6 +68,7 @@ class ManagedServer:
     def __init__(self, *, host: str = "127.0.0.1", port: int | None = None, startup_timeout_s: float = 120.0) -> None:
         self.host, self.port, self.startup_timeout_s = host, port or 0, startup_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
+        self.cwd: str | None = None  # the server's working directory (None: ours)
         self.log = tempfile.NamedTemporaryFile(
             prefix=f"recipe-{self.name.replace(' ', '-')}-", suffix=".log", delete=False
         )
@@ -91,6 +93,7 @@ class ManagedServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env=self.env(),
+            cwd=self.cwd,
             preexec_fn=die_with_parent,
         )
         try:
@@ -173,18 +176,30 @@ class LlamaCppServer(ManagedServer):
 
 
 class TransformersServer(ManagedServer):
-    """`transformers serve` with the model preloaded; the model's name is its directory path."""
+    """`transformers serve` with the model preloaded. The model's name is its directory path, or
+    `served_name`: a link of that name to the directory, in a private directory the server runs in
+    (transformers serve takes the name it loaded a model by as that model's id)."""
 
     name = "transformers server"
     ready_path = "/health"
 
-    def __init__(self, model_dir: Path, *, device: str = "cpu", **kwargs: object) -> None:
+    def __init__(
+        self, model_dir: Path, *, device: str = "cpu", served_name: str | None = None, **kwargs: object
+    ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.model_dir, self.device = model_dir, device
+        self.model_dir, self.device, self.served_name = model_dir, device, served_name
+        if served_name:
+            self.cwd = tempfile.mkdtemp(prefix="recipe-served-")
+            os.symlink(Path(model_dir).resolve(), Path(self.cwd) / served_name)
 
     @property
     def model(self) -> str:
-        return str(self.model_dir)
+        return self.served_name or str(self.model_dir)
+
+    def stop(self) -> None:
+        super().stop()
+        if self.cwd:
+            shutil.rmtree(self.cwd, ignore_errors=True)
 
     def command(self) -> list[str]:
         if importlib.util.find_spec("fastapi") is None:
@@ -193,7 +208,7 @@ class TransformersServer(ManagedServer):
         return [
             str(cli),
             "serve",
-            str(self.model_dir),
+            self.model,
             "--host",
             self.host,
             "--port",
@@ -210,13 +225,13 @@ class VllmServer(ManagedServer):
     name = "vLLM server"
     ready_path = "/health"
 
-    def __init__(self, model_dir: Path, **kwargs: object) -> None:
+    def __init__(self, model_dir: Path, *, served_name: str | None = None, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.model_dir = model_dir
+        self.model_dir, self.served_name = model_dir, served_name
 
     @property
     def model(self) -> str:
-        return str(self.model_dir)
+        return self.served_name or str(self.model_dir)
 
     def command(self) -> list[str]:
         return [
@@ -225,6 +240,7 @@ class VllmServer(ManagedServer):
             "vllm.entrypoints.openai.api_server",
             "--model",
             str(self.model_dir),
+            *(["--served-model-name", self.served_name] if self.served_name else []),
             "--host",
             self.host,
             "--port",
@@ -241,8 +257,11 @@ def serving_engine(engine: str) -> str:
     return "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "transformers"
 
 
-def model_server(model_dir: Path, engine: str, device: str, **options: object) -> ManagedServer:
-    """A managed server for a Hugging Face model directory with the chosen engine (see serving_engine)."""
+def model_server(
+    model_dir: Path, engine: str, device: str, served_name: str | None = None, **options: object
+) -> ManagedServer:
+    """A managed server for a Hugging Face model directory with the chosen engine (see serving_engine);
+    clients name the model `served_name` when given, else by its directory path."""
     if serving_engine(engine) == "vllm":
-        return VllmServer(model_dir, **options)
-    return TransformersServer(model_dir, device=device, **options)
+        return VllmServer(model_dir, served_name=served_name, **options)
+    return TransformersServer(model_dir, device=device, served_name=served_name, **options)
