@@ -462,6 +462,7 @@ class Decontamination:
     def manifest(self) -> dict[str, Any]:
         """Per suite: test records and training examples found, and what was done (for the manifest,
         the Test report and run.json)."""
+        settings = identity(self.config, self.key) or {"suites": {}}
         suites = {}
         for n in self.names:
             kept, dropped = self.found[n]["kept"], self.found[n]["dropped"]
@@ -472,9 +473,9 @@ class Decontamination:
                 "examples_kept": len(self.examples[n]["kept"]),
                 "examples_dropped": len(self.examples[n]["dropped"]),
                 "example_ids": (self.examples[n]["kept"] + self.examples[n]["dropped"])[:SHOWN],
-                "identity": suite_identity(self.config.against[n], self._suite_key(n)),
+                "identity": settings["suites"][n],
             }
-        return {**(identity(self.config, self.key) or {}), "checked_examples": self.checked, "suites": suites}
+        return {**settings, "checked_examples": self.checked, "suites": suites}
 
     def filter(self, items: list[T], texts: Callable[[T], list[str]], name: Callable[[T], str]) -> list[T]:
         """Check `items` (each one example); note what is found; `drop` returns the clean ones,
