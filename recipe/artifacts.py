@@ -14,6 +14,8 @@ everything else in a manifest is a record for people (counts, timings, costs).
   which base model it came from, and the `PromptFormat` it was trained in. Test and Deploy prompt it
   in that format, so a model is never tested in a format it was not trained in.
 - `Deployment` (Deploy): a URL and model name that `recipe-chat` can talk to.
+- `Planned` (any stage, in a dry run): the size a stage expects its artifact to have, so the next
+  stage can plan (and price) from it before the artifact exists.
 """
 
 from __future__ import annotations
@@ -33,6 +35,22 @@ CONVERSATIONS_FILE = "conversations.jsonl"
 MIXTURE_FILE = "mixture.jsonl"
 EVAL_FILE = "eval.jsonl"
 EVAL_CONVERSATIONS_FILE = "eval_conversations.jsonl"
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What a dry run expects a stage to produce: examples and, when it can say, their tokens
+    (`basis` says how the tokens were estimated, for the plan's text)."""
+
+    examples: int | None
+    tokens: int | None = None
+    eval_examples: int = 0
+    eval_tokens: int | None = None
+    basis: str = ""
+
+    @property
+    def tokens_per_example(self) -> float | None:
+        return self.tokens / self.examples if self.tokens is not None and self.examples else None
 
 
 class ArtifactError(RecipeError):
@@ -111,6 +129,8 @@ class Mixture:
     contamination: dict[str, Any] | None  # what Mix's decontamination checked and found (None: off)
     tokens: int | None = None  # the training split's tokens as Mix counted them (mix.tokenizer)
     eval_tokens: int | None = None
+    examples: int | None = None
+    eval_examples: int = 0
 
     @classmethod
     def load(cls, artifact: Artifact) -> Mixture:
@@ -130,7 +150,13 @@ class Mixture:
             contamination=m.get("contamination"),
             tokens=m.get("tokens"),
             eval_tokens=(m.get("eval") or {}).get("tokens"),
+            examples=m.get("examples"),
+            eval_examples=(m.get("eval") or {}).get("examples", 0),
         )
+
+    def size(self) -> Planned:
+        """The mixture's size in the shape a dry run plans with."""
+        return Planned(self.examples, self.tokens, self.eval_examples, self.eval_tokens, "the mixture's own count")
 
     def records(self, split: str = "train") -> Iterator[dict[str, Any]]:
         """Canonical records (`messages`, `component`, `source`, `stratum`) of `train` or `eval`."""

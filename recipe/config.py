@@ -44,23 +44,27 @@ def execution_paths(schema: type, prefix: tuple[str, ...] = ()) -> set[tuple[str
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         if is_dataclass(kind):
             paths |= execution_paths(kind, path)  # type: ignore[arg-type]
+        elif typing.get_origin(kind) is dict and is_dataclass(value := typing.get_args(kind)[1]):
+            paths |= execution_paths(value, (*path, "*"))  # type: ignore[arg-type]  # every entry
     return paths
 
 
 def semantic_view(schema: type, node: dict[str, Any]) -> dict[str, Any]:
     """`node` (a resolved config node of `schema`) without its execution-only keys."""
     out = {k: v for k, v in node.items()}
+
+    def drop(parent: dict[str, Any], path: tuple[str, ...]) -> None:
+        if len(path) == 1:
+            parent.pop(path[0], None)
+            return
+        for key in list(parent) if path[0] == "*" else [path[0]]:  # "*": every entry of a dict of nodes
+            child = parent.get(key)
+            if isinstance(child, dict):
+                parent[key] = child = dict(child)  # copy on the way down: the caller's node is untouched
+                drop(child, path[1:])
+
     for path in sorted(execution_paths(schema)):
-        parent: Any = out
-        for key in path[:-1]:
-            child = parent.get(key) if isinstance(parent, dict) else None
-            if not isinstance(child, dict):
-                break
-            parent[key] = child = dict(child)  # copy on the way down: the caller's node is untouched
-            parent = child
-        else:
-            if isinstance(parent, dict):
-                parent.pop(path[-1], None)
+        drop(out, path)
     return out
 
 
@@ -104,6 +108,9 @@ class SourceConfig:
     columns: Dict[str, str] = field(default_factory=dict)
     # For kind=text: the chat format the `text` field is written in (llama2_inst or chatml).
     template: str = "llama2_inst"
+    # Mean tokens of one record as Mix renders it, for a dry run that cannot read a hub source
+    # (a stated assumption, printed with the plan; local sources are measured instead).
+    estimate_tokens: Optional[int] = None
     description: str = ""
 
 
@@ -463,6 +470,9 @@ class TogetherDeployConfig:
     inactive_timeout: Optional[int] = 15  # minutes idle before Together stops it (stops the bill)
     smoke_prompt: str = "What is the capital of Australia?"
     smoke_max_tokens: int = 32
+    # USD per hour of the endpoint's hardware, for a dry run's estimate (Together's GET /hardware has
+    # the real rate, which a dry run does not ask: it stays offline); null: not priced.
+    usd_per_hour: Optional[float] = execution(None)
     action: EndpointAction = execution(EndpointAction.ensure)
     poll_s: float = execution(10.0)
     timeout_s: float = execution(120.0)
@@ -496,6 +506,10 @@ class SuiteConfig:
     split: str = "train"
     max_examples: Optional[int] = None  # the first N records; null = all
     max_tokens: int = 128  # generation length per prompt
+    # For a dry run that cannot read a hub suite (stated assumptions, printed with the plan): its
+    # number of records, and the mean tokens of one record's prompt text (mqa: of one document).
+    records: Optional[int] = execution(None)
+    estimate_tokens: Optional[int] = execution(None)
     description: str = ""
     # mqa: records {question, answers: [str], ctxs: [{title, text, isgold?}]} (the paper's files)
     num_documents: List[int] = field(default_factory=lambda: [20, 30, 50])

@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from recipe import summary, tracking
+from recipe.artifacts import Planned
 from recipe.secrets import together_api_key
 from recipe.stages import CONFIG_KEY, STAGE_ORDER, Stage, StageError, StagePending, build_stage, check_targets
 from recipe.store import Artifact, ArtifactStore, fingerprint, write_json_atomic
@@ -79,6 +80,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         "stages": {},
     }
     artifacts: dict[str, Artifact] = {}
+    plans: dict[str, Planned] = {}  # a dry run's expected artifacts, for downstream plans
     tracker = None if cfg.dry_run else tracking.open_tracker(cfg.get("logger"), "_".join(run_dir.resolve().parts[-2:]))
     try:
         for name in select_stages(cfg):
@@ -100,7 +102,10 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
             entry["cache_hit"] = hit is not None
             if cfg.dry_run:
                 entry["status"] = "planned"
+                stage.upstream_plans = {up: plans[up] for up in stage.upstream() if inputs[up] is None and up in plans}
                 entry["plan"] = "reuse " + str(hit.path) if hit else stage.plan(inputs)
+                if stage.planned is not None and not hit:
+                    plans[name] = stage.planned
                 entry["estimated_usd"] = 0.0 if hit else stage.planned_usd
                 if not hit and stage.uses_together() and not together_api_key(cfg):
                     entry["plan"] += "; TOGETHER_API_KEY is not set: a run would stop here"

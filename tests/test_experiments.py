@@ -9,9 +9,11 @@ import json
 from pathlib import Path
 
 from recipe.artifacts import Mixture, PromptFormat
+from recipe.providers.model_client import approx_tokens
 from recipe.runner import run
 from recipe.stages.train import render_upload
 from recipe.store import ArtifactStore
+from recipe.test.suites import BOOKSUM_QUESTION, JUDGE_SYSTEM, MQA_INSTRUCTION
 
 from .fake_together import FakeTogether
 
@@ -79,8 +81,9 @@ def test_the_seed_experiment_sends_the_seeds_requests(make_cfg, tmp_path: Path, 
 
 
 def test_the_seed_dry_run_plans_and_prices_every_stage_without_the_network(run_cli, tmp_path: Path) -> None:
-    """No key, no hub: every stage still plans; Distill is priced from stated assumptions; a
-    missing key is flagged on each Together stage; one table with the estimated total."""
+    """No key, no hub: every stage still plans and is priced from stated assumptions (each named in
+    its plan), downstream stages from the upstream plans; a missing key is flagged on each Together
+    stage; one table with the estimated total."""
     env = {
         "TOGETHER_API_KEY": "",
         # Any attempt to reach the hub or Together would fail at once on this closed port.
@@ -102,9 +105,33 @@ def test_the_seed_dry_run_plans_and_prices_every_stage_without_the_network(run_c
     for name in ("distill", "train", "test", "deploy"):
         assert stages[name]["missing"] == "TOGETHER_API_KEY", name
         assert "TOGETHER_API_KEY is not set: a run would stop here" in stages[name]["plan"]
-    assert "train.budget.max_usd=200" in stages["train"]["plan"]
+    # Mix: Distill's planned conversations (3 turns of 100 + 300 tokens) and the hub sources' stated
+    # sizes (sources.*.estimate_tokens), in the seed's 50/25/25 shares of 38,000 examples.
+    tokens = 19000 * 3 * (100 + 300) + 9500 * 5600 + 9500 * 14700
+    assert f"~{tokens} tokens" in stages["mix"]["plan"] and "Distill's plan" in stages["mix"]["plan"]
+    # Train: Together bills 4 epochs x the mixture's tokens, at the full fine-tune rate the config states;
+    # over the seed's $200 cap, which the plan says before anything is spent.
+    assert stages["train"]["estimated_usd"] == round(4 * tokens * 0.54 / 1e6, 2)
+    assert f"~{4 * tokens} tokens billed" in stages["train"]["plan"] and "OVER the budget" in stages["train"]["plan"]
+    # Test: base and tuned on 2655 questions x 3 document counts x 3 gold positions, 1431 chapters,
+    # 805 instructions and 5 held-out samples; the judge reads each instruction in both orders per model.
+    test = stages["test"]
+    assert "52272 generations and 3220 judge calls" in test["plan"]
+    # Prompts from the suites' stated sizes (~140 tokens per document, ~5100 per chapter, ~50 per
+    # instruction), every answer at its max_tokens (100, 512, 1024; 512 held out): an upper bound.
+    mqa_frame, question = approx_tokens(MQA_INSTRUCTION) + 20, approx_tokens(BOOKSUM_QUESTION)
+    prompts = 2655 * 3 * sum(d * 140 + mqa_frame for d in (20, 30, 50)) + 1431 * (5100 + question) + 805 * 50
+    answers = 2655 * 9 * 100 + 1431 * 512 + 805 * 1024 + 5 * 512
+    judge_in, judge_out = 805 * (approx_tokens(JUDGE_SYSTEM) + 50 + 1024 + 1024), 805 * 64
+    tokens_in, tokens_out = 2 * (prompts + 2 * judge_in), 2 * (answers + 2 * judge_out)
+    assert f"~{tokens_in} prompt tokens" in test["plan"]
+    assert test["estimated_usd"] == round((tokens_in + tokens_out) * 0.2 / 1e6, 2)
+    assert ("over test.budget.max_usd=50" in test["plan"]) == (test["estimated_usd"] > 50)
+    # Deploy: at least the 15 idle minutes before Together stops the endpoint, at the stated hourly rate.
+    assert stages["deploy"]["estimated_usd"] == round(3.36 * 15 / 60, 2)
     assert "billed per minute while started" in stages["deploy"]["plan"]
-    assert f"estimated total: ${distill['estimated_usd']:.2f} + unknown (train, test, deploy)" in out
+    total = sum(s["estimated_usd"] for s in stages.values())
+    assert f"estimated total: ${total:.2f}\n" in out  # every stage priced: nothing unknown
     assert any(line.startswith("stage ") and "est. $" in line for line in out.splitlines())  # the cost column
 
 
@@ -123,4 +150,7 @@ def test_a_dry_run_prices_together_training_from_the_mixtures_tokens(make_cfg, t
     assert stages["mix"]["cache_hit"] and stages["mix"]["estimated_usd"] == 0.0
     expected = round(4 * mix_tokens * 3.0 / 1e6, 2)  # together_lora: 4 epochs, no evals
     assert stages["train"]["estimated_usd"] == expected
-    assert f"~{4 * mix_tokens} tokens billed at $3/M" in stages["train"]["plan"]
+    assert (
+        f"~{4 * mix_tokens} tokens billed (4 epochs x {mix_tokens} tokens (the mixture's count))"
+        in stages["train"]["plan"]
+    )

@@ -105,8 +105,13 @@ def parse_split(split: str, key: str) -> tuple[str, int, int | None]:
 
 
 def check_source(name: str, source: DictConfig) -> None:
-    """`split` parses; `columns` names only the source kind's fields."""
+    """`split` parses; `columns` names only the source kind's fields; a text source's template is one
+    we can parse."""
     parse_split(source.split, config_key(name))
+    if source.kind.value == "text" and source.template not in ("llama2_inst", "chatml"):
+        raise DataError(
+            f"{config_key(name)}.template={source.template!r}: text sources are parsed as llama2_inst or chatml"
+        )
     allowed = KIND_FIELDS.get(source.kind.value, ())
     for ours in source.get("columns") or {}:
         if ours not in allowed:

@@ -328,6 +328,29 @@ def merge_units(
     return {k: np.concatenate(v) for k, v in parts.items()}, strata, stats
 
 
+def selection_counts(
+    order: np.ndarray,
+    arrays: dict[str, np.ndarray],
+    strata: list[dict[Any, int]],
+    components: list[str],
+    stratified: list[bool],
+) -> dict[str, Any]:
+    """The manifest's counts of the chosen records: tokens, examples and tokens per component, and
+    examples per stratum for stratified components."""
+    counts: dict[str, int] = {}
+    tokens: dict[str, int] = {}
+    by_stratum: dict[str, dict[str, int]] = {}
+    for comp_id, name in enumerate(components):
+        chosen = order[arrays["component"][order] == comp_id]
+        counts[name] = len(chosen)
+        tokens[name] = int(arrays["tokens"][chosen].sum())
+        if stratified[comp_id]:
+            labels = {sid: label for label, sid in strata[comp_id].items()}
+            ids, n = np.unique(arrays["stratum"][chosen], return_counts=True)
+            by_stratum[name] = {str(labels[int(s)]): int(k) for s, k in zip(ids, n, strict=True)}
+    return {"tokens": int(sum(tokens.values())), "counts": counts, "tokens_by_component": tokens, "strata": by_stratum}
+
+
 def read_texts(spools: list[str], arrays: dict[str, np.ndarray], rows: np.ndarray) -> list[list[str]]:
     """The message texts of these records (from their canonical lines), for content checks."""
     fds: dict[int, int] = {}

@@ -22,6 +22,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from recipe.artifacts import Planned
 from recipe.errors import RecipeError
 from recipe.providers.http import APIError, Client
 from recipe.providers.together import (
@@ -260,3 +261,27 @@ def _confirm(price: float, ask: Callable[[str], str] = input) -> None:
     answer = ask(f"Launch this fine-tune for about ${price:.2f}? [y/N] ")
     if answer.strip().lower() not in ("y", "yes"):
         raise FineTuneError("not launched: the price was not confirmed")
+
+
+def billed_tokens(
+    size: Planned, n_epochs: int, n_evals: int, packing: bool, max_seq_length: int | None, label: str
+) -> tuple[int | None, str]:
+    """Tokens Together bills for a job on data of this size, by its published rule: n_epochs x
+    training tokens + n_evals x validation tokens; without packing every example counts as
+    max_seq_length tokens (docs.together.ai, fine-tuning pricing). `label` says where the size comes
+    from. (None, why) when unknown."""
+    if not packing:
+        if max_seq_length is None:
+            return None, "packing off bills max_seq_length per example: set train.max_seq_length"
+        if size.examples is None:
+            return None, f"the mixture's examples are unknown ({label})"
+        per = max_seq_length
+        train, held = size.examples * per, size.eval_examples * per
+        how = f"{size.examples} examples x max_seq_length {per}, packing off"
+    else:
+        if size.tokens is None or (n_evals and size.eval_examples and size.eval_tokens is None):
+            return None, f"the mixture's tokens are unknown ({label})"
+        train, held, how = size.tokens, size.eval_tokens or 0, f"{size.tokens} tokens ({label})"
+    return n_epochs * train + n_evals * held, f"{n_epochs} epochs x {how}" + (
+        f", + {n_evals} evals x {held}" if n_evals and held else ""
+    )

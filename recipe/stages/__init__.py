@@ -5,7 +5,9 @@ builds it with `Stage(config=<its node>, root=<the whole config>)`, asks it for 
 (what its fingerprint hashes: its node minus the keys its `schema` marks execution-only) and the
 upstream stages it needs, and calls `run(inputs, out_dir)`, which writes outputs into `out_dir` and
 returns the manifest fields. Stages read upstream artifacts through `recipe.artifacts`; they never
-import the runner or each other.
+import the runner or each other. A dry run calls `plan(inputs)` instead: the stage says what it
+would do, sets `planned_usd` when it can price it and `planned` (the size of what it would make),
+which the runner hands to the stages downstream as `upstream_plans` when the artifact is missing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, ClassVar
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from recipe.artifacts import Planned
 from recipe.config import semantic_view
 from recipe.errors import RecipeError
 from recipe.providers.http import Client, together_base_url
@@ -58,6 +61,9 @@ class Stage:
     reusable: ClassVar[bool] = True
     # What a dry run expects the stage to cost in USD, set by `plan` when it can say (None: unknown).
     planned_usd: float | None = None
+    # What a dry run expects the artifact to hold, set by `plan` when it can say; the runner hands it
+    # to downstream stages' `plan` as `upstream_plans` (only for artifacts not built yet).
+    planned: Planned | None = None
 
     def uses_together(self) -> bool:
         """Whether running this stage needs the Together key (a dry run flags a missing one)."""
@@ -68,6 +74,7 @@ class Stage:
         self.root = root
         self.store: ArtifactStore | None = None  # set by the runner: for records of remote objects
         self.fingerprint: str | None = None  # set by the runner before `run`
+        self.upstream_plans: dict[str, Planned] = {}  # set by the runner before `plan`
 
     def upstream(self) -> tuple[str, ...]:
         """Names of stages whose artifacts this one needs."""

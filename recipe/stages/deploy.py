@@ -126,12 +126,26 @@ class TogetherDeploy(Stage):
 
     def plan(self, inputs: dict[str, Artifact | None]) -> str:
         c = self.config
-        where = f"a dedicated endpoint ({c.hardware or 'cheapest hardware'})" if c.dedicated else "the serverless API"
-        billing = (
-            f"; billed per minute while started (stopped after {c.inactive_timeout} idle minutes)"
-            if c.dedicated
-            else ""
-        )
+        if c.action.value in ("stop", "delete"):
+            self.planned_usd = 0.0
+            return f"{c.action.value} the endpoint recorded for this fine-tune (stops its bill)"
+        if not c.dedicated:
+            self.planned_usd = 0.0  # one smoke query of smoke_max_tokens: well under a cent
+            return f"query the fine-tuned model on the serverless API: one smoke query (≤{c.smoke_max_tokens} tokens)"
+        billing = f"; billed per minute while started (stopped after {c.inactive_timeout} idle minutes)"
+        if c.inactive_timeout is None:
+            billing = "; billed per minute while started, with no idle stop: until you stop it (deploy.action=stop)"
+        if c.usd_per_hour is None:
+            billing += "; not priced offline (set deploy.usd_per_hour: the hardware's rate)"
+        elif c.inactive_timeout is None:
+            billing += f"; ${c.usd_per_hour:g}/hour (deploy.usd_per_hour)"
+        else:
+            self.planned_usd = round(c.usd_per_hour * c.inactive_timeout / 60, 2)
+            billing += (
+                f"; at ${c.usd_per_hour:g}/hour (deploy.usd_per_hour): at least ${self.planned_usd:.2f} for the "
+                f"{c.inactive_timeout} idle minutes after the smoke query, plus start-up and any use"
+            )
+        where = f"a dedicated endpoint ({c.hardware or 'cheapest hardware'})"
         return f"{c.action.value} the fine-tuned model on {where}, then a smoke query{billing}"
 
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:

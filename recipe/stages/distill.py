@@ -31,6 +31,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from recipe.artifacts import Conversations as ConversationsArtifact
+from recipe.artifacts import Planned
 from recipe.config import DistillConfig
 from recipe.data.jsonl import encode_line
 from recipe.data.sources import (
@@ -168,6 +169,9 @@ class Distill(Stage):
             return f"distill every conversation of sources.{c.source} (on the hub, not read by a dry run; set distill.max_conversations to price it)"
         prompt = n * (u * turns * (turns + 1) / 2 + a * turns * (turns - 1) / 2)  # each turn resends the history
         self.planned_usd = round(ledger.cost(int(prompt), int(n * turns * a)), 2)
+        self.planned = Planned(
+            n, int(n * turns * (u + a)), basis=f"distill.estimate_*: {turns:g} turns of {u}+{a} tokens"
+        )
         worst = ledger.cost(int(prompt), int(n * turns * c.sampling.max_tokens))
         return (
             f"distill {n} conversations of sources.{c.source} (on the hub: not read by a dry run) with "
@@ -184,13 +188,16 @@ class Distill(Stage):
         cache = RequestCache(c.cache_path) if Path(c.cache_path).exists() else None
         teacher = self._teacher(None, cache, Ledger(0, 0, None))
         ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, None, self._price_factor())
-        cached = to_send = prompt_tokens = 0
+        cached = to_send = prompt_tokens = trained_tokens = 0
         for conv in conversations:
             history: list[Message] = []
             following_cache = True
             for turn in conv.turns:
                 history.append({"role": "user", "content": turn})
                 answer = teacher.cached(history) if following_cache and cache is not None else None
+                trained_tokens += approx_tokens(turn) + (
+                    approx_tokens(answer.text) if answer else c.estimate_answer_tokens
+                )
                 if answer is not None:
                     cached += 1
                     history.append({"role": "assistant", "content": answer.text})
@@ -204,6 +211,8 @@ class Distill(Stage):
         expected = self.planned_usd = round(ledger.cost(prompt_tokens, to_send * c.estimate_answer_tokens), 2)
         worst = ledger.cost(prompt_tokens, to_send * c.sampling.max_tokens)
         turns = cached + to_send
+        basis = f"{c.estimate_answer_tokens}-token answers (distill.estimate_answer_tokens) for those not cached"
+        self.planned = Planned(len(conversations), trained_tokens, basis=basis)
         return (
             f"distill {len(conversations)} conversations ({turns} turns) with {c.teacher.provider.value}:"
             f"{c.teacher.model}: {cached} answers cached, {to_send} to send, ~{prompt_tokens} prompt tokens; "

@@ -7,8 +7,8 @@ What it supports:
   remainder, so they add up to `total` exactly;
 - `strata` inside a component (a record field, or `num_documents` / `num_turns`), sampled
   proportionally to the strata's sizes;
-- sampling without replacement (an error when a source is too small, unless `replace: true`);
-- exact-duplicate removal within and across components; a deterministic shuffle from `seed`;
+- sampling without replacement (an error when a source is too small, unless `replace: true`); exact-
+  duplicate removal within and across components; a deterministic shuffle from `seed`;
 - decontamination (on by default, recipe/test/contamination.py): examples holding a Test prompt
   are dropped (the next record of the same random order replaces each), fail the stage, or counted;
 - a held-out eval split (`eval_fraction`) drawn from records that are not in the mixture;
@@ -17,11 +17,10 @@ What it supports:
   `mixture.jsonl`, rendered as `format` asks (`text` through a template, `messages`,
   `prompt_completion`), with the Together file check on it; the eval split likewise.
 
-How (recipe/data/spool.py): one streaming pass reads every source record, normalises it to
-messages and spools its two lines, keeping only (offset, lengths, tokens, stratum, hash) per record
-in memory. Selection then works on those arrays with numpy, and the files are written by copying
-the chosen lines out of the spools in shuffled order. Memory stays at a few tens of bytes per
-record whatever the records' size; the same config and seed give byte-identical files.
+How (recipe/data/spool.py): one streaming pass reads every source record, normalises it to messages
+and spools its two lines, keeping only (offset, lengths, tokens, stratum, hash) per record in memory.
+Selection works on those arrays with numpy; the files are copied from the spools in shuffled order.
+A few tens of bytes per record in memory whatever their size; same config and seed, same files.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ from recipe.artifacts import (
     Conversations,
 )
 from recipe.config import MixConfig, SourceConfig, SourceKind
-from recipe.data import templates
+from recipe.data import estimate, templates
 from recipe.data.filecheck import check_report
 from recipe.data.jsonl import (
     CHUNK_BYTES,
@@ -68,6 +67,7 @@ from recipe.data.spool import (
     merge_units,
     read_all,
     rescale_shares,
+    selection_counts,
     take,
     write_spooled,
 )
@@ -127,10 +127,6 @@ class Mix(Stage):
                 raise StageError(f"mix.components.{name}.source={comp.source!r}: no such source (known: {known})")
             source = self.root.sources[comp.source]
             check_source(comp.source, source)
-            if source.kind.value == "text" and source.template not in ("llama2_inst", "chatml"):
-                raise StageError(
-                    f"sources.{comp.source}.template={source.template!r}: text sources are parsed as llama2_inst or chatml"
-                )
 
     def upstream(self) -> tuple[str, ...]:
         uses_distill = any(self.config.components[n].source == DISTILLED for n in self.components)
@@ -162,13 +158,28 @@ class Mix(Stage):
     def plan(self, inputs: dict[str, Artifact | None]) -> str:
         self.planned_usd = 0.0
         c = self.config
-        parts = [f"{n}={k} from {c.components[n].source}" for n, k in self._targets(c.total).items()]
-        held_out = round(c.total * c.eval_fraction)
+        targets, held_out = self._targets(c.total), self._targets(round(c.total * c.eval_fraction))
+        parts = [f"{n}={k} from {c.components[n].source}" for n, k in targets.items()]
+        means = {n: self._mean_tokens(n, inputs) for n in self.components}
+        self.planned, size = estimate.planned_mixture(targets, held_out, means, c.unit.value)
         decon = self.decon.describe() if self.decon else "no decontamination"
         return (
-            f"mix {c.total} {c.unit.value} ({', '.join(parts)}); eval {held_out} {c.unit.value}; "
-            f"format {c.format.value}; {decon}"
+            f"mix {c.total} {c.unit.value} ({', '.join(parts)}): {size}; eval {sum(held_out.values())} "
+            f"{c.unit.value}; format {c.format.value}; {decon}"
         )
+
+    def _mean_tokens(self, name: str, inputs: dict[str, Artifact | None]) -> tuple[float | None, str]:
+        comp, c = self.config.components[name], self.config
+        source = self.root.sources.get(comp.source)
+        if comp.source == DISTILLED:
+            distilled, planned = inputs.get(DISTILLED), self.upstream_plans.get(DISTILLED)
+            if distilled is None:  # not distilled yet: Distill's plan says how large
+                mean = planned.tokens_per_example if planned else None
+                return mean, f"Distill's plan: {planned.basis}" if planned else "Distill's size unknown"
+            source = OmegaConf.structured(
+                SourceConfig(kind=SourceKind.messages, data_files=[str(Conversations.load(distilled).path)])
+            )
+        return estimate.mean_tokens(comp.source, source, c.format.value, comp.template or c.template, c.tokenizer)
 
     # ---- run ------------------------------------------------------------------------------
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
@@ -375,25 +386,12 @@ class Mix(Stage):
         )
         path = paths[0]
         conversations = {"file": paths[1].name, "sha256": canonical_digest, "examples": len(order)}
-        counts: dict[str, int] = {}
-        tokens: dict[str, int] = {}
-        by_stratum: dict[str, dict[str, int]] = {}
-        for comp_id, name in enumerate(self.components):
-            chosen = order[arrays["component"][order] == comp_id]
-            counts[name] = len(chosen)
-            tokens[name] = int(arrays["tokens"][chosen].sum())
-            labels = {sid: label for label, sid in strata[comp_id].items()}
-            if self.config.components[name].strata:
-                ids, n = np.unique(arrays["stratum"][chosen], return_counts=True)
-                by_stratum[name] = {str(labels[int(s)]): int(k) for s, k in zip(ids, n, strict=True)}
+        stratified = [bool(self.config.components[name].strata) for name in self.components]
         return {
             "file": path.name,
             "check": check_report(path, fmt, samples, size) if check else None,
             "sha256": digest,
             "examples": len(order),
-            "tokens": int(sum(tokens.values())),
-            "counts": counts,
-            "tokens_by_component": tokens,
-            "strata": by_stratum,
+            **selection_counts(order, arrays, strata, self.components, stratified),
             "conversations": conversations,
         }

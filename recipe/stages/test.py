@@ -11,8 +11,7 @@ What it does:
 - has a judge (any teacher provider) compare each model's answers with the reference answers, both
   orders; computes the held-out loss of both models on the mixture's eval split (local models) and
   a few side-by-side generations;
-- writes `report.md` (tables shaped like the model card's), `metrics.json`, `chart.png` and
-  `generations.jsonl`; the summary table is printed at the end of the stage.
+- writes `report.md` (tables like the model card's), `metrics.json`, `chart.png`, `generations.jsonl`.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from recipe.providers.serving import LocalServing, ModelAccess, reach
 from recipe.stages import Stage, StageError
 from recipe.store import Artifact
 from recipe.test import judging as J
+from recipe.test import planning as P
 from recipe.test import report as reporting
 from recipe.test import suites as S
 from recipe.test.contamination import test_view, view_lines
@@ -66,11 +66,13 @@ class Test(Stage):
 
     # -- what will be asked ------------------------------------------------------------------------
 
-    def items(self) -> dict[str, list[S.Item]]:
-        """Every suite's prompts (records read and checked; errors name file and line)."""
+    def items(self, names: list[str] | None = None) -> dict[str, list[S.Item]]:
+        """Every suite's prompts, or those of `names` (records read and checked; errors name file and line)."""
         out: dict[str, list[S.Item]] = {}
         self.skipped: dict[str, dict[str, int]] = {}
         for name, suite in self.config.suites.items():
+            if names is not None and name not in names:
+                continue
             key = self._key(name)
             records = islice(iter_records(key, suite), suite.max_examples)
             kind = suite.kind.value
@@ -106,22 +108,22 @@ class Test(Stage):
 
     def plan(self, inputs: dict[str, Artifact | None]) -> str:
         c = self.config
-        parts = []
-        for name, suite in c.suites.items():
-            kind = suite.kind.value
-            size = f"≤{suite.max_examples}" if suite.max_examples else "all"
-            detail = f"{len(suite.num_documents)}×{len(suite.gold_positions)} settings" if kind == "mqa" else ""
-            judged = ", judged both orders" if kind == "judge" else ""
-            parts.append(f"{name} ({kind}, {size} records{', ' + detail if detail else ''}{judged})")
-        models = " and ".join(m.value for m in c.models)
-        orders = 2 if c.judge_protocol.value == "both_orders" else 1
-        calls = S.planned_calls(list(c.suites.values()), c.heldout.samples, len(c.models), orders)
+        orders, n = (2 if c.judge_protocol.value == "both_orders" else 1), len(c.models)
+        built = self.items([name for name, suite in c.suites.items() if not suite.hub_id])  # local: read
+        asked = P.count(c.suites, built, J.max_tokens(c.judge_protocol.value, c.judge_max_tokens))
         trained = TrainedModel.load(inputs["train"]) if inputs.get("train") else None
         free = c.prices.input_per_mtok == c.prices.output_per_mtok == 0  # a model not yet trained: priced at 0
+        cost = ""  # answers counted at max_tokens: an upper bound (recipe/test/planning.py)
         if c.judge.provider.value == "local" and (trained.provider == "local" if trained else free):
             self.planned_usd = 0.0
-        return f"evaluate {models} on {'; '.join(parts) or 'no suite'}; held-out samples {c.heldout.samples}; " + (
-            f"{calls[0]} generations and {calls[1]} judge calls" if calls else "requests: all records (unknown offline)"
+        elif not asked.unknown:
+            ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, None)
+            heldout = c.heldout.samples * c.heldout.max_tokens
+            self.planned_usd, cost = asked.cost(ledger, n, orders, heldout, c.budget.max_usd)
+        suites = "; ".join(P.suite_line(name, suite) for name, suite in c.suites.items()) or "no suite"
+        return (
+            f"evaluate {' and '.join(m.value for m in c.models)} on {suites}; held-out samples {c.heldout.samples}; "
+            f"{asked.describe(n, orders, c.heldout.samples)}{cost}"
         )
 
     def uses_together(self) -> bool:

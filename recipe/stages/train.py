@@ -32,7 +32,7 @@ from recipe.config import TogetherTrainConfig
 from recipe.data import templates
 from recipe.data.filecheck import check_file
 from recipe.data.jsonl import encode_line
-from recipe.providers.together_finetune import FineTuneError, FineTuneSettings, TogetherFineTuner
+from recipe.providers.together_finetune import FineTuneError, FineTuneSettings, TogetherFineTuner, billed_tokens
 from recipe.stages import Stage, StageError, StagePending
 from recipe.store import Artifact
 
@@ -178,13 +178,25 @@ class TogetherTrain(Stage):
         mixture = Mixture.load(inputs["mix"]) if inputs.get("mix") else None
         data = f"mixture {mixture.upload_sha256[:12]}" if mixture else "the mixture this run builds"
         fmt = upload_format(c.model, c.format.value, c.template, mixture)
+        size = mixture.size() if mixture else self.upstream_plans.get("mix")
+        label = "the mixture's count" if mixture else "Mix's plan, above"
+        billed, how = (
+            billed_tokens(size, c.n_epochs, c.n_evals, c.packing, c.max_seq_length, label)
+            if size
+            else (None, "Mix not planned")
+        )
         price = "; at the run, Together's estimate-price before the job is created"
-        if mixture is not None and mixture.tokens is not None and c.price_per_mtok is not None:
-            billed = c.n_epochs * mixture.tokens + c.n_evals * (mixture.eval_tokens or 0)
-            self.planned_usd = round(billed * c.price_per_mtok / 1e6, 2)
-            price = f"; ~{billed} tokens billed at ${c.price_per_mtok:g}/M: ~${self.planned_usd:.2f}" + price
-        elif c.price_per_mtok is None:
+        if c.price_per_mtok is None:
             price = "; not priced offline (set train.price_per_mtok: your bracket's rate)" + price
+        elif billed is None:
+            price = f"; not priced: {how}" + price
+        else:
+            self.planned_usd = round(billed * c.price_per_mtok / 1e6, 2)
+            over = c.budget.max_usd is not None and self.planned_usd > c.budget.max_usd
+            price = (
+                f"; ~{billed} tokens billed ({how}) at ${c.price_per_mtok:g}/M (train.price_per_mtok): "
+                f"~${self.planned_usd:.2f}{' — OVER the budget: a run would refuse' if over else ''}" + price
+            )
         return (
             f"fine-tune {c.model} ({kind}, {c.n_epochs} epochs, batch {c.batch_size}, lr {c.learning_rate:g}) on "
             f"{data} in {fmt.describe()} through Together{price}, capped by train.budget.max_usd={c.budget.max_usd}"

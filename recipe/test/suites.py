@@ -169,18 +169,6 @@ def judge_items(
     return items
 
 
-def planned_calls(suites: Sequence[Any], heldout_samples: int, models: int, orders: int) -> tuple[int, int] | None:
-    """(generations, judge requests) of a Test run when every suite's size is set (max_examples)."""
-    if any(s.max_examples is None for s in suites):
-        return None
-    per_model, judged = heldout_samples, 0
-    for suite in suites:
-        n = suite.max_examples
-        per_model += n * len(suite.num_documents) * len(suite.gold_positions) if suite.kind.value == "mqa" else n
-        judged += n if suite.kind.value == "judge" else 0
-    return per_model * models, judged * orders * models
-
-
 def judge_messages(instruction: str, output_a: str, output_b: str) -> list[dict[str, str]]:
     """The judge's conversation for one ordered pair (AlpacaEval's "Output (a)/(b)" wording)."""
     user = (
