@@ -52,6 +52,7 @@ def test_dedicated_endpoint_is_created_once_and_answers(make_cfg, tmp_path: Path
     )
     assert manifest["state"] == "STARTED" and manifest["endpoint_id"] in fake.endpoints
     assert manifest["smoke"]["answer"].startswith("answer 1 to: What is the capital")
+    assert manifest["usd_per_hour"] == 5.42 * 60 / 100  # the hardware's listed 5.42 cents per minute
     # Queried through the endpoint, in the format the model was trained in (the seed's [INST] text).
     smoke = fake.posts("/v1/completions")[-1].body
     assert smoke["model"] == fake.endpoints[manifest["endpoint_id"]]["name"]

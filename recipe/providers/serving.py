@@ -28,7 +28,7 @@ from recipe.errors import RecipeError
 from recipe.providers.http import APIError, Client
 from recipe.providers.local.server import ManagedServer, embedded_gguf, model_server, serving_engine
 from recipe.providers.model_client import completion_request
-from recipe.providers.together import cheapest_hardware, unless_gone, wait_endpoint_started
+from recipe.providers.together import cheapest_hardware, hardware_usd_per_hour, unless_gone, wait_endpoint_started
 from recipe.store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,10 @@ class DedicatedEndpoints:
 
     def get(self, endpoint_id: str) -> dict[str, Any]:
         return self.client.get_json(f"endpoints/{endpoint_id}")
+
+    def usd_per_hour(self, model: str, hardware: str) -> float | None:
+        """Together's listed rate for the hardware an endpoint runs on (None: not listed)."""
+        return hardware_usd_per_hour(self.client, model, hardware)
 
     def set_state(self, endpoint_id: str, state: str) -> dict[str, Any]:
         return self.client.request("PATCH", f"endpoints/{endpoint_id}", json={"state": state}).json()

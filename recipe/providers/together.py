@@ -255,6 +255,15 @@ def cheapest_hardware(client: Client, model: str) -> str:
     return min(available, key=lambda h: h["pricing"]["cents_per_minute"])["id"]
 
 
+def hardware_usd_per_hour(client: Client, model: str, hardware: str) -> float | None:
+    """What Together lists for running `hardware` for `model`, in USD per hour (its /hardware gives
+    cents per minute); None when it does not list that hardware."""
+    for h in client.get_json("hardware", model=model).get("data") or []:
+        if h.get("id") == hardware and (h.get("pricing") or {}).get("cents_per_minute") is not None:
+            return round(float(h["pricing"]["cents_per_minute"]) * 60 / 100, 4)
+    return None
+
+
 def wait_endpoint_started(client: Client, endpoint_id: str, poll_s: float, progress: bool) -> dict[str, Any]:
     """Poll an endpoint until it is STARTED (its state shown on a progress line); ERROR raises."""
     with tqdm(desc=f"endpoint {endpoint_id}", bar_format="{desc}: {postfix}", disable=not progress) as bar:

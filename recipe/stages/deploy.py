@@ -228,8 +228,10 @@ class TogetherDeploy(Stage):
         endpoint = endpoints.wait_started(endpoint_id)
         name = endpoint["name"]
         answer = smoke_query(client, name, c.smoke_prompt, c.smoke_max_tokens, trained.format)
+        rate = endpoints.usd_per_hour(model, endpoint.get("hardware") or record["hardware"])
         print(
-            f"\nendpoint {endpoint_id} ({name}) on {endpoint.get('hardware')}: {answer['answer']!r} in "
+            f"\nendpoint {endpoint_id} ({name}) on {endpoint.get('hardware')}"
+            f"{f' at ${rate:g}/hour' if rate is not None else ''}: {answer['answer']!r} in "
             f"{answer['latency_s']} s; it stops after {c.inactive_timeout} idle minutes "
             f"(deploy.action=stop|delete to stop paying now)\n\n"
             f"{snippets(client.base_url, name, 'TOGETHER_API_KEY', trained.format)}\n"
@@ -242,6 +244,7 @@ class TogetherDeploy(Stage):
             "url": client.base_url,
             "model": name,
             "hardware": endpoint.get("hardware"),
+            "usd_per_hour": rate,  # Together's listed rate for that hardware (GET /hardware)
             "state": endpoint.get("state"),
             "inactive_timeout": c.inactive_timeout,
             "smoke": answer,
