@@ -39,6 +39,9 @@ def test_train_is_priced_from_mixs_plan_before_the_mixture_exists(make_cfg, tmp_
     assert stages["train"]["estimated_usd"] is None and "set train.max_seq_length" in stages["train"]["plan"]
     stages = run(make_cfg(*common, "train.price_per_mtok=null", base=NO_UPSTREAM), run_dir=tmp_path)["stages"]
     assert stages["train"]["estimated_usd"] is None and "set train.price_per_mtok" in stages["train"]["plan"]
+    alone = (*common[:1], "stages=[train]", *common[2:], "store_dir=" + str(tmp_path / "empty"))
+    stages = run(make_cfg(*alone, base=NO_UPSTREAM), run_dir=tmp_path)["stages"]
+    assert stages["train"]["estimated_usd"] is None and "add it, stages=[mix,train]" in stages["train"]["plan"]
 
 
 def test_a_budget_the_plan_exceeds_is_said_before_anything_is_spent(make_cfg, tmp_path: Path) -> None:

@@ -183,7 +183,7 @@ class TogetherTrain(Stage):
         billed, how = (
             billed_tokens(size, c.n_epochs, c.n_evals, c.packing, c.max_seq_length, label)
             if size
-            else (None, "Mix not planned")
+            else (None, "the mixture is not built and Mix is not planned in this run: add it, stages=[mix,train]")
         )
         price = "; at the run, Together's estimate-price before the job is created"
         if c.price_per_mtok is None:
