@@ -88,3 +88,9 @@ def test_deploy_prices_the_idle_minutes_and_refuses_to_guess_without_a_stop(make
     assert forever["estimated_usd"] is None and "until you stop it" in forever["plan"]
     stop = run(make_cfg(*seed, "deploy.action=stop", base=()), run_dir=tmp_path)["stages"]["deploy"]
     assert stop["estimated_usd"] == 0.0
+
+
+def test_a_tuned_model_on_a_dedicated_endpoint_is_not_priced_by_the_token(make_cfg, tmp_path: Path) -> None:
+    seed = ("experiment=llama2_7b_32k_instruct", "dry_run=true", "stages=[test]")
+    plan = run(make_cfg(*seed, "test.endpoint=dedicated", base=()), run_dir=tmp_path)["stages"]["test"]
+    assert plan["estimated_usd"] is None and "temporary dedicated endpoint (billed per minute)" in plan["plan"]

@@ -110,7 +110,7 @@ class Test(Stage):
         c = self.config
         orders, n = (2 if c.judge_protocol.value == "both_orders" else 1), len(c.models)
         built = self.items([name for name, suite in c.suites.items() if not suite.hub_id])  # local: read
-        asked = P.count(c.suites, built, J.max_tokens(c.judge_protocol.value, c.judge_max_tokens))
+        asked = P.count(c, built, J.max_tokens(c.judge_protocol.value, c.judge_max_tokens))
         trained = TrainedModel.load(inputs["train"]) if inputs.get("train") else None
         free = c.prices.input_per_mtok == c.prices.output_per_mtok == 0  # a model not yet trained: priced at 0
         cost = ""  # answers counted at max_tokens: an upper bound (recipe/test/planning.py)

@@ -65,10 +65,14 @@ class Requests:
         self.judge_output_tokens += calls * out
 
 
-def count(suites: Any, built: dict[str, list[S.Item]], judge_out: int) -> Requests:
-    """The requests of every suite: counted from `built` prompts, else sized from assumptions."""
+def count(config: Any, built: dict[str, list[S.Item]], judge_out: int) -> Requests:
+    """The requests of every suite of a Test config: counted from `built` prompts, else sized from
+    assumptions. A tuned model on a temporary dedicated endpoint is billed by the minute, which a
+    dry run cannot price: the plan then has no figure rather than a token price that is not the bill."""
     plan = Requests()
-    for name, suite in suites.items():
+    if config.endpoint.value == "dedicated" and any(m.value == "tuned" for m in config.models):
+        plan.unknown.append("the tuned model's temporary dedicated endpoint (billed per minute)")
+    for name, suite in config.suites.items():
         if name in built:
             add_read(plan, name, suite, built[name], judge_out)
         else:
