@@ -319,6 +319,22 @@ def test_a_signal_stops_the_local_teacher_server(tmp_path: Path, spawn, signum: 
         assert not distill_store.exists() or not any(distill_store.iterdir())
 
 
+def test_an_answered_request_is_never_counted_as_in_flight(tmp_path: Path) -> None:
+    """The answer and the end of its journal entry are one transaction; and a journal entry whose
+    answer is stored (a cache written before that was so) is not resent after a crash."""
+    from recipe.providers.cache import RequestCache
+
+    cache = RequestCache(tmp_path / "c.sqlite")
+    cache.begin("answered")
+    cache.begin("lost")
+    cache.put("answered", "text", 1, 1)
+    assert cache.take_inflight() == {"lost"}
+    cache.begin("stale")  # an answer stored without closing the journal entry: what a kill between them left
+    cache._db.execute("INSERT INTO answers VALUES ('stale', 'text', 1, 1, 0)")
+    assert cache.take_inflight() == set()
+    cache.close()
+
+
 def test_a_damaged_cache_is_moved_aside_and_its_answers_salvaged(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
     from recipe.providers.cache import RequestCache
 

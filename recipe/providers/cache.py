@@ -160,12 +160,20 @@ class RequestCache:
         return None if row is None else (row[0], row[1], row[2])
 
     def put(self, key: str, text: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """Store an answer and close its journal entry in one transaction: a kill between the two
+        would otherwise leave an answered request journaled as in flight."""
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?)",
-                (key, text, prompt_tokens, completion_tokens, time.time()),
-            )
-            self._db.execute("DELETE FROM inflight WHERE key = ?", (key,))
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?)",
+                    (key, text, prompt_tokens, completion_tokens, time.time()),
+                )
+                self._db.execute("DELETE FROM inflight WHERE key = ?", (key,))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     # ---- the journal of requests in flight: what a crash (kill -9) makes us send again -------------
     def begin(self, key: str) -> None:
@@ -179,7 +187,8 @@ class RequestCache:
     def take_inflight(self) -> set[str]:
         """Requests that were in flight when an earlier run died (sent, answer never stored); cleared."""
         with self._lock:
-            keys = {row[0] for row in self._db.execute("SELECT key FROM inflight")}
+            query = "SELECT key FROM inflight WHERE key NOT IN (SELECT key FROM answers)"  # answered: not resent
+            keys = {row[0] for row in self._db.execute(query)}
             self._db.execute("DELETE FROM inflight")
         return keys
 
