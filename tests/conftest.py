@@ -26,6 +26,7 @@ TOGETHER_KEY = "sk-test-together-0123456789"
 # no training; tests of other stages pass `base=` themselves.
 SAMPLES_ONLY = ("mix=samples", "~distill", "~train", "~test", "~deploy")
 NO_DISTILL = ("mix=samples", "~distill", "~test")
+MIX_AND_TRAIN = ("mix=samples", "~distill", "~test", "~deploy")  # the samples' Mix, then Train
 # Distill against the fake Together server (TOGETHER_BASE_URL), then a 3-job sweep of the instructions' share.
 SHARE_SWEEP = (
     "distill=together",

@@ -15,6 +15,7 @@ from recipe.stages.train import render_upload
 from recipe.store import ArtifactStore
 from recipe.test.suites import BOOKSUM_QUESTION, JUDGE_SYSTEM, MQA_INSTRUCTION
 
+from .conftest import MIX_AND_TRAIN
 from .fake_together import FakeTogether
 
 SEED_SAMPLING = {"max_tokens": 1024, "temperature": 0.7, "top_p": 0.7, "top_k": 50, "repetition_penalty": 1.0}
@@ -136,7 +137,7 @@ def test_the_seed_dry_run_plans_and_prices_every_stage_without_the_network(run_c
 
 
 def test_a_dry_run_prices_together_training_from_the_mixtures_tokens(make_cfg, tmp_path: Path) -> None:
-    cfg = make_cfg("stages=[mix]", "mix.progress=false", base=("mix=samples", "~distill", "~test", "~deploy"))
+    cfg = make_cfg("stages=[mix]", "mix.progress=false", base=MIX_AND_TRAIN)
     tokens = run(cfg, run_dir=tmp_path)["stages"]["mix"]
     mix_tokens = json.loads((Path(tokens["artifact"]) / "manifest.json").read_text())["tokens"]
     cfg = make_cfg(
@@ -144,7 +145,7 @@ def test_a_dry_run_prices_together_training_from_the_mixtures_tokens(make_cfg, t
         "train=together_lora",
         "train.price_per_mtok=3.0",
         "dry_run=true",
-        base=("mix=samples", "~distill", "~test", "~deploy"),
+        base=MIX_AND_TRAIN,
     )
     stages = run(cfg, run_dir=tmp_path)["stages"]
     assert stages["mix"]["cache_hit"] and stages["mix"]["estimated_usd"] == 0.0

@@ -9,7 +9,7 @@ from recipe.providers.model_client import approx_tokens
 from recipe.runner import run
 from recipe.stages import build_stage
 
-NO_UPSTREAM = ("mix=samples", "~distill", "~test", "~deploy")
+from .conftest import MIX_AND_TRAIN
 
 
 def test_mixs_planned_tokens_are_measured_on_local_sources_and_match_the_mixture(make_cfg, tmp_path: Path) -> None:
@@ -24,29 +24,29 @@ def test_mixs_planned_tokens_are_measured_on_local_sources_and_match_the_mixture
 
 def test_train_is_priced_from_mixs_plan_before_the_mixture_exists(make_cfg, tmp_path: Path) -> None:
     common = ("dry_run=true", "stages=[mix,train]", "train=together_lora", "train.price_per_mtok=2.0")
-    stages = run(make_cfg(*common, base=NO_UPSTREAM), run_dir=tmp_path)["stages"]
+    stages = run(make_cfg(*common, base=MIX_AND_TRAIN), run_dir=tmp_path)["stages"]
     assert not stages["mix"]["cache_hit"]
     mix_tokens = int(stages["mix"]["plan"].split(": ~")[1].split()[0])
     assert stages["train"]["estimated_usd"] == round(4 * mix_tokens * 2.0 / 1e6, 2)
     assert "Mix's plan" in stages["train"]["plan"]
     # Without packing Together bills every example as max_seq_length tokens: exact from the count alone.
     unpacked = ("train.packing=false", "train.max_seq_length=2048")
-    stages = run(make_cfg(*common, *unpacked, base=NO_UPSTREAM), run_dir=tmp_path)["stages"]
+    stages = run(make_cfg(*common, *unpacked, base=MIX_AND_TRAIN), run_dir=tmp_path)["stages"]
     assert stages["train"]["estimated_usd"] == round(4 * 32 * 2048 * 2.0 / 1e6, 2)  # mix=samples: 32 examples
     assert "32 examples x max_seq_length 2048, packing off" in stages["train"]["plan"]
     # Without a rate, or without a length to bill unpacked examples at, the plan says what to set.
-    stages = run(make_cfg(*common, "train.packing=false", base=NO_UPSTREAM), run_dir=tmp_path)["stages"]
+    stages = run(make_cfg(*common, "train.packing=false", base=MIX_AND_TRAIN), run_dir=tmp_path)["stages"]
     assert stages["train"]["estimated_usd"] is None and "set train.max_seq_length" in stages["train"]["plan"]
-    stages = run(make_cfg(*common, "train.price_per_mtok=null", base=NO_UPSTREAM), run_dir=tmp_path)["stages"]
+    stages = run(make_cfg(*common, "train.price_per_mtok=null", base=MIX_AND_TRAIN), run_dir=tmp_path)["stages"]
     assert stages["train"]["estimated_usd"] is None and "set train.price_per_mtok" in stages["train"]["plan"]
     alone = (*common[:1], "stages=[train]", *common[2:], "store_dir=" + str(tmp_path / "empty"))
-    stages = run(make_cfg(*alone, base=NO_UPSTREAM), run_dir=tmp_path)["stages"]
+    stages = run(make_cfg(*alone, base=MIX_AND_TRAIN), run_dir=tmp_path)["stages"]
     assert stages["train"]["estimated_usd"] is None and "add it, stages=[mix,train]" in stages["train"]["plan"]
 
 
 def test_a_budget_the_plan_exceeds_is_said_before_anything_is_spent(make_cfg, tmp_path: Path) -> None:
     overrides = ("dry_run=true", "stages=[mix,train]", "train=together_lora", "train.price_per_mtok=1000")
-    stages = run(make_cfg(*overrides, "train.budget.max_usd=1", base=NO_UPSTREAM), run_dir=tmp_path)["stages"]
+    stages = run(make_cfg(*overrides, "train.budget.max_usd=1", base=MIX_AND_TRAIN), run_dir=tmp_path)["stages"]
     assert "OVER the budget: a run would refuse" in stages["train"]["plan"]
 
 

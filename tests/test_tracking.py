@@ -8,7 +8,7 @@ from pathlib import Path
 
 from recipe.runner import run
 
-from .conftest import tiny_common
+from .conftest import MIX_AND_TRAIN, tiny_common
 from .fake_together import FakeTogether
 from .test_eval import answer_and_judge, together_test
 
@@ -37,7 +37,7 @@ def test_tensorboard_receives_every_training_step(make_cfg, tmp_path: Path, tiny
         "train.max_steps=3",
         "logger=tensorboard",
         f"logger.dir={tmp_path / 'tb'}",
-        base=("mix=samples", "~distill", "~test", "~deploy"),
+        base=MIX_AND_TRAIN,
     )
     (tmp_path / "runs" / "one").mkdir(parents=True)
     run(cfg, run_dir=tmp_path / "runs" / "one")

@@ -19,7 +19,7 @@ from recipe.providers.local.trainer import Example, collate, enable_activation_c
 from recipe.runner import run
 
 from . import test_train_local
-from .conftest import tiny_common
+from .conftest import MIX_AND_TRAIN, tiny_common
 from .test_train_local import kill_9_two_processes_and_resume, tiny_llama
 
 GIB = 2**30
@@ -238,9 +238,7 @@ def test_a_text_template_trains_a_base_model_on_the_answers_between_bos_and_eos(
 
 
 def test_cpu_offload_is_refused_where_it_cannot_run(make_cfg, tmp_path: Path) -> None:
-    cfg = make_cfg(
-        "stages=[train]", "train.offload_optimizer=true", base=("mix=samples", "~distill", "~test", "~deploy")
-    )
+    cfg = make_cfg("stages=[train]", "train.offload_optimizer=true", base=MIX_AND_TRAIN)
     with pytest.raises(RecipeError, match=r"offload_optimizer=true needs train\.strategy=fsdp"):
         run(cfg, run_dir=tmp_path)
     cfg = make_cfg(
@@ -248,7 +246,7 @@ def test_cpu_offload_is_refused_where_it_cannot_run(make_cfg, tmp_path: Path) ->
         "train.offload_optimizer=true",
         "train.strategy=fsdp",
         "train.device=cpu",
-        base=("mix=samples", "~distill", "~test", "~deploy"),
+        base=MIX_AND_TRAIN,
     )
     with pytest.raises(RecipeError, match=r"it needs train\.device=cuda"):
         run(cfg, run_dir=tmp_path)

@@ -79,6 +79,12 @@ from recipe.test.contamination import Decontamination
 DISTILLED = "distill"  # a component source naming the Distill stage's conversations
 
 
+def distilled_source(artifact: Artifact) -> DictConfig:
+    """The Distill artifact's conversations, read as a `messages` source."""
+    path = str(Conversations.load(artifact).path)
+    return OmegaConf.structured(SourceConfig(kind=SourceKind.messages, data_files=[path]))
+
+
 class Mix(Stage):
     """Build `mixture.jsonl` (+ `eval.jsonl`) and a manifest of counts, tokens and sha256."""
 
@@ -176,18 +182,13 @@ class Mix(Stage):
             if distilled is None:  # not distilled yet: Distill's plan says how large
                 mean = planned.tokens_per_example if planned else None
                 return mean, f"Distill's plan: {planned.basis}" if planned else "Distill's size unknown"
-            source = OmegaConf.structured(
-                SourceConfig(kind=SourceKind.messages, data_files=[str(Conversations.load(distilled).path)])
-            )
+            source = distilled_source(distilled)
         return estimate.mean_tokens(comp.source, source, c.format.value, comp.template or c.template, c.tokenizer)
 
     # ---- run ------------------------------------------------------------------------------
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
         if "distill" in inputs:
-            conversations = Conversations.load(inputs["distill"]).path
-            self._distilled = OmegaConf.structured(
-                SourceConfig(kind=SourceKind.messages, data_files=[str(conversations)])
-            )
+            self._distilled = distilled_source(inputs["distill"])
         units = self._units(out_dir)
         chunked = [u for u in units if u.path is not None]
         workers = min(worker_count(self.config.workers), len(chunked))
