@@ -35,6 +35,7 @@ CONVERSATIONS_FILE = "conversations.jsonl"
 MIXTURE_FILE = "mixture.jsonl"
 EVAL_FILE = "eval.jsonl"
 EVAL_CONVERSATIONS_FILE = "eval_conversations.jsonl"
+SERVING_RECORDS = "serving"  # store records of local deployments serving in the foreground right now
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Planned:
     eval_examples: int = 0
     eval_tokens: int | None = None
     basis: str = ""
+    provider: str | None = None  # a trained model's: local | together
 
     @property
     def tokens_per_example(self) -> float | None:
@@ -225,6 +227,13 @@ class Deployment:
         if "deployment" not in manifest:
             raise ArtifactError(f"{path}: not a deployment written by this version of recipe; run stages=[deploy]")
         return cls._from(manifest["deployment"])
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Deployment:
+        """A deployment written as `manifest()` into a store record (plus fields of the record's own)."""
+        if "deployment" not in record:
+            raise ArtifactError("a serving record without its deployment: written by another version of recipe")
+        return cls._from(record["deployment"])
 
     @classmethod
     def _from(cls, fields: dict[str, Any]) -> Deployment:

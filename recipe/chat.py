@@ -22,11 +22,26 @@ from typing import Any
 
 import requests
 
-from recipe.artifacts import Deployment, PromptFormat
+from recipe.artifacts import SERVING_RECORDS, Deployment, PromptFormat
 from recipe.errors import RecipeError
 from recipe.providers.http import Client, together_base_url
 from recipe.providers.model_client import completion_request
 from recipe.providers.serving import LocalServing, local_model
+from recipe.store import ArtifactStore
+
+
+def serving_now(store: Path) -> Deployment | None:
+    """The newest local deployment serving in the foreground right now (`deploy.foreground=true`):
+    its process alive and its URL answering; None when there is none."""
+    for record in reversed(ArtifactStore(store).records(SERVING_RECORDS)):
+        try:
+            os.kill(int(record["pid"]), 0)
+        except (OSError, KeyError, ValueError):
+            continue
+        deployment = Deployment.from_record(record)
+        if reachable(deployment.url):
+            return deployment
+    return None
 
 
 def newest_deployment(store: Path) -> Deployment:
@@ -54,20 +69,35 @@ def stream_chat(
         path = "completions"
         body.update(completion_request(messages, fmt.template))
     client = Client(url, key, timeout_s=600)
+    finished = False  # a choice said why it stopped (finish_reason): some servers send no [DONE] after it
     try:
         with client.request("POST", path, json=body, stream=True) as response:
-            for line in response.iter_lines(decode_unicode=True):
-                if not line or not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return
-                for choice in json.loads(data).get("choices") or []:
-                    piece = (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
-                    if piece:
-                        yield piece
+            try:
+                for line in response.iter_lines(decode_unicode=True):
+                    if not line or not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    try:
+                        event = json.loads(data)
+                    except ValueError:
+                        raise Cut(f"the answer was cut: a broken event in the stream ({data[:60]!r})") from None
+                    for choice in event.get("choices") or []:
+                        piece = (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
+                        if piece:
+                            yield piece
+                        finished = finished or bool(choice.get("finish_reason"))
+            except requests.RequestException as e:
+                raise Cut(f"the answer was cut: the connection broke ({type(e).__name__})") from None
+        if not finished:
+            raise Cut("the answer was cut: the stream ended without [DONE] or a finish_reason")
     finally:
         client.close()
+
+
+class Cut(RecipeError):
+    """A streamed answer that did not arrive whole."""
 
 
 def reachable(url: str) -> bool:
@@ -99,10 +129,12 @@ def main(argv: list[str] | None = None) -> int:
             for prompt in prompts:
                 messages.append({"role": "user", "content": prompt})
                 answer = []
-                for piece in stream_chat(url, model, messages, key, args.max_tokens, fmt):
-                    print(piece, end="", flush=True)
-                    answer.append(piece)
-                print()
+                try:
+                    for piece in stream_chat(url, model, messages, key, args.max_tokens, fmt):
+                        print(piece, end="", flush=True)
+                        answer.append(piece)
+                finally:
+                    print()
                 messages.append({"role": "assistant", "content": "".join(answer)})
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -143,6 +175,11 @@ def _endpoint(args: argparse.Namespace) -> Iterator[tuple[str, str, str | None, 
             raise RecipeError("--url needs --model")
         url = args.url.rstrip("/")
         yield url, args.model, key_for(url, args.key_env), PromptFormat("chat_template")
+        return
+    live = serving_now(Path(args.store))
+    if live is not None:
+        print(f"(asking {live.model}, served at {live.url})", file=sys.stderr)
+        yield live.url, live.model, None, live.format
         return
     deployment = newest_deployment(Path(args.store))
     fmt = deployment.format

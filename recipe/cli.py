@@ -11,19 +11,26 @@ recipe -m ... sweep.preview=true   # each job's overrides and plan, nothing run
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from pathlib import Path
 
 import hydra
+import hydra._internal.hydra as hydra_internals
+from hydra._internal.callbacks import Callbacks
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from recipe.config import register_configs
 from recipe.errors import RecipeError
 from recipe.runner import run
 from recipe.secrets import mask_printed_secrets
+from recipe.stages import check_targets
+from recipe.sweep import JobFailed, last_sweep
 
 
 def _conf_dir() -> str:
@@ -42,6 +49,19 @@ CONF_DIR = _conf_dir()
 register_configs()
 
 
+class CheckedCallbacks(Callbacks):
+    """Hydra's callbacks, instantiated only once every target of the composed config (its `hydra`
+    node included: callbacks, launcher, sweeper, logging) is checked: a config runs no foreign code."""
+
+    def __init__(self, config: DictConfig | None = None) -> None:
+        if config is not None:
+            check_targets(config)
+        super().__init__(config)
+
+
+hydra_internals.Callbacks = CheckedCallbacks  # type: ignore[misc]  # Hydra builds them from its composed config here
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (timeout, systemd, docker stop, Slurm, CI runners): stopped like Ctrl-C, cleanly."""
 
@@ -51,7 +71,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def _main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> JobFailed | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     if multirun and cfg.sweep.preview:
         hydra_cfg = HydraConfig.get()
@@ -59,10 +79,11 @@ def _main(cfg: DictConfig) -> None:
         cfg.dry_run = True
     try:
         run(cfg)
-    except RecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        if multirun:
-            raise  # Hydra marks the job failed; the sweep summary records it; other jobs still run
+    except (RecipeError, OmegaConfBaseException) as e:  # bad input: one line, exit 2
+        said = str(e) if isinstance(e, RecipeError) else config_error(e)
+        print(f"error: {said}", file=sys.stderr)
+        if multirun:  # the sweep goes on; the summary marks this job failed, with the error
+            return JobFailed(said)
         sys.exit(2)
     except KeyboardInterrupt as e:  # managed servers and workers were stopped on the way out
         terminated = isinstance(e, Terminated)
@@ -81,6 +102,34 @@ def check_arguments(argv: list[str]) -> None:
                 file=sys.stderr,
             )
             sys.exit(2)
+
+
+def config_error(e: BaseException) -> str:
+    """A config mistake in one line that names the key (or override) at fault and the true cause,
+    from Hydra's and OmegaConf's multi-line errors (the `+key` advice Hydra gives is left out: a
+    key no schema declares is refused anyway)."""
+    chain = [e]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file:
+        options = f" (the options: {', '.join(e.options)})" if e.options else ""
+        return f"{e.missing_cfg_file}: no such config{options}"
+    if isinstance(e, OverrideParseException):
+        first = str(e).splitlines()[0]
+        return (
+            f"an override does not parse: {first} (Hydra's override grammar; quote values with brackets for your shell)"
+        )
+    inner = next((x for x in chain if isinstance(x, OmegaConfBaseException)), e)  # the outermost: formatted
+    lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
+    message = next((line for line in lines if not line.startswith(("full_key", "reference_type", "object_type"))), "")
+    key = getattr(inner, "full_key", None)
+    if key and (isinstance(inner, ConfigKeyError | ConfigAttributeError) or re.match(r"Key '.*' not in '", message)):
+        return (
+            f"{key}: no schema declares this key ({message}); check its spelling (`recipe --cfg job` shows every key)"
+        )
+    if key:
+        return f"{key}: {message}"
+    return message or str(e).splitlines()[0]
 
 
 def warn_other_checkout(cwd: Path) -> None:
@@ -102,12 +151,17 @@ COMMANDS = (
     ("recipe --cfg job", "the composed config"),
     ("recipe experiment=llama2_7b_32k_instruct dry_run=true", "the seed recipe on Together, planned"),
     ("recipe experiment=llama2_7b_32k_local dry_run=true", "the seed's training on your GPUs, memory plan"),
-    ("recipe -m mix.components.instructions.share=0.4,0.5,0.6", "a sweep; summary.csv/.md/.png at the end"),
+    (
+        "recipe -m 'stages=[distill,mix]' mix.rescale=instructions mix.components.instructions.share=0.4,0.5,0.6",
+        "a sweep of one share (the others rescaled; Distill runs once); summary.csv/.md/.png",
+    ),
     ("recipe train=local_full train.device=cuda", "a full fine-tune on a GPU"),
     ("recipe 'stages=[test]' test.judge.provider=together", "Test with a Together judge"),
     ("recipe init my_recipes", "your own config repository, then: recipe --config-dir conf ..."),
-    ("recipe store list  |  recipe store prune --unused-for 14 --dry-run", "what the store holds; clearing it"),
+    ("recipe store list", "what the store holds: stage, fingerprint, size, dates, runs"),
+    ("recipe store prune --unused-for 14 --dry-run", "what clearing the unused would remove"),
 )
+HELP_COLUMN = 60  # commands longer than this get their description on the next line
 # Groups composed under a key other than their name (see conf/config.yaml).
 PLACED = {"source": "sources.<name>", "test/suite": "test.suites.<name>"}
 
@@ -143,8 +197,11 @@ def help_text(argv: list[str]) -> str:
         where = f"  (+{group}@{PLACED[group]}=option)" if group in PLACED else ""
         lines.append(f"  {group:<16} {', '.join(options)}{where}")
     lines += ["", "commands:"]
-    width = max(len(c) for c, _ in COMMANDS)
-    lines += [f"  {c:<{width}}  {what}" for c, what in COMMANDS]
+    width = max(len(c) for c, _ in COMMANDS if len(c) <= HELP_COLUMN)
+    for command, what in COMMANDS:  # a long command gets its description on the next line
+        lines += (
+            [f"  {command}", f"  {'':<{width}}  {what}"] if len(command) > width else [f"  {command:<{width}}  {what}"]
+        )
     lines += [
         "",
         "outputs: outputs/runs/<date>/<time>/run.json (each run), outputs/store/<stage>/<fingerprint>/ (artifacts,",
@@ -182,7 +239,24 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     check_arguments(sys.argv[1:])
     sys.argv[1:] = mask_printed_secrets(sys.argv[1:])
-    _main()
+    traceback_wanted = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra hands its errors to us, and we word them in one line
+    try:
+        _main()
+    except RecipeError as e:
+        if traceback_wanted:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (HydraException, OmegaConfBaseException) as e:
+        if traceback_wanted:
+            raise
+        print(f"error: {config_error(e)}", file=sys.stderr)
+        sys.exit(2)
+    failed = last_sweep.get("failed")
+    if failed:  # a sweep ran to its end with failed jobs: say so in the exit code too
+        print(f"error: {failed} of {last_sweep['jobs']} sweep jobs failed: {last_sweep['summary']}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,38 @@ def execution_paths(schema: type, prefix: tuple[str, ...] = ()) -> set[tuple[str
     return paths
 
 
+def _field_type(kind: Any) -> Any:
+    if typing.get_origin(kind) is typing.Union:  # Optional[SomeConfig]
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    return kind
+
+
+def unknown_keys(node: Any, schema: type, path: str) -> list[str]:
+    """Keys of a config node that its schema does not declare (a `+key=...` override, say), with
+    their full paths; nested schemas and dicts of schemas (sources, suites) included."""
+    from omegaconf import DictConfig
+
+    if not isinstance(node, DictConfig) or node._is_none() or node._is_missing():
+        return []
+    hints = typing.get_type_hints(schema)
+    found = []
+    for key in node.keys():
+        if key not in hints:
+            found.append(f"{path}{key}")
+            continue
+        if OmegaConf.is_interpolation(node, key):
+            continue
+        kind, child = _field_type(hints[key]), node._get_node(key)
+        if is_dataclass(kind):
+            found += unknown_keys(child, kind, f"{path}{key}.")  # type: ignore[arg-type]
+        elif typing.get_origin(kind) is dict and is_dataclass(value := typing.get_args(kind)[1]):
+            if isinstance(child, DictConfig) and not child._is_none():
+                for name in child.keys():
+                    if not OmegaConf.is_interpolation(child, name):
+                        found += unknown_keys(child._get_node(name), value, f"{path}{key}.{name}.")  # type: ignore[arg-type]
+    return found
+
+
 def semantic_view(schema: type, node: dict[str, Any]) -> dict[str, Any]:
     """`node` (a resolved config node of `schema`) without its execution-only keys."""
     out = {k: v for k, v in node.items()}
@@ -243,6 +275,9 @@ class DistillConfig:
     max_retries: int = execution(5)
     retry_backoff_s: float = execution(0.5)  # first backoff; doubles per retry, capped at 8 s, plus jitter
     max_failure_share: float = execution(0.05)  # the stage fails if more conversations than this fail
+    # Conversations holding an answer cut at max_tokens (finish_reason "length"): kept (as the seed
+    # kept every answer) or left out; either way counted in the manifest and warned about.
+    keep_truncated: bool = True
     batch_poll_s: float = execution(10.0)
     cache_path: str = execution("outputs/cache/teacher.sqlite")  # shared by runs: answers are never bought twice
     progress: bool = execution(True)
@@ -620,7 +655,8 @@ class LoggerConfig:
 
     kind: LoggerKind = LoggerKind.none
     dir: str = "outputs/tensorboard"
-    tracking_uri: str = "file:outputs/mlruns"
+    # MLflow's store: SQLite by default (relative paths from where recipe runs), or a server's URL.
+    tracking_uri: str = "sqlite:///outputs/mlflow.db"
     experiment: str = "recipe"
 
 
@@ -632,6 +668,11 @@ class SweepConfig:
     preview: bool = False  # print each job's overrides and plan (a dry run), run nothing
 
 
+class Preflight(Enum):
+    refuse = "refuse"  # a plan over a stage's budget stops the run before any work (nothing spent)
+    warn = "warn"  # say so and run anyway: the budgets still stop spending at the cap during the run
+
+
 @dataclass
 class RecipeConfig:
     """The root of the composed config."""
@@ -640,6 +681,9 @@ class RecipeConfig:
     stages: Optional[List[str]] = None
     # Validate and print the plan (fingerprints, cache hits, sizes) without running stages.
     dry_run: bool = False
+    # Before any work a run plans every selected stage, as a dry run does, and compares each estimate
+    # with its stage's budget (distill|train|test.budget.max_usd): refuse | warn.
+    preflight: Preflight = Preflight.refuse
     # The artifact store, shared by runs and sweeps (relative paths are relative to the cwd).
     store_dir: str = "outputs/store"
     # Third-party warnings and INFO logging (transformers, peft, absl, ...), off unless true.

@@ -1,8 +1,10 @@
-"""The whole control flow: pick stages, fingerprint them, reuse or build artifacts, record run.json."""
+"""The whole control flow: pick stages, fingerprint them, plan them all (the pre-flight), then reuse or
+build their artifacts, and record run.json."""
 
 from __future__ import annotations
 
 import logging
+import textwrap
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,14 +12,16 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+from tabulate import tabulate
 
 from recipe import summary, tracking
 from recipe.artifacts import Planned
 from recipe.secrets import together_api_key
-from recipe.stages import CONFIG_KEY, STAGE_ORDER, Stage, StageError, StagePending, build_stage, check_targets
-from recipe.store import Artifact, ArtifactStore, fingerprint, write_json_atomic
+from recipe.stages import CONFIG_KEY, STAGE_ORDER, Plan, Stage, StageError, StagePending, build_stage, check_targets
+from recipe.store import Artifact, ArtifactStore, damage, fingerprint, write_json_atomic
 
 log = logging.getLogger(__name__)
+DETAILS_WIDTH = 110  # the dry run's notes below its table, wrapped
 
 
 def configured_stages(cfg: DictConfig) -> list[str]:
@@ -36,8 +40,8 @@ def select_stages(cfg: DictConfig) -> list[str]:
     return [s for s in STAGE_ORDER if s in cfg.stages]
 
 
-class _Plan:
-    """Stages and fingerprints, computed once, upstream first."""
+class Pipeline:
+    """The configured stages and their fingerprints, each computed once, upstream first."""
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
@@ -63,6 +67,96 @@ class _Plan:
         return self.fingerprints[name]
 
 
+def preflight(cfg: DictConfig, names: list[str], pipeline: Pipeline, store: ArtifactStore) -> dict[str, dict[str, Any]]:
+    """What every selected stage would do, before anything runs: its fingerprint, whether its artifact
+    exists, and its plan (cost, size, what the install lacks), each planned from the artifacts that
+    exist or from the plan upstream. A run refuses here, before any work, when a key is missing, an
+    input can come from nowhere, or a stage cannot run on this install."""
+    entries: dict[str, dict[str, Any]] = {}
+    for name in names:
+        stage, fp = pipeline.stage(name), pipeline.fingerprint(name)
+        hit = store.get(name, fp) if stage.reusable else None
+        problem = damage(hit) if hit is not None else None
+        if problem:  # not what was made: built again (a dry run says so)
+            hit = None
+        entries[name] = {"status": "planned", "fingerprint": fp, "cache_hit": hit is not None}
+        if problem:
+            entries[name]["damaged"] = problem
+        if hit is not None:
+            entries[name]["artifact"] = str(hit.path)
+    need_key = [n for n in names if not entries[n]["cache_hit"] and pipeline.stage(n).uses_together()]
+    if need_key and not together_api_key(cfg):
+        if not cfg.dry_run:
+            raise StageError(
+                f"TOGETHER_API_KEY is not set, and {', '.join(need_key)} would call Together: export it (or pass "
+                "together.api_key=...) and run again; nothing was run"
+            )
+        for name in need_key:
+            entries[name]["missing"] = "TOGETHER_API_KEY"
+    sizes: dict[str, Planned] = {}
+    for name in names:
+        stage, entry = pipeline.stage(name), entries[name]
+        inputs: dict[str, Artifact | None] = {up: store.get(up, pipeline.fingerprint(up)) for up in stage.upstream()}
+        for up in stage.upstream():
+            problem = damage(inputs[up]) if inputs[up] is not None else None  # type: ignore[arg-type]
+            if problem and up not in names:
+                raise StageError(
+                    f"the {up} artifact {pipeline.fingerprint(up)} that {name} reads is damaged: {problem}; build it "
+                    f"again: stages=[{','.join(sorted({*names, up}, key=STAGE_ORDER.index))}]; nothing was run"
+                )
+            if problem:
+                inputs[up] = None  # rebuilt in this run, before this stage
+            elif inputs[up] is not None and not cfg.dry_run:
+                store.hold(up, pipeline.fingerprint(up))  # from now on, never pruned while this run needs it
+        if entry["cache_hit"] and not cfg.dry_run:
+            store.hold(name, entry["fingerprint"])
+        absent = [up for up in stage.upstream() if inputs[up] is None and up not in names]
+        if absent and not cfg.dry_run:
+            up = absent[0]
+            raise StageError(
+                f"stage {name!r} needs the {up!r} artifact {pipeline.fingerprint(up)}, which is not in {store.root}; "
+                f"run it too: stages=[{','.join(sorted({*names, *absent}, key=STAGE_ORDER.index))}]; nothing was run"
+            )
+        if entry["cache_hit"]:
+            plan = Plan(f"reuse {entry['artifact']}", usd=0.0)
+        else:
+            upstream = {up: sizes[up] for up in stage.upstream() if inputs[up] is None and up in sizes}
+            plan = stage.plan(inputs, upstream)
+            if plan.needs and not cfg.dry_run:
+                raise StageError(f"{name}: {plan.needs}; nothing was run")
+        if plan.size is not None:
+            sizes[name] = plan.size
+            if plan.size.examples is not None:
+                entry["planned_size"] = {"examples": plan.size.examples, "tokens": plan.size.tokens}
+        entry.update(plan=plan.text, summary=plan.summary, details=plan.details, estimated_usd=plan.usd)
+        if plan.needs:
+            entry["needs"] = plan.needs
+        if plan.usd is not None and plan.bound != "about":
+            entry["estimate_bound"] = plan.bound
+        budget = stage.budget()
+        if budget is not None and budget[1] is not None:
+            entry["budget"] = {"key": budget[0], "max_usd": budget[1]}
+            if plan.usd is not None and plan.usd > budget[1]:
+                entry["over_budget"] = True
+    return entries
+
+
+def refusal(entries: dict[str, dict[str, Any]]) -> str | None:
+    """The pre-flight's refusal when a plan exceeds its stage's budget (None: every plan fits)."""
+    over = [(n, e) for n, e in entries.items() if e.get("over_budget")]
+    if not over:
+        return None
+    said = "; ".join(
+        f"{n} would cost {_bound(e)}${e['estimated_usd']:,.2f}, over {e['budget']['key']}={e['budget']['max_usd']:g}"
+        for n, e in over
+    )
+    keys = " ".join(f"{e['budget']['key']}=<more>" for _, e in over)
+    return (
+        f"pre-flight: {said}. Nothing was run and nothing was spent. Raise the budget ({keys}), change the "
+        "plan, or accept the risk with preflight=warn (the budgets still stop spending at the cap during the run)"
+    )
+
+
 def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     """Run the selected stages; return (and write to <run dir>/run.json) what happened.
 
@@ -72,87 +166,117 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     check_targets(cfg)
     summary.quiet(bool(cfg.get("verbose", False)))
     store = ArtifactStore(cfg.store_dir)
-    plan = _Plan(cfg)
+    pipeline = Pipeline(cfg)
+    names = select_stages(cfg)
     record: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "dry_run": bool(cfg.dry_run),
         "store": str(store.root),
         "stages": {},
     }
-    artifacts: dict[str, Artifact] = {}
-    plans: dict[str, Planned] = {}  # a dry run's expected artifacts, for downstream plans
-    tracker = None if cfg.dry_run else tracking.open_tracker(cfg.get("logger"), "_".join(run_dir.resolve().parts[-2:]))
     try:
-        for name in select_stages(cfg):
+        record["stages"] = preflight(cfg, names, pipeline, store)
+    except BaseException as e:
+        store.release()
+        record.update(status="refused" if isinstance(e, StageError) else "failed", error=str(e))
+        write_json_atomic(run_dir / "run.json", record)
+        raise
+    if cfg.dry_run:
+        store.release()
+        record.update(status="planned", finished=datetime.now(UTC).isoformat(timespec="seconds"))
+        write_json_atomic(run_dir / "run.json", record)
+        print_summary(record, run_dir)
+        return record
+    refused = refusal(record["stages"])
+    if refused and cfg.preflight.value == "refuse":
+        store.release()
+        record.update(status="refused", error=refused)
+        write_json_atomic(run_dir / "run.json", record)
+        print_summary(record, run_dir)
+        raise StageError(refused)
+    if refused:
+        print(f"warning (preflight=warn): {refused.split('. Nothing was run')[0]}", flush=True)
+    else:
+        said = preflight_line(record["stages"])
+        if said:
+            print(said, flush=True)
+    return _build(cfg, names, pipeline, store, record, run_dir)
+
+
+def _build(
+    cfg: DictConfig, names: list[str], pipeline: Pipeline, store: ArtifactStore, record: dict[str, Any], run_dir: Path
+) -> dict[str, Any]:
+    artifacts: dict[str, Artifact] = {}
+    tracker = tracking.open_tracker(cfg.get("logger"), "_".join(run_dir.resolve().parts[-2:]))
+    try:
+        for name in names:
             started = time.monotonic()
-            entry: dict[str, Any] = record["stages"].setdefault(name, {"status": "running"})
-            stage = plan.stage(name)
-            fp = plan.fingerprint(name)
+            entry: dict[str, Any] = record["stages"][name]
+            entry["status"] = "running"
+            stage, fp = pipeline.stage(name), pipeline.fingerprint(name)
             stage.store, stage.fingerprint = store, fp
-            entry["fingerprint"] = fp
             inputs: dict[str, Artifact | None] = {}
             for up in stage.upstream():
-                inputs[up] = artifacts.get(up) or store.get(up, plan.fingerprint(up))
-                if inputs[up] is None and not cfg.dry_run:
+                inputs[up] = artifacts.get(up) or store.get(up, pipeline.fingerprint(up))
+                if inputs[up] is None:
                     raise StageError(
-                        f"stage {name!r} needs the {up!r} artifact {plan.fingerprint(up)}, which is not "
+                        f"stage {name!r} needs the {up!r} artifact {pipeline.fingerprint(up)}, which is not "
                         f"in {store.root}; run it too: stages=[{up},{name}]"
                     )
+                store.hold(up, pipeline.fingerprint(up))  # never pruned while this run reads it
             hit = store.get(name, fp) if stage.reusable else None
+            if hit is not None and (problem := damage(hit)):
+                print(f"{name}: {problem}: building it again", flush=True)
+                store.discard(name, fp)
+                hit = None
             entry["cache_hit"] = hit is not None
-            if cfg.dry_run:
-                entry["status"] = "planned"
-                stage.upstream_plans = {up: plans[up] for up in stage.upstream() if inputs[up] is None and up in plans}
-                entry["plan"] = "reuse " + str(hit.path) if hit else stage.plan(inputs)
-                if stage.planned is not None and not hit:
-                    plans[name] = stage.planned
-                entry["estimated_usd"] = 0.0 if hit else stage.planned_usd
-                if not hit and stage.uses_together() and not together_api_key(cfg):
-                    entry["plan"] += "; TOGETHER_API_KEY is not set: a run would stop here"
-                    entry["missing"] = "TOGETHER_API_KEY"
-                log.info("[dry run] %s %s: %s", name, fp, entry["plan"])
-            else:
-                if hit is None:
-                    log.info("%s %s: running", name, fp)
-                    meta = {
-                        "stage": name,
-                        "fingerprint": fp,
-                        "version": stage.version,
-                        "upstream": {up: plan.fingerprint(up) for up in stage.upstream()},
-                        "config": stage.semantic_config(),
-                    }
-                    try:
-                        hit = store.build(
-                            name, fp, lambda out, s=stage, i=inputs: s.run(i, out), meta, replace=not stage.reusable
-                        )  # type: ignore[misc]
-                    except StagePending as pending:
-                        entry.update(status="pending", note=str(pending), **pending.details)
-                        entry["seconds"] = round(time.monotonic() - started, 3)
-                        log.info("%s %s: pending: %s", name, fp, pending)
-                        break  # later stages need this artifact; a later run picks the work up
-                    manifest = hit.manifest
-                    if hit.reused:  # a twin job built it while this one waited
-                        entry["cache_hit"] = True
-                    for key in ("usage", "cost_usd"):  # what this run spent (a cache hit spends nothing)
-                        if key in manifest and not hit.reused:
-                            entry[key] = manifest[key]
-                else:
-                    log.info("%s %s: cache hit, reusing %s", name, fp, hit.path)
-                artifacts[name] = hit
-                entry.update(status="ok", artifact=str(hit.path))
+            if hit is None:
+                log.info("%s %s: running", name, fp)
+                meta = {
+                    "stage": name,
+                    "fingerprint": fp,
+                    "version": stage.version,
+                    "upstream": {up: pipeline.fingerprint(up) for up in stage.upstream()},
+                    "config": stage.semantic_config(),
+                }
+                try:
+                    hit = store.build(
+                        name, fp, lambda out, s=stage, i=inputs: s.run(i, out), meta, replace=not stage.reusable
+                    )  # type: ignore[misc]
+                except FileNotFoundError as e:  # an input removed under the run (outside recipe)
+                    raise StageError(
+                        f"{name}: {e.filename or 'a file'} vanished while {name} read it (removed outside recipe?); "
+                        "run again to build what is missing"
+                    ) from None
+                except StagePending as pending:
+                    entry.update(status="pending", note=str(pending), **pending.details)
+                    entry["seconds"] = round(time.monotonic() - started, 3)
+                    log.info("%s %s: pending: %s", name, fp, pending)
+                    break  # later stages need this artifact; a later run picks the work up
                 manifest = hit.manifest
-                for key in ("metrics", "contamination_counts"):  # headline figures, for sweep summaries
-                    if manifest.get(key) is not None:
+                if hit.reused:  # a twin job built it while this one waited
+                    entry["cache_hit"] = True
+                for key in ("usage", "cost_usd"):  # what this run spent (a cache hit spends nothing)
+                    if key in manifest and not hit.reused:
                         entry[key] = manifest[key]
-                if tracker is not None:
-                    tracker.params({f"fingerprint/{name}": fp})
-                    tracking.log_stage(tracker, name, manifest, hit.path)
-                said = summary.line(name, manifest)
-                if said:
-                    print(f"{name}: {said}{' (reused)' if entry['cache_hit'] else ''}", flush=True)
-                report = stage.report(hit)
-                if report:
-                    print(report, flush=True)
+            else:
+                log.info("%s %s: cache hit, reusing %s", name, fp, hit.path)
+            artifacts[name] = hit
+            store.hold(name, fp)
+            entry.update(status="ok", artifact=str(hit.path))
+            manifest = hit.manifest
+            for key in ("metrics", "contamination_counts"):  # headline figures, for sweep summaries
+                if manifest.get(key) is not None:
+                    entry[key] = manifest[key]
+            if tracker is not None:
+                tracker.params({f"fingerprint/{name}": fp})
+                tracking.log_stage(tracker, name, manifest, hit.path)
+            said = summary.line(name, manifest)
+            if said:
+                print(f"{name}: {said}{' (reused)' if entry['cache_hit'] else ''}", flush=True)
+            report = stage.report(hit)
+            if report:
+                print(report, flush=True)
             entry["seconds"] = round(time.monotonic() - started, 3)
             write_json_atomic(run_dir / "run.json", record)
     except BaseException as e:
@@ -164,39 +288,92 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         write_json_atomic(run_dir / "run.json", record)
         raise
     finally:
+        store.release()
         if tracker is not None:
             tracker.close()
+    for entry in record["stages"].values():
+        if entry["status"] == "planned":  # after a pending stage
+            entry["status"] = "not run"
     pending = any(s["status"] == "pending" for s in record["stages"].values())
-    record["status"] = "planned" if cfg.dry_run else "pending" if pending else "ok"
+    record["status"] = "pending" if pending else "ok"
     record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     write_json_atomic(run_dir / "run.json", record)
     print_summary(record, run_dir)
     return record
 
 
-def _usd(entry: dict[str, Any], planned: bool) -> float | None:
-    return (
-        entry.get("estimated_usd") if planned else entry.get("cost_usd", 0.0 if entry.get("status") == "ok" else None)
+def _bound(entry: dict[str, Any]) -> str:
+    return {"at most": "at most ", "at least": "at least "}.get(entry.get("estimate_bound", ""), "~")
+
+
+def _money(usd: float | None, prefix: str = "") -> str:
+    return "?" if usd is None else f"{prefix}{usd:,.2f}"
+
+
+def preflight_line(entries: dict[str, dict[str, Any]]) -> str | None:
+    """One line before a run that may cost money: the estimate per stage, within every budget."""
+    paid = {n: e for n, e in entries.items() if not e["cache_hit"] and e.get("estimated_usd") != 0.0}
+    if not paid:
+        return None
+    parts = ", ".join(
+        f"{n} {_bound(e)}${e['estimated_usd']:,.2f}" if e["estimated_usd"] is not None else f"{n} not priced"
+        for n, e in paid.items()
     )
+    return f"pre-flight: {parts}; within every budget"
 
 
 def print_summary(record: dict[str, Any], run_dir: Path) -> None:
-    """The run table: stage, status, cache, seconds, cost (spent, or for a dry run estimated), where."""
-    planned = bool(record.get("dry_run"))
-    cost = "est. $" if planned else "cost $"
-    print(f"{'stage':<8} {'status':<8} {'cache':<5} {'seconds':>8} {cost:>9}  fingerprint / artifact or plan")
+    """The run table (a dry run's: what each stage would do and cost, its budget; a run's: status,
+    seconds, cost, artifact), then a dry run's details, the total, and what a run would refuse."""
+    planned = record.get("dry_run") or record.get("status") == "refused"
+    stages = record["stages"]
+    rows = []
     total, unknown = 0.0, []
-    for name, s in record["stages"].items():
-        where = s.get("artifact") or s.get("plan", "")
+    for name, s in stages.items():
         hit = "hit" if s.get("cache_hit") else "-"
-        usd = _usd(s, planned)
+        if planned:
+            usd = s.get("estimated_usd")
+            budget = s.get("budget")
+            flag = "OVER" if s.get("over_budget") else ("no key" if s.get("missing") else "")
+            money = _money(usd, {"at most": "≤", "at least": "≥"}.get(s.get("estimate_bound", ""), ""))
+            rows.append([name, hit, money, f"{budget['max_usd']:,.2f}" if budget else "-", flag, s.get("summary", "")])
+        else:
+            usd = s.get("cost_usd", 0.0 if s.get("status") == "ok" else None)
+            where = s.get("artifact") or s.get("note") or s.get("error", "")
+            rows.append([name, s["status"], hit, f"{s.get('seconds', 0):,.1f}", _money(usd), where])
         total += usd or 0.0
         if usd is None:
             unknown.append(name)
-        money = "?" if usd is None else f"{usd:.2f}"
-        line = f"{name:<8} {s['status']:<8} {hit:<5} {s.get('seconds', 0):>8.2f} {money:>9}  {s.get('fingerprint', '')}  {where}"
-        print(line)
-    if planned or total:
+    if planned:
+        if record.get("dry_run"):
+            print("dry run: what each stage would do and cost; nothing was run or sent")
+        headers = ["stage", "cache", "est. $", "budget $", "", "plan"]
+        print(
+            tabulate(rows, headers, disable_numparse=True, colalign=("left", "left", "right", "right", "left", "left"))
+        )
+        notes = [(n, s["details"]) for n, s in stages.items() if s.get("details")]
+        notes += [(n, s["needs"]) for n, s in stages.items() if s.get("needs")]
+        keyless = [n for n, s in stages.items() if s.get("missing")]
+        if keyless:
+            notes.append(
+                ("key", f"TOGETHER_API_KEY is not set: a run would stop before any work ({', '.join(keyless)})")
+            )
+        if notes:
+            print()
+        for name, text in notes:
+            print(textwrap.fill(f"{name}: {text}", width=DETAILS_WIDTH, subsequent_indent="  "))
         more = f" + unknown ({', '.join(unknown)})" if unknown else ""
-        print(f"{'estimated' if planned else 'spent'} total: ${total:.2f}{more}")
+        refused = refusal(stages)
+        print(f"\nestimated total: ${total:,.2f}{more}{' if every stage ran' if refused else ''}")
+        if refused:
+            said = refused.split(". Nothing")[0].replace("pre-flight: ", "")
+            print(f"as configured, a run refuses at the pre-flight and spends nothing: {said}")
+    else:
+        headers = ["stage", "status", "cache", "seconds", "cost $", "artifact"]
+        print(
+            tabulate(rows, headers, disable_numparse=True, colalign=("left", "left", "left", "right", "right", "left"))
+        )
+        if total:
+            more = f" + unknown ({', '.join(unknown)})" if unknown else ""
+            print(f"spent: ${total:,.2f}{more}")
     print(f"run record: {run_dir / 'run.json'}")

@@ -12,7 +12,19 @@ import warnings
 from typing import Any
 
 # Library loggers that talk at INFO (absl: rouge-score's tokenizer) or retry noisily.
-NOISY_LOGGERS = ("absl", "datasets", "huggingface_hub", "transformers", "peft", "urllib3", "filelock", "httpx")
+NOISY_LOGGERS = (
+    "absl",
+    "datasets",
+    "huggingface_hub",
+    "transformers",
+    "peft",
+    "urllib3",
+    "filelock",
+    "httpx",
+    "httpx2",  # huggingface_hub 2.x's HTTP client
+    "fsspec",
+    "aiohttp",
+)
 
 
 def quiet(verbose: bool) -> None:

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,15 @@ from recipe import tracking
 
 log = logging.getLogger(__name__)
 JOB_FILE = "job.json"
+last_sweep: dict[str, Any] = {}  # the last multirun of this process: jobs, failed, summary (for the exit code)
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    """What a sweep job returns when it stopped on a RecipeError (its one-line error was printed):
+    the sweep goes on, and the summary marks the job failed with that error."""
+
+    error: str
 
 
 def _multirun() -> bool:
@@ -71,6 +81,8 @@ class SweepSummary(Callback):
         outcome = {"job": config.hydra.job.num, "status": job_return.status.name.lower()}
         if job_return.status == JobStatus.FAILED:
             outcome["error"] = str(job_return._return_value)  # reading .return_value would re-raise
+        elif isinstance(job_return._return_value, JobFailed):
+            outcome.update(status="failed", error=job_return._return_value.error)
         _write_atomic(job_dir / JOB_FILE, json.dumps(outcome) + "\n")
         write_summary(job_dir.parent)
 
@@ -79,6 +91,8 @@ class SweepSummary(Callback):
         if root.is_dir():
             rows = write_summary(root)
             print(f"sweep summary ({len(rows)} jobs): {root / 'summary.md'}")
+            failed = sum(row["status"] in ("failed", "refused") for row in rows)
+            last_sweep.update(jobs=len(rows), failed=failed, summary=str(root / "summary.md"))
             tracker = tracking.open_tracker(config.get("logger"), f"sweep_{root.parent.name}_{root.name}")
             if tracker is not None:
                 tracker.text("summary.md", (root / "summary.md").read_text())

@@ -1,5 +1,5 @@
 """Experiment trackers (`logger=none|tensorboard|mlflow`), through their own libraries (the
-`trackers` extra: tensorboardX, mlflow-skinny).
+`trackers` extra: tensorboardX and mlflow, with their viewers `tensorboard` and `mlflow ui`).
 
 Each run is one tracker run, named after its run directory. What it receives, when a stage
 finishes (built or reused): the stage fingerprints as parameters; local training's steps (loss,
@@ -7,9 +7,11 @@ learning rate, tokens/s from the artifact's metrics.jsonl, by step); Test's head
 model (`test/<model>/<metric>`) and contamination counts; Mix's and Distill's counts and cost.
 A sweep's summary table goes to a run of its own (`sweep`) at the end of the multirun.
 
-TensorBoard: event files under `logger.dir/<run>`. MLflow: `logger.tracking_uri` (default an
-MLflow file store, `file:outputs/mlruns`, which MLflow 3 keeps behind MLFLOW_ALLOW_FILE_STORE: set
-for it here), experiment `logger.experiment`.
+TensorBoard: event files under `logger.dir/<run>`. MLflow: `logger.tracking_uri`, by default a
+SQLite store (`sqlite:///outputs/mlflow.db`, relative to where recipe runs: MLflow 3's recommended
+local backend; its artifacts beside it in `outputs/mlartifacts`), experiment `logger.experiment`.
+A `file:` store still works for writing (MLflow 3 keeps it behind MLFLOW_ALLOW_FILE_STORE, set
+for it here).
 """
 
 from __future__ import annotations
@@ -60,11 +62,18 @@ class MLflow(Tracker):
             import mlflow
         except ImportError:
             raise RecipeError("logger=mlflow needs mlflow: pip install 'recipe[trackers]'") from None
+        artifacts = None
         if uri.startswith("file:"):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             uri = "file:" + str(Path(uri.removeprefix("file:")).resolve())
+        elif uri.startswith("sqlite:///"):
+            database = Path(uri.removeprefix("sqlite:///")).resolve()
+            database.parent.mkdir(parents=True, exist_ok=True)
+            uri, artifacts = f"sqlite:///{database}", (database.parent / "mlartifacts").as_uri()
         self.mlflow = mlflow
         mlflow.set_tracking_uri(uri)
+        if artifacts is not None and mlflow.get_experiment_by_name(experiment) is None:
+            mlflow.create_experiment(experiment, artifact_location=artifacts)
         mlflow.set_experiment(experiment)
         self.run = mlflow.start_run(run_name=run_name)
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -89,6 +92,27 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen]]:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def read_until(proc: subprocess.Popen, pattern: str, timeout_s: float) -> str:
+    """A process's output (stdout, read raw: no line buffer that select cannot see) up to the first
+    line matching `pattern`; fails, naming what it saw, past `timeout_s` or when the process ends."""
+    assert proc.stdout is not None
+    fd, seen = proc.stdout.fileno(), b""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 1.0)[0]:
+            block = os.read(fd, 65536)
+            if not block:
+                break
+            seen += block
+            text = seen.decode(errors="replace")
+            if re.search(pattern, text, re.MULTILINE):
+                return text
+        elif proc.poll() is not None:
+            break
+    said = seen.decode(errors="replace")[-3000:]
+    raise AssertionError(f"never saw {pattern!r} within {timeout_s:.0f} s (rc {proc.poll()}):\n{said}")
 
 
 def latest_run(root: Path) -> dict:

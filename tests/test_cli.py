@@ -47,13 +47,40 @@ def test_cfg_job_prints_the_composed_config(run_cli) -> None:
     assert cfg.mix.total == 40 and cfg.mix.components.instructions.share == 0.5
 
 
-def test_config_errors_exit_non_zero_naming_the_key(run_cli) -> None:
-    proc = run_cli("mix.totl=3", check=False)
-    assert proc.returncode != 0 and "totl" in proc.stderr
-    proc = run_cli("stages=[mix]", "mix=samples", "mix.components.booksum.share=0.5", check=False)
-    assert proc.returncode == 2
-    assert "error: mix.components: shares must sum to 1, got 1.25" in proc.stderr
-    assert "Traceback" not in proc.stderr
+CONFIG_MISTAKES = [
+    (("mix.totl=3",), "error: mix.totl: no schema declares this key"),
+    (("+mix.totl=3",), "error: mix.totl: no schema declares this key"),  # Hydra's own advice: refused too
+    (("+train.n_epoch=3",), "error: train.n_epoch: no schema declares this key"),
+    (("mix.total=lots",), "error: mix.total: Value 'lots' of type 'str' could not be converted to Integer"),
+    (("mix.unit=lines",), "error: mix.unit: Invalid value 'lines', expected one of [examples, tokens]"),
+    (("mix=nope",), "error: mix/nope: no such config (the options: llama2_7b_32k, offline, samples)"),
+    (("experiment=nope",), "error: experiment/nope: no such config (the options: "),
+    (("stages=[mix",), "error: an override does not parse: "),
+    (("mix.total=${oc.env:RECIPE_TEST_UNSET}",), "error: mix.total: "),  # a missing interpolation: its own cause
+    (("mix.seed=${nope.key}",), "error: mix.seed: Interpolation key 'nope.key' not found"),
+    (("distill=openai_compatible",), "error: distill.teacher.base_url: required for provider openai_compatible"),
+    (
+        ("stages=[mix]", "mix=samples", "mix.components.booksum.share=0.5"),
+        "error: mix.components: shares must sum to 1",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "said"), CONFIG_MISTAKES, ids=[" ".join(a) for a, _ in CONFIG_MISTAKES])
+def test_config_mistakes_are_one_line_exit_2_naming_the_key(run_cli, args: tuple[str, ...], said: str) -> None:
+    proc = run_cli(*args, "dry_run=true", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith(said), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1  # one line: no traceback, no Hydra advice
+    if "RECIPE_TEST_UNSET" in args[0]:
+        assert "RECIPE_TEST_UNSET' not found" in proc.stderr and "secrets" not in proc.stderr
+
+
+def test_a_dry_run_refuses_what_the_run_would_refuse(run_cli) -> None:
+    """A locally trained model on a dedicated Together endpoint: both say so, before any work."""
+    args = ("train=local_lora", "deploy=together_dedicated", "mix=samples", "~distill", "~test")
+    for extra in (("dry_run=true",), ()):
+        proc = run_cli(*args, *extra, check=False, env={"TOGETHER_API_KEY": "sk-test-0123456789abcdef"})
+        assert proc.returncode == 2 and "deploy=together_* needs a Together fine-tune" in proc.stderr, extra
 
 
 def test_a_key_given_as_an_override_never_reaches_disk(run_cli, tmp_path: Path) -> None:
@@ -106,6 +133,44 @@ def test_printing_the_config_masks_a_key_given_on_the_command_line(run_cli, flag
         assert "api_key: '***'" in out.stdout
 
 
+@pytest.mark.parametrize(
+    ("callback", "check"),
+    [
+        ({"_target_": "builtins.open", "file": "victim.txt", "mode": "w"}, "truncated"),
+        ({"_target_": "os.makedirs", "name": "made-by-a-config"}, "made"),
+    ],
+    ids=["open", "makedirs"],
+)
+def test_a_config_never_runs_code_of_its_own_not_even_a_hydra_callback(
+    run_cli, tmp_path: Path, callback: dict, check: str
+) -> None:
+    """An experiment under --config-dir naming a Hydra callback (or launcher, sweeper, logging
+    factory) outside recipe.* and Hydra's plugins: refused before Hydra instantiates anything."""
+    (tmp_path / "victim.txt").write_text("precious")
+    experiment = tmp_path / "mine" / "experiment" / "evil.yaml"
+    experiment.parent.mkdir(parents=True)
+    body = "\n".join(f"      {k}: {v}" for k, v in callback.items())
+    experiment.write_text(
+        f"# @package _global_\n# recipe --config-dir mine experiment=evil\nhydra:\n  callbacks:\n    x:\n{body}\n"
+    )
+    for extra in (("dry_run=true",), ("stages=[mix]", "mix=samples")):
+        proc = run_cli("--config-dir", "mine", "experiment=evil", *extra, check=False)
+        assert proc.returncode == 2 and "hydra.callbacks.x._target_=" in proc.stderr and "is refused" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "victim.txt").read_text() == "precious" and not (tmp_path / "made-by-a-config").exists()
+    assert not (tmp_path / "outputs" / "store").exists()
+    # A plugin of your own is allowed by name, from the environment (never from a config).
+    allowed = run_cli(
+        "--config-dir",
+        "mine",
+        "experiment=evil",
+        "dry_run=true",
+        check=False,
+        env={"RECIPE_ALLOW_TARGETS": "nothing.of.that.kind"},
+    )
+    assert allowed.returncode == 2
+
+
 def test_an_unselected_stage_with_a_foreign_target_is_refused_before_any_work(run_cli, tmp_path: Path) -> None:
     proc = run_cli("train._target_=os.system", "stages=[mix]", "mix=samples", check=False)
     assert proc.returncode == 2 and "train._target_='os.system' is refused" in proc.stderr
@@ -136,7 +201,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(run_cli, tiny_d
 
 def test_an_unknown_experiment_is_an_error_listing_the_known_ones(run_cli) -> None:
     proc = run_cli("experiment=llama2_7b_32k_instrcut", "dry_run=true", check=False)
-    assert proc.returncode != 0 and "Could not find 'experiment/llama2_7b_32k_instrcut'" in proc.stderr
+    assert proc.returncode == 2 and "experiment/llama2_7b_32k_instrcut: no such config" in proc.stderr
     assert "llama2_7b_32k_instruct" in proc.stderr and "smollm2_offline" in proc.stderr
 
 

@@ -46,7 +46,7 @@ def test_every_mixture_composes_and_validates(make_cfg, mixture: str) -> None:
     cfg = make_cfg(f"mix={mixture}", base=())
     stage = build_stage("mix", cfg)
     assert isinstance(stage, Mix)
-    assert stage.plan({}).startswith(f"mix {cfg.mix.total} ")
+    assert stage.plan({}, {}).summary.startswith(f"{cfg.mix.total:,} examples (")
 
 
 DISTILL_REQUIRED = {"openai_compatible": ("distill.teacher.base_url=http://127.0.0.1:9/v1", "distill.teacher.model=m")}
@@ -67,14 +67,14 @@ def test_every_deploy_option_composes_and_validates(make_cfg, deploy: str) -> No
     train = DEPLOY_NEEDS.get(deploy, "train=together_lora")
     cfg = make_cfg(f"deploy={deploy}", train, base=("mix=samples",))
     stage = build_stage("deploy", cfg)
-    assert stage.upstream() == ("train",) and stage.plan({})
+    assert stage.upstream() == ("train",) and stage.plan({}, {}).summary
 
 
 @pytest.mark.parametrize("train", options("train"))
 def test_every_train_option_composes_and_validates(make_cfg, train: str) -> None:
     cfg = make_cfg(f"train={train}", base=("mix=samples",))
     stage = build_stage("train", cfg)
-    assert stage.upstream() == ("mix",) and stage.plan({})
+    assert stage.upstream() == ("mix",) and stage.plan({}, {}).summary
     if train.startswith("together"):
         assert cfg.train.model == "togethercomputer/LLaMA-2-7B-32K" and stage.body("file-1", None)["n_epochs"] == 4
 
@@ -93,7 +93,8 @@ def test_every_test_option_composes_and_validates(make_cfg, test: str) -> None:
     cfg = make_cfg(f"test={test}", TEST_NEEDS[test], base=("mix=samples", "~distill"))
     stage = build_stage("test", cfg)
     assert stage.upstream() == ("mix", "train")
-    assert stage.plan({}).startswith("evaluate base and tuned on mqa (mqa, ")
+    plan = stage.plan({}, {})
+    assert plan.summary.startswith("base and tuned on 3 suites: ") and plan.details.startswith("mqa (mqa, ")
     assert stage.semantic_config()["suite_data"].keys() == {"mqa", "booksum", "alpaca_eval"}
 
 

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recipe.config import SuiteConfig
 from recipe.errors import RecipeError
-from recipe.runner import _Plan, run
+from recipe.runner import Pipeline, run
 from recipe.test import contamination
 from recipe.test.contamination import Index, Words
 
@@ -183,7 +183,7 @@ def test_fingerprint_follows_the_suites_data_and_settings_not_their_generation_k
         c = cfg.copy()
         if change:
             change(c)
-        return _Plan(c).fingerprint("mix")
+        return Pipeline(c).fingerprint("mix")
 
     base = fp()
     assert fp(lambda c: setattr(c.test.suites.alpaca_eval, "max_tokens", 7)) == base

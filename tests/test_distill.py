@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -123,6 +124,10 @@ def test_budget_stops_sending_and_a_rerun_continues(make_cfg, tmp_path: Path, fa
     # $1 per 1K tokens: the budget covers a few requests (each reserves its 1024 max_tokens).
     prices = ("distill.prices.input_per_mtok=1000", "distill.prices.output_per_mtok=1000")
     cfg = together(make_cfg, tmp_path, *prices, "distill.budget.max_usd=1.3", "distill.concurrency=1")
+    with pytest.raises(RecipeError, match=r"pre-flight: distill would cost ~\$.*, over distill.budget.max_usd=1.3"):
+        run(cfg, run_dir=tmp_path)  # refused before any request
+    assert fake.requests == []
+    cfg = together(make_cfg, tmp_path, *prices, "distill.budget.max_usd=1.3", "distill.concurrency=1", "preflight=warn")
     with pytest.raises(RecipeError, match=r"distill.budget.max_usd=1.3 reached: spent \$"):
         run(cfg, run_dir=tmp_path)
     entry = json.loads((tmp_path / "run.json").read_text())["stages"]["distill"]
@@ -138,7 +143,7 @@ def test_dry_run_estimates_from_the_cache_and_sends_nothing(make_cfg, tmp_path: 
     prices = ("distill.prices.input_per_mtok=2", "distill.prices.output_per_mtok=6")
     plan = run(together(make_cfg, tmp_path, "dry_run=true", *prices), run_dir=tmp_path)["stages"]["distill"]["plan"]
     assert fake.requests == [] and not (tmp_path / "cache.sqlite").exists()  # a dry run writes nothing
-    assert "0 answers cached" in plan and "to send" in plan and "cost ~$" in plan
+    assert "0 answers cached" in plan and "to send" in plan and "prompt tokens; ~$" in plan
     run(together(make_cfg, tmp_path, *prices), run_dir=tmp_path)
     again = run(together(make_cfg, tmp_path, "dry_run=true", f"store_dir={tmp_path / 's2'}", *prices), run_dir=tmp_path)
     assert ", 0 to send" in again["stages"]["distill"]["plan"]
@@ -204,7 +209,7 @@ def test_kill_9_then_resume_resends_nothing_finished(tmp_path: Path, fake: FakeT
         sent_before = len(fake.requests)
     db = sqlite3.connect(tmp_path / "cache.sqlite")
     cached = db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
-    in_flight = db.execute("SELECT COUNT(*) FROM inflight").fetchone()[0]  # the journal of the killed run
+    in_flight = db.execute("SELECT COUNT(*) FROM inflight WHERE sent = 1").fetchone()[0]  # the killed run's claims
     db.close()
     assert cached >= len(answered_before) - 2  # at most the answers in flight at the kill are lost
     assert 1 <= in_flight <= 2  # the server was answering two conversations when the kill came
@@ -215,9 +220,6 @@ def test_kill_9_then_resume_resends_nothing_finished(tmp_path: Path, fake: FakeT
     record = json.loads(sorted((tmp_path / "outputs" / "runs").glob("*/*/run.json"))[-1].read_text())
     manifest = json.loads((Path(record["stages"]["distill"]["artifact"]) / "manifest.json").read_text())
     assert manifest["resent_after_crash"] == in_flight
-    assert not (tmp_path / "outputs" / "store" / "distill").exists() or any(
-        (tmp_path / "outputs" / "store" / "distill").iterdir()
-    )
 
 
 def test_the_key_stays_off_disk(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
@@ -229,7 +231,7 @@ def test_the_key_stays_off_disk(make_cfg, tmp_path: Path, fake: FakeTogether) ->
 
 def test_together_without_a_key_is_a_clear_error(make_cfg, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("TOGETHER_API_KEY", raising=False)
-    with pytest.raises(RecipeError, match="needs TOGETHER_API_KEY"):
+    with pytest.raises(RecipeError, match="TOGETHER_API_KEY is not set"):
         run(together(make_cfg, tmp_path), run_dir=tmp_path)
 
 
@@ -319,19 +321,26 @@ def test_a_signal_stops_the_local_teacher_server(tmp_path: Path, spawn, signum: 
         assert not distill_store.exists() or not any(distill_store.iterdir())
 
 
-def test_an_answered_request_is_never_counted_as_in_flight(tmp_path: Path) -> None:
-    """The answer and the end of its journal entry are one transaction; and a journal entry whose
-    answer is stored (a cache written before that was so) is not resent after a crash."""
+def test_claims_make_one_sender_per_request_and_count_resends_of_the_dead(tmp_path: Path, spawn) -> None:
+    """The answer and the end of its claim are one transaction; a request claimed by a live process
+    is not sent by another; one claimed and sent by a dead process is taken over and counted."""
     from recipe.providers.cache import RequestCache
 
     cache = RequestCache(tmp_path / "c.sqlite")
-    cache.begin("answered")
-    cache.begin("lost")
+    assert cache.claim("answered").mine and cache.claim("lost").mine
+    cache.mark_sent("answered")
     cache.put("answered", "text", 1, 1)
-    assert cache.take_inflight() == {"lost"}
-    cache.begin("stale")  # an answer stored without closing the journal entry: what a kill between them left
-    cache._db.execute("INSERT INTO answers VALUES ('stale', 'text', 1, 1, 0)")
-    assert cache.take_inflight() == set()
+    assert cache.claim("answered").answer.text == "text"
+    assert not cache.claim("lost").mine  # this process (another of its threads) is asking it: wait
+    # A process that claimed and sent a request, then died without an answer (kill -9).
+    code = (
+        "import os, sys; from recipe.providers.cache import RequestCache; c = RequestCache(sys.argv[1]); "
+        "[c.claim(k) for k in ('sent', 'never_sent')]; c.mark_sent('sent'); os._exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "c.sqlite")], check=True, timeout=120)
+    taken = cache.claim("sent")
+    assert taken.mine and taken.taken_over and cache.claim("never_sent").mine
+    assert cache.resent_count({"sent", "never_sent", "answered"}) == 1  # only what had left was sent again
     cache.close()
 
 
@@ -383,8 +392,10 @@ def test_only_page_counters_are_cut(turn: str, cut: str, had: bool) -> None:
 def test_the_seed_experiment_sends_the_seed_scripts_prompts_byte_for_byte(make_cfg, tmp_path: Path) -> None:
     """Rebuilt from the seed script's description (FACTS.md): the prompt starts empty; each human
     turn, verbatim with its page counter, adds two spaces, [INST], two spaces, the turn, two spaces,
-    [/INST], two spaces; the teacher's raw answer (not stripped) follows; the whole prompt is sent."""
-    turns = ["1 / 1Hi there", "2 / 2  What is 10 / 5?", "3 / 4 of 12 is what?"]
+    [/INST], two spaces; the teacher's raw answer (not stripped) follows; the whole prompt is sent.
+    Every human turn is sent, as the seed sent every turn of its input: an empty one, one of spaces
+    only, one that is nothing but a page counter."""
+    turns = ["1 / 1Hi there", "", "   ", "2 / 2", "2 / 2  What is 10 / 5?", "3 / 4 of 12 is what?"]
     sharegpt = [
         {
             "id": "c1",
@@ -424,10 +435,16 @@ def test_the_seed_experiment_sends_the_seed_scripts_prompts_byte_for_byte(make_c
     assert [m["content"] for m in conv["messages"]] == [
         "Hi there",
         "Sure 1!",
-        "What is 10 / 5?",
+        "",
         "Sure 2!",
-        "3 / 4 of 12 is what?",
+        "",
         "Sure 3!",
+        "",  # the bare page counter, cut as the seed's output cut it
+        "Sure 4!",
+        "What is 10 / 5?",
+        "Sure 5!",
+        "3 / 4 of 12 is what?",
+        "Sure 6!",
     ]
     manifest = json.loads((Path(record["stages"]["distill"]["artifact"]) / "manifest.json").read_text())
-    assert manifest["turns"]["page_counters_cut"] == 2
+    assert manifest["turns"]["page_counters_cut"] == 3 and manifest["turns"]["skipped_empty_turns"] == 0

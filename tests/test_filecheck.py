@@ -31,6 +31,15 @@ GOOD = {
 }
 
 
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+
+
+def user_with(parts: list, weight: int | None = None) -> dict:
+    """A conversation whose user turn holds `parts` (the assistant's answer as parts too)."""
+    user = {"role": "user", "content": parts, **({"weight": weight} if weight is not None else {})}
+    return {"messages": [user, {"role": "assistant", "content": [{"type": "text", "text": "a"}]}]}
+
+
 def write(tmp_path: Path, lines: list) -> Path:
     path = tmp_path / "f.jsonl"
     path.write_bytes(
@@ -94,13 +103,33 @@ def test_each_format_passes(tmp_path: Path, fmt: str) -> None:
             "preference",
         ),
         ([{"text": [{"type": "text", "text": "a"}, {"type": "audio"}]}], 1, "key_value"),
-        ([{"prompt": "p", "completion": [{"type": "text", "text": "c"}]}], 1, "text_field"),
+        ([{"prompt": "p", "completion": 3}], 1, "text_field"),
         (
             [
                 {
                     "messages": [
-                        {"role": "user", "content": "u"},
-                        {"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "data:x"}}]},
+                        {"role": "user", "content": [{"type": "text", "text": "u"}]},
+                        {"role": "assistant", "content": [IMAGE]},
+                    ]
+                }
+            ],
+            1,
+            "key_value",
+        ),
+        # images: base64 data URLs of JPEG, PNG or WEBP only, in user content only, never weighted
+        ([user_with([{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}])], 1, "key_value"),
+        ([user_with([{"type": "image_url", "image_url": {"url": "data:image/gif;base64,R0lG"}}])], 1, "key_value"),
+        ([user_with([IMAGE] * 11)], 1, "key_value"),
+        ([user_with([IMAGE], weight=1)], 1, "key_value"),
+        ([{"prompt": "p", "completion": [IMAGE]}], 1, "key_value"),
+        ([{**GOOD["preference"][0], "preferred_output": [{"role": "assistant", "content": [IMAGE]}]}], 1, "key_value"),
+        # content parts and plain strings never mixed in one conversation
+        (
+            [
+                {
+                    "messages": [
+                        {"role": "user", "content": [{"type": "text", "text": "u"}]},
+                        {"role": "assistant", "content": "a"},
                     ]
                 }
             ],
@@ -119,12 +148,25 @@ def test_each_rule_fails_with_its_line(tmp_path: Path, lines: list, line: int, r
 VALID_FOR_THE_SDK = [
     # extra keys inside a message (the SDK checks the keys it needs, not the others)
     {"messages": [{"role": "user", "content": "u", "name": "x"}, {"role": "assistant", "content": "a"}]},
-    # content as OpenAI-style content parts, in a message, in `text`, in `prompt`
-    {"messages": [{"role": "user", "content": [{"type": "text", "text": "u"}]}, {"role": "assistant", "content": "a"}]},
+    # content as OpenAI-style content parts, in every message of a conversation, in `text`, in `prompt`
+    {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "u"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "a"}]},
+        ]
+    },
     {"text": [{"type": "text", "text": "hello"}]},
     {"prompt": [{"type": "text", "text": "p"}], "completion": "c"},
-    # integer weights 0 and 1
+    # integer weights 0 and 1 (and JSON true, which Python's isinstance(True, int) lets through)
     {"messages": [{"role": "user", "content": "u", "weight": 0}, {"role": "assistant", "content": "a", "weight": 1}]},
+    {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a", "weight": True}]},
+    # images in user content (a message, `text`, `prompt`) as base64 data URLs, weight 0 or none
+    user_with([{"type": "text", "text": "what is this?"}, IMAGE]),
+    user_with([IMAGE] * 10, weight=0),
+    {"text": [IMAGE, {"type": "text", "text": "a cat"}]},
+    {"prompt": [IMAGE], "completion": [{"type": "text", "text": "c"}]},
+    # a preference output's weight (or any other key of it) is not read by the SDK
+    {**GOOD["preference"][0], "preferred_output": [{"role": "assistant", "content": "good", "weight": 2}]},
 ]
 
 

@@ -70,6 +70,13 @@ def test_rouge_equals_rouge_score_on_the_same_pairs() -> None:
         ("### Preferred output: (b)\nBecause Output (a) rambles.", "B"),
         ("The first one, Output (b), is clearly superior.", "B"),
         ("- Output (b)\n\nOutput (a) misses the point.", "B"),
+        # A verdict line comparing both outputs reads the way it compares, or not at all.
+        ("Output (a) is less accurate than Output (b)", "B"),
+        ("Output (b) is worse than Output (a).", "A"),
+        ("Response A loses to Response B on accuracy.", "B"),
+        ("Output (a) is wrong; Output (b) is right", None),
+        ("Output (a) is not better than Output (b)", None),
+        ("Output (a) is more concise but less accurate than Output (b).", None),
         # Two readings: unreadable, not a guess.
         ("Both Output (a) and Output (b) are fine.", None),
         ("Output (a) says X while Output (b) says Y; hard to call.", None),
@@ -104,7 +111,10 @@ def test_the_alpaca_eval_protocol_reads_its_annotator_from_the_package() -> None
     assert turns[1]["content"].index("Blue.") < turns[1]["content"].index("Seven.")  # output_1 is Output (a)
     # Its parser: the first line-initial "Output (x)"; anything else is dropped, not guessed.
     assert alpaca_eval.preference("Output (b)") == 2
-    assert alpaca_eval.preference("Output (a)\n\nOutput (b) is a joke.") == 1
+    # ... and reads on after it: a second verdict makes two annotations for a batch of one: dropped.
+    assert alpaca_eval.preference("Output (a)\n\nOutput (b) is a joke.") is None
+    assert alpaca_eval.preference("Output (a)\nOutput (a) is better because it is right.") is None
+    assert alpaca_eval.preference("Output (a) is better than Output (b)") == 1
     assert alpaca_eval.preference("Reasoning first.\n Output (b)") == 2
     assert alpaca_eval.preference("I prefer Output (a).") is None
 

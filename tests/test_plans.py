@@ -15,7 +15,7 @@ from .conftest import MIX_AND_TRAIN
 def test_mixs_planned_tokens_are_measured_on_local_sources_and_match_the_mixture(make_cfg, tmp_path: Path) -> None:
     planned = run(make_cfg("dry_run=true", "stages=[mix]"), run_dir=tmp_path)["stages"]["mix"]
     assert "measured on its first" in planned["plan"]
-    estimate = int(planned["plan"].split(": ~")[1].split()[0])
+    estimate = planned["planned_size"]["tokens"]
     built = run(make_cfg("stages=[mix]", "mix.progress=false"), run_dir=tmp_path)["stages"]["mix"]
     tokens = json.loads((Path(built["artifact"]) / "manifest.json").read_text())["tokens"]
     # The plan's mean per source x the share's count, against the tokens of the examples Mix drew.
@@ -26,14 +26,14 @@ def test_train_is_priced_from_mixs_plan_before_the_mixture_exists(make_cfg, tmp_
     common = ("dry_run=true", "stages=[mix,train]", "train=together_lora", "train.price_per_mtok=2.0")
     stages = run(make_cfg(*common, base=MIX_AND_TRAIN), run_dir=tmp_path)["stages"]
     assert not stages["mix"]["cache_hit"]
-    mix_tokens = int(stages["mix"]["plan"].split(": ~")[1].split()[0])
+    mix_tokens = stages["mix"]["planned_size"]["tokens"]
     assert stages["train"]["estimated_usd"] == round(4 * mix_tokens * 2.0 / 1e6, 2)
     assert "Mix's plan" in stages["train"]["plan"]
     # Without packing Together bills every example as max_seq_length tokens: exact from the count alone.
     unpacked = ("train.packing=false", "train.max_seq_length=2048")
     stages = run(make_cfg(*common, *unpacked, base=MIX_AND_TRAIN), run_dir=tmp_path)["stages"]
     assert stages["train"]["estimated_usd"] == round(4 * 32 * 2048 * 2.0 / 1e6, 2)  # mix=samples: 32 examples
-    assert "32 examples x max_seq_length 2048, packing off" in stages["train"]["plan"]
+    assert "32 examples x max_seq_length 2,048, packing off" in stages["train"]["plan"]
     # Without a rate, or without a length to bill unpacked examples at, the plan says what to set.
     stages = run(make_cfg(*common, "train.packing=false", base=MIX_AND_TRAIN), run_dir=tmp_path)["stages"]
     assert stages["train"]["estimated_usd"] is None and "set train.max_seq_length" in stages["train"]["plan"]
@@ -44,10 +44,12 @@ def test_train_is_priced_from_mixs_plan_before_the_mixture_exists(make_cfg, tmp_
     assert stages["train"]["estimated_usd"] is None and "add it, stages=[mix,train]" in stages["train"]["plan"]
 
 
-def test_a_budget_the_plan_exceeds_is_said_before_anything_is_spent(make_cfg, tmp_path: Path) -> None:
+def test_a_budget_the_plan_exceeds_is_said_before_anything_is_spent(make_cfg, tmp_path: Path, capsys) -> None:
     overrides = ("dry_run=true", "stages=[mix,train]", "train=together_lora", "train.price_per_mtok=1000")
     stages = run(make_cfg(*overrides, "train.budget.max_usd=1", base=MIX_AND_TRAIN), run_dir=tmp_path)["stages"]
-    assert "OVER the budget: a run would refuse" in stages["train"]["plan"]
+    assert stages["train"]["over_budget"] and stages["train"]["budget"]["key"] == "train.budget.max_usd"
+    out = capsys.readouterr().out
+    assert "as configured, a run refuses at the pre-flight and spends nothing: train would cost ~$" in out
 
 
 def test_local_suites_are_counted_from_their_prompts(make_cfg, tmp_path: Path) -> None:
@@ -61,7 +63,7 @@ def test_local_suites_are_counted_from_their_prompts(make_cfg, tmp_path: Path) -
     judged = len(items["alpaca_eval"])
     assert f"{2 * (prompts + 2)} generations and {2 * 2 * judged} judge calls" in plan["plan"]  # 2 held out
     assert "assumed" not in plan["plan"]
-    tokens_in = int(plan["plan"].split("; ~")[-1].split()[0])
+    tokens_in = int(plan["plan"].split("; ~")[-1].split()[0].replace(",", ""))
     model_prompts = sum(approx_tokens(i.prompt) for v in items.values() for i in v)
     assert tokens_in > 2 * model_prompts  # and the judge reads each instruction, reference and answer twice
     assert plan["estimated_usd"] > 0

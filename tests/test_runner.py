@@ -36,9 +36,9 @@ def test_dry_run_plans_without_writing_the_store(make_cfg, tmp_path: Path, capsy
     record = run(make_cfg("dry_run=true"), run_dir=tmp_path)
     mix = record["stages"]["mix"]
     assert record["status"] == "planned" and mix["status"] == "planned" and not mix["cache_hit"]
-    assert mix["plan"].startswith("mix 32 examples (booksum=8 from booksum_sample, instructions=16")
+    assert mix["plan"].startswith("32 examples (booksum 8, instructions 16, mqa 8)")
     assert not (tmp_path / "store").exists()
-    assert "planned" in capsys.readouterr().out
+    assert "dry run: what each stage would do and cost; nothing was run or sent" in capsys.readouterr().out
     # After a real run the plan says it would reuse the artifact.
     run(make_cfg("mix.progress=false"), run_dir=tmp_path)
     again = run(make_cfg("dry_run=true"), run_dir=tmp_path)["stages"]["mix"]

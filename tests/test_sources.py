@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from recipe.errors import RecipeError
-from recipe.runner import _Plan, run
+from recipe.runner import Pipeline, run
 
 from .conftest import write_jsonl
 from .test_mix import artifact, lines, one_source
@@ -35,9 +35,9 @@ def test_columns_map_your_fields_onto_the_record_kind_and_split_slices_records(m
     assert prompts == sorted(f"Question {i}: what is {i} squared?" for i in range(10, 20))  # records 10..19 only
     assert manifest["sources"]["mine"]["records"] == 10
     # The mapping and the slice are part of what the source holds: both enter the fingerprint.
-    base = _Plan(cfg).fingerprint("mix")
+    base = Pipeline(cfg).fingerprint("mix")
     cfg.sources.mine.split = "train[10:21]"
-    assert _Plan(cfg).fingerprint("mix") != base
+    assert Pipeline(cfg).fingerprint("mix") != base
 
 
 def test_a_missing_column_names_the_column_the_key_and_the_line(make_cfg, tmp_path: Path) -> None:
@@ -81,4 +81,4 @@ def test_distill_reads_a_sharegpt_source_through_its_columns(make_cfg, tmp_path:
         base=("mix=samples", "~train", "~test", "~deploy"),
     )
     plan = run(cfg, run_dir=tmp_path)["stages"]["distill"]["plan"]
-    assert plan.startswith("distill 1 conversations (1 turns)")
+    assert plan.startswith("1 conversations (1 turns) -> ")

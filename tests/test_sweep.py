@@ -61,7 +61,7 @@ def test_preview_lists_every_job_and_runs_nothing(run_cli, tmp_path: Path) -> No
     ).stdout
     jobs = [line for line in out.splitlines() if line.startswith("job ")]
     assert len(jobs) == 4 and "mix.components.instructions.share=0.6 mix.seed=1" in jobs[3]
-    assert out.count("planned") >= 4 and not (tmp_path / "store").exists()
+    assert out.count("dry run: what each stage would do") == 4 and not (tmp_path / "store").exists()
     assert not list((tmp_path / "outputs").glob("store/mix/*"))
     assert {r["status"] for r in summary_rows(sweep_root(tmp_path))} == {"planned"}
 

@@ -1,10 +1,22 @@
-"""Experiment trackers, offline: TensorBoard event files and an MLflow file store receive local
-training steps, Test's figures and a sweep's summary."""
+"""Experiment trackers, offline: TensorBoard event files and an MLflow store receive local training
+steps, Test's figures and a sweep's summary; the README's viewers (`tensorboard`, `mlflow ui`) run
+from the installed extra and show them."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
 import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
+import requests
 
 from recipe.runner import run
 
@@ -48,19 +60,17 @@ def test_tensorboard_receives_every_training_step(make_cfg, tmp_path: Path, tiny
     assert (tmp_path / "tb" / "runs_one").is_dir()  # one directory per run, named after it
 
 
-def test_mlflow_file_store_receives_tests_figures(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+def test_mlflow_receives_tests_figures(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
     import mlflow
 
     fake.answer = answer_and_judge
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = together_test(
-        make_cfg,
-        f"test.cache_path={tmp_path}/cache.sqlite",
-        "logger=mlflow",
-        f"logger.tracking_uri=file:{tmp_path / 'mlruns'}",
+        make_cfg, f"test.cache_path={tmp_path}/cache.sqlite", "logger=mlflow", f"logger.tracking_uri={store}"
     )
     (tmp_path / "runs" / "two").mkdir(parents=True)
     record = run(cfg, run_dir=tmp_path / "runs" / "two")
-    client = mlflow.tracking.MlflowClient(tracking_uri=f"file:{tmp_path / 'mlruns'}")
+    client = mlflow.tracking.MlflowClient(tracking_uri=store)
     (experiment,) = [e for e in client.search_experiments() if e.name == "recipe"]
     (tracked,) = client.search_runs([experiment.experiment_id])
     assert tracked.info.run_name == "runs_two"
@@ -87,3 +97,79 @@ def test_a_sweep_summary_goes_to_the_tracker(run_cli, tmp_path: Path) -> None:
     assert len(sweeps) == 1 and list(sweeps[0].glob("events.out.tfevents.*"))
     jobs = [p for p in (tmp_path / "tb").iterdir() if not p.name.startswith("sweep_")]
     assert len(jobs) == 2  # one tracker run per job, and one for the sweep
+
+
+def wait_for(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 240) -> requests.Response:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited {proc.returncode} before answering:\n{proc.stdout.read()}")
+        try:
+            response = requests.get(url, timeout=5)
+            if response.status_code == 200:
+                return response
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{what} did not answer {url} within {timeout_s:.0f} s")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def viewer(command: str, cwd: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A README viewer command from the venv, on a free loopback port, in its own process group
+    (mlflow ui starts a server, job runners and queue consumers): the whole group is stopped after,
+    also when the test fails. (the process, its base URL)."""
+    port = free_port()
+    args = [str(Path(sys.executable).parent / command.split()[0]), *command.split()[1:]]
+    proc = subprocess.Popen(
+        [*args, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        time.sleep(1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever ignored SIGTERM
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_the_readmes_viewers_show_what_a_run_logged(run_cli, tmp_path: Path) -> None:
+    """The README's `tensorboard --logdir outputs/tensorboard` and `mlflow ui --backend-store-uri
+    sqlite:///outputs/mlflow.db`, from the installed `trackers` extra, on loopback ports."""
+    for logger in ("tensorboard", "mlflow"):
+        run_cli("stages=[mix]", "mix=samples", "mix.progress=false", f"logger={logger}")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    tensorboard = "tensorboard --logdir outputs/tensorboard"
+    mlflow_ui = "mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db"
+    assert tensorboard in readme and mlflow_ui in readme
+    with viewer(tensorboard, tmp_path) as (board, url):
+        shown = wait_for(f"{url}/data/runs", board, "tensorboard").json()
+    logged = sorted((tmp_path / "outputs" / "runs").glob("*/*/run.json"))[0].parent  # the tensorboard run
+    assert f"{logged.parent.name}_{logged.name}" in shown, shown
+    with viewer(mlflow_ui, tmp_path) as (ui, url):
+        wait_for(f"{url}/health", ui, "mlflow ui")
+        found = requests.post(f"{url}/api/2.0/mlflow/experiments/search", json={"max_results": 10}, timeout=30).json()
+        (experiment,) = [e for e in found["experiments"] if e["name"] == "recipe"]
+        searched = requests.post(
+            f"{url}/api/2.0/mlflow/runs/search", json={"experiment_ids": [experiment["experiment_id"]]}, timeout=30
+        ).json()
+    metrics = searched["runs"][0]["data"]["metrics"]
+    assert len(searched["runs"]) == 1 and any(m["key"] == "mix/examples" for m in metrics)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from recipe.data import templates
-from recipe.data.filecheck import FileCheckError
+from recipe.data.filecheck import FileCheckError, check_file
 from recipe.errors import RecipeError
 from recipe.runner import run
 
@@ -164,15 +164,20 @@ def test_the_same_mixture_twice_is_uploaded_once(make_cfg, tmp_path: Path, fake:
     assert len(fake.posts("/v1/files")) == 1 and len(fake.jobs) == 2
 
 
-def test_a_mixture_that_breaks_a_rule_sends_nothing(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+def test_a_mixture_edited_to_break_a_rule_sends_nothing(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
     record = run(make_cfg("stages=[mix]", "mix.progress=false"), run_dir=tmp_path)
     mixture = Path(record["stages"]["mix"]["artifact"]) / "mixture.jsonl"
     mixture.write_bytes(mixture.read_bytes() + b'{"text": "ok", "extra": 1}\n')  # damaged after the fact
     # train.format=mixture uploads mixture.jsonl as Mix wrote it (ChatML: fine for a model of unknown format).
     overrides = ("stages=[train]", "train=together_lora", "train.format=mixture", "train.model=org/chatml-model")
-    with pytest.raises(FileCheckError, match=r"mixture.jsonl:33: unexpected keys \['extra'\]"):
+    with pytest.raises(RecipeError, match=r"that train reads is damaged: .*mixture\.jsonl changed since it was made"):
         run(make_cfg(*overrides, base=NO_DISTILL), run_dir=tmp_path)
     assert fake.requests == []
+    # The file check still stands between a file and Together: a rendered file that breaks a rule.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"text": "ok"}\n{"text": "ok", "extra": 1}\n')
+    with pytest.raises(FileCheckError, match=r"bad.jsonl:2: unexpected keys \['extra'\]"):
+        check_file(bad)
 
 
 def test_kill_9_while_polling_then_rerun_attaches_to_the_same_job(tmp_path: Path, fake: FakeTogether, spawn) -> None:
@@ -232,8 +237,14 @@ def test_cancel_the_recorded_job(make_cfg, tmp_path: Path, fake: FakeTogether) -
 def test_the_budget_is_checked_against_the_estimate_before_creating(
     make_cfg, tmp_path: Path, fake: FakeTogether
 ) -> None:
-    with pytest.raises(RecipeError, match=r"over train.budget.max_usd=0.001; nothing was launched"):
+    # Priced offline (train.price_per_mtok), the pre-flight refuses before any request.
+    with pytest.raises(RecipeError, match=r"pre-flight: train would cost ~\$.*, over train.budget.max_usd=0.001"):
         run(train_cfg(make_cfg, "train.budget.max_usd=0.001"), run_dir=tmp_path)
+    assert fake.requests == []
+    # Not priced offline, Together's own estimate is held against the budget before the job is created.
+    unpriced = ("train.budget.max_usd=0.001", "train.price_per_mtok=null")
+    with pytest.raises(RecipeError, match=r"over train.budget.max_usd=0.001; nothing was launched"):
+        run(train_cfg(make_cfg, *unpriced), run_dir=tmp_path)
     assert fake.posts("/v1/fine-tunes/estimate-price") and not fake.posts("/v1/fine-tunes")
 
 

@@ -19,18 +19,6 @@ from recipe.providers.local.trainer import Example, collate, pack  # noqa: E402
 from .conftest import RECIPE, tiny_common  # noqa: E402
 
 # A small run on the shipped samples that still learns something measurable on two CPU cores.
-SMALL = (
-    "stages=[mix,train]",
-    "mix=samples",
-    "mix.total=6",
-    "mix.eval_fraction=0.34",
-    "mix.progress=false",
-    "train.max_seq_length=256",
-    "train.n_epochs=4",
-    "train.learning_rate=1e-3",
-    "train.warmup_ratio=0",
-    "train.progress=false",
-)
 
 
 def tiny_llama():
@@ -75,36 +63,6 @@ def test_rows_respect_the_length_and_padding_is_never_a_target() -> None:
     assert pack([prompt_only, examples[0]], max_len=16, packing=False) == pack([examples[0]], 16, False)
 
 
-@pytest.mark.slow
-def test_lora_on_the_embedded_model_learns_and_the_merged_model_answers(run_cli, tmp_path: Path) -> None:
-    run_cli(*SMALL)
-    record = json.loads(sorted((tmp_path / "outputs" / "runs").glob("*/*/run.json"))[-1].read_text())
-    artifact = Path(record["stages"]["train"]["artifact"])
-    manifest = json.loads((artifact / "manifest.json").read_text())
-    assert manifest["steps"] >= 6 and manifest["device"] == "cpu" and manifest["dtype"] == "float32"
-    assert manifest["final_loss"] < manifest["first_loss"] * 0.8, manifest  # it learned the training data
-    assert manifest["eval_loss"] is not None and manifest["trained_tokens"] > manifest["target_tokens"] > 0
-    metrics = [json.loads(line) for line in (artifact / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == list(range(1, manifest["steps"] + 1))
-    assert (artifact / "adapter" / "adapter_config.json").is_file()
-    merged = artifact / "merged"
-    assert (merged / "model.safetensors").is_file() and (merged / "chat_template.jinja").is_file()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(merged)
-    model = transformers.AutoModelForCausalLM.from_pretrained(merged)
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is the capital of Australia?"}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-    )
-    out = model.generate(**prompt, max_new_tokens=12, do_sample=False)
-    answer = tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
-    assert answer.strip()
-    assert not (tmp_path / "outputs" / "store" / "work" / "train").exists() or not any(
-        (tmp_path / "outputs" / "store" / "work" / "train").iterdir()
-    )  # checkpoints are removed once the artifact is complete
-
-
 def kill_at_first_checkpoint(spawn, args: list[str], cwd: Path, poll_s: float) -> int:
     """Start `recipe`, kill -9 it as soon as a checkpoint exists; the checkpoint's step."""
     proc = spawn(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -131,9 +89,9 @@ def rerun_and_check_it_resumed(args: list[str], cwd: Path, killed_at: int) -> di
 
 
 @pytest.mark.slow
-def test_kill_9_mid_training_resumes_from_the_checkpoint(tmp_path: Path, spawn) -> None:
-    args = [RECIPE, *SMALL, "train.checkpoint_every=2"]
-    killed_at = kill_at_first_checkpoint(spawn, args, tmp_path, poll_s=0.2)
+def test_kill_9_mid_training_resumes_from_the_checkpoint(tmp_path: Path, spawn, tiny_model_dir: Path) -> None:
+    args = [RECIPE, *tiny_common(tiny_model_dir), "train.n_epochs=40", "train.checkpoint_every=2"]
+    killed_at = kill_at_first_checkpoint(spawn, args, tmp_path, poll_s=0.05)
     rerun_and_check_it_resumed(args, tmp_path, killed_at)
 
 

@@ -41,10 +41,10 @@ def mean_tokens(name: str, source: DictConfig, fmt: str, template: str, tokenize
 
 def planned_mixture(
     targets: dict[str, int], eval_targets: dict[str, int], means: dict[str, tuple[float | None, str]], unit: str
-) -> tuple[Planned, str]:
+) -> Planned:
     """The mixture a dry run expects (examples and tokens, train and eval split) from each
-    component's target (examples, or tokens when `unit` is tokens) and mean tokens per example;
-    and a line saying how the tokens were found."""
+    component's target (examples, or tokens when `unit` is tokens) and mean tokens per example; its
+    `basis` says how the tokens were found."""
     known = all(mean is not None for mean, _ in means.values())
 
     def size(wanted: dict[str, int]) -> tuple[int | None, int | None]:
@@ -56,9 +56,7 @@ def planned_mixture(
 
     (examples, tokens), (eval_examples, eval_tokens) = size(targets), size(eval_targets)
     basis = "; ".join(
-        f"{n} ~{mean:.0f} tokens/example ({how})" if mean is not None else f"{n}: {how}"
+        f"{n} ~{mean:,.0f} tokens/example ({how})" if mean is not None else f"{n}: {how}"
         for n, (mean, how) in means.items()
     )
-    planned = Planned(examples, tokens, eval_examples or 0, eval_tokens, basis)
-    said = f"~{tokens} tokens" if tokens is not None else "tokens unknown"
-    return planned, f"{said} ({basis})"
+    return Planned(examples, tokens, eval_examples or 0, eval_tokens, basis)

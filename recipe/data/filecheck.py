@@ -3,19 +3,27 @@
 Mix runs it on its own output, and Train runs it before every upload, so a file Together would
 reject is caught on this machine, with its line number and rule, before any request is sent.
 
-Checked against the official SDK 1.x's `together files check` (`together/utils/files.py`), which
-holds the full client-side rules (2.x/3.x moved most of them to the server):
+Checked against the official SDK 1.x's `together files check` (`together/utils/files.py`, as of its
+multimodal release), which holds the full client-side rules (2.x/3.x moved most of them to the server):
 - the file's extension is `.jsonl` or `.parquet`; at most 50.1 GB; at least one sample;
 - JSON Lines: valid UTF-8; every line one JSON object, parsed as Python's `json` parses it (so an
   escaped lone surrogate such as "\\ud800" is valid); a blank line fails; all lines in one format,
   `text` | `messages` | `prompt`+`completion` | preference (`input`, `preferred_output`,
-  `non_preferred_output`), with no extra top-level keys; `text` and `prompt` hold a string or a list
-  of content parts (`{"type": "text", "text": ...}`); `completion` a string;
+  `non_preferred_output`), with no extra top-level keys;
+- content (`text`, `prompt`, `completion`, a message's `content`): a string or a list of content
+  parts, `{"type": "text", "text": str}` or `{"type": "image_url", "image_url": {"url": ...}}`;
+  images only where the SDK reads the content as a user's (`text`, `prompt`, user messages; never
+  `completion`, assistant or system messages, or a preference output), each a base64 data URL of a
+  JPEG, PNG or WEBP (`data:image/jpeg;base64,...`) of at most 10 MB, at most 10 per content and 10 per
+  example;
 - messages: roles system/user/assistant, never two of the same role in a row, at least one assistant
-  turn; `content` a string or a list of content parts (images only in user turns); `weight` an
-  integer 0 or 1; other keys in a message (e.g. `name`) are allowed, as the SDK allows them;
-- preference: `input.messages` must not end with an assistant turn; each output exactly one
-  assistant message;
+  turn; one kind of content per conversation (all strings, or all part lists: never mixed); `weight`
+  an integer 0 or 1 (JSON `true`/`false` pass, as Python's `isinstance(True, int)` lets them pass the
+  SDK), and 0 on a message with images; other keys in a message (e.g. `name`) are allowed, as the
+  SDK allows them;
+- preference: `input.messages` checked as messages (no assistant turn needed), not ending with an
+  assistant turn; each output exactly one assistant message with content, checked as assistant
+  content; an output's `weight` (or any other key) is not read, as the SDK does not read it;
 - Parquet (pre-tokenised): readable, an `input_ids` column, no columns but `input_ids`,
   `attention_mask` and `labels`, at least one row.
 
@@ -61,49 +69,89 @@ class FileCheckError(RecipeError):
         super().__init__(f"{where}: {message} [Together file check: {rule}]")
 
 
-def _check_content(content: Any, fail: Any, where: str, images: bool) -> None:
-    """A string, or a list of content parts (text; image_url where images are allowed)."""
+IMAGE_PREFIXES = tuple(f"data:image/{fmt};base64," for fmt in ("jpeg", "png", "webp"))
+MAX_IMAGE_BYTES = 10 * 2**20
+MAX_IMAGE_URL = len("data:image/jpeg;base64,") + 4 * MAX_IMAGE_BYTES // 3  # a 10 MB image, base64-encoded
+MAX_IMAGES = 10  # per content, and per example
+
+
+def _check_content(content: Any, fail: Any, where: str, role: str) -> tuple[bool, int]:
+    """A string, or a list of content parts: text, or (in user turns only) an image given as a base64
+    data URL of a JPEG, PNG or WEBP of at most 10 MB. (is a part list, images in it)."""
     if isinstance(content, str):
-        return
+        return False, 0
     if not isinstance(content, list):
         fail("text_field", f"{where} must be a string or a list of content parts")
+    images = 0
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text" and isinstance(part.get("text"), str):
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                fail("key_value", f"{where}[{j}]: a text part needs a string 'text'")
             continue
-        if kind == "image_url" and images and isinstance((part.get("image_url") or {}).get("url"), str):
-            continue
-        if kind == "image_url" and not images:
+        if kind != "image_url":
+            fail("key_value", f"{where}[{j}] must be {{'type': 'text', 'text': str}} or an image_url part")
+        if role != "user":
             fail("key_value", f"{where}[{j}]: only user messages can hold images")
-        fail("key_value", f"{where}[{j}] must be {{'type': 'text', 'text': str}} or an image_url part")
+        url = (part.get("image_url") or {}).get("url") if isinstance(part.get("image_url"), dict) else None
+        if not isinstance(url, str) or not url:
+            fail("key_value", f"{where}[{j}]: an image_url part needs {{'image_url': {{'url': str}}}}")
+        if not url.startswith(IMAGE_PREFIXES):
+            fail("key_value", f"{where}[{j}]: an image must be a base64 data URL (data:image/jpeg|png|webp;base64,...)")
+        if len(url) > MAX_IMAGE_URL:
+            fail("key_value", f"{where}[{j}]: the image is over 10 MB (~{len(url) * 3 // 4} bytes)")
+        images += 1
+    if images > MAX_IMAGES:
+        fail("key_value", f"{where}: {images} images; at most {MAX_IMAGES}")
+    return True, images
 
 
 def _check_messages(messages: Any, fail: Any, field: str = "messages") -> None:
+    """Roles system/user/assistant, never two of one role in a row; every message's content in one
+    kind (all strings, or all part lists); `weight` the integer 0 or 1, and 0 where there are images."""
     if not isinstance(messages, list) or not messages:
         fail("messages", f"'{field}' must be a non-empty list")
-    previous = None
+    previous, parts, images = None, None, 0
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             fail("messages", f"{field}[{i}] must be an object")
-        if m.get("role") not in ROLES:
-            fail("messages", f"{field}[{i}].role={m.get('role')!r} is not one of {', '.join(ROLES)}")
-        if "content" not in m:
-            fail("messages", f"{field}[{i}] has no content")
-        _check_content(m["content"], fail, f"{field}[{i}].content", images=m["role"] == "user")
-        if "weight" in m and (not isinstance(m["weight"], int) or m["weight"] not in (0, 1)):
-            fail("key_value", f"{field}[{i}].weight={m['weight']!r}: must be the integer 0 or 1")
+        for key in ("role", "content"):
+            if key not in m:
+                fail("messages", f"{field}[{i}] has no {key}")
+        weight = m.get("weight")
+        if "weight" in m and (not isinstance(weight, int) or weight not in (0, 1)):
+            fail("key_value", f"{field}[{i}].weight={weight!r}: must be the integer 0 or 1")
+        if m["role"] not in ROLES:
+            fail("messages", f"{field}[{i}].role={m['role']!r} is not one of {', '.join(ROLES)}")
         if m["role"] == previous:
             fail("messages", f"{field}[{i}]: two '{previous}' messages in a row")
         previous = m["role"]
+        is_parts, count = _check_content(m["content"], fail, f"{field}[{i}].content", m["role"])
+        if count and weight:
+            fail("key_value", f"{field}[{i}]: a message with images cannot have a non-zero weight")
+        if parts is not None and is_parts != parts:
+            fail("key_value", f"{field}[{i}]: content parts and plain strings mixed in one conversation")
+        parts, images = is_parts, images + count
+    if images > MAX_IMAGES:
+        fail("key_value", f"'{field}': {images} images; at most {MAX_IMAGES} per example")
+
+
+def _check_output(output: Any, fail: Any, key: str) -> None:
+    """A preference output: exactly one assistant message with content (its weight is not read)."""
+    if not isinstance(output, list) or len(output) != 1 or not isinstance(output[0], dict):
+        fail("preference", f"'{key}' must hold exactly one assistant message")
+    message = output[0]
+    if message.get("role") != "assistant" or "content" not in message:
+        fail("preference", f"'{key}' must hold exactly one assistant message, with content")
+    _check_content(message["content"], fail, f"{key}[0].content", "assistant")
 
 
 def _check_record(record: dict[str, Any], fmt: str, fail: Any) -> None:
     if fmt == "text":
-        _check_content(record["text"], fail, "'text'", images=False)
+        _check_content(record["text"], fail, "'text'", "user")
     elif fmt == "prompt_completion":
-        _check_content(record["prompt"], fail, "'prompt'", images=False)
-        if not isinstance(record["completion"], str):
-            fail("text_field", "'completion' must be a string")
+        _check_content(record["prompt"], fail, "'prompt'", "user")
+        _check_content(record["completion"], fail, "'completion'", "assistant")
     elif fmt == "messages":
         _check_messages(record["messages"], fail)
         if not any(m["role"] == "assistant" for m in record["messages"]):
@@ -115,9 +163,7 @@ def _check_record(record: dict[str, Any], fmt: str, fail: Any) -> None:
         if record["input"]["messages"][-1]["role"] == "assistant":
             fail("preference", "'input.messages' must not end with an assistant message")
         for key in ("preferred_output", "non_preferred_output"):
-            _check_messages(record[key], fail, key)
-            if [m["role"] for m in record[key]] != ["assistant"]:
-                fail("preference", f"'{key}' must hold exactly one assistant message")
+            _check_output(record[key], fail, key)
 
 
 def check_lines(lines: Iterable[bytes], path: Path, first_line: int, fmt: str | None) -> tuple[str | None, int]:

@@ -18,6 +18,7 @@ import io
 import itertools
 import json
 import re
+import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -212,13 +213,11 @@ def is_sliced(source: DictConfig) -> bool:
 def _iter_all(name: str, source: DictConfig) -> Iterator[tuple[bytes | dict[str, Any], str]]:
     if source.hub_id:
         where = f"{config_key(name)}: hub dataset {source.hub_id!r}"
-        yield from _stream_dataset(
-            where, f"{source.hub_id} record", source.hub_id, list(source.data_files) or None, source
-        )
+        yield from _stream_dataset(where, f"{source.hub_id} record", source)
         return
     for path in source_files(name, source):
         if path.suffix == ".parquet":
-            yield from _stream_dataset(f"{config_key(name)}: {path}", f"{path} row", "parquet", [str(path)], None)
+            yield from _stream_dataset(f"{config_key(name)}: {path}", f"{path} row", None, [str(path)])
         elif path.name.endswith((".jsonl", ".json", ".jsonl.zst", ".json.zst", ".jsonl.gz", ".json.gz")):
             yield from read_json_records(path)
         else:
@@ -227,30 +226,97 @@ def _iter_all(name: str, source: DictConfig) -> Iterator[tuple[bytes | dict[str,
             )
 
 
+# The packaged `datasets` builder that reads a file, by its name's ending (compressed forms included).
+_BUILDERS = {"json": (".json", ".jsonl"), "parquet": (".parquet",), "csv": (".csv",), "text": (".txt",)}
+_COMPRESSIONS = ("", ".gz", ".zst", ".bz2", ".xz")
+
+
+def builder_for(files: list[str]) -> str | None:
+    """The one packaged builder that reads every file of `files` (None: not one builder for all)."""
+    builders = set()
+    for f in files:
+        name = f.lower()
+        name = next((name[: -len(c)] for c in _COMPRESSIONS if c and name.endswith(c)), name)
+        builder = next((b for b, endings in _BUILDERS.items() if name.endswith(endings)), None)
+        if builder is None:
+            return None
+        builders.add(builder)
+    return builders.pop() if len(builders) == 1 else None
+
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_repo_id(hub_id: str) -> bool:
+    """A Hub repository (`namespace/name`), not a packaged builder (`json`) or a local directory."""
+    return bool(_REPO_ID.match(hub_id)) and not Path(hub_id).exists()
+
+
+def hub_load_arguments(source: DictConfig) -> tuple[str, dict[str, Any]]:
+    """`load_dataset`'s path and options for a hub source.
+
+    A repository with named `data_files` is read file by file through the Hub's filesystem
+    (`hf://datasets/<repo>@<revision>/<file>`) with the packaged builder for their format, exactly as
+    named: the repository's own loading script, if it has one, is never looked at (datasets 4+
+    refuses any repository holding one, e.g. tatsu-lab/alpaca_eval), nor a README configuration
+    that would read other files. Without `data_files` (or with a configuration `name`), the
+    repository is loaded as a whole and its splits come from its layout. A packaged builder as
+    `hub_id` (`json`, `parquet`, `csv`) reads its `data_files` as given: local paths or http(s) URLs."""
+    split = parse_split(source.split, "")[0]
+    files = [str(f) for f in source.data_files]
+    builder = builder_for(files) if files else None
+    if files and builder and is_repo_id(source.hub_id) and not source.get("name"):
+        revision = urllib.parse.quote(source.revision or "main", safe="")
+        paths = [f"hf://datasets/{source.hub_id}@{revision}/{f.lstrip('/')}" for f in files]
+        return builder, {"data_files": {split: paths}, "split": split}
+    options: dict[str, Any] = {"split": split, "revision": source.revision}
+    if files:
+        options["data_files"] = files if is_repo_id(source.hub_id) or Path(source.hub_id).is_dir() else {split: files}
+    if source.get("name"):
+        options["name"] = source.name
+    return source.hub_id, options
+
+
 def _stream_dataset(
-    what: str, label: str, path: str, data_files: list[str] | None, source: DictConfig | None
+    what: str, label: str, source: DictConfig | None, local_files: list[str] | None = None
 ) -> Iterator[tuple[dict[str, Any], str]]:
     """Records through `datasets.load_dataset(streaming=True)`; loading failures name the source."""
     import datasets
 
-    options: dict[str, Any] = {"split": "train"}
-    if source is not None:
-        options = {"split": parse_split(source.split, what)[0], "revision": source.revision}
-        if source.get("name"):
-            options["name"] = source.name
+    # We stream the repository's own files: the dataset viewer's exported metadata (a request to
+    # another host, datasets-server.<HF_ENDPOINT>) adds nothing to that.
+    datasets.config.USE_PARQUET_EXPORT = False
+    if source is None:
+        path, options = "parquet", {"data_files": local_files, "split": "train"}
+    else:
+        path, options = hub_load_arguments(source)
     try:
-        records = iter(datasets.load_dataset(path, data_files=data_files, streaming=True, **options))
+        records = iter(datasets.load_dataset(path, streaming=True, **options))
         first = next(records, None)
     except Exception as e:  # network, missing files, bad parquet: datasets raises many types
-        raise DataError(
-            f"{what} cannot be read ({type(e).__name__}: {e}); without network access use local "
-            "data_files, e.g. the shipped *_sample sources"
-        ) from None
+        raise DataError(f"{what} cannot be read ({type(e).__name__}: {_first_line(e)}){_hint(e)}") from None
     if first is None:
         return
     yield first, f"{label} 1"
     for i, record in enumerate(records, 2):
         yield record, f"{label} {i}"
+
+
+def _first_line(e: Exception) -> str:
+    text = " ".join(str(e).split("\n\n")[:2]).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _hint(e: Exception) -> str:
+    text = str(e)
+    if "aiohttp" in text:
+        return "; http(s) data files need aiohttp (part of the core install: pip install -e .)"
+    if isinstance(e, ImportError):
+        return f"; a package is missing: {e}"
+    return (
+        "; check the hub id, revision and data_files, or work offline with local data_files "
+        "(e.g. the shipped *_sample sources)"
+    )
 
 
 def iter_records(name: str, source: DictConfig) -> Iterator[tuple[dict[str, Any], str]]:

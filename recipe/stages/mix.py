@@ -39,6 +39,7 @@ from recipe.artifacts import (
     EVAL_FILE,
     MIXTURE_FILE,
     Conversations,
+    Planned,
 )
 from recipe.config import MixConfig, SourceConfig, SourceKind
 from recipe.data import estimate, templates
@@ -71,7 +72,7 @@ from recipe.data.spool import (
     take,
     write_spooled,
 )
-from recipe.stages import Stage, StageError
+from recipe.stages import Plan, Stage, StageError
 from recipe.store import Artifact
 from recipe.test import contamination
 from recipe.test.contamination import Decontamination
@@ -161,24 +162,29 @@ class Mix(Stage):
         shares = [self.shares[n] for n in self.components]
         return dict(zip(self.components, largest_remainder(total, shares), strict=True))
 
-    def plan(self, inputs: dict[str, Artifact | None]) -> str:
-        self.planned_usd = 0.0
+    def plan(self, inputs: dict[str, Artifact | None], upstream: dict[str, Planned]) -> Plan:
         c = self.config
         targets, held_out = self._targets(c.total), self._targets(round(c.total * c.eval_fraction))
-        parts = [f"{n}={k} from {c.components[n].source}" for n, k in targets.items()]
-        means = {n: self._mean_tokens(n, inputs) for n in self.components}
-        self.planned, size = estimate.planned_mixture(targets, held_out, means, c.unit.value)
+        means = {n: self._mean_tokens(n, inputs, upstream) for n in self.components}
+        size = estimate.planned_mixture(targets, held_out, means, c.unit.value)
+        parts = ", ".join(f"{n} {k:,}" for n, k in targets.items())
+        tokens = f"~{size.tokens:,} tokens" if size.tokens is not None else "tokens unknown"
         decon = self.decon.describe() if self.decon else "no decontamination"
-        return (
-            f"mix {c.total} {c.unit.value} ({', '.join(parts)}): {size}; eval {sum(held_out.values())} "
-            f"{c.unit.value}; format {c.format.value}; {decon}"
+        return Plan(
+            f"{c.total:,} {c.unit.value} ({parts}), {tokens}",
+            f"sources: {', '.join(f'{n} from {c.components[n].source}' for n in self.components)}; "
+            f"{size.basis}; eval {sum(held_out.values()):,} {c.unit.value}; format {c.format.value}; {decon}",
+            usd=0.0,
+            size=size,
         )
 
-    def _mean_tokens(self, name: str, inputs: dict[str, Artifact | None]) -> tuple[float | None, str]:
+    def _mean_tokens(
+        self, name: str, inputs: dict[str, Artifact | None], upstream: dict[str, Planned]
+    ) -> tuple[float | None, str]:
         comp, c = self.config.components[name], self.config
         source = self.root.sources.get(comp.source)
         if comp.source == DISTILLED:
-            distilled, planned = inputs.get(DISTILLED), self.upstream_plans.get(DISTILLED)
+            distilled, planned = inputs.get(DISTILLED), upstream.get(DISTILLED)
             if distilled is None:  # not distilled yet: Distill's plan says how large
                 mean = planned.tokens_per_example if planned else None
                 return mean, f"Distill's plan: {planned.basis}" if planned else "Distill's size unknown"

@@ -28,14 +28,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from recipe.artifacts import Mixture, TrainedModel
+from recipe.artifacts import Mixture, Planned, TrainedModel
 from recipe.config import TestConfig
 from recipe.data.sources import config_key, iter_records, source_identity
 from recipe.providers.cache import RequestCache
 from recipe.providers.http import Client
 from recipe.providers.model_client import BudgetReached, Ledger, ModelClient, local_weights, model_endpoint
 from recipe.providers.serving import LocalServing, ModelAccess, reach
-from recipe.stages import Stage, StageError
+from recipe.stages import Plan, Stage, StageError, missing_extra
 from recipe.store import Artifact
 from recipe.test import judging as J
 from recipe.test import planning as P
@@ -106,24 +106,34 @@ class Test(Stage):
                 samples.append(S.Item(suite="heldout", id=f"heldout/{i}", prompt=user, answers=(answer,)))
         return samples, conversations
 
-    def plan(self, inputs: dict[str, Artifact | None]) -> str:
+    def budget(self) -> tuple[str, float | None]:
+        return "test.budget.max_usd", self.config.budget.max_usd
+
+    def plan(self, inputs: dict[str, Artifact | None], upstream: dict[str, Planned]) -> Plan:
         c = self.config
         orders, n = (2 if c.judge_protocol.value == "both_orders" else 1), len(c.models)
         built = self.items([name for name, suite in c.suites.items() if not suite.hub_id])  # local: read
         asked = P.count(c, built, J.max_tokens(c.judge_protocol.value, c.judge_max_tokens))
         trained = TrainedModel.load(inputs["train"]) if inputs.get("train") else None
+        provider = trained.provider if trained else (upstream["train"].provider if "train" in upstream else None)
         free = c.prices.input_per_mtok == c.prices.output_per_mtok == 0  # a model not yet trained: priced at 0
-        cost = ""  # answers counted at max_tokens: an upper bound (recipe/test/planning.py)
-        if c.judge.provider.value == "local" and (trained.provider == "local" if trained else free):
-            self.planned_usd = 0.0
+        usd, cost = None, ""  # answers counted at max_tokens: an upper bound (recipe/test/planning.py)
+        if c.judge.provider.value == "local" and (provider == "local" if provider else free):
+            usd = 0.0
         elif not asked.unknown:
             ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, None)
-            heldout = c.heldout.samples * c.heldout.max_tokens
-            self.planned_usd, cost = asked.cost(ledger, n, orders, heldout, c.budget.max_usd)
+            usd, cost = asked.cost(ledger, n, orders, c.heldout.samples * c.heldout.max_tokens)
         suites = "; ".join(P.suite_line(name, suite) for name, suite in c.suites.items()) or "no suite"
-        return (
-            f"evaluate {' and '.join(m.value for m in c.models)} on {suites}; held-out samples {c.heldout.samples}; "
-            f"{asked.describe(n, orders, c.heldout.samples)}{cost}"
+        local_judge = c.judge.provider.value == "local" and not c.judge.base_url
+        what = "Test of a local model" if provider == "local" else "test.judge.provider=local"
+        missing = missing_extra(what, gguf=True) if provider == "local" or local_judge else None
+        return Plan(
+            f"{' and '.join(m.value for m in c.models)} on {len(c.suites)} suites: "
+            + asked.describe(n, orders, c.heldout.samples),
+            "; ".join(x for x in (suites, f"held-out samples {c.heldout.samples}", asked.assumptions()) if x) + cost,
+            usd=usd,
+            bound="at most",
+            needs=missing,
         )
 
     def uses_together(self) -> bool:
@@ -310,7 +320,9 @@ class Test(Stage):
         protocol = c.judge_protocol.value
         judged = [i for n, its in items.items() if c.suites[n].kind.value == "judge" for i in its]
         with model_endpoint(j, self.root) as (base_url, api_key):
-            client = Client(base_url, api_key, max_retries=c.max_retries, timeout_s=c.timeout_s)
+            client = Client(
+                base_url, api_key, max_retries=c.max_retries, timeout_s=c.timeout_s, backoff_s=c.retry_backoff_s
+            )
             try:
                 judge = ModelClient(
                     client,

@@ -27,14 +27,14 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from recipe.artifacts import Mixture, PromptFormat, TrainedModel
+from recipe.artifacts import Mixture, Planned, PromptFormat, TrainedModel
 from recipe.config import TogetherTrainConfig
 from recipe.data import templates
 from recipe.data.filecheck import check_file
 from recipe.data.jsonl import encode_line
 from recipe.providers.together_finetune import FineTuneError, FineTuneSettings, TogetherFineTuner, billed_tokens
-from recipe.stages import Stage, StageError, StagePending
-from recipe.store import Artifact
+from recipe.stages import Plan, Stage, StageError, StagePending
+from recipe.store import Artifact, sha256_file
 
 log = logging.getLogger(__name__)
 UPLOAD_FILE = "upload.jsonl"
@@ -172,34 +172,37 @@ class TogetherTrain(Stage):
     def uses_together(self) -> bool:
         return True
 
-    def plan(self, inputs: dict[str, Artifact | None]) -> str:
+    def budget(self) -> tuple[str, float | None]:
+        return "train.budget.max_usd", self.config.budget.max_usd
+
+    def plan(self, inputs: dict[str, Artifact | None], upstream: dict[str, Planned]) -> Plan:
         c = self.config
         kind = "LoRA" if c.training_type.value == "lora" else "full"
         mixture = Mixture.load(inputs["mix"]) if inputs.get("mix") else None
         data = f"mixture {mixture.upload_sha256[:12]}" if mixture else "the mixture this run builds"
         fmt = upload_format(c.model, c.format.value, c.template, mixture)
-        size = mixture.size() if mixture else self.upstream_plans.get("mix")
-        label = "the mixture's count" if mixture else "Mix's plan, above"
+        size = mixture.size() if mixture else upstream.get("mix")
+        label = "the mixture's count" if mixture else "Mix's plan"
         billed, how = (
             billed_tokens(size, c.n_epochs, c.n_evals, c.packing, c.max_seq_length, label)
             if size
             else (None, "the mixture is not built and Mix is not planned in this run: add it, stages=[mix,train]")
         )
-        price = "; at the run, Together's estimate-price before the job is created"
+        usd = None
         if c.price_per_mtok is None:
-            price = "; not priced offline (set train.price_per_mtok: your bracket's rate)" + price
+            price = "not priced offline (set train.price_per_mtok: your bracket's rate)"
         elif billed is None:
-            price = f"; not priced: {how}" + price
+            price = f"not priced: {how}"
         else:
-            self.planned_usd = round(billed * c.price_per_mtok / 1e6, 2)
-            over = c.budget.max_usd is not None and self.planned_usd > c.budget.max_usd
-            price = (
-                f"; ~{billed} tokens billed ({how}) at ${c.price_per_mtok:g}/M (train.price_per_mtok): "
-                f"~${self.planned_usd:.2f}{' — OVER the budget: a run would refuse' if over else ''}" + price
-            )
-        return (
-            f"fine-tune {c.model} ({kind}, {c.n_epochs} epochs, batch {c.batch_size}, lr {c.learning_rate:g}) on "
-            f"{data} in {fmt.describe()} through Together{price}, capped by train.budget.max_usd={c.budget.max_usd}"
+            usd = round(billed * c.price_per_mtok / 1e6, 2)
+            price = f"~{billed:,} tokens billed ({how}) at ${c.price_per_mtok:g}/M (train.price_per_mtok)"
+        tokens = f", ~{billed / 1e6:,.1f}M tokens billed" if billed is not None else ""
+        return Plan(
+            f"{kind} fine-tune of {c.model} on Together, {c.n_epochs} epochs{tokens}",
+            f"batch {c.batch_size}, lr {c.learning_rate:g}, on {data} in {fmt.describe()}; {price}; at the run, "
+            "Together's estimate-price is asked before the job is created",
+            usd=usd,
+            size=Planned(None, provider="together"),
         )
 
     def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
@@ -241,7 +244,7 @@ class TogetherTrain(Stage):
                     f"Together fine-tune {job['id']} is {job.get('status', 'pending')}; run again to follow it",
                     {"job_id": job["id"]},
                 )
-            job = tuner.follow(job["id"])
+            job = tuner.follow(job["id"], body)
             if job["status"] != "completed":
                 raise StageError(
                     f"Together fine-tune {job['id']} ended {job['status']}; the job stays recorded: set "
@@ -264,6 +267,11 @@ class TogetherTrain(Stage):
         validation = None
         if as_mixture:
             training, sha = mixture.dir / mixture.upload_file, mixture.upload_sha256
+            if sha256_file(training) != sha:  # these bytes leave the machine: hashed again, not trusted
+                raise StageError(
+                    f"{training}: its sha256 is not the one the mix artifact recorded ({sha[:12]}): it changed after "
+                    f"Mix made it; nothing was uploaded. Remove {mixture.dir} and run again: Mix builds it anew"
+                )
             if self.config.n_evals > 0 and mixture.eval_upload_file:
                 validation = mixture.dir / mixture.eval_upload_file
             return training, validation, sha

@@ -17,10 +17,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from recipe.artifacts import Mixture, PromptFormat, TrainedModel
+from recipe.artifacts import Mixture, Planned, PromptFormat, TrainedModel
 from recipe.config import LocalTrainConfig
 from recipe.data import templates
-from recipe.stages import Stage, StageError, StagePending
+from recipe.stages import Plan, Stage, StageError, StagePending, missing_extra
 from recipe.store import Artifact
 
 EMBEDDED = "SmolLM2-135M-Instruct (embedded GGUF)"
@@ -55,18 +55,22 @@ class LocalTrain(Stage):
     def upstream(self) -> tuple[str, ...]:
         return ("mix",)
 
-    def plan(self, inputs: dict[str, Artifact | None]) -> str:
-        self.planned_usd = 0.0  # your own hardware
+    def plan(self, inputs: dict[str, Artifact | None], upstream: dict[str, Planned]) -> Plan:
         c = self.config
         kind = f"LoRA r={c.lora.r}" if c.training_type.value == "lora" else "full"
         world = c.devices * c.launch.nnodes
-        memory = self.memory()
-        return (
-            f"train {c.model or 'the embedded SmolLM2-135M-Instruct'} locally ({kind}, {c.n_epochs} epochs, "
-            f"rows of {c.max_seq_length} tokens{' packed' if c.packing else ''}, lr {c.learning_rate:g}, "
+        missing = missing_extra("train=local_*", gguf=c.model is None)
+        memory = None if missing else self.memory()
+        details = (
+            f"rows of {c.max_seq_length:,} tokens{' packed' if c.packing else ''}, lr {c.learning_rate:g}, "
             + (f"{c.template} text" if c.template else "the model's chat template")
-            + (f", {c.strategy.value} on {world} processes through torchrun)" if world > 1 else ")")
+            + (f", {c.strategy.value} on {world} processes through torchrun" if world > 1 else "")
             + (f"; {memory}" if memory else "")
+        )
+        model = c.model or "the embedded SmolLM2-135M-Instruct"
+        size = Planned(None, provider="local")
+        return Plan(
+            f"{kind} of {model} on this machine, {c.n_epochs} epochs", details, usd=0.0, size=size, needs=missing
         )
 
     def _cuda(self) -> bool:

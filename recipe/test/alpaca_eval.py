@@ -7,8 +7,9 @@ system + user prompt with one worked example, and `configs.yaml`: the verdict re
 - one order per instruction: the model's output and the reference are shown as Output (a) / (b) in
   an order drawn from a hash of the seed and the instruction (reproducible, about half each way);
 - identical outputs are a tie (0.5) without asking the judge;
-- the verdict is the first match of the annotator's `outputs_to_match` regexes (as its
-  `regex_parser` reads it); an annotation with no match is dropped;
+- the verdict is what the annotator's `outputs_to_match` regexes find as its `regex_parser` reads
+  them (first match, then onwards after it); a reply with no match, or with more than one, is
+  dropped, as AlpacaEval drops an annotation count that is not the batch size (1);
 - the win rate is the mean preference for the model in %, with its standard error in %.
 """
 
@@ -72,9 +73,21 @@ def model_shown_first(seed: int | None, instruction: str) -> bool:
 
 
 def preference(reply: str) -> int | None:
-    """1 (Output (a)) or 2 (Output (b)): the first match of the annotator's regexes; None: none."""
-    found = [(m.start(), key) for key, regex in annotator()["regexes"].items() if (m := regex.search(reply))]
-    return min(found)[1] if found else None
+    """1 (Output (a)) or 2 (Output (b)), read as AlpacaEval's `regex_parser` reads a reply: the first
+    match of the annotator's regexes, then the search goes on after it, again and again; a reply that
+    yields other than exactly one verdict (none, or "Output (a)\nOutput (a) is better ...") is
+    dropped (None), as the annotator drops a batch of one whose count of annotations is not one."""
+    regexes = annotator()["regexes"]
+    found: list[int] = []
+    rest = reply
+    while rest:
+        matches = [(m.start(), m.end(), key) for key, regex in regexes.items() if (m := regex.search(rest))]
+        if not matches:
+            break
+        _, end, key = min(matches)
+        found.append(key)
+        rest = rest[end:]
+    return found[0] if len(found) == 1 else None
 
 
 def score(model_output: str, reference: str, reply: str | None, model_first: bool) -> float | None:

@@ -77,8 +77,25 @@ _PREFERENCE = [
         rf"\b(?:output|response|assistant)\s*{_LETTER}\s+is\s+(?:clearly\s+)?(?:better|preferred|superior)", re.I
     ),
 ]
-_COMPARATIVE = re.compile(r"\b(better|preferred|superior|wins|beats|over|more|less|than)\b", re.IGNORECASE)
+# A verdict line that names both outputs is read only when it compares them one way: "Output (a) is
+# better than Output (b)" is (a), "Output (a) is less accurate than Output (b)" is (b); a negation, words
+# both ways, or no comparison at all ("Output (a) is wrong; Output (b) is right") leave it unreadable.
+_UP = re.compile(
+    r"\b(better|preferred|preferable|superior|wins?|beats?|outperforms?|stronger|more|higher|over)\b", re.IGNORECASE
+)
+_DOWN = re.compile(r"\b(worse|inferior|weaker|less|lower|poorer|loses?|fewer|lacks?|behind)\b", re.IGNORECASE)
+_NOT = re.compile(r"\b(not|no|never|neither|nor|hardly)\b|n't\b", re.IGNORECASE)
 _TIE = re.compile(r"\b(tie|equally good|both are equal|equally (?:helpful|good|bad))\b", re.IGNORECASE)
+
+
+def _compared(line: str, first: str, others: set[str]) -> str | None:
+    """A verdict line naming both outputs: the one it says is better, when it says so one way only."""
+    if len(others) != 1 or _NOT.search(line):
+        return None
+    up, down = bool(_UP.search(line)), bool(_DOWN.search(line))
+    if up == down:  # both ways, or no comparison
+        return None
+    return (first if up else others.pop()).upper()
 
 
 def _one(letters: set[str]) -> str | None:
@@ -104,10 +121,11 @@ def parse_verdict(text: str) -> str | None:
             if match:
                 if _TIE.search(line):
                     return "tie"
-                others = {m.lower() for m in _MENTION.findall(line)} - {match.group(1).lower()}
-                if others and not _COMPARATIVE.search(line):  # "Output (a) says X, Output (b) says Y"
-                    return None
-                return match.group(1).upper()
+                letter = match.group(1).lower()
+                others = {m.lower() for m in _MENTION.findall(line)} - {letter}
+                if not others:
+                    return letter.upper()
+                return _compared(line, letter, others)
     bare = _BARE.match(text.strip())
     if bare:
         return bare.group(1).upper()

@@ -34,26 +34,27 @@ class Requests:
     assumed: list[str] = field(default_factory=list)  # suites sized from stated assumptions
     unknown: list[str] = field(default_factory=list)  # suites that cannot be sized offline
 
-    def cost(
-        self, ledger: Any, models: int, orders: int, heldout_tokens: int, budget: float | None
-    ) -> tuple[float, str]:
+    def cost(self, ledger: Any, models: int, orders: int, heldout_tokens: int) -> tuple[float, str]:
         """(USD at most, what the plan says of it) for the run: every model's prompts and held-out
         samples, and the judge's calls in every order for every model."""
         tokens_in = models * (self.prompt_tokens + orders * self.judge_prompt_tokens)
         tokens_out = models * (self.output_tokens + heldout_tokens + orders * self.judge_output_tokens)
         usd = round(ledger.cost(tokens_in, tokens_out), 2)
-        said = f"; ~{tokens_in} prompt tokens, at most ${usd:.2f} at test.prices"
-        if budget is not None and usd > budget:
-            said += f" (over test.budget.max_usd={budget:g}: the run stops asking once that is spent)"
-        return usd, said
+        return usd, f"; ~{tokens_in:,} prompt tokens, at most ${usd:,.2f} at test.prices"
 
     def describe(self, models: int, orders: int, heldout: int) -> str:
-        said = f"{(self.prompts + heldout) * models} generations and {self.judge_calls * orders * models} judge calls"
+        return (
+            f"{(self.prompts + heldout) * models:,} generations and {self.judge_calls * orders * models:,} judge calls"
+        )
+
+    def assumptions(self) -> str:
+        """What the counts rest on: suites sized from stated assumptions, and suites not sized at all."""
+        said = []
         if self.assumed:
-            said += f" (assumed: {'; '.join(self.assumed)})"
+            said.append(f"assumed: {'; '.join(self.assumed)}")
         if self.unknown:
-            said += f"; not sized offline: {', '.join(self.unknown)}"
-        return said
+            said.append(f"not sized offline: {', '.join(self.unknown)}")
+        return "; ".join(said)
 
     def add_judged(
         self, calls: int, instruction_tokens: int, reference_tokens: int, answer_tokens: int, out: int
@@ -101,7 +102,9 @@ def add_unread(plan: Requests, name: str, suite: Any, judge_out: int) -> None:
         plan.unknown.append(f"{name} (set test.suites.{name}.{' and '.join(need)})")
         return
     n = min(sizes)
-    plan.assumed.append(f"{name}: {n} records x ~{per} tokens{' per document' if suite.kind.value == 'mqa' else ''}")
+    plan.assumed.append(
+        f"{name}: {n:,} records x ~{per:,} tokens{' per document' if suite.kind.value == 'mqa' else ''}"
+    )
     kind = suite.kind.value
     if kind == "mqa":
         settings = len(suite.gold_positions)

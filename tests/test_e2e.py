@@ -1,0 +1,134 @@
+"""The README's quick-start, as a newcomer types it after `make run`: the offline recipe end to end
+at its default sizes (the embedded teacher distils, Mix, a LoRA of the embedded model, Test base
+against tuned, a local deployment), then serving it in the foreground while `recipe-chat` asks it,
+a stage from the store, the composed config and a dry run. One fresh directory, in order."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from .readme import Background, Ran, Rule, run_section, section
+
+pytestmark = pytest.mark.slow
+BIN = str(Path(sys.executable).parent)
+
+RULES: list[Rule | Background] = [
+    Rule(r"^make run$", "it installs, then runs `recipe experiment=smollm2_offline`: `recipe` below runs the same"),
+    Rule(r"^make test$", "it is this test suite"),
+    Rule(r"^source \.venv/bin/activate$", "the test puts .venv/bin on PATH instead"),
+    Background(r"deploy\.foreground=true", ready=r"serving at http://127\.0\.0\.1:\d+"),
+]
+
+
+def check_offline_run(root: Path, out: str) -> None:
+    """What the offline recipe must have made: every stage, Test's figures, a deployment that answered."""
+    runs = sorted((root / "outputs" / "runs").glob("*/*/run.json"))
+    record = json.loads(runs[-1].read_text())
+    assert list(record["stages"]) == ["distill", "mix", "train", "test", "deploy"]
+    assert [s["status"] for s in record["stages"].values()] == ["ok"] * 5
+    # Train: a LoRA of the embedded model on CPU in fp32 that learned; the adapter and the merged model.
+    train_dir = Path(record["stages"]["train"]["artifact"])
+    trained = json.loads((train_dir / "manifest.json").read_text())
+    assert trained["device"] == "cpu" and trained["dtype"] == "float32" and trained["steps"] >= 6
+    assert trained["final_loss"] < trained["first_loss"] and trained["eval_loss"] is not None, trained
+    steps = [json.loads(line)["step"] for line in (train_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, trained["steps"] + 1))
+    assert (train_dir / "adapter" / "adapter_config.json").is_file()
+    assert (train_dir / "merged" / "model.safetensors").is_file() and (
+        train_dir / "merged" / "chat_template.jinja"
+    ).is_file()
+    assert not list((root / "outputs" / "store" / "work").glob("train/*/checkpoint-*"))  # removed once complete
+    test_dir = Path(record["stages"]["test"]["artifact"])
+    metrics = json.loads((test_dir / "metrics.json").read_text())
+    assert set(metrics["summary"]) == {"base", "tuned"}
+    for which in ("base", "tuned"):
+        figures = metrics["summary"][which]
+        assert {"mqa.accuracy", "booksum.rouge1", "alpaca_eval.win_rate", "heldout.loss"} <= set(figures)
+        assert 0 < figures["heldout.loss"] < 10 and 0 < figures["booksum.rouge1"] <= 1
+    assert metrics["models"]["tuned"]["name"].endswith("/merged")
+    rows = [json.loads(line) for line in (test_dir / "generations.jsonl").read_text().splitlines()]
+    assert rows and all(r["base"] is not None and r["tuned"] is not None for r in rows)
+    assert all(len(r["tuned_judge"]) == 2 for r in rows if r["suite"] == "alpaca_eval")
+    assert "Test (" in out and "heldout.loss" in out  # the summary table is printed
+    for suite in ("mqa", "booksum", "alpaca_eval"):  # Mix checked the training data against every suite
+        assert f"contamination {suite}: 0 of " in out
+    assert (test_dir / "chart.png").read_bytes()[:4] == b"\x89PNG"
+    deployed = json.loads((Path(record["stages"]["deploy"]["artifact"]) / "manifest.json").read_text())
+    assert deployed["smoke"]["answer"] and deployed["smoke"]["answer"] in out
+    # The snippets are printed for a server that has stopped: the run says so, and how to serve it.
+    assert "the server stopped after the smoke query" in out and "deploy.foreground=true" in out
+
+
+@pytest.fixture(scope="module")
+def newcomer(tmp_path_factory) -> Path:
+    """One fresh directory for the whole module, as a newcomer has: the quick-start first, then the
+    help's examples, which reuse what it made."""
+    return tmp_path_factory.mktemp("newcomer")
+
+
+def test_the_quick_start_runs_as_written(newcomer: Path) -> None:
+    tmp_path = newcomer
+    commands = section("The two commands")
+    assert "recipe" in commands[3] and commands[3].split()[0] == "recipe"
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HYDRA_FULL_ERROR": "0"}
+    served: list[str] = []
+
+    def after(ran: Ran) -> None:
+        first = ran.command.split()[0]
+        if ran.command.split("#")[0].strip() == "recipe":
+            check_offline_run(tmp_path, ran.stdout)
+        elif "deploy.foreground=true" in ran.command:
+            served.append(ran.stdout.split("serving at ")[1].split()[0])
+        elif first == "recipe-chat":  # it asked the deployment serving in the foreground, not a copy of its own
+            assert ran.stdout.strip() and f"served at {served[0]}" in ran.stderr, ran.stderr
+        elif "'stages=[mix]'" in ran.command:
+            assert "(reused)" in ran.stdout
+        elif "--cfg job" in ran.command:
+            assert "distill:" in ran.stdout and "_target_: recipe.stages.mix.Mix" in ran.stdout
+        elif "dry_run=true" in ran.command:
+            assert "dry run: what each stage would do" in ran.stdout and "hit" in ran.stdout
+
+    ran = run_section(commands, RULES, tmp_path, env, timeout_s=1500, after=after)
+    assert [r.command.split()[0] for r in ran] == ["recipe", "recipe", "recipe-chat", "recipe", "recipe", "recipe"]
+
+
+HELP_RULES: list[Rule | Background] = [
+    Rule(r"train\.device=cuda", "needs a CUDA GPU: tests/test_train_scale.py runs the trainer's sharded paths on CPU"),
+]
+
+
+def test_the_help_examples_run_as_written(newcomer: Path) -> None:
+    """`recipe --help`'s commands in order, where the quick-start ran: the offline recipe (its
+    artifacts reused), the Together judge against the fake Together API."""
+    tmp_path = newcomer
+    from recipe.cli import COMMANDS, help_text
+
+    from .conftest import TOGETHER_KEY
+    from .fake_together import FakeTogether
+
+    shown = help_text([])
+    commands = [command for command, _ in COMMANDS]
+    assert all(command in shown for command in commands)
+    with FakeTogether(api_key=TOGETHER_KEY) as together:
+        env = {
+            **os.environ,
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "HYDRA_FULL_ERROR": "0",
+            "TOGETHER_API_KEY": TOGETHER_KEY,
+            "TOGETHER_BASE_URL": together.base_url,
+        }
+
+        def after(ran: Ran) -> None:
+            assert "Traceback" not in ran.stderr, ran.stderr
+            if ran.command.startswith("recipe -m"):
+                assert "sweep summary (3 jobs)" in ran.stdout
+            if "test.judge.provider=together" in ran.command:
+                assert together.posts("/v1/chat/completions"), "the Together judge was never asked"
+
+        ran = run_section(commands, HELP_RULES, tmp_path, env, timeout_s=1500, after=after)
+    assert len(ran) == len(commands) - 1
