@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -67,7 +68,8 @@ def together_api_key(cfg: DictConfig) -> str | None:
 
 def _scrub_overrides(lines: ListConfig, found: dict[str, str]) -> None:
     parser = OverridesParser.create()
-    for i, line in enumerate(list(lines)):
+    raw = [lines._get_node(i)._value() for i in range(len(lines))]  # as typed: iterating would resolve them
+    for i, line in enumerate(raw):
         override = parser.parse_override(line)
         key = override.key_or_group
         if not is_secret_key(key.rsplit(".", 1)[-1]) or override.value_type is None:
@@ -85,8 +87,8 @@ def _scrub_overrides(lines: ListConfig, found: dict[str, str]) -> None:
 
 
 def _scrub_node(node: DictConfig | ListConfig, path: str, found: dict[str, str]) -> None:
-    items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
-    for key, _ in list(items):
+    keys = list(node.keys()) if isinstance(node, DictConfig) else list(range(len(node)))  # nothing resolved
+    for key in keys:
         child_path = f"{path}.{key}" if path else str(key)
         if OmegaConf.is_interpolation(node, key):
             continue
@@ -128,7 +130,8 @@ def _scrub_or_exit(cfg: DictConfig) -> None:
     try:
         scrub_config(cfg)
     except Exception as e:
-        raise SystemExit(f"error: refusing to run, secrets could not be kept off disk: {e}") from None
+        print(f"error: refusing to run, secrets could not be kept off disk: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 class ScrubSecrets(Callback):

@@ -3,7 +3,14 @@
 Layout: `<store_dir>/<stage>/<fingerprint>/manifest.json`. A stage builds into a temporary
 directory next to its final place, which is renamed into place only after the stage returned and
 its manifest was written, so a directory at the final path is always complete; a crash leaves
-only a `.tmp-*` directory, which is removed on the next build of that stage.
+only a `.tmp-*` directory, which the next build of that stage (or `recipe store prune`) removes
+once its builder is gone.
+
+What is reused is what was made: the manifest lists every file with its size, modification time
+and sha256 (`files`). On reuse the cheap check runs always (every file there, same size, same
+time); a file whose time moved (a copied store) is hashed and must match; bytes that leave the
+machine (an upload) are hashed again before they go. A run holds a shared lock on every artifact
+it reads (`locks/<stage>-<fp>.readers`), which `recipe store prune` respects.
 """
 
 from __future__ import annotations
@@ -54,6 +61,39 @@ def write_json_atomic(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
+def inventory(directory: Path) -> dict[str, dict[str, Any]]:
+    """Every file under `directory` but the manifest: size, modification time (ns) and sha256."""
+    files = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
+        st = path.stat()
+        files[path.relative_to(directory).as_posix()] = {
+            "bytes": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "sha256": sha256_file(path),
+        }
+    return files
+
+
+def damage(artifact: Artifact) -> str | None:
+    """What changed in an artifact since it was made (one line naming the file), or None. Cheap
+    (stat) for every file; a file whose time moved is hashed. Artifacts written before manifests
+    listed their files are not checked."""
+    files = artifact.manifest.get("files")
+    if not isinstance(files, dict):
+        return None
+    for name, made in files.items():
+        path = artifact.path / name
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return f"{path} is missing"
+        if st.st_size != made["bytes"]:
+            return f"{path} changed since it was made ({st.st_size} bytes, not {made['bytes']})"
+        if st.st_mtime_ns != made["mtime_ns"] and sha256_file(path) != made["sha256"]:
+            return f"{path} changed since it was made (its sha256 differs)"
+    return None
+
+
 @dataclass(frozen=True)
 class Artifact:
     stage: str
@@ -69,6 +109,7 @@ class Artifact:
 class ArtifactStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
+        self._held: dict[tuple[str, str], Any] = {}  # artifacts this process reads: their open lock files
 
     def get(self, stage: str, fp: str) -> Artifact | None:
         """The complete artifact with this fingerprint, or None."""
@@ -110,11 +151,12 @@ class ArtifactStore:
         meta: dict[str, Any],
         replace: bool,
     ) -> Artifact:
-        self._remove_stale_tmp(stage_dir, fp)
+        remove_stale_builds(stage_dir)
         tmp = stage_dir / f".tmp-{fp}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             manifest = {**meta, **produce(tmp)}
+            manifest["files"] = inventory(tmp)
             write_json_atomic(tmp / MANIFEST, manifest)
             final = stage_dir / fp
             try:
@@ -152,17 +194,64 @@ class ArtifactStore:
         directory.mkdir(parents=True, exist_ok=True)
         write_json_atomic(directory / f"{key}.json", value)
 
-    @staticmethod
-    def _remove_stale_tmp(stage_dir: Path, fp: str) -> None:
-        """Remove leftovers of crashed builds of this fingerprint (their process is gone)."""
-        for leftover in stage_dir.glob(f".tmp-{fp}-*"):
+    def delete_record(self, kind: str, key: str) -> None:
+        (self.root / "records" / kind / f"{key}.json").unlink(missing_ok=True)
+
+    def records(self, kind: str) -> list[dict[str, Any]]:
+        """Every record of `kind`, oldest first (by when it was written)."""
+        directory = self.root / "records" / kind
+        paths = sorted(directory.glob("*.json"), key=lambda p: p.stat().st_mtime) if directory.is_dir() else []
+        out = []
+        for path in paths:
             try:
-                pid = int(leftover.name.split("-")[2])
-            except (IndexError, ValueError):
-                continue
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                shutil.rmtree(leftover, ignore_errors=True)
-            except PermissionError:
-                pass
+                out.append(json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue  # removed or half-written meanwhile
+        return out
+
+    def discard(self, stage: str, fp: str) -> None:
+        """Remove a complete artifact that is not what was made (under its build lock), to build it again."""
+        locks = self.root / "locks"
+        locks.mkdir(exist_ok=True)
+        with open(locks / f"{stage}-{fp}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            path = self.root / stage / fp
+            if path.is_dir():
+                aside = path.with_name(f".damaged-{fp}-{uuid.uuid4().hex[:8]}")
+                os.rename(path, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+
+    # ---- artifacts in use: what a running run reads is never pruned under it -------------------------
+    def hold(self, stage: str, fp: str) -> None:
+        """Hold a shared lock on an artifact this process reads, until `release()`."""
+        if (stage, fp) in self._held:
+            return
+        locks = self.root / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        handle = open(locks / f"{stage}-{fp}.readers", "w")
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        self._held[(stage, fp)] = handle
+
+    def release(self) -> None:
+        for handle in self._held.values():
+            handle.close()  # the lock goes with the file
+        self._held.clear()
+
+
+def remove_stale_builds(stage_dir: Path) -> list[Path]:
+    """Remove build directories whose builder is gone (a crash, kill -9), of any fingerprint: they
+    can never complete. What was removed."""
+    removed = []
+    for leftover in stage_dir.glob(".tmp-*"):
+        try:
+            pid = int(leftover.name.split("-")[2])
+        except (IndexError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed.append(leftover)
+        except PermissionError:
+            pass
+    return removed

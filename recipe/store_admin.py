@@ -5,7 +5,9 @@
     recipe store prune --keep-last 2 --stage train      # all but the 2 most recently used per stage
     recipe store prune --older-than 30                  # created more than 30 days ago
 
-Never removed, whatever the criteria: an artifact that describes a live paid object on Together
+Every prune also removes build directories whose builder is gone (`.tmp-*` left by a crash or a
+kill -9: they never complete). Never removed, whatever the criteria: an artifact that a running run
+reads (it holds a shared lock on it), an artifact that describes a live paid object on Together
 (a fine-tune job and its model, an endpoint: their records under `records/` are never touched
 either), and an artifact that a pending run (status `pending` in its run.json) still needs. A
 criterion given must hold for an artifact to go (several: all of them). "Used" is the newest run
@@ -132,18 +134,49 @@ def select(entries: list[Entry], a: argparse.Namespace, now: float) -> list[Entr
 
 
 def remove(store: Path, entry: Entry) -> bool:
-    """Remove one artifact under its build lock (skipped when someone holds it); atomic rename first."""
+    """Remove one artifact under its build lock and its readers' lock (skipped when a build holds the
+    one or a running run reads it); atomic rename first."""
     locks = store / "locks"
     locks.mkdir(exist_ok=True)
-    with open(locks / f"{entry.stage}-{entry.fingerprint}.lock", "w") as lock:
+    with (
+        open(locks / f"{entry.stage}-{entry.fingerprint}.lock", "w") as lock,
+        open(locks / f"{entry.stage}-{entry.fingerprint}.readers", "w") as readers,
+    ):
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(readers, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
         trash = entry.path.with_name(f".prune-{entry.fingerprint}-{uuid.uuid4().hex[:8]}")
         os.rename(entry.path, trash)
         shutil.rmtree(trash, ignore_errors=True)
     return True
+
+
+def leftovers(store: Path, dry_run: bool) -> list[tuple[Path, int]]:
+    """Build directories whose builder is gone (a crash, kill -9: they never complete), and the
+    remains of an interrupted prune or replace: removed (or, in a dry run, listed) with their sizes."""
+    found = []
+    for stage_dir in (
+        sorted(p for p in store.iterdir() if p.is_dir() and p.name not in NOT_STAGES) if store.is_dir() else []
+    ):
+        for path in sorted(stage_dir.glob(".*")):
+            if not path.is_dir():
+                continue
+            if path.name.startswith(".tmp-"):
+                try:
+                    os.kill(int(path.name.split("-")[2]), 0)
+                    continue  # its builder is alive
+                except (IndexError, ValueError, PermissionError):
+                    continue
+                except ProcessLookupError:
+                    pass
+            elif not path.name.startswith((".prune-", ".old-", ".damaged-")):
+                continue
+            found.append((path, _size(path)))
+            if not dry_run:
+                shutil.rmtree(path, ignore_errors=True)
+    return found
 
 
 def main(argv: list[str]) -> int:
@@ -169,6 +202,8 @@ def main(argv: list[str]) -> int:
     if a.older_than is None and a.unused_for is None and a.keep_last is None:
         print("error: recipe store prune needs --older-than, --unused-for or --keep-last", file=sys.stderr)
         return 2
+    for path, size in leftovers(a.store, a.dry_run):
+        print(f"{'would remove' if a.dry_run else 'removed'} {path} ({_human(size)}): a build whose builder is gone")
     chosen = select(entries, a, time.time())
     going = [e for e in chosen if not e.keep]
     for e in chosen:

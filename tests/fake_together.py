@@ -81,7 +81,7 @@ class Recorded:
 
 @dataclass
 class Fault:
-    kind: str  # "status" | "drop" | "slow"
+    kind: str  # "status" | "drop" | "slow" | "html" | "stream" | "null" | "redirect"
     status: int = 503
     headers: dict[str, str] = field(default_factory=dict)
     paths: tuple[str, ...] = ()  # empty: any path
@@ -105,6 +105,7 @@ class FakeTogether:
         answer: Callable[[dict[str, Any]], str] = default_answer,
         api_key: str | None = None,
         validate: bool = True,
+        port: int = 0,
     ):
         self.answer = answer
         self.validate = validate
@@ -119,6 +120,9 @@ class FakeTogether:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.job_steps = 4  # training steps a job reports before it completes
+        # (prompt_tokens, completion_tokens) a completion reports; None: ~4 characters a token
+        self.usage: Callable[[dict[str, Any], str], tuple[int, int]] | None = None
+        self.finish_reason: Callable[[dict[str, Any]], str] = lambda body: "stop"
         self.job_outcome = "completed"  # or "error", "cancelled" ... for the next jobs
         self.unauthorized_puts = 0
         self.keep_put_bytes = (
@@ -162,7 +166,7 @@ class FakeTogether:
             def do_DELETE(self) -> None:
                 server._handle(self, "DELETE")
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -201,14 +205,35 @@ class FakeTogether:
         with self._lock:
             self._faults += [Fault("drop", paths=paths, after=after) for _ in range(times)]
 
-    def slow(self, delay_s: float, times: int = 1, paths: tuple[str, ...] = ()) -> None:
-        """Do the work, then answer only after `delay_s` (past a client's timeout: an ambiguous failure)."""
+    def slow(self, delay_s: float, times: int = 1, paths: tuple[str, ...] = (), *, before: bool = False) -> None:
+        """Answer only after `delay_s` (past a client's timeout: an ambiguous failure). The work is done
+        at once and the answer is late ("slow after the work"), or with `before`, the work itself is
+        done only after the delay ("slow before the work": the object appears after the client gave
+        up and looked for it)."""
         with self._lock:
-            self._faults += [Fault("slow", paths=paths, after=True, delay_s=delay_s) for _ in range(times)]
+            self._faults += [Fault("slow", paths=paths, after=not before, delay_s=delay_s) for _ in range(times)]
+
+    def bad_answer(self, kind: str, times: int = 1, paths: tuple[str, ...] = ()) -> None:
+        """Answer 200 with what is not an answer: an HTML page (`html`), an event stream where a plain
+        answer was asked (`stream`), or a completion whose content is null (`null`)."""
+        with self._lock:
+            self._faults += [Fault(kind, 200, paths=paths, after=True) for _ in range(times)]
+
+    def redirect(self, location: str, times: int = 1, paths: tuple[str, ...] = (), status: int = 307) -> None:
+        """Answer with a redirect to `location` (another host, say) instead of doing the work."""
+        with self._lock:
+            self._faults += [Fault("redirect", status, {"Location": location}, paths) for _ in range(times)]
 
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+
+    def live_jobs(self) -> list[str]:
+        """Fine-tune jobs that were not cancelled (and did not fail): what is, or will be, billed."""
+        return [i for i, j in self.jobs.items() if j["status"] not in ("cancelled", "cancel_requested", "error")]
+
+    def live_batches(self) -> list[str]:
+        return [i for i, b in self.batches.items() if b["status"] != "CANCELLED"]
 
     def posts(self, path: str) -> list[Recorded]:
         with self._lock:
@@ -251,6 +276,9 @@ class FakeTogether:
                 self._faults.remove(fault)
         if self.delay_s:
             time.sleep(self.delay_s)
+        if fault is not None and fault.kind == "slow" and not fault.after:
+            time.sleep(fault.delay_s)  # slow before the work: the object appears only now
+            fault = None
         if fault is not None and not fault.after:
             return self._fault(h, fault)
         if method == "PUT":  # presigned URLs carry their own authority: no API key may travel there
@@ -266,9 +294,11 @@ class FakeTogether:
             status, payload = 400, {"error": {"message": str(e), "type": "invalid_request_error"}}
         if fault is not None:  # the work is done (an object may exist now); the answer goes wrong
             if fault.kind != "slow":
-                return self._fault(h, fault)
+                return self._fault(h, fault, payload)
             time.sleep(fault.delay_s)
-        if isinstance(payload, _Redirect):
+        if status == 200 and isinstance(body, dict) and body.get("stream") and path.endswith("completions"):
+            _send_bytes(h, 200, _stream(payload), "text/event-stream")  # what a streaming client asked for
+        elif isinstance(payload, _Redirect):
             _send(h, status, {}, {**({"Location": payload.location} if payload.location else {}), **payload.headers})
         elif isinstance(payload, bytes):
             _send_bytes(h, status, payload)
@@ -279,11 +309,23 @@ class FakeTogether:
                 self.answered.append(json.dumps(body, sort_keys=True))
 
     @staticmethod
-    def _fault(h: BaseHTTPRequestHandler, fault: Fault) -> None:
+    def _fault(h: BaseHTTPRequestHandler, fault: Fault, payload: Any = None) -> None:
         if fault.kind == "drop":
             h.close_connection = True
             h.connection.shutdown(socket.SHUT_RDWR)
             return
+        if fault.kind == "html":
+            return _send_bytes(h, 200, b"<html><body>502 Bad Gateway (cached)</body></html>", "text/html")
+        if fault.kind == "stream":
+            events = f"data: {json.dumps(payload)}\n\ndata: [DONE]\n\n".encode()
+            return _send_bytes(h, 200, events, "text/event-stream")
+        if fault.kind == "null":
+            for choice in payload.get("choices", []):
+                choice.setdefault("message", {})["content"] = None
+                choice.pop("text", None)
+            return _send(h, 200, payload)
+        if fault.kind == "redirect":
+            return _send(h, fault.status, {}, fault.headers)
         _send(h, fault.status, {"error": {"message": "injected fault", "type": "fault"}}, fault.headers)
 
     def _validate(self, path: str, body: Any) -> None:
@@ -343,6 +385,13 @@ class FakeTogether:
             }
             self.batches[batch_id] = job
             return 200, {"job": _public(job)}
+        if method == "POST" and path.startswith("/v1/batches/") and path.endswith("/cancel"):
+            job = self.batches.get(path.split("/")[3])
+            if job is None:
+                return 404, {"error": {"message": f"no batch at {path}"}}
+            if job["status"] not in ("COMPLETED", "FAILED", "EXPIRED", "CANCELLED"):
+                job["status"] = "CANCELLED"
+            return 200, _public(job)
         if method == "GET" and path == "/v1/batches":
             return 200, [_public(job) for job in self.batches.values()]
         if method == "GET" and path.startswith("/v1/batches/"):
@@ -626,7 +675,8 @@ class FakeTogether:
     def _complete(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         text = self.answer(body)
         prompt = json.dumps(body.get("messages")) if "messages" in body else body["prompt"]
-        usage = {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4}
+        counted = self.usage(body, text) if self.usage else (len(prompt) // 4, len(text) // 4)
+        usage = {"prompt_tokens": counted[0], "completion_tokens": counted[1]}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         common = {
             "id": str(uuid.uuid4()),
@@ -636,12 +686,13 @@ class FakeTogether:
             "prompt": [],
         }
         if path == "/v1/chat/completions":
-            choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+            finish = self.finish_reason(body)
+            choice = {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": text}}
             return {**common, "object": "chat.completion", "choices": [choice]}
         return {
             **common,
             "object": "text.completion",
-            "choices": [{"index": 0, "text": " " + text, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "text": " " + text, "finish_reason": self.finish_reason(body)}],
         }
 
     def _run_batch(self, job: dict[str, Any]) -> None:
@@ -696,6 +747,23 @@ def _parse_multipart(content_type: str, raw: bytes) -> dict[str, Any]:
     return fields
 
 
+def _stream(completion: dict[str, Any]) -> bytes:
+    """A completion as the server-sent events of a streamed one: a chunk per word, the last with its
+    finish_reason, then [DONE]."""
+    choice = completion["choices"][0]
+    chat = "message" in choice
+    text = choice["message"]["content"] if chat else choice["text"]
+    words = text.split(" ")
+    events = []
+    for i, word in enumerate(words):
+        piece = word if i == 0 else " " + word
+        last = i == len(words) - 1
+        delta = {"delta": {"content": piece}} if chat else {"text": piece}
+        chunk = {**delta, "index": 0, "finish_reason": choice["finish_reason"] if last else None}
+        events.append({"id": completion["id"], "object": "chat.completion.chunk", "choices": [chunk]})
+    return b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events) + b"data: [DONE]\n\n"
+
+
 def _send(h: BaseHTTPRequestHandler, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
     data = json.dumps(payload).encode()
     h.send_response(status)
@@ -707,9 +775,9 @@ def _send(h: BaseHTTPRequestHandler, status: int, payload: Any, headers: dict[st
     h.wfile.write(data)
 
 
-def _send_bytes(h: BaseHTTPRequestHandler, status: int, data: bytes) -> None:
+def _send_bytes(h: BaseHTTPRequestHandler, status: int, data: bytes, kind: str = "application/octet-stream") -> None:
     h.send_response(status)
-    h.send_header("Content-Type", "application/octet-stream")
+    h.send_header("Content-Type", kind)
     h.send_header("Content-Length", str(len(data)))
     h.end_headers()
     h.wfile.write(data)

@@ -5,6 +5,7 @@ exactly one object, recorded; objects deleted behind our back are noticed, not f
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,45 @@ def test_an_uploaded_file_deleted_behind_our_back_is_uploaded_again(
     assert "is gone from Together (HTTP 404); uploading it again" in capsys.readouterr().out
     (second,) = fake.files
     assert second != first and manifest(record)["training_file"] == second
+
+
+# A create the server is still working on when the client gives up: the object appears a moment after
+# the client looked for it ("slow before the work"), or exists and its answer is late ("after").
+# Clients time out after 0.5 s and give an ambiguous create 3 s to settle (Client.settle_s).
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_create_still_in_progress_makes_one_job(make_cfg, tmp_path: Path, fake: FakeTogether, when: str) -> None:
+    fake.slow(2.0, paths=("/v1/fine-tunes",), before=when == "before")
+    record = run(train_cfg(make_cfg, "train.timeout_s=0.5"), run_dir=tmp_path)
+    assert len(fake.jobs) == 1 and len(fake.posts("/v1/fine-tunes")) == 1  # waited for it to land: not re-sent
+    assert manifest(record)["job_id"] in fake.jobs
+
+
+def test_a_create_landing_after_its_resend_is_cancelled(make_cfg, tmp_path: Path, fake: FakeTogether, capsys) -> None:
+    """Past the settle window the create is sent again; the first lands later still, while the job is
+    followed: it is cancelled at once (a pending job costs nothing), and the run says so."""
+    fake.slow(6.0, paths=("/v1/fine-tunes",), before=True)
+    record = run(train_cfg(make_cfg, "train.timeout_s=0.5", "train.poll_s=0.5"), run_dir=tmp_path)
+    assert len(fake.posts("/v1/fine-tunes")) == 2 and len(fake.jobs) == 2
+    assert fake.live_jobs() == [manifest(record)["job_id"]]  # one live job: the one recorded
+    assert "discarded it (kept" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("when", ["before", "after", "past the settle window"])
+def test_a_create_still_in_progress_makes_one_endpoint(make_cfg, tmp_path: Path, fake: FakeTogether, when: str) -> None:
+    fake.slow(6.0 if when.startswith("past") else 2.0, paths=("/v1/endpoints",), before=when != "after")
+    record = run(deploy_cfg(make_cfg, "deploy.timeout_s=0.5"), run_dir=tmp_path)
+    deployed = json.loads((Path(record["stages"]["deploy"]["artifact"]) / "manifest.json").read_text())
+    time.sleep(0.5)  # the slow create's thread may still be finishing its (already deleted) object
+    assert list(fake.endpoints) == [deployed["endpoint_id"]]  # one endpoint left: no minute billed twice
+    assert len(fake.posts("/v1/endpoints")) == (2 if when.startswith("past") else 1)
+
+
+@pytest.mark.parametrize("when", ["before", "past the settle window"])
+def test_a_batch_create_still_in_progress_makes_one_batch(
+    make_cfg, tmp_path: Path, fake: FakeTogether, when: str
+) -> None:
+    fake.slow(6.0 if when.startswith("past") else 2.0, paths=("/v1/batches",), before=True)
+    overrides = ("distill.batch_poll_s=0.01", "distill.max_turns=1", "distill.timeout_s=0.5")
+    record = run(distill_cfg(make_cfg, tmp_path, *overrides, distill="together_batch"), run_dir=tmp_path)
+    assert record["stages"]["distill"]["status"] == "ok"
+    assert len(fake.live_batches()) == 1

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -58,9 +60,40 @@ def worker_count(requested: int) -> int:
     return requested if requested > 0 else os.cpu_count() or 1
 
 
-def worker_pool(workers: int) -> ProcessPoolExecutor:
+def worker_pool(
+    workers: int, initializer: Callable[..., object] | None = None, initargs: tuple[Any, ...] = ()
+) -> ProcessPoolExecutor:
+    """Worker processes that die with the process that started them, also on kill -9 (they are the
+    forkserver's children, so each watches the starter itself); `initializer(*initargs)` runs in each."""
     # forkserver: workers start from a clean process, not a fork of one whose threads may hold locks.
-    return ProcessPoolExecutor(workers, mp_context=get_context("forkserver"))
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=get_context("forkserver"),
+        initializer=_start_worker,
+        initargs=(os.getpid(), initializer, initargs),
+    )
+
+
+def _start_worker(pid: int, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
+    _watch_starter(pid)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _watch_starter(pid: int) -> None:
+    """In a worker: exit as soon as process `pid` (the run that started the pool) is gone."""
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="watch-starter", daemon=True).start()
 
 
 def jsonl_chunks(path: Path, chunk_bytes: int) -> list[tuple[int, int]]:

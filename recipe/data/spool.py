@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from recipe.data import templates
 from recipe.data.filecheck import check_block
-from recipe.data.jsonl import count_lines_before, encode_line, read_jsonl_range
+from recipe.data.jsonl import count_lines_before, encode_line, read_jsonl_range, worker_pool
 from recipe.data.sources import DataError, parse_line, rename_columns, to_messages
 from recipe.errors import RecipeError
 
@@ -406,12 +406,7 @@ class ContentCheck:
         chunks = [todo[i : i + CHECK_ROWS] for i in range(0, len(todo), CHECK_ROWS)]
         if self.workers > 1 and len(todo) >= PARALLEL_ROWS:
             if self._pool is None:
-                from concurrent.futures import ProcessPoolExecutor
-                from multiprocessing import get_context
-
-                self._pool = ProcessPoolExecutor(
-                    self.workers, get_context("forkserver"), initializer=_set_scanner, initargs=(self.checker.index,)
-                )
+                self._pool = worker_pool(self.workers, _set_scanner, (self.checker.index,))
             keys = ("unit", "offset", "length", "canonical_length")
             tasks = [self._pool.submit(_scan_rows, self.spools, {k: self.arrays[k][c] for k in keys}) for c in chunks]
             results: Iterator[list[Any]] = (task.result() for task in tasks)

@@ -6,9 +6,16 @@ run killed at any moment loses nothing finished and never pays for it twice. Bat
 too, so a re-run re-attaches to a batch job instead of submitting it again.
 
 The cache is money: a damaged file (`PRAGMA quick_check` fails, or SQLite says "malformed") is
-moved aside with a timestamp, every readable row is copied into a fresh cache, and the run goes on
-saying how many answers were saved. A journal of requests in flight (`inflight`) tells a resumed
-run which of its requests were sent before a crash without their answer being stored.
+moved aside with a timestamp, every readable row is copied, row by row, into a fresh cache, and the
+run goes on saying how many answers were saved.
+
+Requests in flight are claimed in the cache before they are sent (`inflight`: the key and who sent
+it: host, pid and the process's start time), so two processes sharing one cache (two sweeps, two
+terminals) never pay for the same answer: the second waits for the first's answer, or takes the
+request over when the first has died (kill -9, a crash; a pid reused by another process does not
+count as alive). A claim from another host cannot be checked and is trusted for `FOREIGN_CLAIM_S`.
+Each take-over of a dead process's claim is counted per request (`resent`), across any number of
+crashes, so the manifest can say how many requests were sent again.
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import sqlite3
 import struct
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +52,13 @@ CREATE TABLE IF NOT EXISTS inflight (
     key TEXT PRIMARY KEY,
     started REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS resent (
+    key TEXT PRIMARY KEY,
+    times INTEGER NOT NULL
+);
 """
-SALVAGE_CHUNK = 256  # rows read per query when salvaging a damaged cache (a bad page loses one chunk)
+SALVAGE_CHUNK = 256  # rows read per query when salvaging a damaged cache (a failing chunk is read row by row)
+FOREIGN_CLAIM_S = 3600.0  # a claim made on another host is trusted this long (its process cannot be checked)
 
 
 def request_key(request: dict[str, Any]) -> str:
@@ -54,11 +68,76 @@ def request_key(request: dict[str, Any]) -> str:
 
 def _connect(path: Path) -> sqlite3.Connection:
     # One connection shared by threads behind a lock: SQLite serialises writers anyway.
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against process kills
     db.executescript(_SCHEMA)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(inflight)")}
+    if "owner" not in columns:  # a cache written before claims: its journal rows have no owner (dead)
+        db.execute("ALTER TABLE inflight ADD COLUMN owner TEXT")
+    if "sent" not in columns:  # 1 once the request left (a journal row of an older cache: it had)
+        db.execute("ALTER TABLE inflight ADD COLUMN sent INTEGER NOT NULL DEFAULT 1")
+    if "finish" not in {row[1] for row in db.execute("PRAGMA table_info(answers)")}:
+        db.execute("ALTER TABLE answers ADD COLUMN finish TEXT")  # why generation stopped (stop, length)
     return db
+
+
+def _start_ticks(pid: int) -> str | None:
+    """When process `pid` started (Linux: clock ticks since boot, /proc/<pid>/stat field 22)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def this_process() -> str:
+    """Who claims a request: host, pid and start time (so a reused pid is not mistaken for us)."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid) or '-'}"
+
+
+def alive(owner: str | None, started: float) -> bool:
+    """Whether the process that claimed a request may still be sending it."""
+    if not owner:
+        return False
+    host, pid_text, ticks = owner.rsplit(":", 2)
+    if host != socket.gethostname():
+        return time.time() - started < FOREIGN_CLAIM_S
+    pid = int(pid_text)
+    now = _start_ticks(pid)
+    if now is not None or Path("/proc").is_dir():
+        return now is not None and (ticks == "-" or now == ticks)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class Stored:
+    """An answer as the cache keeps it."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish: str | None = None  # the server's finish_reason: "length" is an answer cut at max_tokens
+
+
+_ANSWER = "SELECT text, prompt_tokens, completion_tokens, finish FROM answers WHERE key = ?"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What `claim` found: the stored answer, or the right to send the request (`mine`; `taken_over`
+    when a dead process had sent it), or neither: another live process or thread is sending it."""
+
+    answer: Stored | None = None
+    mine: bool = False
+    taken_over: bool = False
 
 
 def _damage(path: Path) -> str | None:
@@ -98,19 +177,26 @@ def _salvage(damaged: Path, fresh: sqlite3.Connection) -> dict[str, int]:
     try:
         old = sqlite3.connect(f"file:{copy}?immutable=1", uri=True)
         with contextlib.closing(old):
-            for table, columns in (("answers", 5), ("batches", 3)):
+            for table, columns in (("answers", 6), ("batches", 3)):
                 try:
                     top = old.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0
                 except sqlite3.DatabaseError:
                     top = most_rows  # the rightmost pages are gone: walk every rowid there can be
                 for low in range(0, top + 1, SALVAGE_CHUNK):
+                    span = range(low, low + SALVAGE_CHUNK)
                     try:
-                        rows = old.execute(
-                            f"SELECT * FROM {table} WHERE rowid >= ? AND rowid < ?", (low, low + SALVAGE_CHUNK)
+                        got = old.execute(
+                            f"SELECT rowid, * FROM {table} WHERE rowid >= ? AND rowid < ?", (low, low + SALVAGE_CHUNK)
                         ).fetchall()
                     except sqlite3.DatabaseError:
-                        continue
-                    rows = [r for r in rows if len(r) == columns]
+                        got = []
+                    if len(got) < SALVAGE_CHUNK:  # an error or a gap (a damaged page hides rows): row by row
+                        seen = {r[0] for r in got}
+                        for rowid in (i for i in span if i not in seen):
+                            with contextlib.suppress(sqlite3.DatabaseError):
+                                got += old.execute(f"SELECT rowid, * FROM {table} WHERE rowid = ?", (rowid,)).fetchall()
+                    rows = [r[1:] for r in got]
+                    rows = [r + (None,) * (columns - len(r)) for r in rows if len(r) in (columns - 1, columns)]
                     fresh.executemany(f"INSERT OR IGNORE INTO {table} VALUES ({', '.join('?' * columns)})", rows)
                     saved[table] += len(rows)
     except sqlite3.DatabaseError:
@@ -152,22 +238,21 @@ class RequestCache:
             saved["batches"],
         )
 
-    def get(self, key: str) -> tuple[str, int, int] | None:
+    def get(self, key: str) -> Stored | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT text, prompt_tokens, completion_tokens FROM answers WHERE key = ?", (key,)
-            ).fetchone()
-        return None if row is None else (row[0], row[1], row[2])
+            row = self._db.execute(_ANSWER, (key,)).fetchone()
+        return None if row is None else Stored(*row)
 
-    def put(self, key: str, text: str, prompt_tokens: int, completion_tokens: int) -> None:
-        """Store an answer and close its journal entry in one transaction: a kill between the two
-        would otherwise leave an answered request journaled as in flight."""
+    def put(self, key: str, text: str, prompt_tokens: int, completion_tokens: int, finish: str | None = None) -> None:
+        """Store an answer and close its claim in one transaction: a kill between the two would
+        otherwise leave an answered request claimed."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute(
-                    "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?)",
-                    (key, text, prompt_tokens, completion_tokens, time.time()),
+                    "INSERT OR REPLACE INTO answers (key, text, prompt_tokens, completion_tokens, created, finish) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (key, text, prompt_tokens, completion_tokens, time.time(), finish),
                 )
                 self._db.execute("DELETE FROM inflight WHERE key = ?", (key,))
             except BaseException:
@@ -175,22 +260,51 @@ class RequestCache:
                 raise
             self._db.execute("COMMIT")
 
-    # ---- the journal of requests in flight: what a crash (kill -9) makes us send again -------------
-    def begin(self, key: str) -> None:
+    # ---- claims on requests in flight: one sender per request, across processes and crashes ----------
+    def claim(self, key: str) -> Claim:
+        """The stored answer; or the right to send the request, claimed now (taken over when the
+        process that claimed it is dead: counted in `resent`); or neither (someone alive is asking)."""
+        me = this_process()
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO inflight VALUES (?, ?)", (key, time.time()))
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(_ANSWER, (key,)).fetchone()
+                if row is not None:
+                    return Claim(answer=Stored(*row))
+                held = self._db.execute("SELECT owner, started, sent FROM inflight WHERE key = ?", (key,)).fetchone()
+                if held is not None and (held[0] == me or alive(held[0], held[1])):
+                    return Claim()
+                self._db.execute(
+                    "INSERT OR REPLACE INTO inflight (key, started, owner, sent) VALUES (?, ?, ?, 0)",
+                    (key, time.time(), me),
+                )
+                if held is not None and held[2]:  # a dead process had sent it: sending it again is a re-send
+                    self._db.execute(
+                        "INSERT INTO resent VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET times = times + 1", (key,)
+                    )
+                return Claim(mine=True, taken_over=held is not None)
+            finally:
+                self._db.execute("COMMIT")
 
-    def end(self, key: str) -> None:
+    def mark_sent(self, key: str) -> None:
+        """The claimed request is about to leave: from now on a crash makes its next sender a re-send."""
         with self._lock:
-            self._db.execute("DELETE FROM inflight WHERE key = ?", (key,))
+            self._db.execute("UPDATE inflight SET sent = 1 WHERE key = ? AND owner = ?", (key, this_process()))
 
-    def take_inflight(self) -> set[str]:
-        """Requests that were in flight when an earlier run died (sent, answer never stored); cleared."""
+    def release(self, key: str) -> None:
+        """Give up a claim without an answer (the request failed): the next asker sends it."""
         with self._lock:
-            query = "SELECT key FROM inflight WHERE key NOT IN (SELECT key FROM answers)"  # answered: not resent
-            keys = {row[0] for row in self._db.execute(query)}
-            self._db.execute("DELETE FROM inflight")
-        return keys
+            self._db.execute("DELETE FROM inflight WHERE key = ? AND owner = ?", (key, this_process()))
+
+    def resent_count(self, keys: set[str]) -> int:
+        """How many times these requests were sent again after the process sending them died."""
+        total, ordered = 0, sorted(keys)
+        with self._lock:
+            for i in range(0, len(ordered), 500):
+                chunk = ordered[i : i + 500]
+                query = f"SELECT COALESCE(SUM(times), 0) FROM resent WHERE key IN ({', '.join('?' * len(chunk))})"
+                total += self._db.execute(query, chunk).fetchone()[0]
+        return int(total)
 
     def batch_id(self, key: str) -> str | None:
         with self._lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -25,13 +26,15 @@ from tqdm import tqdm
 from recipe.data import templates
 from recipe.data.jsonl import encode_line
 from recipe.errors import RecipeError
-from recipe.providers.cache import RequestCache, request_key
-from recipe.providers.http import APIError, Client, RateLimiter, together_base_url
+from recipe.providers.cache import RequestCache, Stored, request_key
+from recipe.providers.http import RECONCILE_WINDOW_S, BadBody, Client, RateLimiter, together_base_url
 from recipe.providers.local.server import LlamaCppServer, embedded_gguf
 from recipe.providers.together import BATCH_DONE, create_batch, download_file, get_batch, upload_batch_file
 from recipe.secrets import together_api_key
 
+log = logging.getLogger(__name__)
 TEMPLATE_VERSION = "1"  # bump when templates.render_prompt changes what a prompt looks like
+CLAIM_WAIT_S = 0.2  # how often a request another process is asking looks for its answer
 Message = dict[str, str]
 
 
@@ -41,6 +44,15 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     cached: bool
+    truncated: bool = False  # finish_reason "length": cut at max_tokens
+
+    @classmethod
+    def stored(cls, hit: Stored) -> Answer:
+        return cls(hit.text, hit.prompt_tokens, hit.completion_tokens, cached=True, truncated=hit.finish == "length")
+
+
+class NotAnAnswer(BadBody):
+    """A 200 whose answer has no text (`content: null`): retried like a failed request, never cached."""
 
 
 class BudgetReached(Exception):
@@ -54,7 +66,7 @@ class Ledger:
         self.input_rate = input_per_mtok * factor / 1e6
         self.output_rate = output_per_mtok * factor / 1e6
         self.max_usd = max_usd
-        self.prompt_tokens = self.completion_tokens = self.requests = self.cached_requests = self.resent = 0
+        self.prompt_tokens = self.completion_tokens = self.requests = self.cached_requests = 0
         self.cost_usd = 0.0
         self._reserved = 0.0
         self._lock = threading.Lock()
@@ -86,10 +98,6 @@ class Ledger:
         with self._lock:
             self.cached_requests += 1
 
-    def record_resent(self) -> None:
-        with self._lock:
-            self.resent += 1
-
     def usage(self) -> dict[str, int]:
         return {
             "prompt_tokens": self.prompt_tokens,
@@ -101,6 +109,14 @@ class Ledger:
 
 def approx_tokens(text: str) -> int:
     return (len(text) + 3) // 4
+
+
+def prompt_ceiling(body: dict[str, Any]) -> int:
+    """At most how many tokens a request's prompt can be billed as: its UTF-8 bytes (a byte-level
+    tokenizer never makes more tokens than bytes) plus a template's special tokens per message. The
+    budget books this worst case, so a budget holds at any concurrency."""
+    content = body.get("messages") if "messages" in body else body.get("prompt", "")
+    return len(json.dumps(content, ensure_ascii=False).encode()) + 8 * len(body.get("messages") or [None]) + 16
 
 
 def completion_request(messages: list[Message], template: str) -> dict[str, Any]:
@@ -133,7 +149,7 @@ class ModelClient:
         self.sampling = {k: v for k, v in sampling.items() if v is not None and v != []}
         # The seed fed its teacher's answers back as they came: keep them unstripped for its template.
         self.raw_answers = api == "completions" and template == "llama2_inst_seed"
-        self.resend_watch: set[str] = set()  # requests an earlier, crashed run had in flight
+        self.asked: set[str] = set()  # cache keys of every request asked (crash accounting: cache.resent_count)
 
     def body(self, messages: list[Message]) -> dict[str, Any]:
         """The request body for the conversation so far (ending with the user's turn)."""
@@ -151,44 +167,71 @@ class ModelClient:
 
     def cached(self, messages: list[Message]) -> Answer | None:
         hit = self.cache.get(self.key(self.body(messages)))
-        return None if hit is None else Answer(hit[0], hit[1], hit[2], cached=True)
+        return None if hit is None else Answer.stored(hit)
 
     def ask(self, messages: list[Message]) -> Answer:
-        """The teacher's answer to the conversation so far: from the cache, or sent and cached."""
+        """The model's answer to the conversation so far: from the cache; or claimed in the cache,
+        sent, and cached; or, when another process (or thread) is asking the same, its answer once it
+        lands (or the request taken over when that process dies). Nothing is paid twice."""
         body = self.body(messages)
         key = self.key(body)
-        hit = self.cache.get(key)
-        if hit is not None:
-            self.ledger.record_cached()
-            return Answer(hit[0], hit[1], hit[2], cached=True)
-        prompt_estimate = approx_tokens(str(body.get("messages") or body.get("prompt")))
-        reserved = self.ledger.reserve(prompt_estimate, int(self.sampling.get("max_tokens", 0)))
+        self.asked.add(key)
+        while True:
+            claim = self.cache.claim(key)
+            if claim.answer is not None:
+                self.ledger.record_cached()
+                return Answer.stored(claim.answer)
+            if claim.mine:
+                break
+            time.sleep(CLAIM_WAIT_S)
+        max_tokens = int(self.sampling.get("max_tokens", 0))
+        try:
+            reserved = self.ledger.reserve(prompt_ceiling(body), max_tokens)
+        except BudgetReached:
+            self.cache.release(key)
+            raise
         answer = None
         try:
+            estimate = approx_tokens(str(body.get("messages") or body.get("prompt")))
             if self.limiter is not None:
-                self.limiter.wait(prompt_estimate + int(self.sampling.get("max_tokens", 0)))
-            path = "chat/completions" if self.api == "chat" else "completions"
-            if key in self.resend_watch:
-                self.ledger.record_resent()
-            self.cache.begin(key)  # journaled: a crash before the answer is stored is counted on resume
-            answer = parse_response(self.client.post_json(path, body), self.api, prompt_estimate, self.raw_answers)
-            self.cache.put(key, answer.text, answer.prompt_tokens, answer.completion_tokens)
+                self.limiter.wait(estimate + max_tokens)
+            self.cache.mark_sent(key)
+            answer = self._send(body, estimate)
+            self.cache.put(
+                key, answer.text, answer.prompt_tokens, answer.completion_tokens, "length" if answer.truncated else None
+            )
         finally:
             if answer is None:
-                self.cache.end(key)
+                self.cache.release(key)
             self.ledger.settle(reserved, answer)
         return answer
 
+    def _send(self, body: dict[str, Any], estimate: int) -> Answer:
+        """One request; a 200 that is no answer is sent again (the HTTP client retried the rest)."""
+        path = "chat/completions" if self.api == "chat" else "completions"
+        attempt = 0
+        while True:
+            try:
+                return parse_response(self.client.post_json(path, body), self.api, estimate, self.raw_answers)
+            except BadBody as e:
+                attempt += 1
+                self.client.retries.add()
+                if attempt > self.client.max_retries:
+                    raise NotAnAnswer(f"{e} (sent {attempt} times)") from None
+                log.warning("%s; sending it again", e)
+                time.sleep(self.client.backoff(attempt))
 
-def parse_response(response: dict[str, Any], api: str, prompt_estimate: int, raw: bool = False) -> Answer:
+
+def parse_response(response: Any, api: str, prompt_estimate: int, raw: bool = False) -> Answer:
     """Text (stripped unless `raw`) and usage of a chat or completions response (usage estimated when
-    the server gives none)."""
+    the server gives none). A response with no text (`content: null`, no choices) is not an answer."""
     try:
         choice = response["choices"][0]
         text = choice["message"]["content"] if api == "chat" else choice["text"]
     except (KeyError, IndexError, TypeError):
-        raise APIError(f"unexpected response shape: {str(response)[:300]}") from None
-    text = text or ""
+        raise NotAnAnswer(f"not an answer: {str(response)[:300]}") from None
+    if not isinstance(text, str):
+        raise NotAnAnswer(f"an answer without text ({'content' if api == 'chat' else 'text'}: {text!r})")
     text = text if raw else text.strip()
     usage = response.get("usage") or {}
     return Answer(
@@ -196,6 +239,7 @@ def parse_response(response: dict[str, Any], api: str, prompt_estimate: int, raw
         int(usage.get("prompt_tokens") or prompt_estimate),
         int(usage.get("completion_tokens") or approx_tokens(text)),
         cached=False,
+        truncated=choice.get("finish_reason") == "length",
     )
 
 
@@ -210,7 +254,10 @@ def parse_batch_output(text: str, api: str) -> dict[str, Answer | str]:
         if response.get("status_code", 200) != 200 or "body" not in response:
             answers[result.get("custom_id", "")] = f"batch item failed: {str(result.get('error') or response)[:200]}"
             continue
-        answers[result["custom_id"]] = parse_response(response["body"], api, 0)
+        try:
+            answers[result["custom_id"]] = parse_response(response["body"], api, 0)
+        except NotAnAnswer as e:
+            answers[result.get("custom_id", "")] = f"batch item failed: {e}"
     return answers
 
 
@@ -232,6 +279,8 @@ def ask_batch(
     anything waits on it: its input file first, then its id, so a re-run re-attaches."""
     batch_key = request_key({"batch": sorted(key for _, key in requests), "endpoint": endpoint})
     batch_id = teacher.cache.batch_id(batch_key)
+    reconcile_later, until = None, time.monotonic() + RECONCILE_WINDOW_S
+    creating = time.monotonic()
     if not batch_id or batch_id.startswith(BATCH_PENDING):
         file_id = batch_id.removeprefix(BATCH_PENDING) if batch_id else None
         if not file_id:
@@ -242,12 +291,15 @@ def ask_batch(
                         f.write(encode_line({"custom_id": key, "body": body}))
                 file_id = upload_batch_file(client, requests_file)
             teacher.cache.put_batch(batch_key, BATCH_PENDING + file_id)
-        batch_id = str(create_batch(client, file_id, endpoint)["id"])
+        created, reconcile_later = create_batch(client, file_id, endpoint)
+        batch_id = str(created["id"])
         teacher.cache.put_batch(batch_key, batch_id)
     bar = tqdm(desc=f"distill: batch {label}", total=100, unit="%", disable=not progress)
     try:
         while True:
             job = get_batch(client, batch_id)
+            if reconcile_later is not None and time.monotonic() < until:
+                reconcile_later()  # an earlier attempt of a re-sent create may land while we wait
             bar.n = int(float(job.get("progress") or 0))
             bar.refresh()
             if job.get("status") in BATCH_DONE:
@@ -255,6 +307,11 @@ def ask_batch(
             time.sleep(poll_s)
     finally:
         bar.close()
+    # A re-sent create: the first attempt had this long to land, and gets as long again.
+    settled = time.monotonic() + max(client.settle_s(), time.monotonic() - creating)
+    while reconcile_later is not None and time.monotonic() < settled:
+        time.sleep(1.0)
+        reconcile_later()
     if job["status"] != "COMPLETED" or not job.get("output_file_id"):
         teacher.cache.put_batch(batch_key, "")  # finished for good: a re-run submits a new one
         raise RecipeError(
@@ -264,7 +321,9 @@ def ask_batch(
     answers = parse_batch_output(download_file(client, job["output_file_id"]), teacher.api)
     for key, answer in answers.items():
         if isinstance(answer, Answer):
-            teacher.cache.put(key, answer.text, answer.prompt_tokens, answer.completion_tokens)
+            teacher.cache.put(
+                key, answer.text, answer.prompt_tokens, answer.completion_tokens, "length" if answer.truncated else None
+            )
     return answers
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from recipe.artifacts import PromptFormat, TrainedModel
 from recipe.errors import RecipeError
-from recipe.providers.http import APIError, Client
+from recipe.providers.http import RECONCILE_WINDOW_S, SETTLE_POLL_S, APIError, Client, reconcile
 from recipe.providers.local.server import ManagedServer, embedded_gguf, model_server, serving_engine
 from recipe.providers.model_client import completion_request
 from recipe.providers.together import cheapest_hardware, hardware_usd_per_hour, unless_gone, wait_endpoint_started
@@ -127,12 +127,14 @@ class DedicatedEndpoints:
             return None
         if not record.get("id"):  # intent only
             found = self._find(record["display_name"], record["model"])
-            if found is None:
+            if not found:
                 return None
-            log.warning("found Together endpoint %s created before a crash: adopting it", found["id"])
-            record = {**record, "id": found["id"], "name": found.get("name"), "adopted": True}
+            log.warning("found Together endpoint %s created before a crash: adopting it", found[0]["id"])
+            record = {**record, "id": found[0]["id"], "name": found[0].get("name"), "adopted": True}
+            record["reconcile_until"] = time.time() + RECONCILE_WINDOW_S
             self.store.put_record(self.kind, key, record)
-        return record
+        self.reconcile(key)
+        return self.store.record(self.kind, key)
 
     def alive(self, key: str, record: dict[str, Any]) -> dict[str, Any] | None:
         """The recorded endpoint as Together reports it; None (and the record marked deleted) when
@@ -153,22 +155,51 @@ class DedicatedEndpoints:
         body = {**body, "hardware": hardware, "display_name": display_name}
         intent = {"display_name": display_name, "model": body["model"], "hardware": hardware, "sent": time.time()}
         self.store.put_record(self.kind, key, intent)
-        endpoint = self.client.create(
-            "endpoints", body, find=lambda: self._find(display_name, body["model"]), what="dedicated endpoint"
+        created = self.client.create(
+            "endpoints",
+            body,
+            find=lambda: self._find(display_name, body["model"]),
+            discard=self._discard,
+            what="dedicated endpoint",
         )
-        record = {**intent, "id": endpoint["id"], "name": endpoint.get("name"), "created": time.time()}
+        endpoint = created.value
+        record = {**intent, "id": created.id, "name": endpoint.get("name"), "created": time.time()}
+        if created.resent:  # an earlier attempt may still land: keep reconciling while it could
+            record["reconcile_until"] = time.time() + RECONCILE_WINDOW_S
         self.store.put_record(self.kind, key, record)
-        log.info("created Together endpoint %s on %s", endpoint["id"], hardware)
+        log.info("created Together endpoint %s on %s", created.id, hardware)
         return record
 
-    def _find(self, display_name: str, model: str) -> dict[str, Any] | None:
+    def _find(self, display_name: str, model: str) -> list[dict[str, Any]]:
+        """Endpoints made from one intent (its display name carries the record key), newest first."""
         listed = self.client.get_json("endpoints", type="dedicated", mine="true").get("data") or []
+        found = []
         for item in listed:
             if item.get("model") == model:
-                endpoint = self.get(item["id"])
-                if endpoint.get("display_name") == display_name:
-                    return endpoint
-        return None
+                endpoint = unless_gone(lambda item=item: self.get(item["id"]))
+                if endpoint is not None and endpoint.get("display_name") == display_name:
+                    found.append(endpoint)
+        return sorted(found, key=lambda e: str(e.get("created_at", "")), reverse=True)
+
+    def _discard(self, endpoint: dict[str, Any]) -> None:
+        unless_gone(lambda: self.client.request("DELETE", f"endpoints/{endpoint['id']}"))
+
+    def reconcile(self, key: str) -> None:
+        """While a re-sent create's earlier attempt may still land, delete every endpoint made from
+        this record's intent but the recorded one (an endpoint costs by the minute: deleted at once)."""
+        record = self.store.record(self.kind, key) or {}
+        if not record.get("id") or record.get("deleted") or time.time() > record.get("reconcile_until", 0):
+            return
+        deleted = reconcile(
+            lambda: self._find(record["display_name"], record["model"]),
+            record["id"],
+            self._discard,
+            "dedicated endpoint",
+        )
+        if deleted:
+            self.store.put_record(
+                self.kind, key, {**record, "deleted_duplicates": [*record.get("deleted_duplicates", []), *deleted]}
+            )
 
     def get(self, endpoint_id: str) -> dict[str, Any]:
         return self.client.get_json(f"endpoints/{endpoint_id}")
@@ -180,8 +211,21 @@ class DedicatedEndpoints:
     def set_state(self, endpoint_id: str, state: str) -> dict[str, Any]:
         return self.client.request("PATCH", f"endpoints/{endpoint_id}", json={"state": state}).json()
 
-    def wait_started(self, endpoint_id: str) -> dict[str, Any]:
-        return wait_endpoint_started(self.client, endpoint_id, self.poll_s, self.progress)
+    def wait_started(self, endpoint_id: str, key: str | None = None) -> dict[str, Any]:
+        """Poll until STARTED; with the record's `key`, duplicates of a re-sent create are deleted as
+        they land, and after a re-send the wait lasts at least as long as the first attempt was given
+        to settle after the re-send (an endpoint left behind would bill by the minute; should one land
+        later still, the next run's look-up deletes it, and its inactive_timeout stops it meanwhile)."""
+        each = (lambda: self.reconcile(key)) if key is not None else None
+        endpoint = wait_endpoint_started(self.client, endpoint_id, self.poll_s, self.progress, each)
+        record = self.store.record(self.kind, key) if key is not None else None
+        if record and record.get("reconcile_until"):  # a re-sent create: the first had this long, and gets it again
+            created = record.get("created", 0)
+            until = created + max(self.client.settle_s(), created - record.get("sent", created))
+            while time.time() < until:
+                time.sleep(min(SETTLE_POLL_S, max(0.0, until - time.time())))
+                self.reconcile(key)  # type: ignore[arg-type]
+        return endpoint
 
     def delete(self, key: str, record: dict[str, Any]) -> bool:
         """Delete the recorded endpoint; False when Together had no such endpoint any more."""
@@ -208,7 +252,7 @@ def temporary_endpoint(endpoints: DedicatedEndpoints, model: str, hardware: str 
         }
         record = endpoints.create(key, body)
     try:
-        yield endpoints.wait_started(record["id"])
+        yield endpoints.wait_started(record["id"], key)
     finally:
         try:
             endpoints.delete(key, record)

@@ -14,7 +14,7 @@ import requests
 from tqdm import tqdm
 
 from recipe.errors import RecipeError
-from recipe.providers.http import RETRY_STATUSES, APIError, Client
+from recipe.providers.http import RETRY_STATUSES, APIError, Client, reconcile
 
 T = TypeVar("T")
 BATCH_DONE = frozenset({"COMPLETED", "FAILED", "EXPIRED", "CANCELLED"})
@@ -32,23 +32,34 @@ def upload_batch_file(client: Client, path: Path) -> str:
     return str(response["id"])
 
 
-def create_batch(client: Client, input_file_id: str, endpoint: str) -> dict[str, Any]:
+def create_batch(
+    client: Client, input_file_id: str, endpoint: str
+) -> tuple[dict[str, Any], Callable[[], object] | None]:
     """Create a batch job, never twice for one input file (see Client.create): after an ambiguous
-    failure, or for a create sent before a crash, the batch made from `input_file_id` is adopted."""
+    failure, or for a create sent before a crash, the batch made from `input_file_id` is adopted; a
+    duplicate of a re-sent create is cancelled. (the batch, and when an earlier attempt may still
+    land, what to call while waiting on it: it cancels such late duplicates)."""
 
-    def find() -> dict[str, Any] | None:
+    def find() -> list[dict[str, Any]]:
         listed = client.request("GET", "batches").json()
         jobs = listed if isinstance(listed, list) else listed.get("data") or []
-        mine = [j for j in jobs if j.get("input_file_id") == input_file_id]
-        return max(mine, key=lambda j: str(j.get("created_at", ""))) if mine else None
+        mine = [j for j in jobs if j.get("input_file_id") == input_file_id and j.get("status") != "CANCELLED"]
+        return sorted(mine, key=lambda j: str(j.get("created_at", "")), reverse=True)
+
+    def cancel(job: dict[str, Any]) -> None:
+        unless_gone(lambda: client.post_json(f"batches/{job['id']}/cancel", {}))
 
     found = find()  # a create sent before a crash may have made it already
-    if found is not None:
-        return found
-    response = client.create(
-        "batches", {"input_file_id": input_file_id, "endpoint": endpoint}, find=find, what="batch job"
+    if found:
+        keep = str(found[0]["id"])
+        reconcile(find, keep, cancel, "batch job")
+        return found[0], lambda: reconcile(find, keep, cancel, "batch job")
+    created = client.create(
+        "batches", {"input_file_id": input_file_id, "endpoint": endpoint}, find=find, discard=cancel, what="batch job"
     )
-    return response.get("job", response)  # BatchJobWithWarning wraps the job
+    job = created.value.get("job", created.value)  # BatchJobWithWarning wraps the job
+    later = (lambda: reconcile(find, str(job["id"]), cancel, "batch job")) if created.resent else None
+    return job, later
 
 
 def get_batch(client: Client, batch_id: str) -> dict[str, Any]:
@@ -156,7 +167,7 @@ def upload_fine_tune_file(
     size = path.stat().st_size
     form = {"purpose": "fine-tune", "file_name": path.name, "file_type": "jsonl"}
     if size <= multipart_threshold:
-        response = client.request("POST", "files", data=form, allow_redirects=False)
+        response = client.request("POST", "files", data=form, expect_redirect=True)
         if response.status_code != 302 or "Location" not in response.headers:
             raise APIError(f"POST files: expected a 302 redirect to the upload URL, got HTTP {response.status_code}")
         file_id = response.headers["X-Together-File-Id"]
@@ -264,11 +275,16 @@ def hardware_usd_per_hour(client: Client, model: str, hardware: str) -> float | 
     return None
 
 
-def wait_endpoint_started(client: Client, endpoint_id: str, poll_s: float, progress: bool) -> dict[str, Any]:
-    """Poll an endpoint until it is STARTED (its state shown on a progress line); ERROR raises."""
+def wait_endpoint_started(
+    client: Client, endpoint_id: str, poll_s: float, progress: bool, each: Callable[[], object] | None = None
+) -> dict[str, Any]:
+    """Poll an endpoint until it is STARTED (its state shown on a progress line), calling `each` at
+    every poll; ERROR raises."""
     with tqdm(desc=f"endpoint {endpoint_id}", bar_format="{desc}: {postfix}", disable=not progress) as bar:
         while True:
             endpoint = client.get_json(f"endpoints/{endpoint_id}")
+            if each is not None:
+                each()
             bar.set_postfix_str(endpoint.get("state", "?"))
             if endpoint.get("state") == ENDPOINT_READY:
                 return endpoint

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from recipe.artifacts import Planned
 from recipe.errors import RecipeError
-from recipe.providers.http import APIError, Client
+from recipe.providers.http import RECONCILE_WINDOW_S, APIError, Client, reconcile
 from recipe.providers.together import (
     FINE_TUNE_DONE,
     cancel_fine_tune,
@@ -133,12 +133,19 @@ class TogetherFineTuner:
         if record is None:
             return None
         if not record.get("job_id"):  # intent only: did the create reach Together?
-            job = self._find(body, set(record.get("previous_job_ids", [])))
-            if job is None:
+            found = self._matches(body, set(record.get("previous_job_ids", [])))
+            if not found:
                 return None
+            job = found[0]
             log.warning("found Together fine-tune %s created for this config before a crash: adopting it", job["id"])
-            self.store.put_record(JOBS, key, {**record, "job_id": job["id"], "adopted": True})
-            return get_fine_tune(self.client, job["id"])
+            record = {
+                **record,
+                "job_id": job["id"],
+                "adopted": True,
+                "reconcile_until": time.time() + RECONCILE_WINDOW_S,
+            }
+            self.store.put_record(JOBS, key, record)
+        self.reconcile(body)  # a create re-sent before may have landed twice
         job = unless_gone(lambda: get_fine_tune(self.client, record["job_id"]))
         if job is not None:
             return job
@@ -186,18 +193,52 @@ class TogetherFineTuner:
         # The intent first: if we die before Together's answer is recorded, a re-run looks the job up.
         intent = {"estimate": estimate, "sent": time.time(), "previous_job_ids": previous, **record_extra}
         self.store.put_record(JOBS, key, intent)
-        job = self.client.create("fine-tunes", body, find=lambda: self._find(body, set(previous)), what="fine-tune job")
-        self.store.put_record(JOBS, key, {**intent, "job_id": job["id"], "created": time.time()})
-        log.info("created Together fine-tune %s", job["id"])
-        return job
+        created = self.client.create(
+            "fine-tunes",
+            body,
+            find=lambda: self._matches(body, set(previous)),
+            discard=lambda job: cancel_fine_tune(self.client, job["id"]),
+            what="fine-tune job",
+        )
+        record = {**intent, "job_id": created.id, "created": time.time()}
+        if created.resent:  # an earlier attempt may still land: keep reconciling while it could
+            record["reconcile_until"] = time.time() + RECONCILE_WINDOW_S
+        self.store.put_record(JOBS, key, record)
+        log.info("created Together fine-tune %s", created.id)
+        return created.value
 
-    def _find(self, body: dict[str, Any], exclude: set[str]) -> dict[str, Any] | None:
-        """A job on Together made from this body (same files, model, suffix and schedule) that is
-        not one of `exclude`; the newest when there are several."""
+    def _matches(self, body: dict[str, Any], exclude: set[str]) -> list[dict[str, Any]]:
+        """Jobs on Together made from this body (same files, model, suffix and schedule) that are not
+        one of `exclude` and not cancelled, newest first."""
         jobs = self.client.get_json("fine-tunes").get("data") or []
         keys = [k for k in MATCH_KEYS if k in body]
-        matches = [j for j in jobs if j.get("id") not in exclude and all(j.get(k) == body[k] for k in keys)]
-        return max(matches, key=lambda j: str(j.get("created_at", ""))) if matches else None
+        matches = [
+            j
+            for j in jobs
+            if j.get("id") not in exclude
+            and j.get("status") not in ("cancelled", "cancel_requested")
+            and all(j.get(k) == body[k] for k in keys)
+        ]
+        return sorted(matches, key=lambda j: str(j.get("created_at", "")), reverse=True)
+
+    def reconcile(self, body: dict[str, Any]) -> None:
+        """While a re-sent create's earlier attempt may still land, cancel every job made from this
+        body but the recorded one (a pending job costs nothing; cancelled at once, it never will)."""
+        key = self.job_key(body)
+        record = self.store.record(JOBS, key) or {}
+        if not record.get("job_id") or time.time() > record.get("reconcile_until", 0):
+            return
+        previous = set(record.get("previous_job_ids", []))
+        cancelled = reconcile(
+            lambda: self._matches(body, previous),
+            record["job_id"],
+            lambda job: cancel_fine_tune(self.client, job["id"]),
+            "fine-tune job",
+        )
+        if cancelled:
+            self.store.put_record(
+                JOBS, key, {**record, "cancelled_duplicates": [*record.get("cancelled_duplicates", []), *cancelled]}
+            )
 
     def estimate_of(self, body: dict[str, Any]) -> dict[str, Any] | None:
         record = self.store.record(JOBS, self.job_key(body))
@@ -206,8 +247,9 @@ class TogetherFineTuner:
     def cancel(self, job_id: str) -> None:
         cancel_fine_tune(self.client, job_id)
 
-    def follow(self, job_id: str) -> dict[str, Any]:
-        """Poll until a terminal status, logging new events and showing steps; the final job."""
+    def follow(self, job_id: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Poll until a terminal status, logging new events and showing steps; the final job. With
+        the job's `body`, duplicates of a re-sent create are cancelled as they land (see reconcile)."""
         s = self.settings
         interval = s.poll_s
         seen = failures = 0
@@ -217,6 +259,8 @@ class TogetherFineTuner:
                 try:
                     job = get_fine_tune(self.client, job_id)
                     events = fine_tune_events(self.client, job_id)
+                    if body is not None:
+                        self.reconcile(body)
                     failures = 0
                 except APIError as e:
                     failures += 1
@@ -277,11 +321,11 @@ def billed_tokens(
             return None, f"the mixture's examples are unknown ({label})"
         per = max_seq_length
         train, held = size.examples * per, size.eval_examples * per
-        how = f"{size.examples} examples x max_seq_length {per}, packing off"
+        how = f"{size.examples:,} examples x max_seq_length {per:,}, packing off"
     else:
         if size.tokens is None or (n_evals and size.eval_examples and size.eval_tokens is None):
             return None, f"the mixture's tokens are unknown ({label})"
-        train, held, how = size.tokens, size.eval_tokens or 0, f"{size.tokens} tokens ({label})"
+        train, held, how = size.tokens, size.eval_tokens or 0, f"{size.tokens:,} tokens ({label})"
     return n_epochs * train + n_evals * held, f"{n_epochs} epochs x {how}" + (
-        f", + {n_evals} evals x {held}" if n_evals and held else ""
+        f", + {n_evals} evals x {held:,}" if n_evals and held else ""
     )

@@ -1,0 +1,421 @@
+"""The next round of faults: answers paid twice across processes, budgets at concurrency, answers
+that are not answers, redirects that would carry a prompt or a create elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from recipe.errors import RecipeError
+from recipe.runner import run
+
+from .conftest import RECIPE, TOGETHER_KEY
+from .fake_together import FakeTogether
+from .test_distill import conversations
+from .test_distill import together as distill_cfg
+from .test_train import train_cfg
+
+
+def sent_bodies(fake: FakeTogether) -> list[str]:
+    return [json.dumps(r.body, sort_keys=True) for r in fake.posts("/v1/completions")]
+
+
+def distill_args(tmp_path: Path, store: str, *extra: str) -> list[str]:
+    return [
+        RECIPE,
+        "stages=[distill]",
+        "mix=samples",
+        "distill=together",
+        "distill.source=sharegpt_sample",
+        "distill.max_turns=3",
+        "distill.progress=false",
+        f"store_dir={tmp_path / store}",
+        f"distill.cache_path={tmp_path / 'shared-cache.sqlite'}",
+        *extra,
+    ]
+
+
+# ---- 2. two processes never pay for the same answer -----------------------------------------------
+
+
+def test_two_processes_sharing_a_cache_pay_for_each_answer_once(tmp_path: Path, fake: FakeTogether, spawn) -> None:
+    """Two runs with different stores (two sweeps, two terminals) on one request cache."""
+    fake.delay_s = 0.05
+    env = {**os.environ, "TOGETHER_API_KEY": TOGETHER_KEY, "TOGETHER_BASE_URL": fake.base_url}
+    runs = [
+        spawn(distill_args(tmp_path, f"store{i}", "distill.concurrency=8"), cwd=tmp_path, env=env) for i in range(2)
+    ]
+    assert [p.wait(timeout=600) for p in runs] == [0, 0]
+    bodies = sent_bodies(fake)
+    assert len(bodies) > 40 and len(bodies) == len(set(bodies))  # every answer bought once
+    made = [next((tmp_path / f"store{i}" / "distill").glob("*/conversations.jsonl")).read_bytes() for i in range(2)]
+    assert made[0] == made[1] and made[0].count(b"\n") > 30  # both got every conversation, the same answers
+
+
+def test_resends_after_crashes_are_counted_across_every_crash(tmp_path: Path, fake: FakeTogether, spawn) -> None:
+    """Three kill -9s in a row, then a run to the end: its manifest counts every request that was on
+    the wire at any of the kills and was sent again (what the server saw twice)."""
+    fake.delay_s = 0.4
+    env = {**os.environ, "TOGETHER_API_KEY": TOGETHER_KEY, "TOGETHER_BASE_URL": fake.base_url}
+    args = distill_args(tmp_path, "store", "distill.concurrency=4")
+    for _ in range(3):
+        before = len(fake.posts("/v1/completions"))
+        proc = spawn(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while len(fake.posts("/v1/completions")) < before + 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        time.sleep(0.5)  # the requests the dead process left on the wire reach the server
+    fake.delay_s = 0
+    subprocess.run(args, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=600)
+    bodies = sent_bodies(fake)
+    resent = len(bodies) - len(set(bodies))  # what the server read twice
+    (manifest,) = [json.loads(p.read_text()) for p in (tmp_path / "store" / "distill").glob("*/manifest.json")]
+    # Every request that had left when a run died and was sent again; one cut before the server read
+    # it whole (the fake drops those unrecorded) counts too: it was sent again. At most 4 a kill.
+    assert resent >= 3 and resent <= manifest["resent_after_crash"] <= resent + 3 * 4
+
+
+# ---- 3. a budget is a ceiling, also at concurrency 32 --------------------------------------------
+
+
+def worst_usage(body: dict, text: str) -> tuple[int, int]:
+    """A server that bills a prompt at a token per byte and every answer at its max_tokens."""
+    prompt = json.dumps(body.get("messages") if "messages" in body else body["prompt"], ensure_ascii=False)
+    return len(prompt.encode()), body["max_tokens"]
+
+
+def test_a_distill_budget_is_a_ceiling_at_concurrency_32(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    fake.usage, fake.finish_reason = worst_usage, lambda body: "length"
+    fake.delay_s = 0.05
+    prices = ("distill.prices.input_per_mtok=1000", "distill.prices.output_per_mtok=1000")
+    cfg = distill_cfg(
+        make_cfg,
+        tmp_path,
+        *prices,
+        "distill.max_conversations=40",
+        "distill.sampling.max_tokens=256",
+        "distill.budget.max_usd=2",
+        "distill.concurrency=32",
+        "preflight=warn",  # the plan is over the budget too: this tests the budget during the run
+    )
+    with pytest.raises(RecipeError, match=r"distill.budget.max_usd=2(\.0)? reached"):
+        run(cfg, run_dir=tmp_path)
+    spent = sum(sum(worst_usage(r.body, "")) * 1000 / 1e6 for r in fake.posts("/v1/completions"))
+    entry = json.loads((tmp_path / "run.json").read_text())["stages"]["distill"]
+    assert 0 < spent <= 2 and entry["cost_usd"] == pytest.approx(spent)
+
+
+def test_a_test_budget_is_a_ceiling_at_concurrency_32(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    from .test_eval import answer_and_judge, together_test
+
+    fake.answer, fake.usage = answer_and_judge, worst_usage
+    priced = ("test.prices.input_per_mtok=1000", "test.prices.output_per_mtok=1000", "test.concurrency=32")
+    cfg = together_test(
+        make_cfg, f"test.cache_path={tmp_path}/cache.sqlite", *priced, "test.budget.max_usd=3", "preflight=warn"
+    )
+    with pytest.raises(RecipeError, match=r"test.budget.max_usd=3(\.0)?: the budget is spent"):
+        run(cfg, run_dir=tmp_path)
+    chats = fake.posts("/v1/chat/completions") + fake.posts("/v1/completions")
+    spent = sum(sum(worst_usage(r.body, "")) * 1000 / 1e6 for r in chats)
+    assert 0 < spent <= 3
+
+
+# ---- 5. teacher answers that are not answers -------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["html", "stream", "null"])
+def test_an_answer_that_is_not_one_is_retried_and_never_cached(
+    make_cfg, tmp_path: Path, fake: FakeTogether, kind: str
+) -> None:
+    fake.bad_answer(kind, times=2, paths=("/v1/chat/completions",))
+    record = run(distill_cfg(make_cfg, tmp_path, "distill.teacher.api=chat"), run_dir=tmp_path)
+    assert record["stages"]["distill"]["status"] == "ok"
+    convs = conversations(record)
+    assert all(m["content"].startswith("answer ") for c in convs for m in c["messages"] if m["role"] == "assistant")
+    manifest = json.loads((Path(record["stages"]["distill"]["artifact"]) / "manifest.json").read_text())
+    assert manifest["retries"] >= 2
+
+
+def test_a_server_that_never_answers_fails_its_conversations_and_the_run_goes_on(
+    make_cfg, tmp_path: Path, fake: FakeTogether
+) -> None:
+    fake.bad_answer("null", times=1000, paths=("/v1/chat/completions",))
+    overrides = ("distill.teacher.api=chat", "distill.max_retries=1", "distill.max_failure_share=1.0")
+    record = run(distill_cfg(make_cfg, tmp_path, *overrides), run_dir=tmp_path)
+    manifest = json.loads((Path(record["stages"]["distill"]["artifact"]) / "manifest.json").read_text())
+    assert manifest["conversations"]["distilled"] == 0 and manifest["conversations"]["failed"] == 6
+    fake.clear_faults()  # fixed: asked again, since nothing that was not an answer was cached
+    again = run(distill_cfg(make_cfg, tmp_path, *overrides, f"store_dir={tmp_path / 's2'}"), run_dir=tmp_path)
+    assert len(conversations(again)) == 6
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_answers_cut_at_max_tokens_are_counted_and_a_key_decides(
+    make_cfg, tmp_path: Path, fake: FakeTogether, keep: bool
+) -> None:
+    fake.finish_reason = lambda body: "length" if "haiku" in json.dumps(body).lower() else "stop"
+    record = run(
+        distill_cfg(make_cfg, tmp_path, "distill.max_conversations=12", f"distill.keep_truncated={keep}"),
+        run_dir=tmp_path,
+    )
+    manifest = json.loads((Path(record["stages"]["distill"]["artifact"]) / "manifest.json").read_text())
+    cut = manifest["truncated"]
+    assert cut["answers"] >= 1 and cut["conversations"] >= 1 and cut["kept"] is keep
+    written = conversations(record)
+    assert any("haiku" in json.dumps(c).lower() for c in written) is keep
+    assert manifest["conversations"]["truncated_left_out"] == (0 if keep else cut["conversations"])
+
+
+# ---- 6. redirects ----------------------------------------------------------------------------------
+
+
+def test_a_redirect_never_carries_a_prompt_or_a_create_to_another_host(
+    make_cfg, tmp_path: Path, fake: FakeTogether
+) -> None:
+    with FakeTogether() as elsewhere:
+        fake.redirect(f"{elsewhere.base_url}/chat/completions", times=100, paths=("/v1/chat/completions",))
+        overrides = ("distill.teacher.api=chat", "distill.max_retries=0", "distill.max_failure_share=1.0")
+        record = run(distill_cfg(make_cfg, tmp_path, *overrides), run_dir=tmp_path)
+        manifest = json.loads((Path(record["stages"]["distill"]["artifact"]) / "manifest.json").read_text())
+        assert (
+            manifest["failed"]
+            and f"redirected to {elsewhere.base_url}/chat/completions" in manifest["failed"][0]["error"]
+        )
+        fake.clear_faults()
+        fake.redirect(f"{elsewhere.base_url}/fine-tunes", times=10, paths=("/v1/fine-tunes",), status=308)
+        with pytest.raises(RecipeError, match=r"redirected to http://127\.0\.0\.1:\d+/v1/fine-tunes: not followed"):
+            run(train_cfg(make_cfg), run_dir=tmp_path)
+        assert elsewhere.requests == [] and fake.jobs == {}  # nothing reached the other host; no job adopted
+
+
+# ---- 4. what is reused is what was made -------------------------------------------------------------
+
+
+def artifact_dir(record: dict, stage: str) -> Path:
+    return Path(record["stages"][stage]["artifact"])
+
+
+def test_a_mixture_edited_after_it_was_made_is_never_uploaded(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    first = run(train_cfg(make_cfg), run_dir=tmp_path)
+    mixture = artifact_dir(first, "mix") / "mixture.jsonl"
+    original = mixture.read_bytes()
+    edited = original.replace(b"a", b"e", 1)  # by hand, still valid JSON, the same size
+    mixture.write_bytes(edited)
+    # Train alone reads the mixture from the store: refused, naming the file, before any request.
+    sent = len(fake.requests)
+    with pytest.raises(
+        RecipeError, match=r"the mix artifact \w+ that train reads is damaged: .*mixture\.jsonl changed"
+    ):
+        run(train_cfg(make_cfg, "stages=[train]", "train.n_epochs=2"), run_dir=tmp_path)
+    assert len(fake.requests) == sent
+    # With Mix in the run, it is built again; what is uploaded is what Mix made.
+    again = run(train_cfg(make_cfg, "train.n_epochs=2"), run_dir=tmp_path)
+    assert not again["stages"]["mix"]["cache_hit"] and mixture.read_bytes() == original
+    assert all(edited != data for data in fake.files.values())
+
+
+def test_bytes_that_leave_the_machine_are_hashed_again_before_they_go(
+    make_cfg, tmp_path: Path, fake: FakeTogether
+) -> None:
+    """An edit that keeps the size and the modification time (the cheap check passes) is still
+    caught before the upload: the bytes are hashed against the manifest."""
+    as_is = ("train.format=mixture", "mix.template=llama2_inst")  # mixture.jsonl goes as it is
+    first = run(train_cfg(make_cfg, *as_is), run_dir=tmp_path)
+    mixture = artifact_dir(first, "mix") / "mixture.jsonl"
+    st = mixture.stat()
+    mixture.write_bytes(mixture.read_bytes().replace(b"a", b"e", 1))
+    os.utime(mixture, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(RecipeError, match=r"mixture\.jsonl: its sha256 is not the one the mix artifact recorded"):
+        run(train_cfg(make_cfg, *as_is, "train.n_epochs=2"), run_dir=tmp_path)
+    assert len(fake.posts("/v1/files")) == 1  # only the first run's upload
+
+
+@pytest.mark.slow
+def test_a_trained_model_with_its_weights_deleted_is_not_a_cache_hit(run_cli, tmp_path: Path, tiny_model_dir) -> None:
+    from .conftest import tiny_common
+
+    run_cli(*tiny_common(tiny_model_dir), "train.max_steps=1")
+    (merged,) = (tmp_path / "outputs" / "store" / "train").glob("*/merged")
+    weights = next(merged.glob("*.safetensors"))
+    weights.unlink()
+    refused = run_cli(*tiny_common(tiny_model_dir), "train.max_steps=1", "stages=[test]", "~deploy", check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"that test reads is damaged: {weights} is missing" in refused.stderr
+    rebuilt = run_cli(*tiny_common(tiny_model_dir), "train.max_steps=1")
+    assert f"train: {weights} is missing: building it again" in rebuilt.stdout and weights.is_file()
+
+
+def test_prune_never_removes_what_a_running_run_reads(run_cli, tmp_path: Path, fake: FakeTogether, spawn) -> None:
+    """A Train that follows a slow job reads the Mix artifact all along: prune --unused-for 0 keeps it."""
+    fake.job_steps = 40
+    env = {**os.environ, "TOGETHER_API_KEY": TOGETHER_KEY, "TOGETHER_BASE_URL": fake.base_url}
+    train = spawn(
+        [
+            RECIPE,
+            "stages=[mix,train]",
+            "mix=samples",
+            "train=together_lora",
+            "train.poll_s=0.1",
+            "train.progress=false",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not fake.jobs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fake.jobs, "the job was never created"
+    pruned = run_cli("store", "prune", "--unused-for", "0").stdout
+    (mix,) = (tmp_path / "outputs" / "store" / "mix").glob("*/manifest.json")
+    assert f"skipped mix/{mix.parent.name}: in use (locked)" in pruned and mix.is_file()
+    assert train.wait(timeout=300) == 0
+    pruned = run_cli("store", "prune", "--unused-for", "0").stdout
+    assert f"removed mix/{mix.parent.name}" in pruned  # no run reads it now
+
+
+def processes_marked(mark: str) -> list[int]:
+    """Processes whose environment carries `mark` (a run and everything it started)."""
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mark.encode() in environ.read_bytes():
+                pids.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_kill_9_during_mix_leaves_no_workers_and_prune_clears_its_build(run_cli, tmp_path: Path, spawn) -> None:
+    big = tmp_path / "big.jsonl"
+    with open(big, "w") as f:  # ~130 MB: Mix reads it with worker processes
+        for i in range(400_000):
+            f.write(json.dumps({"prompt": f"Question {i}: " + "words " * 40, "completion": f"Answer {i}"}) + "\n")
+    mark = f"RECIPE_TEST_MARK_{os.getpid()}_{time.monotonic_ns()}"
+    env = {**os.environ, mark: "1"}
+    args = [
+        RECIPE,
+        "stages=[mix]",
+        "mix=samples",
+        "mix.workers=2",
+        "+source@sources.big=booksum_sample",
+        f"sources.big.data_files=[{big}]",
+        "mix.components.booksum.source=big",
+    ]
+    proc = spawn(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = tmp_path / "outputs" / "store" / "mix"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (list(store.glob(".tmp-*")) and len(processes_marked(mark)) >= 3):
+        time.sleep(0.1)
+    assert list(store.glob(".tmp-*")), "Mix never started building"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while processes_marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_marked(mark) == [], "worker processes outlived the run"
+    pruned = run_cli("store", "prune", "--unused-for", "1000").stdout
+    assert "a build whose builder is gone" in pruned and not list(store.glob(".tmp-*"))
+
+
+# ---- 5 (cont.). recipe-chat: a stream that does not arrive whole ---------------------------------
+
+
+class _BrokenStream:
+    """An OpenAI-compatible server whose streams end early: without [DONE], or cut inside an event."""
+
+    def __init__(self, ending: bytes) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                event = {"choices": [{"index": 0, "delta": {"content": "Canberra is"}}]}
+                body = f"data: {json.dumps(event)}\n\n".encode() + ending
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+    def __enter__(self) -> str:
+        import threading
+
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize(
+    ("ending", "said"),
+    [
+        (b"", "the stream ended without [DONE] or a finish_reason"),
+        (b'data: {"choices": [{"delta": {"cont', "a broken event"),
+    ],
+    ids=["no-done", "mid-json"],
+)
+def test_recipe_chat_says_a_cut_answer_was_cut_and_exits_non_zero(ending: bytes, said: str) -> None:
+    import sys
+
+    with _BrokenStream(ending) as url:
+        chat = subprocess.run(
+            [str(Path(sys.executable).parent / "recipe-chat"), "--url", url, "--model", "m", "Capital of Australia?"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert chat.returncode == 2 and "Canberra is" in chat.stdout
+    assert f"error: the answer was cut: {said}" in chat.stderr and "Traceback" not in chat.stderr
+
+
+# ---- 7. salvage every readable answer -----------------------------------------------------------------
+
+
+def test_a_damaged_cache_keeps_every_row_readable_on_its_own(tmp_path: Path) -> None:
+    import sqlite3
+
+    from recipe.providers.cache import RequestCache
+
+    path = tmp_path / "cache.sqlite"
+    cache = RequestCache(path)
+    for i in range(404):
+        cache.put(f"key-{i}", f"an answer that was paid for, number {i} " * 8, 10, 20)
+    cache.close()
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    middle = (len(data) // page) // 2
+    data[middle * page + 8 : (middle + 1) * page] = b"\xa5" * (page - 8)  # one page of the table overwritten
+    path.write_bytes(bytes(data))
+    # What a reader gets row by row from the damaged file (the reference: SQLite itself, one query a row).
+    copy = tmp_path / "reference.sqlite"
+    copy.write_bytes(bytes(data))
+    db = sqlite3.connect(f"file:{copy}?immutable=1", uri=True)
+    readable = 0
+    for rowid in range(1, 405):
+        try:
+            readable += len(db.execute("SELECT key FROM answers WHERE rowid = ?", (rowid,)).fetchall())
+        except sqlite3.DatabaseError:
+            pass
+    db.close()
+    cache = RequestCache(path)
+    assert cache.salvaged is not None and 300 < readable < 404
+    assert cache.salvaged["answers"] == readable == len(cache)
+    cache.close()
