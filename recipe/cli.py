@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from recipe.config import register_configs
+from recipe.config import register_configs, renamed
 from recipe.errors import RecipeError
 from recipe.runner import run
 from recipe.secrets import mask_printed_secrets
@@ -123,6 +123,8 @@ def config_error(e: BaseException) -> str:
     lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
     message = next((line for line in lines if not line.startswith(("full_key", "reference_type", "object_type"))), "")
     key = getattr(inner, "full_key", None)
+    if key and renamed(key):
+        return f"{key} was renamed: use {renamed(key)}"
     if key and (isinstance(inner, ConfigKeyError | ConfigAttributeError) or re.match(r"Key '.*' not in '", message)):
         return (
             f"{key}: no schema declares this key ({message}); check its spelling (`recipe --cfg job` shows every key)"
@@ -150,7 +152,7 @@ COMMANDS = (
     ("recipe 'stages=[mix]' mix=samples mix.total=40", "some stages, the others' artifacts from the store"),
     ("recipe --cfg job", "the composed config"),
     ("recipe experiment=llama2_7b_32k_instruct dry_run=true", "the seed recipe on Together, planned"),
-    ("recipe experiment=llama2_7b_32k_local dry_run=true", "the seed's training on your GPUs, memory plan"),
+    ("recipe experiment=llama2_7b_32k_local dry_run=true", "the seed's training on your GPUs, memory estimate"),
     (
         "recipe -m 'stages=[distill,mix]' mix.rescale=instructions mix.components.instructions.share=0.4,0.5,0.6",
         "a sweep of one share (the others rescaled; Distill runs once); summary.csv/.md/.png",

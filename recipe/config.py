@@ -49,6 +49,59 @@ def execution_paths(schema: type, prefix: tuple[str, ...] = ()) -> set[tuple[str
     return paths
 
 
+# Keys that were renamed: an override of the old key fails naming the new one.
+RENAMED = {
+    "mix.tokenizer": "mix.token_counter",
+    # the training vocabulary shared by local and Together training: train.args (TrainArgs)
+    **{
+        f"train.{key}": f"train.args.{key}"
+        for key in (
+            "training_type",
+            "lora",
+            "train_on_inputs",
+            "n_epochs",
+            "learning_rate",
+            "lr_scheduler",
+            "warmup_ratio",
+            "max_grad_norm",
+            "weight_decay",
+            "max_seq_length",
+            "packing",
+            "seed",
+        )
+    },
+    "train.random_seed": "train.args.seed",
+    "train.args.lora.trainable_modules": "train.args.lora.target_modules",
+    "train.batch_size": "train.args.global_batch_size (the rows of an optimizer step; locally also train.micro_batch_size)",
+    "train.gradient_accumulation": "train.args.global_batch_size (accumulation follows from it and train.micro_batch_size)",
+}
+
+
+def renamed(key: str) -> str | None:
+    """The new name of a renamed key (prefix-wise: `train.lora.r` and deeper; renames in a row
+    followed: `train.lora.trainable_modules`), or None."""
+    found = None
+    for _ in range(len(RENAMED)):
+        old = next((o for o in RENAMED if key == o or key.startswith(o + ".")), None)
+        if old is None:
+            break
+        key = found = RENAMED[old] + key[len(old) :]
+    return found
+
+
+def check_train_args(args: Any, key: str = "train.args") -> None:
+    """Values the schema's types cannot refuse, named by their keys."""
+    from recipe.errors import RecipeError
+
+    if str(args.train_on_inputs).lower() not in ("auto", "true", "false"):
+        raise RecipeError(f"{key}.train_on_inputs={args.train_on_inputs!r}: use auto, true or false")
+    for name in ("n_epochs", "global_batch_size", "max_seq_length"):
+        if args[name] is not None and args[name] < 1:
+            raise RecipeError(f"{key}.{name}={args[name]}: must be at least 1")
+    if not 0 <= args.lr_scheduler.min_lr_ratio <= 1:
+        raise RecipeError(f"{key}.lr_scheduler.min_lr_ratio={args.lr_scheduler.min_lr_ratio}: must be in [0, 1]")
+
+
 def _field_type(kind: Any) -> Any:
     if typing.get_origin(kind) is typing.Union:  # Optional[SomeConfig]
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
@@ -178,10 +231,11 @@ class MixConfig:
     # Held-out eval split (eval.jsonl), drawn from records not in the mixture, as total*eval_fraction.
     eval_fraction: float = 0.0
     dedupe: bool = True  # drop exact duplicate examples (within and across components)
-    # Token counter for `unit: tokens` and the manifest's totals: approx (UTF-8 bytes / 4) or whitespace.
-    tokenizer: str = "approx"
+    # How tokens are counted for `unit: tokens` and the manifest's totals (no model's tokenizer):
+    # approx (characters / 4) or whitespace (words). recipe/data/tokens.py.
+    token_counter: str = "approx"
     check: bool = True  # run the Together file check on the output files
-    # Keep the Test suites' prompts out of the mixture (recipe/test/contamination.py).
+    # Keep the Test suites' prompts out of the mixture (recipe/data/contamination.py).
     decontaminate: DecontaminateConfig = field(default_factory=lambda: DecontaminateConfig())
     progress: bool = execution(True)  # show progress bars
     workers: int = execution(0)  # processes reading large JSON Lines sources; 0 = one per CPU
@@ -279,7 +333,8 @@ class DistillConfig:
     # kept every answer) or left out; either way counted in the manifest and warned about.
     keep_truncated: bool = True
     batch_poll_s: float = execution(10.0)
-    cache_path: str = execution("outputs/cache/teacher.sqlite")  # shared by runs: answers are never bought twice
+    # Shared by runs and with Test: answers are never bought twice (an old outputs/cache/teacher.sqlite is adopted).
+    cache_path: str = execution("outputs/cache/requests.sqlite")
     progress: bool = execution(True)
     # Conversations whose human turns hold a Test suite's prompt: by default Mix's settings, so no
     # answer is bought for a prompt that Mix would then drop.
@@ -313,17 +368,42 @@ class Download(Enum):
 
 @dataclass
 class LoraConfig:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    trainable_modules: str = "all-linear"
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str = "all-linear"  # or a comma-separated list of module names (Together: lora_trainable_modules)
 
 
 @dataclass
 class LRSchedulerConfig:
     type: LRSchedulerType = LRSchedulerType.linear
-    min_lr_ratio: float = 0.0
-    num_cycles: float = 0.5  # cosine only
+    min_lr_ratio: float = 0.0  # the rate decays to learning_rate x this
+    num_cycles: float = 0.5  # cosine only: 0.5 is one half cosine from the peak to the floor
+
+
+@dataclass
+class TrainArgs:
+    """The training arguments local and Together training share (`train.args`), one name and one
+    type each (litgpt's TrainArgs is the model): the same object is handed to the local trainer and
+    shaped into Together's fine-tune request."""
+
+    training_type: TrainingType = TrainingType.lora
+    lora: LoraConfig = field(default_factory=LoraConfig)  # training_type=lora only
+    # Loss on the prompt's tokens too: auto | true | false (auto: Together decides; locally: false).
+    train_on_inputs: str = "auto"
+    n_epochs: int = 1
+    # Rows per optimizer step, over every device (Together's batch_size); null = Together's largest
+    # ("max"), or locally micro_batch_size x devices (no accumulation).
+    global_batch_size: Optional[int] = None
+    learning_rate: float = 1e-5
+    lr_scheduler: LRSchedulerConfig = field(default_factory=LRSchedulerConfig)
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    # Tokens per row; null = the model's own limit on Together (required locally).
+    max_seq_length: Optional[int] = None
+    packing: bool = True  # pack examples into max_seq_length rows, no attention across examples
+    seed: Optional[int] = 0  # data order and initialisation (Together: random_seed); null = not set
 
 
 @dataclass
@@ -341,28 +421,16 @@ class WandbConfig:
 class TogetherTrainConfig:
     """Train on Together: check, upload (deduplicated), price, create once, follow, download."""
 
-    _target_: str = "recipe.stages.train.TogetherTrain"
+    _target_: str = "recipe.stages.train_together.TogetherTrain"
     model: str = "togethercomputer/LLaMA-2-7B-32K"
     # How the upload file is rendered for `model` (recorded in the train artifact; Test prompts the
     # tuned and base models the same way): auto | messages | text | mixture.
     format: UploadFormat = UploadFormat.auto
     template: Optional[str] = None  # format=text: llama2_inst | chatml | custom; null = the model's known one
-    training_type: TrainingType = TrainingType.lora
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    train_on_inputs: str = "auto"  # auto | true | false
-    n_epochs: int = 1
+    args: TrainArgs = field(default_factory=TrainArgs)
     n_checkpoints: int = 1
     n_evals: int = 0  # > 0 sends the mixture's eval split as validation_file
-    batch_size: str = "max"  # an integer, or "max"
-    learning_rate: float = 1e-5
-    lr_scheduler: LRSchedulerConfig = field(default_factory=LRSchedulerConfig)
-    warmup_ratio: float = 0.0
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
     suffix: Optional[str] = None  # at most 40 characters
-    packing: bool = True
-    max_seq_length: Optional[int] = None
-    random_seed: Optional[int] = None
     from_checkpoint: Optional[str] = None
     wandb: WandbConfig = field(default_factory=WandbConfig)
     budget: BudgetConfig = execution(factory=BudgetConfig)
@@ -388,14 +456,6 @@ class Device(Enum):
     auto = "auto"  # CUDA when available, else CPU
     cpu = "cpu"
     cuda = "cuda"
-
-
-@dataclass
-class LocalLoraConfig:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: str = "all-linear"  # or a comma-separated list of module names
 
 
 class Strategy(Enum):
@@ -428,29 +488,18 @@ class LocalTrainConfig:
     _target_: str = "recipe.stages.train_local.LocalTrain"
     # null = the embedded SmolLM2-135M-Instruct GGUF (dequantised); else a local HF directory or hub id.
     model: Optional[str] = None
-    training_type: TrainingType = TrainingType.lora
     # null = the model's chat template; llama2_inst | chatml | ... renders text between BOS and EOS
     # (a base model without a chat template: the seed's LLaMA-2-7B-32K was trained in llama2_inst).
     template: Optional[str] = None
-    lora: LocalLoraConfig = field(default_factory=LocalLoraConfig)
-    train_on_inputs: bool = False  # loss on assistant tokens only unless true
-    max_seq_length: int = 512
-    packing: bool = True  # pack examples into max_seq_length rows, no attention across examples
-    batch_size: int = 2  # rows per micro-batch
-    gradient_accumulation: int = 1
-    learning_rate: float = 2e-4
-    lr_scheduler: LRSchedulerType = LRSchedulerType.linear
-    warmup_ratio: float = 0.1
-    n_epochs: int = 2
+    args: TrainArgs = field(default_factory=TrainArgs)
+    # Rows per device per forward pass; args.global_batch_size / (micro_batch_size x devices x nodes)
+    # micro-batches are accumulated into each optimizer step.
+    micro_batch_size: int = 2
     max_steps: Optional[int] = None  # stop early after this many optimizer steps
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
     device: Device = execution(Device.auto)
     checkpoint_every: int = execution(5)  # optimizer steps between resumable checkpoints
     # > 1: data parallel over this many processes through torchrun: one per GPU with device=cuda
-    # (NCCL), or CPU processes (gloo). Each optimizer step then takes batch_size x gradient_accumulation
-    # rows on every process.
+    # (NCCL), or CPU processes (gloo); each takes its share of every optimizer step's rows.
     devices: int = 1
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     # ddp: data parallel, each device holds the whole model; fsdp: FSDP2, sharded, bf16 compute with
@@ -460,7 +509,7 @@ class LocalTrainConfig:
     activation_checkpointing: bool = execution(False)
     offload_optimizer: bool = execution(False)  # fsdp: weights, gradients and optimizer state in CPU memory
     attn_implementation: AttnImplementation = execution(AttnImplementation.auto)
-    # The memory plan is checked against this before training; null = the detected GPU's (none on CPU).
+    # The memory estimate is checked against this before training; null = the detected GPU's (none on CPU).
     gpu_memory_gb: Optional[float] = execution(None)
     progress: bool = execution(True)
 
@@ -568,7 +617,7 @@ class ContaminationAction(Enum):
 
 @dataclass
 class DecontaminateConfig:
-    """Training examples that contain a Test suite's prompt (rules and sources: recipe/test/contamination.py)."""
+    """Training examples that contain a Test suite's prompt (rules and sources: recipe/data/contamination.py)."""
 
     enabled: bool = True
     action: ContaminationAction = ContaminationAction.drop
@@ -612,9 +661,9 @@ class TestConfig:
     heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
     temperature: float = 0.0
     seed: Optional[int] = 0
-    # Who judges `judge` suites: any teacher provider (local llama.cpp, Together, OpenAI-compatible).
+    # Who judges `judge` suites: any model provider (local llama.cpp, Together, OpenAI-compatible).
     judge: ModelEndpointConfig = field(default_factory=ModelEndpointConfig)
-    # How judge suites are judged (see recipe/test/alpaca_eval.py for the AlpacaEval protocol).
+    # How judge suites are judged (see recipe/evaluation/alpaca_eval.py for the AlpacaEval protocol).
     judge_protocol: JudgeProtocol = JudgeProtocol.both_orders
     judge_max_tokens: Optional[int] = None  # null = the protocol's: 64 (both_orders), the annotator's 50 (alpaca_eval)
     # Together-trained models: the serverless API, or a temporary dedicated endpoint.
@@ -630,7 +679,7 @@ class TestConfig:
     retry_backoff_s: float = execution(0.5)
     poll_s: float = execution(10.0)
     startup_timeout_s: float = execution(180.0)
-    cache_path: str = execution("outputs/cache/teacher.sqlite")  # generations are cached like Distill's answers
+    cache_path: str = execution("outputs/cache/requests.sqlite")  # the models' answers, cached as Distill's are
     progress: bool = execution(True)
 
 

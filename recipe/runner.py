@@ -17,7 +17,17 @@ from tabulate import tabulate
 from recipe import summary, tracking
 from recipe.artifacts import Planned
 from recipe.secrets import together_api_key
-from recipe.stages import CONFIG_KEY, STAGE_ORDER, Plan, Stage, StageError, StagePending, build_stage, check_targets
+from recipe.stages import (
+    CONFIG_KEY,
+    STAGE_ORDER,
+    Plan,
+    Stage,
+    StageError,
+    StagePending,
+    Workspace,
+    build_stage,
+    check_targets,
+)
 from recipe.store import Artifact, ArtifactStore, damage, fingerprint, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -41,19 +51,23 @@ def select_stages(cfg: DictConfig) -> list[str]:
 
 
 class Pipeline:
-    """The configured stages and their fingerprints, each computed once, upstream first."""
+    """The configured stages and their fingerprints, upstream first. A stage's fingerprint hashes
+    its semantic config and the content identity of what it reads of its inputs (`Stage.reads`),
+    not the inputs' configs: an input rebuilt byte for byte leaves everything below it a cache hit.
+    So a fingerprint is known once the stage's inputs exist (None before)."""
 
-    def __init__(self, cfg: DictConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: DictConfig, store: ArtifactStore) -> None:
+        self.cfg, self.store = cfg, store
         self.stages: dict[str, Stage] = {}
         self.fingerprints: dict[str, str] = {}
+        self.made: dict[str, Artifact] = {}  # artifacts built or reused by this run
 
     def stage(self, name: str) -> Stage:
         if name not in self.stages:
             self.stages[name] = build_stage(name, self.cfg)
         return self.stages[name]
 
-    def fingerprint(self, name: str) -> str:
+    def fingerprint(self, name: str) -> str | None:
         if name not in self.fingerprints:
             stage = self.stage(name)
             for up in stage.upstream():
@@ -62,9 +76,32 @@ class Pipeline:
                         f"stage {name!r} needs the {up!r} stage's artifact, and {CONFIG_KEY[up]} has no config; "
                         f"choose one with {CONFIG_KEY[up]}=<option>"
                     )
-            upstream = {up: self.fingerprint(up) for up in stage.upstream()}
-            self.fingerprints[name] = fingerprint(name, stage.version, stage.semantic_config(), upstream)
+            semantic = stage.semantic_config()  # resolved now: a broken interpolation fails before any work
+            reads = {}
+            for up in stage.upstream():
+                artifact = self.artifact(up)
+                if artifact is None:
+                    return None  # known once `up` is built
+                reads[up] = stage.reads(up, artifact)
+            self.fingerprints[name] = fingerprint(name, stage.version, semantic, reads)
         return self.fingerprints[name]
+
+    def artifact(self, name: str) -> Artifact | None:
+        """The stage's artifact as this run has it, or as the store has it under its fingerprint."""
+        if name in self.made:
+            return self.made[name]
+        fp = self.fingerprint(name)
+        return self.store.get(name, fp) if fp is not None else None
+
+    def name_of(self, name: str) -> str:
+        """The artifact's fingerprint, or why it is not known yet (for messages)."""
+        fp = self.fingerprint(name)
+        return fp if fp is not None else f"(its inputs, {', '.join(self.stage(name).upstream())}, are not built)"
+
+    def made_now(self, name: str, artifact: Artifact) -> None:
+        """`name`'s artifact is built (or reused): the fingerprints below it are computed from it."""
+        self.made[name] = artifact
+        self.fingerprints = {n: fp for n, fp in self.fingerprints.items() if n in self.made}
 
 
 def preflight(cfg: DictConfig, names: list[str], pipeline: Pipeline, store: ArtifactStore) -> dict[str, dict[str, Any]]:
@@ -75,7 +112,7 @@ def preflight(cfg: DictConfig, names: list[str], pipeline: Pipeline, store: Arti
     entries: dict[str, dict[str, Any]] = {}
     for name in names:
         stage, fp = pipeline.stage(name), pipeline.fingerprint(name)
-        hit = store.get(name, fp) if stage.reusable else None
+        hit = store.get(name, fp) if stage.reusable and fp is not None else None
         problem = damage(hit) if hit is not None else None
         if problem:  # not what was made: built again (a dry run says so)
             hit = None
@@ -96,25 +133,25 @@ def preflight(cfg: DictConfig, names: list[str], pipeline: Pipeline, store: Arti
     sizes: dict[str, Planned] = {}
     for name in names:
         stage, entry = pipeline.stage(name), entries[name]
-        inputs: dict[str, Artifact | None] = {up: store.get(up, pipeline.fingerprint(up)) for up in stage.upstream()}
+        inputs: dict[str, Artifact | None] = {up: pipeline.artifact(up) for up in stage.upstream()}
         for up in stage.upstream():
             problem = damage(inputs[up]) if inputs[up] is not None else None  # type: ignore[arg-type]
             if problem and up not in names:
                 raise StageError(
-                    f"the {up} artifact {pipeline.fingerprint(up)} that {name} reads is damaged: {problem}; build it "
+                    f"the {up} artifact {pipeline.name_of(up)} that {name} reads is damaged: {problem}; build it "
                     f"again: stages=[{','.join(sorted({*names, up}, key=STAGE_ORDER.index))}]; nothing was run"
                 )
             if problem:
                 inputs[up] = None  # rebuilt in this run, before this stage
             elif inputs[up] is not None and not cfg.dry_run:
-                store.hold(up, pipeline.fingerprint(up))  # from now on, never pruned while this run needs it
+                store.hold(up, inputs[up].fingerprint)  # type: ignore[union-attr]  # never pruned while this run needs it
         if entry["cache_hit"] and not cfg.dry_run:
             store.hold(name, entry["fingerprint"])
         absent = [up for up in stage.upstream() if inputs[up] is None and up not in names]
         if absent and not cfg.dry_run:
             up = absent[0]
             raise StageError(
-                f"stage {name!r} needs the {up!r} artifact {pipeline.fingerprint(up)}, which is not in {store.root}; "
+                f"stage {name!r} needs the {up!r} artifact {pipeline.name_of(up)}, which is not in {store.root}; "
                 f"run it too: stages=[{','.join(sorted({*names, *absent}, key=STAGE_ORDER.index))}]; nothing was run"
             )
         if entry["cache_hit"]:
@@ -166,7 +203,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     check_targets(cfg)
     summary.quiet(bool(cfg.get("verbose", False)))
     store = ArtifactStore(cfg.store_dir)
-    pipeline = Pipeline(cfg)
+    pipeline = Pipeline(cfg, store)
     names = select_stages(cfg)
     record: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -206,24 +243,25 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
 def _build(
     cfg: DictConfig, names: list[str], pipeline: Pipeline, store: ArtifactStore, record: dict[str, Any], run_dir: Path
 ) -> dict[str, Any]:
-    artifacts: dict[str, Artifact] = {}
     tracker = tracking.open_tracker(cfg.get("logger"), "_".join(run_dir.resolve().parts[-2:]))
     try:
         for name in names:
             started = time.monotonic()
             entry: dict[str, Any] = record["stages"][name]
             entry["status"] = "running"
-            stage, fp = pipeline.stage(name), pipeline.fingerprint(name)
-            stage.store, stage.fingerprint = store, fp
+            stage = pipeline.stage(name)
             inputs: dict[str, Artifact | None] = {}
             for up in stage.upstream():
-                inputs[up] = artifacts.get(up) or store.get(up, pipeline.fingerprint(up))
+                inputs[up] = pipeline.artifact(up)
                 if inputs[up] is None:
                     raise StageError(
-                        f"stage {name!r} needs the {up!r} artifact {pipeline.fingerprint(up)}, which is not "
+                        f"stage {name!r} needs the {up!r} artifact {pipeline.name_of(up)}, which is not "
                         f"in {store.root}; run it too: stages=[{up},{name}]"
                     )
-                store.hold(up, pipeline.fingerprint(up))  # never pruned while this run reads it
+                store.hold(up, inputs[up].fingerprint)  # type: ignore[union-attr]  # never pruned while read
+            fp = pipeline.fingerprint(name)  # its inputs exist now
+            assert fp is not None
+            entry["fingerprint"] = fp
             hit = store.get(name, fp) if stage.reusable else None
             if hit is not None and (problem := damage(hit)):
                 print(f"{name}: {problem}: building it again", flush=True)
@@ -236,12 +274,18 @@ def _build(
                     "stage": name,
                     "fingerprint": fp,
                     "version": stage.version,
-                    "upstream": {up: pipeline.fingerprint(up) for up in stage.upstream()},
+                    # What it read, by content identity (its fingerprint hashes these) and by artifact.
+                    "upstream": {up: stage.reads(up, inputs[up]) for up in stage.upstream()},  # type: ignore[arg-type]
+                    "inputs": {up: inputs[up].fingerprint for up in stage.upstream()},  # type: ignore[union-attr]
                     "config": stage.semantic_config(),
                 }
                 try:
                     hit = store.build(
-                        name, fp, lambda out, s=stage, i=inputs: s.run(i, out), meta, replace=not stage.reusable
+                        name,
+                        fp,
+                        lambda out, s=stage, i=inputs, f=fp: s.run(i, Workspace(out, f, store)).manifest(),
+                        meta,
+                        replace=not stage.reusable,
                     )  # type: ignore[misc]
                 except FileNotFoundError as e:  # an input removed under the run (outside recipe)
                     raise StageError(
@@ -261,7 +305,7 @@ def _build(
                         entry[key] = manifest[key]
             else:
                 log.info("%s %s: cache hit, reusing %s", name, fp, hit.path)
-            artifacts[name] = hit
+            pipeline.made_now(name, hit)
             store.hold(name, fp)
             entry.update(status="ok", artifact=str(hit.path))
             manifest = hit.manifest

@@ -20,6 +20,8 @@ from omegaconf import DictConfig
 from recipe.cli import CONF_DIR
 from recipe.config import register_configs
 
+from .subprocesses import limit, run_to_end
+
 register_configs()
 RECIPE = str(Path(sys.executable).parent / "recipe")
 TOGETHER_KEY = "sk-test-together-0123456789"
@@ -62,10 +64,7 @@ def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
 
     def _run(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
-        proc = subprocess.run([RECIPE, *args], cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=300)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"recipe {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-        return proc
+        return run_to_end([RECIPE, *args], cwd=tmp_path, env=full_env, timeout_s=900, check=check)
 
     return _run
 
@@ -91,7 +90,7 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen]]:
     for proc in started:
         if proc.poll() is None:
             proc.kill()
-            proc.wait(timeout=30)
+            proc.wait(timeout=limit(30))
 
 
 def read_until(proc: subprocess.Popen, pattern: str, timeout_s: float) -> str:
@@ -130,8 +129,8 @@ def tiny_common(tiny_model_dir: Path) -> tuple[str, ...]:
         "mix.eval_fraction=0",
         "mix.progress=false",
         f"train.model={tiny_model_dir}",
-        "train.max_seq_length=128",
-        "train.batch_size=1",
+        "train.args.max_seq_length=128",
+        "train.micro_batch_size=1",
         "train.progress=false",
     )
 

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .subprocesses import run_to_end
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -153,17 +155,8 @@ def run_section(
                 serving.append((command, proc, output))
                 result = Ran(command, 0, output, "")
             else:
-                try:
-                    done = subprocess.run(
-                        ["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s
-                    )
-                except subprocess.TimeoutExpired:
-                    raise AssertionError(f"README command ran past {timeout_s:.0f} s: {text}") from None
+                done = run_to_end(["bash", "-c", command], cwd=cwd, env=env, timeout_s=timeout_s)
                 result = Ran(command, done.returncode, done.stdout, done.stderr)
-                if done.returncode != 0:
-                    raise AssertionError(
-                        f"README command failed ({done.returncode}): {text}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-                    )
             ran.append(result)
             if after is not None:
                 after(result)

@@ -105,7 +105,7 @@ def test_every_test_suite_composes_and_its_shipped_data_reads(make_cfg, suite: s
     node = cfg.test.suites.extra
     assert node.kind.value in ("mqa", "booksum", "judge") and node.description
     if node.hub_id is None:  # the shipped samples: every record makes prompts
-        items = stage.items()["extra"]
+        items = stage.items()[0]["extra"]
         assert items and all(i.prompt and i.answers for i in items)
     else:
         assert node.hub_id in ("json", "kmfoda/booksum", "tatsu-lab/alpaca_eval")

@@ -13,10 +13,11 @@ import pytest
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recipe.config import SuiteConfig
+from recipe.data import contamination
+from recipe.data.contamination import Index, Words
 from recipe.errors import RecipeError
 from recipe.runner import Pipeline, run
-from recipe.test import contamination
-from recipe.test.contamination import Index, Words
+from recipe.store import ArtifactStore
 
 from .conftest import write_jsonl
 from .fake_together import FakeTogether
@@ -80,7 +81,7 @@ def test_threshold_is_the_share_of_the_test_prompts_ngrams() -> None:
 
 def test_hashes_are_the_same_in_every_process() -> None:
     """Mix's workers and the main process must agree: no per-process string hash."""
-    code = "from recipe.test.contamination import Words; print(Words.of(['Hello, World! again']).hashes.tolist())"
+    code = "from recipe.data.contamination import Words; print(Words.of(['Hello, World! again']).hashes.tolist())"
     runs = {
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         for _ in range(2)
@@ -183,7 +184,7 @@ def test_fingerprint_follows_the_suites_data_and_settings_not_their_generation_k
         c = cfg.copy()
         if change:
             change(c)
-        return Pipeline(c).fingerprint("mix")
+        return Pipeline(c, ArtifactStore(tmp_path / "fp-store")).fingerprint("mix")
 
     base = fp()
     assert fp(lambda c: setattr(c.test.suites.alpaca_eval, "max_tokens", 7)) == base

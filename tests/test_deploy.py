@@ -18,6 +18,7 @@ from recipe.runner import run
 
 from .conftest import NO_DISTILL, RECIPE, TOGETHER_KEY, read_until
 from .fake_together import FakeTogether
+from .subprocesses import limit
 
 KEY = TOGETHER_KEY
 
@@ -79,11 +80,11 @@ def test_serverless_queries_the_fine_tuned_model(make_cfg, tmp_path: Path, fake:
     record = run(together(make_cfg, deploy="together_serverless"), run_dir=tmp_path)
     manifest = json.loads((Path(record["stages"]["deploy"]["artifact"]) / "manifest.json").read_text())
     assert manifest["mode"] == "serverless" and not fake.posts("/v1/endpoints")
-    assert fake.posts("/v1/completions")[-1].body["model"] == manifest["model"]
+    assert fake.posts("/v1/completions")[-1].body["model"] == manifest["deployment"]["model"]
     # A model trained on `messages` is asked through chat, Together applying its template.
     record = run(together(make_cfg, "train.model=org/chat-model", deploy="together_serverless"), run_dir=tmp_path)
     manifest = json.loads((Path(record["stages"]["deploy"]["artifact"]) / "manifest.json").read_text())
-    assert fake.posts("/v1/chat/completions")[-1].body["model"] == manifest["model"]
+    assert fake.posts("/v1/chat/completions")[-1].body["model"] == manifest["deployment"]["model"]
 
 
 def test_local_deploy_needs_a_local_model(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
@@ -128,7 +129,7 @@ def test_local_deployment_serves_the_openai_client_until_stopped(
             "mix.progress=false",
             f"train.model={tiny_model_dir}",
             "train.max_steps=2",
-            "train.max_seq_length=128",
+            "train.args.max_seq_length=128",
             "train.progress=false",
             "deploy.foreground=true",
             "deploy.smoke_max_tokens=4",
@@ -155,8 +156,8 @@ def test_local_deployment_serves_the_openai_client_until_stopped(
     )
     assert chat.returncode == 0 and chat.stdout.strip()
     proc.send_signal(signum)
-    assert proc.wait(timeout=60) == (-signal.SIGKILL if signum == signal.SIGKILL else 0)
-    deadline = time.monotonic() + 15
+    assert proc.wait(timeout=limit(60)) == (-signal.SIGKILL if signum == signal.SIGKILL else 0)
+    deadline = time.monotonic() + limit(15)
     while serve_processes() - before and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not serve_processes() - before, "the server outlived its recipe"

@@ -13,9 +13,8 @@ import pytest
 from recipe.data import templates
 from recipe.data.sources import DataError
 from recipe.errors import RecipeError
+from recipe.evaluation import report, suites
 from recipe.runner import run
-from recipe.test import report
-from recipe.test import suites as S
 
 from .fake_together import FakeTogether, default_answer
 
@@ -29,7 +28,7 @@ def records(*rows: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
 def test_mqa_prompt_is_the_papers_and_the_gold_document_moves() -> None:
     gold = {"title": "Gold", "text": "the answer is here", "isgold": True}
     row = {"question": "q?", "answers": ["here"], "ctxs": [DOCS[0], gold, *DOCS[1:5]]}
-    items, skipped = S.mqa_items("mqa", records(row), [5], ["first", "middle", "last"], "test.suites.mqa")
+    items, skipped = suites.mqa_items("mqa", records(row), [5], ["first", "middle", "last"], "test.suites.mqa")
     assert not skipped.counts
     prompts = {dict(i.group)["gold"]: i.prompt for i in items}
     first = prompts["first"]
@@ -47,7 +46,7 @@ def test_mqa_prompt_is_the_papers_and_the_gold_document_moves() -> None:
 
 def test_mqa_skips_and_counts_records_with_too_few_documents() -> None:
     row = {"question": "q", "answers": "a", "ctxs": DOCS[:4]}  # a bare string answer is accepted
-    items, skipped = S.mqa_items("mqa", records(row), [3, 10], ["first"], "k")
+    items, skipped = suites.mqa_items("mqa", records(row), [3, 10], ["first"], "k")
     assert [dict(i.group)["documents"] for i in items] == [3]
     assert skipped.counts == {"fewer than 10 documents": 1}
 
@@ -62,32 +61,34 @@ def test_mqa_skips_and_counts_records_with_too_few_documents() -> None:
 )
 def test_bad_mqa_records_name_file_and_line(row: dict[str, Any], message: str) -> None:
     with pytest.raises(DataError, match=message):
-        S.mqa_items("mqa", records(row), [3], ["first"], "test.suites.mqa")
+        suites.mqa_items("mqa", records(row), [3], ["first"], "test.suites.mqa")
 
 
 def test_booksum_prompt_cut_and_field_errors() -> None:
     text = "Para one.\n\nPara two is longer.\n\nPara three."
-    (item,) = S.booksum_items(
+    (item,) = suites.booksum_items(
         "b", records({"chapter": text, "summary_text": "S"}), "chapter", "summary_text", None, "k"
     )
     assert item.prompt == text + "\n\nQ: Can you write an appropriate summary of the above paragraphs?\nA:"
-    (cut,) = S.booksum_items("b", records({"chapter": text, "summary_text": "S"}), "chapter", "summary_text", 35, "k")
+    (cut,) = suites.booksum_items(
+        "b", records({"chapter": text, "summary_text": "S"}), "chapter", "summary_text", 35, "k"
+    )
     assert cut.prompt.startswith("Para one.\n\nPara two is longer.\n\nQ:")  # cut at a paragraph break
     with pytest.raises(DataError, match=r"data\.jsonl:1: no text field 'text'.*test\.suites\.b\.text_field"):
-        S.booksum_items("b", records({"chapter": text}), "text", "summary_text", None, "test.suites.b")
+        suites.booksum_items("b", records({"chapter": text}), "text", "summary_text", None, "test.suites.b")
 
 
 def test_judge_scores_both_orders_and_reads_messy_verdicts() -> None:
-    items = S.judge_items(
+    items = suites.judge_items(
         "a", records(*({"instruction": f"i{n}", "output": "ref"} for n in range(4))), "instruction", "output", "k"
     )
     assert (
-        S.judge_items(
+        suites.judge_items(
             "a", records({"instruction": "do", "input": "this", "output": "r"}), "instruction", "output", "k"
         )[0].instruction
         == "do\n\nthis"
     )
-    messages = S.judge_messages("do it", "first", "second")
+    messages = suites.judge_messages("do it", "first", "second")
     assert "# Output (a)\nfirst" in messages[1]["content"] and "# Output (b)\nsecond" in messages[1]["content"]
     verdicts = {
         "a/0": ("Output (a)", "**Output (b)** is better"),  # wins both orders -> 1
@@ -95,27 +96,31 @@ def test_judge_scores_both_orders_and_reads_messy_verdicts() -> None:
         "a/2": ("I prefer Output (b).", "Verdict: A"),  # loses both -> 0
         "a/3": ("hmm", "no idea"),  # unreadable: not counted
     }
-    scored = S.score_judge(items, verdicts)
+    scored = suites.score_judge(items, verdicts)
     assert scored["win_rate"] == pytest.approx(0.5) and scored["judged"] == 3 and scored["prompts"] == 4
     assert scored["stderr"] == pytest.approx(0.5 / 3**0.5)
-    unreadable = S.score_judge(items[:1], {"a/0": ("hmm", "dunno")})
+    unreadable = suites.score_judge(items[:1], {"a/0": ("hmm", "dunno")})
     assert unreadable["win_rate"] is None and unreadable["judged"] == 0  # no verdict is not a loss
 
 
 def test_mqa_and_booksum_scores() -> None:
     gold = {"title": "G", "text": "x", "isgold": True}
     row = {"question": "q", "answers": ["Canberra"], "ctxs": [gold, *DOCS[:3]]}
-    items, _ = S.mqa_items("m", records(row), [2, 4], ["first", "last"], "k")
+    items, _ = suites.mqa_items("m", records(row), [2, 4], ["first", "last"], "k")
     answers = {i.id: ("Canberra." if dict(i.group)["gold"] == "first" else "Sydney\nCanberra") for i in items}
-    scored = S.score_mqa(items, answers)
+    scored = suites.score_mqa(items, answers)
     assert scored["by_position"] == {"2/first": 1.0, "2/last": 0.0, "4/first": 1.0, "4/last": 0.0}
-    shuffled, _ = S.mqa_items("m", records(row), [3], ["last", "middle", "first"], "k")
-    assert list(S.score_mqa(shuffled, {i.id: "" for i in shuffled})["by_position"]) == ["3/first", "3/middle", "3/last"]
+    shuffled, _ = suites.mqa_items("m", records(row), [3], ["last", "middle", "first"], "k")
+    assert list(suites.score_mqa(shuffled, {i.id: "" for i in shuffled})["by_position"]) == [
+        "3/first",
+        "3/middle",
+        "3/last",
+    ]
     assert scored["by_documents"] == {"2": 0.5, "4": 0.5} and scored["accuracy"] == 0.5
-    summaries = S.booksum_items(
+    summaries = suites.booksum_items(
         "b", records({"chapter": "c", "summary_text": "the cat sat"}), "chapter", "summary_text", None, "k"
     )
-    assert S.score_booksum(summaries, {"b/0": "the cat sat"})["rouge1"] == pytest.approx(1.0)
+    assert suites.score_booksum(summaries, {"b/0": "the cat sat"})["rouge1"] == pytest.approx(1.0)
 
 
 def test_report_table_and_chart(tmp_path: Path) -> None:
@@ -271,7 +276,7 @@ def alpaca_judge(body: dict[str, Any]) -> str:
 def test_the_alpaca_eval_protocol_is_an_option_named_in_the_report(
     make_cfg, tmp_path: Path, fake: FakeTogether
 ) -> None:
-    from recipe.test import alpaca_eval
+    from recipe.evaluation import alpaca_eval
 
     fake.answer = alpaca_judge
     cfg = together_test(make_cfg, f"test.cache_path={tmp_path}/cache.sqlite", "test.judge_protocol=alpaca_eval")

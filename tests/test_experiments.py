@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 
 from recipe.artifacts import Mixture, PromptFormat
+from recipe.evaluation.suites import BOOKSUM_QUESTION, JUDGE_SYSTEM, MQA_INSTRUCTION
 from recipe.providers.model_client import approx_tokens
 from recipe.runner import run
-from recipe.stages.train import render_upload
+from recipe.stages.train_together import render_upload
 from recipe.store import ArtifactStore
-from recipe.test.suites import BOOKSUM_QUESTION, JUDGE_SYSTEM, MQA_INSTRUCTION
 
 from .conftest import MIX_AND_TRAIN
 from .fake_together import FakeTogether

@@ -17,10 +17,10 @@ import pytest
 from omegaconf import DictConfig, OmegaConf
 
 from recipe.config import SAMPLES_DIR, execution_paths
+from recipe.data.contamination import identity_fields
 from recipe.errors import RecipeError
 from recipe.runner import build_stage
 from recipe.store import fingerprint
-from recipe.test.contamination import identity_fields
 
 # Stage configs to walk: (stage, overrides that pick the option).
 OPTIONS = [
@@ -146,6 +146,6 @@ def test_keys_about_how_a_stage_runs_are_marked_execution_only(make_cfg, stage_n
     for path, _ in _leaves(stage.schema, None):
         if any(EXECUTION_NAMES.search(part) for part in path):
             assert any(path[: len(p)] == p for p in marked), f"{stage_name}.{'.'.join(path)} should be execution-only"
-    # devices changes the global batch (batch_size x gradient_accumulation x devices): semantic.
+    # devices changes the global batch when train.args.global_batch_size is null (micro_batch_size x devices): semantic.
     if stage_name == "train" and not overrides:
         assert ("devices",) not in marked

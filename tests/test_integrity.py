@@ -17,6 +17,7 @@ from recipe.runner import run
 
 from .conftest import RECIPE, TOGETHER_KEY
 from .fake_together import FakeTogether
+from .subprocesses import limit, run_to_end
 from .test_distill import conversations
 from .test_distill import together as distill_cfg
 from .test_train import train_cfg
@@ -51,7 +52,7 @@ def test_two_processes_sharing_a_cache_pay_for_each_answer_once(tmp_path: Path, 
     runs = [
         spawn(distill_args(tmp_path, f"store{i}", "distill.concurrency=8"), cwd=tmp_path, env=env) for i in range(2)
     ]
-    assert [p.wait(timeout=600) for p in runs] == [0, 0]
+    assert [p.wait(timeout=limit(600)) for p in runs] == [0, 0]
     bodies = sent_bodies(fake)
     assert len(bodies) > 40 and len(bodies) == len(set(bodies))  # every answer bought once
     made = [next((tmp_path / f"store{i}" / "distill").glob("*/conversations.jsonl")).read_bytes() for i in range(2)]
@@ -67,14 +68,14 @@ def test_resends_after_crashes_are_counted_across_every_crash(tmp_path: Path, fa
     for _ in range(3):
         before = len(fake.posts("/v1/completions"))
         proc = spawn(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + limit(120)
         while len(fake.posts("/v1/completions")) < before + 6 and time.monotonic() < deadline:
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         time.sleep(0.5)  # the requests the dead process left on the wire reach the server
     fake.delay_s = 0
-    subprocess.run(args, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=600)
+    run_to_end(args, cwd=tmp_path, env=env, timeout_s=900)
     bodies = sent_bodies(fake)
     resent = len(bodies) - len(set(bodies))  # what the server read twice
     (manifest,) = [json.loads(p.read_text()) for p in (tmp_path / "store" / "distill").glob("*/manifest.json")]
@@ -214,10 +215,10 @@ def test_a_mixture_edited_after_it_was_made_is_never_uploaded(make_cfg, tmp_path
     with pytest.raises(
         RecipeError, match=r"the mix artifact \w+ that train reads is damaged: .*mixture\.jsonl changed"
     ):
-        run(train_cfg(make_cfg, "stages=[train]", "train.n_epochs=2"), run_dir=tmp_path)
+        run(train_cfg(make_cfg, "stages=[train]", "train.args.n_epochs=2"), run_dir=tmp_path)
     assert len(fake.requests) == sent
     # With Mix in the run, it is built again; what is uploaded is what Mix made.
-    again = run(train_cfg(make_cfg, "train.n_epochs=2"), run_dir=tmp_path)
+    again = run(train_cfg(make_cfg, "train.args.n_epochs=2"), run_dir=tmp_path)
     assert not again["stages"]["mix"]["cache_hit"] and mixture.read_bytes() == original
     assert all(edited != data for data in fake.files.values())
 
@@ -234,7 +235,7 @@ def test_bytes_that_leave_the_machine_are_hashed_again_before_they_go(
     mixture.write_bytes(mixture.read_bytes().replace(b"a", b"e", 1))
     os.utime(mixture, ns=(st.st_atime_ns, st.st_mtime_ns))
     with pytest.raises(RecipeError, match=r"mixture\.jsonl: its sha256 is not the one the mix artifact recorded"):
-        run(train_cfg(make_cfg, *as_is, "train.n_epochs=2"), run_dir=tmp_path)
+        run(train_cfg(make_cfg, *as_is, "train.args.n_epochs=2"), run_dir=tmp_path)
     assert len(fake.posts("/v1/files")) == 1  # only the first run's upload
 
 
@@ -271,14 +272,14 @@ def test_prune_never_removes_what_a_running_run_reads(run_cli, tmp_path: Path, f
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + limit(120)
     while not fake.jobs and time.monotonic() < deadline:
         time.sleep(0.05)
     assert fake.jobs, "the job was never created"
     pruned = run_cli("store", "prune", "--unused-for", "0").stdout
     (mix,) = (tmp_path / "outputs" / "store" / "mix").glob("*/manifest.json")
     assert f"skipped mix/{mix.parent.name}: in use (locked)" in pruned and mix.is_file()
-    assert train.wait(timeout=300) == 0
+    assert train.wait(timeout=limit(300)) == 0
     pruned = run_cli("store", "prune", "--unused-for", "0").stdout
     assert f"removed mix/{mix.parent.name}" in pruned  # no run reads it now
 
@@ -314,13 +315,13 @@ def test_kill_9_during_mix_leaves_no_workers_and_prune_clears_its_build(run_cli,
     ]
     proc = spawn(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     store = tmp_path / "outputs" / "store" / "mix"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + limit(240)
     while time.monotonic() < deadline and not (list(store.glob(".tmp-*")) and len(processes_marked(mark)) >= 3):
         time.sleep(0.1)
     assert list(store.glob(".tmp-*")), "Mix never started building"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + limit(30)
     while processes_marked(mark) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert processes_marked(mark) == [], "worker processes outlived the run"
@@ -419,3 +420,35 @@ def test_a_damaged_cache_keeps_every_row_readable_on_its_own(tmp_path: Path) -> 
     assert cache.salvaged is not None and 300 < readable < 404
     assert cache.salvaged["answers"] == readable == len(cache)
     cache.close()
+
+
+def test_a_cache_under_its_old_name_is_adopted_with_every_answer(tmp_path: Path) -> None:
+    """The default cache was renamed (teacher.sqlite -> requests.sqlite): a user's paid answers,
+    still in a WAL the old process did not checkpoint, come along; the old file stays as it was."""
+    from recipe.providers.cache import RequestCache
+
+    old = RequestCache(tmp_path / "teacher.sqlite")
+    for i in range(50):
+        old.put(f"key-{i}", f"answer {i}", 10, 20)
+    # not closed: the answers may still sit in teacher.sqlite-wal, as after a kill
+    new = RequestCache(tmp_path / "requests.sqlite")
+    try:
+        assert len(new) == 50 and new.get("key-7").text == "answer 7"
+        assert (tmp_path / "teacher.sqlite").exists() and not list(tmp_path.glob("*.partial"))
+        new.put("key-new", "only in the new cache", 1, 1)
+    finally:
+        new.close()
+    again = RequestCache(tmp_path / "requests.sqlite")  # adopted once: the new file is not replaced again
+    try:
+        assert len(again) == 51
+    finally:
+        again.close()
+        old.close()
+
+
+def test_a_run_past_its_limit_is_reported_with_the_stage_it_was_in(tmp_path: Path, fake: FakeTogether) -> None:
+    """The suite's subprocess limits (tests/subprocesses.py) say which stage a timed-out run was in."""
+    fake.delay_s = 30  # every teacher answer comes late
+    env = {**os.environ, "TOGETHER_API_KEY": TOGETHER_KEY, "TOGETHER_BASE_URL": fake.base_url}
+    with pytest.raises(AssertionError, match=r"ran past \d+ s; stage distill was running"):
+        run_to_end(distill_args(tmp_path, "store"), cwd=tmp_path, env=env, timeout_s=8)

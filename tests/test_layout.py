@@ -16,7 +16,7 @@ def test_stages_never_import_each_other_or_the_runner() -> None:
 
 def test_providers_and_artifacts_never_import_upward() -> None:
     for module, targets in graph().items():
-        if module.startswith(("recipe.providers", "recipe.artifacts", "recipe.data", "recipe.test")):
+        if module.startswith(("recipe.providers", "recipe.artifacts", "recipe.data", "recipe.evaluation")):
             upward = {t for t in targets if t.startswith(("recipe.stages", "recipe.runner", "recipe.cli"))}
             assert not upward, f"{module} imports {upward}"
 
@@ -28,3 +28,57 @@ def test_stages_read_upstream_artifacts_only_through_their_types() -> None:
         for pattern in (".manifest[", ".manifest.get(", "root.train", "root.mix", "root.distill", "root.test"):
             assert pattern not in text, f"{path.name}: {pattern}"
     assert Path(PACKAGE / "artifacts.py").is_file()
+
+
+def test_the_runner_hands_stages_values_and_never_sets_their_attributes() -> None:
+    """run(inputs, workspace) -> Output and plan(...) -> Plan: the runner neither sets nor reads back
+    a stage's attributes (store, fingerprint, planned figures)."""
+    import re
+
+    for name in ("runner.py", "sweep.py", "cli.py"):
+        text = (PACKAGE / name).read_text()
+        assert not re.search(r"\bstage\.\w+\s*=[^=]", text), f"{name} sets a stage attribute"
+        assert not re.search(r"\bstage\.(store|fingerprint|planned\w*|skipped|upstream_plans)\b", text), name
+    for path in sorted((PACKAGE / "stages").glob("*.py")):
+        assert not re.search(r"self\.(store|fingerprint)\b", path.read_text()), f"{path.name} keeps run state on self"
+
+
+# Schema keys read as a whole or by a computed name, not as `.key`: where each is read.
+READ_AS_A_WHOLE = {
+    "SamplingConfig.top_p": "distill sends distill.sampling as it is (recipe/stages/distill.py, _teacher)",
+    "SamplingConfig.top_k": "distill sends distill.sampling as it is",
+    "SamplingConfig.repetition_penalty": "distill sends distill.sampling as it is",
+    "WandbConfig.project_name": "train_together sends every train.wandb field by name (body)",
+    "WandbConfig.entity": "train_together sends every train.wandb field by name (body)",
+    "RecipeConfig.deploy": "stages are found by name (recipe/stages/__init__.py CONFIG_KEY)",
+    "SourceConfig.description": "for people: shown by `recipe --cfg job` and in the key reference",
+    "SuiteConfig.description": "for people: shown by `recipe --cfg job` and in the key reference",
+}
+
+
+def test_every_schema_key_is_read_by_some_code() -> None:
+    """A key no code reads is a promise the tool does not keep (a documented retry backoff that no
+    client was built with): every field of every schema is read somewhere in recipe/ as `.key`,
+    `["key"]` or `.get("key")`, or is listed above with where it is read."""
+    import dataclasses
+    import re
+
+    import recipe.config as config
+
+    code = "\n".join(p.read_text() for p in PACKAGE.rglob("*.py") if p.name != "config.py")
+    unread, listed = [], set()
+    for name, cls in vars(config).items():
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == config.__name__):
+            continue
+        for field in dataclasses.fields(cls):
+            key = f"{name}.{field.name}"
+            if field.name.startswith("_"):
+                continue
+            read = re.search(rf"(\.{field.name}\b|\[\"{field.name}\"\]|get\(\"{field.name}\")", code)
+            if key in READ_AS_A_WHOLE:
+                listed.add(key)
+                assert not read, f"{key} is read as `.{field.name}` now: drop it from READ_AS_A_WHOLE"
+            elif not read:
+                unread.append(key)
+    assert not unread, f"schema keys no code reads: {unread}"
+    assert listed == set(READ_AS_A_WHOLE), f"not schema keys: {set(READ_AS_A_WHOLE) - listed}"

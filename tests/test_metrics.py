@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from recipe.test.metrics import best_subspan_em, normalize_answer, pair_score, parse_verdict, rouge, win_rate
+from recipe.evaluation.metrics import best_subspan_em, normalize_answer, pair_score, parse_verdict, rouge, win_rate
 
 
 def test_normalisation_drops_case_punctuation_articles_and_extra_space() -> None:
@@ -99,7 +99,7 @@ def test_both_orders_cancel_position_bias_and_the_standard_error() -> None:
 
 
 def test_the_alpaca_eval_protocol_reads_its_annotator_from_the_package() -> None:
-    from recipe.test import alpaca_eval
+    from recipe.evaluation import alpaca_eval
 
     annotator = alpaca_eval.annotator()
     assert annotator["name"].startswith("AlpacaEval chatgpt annotator (alpaca-eval ") and annotator["max_tokens"] == 50
@@ -120,7 +120,7 @@ def test_the_alpaca_eval_protocol_reads_its_annotator_from_the_package() -> None
 
 
 def test_the_alpaca_eval_protocol_orders_ties_and_rates_as_alpaca_eval_does() -> None:
-    from recipe.test import alpaca_eval
+    from recipe.evaluation import alpaca_eval
 
     orders = [alpaca_eval.model_shown_first(0, f"instruction {i}") for i in range(200)]
     assert 70 < sum(orders) < 130  # about half each way

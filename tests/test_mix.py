@@ -12,9 +12,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recipe.config import ComponentConfig, SourceConfig
 from recipe.data.filecheck import check_file
+from recipe.data.selection import largest_remainder
 from recipe.errors import RecipeError
 from recipe.runner import run
-from recipe.stages.mix import largest_remainder
 
 from .conftest import SHARE_SWEEP, write_jsonl
 
@@ -254,8 +254,18 @@ def test_bad_input_names_the_file_and_line(make_cfg, tmp_path: Path, content: by
     cfg = one_source(make_cfg(), "bad", {"kind": "prompt_completion", "data_files": [str(bad)]}, total=1)
     with pytest.raises(RecipeError, match=message):
         run(cfg, run_dir=tmp_path)
+    assert list(tmp_path.glob("store/mix/*")) == []  # no artifact, no temp dir (".tmp-*") left
+
+
+def test_a_bad_line_found_while_building_leaves_nothing_behind(make_cfg, tmp_path: Path) -> None:
+    """Past the first 1,000 records the pre-flight measures, a bad line stops the build itself."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"prompt": "a", "completion": "b"}\n' * 1500 + b'{"prompt": "a", "completion": \n')
+    cfg = one_source(make_cfg(), "bad", {"kind": "prompt_completion", "data_files": [str(bad)]}, total=1)
+    with pytest.raises(RecipeError, match=r"bad\.jsonl:1501: malformed JSON"):
+        run(cfg, run_dir=tmp_path)
     mix_dir = tmp_path / "store" / "mix"
-    assert not mix_dir.exists() or list(mix_dir.iterdir()) == []  # no artifact, no temp dir left
+    assert mix_dir.is_dir() and list(mix_dir.iterdir()) == []  # it was building: no artifact, no temp dir left
 
 
 @pytest.mark.parametrize(
@@ -271,7 +281,7 @@ def test_bad_input_names_the_file_and_line(make_cfg, tmp_path: Path, content: by
         (["+mix.components.extra.share=0.1"], r"mix.components.extra"),
         (["mix.template=mine"], r"mix.template='mine': not a template"),
         (["mix.eval_fraction=1.5"], r"mix.eval_fraction=1.5"),
-        (["mix.tokenizer=gpt9"], r"mix.tokenizer='gpt9'"),
+        (["mix.token_counter=gpt9"], r"mix.token_counter='gpt9'"),
         (
             ["mix.components.mqa.strata=colour"],
             r"mqa\.jsonl:1: missing field 'colour' named by mix.components.mqa.strata",

@@ -40,7 +40,7 @@ def test_an_ambiguous_fine_tune_create_makes_one_job(make_cfg, tmp_path: Path, f
     assert manifest(record)["job_id"] == job_id
     # Recorded: a re-run re-attaches to it.
     assert run(train_cfg(make_cfg), run_dir=tmp_path)["stages"]["train"]["cache_hit"]
-    record = run(train_cfg(make_cfg, "train.n_epochs=2"), run_dir=tmp_path)  # another config: a second job
+    record = run(train_cfg(make_cfg, "train.args.n_epochs=2"), run_dir=tmp_path)  # another config: a second job
     assert len(fake.jobs) == 2
 
 
@@ -136,7 +136,7 @@ def test_an_uploaded_file_deleted_behind_our_back_is_uploaded_again(
     run(train_cfg(make_cfg, "train.wait=false"), run_dir=tmp_path)
     (first,) = fake.files
     fake.files.clear()  # deleted in Together's console
-    record = run(train_cfg(make_cfg, "train.n_epochs=2"), run_dir=tmp_path)  # another job on the same data
+    record = run(train_cfg(make_cfg, "train.args.n_epochs=2"), run_dir=tmp_path)  # another job on the same data
     assert "is gone from Together (HTTP 404); uploading it again" in capsys.readouterr().out
     (second,) = fake.files
     assert second != first and manifest(record)["training_file"] == second

@@ -30,13 +30,13 @@ def test_train_is_priced_from_mixs_plan_before_the_mixture_exists(make_cfg, tmp_
     assert stages["train"]["estimated_usd"] == round(4 * mix_tokens * 2.0 / 1e6, 2)
     assert "Mix's plan" in stages["train"]["plan"]
     # Without packing Together bills every example as max_seq_length tokens: exact from the count alone.
-    unpacked = ("train.packing=false", "train.max_seq_length=2048")
+    unpacked = ("train.args.packing=false", "train.args.max_seq_length=2048")
     stages = run(make_cfg(*common, *unpacked, base=MIX_AND_TRAIN), run_dir=tmp_path)["stages"]
     assert stages["train"]["estimated_usd"] == round(4 * 32 * 2048 * 2.0 / 1e6, 2)  # mix=samples: 32 examples
     assert "32 examples x max_seq_length 2,048, packing off" in stages["train"]["plan"]
     # Without a rate, or without a length to bill unpacked examples at, the plan says what to set.
-    stages = run(make_cfg(*common, "train.packing=false", base=MIX_AND_TRAIN), run_dir=tmp_path)["stages"]
-    assert stages["train"]["estimated_usd"] is None and "set train.max_seq_length" in stages["train"]["plan"]
+    stages = run(make_cfg(*common, "train.args.packing=false", base=MIX_AND_TRAIN), run_dir=tmp_path)["stages"]
+    assert stages["train"]["estimated_usd"] is None and "set train.args.max_seq_length" in stages["train"]["plan"]
     stages = run(make_cfg(*common, "train.price_per_mtok=null", base=MIX_AND_TRAIN), run_dir=tmp_path)["stages"]
     assert stages["train"]["estimated_usd"] is None and "set train.price_per_mtok" in stages["train"]["plan"]
     alone = (*common[:1], "stages=[train]", *common[2:], "store_dir=" + str(tmp_path / "empty"))
@@ -57,7 +57,7 @@ def test_local_suites_are_counted_from_their_prompts(make_cfg, tmp_path: Path) -
     priced = ("test.judge.provider=together", "test.prices.input_per_mtok=1.0", "test.prices.output_per_mtok=1.0")
     cfg = make_cfg("dry_run=true", "stages=[test]", *priced, base=("mix=samples", "~distill", "~deploy"))
     test = build_stage("test", cfg)
-    items = test.items()
+    items, _ = test.items()
     prompts = sum(len(v) for v in items.values())
     plan = run(cfg, run_dir=tmp_path)["stages"]["test"]
     judged = len(items["alpaca_eval"])

@@ -9,6 +9,7 @@ import pytest
 
 from recipe.errors import RecipeError
 from recipe.runner import Pipeline, run
+from recipe.store import ArtifactStore
 
 from .conftest import write_jsonl
 from .test_mix import artifact, lines, one_source
@@ -35,9 +36,9 @@ def test_columns_map_your_fields_onto_the_record_kind_and_split_slices_records(m
     assert prompts == sorted(f"Question {i}: what is {i} squared?" for i in range(10, 20))  # records 10..19 only
     assert manifest["sources"]["mine"]["records"] == 10
     # The mapping and the slice are part of what the source holds: both enter the fingerprint.
-    base = Pipeline(cfg).fingerprint("mix")
+    base = Pipeline(cfg, ArtifactStore(tmp_path / "fp-store")).fingerprint("mix")
     cfg.sources.mine.split = "train[10:21]"
-    assert Pipeline(cfg).fingerprint("mix") != base
+    assert Pipeline(cfg, ArtifactStore(tmp_path / "fp-store")).fingerprint("mix") != base
 
 
 def test_a_missing_column_names_the_column_the_key_and_the_line(make_cfg, tmp_path: Path) -> None:

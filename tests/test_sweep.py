@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+import recipe
 from recipe.cli import CONF_DIR
 
 from .conftest import SHARE_SWEEP
@@ -102,7 +103,7 @@ def test_a_parallel_offline_sweep_pays_distill_once_and_plots_test(
             *SHARE_SWEEP,
             f"train.model={tiny_model_dir}",
             "train.max_steps=2",
-            "train.max_seq_length=256",
+            "train.args.max_seq_length=256",
             "train.progress=false",
             "test.judge.provider=together",
             "test.judge.model=judge",
@@ -132,3 +133,37 @@ def test_a_parallel_offline_sweep_pays_distill_once_and_plots_test(
     assert all(r["booksum.rouge1"] != "" for r in rows)
     assert all(r["alpaca_eval.win_rate"] == "0.5" for r in rows)  # both orders asked: the bias cancels
     assert (root / "summary.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_sweep_over_a_test_only_key_trains_once(run_cli, tmp_path: Path) -> None:
+    """Mix reads the Test suites (decontamination), so a suite's data is in Mix's fingerprint; but
+    Train is keyed on the mixture's content: a mixture rebuilt byte for byte is a cache hit below."""
+    shipped = Path(recipe.__file__).parent / "data" / "samples" / "alpaca_eval.jsonl"
+    more = tmp_path / "alpaca_eval_plus.jsonl"  # one more prompt that no training example holds
+    extra = {"instruction": "Name three moons of Neptune and the year each was found.", "output": "Triton (1846)"}
+    more.write_text(shipped.read_text() + json.dumps(extra) + "\n")
+    with FakeTogether(api_key="k") as fake:
+        run_cli(
+            "-m",
+            "stages=[mix,train]",
+            "mix=samples",
+            "~distill",
+            "~deploy",
+            "test=offline",
+            "train=together_lora",
+            "train.poll_s=0.01",
+            "train.progress=false",
+            "mix.progress=false",
+            f"test.suites.alpaca_eval.data_files=[{shipped}],[{more}]",
+            env={"TOGETHER_API_KEY": "k", "TOGETHER_BASE_URL": fake.base_url},
+        )
+        jobs = len(fake.jobs)
+    root = sweep_root(tmp_path)
+    records = [json.loads((root / str(n) / "run.json").read_text()) for n in range(2)]
+    mix, train = ([r["stages"][s] for r in records] for s in ("mix", "train"))
+    assert mix[0]["fingerprint"] != mix[1]["fingerprint"] and not mix[1]["cache_hit"]  # the suite changed: Mix ran
+    uploads = [json.loads(Path(m["artifact"], "manifest.json").read_text())["sha256"] for m in mix]
+    assert uploads[0] == uploads[1]  # ... and made the same mixture
+    assert train[0]["fingerprint"] == train[1]["fingerprint"] and train[1]["cache_hit"]
+    assert jobs == 1  # one fine-tune for the two jobs
+    assert [r["status"] for r in summary_rows(root)] == ["ok", "ok"]

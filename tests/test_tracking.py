@@ -22,6 +22,7 @@ from recipe.runner import run
 
 from .conftest import MIX_AND_TRAIN, tiny_common
 from .fake_together import FakeTogether
+from .subprocesses import limit
 from .test_eval import answer_and_judge, together_test
 
 
@@ -141,7 +142,7 @@ def viewer(command: str, cwd: Path) -> Iterator[tuple[subprocess.Popen, str]]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=limit(60))
         except subprocess.TimeoutExpired:
             pass
         time.sleep(1)

@@ -18,6 +18,7 @@ from recipe.runner import run
 
 from .conftest import NO_DISTILL, RECIPE, TOGETHER_KEY
 from .fake_together import FakeTogether
+from .subprocesses import limit, run_to_end
 
 KEY = TOGETHER_KEY
 
@@ -95,8 +96,8 @@ def test_full_training_and_the_eval_split(make_cfg, tmp_path: Path, fake: FakeTo
         train_cfg(
             make_cfg,
             "train.n_evals=2",
-            "train.train_on_inputs=false",
-            "train.lr_scheduler.type=cosine",
+            "train.args.train_on_inputs=false",
+            "train.args.lr_scheduler.type=cosine",
             train="together_full",
         ),
         run_dir=tmp_path,
@@ -160,7 +161,7 @@ def test_transient_failures_on_every_step_are_survived(make_cfg, tmp_path: Path,
 
 def test_the_same_mixture_twice_is_uploaded_once(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
     run(train_cfg(make_cfg), run_dir=tmp_path)
-    run(train_cfg(make_cfg, "train.n_epochs=2"), run_dir=tmp_path)  # another job, same data
+    run(train_cfg(make_cfg, "train.args.n_epochs=2"), run_dir=tmp_path)  # another job, same data
     assert len(fake.posts("/v1/files")) == 1 and len(fake.jobs) == 2
 
 
@@ -193,7 +194,7 @@ def test_kill_9_while_polling_then_rerun_attaches_to_the_same_job(tmp_path: Path
     ]
     env = {**os.environ, "TOGETHER_API_KEY": KEY, "TOGETHER_BASE_URL": fake.base_url}
     proc = spawn(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + limit(60)
     while not any(j["_step"] >= 3 for j in fake.jobs.values()) and time.monotonic() < deadline:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
@@ -201,7 +202,7 @@ def test_kill_9_while_polling_then_rerun_attaches_to_the_same_job(tmp_path: Path
     assert len(fake.jobs) == 1
     (job,) = fake.jobs.values()
     fake.job_steps = job["_step"] + 1
-    subprocess.run(args, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
+    run_to_end(args, cwd=tmp_path, env=env, timeout_s=600)
     assert len(fake.posts("/v1/fine-tunes")) == 1 and len(fake.posts("/v1/files")) == 1
     assert job["status"] == "completed"
 

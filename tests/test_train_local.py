@@ -17,6 +17,7 @@ transformers = pytest.importorskip("transformers")
 from recipe.providers.local.trainer import Example, collate, pack  # noqa: E402
 
 from .conftest import RECIPE, tiny_common  # noqa: E402
+from .subprocesses import limit, run_to_end  # noqa: E402
 
 # A small run on the shipped samples that still learns something measurable on two CPU cores.
 
@@ -67,7 +68,7 @@ def kill_at_first_checkpoint(spawn, args: list[str], cwd: Path, poll_s: float) -
     """Start `recipe`, kill -9 it as soon as a checkpoint exists; the checkpoint's step."""
     proc = spawn(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = cwd / "outputs" / "store" / "work" / "train"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + limit(240)
     while not list(work.glob("*/checkpoint-*")) and time.monotonic() < deadline:
         time.sleep(poll_s)
     checkpoints = list(work.glob("*/checkpoint-*"))
@@ -79,7 +80,7 @@ def kill_at_first_checkpoint(spawn, args: list[str], cwd: Path, poll_s: float) -
 
 def rerun_and_check_it_resumed(args: list[str], cwd: Path, killed_at: int) -> dict:
     """Run `recipe` again: it must continue from the checkpoint, not restart; the train manifest."""
-    subprocess.run(args, cwd=cwd, check=True, capture_output=True, timeout=600)
+    run_to_end(args, cwd=cwd, timeout_s=1200)
     store = cwd / "outputs" / "store" / "train"
     manifest = json.loads(next(store.glob("*/manifest.json")).read_text())
     assert manifest["resumed_from"] is not None and manifest["resumed_from"] >= killed_at
@@ -90,7 +91,7 @@ def rerun_and_check_it_resumed(args: list[str], cwd: Path, killed_at: int) -> di
 
 @pytest.mark.slow
 def test_kill_9_mid_training_resumes_from_the_checkpoint(tmp_path: Path, spawn, tiny_model_dir: Path) -> None:
-    args = [RECIPE, *tiny_common(tiny_model_dir), "train.n_epochs=40", "train.checkpoint_every=2"]
+    args = [RECIPE, *tiny_common(tiny_model_dir), "train.args.n_epochs=40", "train.checkpoint_every=2"]
     killed_at = kill_at_first_checkpoint(spawn, args, tmp_path, poll_s=0.05)
     rerun_and_check_it_resumed(args, tmp_path, killed_at)
 
@@ -102,12 +103,13 @@ def test_data_parallel_through_torchrun_matches_one_process(run_cli, tmp_path: P
     common = (
         *tiny_common(tiny_model_dir),
         "train.max_steps=3",
-        "train.lora.dropout=0",
-        "train.learning_rate=1e-3",
+        "train.args.global_batch_size=2",
+        "train.args.lora.dropout=0",
+        "train.args.learning_rate=1e-3",
         "train.checkpoint_every=2",
     )
-    run_cli(*common, "train.devices=2", "train.gradient_accumulation=1")
-    run_cli(*common, "train.devices=1", "train.gradient_accumulation=2")
+    run_cli(*common, "train.devices=2")
+    run_cli(*common, "train.devices=1")
     runs = sorted((tmp_path / "outputs" / "runs").glob("*/*/run.json"))
     parallel, single = (Path(json.loads(r.read_text())["stages"]["train"]["artifact"]) for r in runs)
     manifests = [json.loads((a / "manifest.json").read_text()) for a in (parallel, single)]
@@ -150,13 +152,13 @@ def kill_9_two_processes_and_resume(tmp_path: Path, tiny_model_dir: Path, spawn,
         *tiny_common(tiny_model_dir),
         *extra,
         "train.devices=2",
-        "train.n_epochs=100",
+        "train.args.n_epochs=100",
         "train.max_steps=300",
         "train.checkpoint_every=2",
     ]
     killed_at = kill_at_first_checkpoint(spawn, args, tmp_path, poll_s=0.05)
     work = tmp_path / "outputs" / "store" / "work" / "train"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + limit(30)
     while ddp_workers(work) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not ddp_workers(work), "torchrun or its workers outlived the killed run"
@@ -189,3 +191,27 @@ def test_rendered_mixtures_train_on_the_original_conversations(make_cfg, tmp_pat
         ids = tokenize(tokenizer, messages, train_on_inputs=False).input_ids
         assert ids == tokenizer.apply_chat_template(expected, tokenize=True, return_dict=False)
         assert not any("<|im_start|>" in m["content"] for m in messages)  # no doubled markup
+
+
+def test_the_heldout_loss_reads_the_format_the_model_was_trained_in(
+    run_cli, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A model trained with train.template is scored in that template: Test's held-out loss
+    (trainer.heldout_loss, as Test calls it with the Train artifact's format) is the trainer's own eval
+    loss, and the model's chat template would give another figure."""
+    from recipe.artifacts import Mixture, TrainedModel
+    from recipe.providers.local.trainer import heldout_loss
+    from recipe.store import ArtifactStore
+
+    common = [o for o in tiny_common(tiny_model_dir) if not o.startswith("mix.eval_fraction")]
+    run_cli(*common, "mix.eval_fraction=0.5", "train.template=llama2_inst", "train.max_steps=2")
+    (record,) = (json.loads(p.read_text()) for p in (tmp_path / "outputs" / "runs").glob("*/*/run.json"))
+    store = ArtifactStore(tmp_path / "outputs" / "store")
+    trained = TrainedModel.load(store.get("train", record["stages"]["train"]["fingerprint"]))
+    held_out = Mixture.load(store.get("mix", record["stages"]["mix"]["fingerprint"])).conversations("eval")
+    assert trained.format.template == "llama2_inst" and held_out and trained.eval_loss is not None
+    as_trained = heldout_loss(trained.model, held_out, trained.format.template, trained.max_seq_length)
+    as_chat = heldout_loss(trained.model, held_out, None, trained.max_seq_length)
+    # The same rows as the trainer's (a random tiny model: the formats' losses differ by ~0.006).
+    assert as_trained == pytest.approx(trained.eval_loss, abs=1e-4)
+    assert abs(as_chat - as_trained) > 1e-3

@@ -1,6 +1,6 @@
 """Local training at the seed's scale, on two CPU cores: FSDP2 over gloo against one process,
 kill -9 and resume with sharded checkpoints, activation checkpointing, every attention
-implementation that runs on CPU against packed-row leakage, the memory plan and its refusals,
+implementation that runs on CPU against packed-row leakage, the memory estimate and its refusals,
 the multi-node launch."""
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ def test_fsdp_on_two_gloo_processes_matches_one_process(run_cli, tmp_path: Path,
         *tiny_common(tiny_model_dir),
         "train=local_full",
         "train.max_steps=3",
-        "train.learning_rate=1e-3",
+        "train.args.global_batch_size=2",
+        "train.args.learning_rate=1e-3",
         "train.checkpoint_every=2",
     )
-    run_cli(*common, "train.strategy=fsdp", "train.devices=2", "train.gradient_accumulation=1")
-    run_cli(*common, "train.devices=1", "train.gradient_accumulation=2")
+    run_cli(*common, "train.strategy=fsdp", "train.devices=2")
+    run_cli(*common, "train.devices=1")
     runs = sorted((tmp_path / "outputs" / "runs").glob("*/*/run.json"))
     sharded, single = (Path(json.loads(r.read_text())["stages"]["train"]["artifact"]) for r in runs)
     manifests = [json.loads((a / "manifest.json").read_text()) for a in (sharded, single)]
@@ -120,7 +121,7 @@ def test_auto_attention_picks_the_best_available_and_refuses_what_cannot_run() -
         attention.resolve("flash_attention_2", "cpu")
 
 
-# ---- the memory plan --------------------------------------------------------------------------
+# ---- the memory estimate --------------------------------------------------------------------------
 
 
 def formula_gb(
@@ -143,20 +144,20 @@ def formula_gb(
         ("togethercomputer/LLaMA-2-7B-32K", 6_738_415_616, 32768, (32, 4096, 4096, 11008, 32000)),
     ],
 )
-def test_the_memory_plan_follows_its_formula(model: str, published_params: int, seq: int, dims: tuple) -> None:
+def test_the_memory_estimate_follows_its_formula(model: str, published_params: int, seq: int, dims: tuple) -> None:
     shape = memory.shape_of(model)
     assert shape is not None and shape.params == published_params  # the models' published sizes
     layers, h, kv, i, V = dims
     for world, ac in ((1, False), (8, True)):
         setup = memory.Setup(None, "fsdp", world, seq, 1, ac, False, "flex_attention")
-        planned = memory.plan(shape, setup)["total"]
+        planned = memory.estimate(shape, setup)["total"]
         by_hand = formula_gb(published_params, layers, h, kv, i, V, T=published_params, world=world, seq=seq, ac=ac)
         assert planned == pytest.approx(by_hand, rel=0.15)
     # The seed's run: 7B full fine-tune at 32K. DDP on one 80 GB GPU cannot hold it; FSDP over 8
     # GPUs with checkpointing can.
     if "7B" in model:
-        ddp = memory.plan(shape, memory.Setup(None, "ddp", 1, seq, 1, False, False, "sdpa"))["total"]
-        fsdp = memory.plan(shape, memory.Setup(None, "fsdp", 8, seq, 1, True, False, "flex_attention"))["total"]
+        ddp = memory.estimate(shape, memory.Setup(None, "ddp", 1, seq, 1, False, False, "sdpa"))["total"]
+        fsdp = memory.estimate(shape, memory.Setup(None, "fsdp", 8, seq, 1, True, False, "flex_attention"))["total"]
         assert ddp > 80 >= fsdp
         # the 16 bytes per parameter of a full fine-tune (weights, gradients, Adam) are ~100 GB
         assert 16 * published_params / GIB == pytest.approx(100.4, abs=0.1)

@@ -14,12 +14,12 @@ from omegaconf import DictConfig
 from recipe.artifacts import Planned
 from recipe.data import templates
 from recipe.data.sources import iter_records, to_messages
-from recipe.data.spool import TOKEN_COUNTERS
+from recipe.data.tokens import TOKEN_COUNTERS
 
 SAMPLE_RECORDS = 1000  # enough for a mean within a few percent on the shipped samples; milliseconds
 
 
-def mean_tokens(name: str, source: DictConfig, fmt: str, template: str, tokenizer: str) -> tuple[float | None, str]:
+def mean_tokens(name: str, source: DictConfig, fmt: str, template: str, token_counter: str) -> tuple[float | None, str]:
     """(mean tokens per example, how it was found) for a source as Mix would render it; None when
     the source is on the hub and states no `estimate_tokens`, or holds no usable record."""
     key = f"sources.{name}"
@@ -28,7 +28,7 @@ def mean_tokens(name: str, source: DictConfig, fmt: str, template: str, tokenize
         if stated is None:
             return None, f"{key} is on the hub (set {key}.estimate_tokens to price it offline)"
         return float(stated), f"{key}.estimate_tokens={stated}"
-    count = TOKEN_COUNTERS[tokenizer]
+    count = TOKEN_COUNTERS[token_counter]
     sizes = []
     for record, where in islice(iter_records(name, source), SAMPLE_RECORDS):
         messages = to_messages(record, source.kind.value, where, source.template)

@@ -1,5 +1,5 @@
-"""Mix's machinery: spool every source record once, select on small per-record arrays, write the
-chosen lines out of the spools.
+"""Mix's reading and writing: spool every source record once, keep a small row per record
+(recipe/data/selection.py selects on those rows), write the chosen lines out of the spools.
 
 Reading (`read_unit`, in worker processes for byte ranges of JSON Lines files) normalises each
 record to messages and appends two lines to the unit's spool file: the record rendered in the
@@ -15,7 +15,7 @@ import hashlib
 import os
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,61 +28,12 @@ from tqdm import tqdm
 from recipe.data import templates
 from recipe.data.filecheck import check_block
 from recipe.data.jsonl import count_lines_before, encode_line, read_jsonl_range, worker_pool
+from recipe.data.selection import Records, take
 from recipe.data.sources import DataError, parse_line, rename_columns, to_messages
+from recipe.data.tokens import TOKEN_COUNTERS
 from recipe.errors import RecipeError
 
 BLOCK_LINES = 8192  # output lines built (and checked) per task while writing
-
-TOKEN_COUNTERS: dict[str, Callable[[dict[str, Any]], int]] = {
-    # ~4 characters per token, the usual rule of thumb
-    "approx": lambda example: (sum(len(part) for part in _trained_text(example)) + 3) // 4,
-    "whitespace": lambda example: sum(len(part.split()) for part in _trained_text(example)),
-}
-
-
-def largest_remainder(total: int, weights: Sequence[float]) -> list[int]:
-    """Split `total` into integers proportional to `weights` that add up to `total` exactly."""
-    weight_sum = float(sum(weights))
-    if total == 0 or weight_sum == 0:
-        return [0] * len(weights)
-    quotas = [total * w / weight_sum for w in weights]
-    counts = [int(q) for q in quotas]
-    by_remainder = sorted(range(len(weights)), key=lambda i: (-(quotas[i] - counts[i]), i))
-    for i in by_remainder[: total - sum(counts)]:
-        counts[i] += 1
-    return counts
-
-
-def rescale_shares(shares: dict[str, float], fixed: str) -> dict[str, float]:
-    """Keep `fixed`'s share; scale the others in proportion so that all sum to 1 (the rule that
-    lets a sweep move one component: 0.6 instructions leaves 0.2 + 0.2 of 0.25 + 0.25)."""
-    if fixed not in shares:
-        raise RecipeError(f"mix.rescale={fixed!r}: not a component ({', '.join(shares)})")
-    if shares[fixed] >= 1 and len(shares) > 1:
-        raise RecipeError(f"mix.components.{fixed}.share={shares[fixed]}: leaves nothing for the others")
-    others = sum(v for k, v in shares.items() if k != fixed)
-    scale = (1 - shares[fixed]) / others if others else 0.0
-    return {k: v if k == fixed else v * scale for k, v in shares.items()}
-
-
-def _trained_text(example: dict[str, Any]) -> list[str]:
-    """The pieces of text a model trains on, for token counting."""
-    if "messages" in example:
-        return [m["content"] for m in example["messages"]]
-    if "text" in example:
-        return [example["text"]]
-    return [example["prompt"], example["completion"]]
-
-
-def take(size: np.ndarray, target: int) -> int | None:
-    """How many leading records reach `target` (records, or tokens when sizes are token counts);
-    None when all of them together fall short."""
-    if target <= 0:
-        return 0
-    cumulative = np.cumsum(size)
-    if len(cumulative) == 0 or cumulative[-1] < target:
-        return None
-    return int(np.searchsorted(cumulative, target, side="left")) + 1
 
 
 @dataclass(frozen=True)
@@ -97,7 +48,7 @@ class SpoolUnit:
     text_template: str
     fmt: str
     template: str
-    tokenizer: str
+    token_counter: str
     strata_key: str | None
     spool: str
     path: str | None = None
@@ -115,7 +66,7 @@ def read_unit(unit: SpoolUnit, lines: Iterator[tuple[Any, str]] | None = None, p
     if lines is None:
         assert unit.path is not None
         lines = read_jsonl_range(Path(unit.path), unit.start, unit.end, 1)
-    count_tokens = TOKEN_COUNTERS[unit.tokenizer]
+    count_tokens = TOKEN_COUNTERS[unit.token_counter]
     kind, text_template, fmt, template, strata_key = (
         unit.kind,
         unit.text_template,
@@ -222,14 +173,13 @@ def write_spooled(
     paths: tuple[Path, Path],
     order: np.ndarray,
     spools: list[str],
-    arrays: dict[str, np.ndarray],
+    records: Records,
     check_format: str | None,
     pool: Executor | None,
     workers: int,
     progress: bool,
 ) -> tuple[str, str, int, int]:
-    """Write the upload lines and the canonical lines of records `order` (ids into the per-record
-    arrays) to `paths` in one pass, the file check on each upload block (`check_format`) a few blocks
+    """Write the upload lines and the canonical lines of records `order` (rows of `records`) to `paths` in one pass, the file check on each upload block (`check_format`) a few blocks
     ahead on the pool; (upload sha256, canonical sha256, checked samples, upload bytes)."""
     digests = hashlib.sha256(), hashlib.sha256()
     samples = size = 0
@@ -250,8 +200,8 @@ def write_spooled(
         for first in range(0, len(order), BLOCK_LINES):
             rows = order[first : first + BLOCK_LINES]
             check = (paths[0], first + 1, check_format) if check_format else None
-            lengths = arrays["length"][rows], arrays["canonical_length"][rows]
-            task = (spools, arrays["unit"][rows], arrays["offset"][rows], *lengths, check)
+            lengths = records.length[rows], records.canonical_length[rows]
+            task = (spools, records.unit[rows], records.offset[rows], *lengths, check)
             if pool is None:
                 emit(*build_block(*task))
                 continue
@@ -304,63 +254,38 @@ def read_all(
 
 def merge_units(
     units: list[SpoolUnit], results: list[dict[str, Any]], components: list[str], sources: list[str]
-) -> tuple[dict[str, np.ndarray], list[dict[Any, int]], dict[str, dict[str, Any]]]:
-    """Concatenate the units' per-record arrays; give each component one stratum numbering."""
-    strata: list[dict[Any, int]] = [{} for _ in components]
+) -> tuple[Records, dict[str, dict[str, Any]]]:
+    """Concatenate the units' per-record arrays into one record set (each component one stratum
+    numbering); per component, the records read and skipped."""
+    strata: tuple[dict[Any, int], ...] = tuple({} for _ in components)
     stats = {
         name: {"source": source, "records": 0, "skipped": 0} for name, source in zip(components, sources, strict=True)
     }
-    parts: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("offset", "length", "canonical_length", "tokens", "hash", "stratum")
-    }
-    parts["component"], parts["unit"] = [], []
+    parts = []
     for unit_id, (unit, result) in enumerate(zip(units, results, strict=True)):
         ids = strata[unit.comp_id]
         remap = np.array([ids.setdefault(label, len(ids)) for label in result["labels"]], dtype=np.int32)
         n = len(result["offset"])
-        for key in ("offset", "length", "canonical_length", "tokens", "hash"):
-            parts[key].append(result[key])
-        parts["stratum"].append(remap[result["stratum"]] if n else np.zeros(0, np.int32))
-        parts["component"].append(np.full(n, unit.comp_id, dtype=np.int32))
-        parts["unit"].append(np.full(n, unit_id, dtype=np.int32))
+        part = {k: result[k] for k in ("offset", "length", "canonical_length", "tokens", "hash")}
+        part["stratum"] = remap[result["stratum"]] if n else np.zeros(0, np.int32)
+        part["component"] = np.full(n, unit.comp_id, dtype=np.int32)
+        part["unit"] = np.full(n, unit_id, dtype=np.int32)
+        parts.append(part)
         stats[unit.component]["records"] += result["records"]
         stats[unit.component]["skipped"] += result["skipped"]
-    return {k: np.concatenate(v) for k, v in parts.items()}, strata, stats
+    return Records.concatenate(parts, strata), stats
 
 
-def selection_counts(
-    order: np.ndarray,
-    arrays: dict[str, np.ndarray],
-    strata: list[dict[Any, int]],
-    components: list[str],
-    stratified: list[bool],
-) -> dict[str, Any]:
-    """The manifest's counts of the chosen records: tokens, examples and tokens per component, and
-    examples per stratum for stratified components."""
-    counts: dict[str, int] = {}
-    tokens: dict[str, int] = {}
-    by_stratum: dict[str, dict[str, int]] = {}
-    for comp_id, name in enumerate(components):
-        chosen = order[arrays["component"][order] == comp_id]
-        counts[name] = len(chosen)
-        tokens[name] = int(arrays["tokens"][chosen].sum())
-        if stratified[comp_id]:
-            labels = {sid: label for label, sid in strata[comp_id].items()}
-            ids, n = np.unique(arrays["stratum"][chosen], return_counts=True)
-            by_stratum[name] = {str(labels[int(s)]): int(k) for s, k in zip(ids, n, strict=True)}
-    return {"tokens": int(sum(tokens.values())), "counts": counts, "tokens_by_component": tokens, "strata": by_stratum}
-
-
-def read_texts(spools: list[str], arrays: dict[str, np.ndarray], rows: np.ndarray) -> list[list[str]]:
+def read_texts(spools: list[str], records: Records, rows: np.ndarray) -> list[list[str]]:
     """The message texts of these records (from their canonical lines), for content checks."""
     fds: dict[int, int] = {}
     texts = []
     try:
         for unit_id, offset, length, canonical_length in zip(
-            arrays["unit"][rows].tolist(),
-            arrays["offset"][rows].tolist(),
-            arrays["length"][rows].tolist(),
-            arrays["canonical_length"][rows].tolist(),
+            records.unit[rows].tolist(),
+            records.offset[rows].tolist(),
+            records.length[rows].tolist(),
+            records.canonical_length[rows].tolist(),
             strict=True,
         ):
             fd = fds.get(unit_id)
@@ -384,8 +309,8 @@ def _set_scanner(scanner: Any) -> None:
     _SCANNER = scanner
 
 
-def _scan_rows(spools: list[str], arrays: dict[str, np.ndarray]) -> list[Any]:
-    return _SCANNER.scan(read_texts(spools, arrays, np.arange(len(arrays["unit"]))))
+def _scan_rows(spools: list[str], records: Records) -> list[Any]:
+    return _SCANNER.scan(read_texts(spools, records, np.arange(len(records))))
 
 
 class ContentCheck:
@@ -393,10 +318,10 @@ class ContentCheck:
     clean), in batches of CHECK_ROWS; large batches on `workers` processes, each given the checker's
     `index` once (its scan is the same function)."""
 
-    def __init__(self, spools: list[str], arrays: dict[str, np.ndarray], checker: Any, workers: int = 1) -> None:
-        self.spools, self.arrays, self.checker, self.workers = spools, arrays, checker, workers
-        self.checked = np.zeros(len(arrays["offset"]), dtype=bool)
-        self.bad = np.zeros(len(arrays["offset"]), dtype=bool)
+    def __init__(self, spools: list[str], records: Records, checker: Any, workers: int = 1) -> None:
+        self.spools, self.records, self.checker, self.workers = spools, records, checker, workers
+        self.checked = np.zeros(len(records), dtype=bool)
+        self.bad = np.zeros(len(records), dtype=bool)
         self.found: dict[int, Any] = {}  # record -> what the scan found
         self._pool: Executor | None = None
 
@@ -407,12 +332,11 @@ class ContentCheck:
         if self.workers > 1 and len(todo) >= PARALLEL_ROWS:
             if self._pool is None:
                 self._pool = worker_pool(self.workers, _set_scanner, (self.checker.index,))
-            keys = ("unit", "offset", "length", "canonical_length")
-            tasks = [self._pool.submit(_scan_rows, self.spools, {k: self.arrays[k][c] for k in keys}) for c in chunks]
+            tasks = [self._pool.submit(_scan_rows, self.spools, self.records.rows(c)) for c in chunks]
             results: Iterator[list[Any]] = (task.result() for task in tasks)
             self.checker.checked += len(todo)
         else:
-            results = (self.checker.scan(read_texts(self.spools, self.arrays, c)) for c in chunks)
+            results = (self.checker.scan(read_texts(self.spools, self.records, c)) for c in chunks)
         for chunk, found_in_chunk in zip(chunks, results, strict=True):
             for row, found in zip(chunk.tolist(), found_in_chunk, strict=True):
                 if found:

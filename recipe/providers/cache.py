@@ -206,10 +206,42 @@ def _salvage(damaged: Path, fresh: sqlite3.Connection) -> dict[str, int]:
     return saved
 
 
+# The default cache was named for Distill's teacher before Test's models shared it: a cache under the
+# old name beside the new default is copied to the new name once (the old file is left as it was).
+LEGACY_NAMES = {"requests.sqlite": "teacher.sqlite"}
+
+
+def adopt_legacy(path: Path) -> bool:
+    """Copy a cache kept under its old name (`teacher.sqlite`) to `path` when `path` does not exist
+    yet: consistently (SQLite's backup API reads it as one transaction), under a lock, and into
+    place by a rename, so two processes starting at once end with one cache. True when copied."""
+    old_name = LEGACY_NAMES.get(path.name)
+    legacy = path.with_name(old_name) if old_name else None
+    if legacy is None or path.exists() or not legacy.exists():
+        return False
+    import fcntl
+
+    with open(path.with_name(f".{path.name}.adopt.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():  # another process copied it while this one waited
+            return False
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        source, target = sqlite3.connect(legacy), sqlite3.connect(partial)
+        try:
+            source.backup(target)
+        finally:
+            source.close()
+            target.close()
+        os.replace(partial, path)
+    log.warning("the request cache %s is now %s (copied; the old file can be deleted)", legacy, path)
+    return True
+
+
 class RequestCache:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        adopt_legacy(self.path)
         self._lock = threading.Lock()
         self.salvaged: dict[str, Any] | None = None
         damage = _damage(self.path)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from recipe.data import templates
 from recipe.data.jsonl import encode_line
+from recipe.data.tokens import approx_tokens
 from recipe.errors import RecipeError
 from recipe.providers.cache import RequestCache, Stored, request_key
 from recipe.providers.http import RECONCILE_WINDOW_S, BadBody, Client, RateLimiter, together_base_url
@@ -107,10 +108,6 @@ class Ledger:
         }
 
 
-def approx_tokens(text: str) -> int:
-    return (len(text) + 3) // 4
-
-
 def prompt_ceiling(body: dict[str, Any]) -> int:
     """At most how many tokens a request's prompt can be billed as: its UTF-8 bytes (a byte-level
     tokenizer never makes more tokens than bytes) plus a template's special tokens per message. The
@@ -128,27 +125,41 @@ def completion_request(messages: list[Message], template: str) -> dict[str, Any]
     return request
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model answers and how its requests are written: all of it part of request-cache keys."""
+
+    provider: str  # together | openai_compatible | local (local-transformers, local-vllm when we serve it)
+    model: str
+    api: str  # chat | completions
+    template: str  # completions: the text template prompts are rendered in
+    weights: str | None = None  # local models: which file answers, since the alias alone may not say
+
+    @classmethod
+    def configured(cls, node: DictConfig) -> ModelSpec:
+        """The model a config node names (a teacher: `distill.teacher`, `test.judge`)."""
+        return cls(node.provider.value, node.model, node.api.value, node.template, local_weights(node))
+
+
 class ModelClient:
+    """Asks one model (`spec`) through the request cache, within the ledger's budget."""
+
     def __init__(
         self,
         client: Client,
         cache: RequestCache,
+        spec: ModelSpec,
         *,
-        provider: str,
-        model: str,
-        api: str,
-        template: str,
         sampling: dict[str, Any],
         ledger: Ledger,
         limiter: RateLimiter | None = None,
-        weights: str | None = None,
     ) -> None:
         self.client, self.cache, self.ledger, self.limiter = client, cache, ledger, limiter
-        self.weights = weights  # for local models: which file answers, since the alias alone may not say
-        self.provider, self.model, self.api, self.template = provider, model, api, template
+        self.weights = spec.weights
+        self.provider, self.model, self.api, self.template = spec.provider, spec.model, spec.api, spec.template
         self.sampling = {k: v for k, v in sampling.items() if v is not None and v != []}
         # The seed fed its teacher's answers back as they came: keep them unstripped for its template.
-        self.raw_answers = api == "completions" and template == "llama2_inst_seed"
+        self.raw_answers = spec.api == "completions" and spec.template == "llama2_inst_seed"
         self.asked: set[str] = set()  # cache keys of every request asked (crash accounting: cache.resent_count)
 
     def body(self, messages: list[Message]) -> dict[str, Any]:
@@ -340,6 +351,25 @@ def local_weights(t: DictConfig) -> str | None:
 
 
 @contextlib.contextmanager
+def connected(t: DictConfig, root: DictConfig, stage: DictConfig, pool_size: int = 32) -> Iterator[Client]:
+    """An HTTP client to the model a config node names (see `model_endpoint`), with the stage's
+    `max_retries`, `timeout_s` and `retry_backoff_s`; closed (and a local server stopped) after."""
+    with model_endpoint(t, root) as (base_url, api_key):
+        client = Client(
+            base_url,
+            api_key,
+            max_retries=stage.max_retries,
+            timeout_s=stage.timeout_s,
+            backoff_s=stage.retry_backoff_s,
+            pool_size=pool_size,
+        )
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+@contextlib.contextmanager
 def model_endpoint(t: DictConfig, root: DictConfig) -> Iterator[tuple[str, str | None]]:
     """(base URL, key) of a teacher config node (`provider`, `model`, `base_url`, ...); a local
     teacher is started as a llama.cpp server on 127.0.0.1 and always stopped."""
@@ -356,29 +386,3 @@ def model_endpoint(t: DictConfig, root: DictConfig) -> Iterator[tuple[str, str |
     else:
         with LlamaCppServer(_gguf(t), t.model, context_length=t.context_length) as server:
             yield server.base_url, None
-
-
-class SpendProgress:
-    """One tqdm bar of finished items (Distill: conversations) with tokens, cost, retries and failures."""
-
-    def __init__(self, total: int, ledger: Ledger, client: Client, enabled: bool) -> None:
-        self.bar = tqdm(total=total, desc="distill", unit=" conv", disable=not enabled, mininterval=0.5)
-        self.ledger, self.client = ledger, client
-        self.failed = 0
-        self._lock = threading.Lock()
-
-    def item_done(self, failed: bool) -> None:
-        with self._lock:
-            self.failed += failed
-            tokens = self.ledger.prompt_tokens + self.ledger.completion_tokens
-            self.bar.set_postfix(
-                tokens=tokens,
-                cost=f"${self.ledger.cost_usd:.4f}",
-                retries=self.client.retries.value,
-                failed=self.failed,
-                refresh=False,
-            )
-            self.bar.update()
-
-    def close(self) -> None:
-        self.bar.close()

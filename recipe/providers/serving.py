@@ -27,7 +27,7 @@ from recipe.artifacts import PromptFormat, TrainedModel
 from recipe.errors import RecipeError
 from recipe.providers.http import RECONCILE_WINDOW_S, SETTLE_POLL_S, APIError, Client, reconcile
 from recipe.providers.local.server import ManagedServer, embedded_gguf, model_server, serving_engine
-from recipe.providers.model_client import completion_request
+from recipe.providers.model_client import ModelSpec, completion_request
 from recipe.providers.together import cheapest_hardware, hardware_usd_per_hour, unless_gone, wait_endpoint_started
 from recipe.store import ArtifactStore
 
@@ -47,6 +47,11 @@ class ModelAccess:
     local_dir: Path | None = None  # local models: the Hugging Face directory (held-out loss)
     concurrency: int | None = None  # the most requests worth having in flight; None = the caller's
     server: ManagedServer | None = None  # local models: the managed process (serve until it ends)
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model as request-cache keys name it, prompted in the format it was trained in."""
+        return ModelSpec(self.provider, self.model, self.format.api, self.format.template or "raw", self.weights)
 
     @property
     def url(self) -> str:
@@ -135,6 +140,12 @@ class DedicatedEndpoints:
             self.store.put_record(self.kind, key, record)
         self.reconcile(key)
         return self.store.record(self.kind, key)
+
+    def existing(self, key: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The endpoint recorded under `key` and Together's view of it: (None, None) when none is
+        recorded; (record, None) when Together no longer has it (the record is marked deleted)."""
+        record = self.recorded(key)
+        return record, (self.alive(key, record) if record is not None else None)
 
     def alive(self, key: str, record: dict[str, Any]) -> dict[str, Any] | None:
         """The recorded endpoint as Together reports it; None (and the record marked deleted) when
@@ -239,10 +250,8 @@ def temporary_endpoint(endpoints: DedicatedEndpoints, model: str, hardware: str 
     """A dedicated endpoint for `model` while the block runs: recorded before waiting (a re-run
     re-attaches), `inactive_timeout` in case we die, deleted afterwards, on errors too."""
     key = endpoints.key({"model": model, "hardware": hardware, "temporary": True})
-    record = endpoints.recorded(key)
-    if record is not None and endpoints.alive(key, record) is None:
-        record = None
-    if record is None:
+    record, current = endpoints.existing(key)
+    if record is None or current is None:
         body = {
             "model": model,
             "hardware": hardware,

@@ -316,7 +316,7 @@ def billed_tokens(
     from. (None, why) when unknown."""
     if not packing:
         if max_seq_length is None:
-            return None, "packing off bills max_seq_length per example: set train.max_seq_length"
+            return None, "packing off bills max_seq_length per example: set train.args.max_seq_length"
         if size.examples is None:
             return None, f"the mixture's examples are unknown ({label})"
         per = max_seq_length

@@ -3,9 +3,12 @@
 A stage is a class named by `_target_` in its config node (allow-listed to `recipe.*`). The runner
 builds it with `Stage(config=<its node>, root=<the whole config>)`, asks it for its semantic config
 (what its fingerprint hashes: its node minus the keys its `schema` marks execution-only) and the
-upstream stages it needs, and calls `run(inputs, out_dir)`, which writes outputs into `out_dir` and
-returns the manifest fields. Stages read upstream artifacts through `recipe.artifacts`; they never
-import the runner or each other.
+upstream stages it needs, and calls `run(inputs, workspace)`: the stage writes its files into
+`workspace.out_dir` and returns an `Output`, its artifact value (one of `recipe.artifacts`' types,
+what downstream stages may rely on) and a free-form record for people (counts, timings, costs); the
+runner writes both into the artifact's manifest. Stages read upstream artifacts through
+`recipe.artifacts`; they never import the runner or each other, and the runner never reads or sets
+a stage's attributes.
 
 Before anything runs, the runner asks every selected stage for its `plan(inputs, upstream)`: what it
 would do and what it would cost, computed without slow or paid work, from its input artifacts or,
@@ -17,16 +20,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from recipe.artifacts import Planned
-from recipe.config import RecipeConfig, semantic_view, unknown_keys
+from recipe.artifacts import Planned, content_id
+from recipe.config import RecipeConfig, renamed, semantic_view, unknown_keys
 from recipe.errors import RecipeError
 from recipe.providers.http import Client, together_base_url
 from recipe.secrets import strip_secrets, together_api_key
@@ -76,6 +79,36 @@ class Plan:
         return f"{self.summary}; {self.details}" if self.details else self.summary
 
 
+@dataclass(frozen=True)
+class Workspace:
+    """What the runner hands `run`: where the artifact's files go (the store moves the directory
+    into place when `run` returns), the artifact's fingerprint, and the store, for records of remote
+    objects (jobs, endpoints) and work directories that outlive one attempt."""
+
+    out_dir: Path
+    fingerprint: str
+    store: ArtifactStore
+
+
+class ArtifactValue(Protocol):
+    def manifest(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Output:
+    """What `run` returns: the artifact value downstream stages read (None for an action that
+    leaves nothing to read, e.g. stopping an endpoint) and a record for people."""
+
+    artifact: ArtifactValue | None
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def manifest(self) -> dict[str, Any]:
+        value = self.artifact.manifest() if self.artifact is not None else {}
+        clash = set(value) & set(self.record)
+        assert not clash, f"the record repeats the artifact's keys {sorted(clash)}"
+        return {**self.record, **value}
+
+
 class Stage:
     name: ClassVar[str]
     # Bump when a change in code changes what the stage produces: old artifacts stop matching.
@@ -97,12 +130,16 @@ class Stage:
     def __init__(self, config: DictConfig, root: DictConfig) -> None:
         self.config = config
         self.root = root
-        self.store: ArtifactStore | None = None  # set by the runner: for records of remote objects
-        self.fingerprint: str | None = None  # set by the runner before `run`
 
     def upstream(self) -> tuple[str, ...]:
         """Names of stages whose artifacts this one needs."""
         return ()
+
+    def reads(self, name: str, artifact: Artifact) -> str:
+        """The content identity of what this stage reads of the upstream artifact `name` (part of
+        its fingerprint): by default all of it (`recipe.artifacts.content_id`); a stage that reads
+        less says so, and is reused when only the rest changed."""
+        return content_id(name, artifact)
 
     def report(self, artifact: Artifact) -> str | None:
         """Text the runner prints once the stage's artifact is ready (built or reused)."""
@@ -129,8 +166,8 @@ class Stage:
         artifacts that exist (None for the others), `upstream` the planned sizes of those that do not."""
         return Plan(f"run {self.name}")
 
-    def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
-        """Produce the artifact's files in `out_dir`; return the manifest's fields."""
+    def run(self, inputs: dict[str, Artifact], workspace: Workspace) -> Output:
+        """Write the artifact's files into `workspace.out_dir`; return its value and a record."""
         raise NotImplementedError
 
 
@@ -247,6 +284,9 @@ def check_targets(cfg: DictConfig) -> None:
             continue
         unknown += unknown_keys(cfg[CONFIG_KEY[name]], cls.schema, f"{CONFIG_KEY[name]}.")
     unknown = [u for u in unknown if u.split(".")[0] != "hydra"]
+    moved = next((u for u in unknown if renamed(u)), None)
+    if moved:
+        raise StageError(f"{moved} was renamed: use {renamed(moved)}")
     if unknown:
         raise StageError(
             f"{unknown[0]}: no schema declares this key{' (and ' + ', '.join(unknown[1:4]) + ')' if len(unknown) > 1 else ''}; "

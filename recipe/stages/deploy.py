@@ -19,8 +19,6 @@ import json
 import logging
 import os
 import re
-from pathlib import Path
-from typing import Any
 
 from recipe.artifacts import SERVING_RECORDS, Deployment, Planned, PromptFormat, TrainedModel
 from recipe.config import LocalDeployConfig, TogetherDeployConfig
@@ -28,8 +26,8 @@ from recipe.providers.http import Client
 from recipe.providers.local.server import serving_engine
 from recipe.providers.model_client import completion_request
 from recipe.providers.serving import DedicatedEndpoints, LocalServing, local_model, smoke_query
-from recipe.stages import Plan, Stage, StageError, missing_extra
-from recipe.store import Artifact
+from recipe.stages import Output, Plan, Stage, StageError, Workspace, missing_extra
+from recipe.store import Artifact, ArtifactStore
 
 log = logging.getLogger(__name__)
 ENDPOINTS = "together-endpoints"
@@ -104,7 +102,7 @@ class LocalDeploy(Stage):
             f"serve the trained model on {self.config.host} ({engine}), then a smoke query", usd=0.0, needs=missing
         )
 
-    def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
+    def run(self, inputs: dict[str, Artifact], workspace: Workspace) -> Output:
         c = self.config
         trained = TrainedModel.load(inputs["train"])
         check_provider(trained.provider, "local")
@@ -118,16 +116,17 @@ class LocalDeploy(Stage):
             answer = smoke_query(m.client, m.model, c.smoke_prompt, c.smoke_max_tokens, m.format)
             engine = m.provider.removeprefix("local-")
             deployment = Deployment("local", m.url, m.model, model_dir=str(trained.local_dir), format=m.format)
-            manifest = {**deployment.manifest(), "provider": "local", "engine": engine, "smoke": answer}
+            record = {"provider": "local", "engine": engine, "smoke": answer}
             print(
                 f"\n{m.model} ({engine}) answered the smoke query: {answer['prompt']!r} -> {answer['answer']!r} in "
                 f"{answer['latency_s']} s",
                 flush=True,
             )
             if c.foreground:
-                assert self.store is not None and self.fingerprint is not None and m.server is not None
+                assert m.server is not None
                 # While it serves, recipe-chat (and the playground) find it here instead of starting a copy.
-                self.store.put_record(SERVING_RECORDS, self.fingerprint, {**deployment.manifest(), "pid": os.getpid()})
+                store, fingerprint = workspace.store, workspace.fingerprint
+                store.put_record(SERVING_RECORDS, fingerprint, {**deployment.manifest(), "pid": os.getpid()})
                 ask = snippets(m.url, m.model, None, m.format)
                 print(f"serving at {m.url} until Ctrl-C; ask it like this:\n\n{ask}\n", flush=True)
                 try:
@@ -135,7 +134,7 @@ class LocalDeploy(Stage):
                 except KeyboardInterrupt:
                     print("\nstopping the server", flush=True)
                 finally:
-                    self.store.delete_record(SERVING_RECORDS, self.fingerprint)
+                    store.delete_record(SERVING_RECORDS, fingerprint)
             else:
                 print(
                     f"the server stopped after the smoke query (deploy.foreground=false). To serve the model:\n"
@@ -143,8 +142,7 @@ class LocalDeploy(Stage):
                     f"chosen when it starts; recipe-chat finds it by itself):\n\n"
                     f"{snippets(m.url, m.model, None, m.format)}\n"
                 )
-        manifest["state"] = "stopped"
-        return manifest
+        return Output(deployment, {**record, "state": "stopped"})
 
 
 class TogetherDeploy(Stage):
@@ -188,7 +186,7 @@ class TogetherDeploy(Stage):
             bound="at least",
         )
 
-    def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
+    def run(self, inputs: dict[str, Artifact], workspace: Workspace) -> Output:
         c = self.config
         trained = TrainedModel.load(inputs["train"])
         check_provider(trained.provider, "together")
@@ -203,22 +201,14 @@ class TogetherDeploy(Stage):
                     f"{snippets(url, model, 'TOGETHER_API_KEY', fmt)}\n"
                 )
                 deployment = Deployment("together", url, model, key_env="TOGETHER_API_KEY", format=fmt)
-                return {
-                    **deployment.manifest(),
-                    "provider": "together",
-                    "mode": "serverless",
-                    "url": url,
-                    "model": model,
-                    "smoke": answer,
-                }
-            return self._dedicated(client, model, trained)
+                return Output(deployment, {"provider": "together", "mode": "serverless", "smoke": answer})
+            return self._dedicated(client, model, trained, workspace.store)
         finally:
             client.close()
 
-    def _dedicated(self, client: Client, model: str, trained: TrainedModel) -> dict[str, Any]:
-        assert self.store is not None
+    def _dedicated(self, client: Client, model: str, trained: TrainedModel, store: ArtifactStore) -> Output:
         c = self.config
-        endpoints = DedicatedEndpoints(client, self.store, ENDPOINTS, c.poll_s, c.progress)
+        endpoints = DedicatedEndpoints(client, store, ENDPOINTS, c.poll_s, c.progress)
         identity = {
             "model": model,
             "hardware": c.hardware,
@@ -227,9 +217,8 @@ class TogetherDeploy(Stage):
             "inactive_timeout": c.inactive_timeout,
         }
         key = endpoints.key(identity)
-        record = endpoints.recorded(key)
+        record, current = endpoints.existing(key)
         action = c.action.value
-        current = endpoints.alive(key, record) if record is not None else None
         if current is None:
             gone = (
                 f"the endpoint {record['id']} recorded for this config is gone (deleted outside recipe)"
@@ -238,7 +227,9 @@ class TogetherDeploy(Stage):
             )
             if action == "delete" and record is not None:
                 print(f"{gone}: nothing to delete")
-                return {"provider": "together", "endpoint_id": record["id"], "model": model, "state": "DELETED"}
+                return Output(
+                    None, {"provider": "together", "endpoint_id": record["id"], "model": model, "state": "DELETED"}
+                )
             if action != "ensure":
                 raise StageError(
                     f"deploy.action={action}: {gone or 'no Together endpoint is recorded for this config'}"
@@ -259,9 +250,9 @@ class TogetherDeploy(Stage):
         state = {"provider": "together", "endpoint_id": endpoint_id, "model": model}
         if action == "delete":
             endpoints.delete(key, record)
-            return {**state, "state": "DELETED"}
+            return Output(None, {**state, "state": "DELETED"})
         if action == "stop":
-            return {**state, "state": endpoints.set_state(endpoint_id, "STOPPED").get("state")}
+            return Output(None, {**state, "state": endpoints.set_state(endpoint_id, "STOPPED").get("state")})
         if action == "start" or (current or {}).get("state") == "STOPPED":
             endpoints.set_state(endpoint_id, "STARTED")
         endpoint = endpoints.wait_started(endpoint_id, key)
@@ -276,15 +267,16 @@ class TogetherDeploy(Stage):
             f"{snippets(client.base_url, name, 'TOGETHER_API_KEY', trained.format)}\n"
         )
         deployment = Deployment("together", client.base_url, name, key_env="TOGETHER_API_KEY", format=trained.format)
-        return {
-            **deployment.manifest(),
-            **state,
-            "mode": "dedicated",
-            "url": client.base_url,
-            "model": name,
-            "hardware": endpoint.get("hardware"),
-            "usd_per_hour": rate,  # Together's listed rate for that hardware (GET /hardware)
-            "state": endpoint.get("state"),
-            "inactive_timeout": c.inactive_timeout,
-            "smoke": answer,
-        }
+        return Output(
+            deployment,
+            {
+                **state,
+                "model": name,
+                "mode": "dedicated",
+                "hardware": endpoint.get("hardware"),
+                "usd_per_hour": rate,  # Together's listed rate for that hardware (GET /hardware)
+                "state": endpoint.get("state"),
+                "inactive_timeout": c.inactive_timeout,
+                "smoke": answer,
+            },
+        )

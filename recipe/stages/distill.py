@@ -30,10 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
+from recipe.artifacts import CONVERSATIONS_FILE, Planned
 from recipe.artifacts import Conversations as ConversationsArtifact
-from recipe.artifacts import Planned
 from recipe.config import DistillConfig
+from recipe.data import contamination
+from recipe.data.contamination import Decontamination
 from recipe.data.jsonl import encode_line
 from recipe.data.sources import (
     SHAREGPT_ROLES,
@@ -44,6 +47,7 @@ from recipe.data.sources import (
     sharegpt_turns,
     source_identity,
 )
+from recipe.data.tokens import approx_tokens
 from recipe.providers.cache import RequestCache
 from recipe.providers.http import APIError, Client, RateLimiter
 from recipe.providers.model_client import (
@@ -51,19 +55,14 @@ from recipe.providers.model_client import (
     BudgetReached,
     Ledger,
     ModelClient,
-    SpendProgress,
-    approx_tokens,
+    ModelSpec,
     ask_batch,
-    local_weights,
-    model_endpoint,
+    connected,
 )
-from recipe.stages import Plan, Stage, StageError, missing_extra
+from recipe.stages import Output, Plan, Stage, StageError, Workspace, missing_extra
 from recipe.store import Artifact
-from recipe.test import contamination
-from recipe.test.contamination import Decontamination
 
 log = logging.getLogger(__name__)
-CONVERSATIONS_FILE = "conversations.jsonl"
 TURN_STATS = ("skipped_empty_turns", "skipped_long_turns", "turns_beyond_max_turns", "no_turns", "page_counters_cut")
 Message = dict[str, str]
 
@@ -110,7 +109,7 @@ class Distill(Stage):
             raise StageError(f"distill.mode=batch needs distill.teacher.provider=together, not {provider}")
         if c.sampling.max_tokens < 1:
             raise StageError(f"distill.sampling.max_tokens={c.sampling.max_tokens}: must be at least 1")
-        d = c.decontaminate  # human turns holding a Test prompt are never sent (recipe/test/contamination.py)
+        d = c.decontaminate  # human turns holding a Test prompt are never sent (recipe/data/contamination.py)
         self.decon = Decontamination(d, "distill.decontaminate") if d is not None and d.enabled else None
 
     # ---- identity and plan -----------------------------------------------------------------
@@ -239,33 +238,22 @@ class Distill(Stage):
         return self.config.prices.batch_factor if self.config.mode.value == "batch" else 1.0
 
     # ---- run ----------------------------------------------------------------------------------
-    def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
-        c = self.config
+    def run(self, inputs: dict[str, Artifact], workspace: Workspace) -> Output:
+        c, out_dir = self.config, workspace.out_dir
         conversations, stats = self.conversations()
         if not conversations:
             raise StageError(f"sources.{c.source}: no conversation has a human turn to replay")
         cache = RequestCache(c.cache_path)
         ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, c.budget.max_usd, self._price_factor())
         try:
-            with model_endpoint(c.teacher, self.root) as (base_url, api_key):
-                client = Client(
-                    base_url,
-                    api_key,
-                    max_retries=c.max_retries,
-                    timeout_s=c.timeout_s,
-                    backoff_s=c.retry_backoff_s,
-                    pool_size=c.concurrency,
-                )
-                try:
-                    teacher = self._teacher(client, cache, ledger)
-                    if c.mode.value == "batch":
-                        self._run_batch(teacher, client, conversations, ledger, out_dir)
-                    else:
-                        self._run_online(teacher, conversations, ledger, client)
-                    # Requests a dead process had in flight and this one sent again, over every crash so far.
-                    resent = cache.resent_count(teacher.asked)
-                finally:
-                    client.close()
+            with connected(c.teacher, self.root, c, pool_size=c.concurrency) as client:
+                teacher = self._teacher(client, cache, ledger)
+                if c.mode.value == "batch":
+                    self._run_batch(teacher, client, conversations, ledger, out_dir)
+                else:
+                    self._run_online(teacher, conversations, ledger, client)
+                # Requests a dead process had in flight and this one sent again, over every crash so far.
+                resent = cache.resent_count(teacher.asked)
         finally:
             cache.close()
         return self._finish(conversations, stats, ledger, out_dir, client.retries.value, resent)
@@ -275,18 +263,13 @@ class Distill(Stage):
         sampling = OmegaConf.to_container(c.sampling, resolve=True)
         assert isinstance(sampling, dict)
         limiter = RateLimiter(c.requests_per_minute, c.tokens_per_minute)
-        weights = local_weights(c.teacher)
         return ModelClient(
             client,  # type: ignore[arg-type]  (None only for dry-run key lookups)
             cache,  # type: ignore[arg-type]
-            provider=c.teacher.provider.value,
-            model=c.teacher.model,
-            api=c.teacher.api.value,
-            template=c.teacher.template,
+            ModelSpec.configured(c.teacher),
             sampling=sampling,
             ledger=ledger,
             limiter=limiter,
-            weights=weights,
         )
 
     def _run_online(
@@ -373,7 +356,7 @@ class Distill(Stage):
         out_dir: Path,
         retries: int,
         resent: int,
-    ) -> dict[str, Any]:
+    ) -> Output:
         c = self.config
         budget_stopped = [conv for conv in conversations if conv.error == "budget"]
         failed = [conv for conv in conversations if conv.error not in (None, "budget")]
@@ -409,8 +392,7 @@ class Distill(Stage):
                 # The seed's turns went out verbatim and its answers came back raw: store them cut as its output was.
                 messages = seed_output(conv.messages) if self._seed_prompts() else conv.messages
                 f.write(encode_line({"id": conv.id, "messages": messages}))
-        return {
-            **ConversationsArtifact(out_dir / CONVERSATIONS_FILE).manifest(),
+        record = {
             "conversations": {
                 "distilled": len(kept),
                 "failed": len(failed),
@@ -433,3 +415,30 @@ class Distill(Stage):
             "contamination_counts": self.decon.counts() if self.decon else None,
             **details,
         }
+        return Output(ConversationsArtifact(out_dir / CONVERSATIONS_FILE), record)
+
+
+class SpendProgress:
+    """One tqdm bar of finished conversations with the tokens, cost, retries and failures so far."""
+
+    def __init__(self, total: int, ledger: Ledger, client: Client, enabled: bool) -> None:
+        self.bar = tqdm(total=total, desc="distill", unit=" conv", disable=not enabled, mininterval=0.5)
+        self.ledger, self.client = ledger, client
+        self.failed = 0
+        self._lock = threading.Lock()
+
+    def item_done(self, failed: bool) -> None:
+        with self._lock:
+            self.failed += failed
+            tokens = self.ledger.prompt_tokens + self.ledger.completion_tokens
+            self.bar.set_postfix(
+                tokens=tokens,
+                cost=f"${self.ledger.cost_usd:.4f}",
+                retries=self.client.retries.value,
+                failed=self.failed,
+                refresh=False,
+            )
+            self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()

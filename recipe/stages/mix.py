@@ -9,7 +9,7 @@ What it supports:
   proportionally to the strata's sizes;
 - sampling without replacement (an error when a source is too small, unless `replace: true`); exact-
   duplicate removal within and across components; a deterministic shuffle from `seed`;
-- decontamination (on by default, recipe/test/contamination.py): examples holding a Test prompt
+- decontamination (on by default, recipe/data/contamination.py): examples holding a Test prompt
   are dropped (the next record of the same random order replaces each), fail the stage, or counted;
 - a held-out eval split (`eval_fraction`) drawn from records that are not in the mixture;
 - two files of the same examples in the same order: `conversations.jsonl`, the canonical form that
@@ -17,16 +17,17 @@ What it supports:
   `mixture.jsonl`, rendered as `format` asks (`text` through a template, `messages`,
   `prompt_completion`), with the Together file check on it; the eval split likewise.
 
-How (recipe/data/spool.py): one streaming pass reads every source record, normalises it to messages
-and spools its two lines, keeping only (offset, lengths, tokens, stratum, hash) per record in memory.
-Selection works on those arrays with numpy; the files are copied from the spools in shuffled order.
-A few tens of bytes per record in memory whatever their size; same config and seed, same files.
+How: one streaming pass (recipe/data/spool.py) reads every source record, normalises it to messages
+and spools its two lines, keeping only a row of (offset, lengths, tokens, stratum, hash) per record
+in memory. Selection (recipe/data/selection.py) works on those rows with numpy; the files are copied
+from the spools in shuffled order. A few tens of bytes per record in memory whatever their size;
+same config and seed, same files.
 """
 
 from __future__ import annotations
 
-import zlib
 from concurrent.futures import Executor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,13 @@ from recipe.artifacts import (
     EVAL_FILE,
     MIXTURE_FILE,
     Conversations,
+    Mixture,
+    MixtureSplit,
     Planned,
 )
 from recipe.config import MixConfig, SourceConfig, SourceKind
-from recipe.data import estimate, templates
+from recipe.data import contamination, estimate, templates
+from recipe.data.contamination import Decontamination
 from recipe.data.filecheck import check_report
 from recipe.data.jsonl import (
     CHUNK_BYTES,
@@ -51,6 +55,7 @@ from recipe.data.jsonl import (
     worker_count,
     worker_pool,
 )
+from recipe.data.selection import Draw, Records, composition, draw, first_occurrences, rescale_shares, seeded, targets
 from recipe.data.sources import (
     check_source,
     hash_files,
@@ -60,22 +65,10 @@ from recipe.data.sources import (
     source_files,
     source_identity,
 )
-from recipe.data.spool import (
-    TOKEN_COUNTERS,
-    ContentCheck,
-    SpoolUnit,
-    largest_remainder,
-    merge_units,
-    read_all,
-    rescale_shares,
-    selection_counts,
-    take,
-    write_spooled,
-)
-from recipe.stages import Plan, Stage, StageError
+from recipe.data.spool import ContentCheck, SpoolUnit, merge_units, read_all, write_spooled
+from recipe.data.tokens import TOKEN_COUNTERS
+from recipe.stages import Output, Plan, Stage, StageError, Workspace
 from recipe.store import Artifact
-from recipe.test import contamination
-from recipe.test.contamination import Decontamination
 
 DISTILLED = "distill"  # a component source naming the Distill stage's conversations
 
@@ -96,7 +89,6 @@ class Mix(Stage):
     def __init__(self, config: DictConfig, root: DictConfig) -> None:
         super().__init__(config, root)
         self.components = sorted(config.components)  # sorted: overrides may reorder keys
-        self._distilled: DictConfig | None = None
         self._validate()
         d = config.decontaminate
         self.decon = Decontamination(d, "mix.decontaminate") if d.enabled else None
@@ -120,8 +112,8 @@ class Mix(Stage):
         self.shares = shares
         if not 0 <= c.eval_fraction < 1:
             raise StageError(f"mix.eval_fraction={c.eval_fraction}: must be in [0, 1)")
-        if c.tokenizer not in TOKEN_COUNTERS:
-            raise StageError(f"mix.tokenizer={c.tokenizer!r}: use one of {', '.join(TOKEN_COUNTERS)}")
+        if c.token_counter not in TOKEN_COUNTERS:
+            raise StageError(f"mix.token_counter={c.token_counter!r}: use one of {', '.join(TOKEN_COUNTERS)}")
         templates.check_template(c.template, "mix.template")
         for name in self.components:
             comp = c.components[name]
@@ -139,9 +131,12 @@ class Mix(Stage):
         uses_distill = any(self.config.components[n].source == DISTILLED for n in self.components)
         return ("distill",) if uses_distill else ()
 
-    def _source(self, name: str) -> DictConfig:
-        """A source's config; `distill` is the Distill artifact's conversations (set by `run`)."""
-        return self._distilled if name == DISTILLED else self.root.sources[name]
+    def _sources(self, inputs: dict[str, Artifact]) -> dict[str, DictConfig]:
+        """Each component's source config by source name; `distill` is the Distill artifact's conversations."""
+        used = {self.config.components[n].source for n in self.components}
+        return {
+            name: distilled_source(inputs[DISTILLED]) if name == DISTILLED else self.root.sources[name] for name in used
+        }
 
     def semantic_config(self) -> dict[str, Any]:
         """The mixture node plus what each referenced source holds (file contents by sha256); the
@@ -159,8 +154,7 @@ class Mix(Stage):
         return semantic
 
     def _targets(self, total: int) -> dict[str, int]:
-        shares = [self.shares[n] for n in self.components]
-        return dict(zip(self.components, largest_remainder(total, shares), strict=True))
+        return targets(total, {n: self.shares[n] for n in self.components})
 
     def plan(self, inputs: dict[str, Artifact | None], upstream: dict[str, Planned]) -> Plan:
         c = self.config
@@ -189,82 +183,102 @@ class Mix(Stage):
                 mean = planned.tokens_per_example if planned else None
                 return mean, f"Distill's plan: {planned.basis}" if planned else "Distill's size unknown"
             source = distilled_source(distilled)
-        return estimate.mean_tokens(comp.source, source, c.format.value, comp.template or c.template, c.tokenizer)
+        return estimate.mean_tokens(comp.source, source, c.format.value, comp.template or c.template, c.token_counter)
 
     # ---- run ------------------------------------------------------------------------------
-    def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
-        if "distill" in inputs:
-            self._distilled = distilled_source(inputs["distill"])
-        units = self._units(out_dir)
+    def run(self, inputs: dict[str, Artifact], workspace: Workspace) -> Output:
+        sources = self._sources(inputs)
+        units = self._units(workspace.out_dir, sources)
         chunked = [u for u in units if u.path is not None]
         workers = min(worker_count(self.config.workers), len(chunked))
         if workers > 1 and sum(u.end - u.start for u in chunked) >= POOL_MIN_BYTES:
             with worker_pool(workers) as pool:
-                return self._run(units, out_dir, pool, workers)
-        return self._run(units, out_dir, None, 1)
+                return self._run(units, sources, workspace.out_dir, pool, workers)
+        return self._run(units, sources, workspace.out_dir, None, 1)
 
-    def _run(self, units: list[SpoolUnit], out_dir: Path, pool: Executor | None, workers: int) -> dict[str, Any]:
+    def _run(
+        self,
+        units: list[SpoolUnit],
+        sources: dict[str, DictConfig],
+        out_dir: Path,
+        pool: Executor | None,
+        workers: int,
+    ) -> Output:
         c = self.config
-        results = self._read_all(units, pool)
-        arrays, strata, stats = self._merge(units, results)
+        results = self._read_all(units, sources, pool)
+        records, stats = self._merge(units, results)
 
-        keep = np.ones(len(arrays["hash"]), dtype=bool)
-        if c.dedupe and len(keep):
-            keep[:] = False
-            keep[np.unique(arrays["hash"], return_index=True)[1]] = True  # first occurrence wins
+        keep = first_occurrences(records) if c.dedupe else np.ones(len(records), dtype=bool)
         train_targets, eval_targets = self._targets(c.total), self._targets(round(c.total * c.eval_fraction))
-        check = ContentCheck([u.spool for u in units], arrays, self.decon, workers) if self.decon else None
+        check = ContentCheck([u.spool for u in units], records, self.decon, workers) if self.decon else None
         train_parts, eval_parts = [], []
         try:  # the check's worker processes stop also when the selection fails
             for comp_id, name in enumerate(self.components):
-                mine = np.flatnonzero((arrays["component"] == comp_id) & keep)
-                stats[name]["duplicates_removed"] = int(np.count_nonzero(arrays["component"] == comp_id)) - len(mine)
-                targets = (train_targets[name], eval_targets[name])
-                train, held = self._select(name, mine, arrays, strata[comp_id], *targets, check)
+                mine = np.flatnonzero((records.component == comp_id) & keep)
+                stats[name]["duplicates_removed"] = int(np.count_nonzero(records.component == comp_id)) - len(mine)
+                spec = Draw(
+                    name=name,
+                    target=train_targets[name],
+                    eval_target=eval_targets[name],
+                    by_tokens=c.unit.value == "tokens",
+                    seed=c.seed,
+                    replace=c.components[name].replace,
+                    drop_bad=self.decon is not None and self.decon.action == "drop",
+                )
+                too_small = partial(self._too_small, name, records=len(mine))
+                train, held = draw(spec, records, mine, comp_id, check, too_small, partial(self._eval_short, name))
                 train_parts.append(train)
                 eval_parts.append(held)
         finally:
             if check:
                 check.close()
-        contamination = self._contamination(check, arrays, np.concatenate(train_parts)) if check else None
-        shuffle = np.random.default_rng(np.random.SeedSequence([c.seed, zlib.crc32(b"\0shuffle")]))
+        contamination = self._contamination(check, records, np.concatenate(train_parts)) if check else None
+        shuffle = seeded(c.seed, "\0shuffle")
         train_order = shuffle.permutation(np.concatenate(train_parts))
         eval_order = shuffle.permutation(np.concatenate(eval_parts))
-
-        manifest: dict[str, Any] = {
+        checks: dict[str, Any] = {}
+        try:
+            write = lambda paths, order, split: self._write(paths, order, units, records, pool, workers, checks, split)  # noqa: E731
+            train = write((out_dir / MIXTURE_FILE, out_dir / CONVERSATIONS_FILE), train_order, "train")
+            held_out = (
+                write((out_dir / EVAL_FILE, out_dir / EVAL_CONVERSATIONS_FILE), eval_order, "eval")
+                if len(eval_order)
+                else None
+            )
+        finally:
+            for unit in units:
+                Path(unit.spool).unlink(missing_ok=True)
+        mixture = Mixture(
+            dir=out_dir,
+            format=c.format.value,
+            template=c.template,
+            component_templates={n: c.components[n].template for n in self.components if c.components[n].template},
+            train=train,
+            eval=held_out,
+            contamination=contamination,
+        )
+        record = {
             "total": c.total,
             "unit": c.unit.value,
             "seed": c.seed,
             "shares": {name: round(self.shares[name], 12) for name in self.components},
-            "format": c.format.value,
-            "template": c.template,
-            "component_templates": {n: c.components[n].template for n in self.components if c.components[n].template},
+            "check": checks.get("train"),  # the Together file check of mixture.jsonl (eval.jsonl: eval_check)
+            "eval_check": checks.get("eval"),
+            "sources": stats,
+            "contamination_counts": self.decon.counts() if self.decon else None,
         }
-        try:
-            write = lambda paths, order: self._write(paths, order, units, arrays, strata, pool, workers)  # noqa: E731
-            manifest.update(write((out_dir / MIXTURE_FILE, out_dir / CONVERSATIONS_FILE), train_order))
-            if len(eval_order):
-                manifest["eval"] = write((out_dir / EVAL_FILE, out_dir / EVAL_CONVERSATIONS_FILE), eval_order)
-            else:
-                manifest["eval"] = None
-        finally:
-            for unit in units:
-                Path(unit.spool).unlink(missing_ok=True)
-        manifest["sources"] = stats
-        manifest["contamination"] = contamination
-        manifest["contamination_counts"] = self.decon.counts() if self.decon else None
-        return manifest
+        return Output(mixture, record)
 
-    def _contamination(self, check: ContentCheck, arrays: dict[str, np.ndarray], chosen: np.ndarray) -> dict[str, Any]:
+    def _contamination(self, check: ContentCheck, records: Records, chosen: np.ndarray) -> dict[str, Any]:
         """What the check found, in the mixture or dropped; `fail` stops here. Examples are named
         `<component>#<n>`: the n-th record read for that component."""
         assert self.decon is not None
-        first = np.searchsorted(arrays["component"], np.arange(len(self.components)))
-        comp = arrays["component"]
+        first = np.searchsorted(records.component, np.arange(len(self.components)))
+        comp = records.component
         name = lambda row: f"{self.components[comp[row]]}#{row - int(first[comp[row]]) + 1}"  # noqa: E731
         return self.decon.record(check.found, name, set(chosen.tolist()))
 
-    def _units(self, out_dir: Path) -> list[SpoolUnit]:
+    def _units(self, out_dir: Path, sources: dict[str, DictConfig]) -> list[SpoolUnit]:
         """Split the reading into units: byte ranges of plain JSON Lines files (which can run in
         worker processes), or whole sources (hub, parquet, zstd, JSON lists) read here. Each unit
         writes its formatted lines to its own spool file."""
@@ -272,7 +286,7 @@ class Mix(Stage):
         units = []
         for comp_id, name in enumerate(self.components):
             comp = c.components[name]
-            source = self._source(comp.source)
+            source = sources[comp.source]
             common = {
                 "comp_id": comp_id,
                 "component": name,
@@ -281,7 +295,7 @@ class Mix(Stage):
                 "text_template": source.template,
                 "fmt": c.format.value,
                 "template": comp.template or c.template,
-                "tokenizer": c.tokenizer,
+                "token_counter": c.token_counter,
                 "strata_key": comp.strata,
                 "columns": tuple(sorted((source.get("columns") or {}).items())),
             }
@@ -295,15 +309,17 @@ class Mix(Stage):
                 units.append(SpoolUnit(**common, spool=str(out_dir / f".spool-{len(units)}")))
         return units
 
-    def _read_all(self, units: list[SpoolUnit], pool: Executor | None) -> list[dict[str, Any]]:
-        whole = lambda unit: iter_raw(unit.source, self._source(unit.source))  # noqa: E731
+    def _read_all(
+        self, units: list[SpoolUnit], sources: dict[str, DictConfig], pool: Executor | None
+    ) -> list[dict[str, Any]]:
+        whole = lambda unit: iter_raw(unit.source, sources[unit.source])  # noqa: E731
         return read_all(units, pool, whole, self.config.progress)
 
     def _merge(
         self, units: list[SpoolUnit], results: list[dict[str, Any]]
-    ) -> tuple[dict[str, np.ndarray], list[dict[Any, int]], dict[str, dict[str, Any]]]:
+    ) -> tuple[Records, dict[str, dict[str, Any]]]:
         sources = [self.config.components[name].source for name in self.components]
-        arrays, strata, stats = merge_units(units, results, self.components, sources)
+        records, stats = merge_units(units, results, self.components, sources)
         for name, s in stats.items():
             if s["records"] == 0:
                 raise StageError(f"sources.{s['source']}: no records (mix.components.{name})")
@@ -311,59 +327,7 @@ class Mix(Stage):
                 raise StageError(
                     f"sources.{s['source']}: none of its {s['records']} records holds an answered user turn"
                 )
-        return arrays, strata, stats
-
-    def _select(
-        self,
-        name: str,
-        mine: np.ndarray,
-        arrays: dict[str, np.ndarray],
-        strata_ids: dict[Any, int],
-        target: int,
-        eval_target: int,
-        check: ContentCheck | None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Pick this component's train and eval records, stratum by stratum; `check` finds
-        contaminated records among those drawn for training (dropped and replaced when the action
-        is drop)."""
-        comp = self.config.components[name]
-        by_tokens = self.config.unit.value == "tokens"
-        rng = np.random.default_rng(np.random.SeedSequence([self.config.seed, zlib.crc32(name.encode())]))
-        # Strata in a stable order (numbers numerically, then strings) so the draw is reproducible.
-        ordered = sorted(strata_ids.items(), key=lambda kv: (isinstance(kv[0], str), kv[0] if kv[0] is not None else 0))
-        groups = [mine[arrays["stratum"][mine] == sid] for _, sid in ordered]
-        weight = [float(arrays["tokens"][g].sum()) if by_tokens else float(len(g)) for g in groups]
-        train_k = largest_remainder(target, weight)
-        eval_k = largest_remainder(eval_target, weight)
-        train, held = [], []
-        for (label, _), group, k, e in zip(ordered, groups, train_k, eval_k, strict=True):
-            perm = rng.permutation(group)
-            size = arrays["tokens"][perm] if by_tokens else np.ones(len(perm), dtype=np.int64)
-            if check is not None and self.decon is not None and self.decon.action == "drop":
-                perm, size, n_train = check.first_clean(perm, size, k)
-            else:
-                n_train = take(size, k)
-                if check is not None:
-                    check(perm[: len(perm) if n_train is None else n_train])
-            if n_train is None:  # not enough records for the training share
-                if not comp.replace:
-                    self._too_small(name, label, len(ordered) > 1, k, int(size.sum()), len(mine))
-                reps = -(-k // max(int(size.sum()), 1))
-                tiled = np.tile(perm, reps)
-                train.append(tiled[: take(np.tile(size, reps), k)])
-                n_train = len(perm)
-            else:
-                train.append(perm[:n_train])
-            rest, rest_size = perm[n_train:], size[n_train:]
-            n_eval = take(rest_size, e)
-            if n_eval is None:
-                raise StageError(
-                    f"mix.eval_fraction={self.config.eval_fraction}: component {name!r}"
-                    f"{f' stratum {label!r}' if len(ordered) > 1 else ''} needs {e} held-out "
-                    f"{self.config.unit.value} but only {int(rest_size.sum())} are left outside the mixture"
-                )
-            held.append(rest[:n_eval])
-        return np.concatenate(train or [mine[:0]]), np.concatenate(held or [mine[:0]])
+        return records, stats
 
     def _too_small(self, name: str, label: Any, stratified: bool, need: int, have: int, records: int) -> None:
         unit = self.config.unit.value
@@ -374,31 +338,40 @@ class Mix(Stage):
             f"mix.total or this share, or set mix.components.{name}.replace=true"
         )
 
+    def _eval_short(self, name: str, label: Any, stratified: bool, need: int, have: int) -> None:
+        raise StageError(
+            f"mix.eval_fraction={self.config.eval_fraction}: component {name!r}"
+            f"{f' stratum {label!r}' if stratified else ''} needs {need} held-out "
+            f"{self.config.unit.value} but only {have} are left outside the mixture"
+        )
+
     def _write(
         self,
         paths: tuple[Path, Path],
         order: np.ndarray,
         units: list[SpoolUnit],
-        arrays: dict[str, np.ndarray],
-        strata: list[dict[Any, int]],
+        records: Records,
         pool: Executor | None,
         workers: int,
-    ) -> dict[str, Any]:
-        """Write the chosen records in `order`: their upload lines to `paths[0]` (Together-checked)
-        and their canonical conversation lines to `paths[1]`, in one pass over the spools."""
+        checks: dict[str, Any],
+        split: str,
+    ) -> MixtureSplit:
+        """Write the chosen records in `order`: their upload lines to `paths[0]` (Together-checked,
+        the check's report into `checks[split]`) and their canonical conversation lines to
+        `paths[1]`, in one pass over the spools."""
         fmt = self.config.format.value
         check = self.config.check
         digest, canonical_digest, samples, size = write_spooled(
-            paths, order, [u.spool for u in units], arrays, fmt if check else None, pool, workers, self.config.progress
+            paths, order, [u.spool for u in units], records, fmt if check else None, pool, workers, self.config.progress
         )
-        path = paths[0]
-        conversations = {"file": paths[1].name, "sha256": canonical_digest, "examples": len(order)}
+        if check:
+            checks[split] = check_report(paths[0], fmt, samples, size)
         stratified = [bool(self.config.components[name].strata) for name in self.components]
-        return {
-            "file": path.name,
-            "check": check_report(path, fmt, samples, size) if check else None,
-            "sha256": digest,
-            "examples": len(order),
-            **selection_counts(order, arrays, strata, self.components, stratified),
-            "conversations": conversations,
-        }
+        return MixtureSplit(
+            upload_file=paths[0].name,
+            upload_sha256=digest,
+            conversations_file=paths[1].name,
+            conversations_sha256=canonical_digest,
+            examples=len(order),
+            composition=composition(order, records, self.components, stratified),
+        )

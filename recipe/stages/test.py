@@ -8,7 +8,7 @@ What it does:
   inference API, serverless or through a temporary dedicated endpoint that the stage deletes after;
 - asks every suite's prompts (`conf/test/suite/`: multi-document QA, BookSum, AlpacaEval-style
   instructions) through the request cache Distill uses, so a re-run or a sweep asks nothing twice;
-- has a judge (any teacher provider) compare each model's answers with the reference answers, both
+- has a judge (any model provider) compare each model's answers with the reference answers, both
   orders; computes the held-out loss of both models on the mixture's eval split (local models) and
   a few side-by-side generations;
 - writes `report.md` (tables like the model card's), `metrics.json`, `chart.png`, `generations.jsonl`.
@@ -28,20 +28,17 @@ from typing import Any
 
 from tqdm import tqdm
 
-from recipe.artifacts import Mixture, Planned, TrainedModel
+from recipe.artifacts import Mixture, Planned, TestReport, TrainedModel
 from recipe.config import TestConfig
+from recipe.data.contamination import test_view, view_lines
 from recipe.data.sources import config_key, iter_records, source_identity
+from recipe.evaluation import judging, suites, workload
+from recipe.evaluation import report as reporting
 from recipe.providers.cache import RequestCache
-from recipe.providers.http import Client
-from recipe.providers.model_client import BudgetReached, Ledger, ModelClient, local_weights, model_endpoint
+from recipe.providers.model_client import BudgetReached, Ledger, ModelClient, ModelSpec, connected
 from recipe.providers.serving import LocalServing, ModelAccess, reach
-from recipe.stages import Plan, Stage, StageError, missing_extra
-from recipe.store import Artifact
-from recipe.test import judging as J
-from recipe.test import planning as P
-from recipe.test import report as reporting
-from recipe.test import suites as S
-from recipe.test.contamination import test_view, view_lines
+from recipe.stages import Output, Plan, Stage, StageError, Workspace, missing_extra
+from recipe.store import Artifact, ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +63,11 @@ class Test(Stage):
 
     # -- what will be asked ------------------------------------------------------------------------
 
-    def items(self, names: list[str] | None = None) -> dict[str, list[S.Item]]:
-        """Every suite's prompts, or those of `names` (records read and checked; errors name file and line)."""
-        out: dict[str, list[S.Item]] = {}
-        self.skipped: dict[str, dict[str, int]] = {}
+    def items(self, names: list[str] | None = None) -> tuple[dict[str, list[suites.Item]], dict[str, dict[str, int]]]:
+        """Every suite's prompts, or those of `names` (records read and checked; errors name file and
+        line), and per suite the records skipped, by reason."""
+        out: dict[str, list[suites.Item]] = {}
+        skipped_by_suite: dict[str, dict[str, int]] = {}
         for name, suite in self.config.suites.items():
             if names is not None and name not in names:
                 continue
@@ -77,22 +75,24 @@ class Test(Stage):
             records = islice(iter_records(key, suite), suite.max_examples)
             kind = suite.kind.value
             if kind == "mqa":
-                items, skipped = S.mqa_items(
+                items, skipped = suites.mqa_items(
                     name, records, list(suite.num_documents), [p.value for p in suite.gold_positions], key
                 )
                 if skipped.counts:
-                    self.skipped[name] = dict(skipped.counts)
+                    skipped_by_suite[name] = dict(skipped.counts)
                     log.warning("%s: records skipped: %s", key, dict(skipped.counts))
             elif kind == "booksum":
-                items = S.booksum_items(name, records, suite.text_field, suite.summary_field, suite.max_text_chars, key)
+                items = suites.booksum_items(
+                    name, records, suite.text_field, suite.summary_field, suite.max_text_chars, key
+                )
             else:
-                items = S.judge_items(name, records, suite.instruction_field, suite.reference_field, key)
+                items = suites.judge_items(name, records, suite.instruction_field, suite.reference_field, key)
             if not items:
                 raise StageError(f"{key}: no usable record (see {config_key(key)}.data_files / hub_id)")
             out[name] = items
-        return out
+        return out, skipped_by_suite
 
-    def heldout_items(self, mixture: Mixture | None) -> tuple[list[S.Item], list[list[dict[str, str]]]]:
+    def heldout_items(self, mixture: Mixture | None) -> tuple[list[suites.Item], list[list[dict[str, str]]]]:
         """Side-by-side sample prompts (the first user turn of eval-split conversations, with the
         mixture's answer as reference) and the eval split itself, for the held-out loss."""
         if mixture is None:
@@ -103,7 +103,7 @@ class Test(Stage):
             user = next((m["content"] for m in messages if m["role"] == "user"), None)
             answer = next((m["content"] for m in messages if m["role"] == "assistant"), "")
             if user:
-                samples.append(S.Item(suite="heldout", id=f"heldout/{i}", prompt=user, answers=(answer,)))
+                samples.append(suites.Item(suite="heldout", id=f"heldout/{i}", prompt=user, answers=(answer,)))
         return samples, conversations
 
     def budget(self) -> tuple[str, float | None]:
@@ -112,25 +112,25 @@ class Test(Stage):
     def plan(self, inputs: dict[str, Artifact | None], upstream: dict[str, Planned]) -> Plan:
         c = self.config
         orders, n = (2 if c.judge_protocol.value == "both_orders" else 1), len(c.models)
-        built = self.items([name for name, suite in c.suites.items() if not suite.hub_id])  # local: read
-        asked = P.count(c, built, J.max_tokens(c.judge_protocol.value, c.judge_max_tokens))
+        built, _ = self.items([name for name, suite in c.suites.items() if not suite.hub_id])  # local: read
+        asked = workload.count(c, built, judging.max_tokens(c.judge_protocol.value, c.judge_max_tokens))
         trained = TrainedModel.load(inputs["train"]) if inputs.get("train") else None
         provider = trained.provider if trained else (upstream["train"].provider if "train" in upstream else None)
         free = c.prices.input_per_mtok == c.prices.output_per_mtok == 0  # a model not yet trained: priced at 0
-        usd, cost = None, ""  # answers counted at max_tokens: an upper bound (recipe/test/planning.py)
+        usd, cost = None, ""  # answers counted at max_tokens: an upper bound (recipe/evaluation/workload.py)
         if c.judge.provider.value == "local" and (provider == "local" if provider else free):
             usd = 0.0
         elif not asked.unknown:
             ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, None)
             usd, cost = asked.cost(ledger, n, orders, c.heldout.samples * c.heldout.max_tokens)
-        suites = "; ".join(P.suite_line(name, suite) for name, suite in c.suites.items()) or "no suite"
+        described = "; ".join(workload.suite_line(name, suite) for name, suite in c.suites.items()) or "no suite"
         local_judge = c.judge.provider.value == "local" and not c.judge.base_url
         what = "Test of a local model" if provider == "local" else "test.judge.provider=local"
         missing = missing_extra(what, gguf=True) if provider == "local" or local_judge else None
         return Plan(
             f"{' and '.join(m.value for m in c.models)} on {len(c.suites)} suites: "
             + asked.describe(n, orders, c.heldout.samples),
-            "; ".join(x for x in (suites, f"held-out samples {c.heldout.samples}", asked.assumptions()) if x) + cost,
+            "; ".join(x for x in (described, f"held-out samples {c.heldout.samples}", asked.assumptions()) if x) + cost,
             usd=usd,
             bound="at most",
             needs=missing,
@@ -141,10 +141,10 @@ class Test(Stage):
 
     # -- the run -----------------------------------------------------------------------------------
 
-    def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
-        c = self.config
+    def run(self, inputs: dict[str, Artifact], workspace: Workspace) -> Output:
+        c, out_dir = self.config, workspace.out_dir
         trained = TrainedModel.load(inputs["train"])
-        items = self.items()
+        items, skipped = self.items()
         mixture = Mixture.load(inputs["mix"]) if "mix" in inputs else None
         samples, heldout_conversations = self.heldout_items(mixture)
         contamination = test_view(mixture.contamination if mixture else None, c.suites, self._key)
@@ -164,7 +164,7 @@ class Test(Stage):
         try:
             for which in (m.value for m in c.models):
                 mark = time.monotonic()
-                with self._reach(trained, which) as access:
+                with self._reach(trained, which, workspace.store) as access:
                     mark = clock(f"{which}.start", mark)
                     names[which] = access.model
                     answers[which] = self._generate(access, cache, ledger, items, samples)
@@ -187,12 +187,12 @@ class Test(Stage):
         if "tuned" not in heldout_loss and trained.eval_loss is not None:
             heldout_loss["tuned"] = trained.eval_loss  # as measured by the trainer
         metrics = self._score(items, answers, verdicts, heldout_loss)
-        protocol = J.protocol_name(c.judge_protocol.value) if self._judged(items) else None
+        protocol = judging.protocol_name(c.judge_protocol.value) if self._judged(items) else None
         result = {
             "judge_protocol": protocol,
             "models": {w: {"name": names[w], **metrics[w]} for w in answers},
             "suites": {
-                name: {"kind": c.suites[name].kind.value, "prompts": len(its), "skipped": self.skipped.get(name, {})}
+                name: {"kind": c.suites[name].kind.value, "prompts": len(its), "skipped": skipped.get(name, {})}
                 for name, its in items.items()
             },
         }
@@ -204,25 +204,30 @@ class Test(Stage):
         reporting.write_report(out_dir / "report.md", result, summary, side_by_side, items, answers, table)
         reporting.write_chart(out_dir / "chart.png", summary)
         (out_dir / "summary.txt").write_text(table + "\n")
-        return {
-            "report": "report.md",
-            "metrics_file": "metrics.json",
-            "chart": "chart.png",
-            "generations": "generations.jsonl",
-            "models": {w: names[w] for w in answers},
-            "prompt_format": trained.format.describe(),
-            "judge_protocol": protocol,
-            "metrics": summary.get("tuned") or next(iter(summary.values()), {}),
-            "contamination": contamination,
-            "contamination_counts": {
-                n: {"prompts_in_training": v["in_training"]} for n, v in contamination.items() if v["checked"]
+        report = TestReport(
+            dir=out_dir,
+            report_file="report.md",
+            metrics_file="metrics.json",
+            generations_file="generations.jsonl",
+            chart_file="chart.png",
+            summary=summary,
+        )
+        return Output(
+            report,
+            {
+                "models": {w: names[w] for w in answers},
+                "prompt_format": trained.format.describe(),
+                "judge_protocol": protocol,
+                "contamination": contamination,
+                "contamination_counts": {
+                    n: {"prompts_in_training": v["in_training"]} for n, v in contamination.items() if v["checked"]
+                },
+                "usage": ledger.usage(),
+                "cost_usd": round(ledger.cost_usd, 6),
+                "seconds": round(time.monotonic() - started, 2),
+                "timings": seconds,
             },
-            "summary": summary,
-            "usage": ledger.usage(),
-            "cost_usd": round(ledger.cost_usd, 6),
-            "seconds": round(time.monotonic() - started, 2),
-            "timings": seconds,
-        }
+        )
 
     def report(self, artifact: Artifact) -> str | None:
         table = (artifact.path / "summary.txt").read_text().rstrip()
@@ -230,13 +235,14 @@ class Test(Stage):
 
     # -- models ------------------------------------------------------------------------------------
 
-    def _reach(self, trained: TrainedModel, which: str) -> contextlib.AbstractContextManager[ModelAccess]:
+    def _reach(
+        self, trained: TrainedModel, which: str, store: ArtifactStore
+    ) -> contextlib.AbstractContextManager[ModelAccess]:
         c = self.config
-        assert self.store is not None
         return reach(
             trained,
             which,
-            store=self.store,
+            store=store,
             local=LocalServing(c.engine.value, c.device, startup_timeout_s=c.startup_timeout_s, timeout_s=c.timeout_s),
             together=self.together_client if trained.provider == "together" else None,
             dedicated=c.endpoint.value == "dedicated",
@@ -250,34 +256,25 @@ class Test(Stage):
     def _client_for(self, access: ModelAccess, cache: RequestCache, ledger: Ledger, max_tokens: int) -> ModelClient:
         c = self.config
         sampling = {"max_tokens": max_tokens, "temperature": c.temperature, "seed": c.seed}
-        return ModelClient(  # prompts in the format the model was trained in (the Train artifact's)
-            access.client,
-            cache,
-            provider=access.provider,
-            model=access.model,
-            api=access.format.api,
-            template=access.format.template or "raw",
-            sampling=sampling,
-            ledger=ledger,
-            weights=access.weights,
-        )
+        # Prompts in the format the model was trained in (the Train artifact's).
+        return ModelClient(access.client, cache, access.spec, sampling=sampling, ledger=ledger)
 
     def _generate(
         self,
         access: ModelAccess,
         cache: RequestCache,
         ledger: Ledger,
-        items: dict[str, list[S.Item]],
-        samples: list[S.Item],
+        items: dict[str, list[suites.Item]],
+        samples: list[suites.Item],
     ) -> dict[str, str]:
         c = self.config
-        work: list[tuple[S.Item, ModelClient]] = []
+        work: list[tuple[suites.Item, ModelClient]] = []
         for name, suite_items in items.items():
-            teacher = self._client_for(access, cache, ledger, c.suites[name].max_tokens)
-            work.extend((item, teacher) for item in suite_items)
+            client = self._client_for(access, cache, ledger, c.suites[name].max_tokens)
+            work.extend((item, client) for item in suite_items)
         if samples:
-            teacher = self._client_for(access, cache, ledger, c.heldout.max_tokens)
-            work.extend((item, teacher) for item in samples)
+            client = self._client_for(access, cache, ledger, c.heldout.max_tokens)
+            work.extend((item, client) for item in samples)
         return self._ask_all(
             f"test {access.which}",
             access.concurrency or c.concurrency,
@@ -295,7 +292,7 @@ class Test(Stage):
             try:
                 for w, future in futures:
                     answer = future.result()
-                    out[w[0].id if isinstance(w[0], S.Item) else w[0]] = answer.text
+                    out[w[0].id if isinstance(w[0], suites.Item) else w[0]] = answer.text
                     bar.update(1)
             except BaseException:
                 for _, future in futures:
@@ -303,74 +300,52 @@ class Test(Stage):
                 raise
         return out
 
-    def _judged(self, items: dict[str, list[S.Item]]) -> bool:
+    def _judged(self, items: dict[str, list[suites.Item]]) -> bool:
         return any(self.config.suites[n].kind.value == "judge" for n in items)
 
     def _judge(
         self,
         cache: RequestCache,
         ledger: Ledger,
-        items: dict[str, list[S.Item]],
+        items: dict[str, list[suites.Item]],
         answers: dict[str, dict[str, str]],
     ) -> dict[str, dict[str, tuple[str, str]]]:
         """{model: {item id: verdict pair}}: both_orders, (reply with the model as (a), as (b));
-        alpaca_eval, (reply, the order shown) (see recipe/test/judging.py)."""
+        alpaca_eval, (reply, the order shown) (see recipe/evaluation/judging.py)."""
         c = self.config
         j = c.judge
         protocol = c.judge_protocol.value
         judged = [i for n, its in items.items() if c.suites[n].kind.value == "judge" for i in its]
-        with model_endpoint(j, self.root) as (base_url, api_key):
-            client = Client(
-                base_url, api_key, max_retries=c.max_retries, timeout_s=c.timeout_s, backoff_s=c.retry_backoff_s
-            )
-            try:
-                judge = ModelClient(
-                    client,
-                    cache,
-                    provider=j.provider.value,
-                    model=j.model,
-                    api=j.api.value,
-                    template=j.template,
-                    sampling={
-                        "max_tokens": J.max_tokens(protocol, c.judge_max_tokens),
-                        "temperature": 0.0,
-                        "seed": c.seed,
-                    },
-                    ledger=ledger,
-                    weights=local_weights(j),
-                )
-                work = []
-                for which in answers:
-                    for item in judged:
-                        work.extend(J.requests(protocol, c.seed, which, item, answers[which][item.id]))
-                local = j.provider.value == "local"
-                replies = self._ask_all("judge", 1 if local else c.concurrency, work, lambda w: judge.ask(w[1]))
-            finally:
-                client.close()
+        sampling = {"max_tokens": judging.max_tokens(protocol, c.judge_max_tokens), "temperature": 0.0, "seed": c.seed}
+        with connected(j, self.root, c) as client:
+            judge = ModelClient(client, cache, ModelSpec.configured(j), sampling=sampling, ledger=ledger)
+            work = []
+            for which in answers:
+                for item in judged:
+                    work.extend(judging.requests(protocol, c.seed, which, item, answers[which][item.id]))
+            local = j.provider.value == "local"
+            replies = self._ask_all("judge", 1 if local else c.concurrency, work, lambda w: judge.ask(w[1]))
         return {
             which: {
-                item.id: J.verdict(protocol, c.seed, which, item, answers[which][item.id], replies) for item in judged
+                item.id: judging.verdict(protocol, c.seed, which, item, answers[which][item.id], replies)
+                for item in judged
             }
             for which in answers
         }
 
     def _heldout_loss(self, model_dir: Path, conversations: list[list[dict[str, str]]], trained: TrainedModel) -> float:
-        """Mean loss on the eval split's assistant tokens, packed as the trainer packs them."""
-        import torch
-
+        """Mean loss on the eval split's answers in the format the model was trained in, packed as
+        the trainer packs them (the same rows as training's eval loss)."""
         from recipe.providers.local import trainer
 
-        max_len = trained.max_seq_length or 2048
-        model, tokenizer = trainer.load_model(str(model_dir), torch.device("cpu"), torch.float32)
-        rows = trainer.pack([trainer.tokenize(tokenizer, m, False) for m in conversations], max_len, True)
-        with torch.no_grad():
-            return trainer.evaluate(model, rows, tokenizer, torch.device("cpu"))
+        rows_of = trained.max_seq_length or 2048
+        return trainer.heldout_loss(str(model_dir), conversations, trained.format.template, rows_of)
 
     # -- scores and files --------------------------------------------------------------------------
 
     def _score(
         self,
-        items: dict[str, list[S.Item]],
+        items: dict[str, list[suites.Item]],
         answers: dict[str, dict[str, str]],
         verdicts: dict[str, dict[str, tuple[str, str]]],
         heldout_loss: dict[str, float],
@@ -381,21 +356,21 @@ class Test(Stage):
             for name, suite_items in items.items():
                 kind = self.config.suites[name].kind.value
                 if kind == "mqa":
-                    per_suite[name] = S.score_mqa(suite_items, mine)
+                    per_suite[name] = suites.score_mqa(suite_items, mine)
                 elif kind == "booksum":
-                    per_suite[name] = S.score_booksum(suite_items, mine)
+                    per_suite[name] = suites.score_booksum(suite_items, mine)
                 elif self.config.judge_protocol.value == "alpaca_eval":
-                    per_suite[name] = S.score_judge_alpaca_eval(suite_items, mine, verdicts[which])
+                    per_suite[name] = suites.score_judge_alpaca_eval(suite_items, mine, verdicts[which])
                 else:
-                    per_suite[name] = S.score_judge(suite_items, verdicts[which])
+                    per_suite[name] = suites.score_judge(suite_items, verdicts[which])
             scores[which] = {"suites": per_suite, "heldout_loss": heldout_loss.get(which)}
         return scores
 
     def _write_generations(
         self,
         path: Path,
-        items: dict[str, list[S.Item]],
-        samples: list[S.Item],
+        items: dict[str, list[suites.Item]],
+        samples: list[suites.Item],
         answers: dict[str, dict[str, str]],
         verdicts: dict[str, dict[str, tuple[str, str]]],
     ) -> None:

@@ -24,7 +24,7 @@ tokens/s / the GPU's dense bf16 peak, and the speed-up over `padded`. Target on 
 `--strategy fsdp` (under torchrun) shards every variant with recipe.providers.local.sharding (FSDP2,
 fp32 master weights, bf16 compute; every process runs the same batches, tokens/s are per process);
 `--activation-checkpointing` recomputes every decoder layer.
-Each variant also reports its peak GPU memory beside the memory plan's figure for the same setup
+Each variant also reports its peak GPU memory beside the memory estimate's figure for the same setup
 (recipe/providers/local/memory.py: the plan assumes AdamW and a DDP gradient bucket).
 """
 
@@ -178,7 +178,7 @@ def main() -> None:
             return None
         world = dist.get_world_size() if fsdp else 1
         setup = memory.Setup(None, strategy, world, seq, rows, args.activation_checkpointing, False, attn)
-        return memory.plan(memory.KNOWN_SHAPES["TinyLlama/TinyLlama_v1.1"], setup)["total"]
+        return memory.estimate(memory.KNOWN_SHAPES["TinyLlama/TinyLlama_v1.1"], setup)["total"]
 
     seq = 256 if args.tiny and args.seq == 8192 else args.seq
     examples = make_examples(args.examples, seq, args.tiny)

@@ -18,7 +18,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,7 @@ def launch(
     spec = {
         "model": model,
         "device": device,
-        "settings": asdict(settings),
+        "settings": settings.to_dict(),
         "rows": str(work_dir / "rows.json"),
         "work_dir": str(work_dir),
         "out_dir": str(out_dir),
@@ -127,7 +127,7 @@ def main(spec_path: str) -> None:
     dist.init_process_group("nccl" if cuda else "gloo")
     try:
         rank = dist.get_rank()
-        settings = trainer.TrainSettings(**spec["settings"])
+        settings = trainer.TrainSettings.from_dict(spec["settings"])
         sharded = settings.strategy == "fsdp"
         # FSDP keeps fp32 master weights (bf16 compute through its mixed-precision policy); DDP on
         # CUDA trains in bf16 as loaded.

@@ -46,11 +46,9 @@ def fine_tune(
     tokenizer = trainer.load_tokenizer(model)
     s = settings
 
-    def to_rows(conversations: list[list[Message]]) -> list[dict[str, list[int]]]:
-        examples = [trainer.tokenize(tokenizer, m, s.train_on_inputs, s.template) for m in conversations]
-        return trainer.pack(examples, s.max_seq_length, s.packing)
-
-    rows, eval_rows = to_rows(conversations), to_rows(eval_conversations)
+    examples = [trainer.tokenize(tokenizer, m, s.train_on_inputs, s.template) for m in conversations]
+    rows = trainer.pack(examples, s.max_seq_length, s.args.packing)
+    eval_rows = trainer.heldout_rows(tokenizer, eval_conversations, s.template, s.max_seq_length)
     work_dir.mkdir(parents=True, exist_ok=True)
     rdzv = rdzv or ddp.Rendezvous()
     if devices > 1 or sharded or rdzv.nnodes > 1:  # under torchrun; global rank 0 saves the outputs

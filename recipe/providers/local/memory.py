@@ -1,4 +1,4 @@
-"""The memory plan of a local training run, per GPU, before anything is loaded.
+"""The memory estimate of a local training run, per GPU, before anything is loaded.
 
 Notation: P parameters (T of them trainable: all for a full fine-tune, the LoRA matrices
 otherwise), N = devices x nodes, L layers, h hidden size, h_kv = kv heads x head size, i the MLP's
@@ -126,7 +126,7 @@ class Setup:
     dtype_bytes: int = 2
 
 
-def plan(shape: Shape, setup: Setup) -> dict[str, float]:
+def estimate(shape: Shape, setup: Setup) -> dict[str, float]:
     """GB per GPU by part (see the module docstring for every term) and the total."""
     P, d, s, b = shape.params, setup.dtype_bytes, setup.seq, setup.batch
     T = P if setup.lora_r is None else shape.lora_params(setup.lora_r)
@@ -172,7 +172,7 @@ def describe(shape: Shape, setup: Setup, gb: dict[str, float], limit: float | No
 
 
 def suggestions(shape: Shape, setup: Setup, limit: float) -> list[str]:
-    """Changes (config overrides) that would make the plan fit `limit` GB."""
+    """Changes (config overrides) that would make the estimate fit `limit` GB."""
     from dataclasses import replace
 
     tries: list[tuple[str, Setup]] = []
@@ -201,14 +201,14 @@ def suggestions(shape: Shape, setup: Setup, limit: float) -> list[str]:
         tries.append(("train.offload_optimizer=true", replace(setup, offload=True)))
     seq = setup.seq // 2
     while seq >= 512:
-        tries.append((f"train.max_seq_length={seq}", replace(setup, seq=seq)))
+        tries.append((f"train.args.max_seq_length={seq}", replace(setup, seq=seq)))
         seq //= 2
     out, seen_world = [], False
     for label, candidate in tries:
-        if plan(shape, candidate)["total"] <= limit:
+        if estimate(shape, candidate)["total"] <= limit:
             if "nnodes" in label:
                 if seen_world:
                     continue
                 seen_world = True
-            out.append(f"{label} (~{plan(shape, candidate)['total']:g} GB)")
+            out.append(f"{label} (~{estimate(shape, candidate)['total']:g} GB)")
     return out

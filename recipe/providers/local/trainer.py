@@ -28,8 +28,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from recipe.config import TrainArgs
 from recipe.data import templates
 from recipe.errors import RecipeError
 from recipe.providers.local import sharding
@@ -177,24 +179,13 @@ def collate(rows: list[dict[str, list[int]]], pad_id: int, device: torch.device)
 
 @dataclass
 class TrainSettings:
-    lora: bool
-    lora_r: int
-    lora_alpha: int
-    lora_dropout: float
-    lora_target_modules: str
-    train_on_inputs: bool
-    max_seq_length: int
-    packing: bool
-    batch_size: int
-    gradient_accumulation: int
-    learning_rate: float
-    lr_scheduler: str
-    warmup_ratio: float
-    n_epochs: int
+    """What the trainer is handed: the shared training arguments (`train.args`, the same object a
+    Together request is shaped from) and how this machine runs them."""
+
+    args: TrainArgs
+    micro_batch_size: int  # rows per device per forward pass
+    gradient_accumulation: int  # micro-batches per optimizer step (from args.global_batch_size)
     max_steps: int | None
-    weight_decay: float
-    max_grad_norm: float
-    seed: int
     checkpoint_every: int
     progress: bool
     strategy: str = "ddp"  # ddp | fsdp (FSDP2, recipe/providers/local/sharding.py)
@@ -203,13 +194,44 @@ class TrainSettings:
     attn_implementation: str = "sdpa"  # as resolved (recipe/providers/local/attention.py)
     template: str | None = None  # null: the model's chat template; else a recipe.data.templates text template
 
+    @property
+    def lora(self) -> bool:
+        return self.args.training_type.value == "lora"
 
-def _schedule(kind: str, warmup: int, total: int) -> Callable[[int], float]:
+    @property
+    def train_on_inputs(self) -> bool:
+        return str(self.args.train_on_inputs).lower() == "true"  # auto: the answers only, as most trainers do
+
+    @property
+    def max_seq_length(self) -> int:
+        if self.args.max_seq_length is None:
+            raise RecipeError("train.args.max_seq_length: local training needs a row length (e.g. 512)")
+        return self.args.max_seq_length
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON form (for torchrun workers); `from_dict` reads it back."""
+        plain = {k: v for k, v in vars(self).items() if k != "args"}
+        args = OmegaConf.to_container(OmegaConf.structured(self.args), enum_to_str=True)
+        return {**plain, "args": args}
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> TrainSettings:
+        args = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainArgs), value["args"]))
+        return cls(**{**value, "args": args})
+
+
+def _schedule(args: TrainArgs, warmup: int, total: int) -> Callable[[int], float]:
+    """The learning-rate factor per step: linear warm-up, then linear or cosine decay to min_lr_ratio
+    (cosine over num_cycles cycles: 0.5 is one half cosine)."""
+    kind, floor, cycles = args.lr_scheduler.type.value, args.lr_scheduler.min_lr_ratio, args.lr_scheduler.num_cycles
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(warmup, 1)
         progress = (step - warmup) / max(total - warmup, 1)
-        return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else max(0.0, 1 - progress)
+        if kind == "cosine":
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * 2 * cycles * progress))
+        return floor + (1 - floor) * max(0.0, 1 - progress)
 
     return factor
 
@@ -243,7 +265,7 @@ def train(
     sharded = s.strategy == "fsdp"
     if sharded and not distributed:
         raise RecipeError("train.strategy=fsdp runs under torchrun (recipe/providers/local/ddp.py launches it)")
-    torch.manual_seed(s.seed)
+    torch.manual_seed(s.args.seed or 0)
     if s.activation_checkpointing:  # per decoder layer, recomputed in the backward pass
         enable_activation_checkpointing(model)
     if s.lora:
@@ -256,13 +278,11 @@ def train(
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay)
-    per_step = s.batch_size * s.gradient_accumulation * world  # rows per optimizer step, all ranks
+    optimizer = torch.optim.AdamW(params, lr=s.args.learning_rate, weight_decay=s.args.weight_decay)
+    per_step = s.micro_batch_size * s.gradient_accumulation * world  # rows per optimizer step, all ranks
     steps_per_epoch = math.ceil(len(rows) / per_step)
-    total = min(s.max_steps or steps_per_epoch * s.n_epochs, steps_per_epoch * s.n_epochs)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _schedule(s.lr_scheduler, int(s.warmup_ratio * total), total)
-    )
+    total = min(s.max_steps or steps_per_epoch * s.args.n_epochs, steps_per_epoch * s.args.n_epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(s.args, int(s.args.warmup_ratio * total), total))
     step, resumed_from = 0, None
     checkpoint = sharding.latest(work_dir) if sharded else _latest_checkpoint(work_dir)
     if checkpoint is not None and sharded:
@@ -282,12 +302,12 @@ def train(
     with open(metrics_path, "a") if rank == 0 else contextlib.nullcontext() as metrics:
         while step < total:
             epoch, offset = divmod(step * per_step, len(rows) if len(rows) else 1)
-            order = _order(len(rows), s.seed, epoch)
+            order = _order(len(rows), s.args.seed or 0, epoch)
             chosen = [order[(offset + i) % len(order)] for i in range(per_step)][rank::world]  # this rank's share
             optimizer.zero_grad(set_to_none=True)
             step_loss, step_tokens, step_targets = 0.0, 0, 0
             for micro in range(s.gradient_accumulation):
-                micro_rows = [rows[i] for i in chosen[micro * s.batch_size : (micro + 1) * s.batch_size]]
+                micro_rows = [rows[i] for i in chosen[micro * s.micro_batch_size : (micro + 1) * s.micro_batch_size]]
                 batch = collate(micro_rows, tokenizer.pad_token_id, device)
                 last = micro == s.gradient_accumulation - 1
                 # Gradients are averaged across ranks once per optimizer step, at the last micro-batch.
@@ -308,8 +328,8 @@ def train(
                 figures = torch.tensor([step_loss, step_tokens, step_targets], dtype=torch.float64, device=device)
                 dist.all_reduce(figures)
                 step_loss, step_tokens, step_targets = figures[0].item() / world, int(figures[1]), int(figures[2])
-            if s.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+            if s.args.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, s.args.max_grad_norm)
             optimizer.step()
             scheduler.step()
             step += 1
@@ -363,17 +383,39 @@ def enable_activation_checkpointing(model: Any) -> None:
 
 
 def with_lora(model: Any, s: TrainSettings) -> Any:
-    """The model with LoRA adapters on `s.lora_target_modules` (peft)."""
+    """The model with LoRA adapters on `s.args.lora.target_modules` (peft)."""
     from peft import LoraConfig, get_peft_model
 
-    target = "all-linear" if s.lora_target_modules == "all-linear" else s.lora_target_modules.split(",")
+    lora = s.args.lora
+    target = "all-linear" if lora.target_modules == "all-linear" else lora.target_modules.split(",")
     config = LoraConfig(
-        r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout, target_modules=target, task_type="CAUSAL_LM"
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target, task_type="CAUSAL_LM"
     )
     return get_peft_model(model, config)
 
 
 @torch.no_grad()
+def heldout_rows(
+    tokenizer: Any, conversations: list[list[Message]], template: str | None, max_seq_length: int
+) -> list[dict[str, list[int]]]:
+    """The held-out split as its loss reads it: in the format the model was trained in (`template`:
+    a recipe text template, None: the model's chat template), the answers' tokens the only targets
+    (whatever train_on_inputs was: losses stay comparable across it), packed in rows of the
+    trainer's length. Training's eval loss and Test's held-out loss both read these rows."""
+    return pack([tokenize(tokenizer, m, False, template) for m in conversations], max_seq_length, True)
+
+
+def heldout_loss(
+    model_dir: str, conversations: list[list[Message]], template: str | None, max_seq_length: int
+) -> float:
+    """Mean loss of the model in `model_dir` on `heldout_rows` (CPU, float32)."""
+    device = torch.device("cpu")
+    model, tokenizer = load_model(model_dir, device, torch.float32)
+    rows = heldout_rows(tokenizer, conversations, template, max_seq_length)
+    with torch.no_grad():
+        return evaluate(model, rows, tokenizer, device)
+
+
 def evaluate(model: Any, rows: list[dict[str, list[int]]], tokenizer: Any, device: torch.device) -> float:
     model.eval()
     total, count = 0.0, 0

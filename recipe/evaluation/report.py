@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from recipe.test.suites import Item
+from recipe.evaluation.suites import Item
 
 Summary = dict[str, dict[str, float]]  # model -> metric name -> value
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recipe.data.sources import DataError
-from recipe.test.metrics import best_subspan_em, pair_score, parse_verdict, rouge, win_rate
+from recipe.evaluation.metrics import best_subspan_em, pair_score, parse_verdict, rouge, win_rate
 
 MQA_INSTRUCTION = (
     "Write a high-quality answer for the given question using only the provided search results "
@@ -222,7 +222,7 @@ def score_judge_alpaca_eval(
 ) -> dict[str, Any]:
     """AlpacaEval's win rate of the model over the reference, in %, from one seeded order per
     prompt (`verdicts[id] = (reply, "model_first" | "reference_first" | "identical")`)."""
-    from recipe.test import alpaca_eval
+    from recipe.evaluation import alpaca_eval
 
     scores = [
         alpaca_eval.score(answers[i.id], i.answers[0], verdicts[i.id][0], verdicts[i.id][1] == "model_first")

@@ -2,14 +2,13 @@
 
 - `both_orders` (the default): each answer is judged twice, the model as Output (a) and then as
   Output (b), with our short prompt (`suites.judge_messages`); a judge's position bias cancels out.
-- `alpaca_eval`: AlpacaEval's protocol with its `chatgpt` annotator (`recipe/test/alpaca_eval.py`):
+- `alpaca_eval`: AlpacaEval's protocol with its `chatgpt` annotator (`recipe/evaluation/alpaca_eval.py`):
   one seeded order per prompt, identical outputs a tie without asking, win rate in %.
 """
 
 from __future__ import annotations
 
-from recipe.test import alpaca_eval
-from recipe.test import suites as S
+from recipe.evaluation import alpaca_eval, suites
 
 Messages = list[dict[str, str]]
 
@@ -27,14 +26,14 @@ def max_tokens(protocol: str, configured: int | None) -> int:
     return alpaca_eval.annotator()["max_tokens"] if protocol == "alpaca_eval" else 64
 
 
-def requests(protocol: str, seed: int | None, which: str, item: S.Item, mine: str) -> list[tuple[str, Messages]]:
+def requests(protocol: str, seed: int | None, which: str, item: suites.Item, mine: str) -> list[tuple[str, Messages]]:
     """(request id, judge conversation) for one answer; none under alpaca_eval when the answer is the
     reference itself (a tie, not asked)."""
     reference = item.answers[0]
     if protocol == "both_orders":
         return [
-            (f"{which}|{item.id}|a", S.judge_messages(item.instruction, mine, reference)),
-            (f"{which}|{item.id}|b", S.judge_messages(item.instruction, reference, mine)),
+            (f"{which}|{item.id}|a", suites.judge_messages(item.instruction, mine, reference)),
+            (f"{which}|{item.id}|b", suites.judge_messages(item.instruction, reference, mine)),
         ]
     if mine == reference:
         return []
@@ -44,7 +43,7 @@ def requests(protocol: str, seed: int | None, which: str, item: S.Item, mine: st
 
 
 def verdict(
-    protocol: str, seed: int | None, which: str, item: S.Item, mine: str, replies: dict[str, str]
+    protocol: str, seed: int | None, which: str, item: suites.Item, mine: str, replies: dict[str, str]
 ) -> tuple[str, str]:
     """What scoring needs for one answer (see `requests`)."""
     if protocol == "both_orders":

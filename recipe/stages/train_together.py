@@ -27,13 +27,13 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from recipe.artifacts import Mixture, Planned, PromptFormat, TrainedModel
-from recipe.config import TogetherTrainConfig
+from recipe.artifacts import Mixture, Planned, PromptFormat, TrainedModel, content_id
+from recipe.config import TogetherTrainConfig, check_train_args
 from recipe.data import templates
 from recipe.data.filecheck import check_file
 from recipe.data.jsonl import encode_line
 from recipe.providers.together_finetune import FineTuneError, FineTuneSettings, TogetherFineTuner, billed_tokens
-from recipe.stages import Plan, Stage, StageError, StagePending
+from recipe.stages import Output, Plan, Stage, StageError, StagePending, Workspace
 from recipe.store import Artifact, sha256_file
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,10 @@ def upload_format(model: str, fmt: str, template: str | None, mixture: Mixture |
     if fmt == "mixture":
         if mixture is None:
             return PromptFormat("chat_template")  # a dry run before Mix: checked when it runs
-        if mixture.upload_format == "messages":
+        if mixture.format == "messages":
             fmt = "messages"
         else:
-            fmt, template = "text", mixture.upload_template
+            fmt, template = "text", mixture.template
     if fmt == "auto":
         return PromptFormat("text", known[0]) if known and not known[1] else PromptFormat("chat_template")
     if fmt == "messages":
@@ -103,57 +103,57 @@ class TogetherTrain(Stage):
         c = config
         if c.suffix is not None and len(c.suffix) > 40:
             raise StageError(f"train.suffix={c.suffix!r}: at most 40 characters ({len(c.suffix)} given)")
-        if str(c.train_on_inputs).lower() not in ("auto", "true", "false"):
-            raise StageError(f"train.train_on_inputs={c.train_on_inputs!r}: use auto, true or false")
-        if c.batch_size != "max" and not str(c.batch_size).isdigit():
-            raise StageError(f"train.batch_size={c.batch_size!r}: an integer, or max")
-        for key in ("n_epochs", "n_checkpoints"):
-            if c[key] < 1:
-                raise StageError(f"train.{key}={c[key]}: must be at least 1")
+        check_train_args(c.args)
+        if c.n_checkpoints < 1:
+            raise StageError(f"train.n_checkpoints={c.n_checkpoints}: must be at least 1")
         self.format = upload_format(c.model, c.format.value, c.template, None)  # checked early; again in run
 
     def upstream(self) -> tuple[str, ...]:
         return ("mix",)
 
+    def reads(self, name: str, artifact: Artifact) -> str:
+        return content_id(name, artifact, contamination=False)  # the examples, not what the check found
+
     # ---- the request ------------------------------------------------------------------------
     def body(self, training_file: str, validation_file: str | None) -> dict[str, Any]:
         """The POST /fine-tunes body, every hyperparameter from config, shaped as the spec wants."""
-        c = self.config
-        if c.training_type.value == "lora":
+        c, args = self.config, self.config.args
+        if args.training_type.value == "lora":
             training_type: dict[str, Any] = {
                 "type": "Lora",
-                "lora_r": c.lora.r,
-                "lora_alpha": c.lora.alpha,
-                "lora_dropout": c.lora.dropout,
-                "lora_trainable_modules": c.lora.trainable_modules,
+                "lora_r": args.lora.r,
+                "lora_alpha": args.lora.alpha,
+                "lora_dropout": args.lora.dropout,
+                "lora_trainable_modules": args.lora.target_modules,
             }
         else:
             training_type = {"type": "Full"}
-        train_on_inputs: bool | str = {"true": True, "false": False}.get(str(c.train_on_inputs).lower(), "auto")
-        scheduler_args: dict[str, Any] = {"min_lr_ratio": c.lr_scheduler.min_lr_ratio}
-        if c.lr_scheduler.type.value == "cosine":
-            scheduler_args["num_cycles"] = c.lr_scheduler.num_cycles
+        train_on_inputs: bool | str = {"true": True, "false": False}.get(str(args.train_on_inputs).lower(), "auto")
+        scheduler = args.lr_scheduler
+        scheduler_args: dict[str, Any] = {"min_lr_ratio": scheduler.min_lr_ratio}
+        if scheduler.type.value == "cosine":
+            scheduler_args["num_cycles"] = scheduler.num_cycles
         body: dict[str, Any] = {
             "training_file": training_file,
             "model": c.model,
             "training_type": training_type,
             "training_method": {"method": "sft", "train_on_inputs": train_on_inputs},
-            "lr_scheduler": {"lr_scheduler_type": c.lr_scheduler.type.value, "lr_scheduler_args": scheduler_args},
-            "n_epochs": c.n_epochs,
+            "lr_scheduler": {"lr_scheduler_type": scheduler.type.value, "lr_scheduler_args": scheduler_args},
+            "n_epochs": args.n_epochs,
             "n_checkpoints": c.n_checkpoints,
             "n_evals": c.n_evals,
-            "batch_size": "max" if c.batch_size == "max" else int(c.batch_size),
-            "learning_rate": c.learning_rate,
-            "warmup_ratio": c.warmup_ratio,
-            "max_grad_norm": c.max_grad_norm,
-            "weight_decay": c.weight_decay,
-            "packing": c.packing,
+            "batch_size": "max" if args.global_batch_size is None else args.global_batch_size,
+            "learning_rate": args.learning_rate,
+            "warmup_ratio": args.warmup_ratio,
+            "max_grad_norm": args.max_grad_norm,
+            "weight_decay": args.weight_decay,
+            "packing": args.packing,
         }
         optional = {
             "validation_file": validation_file,
             "suffix": c.suffix,
-            "max_seq_length": c.max_seq_length,
-            "random_seed": c.random_seed,
+            "max_seq_length": args.max_seq_length,
+            "random_seed": args.seed,
             "from_checkpoint": c.from_checkpoint,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
@@ -177,14 +177,15 @@ class TogetherTrain(Stage):
 
     def plan(self, inputs: dict[str, Artifact | None], upstream: dict[str, Planned]) -> Plan:
         c = self.config
-        kind = "LoRA" if c.training_type.value == "lora" else "full"
+        args = c.args
+        kind = "LoRA" if args.training_type.value == "lora" else "full"
         mixture = Mixture.load(inputs["mix"]) if inputs.get("mix") else None
-        data = f"mixture {mixture.upload_sha256[:12]}" if mixture else "the mixture this run builds"
+        data = f"mixture {mixture.train.upload_sha256[:12]}" if mixture else "the mixture this run builds"
         fmt = upload_format(c.model, c.format.value, c.template, mixture)
         size = mixture.size() if mixture else upstream.get("mix")
         label = "the mixture's count" if mixture else "Mix's plan"
         billed, how = (
-            billed_tokens(size, c.n_epochs, c.n_evals, c.packing, c.max_seq_length, label)
+            billed_tokens(size, args.n_epochs, c.n_evals, args.packing, args.max_seq_length, label)
             if size
             else (None, "the mixture is not built and Mix is not planned in this run: add it, stages=[mix,train]")
         )
@@ -198,19 +199,19 @@ class TogetherTrain(Stage):
             price = f"~{billed:,} tokens billed ({how}) at ${c.price_per_mtok:g}/M (train.price_per_mtok)"
         tokens = f", ~{billed / 1e6:,.1f}M tokens billed" if billed is not None else ""
         return Plan(
-            f"{kind} fine-tune of {c.model} on Together, {c.n_epochs} epochs{tokens}",
-            f"batch {c.batch_size}, lr {c.learning_rate:g}, on {data} in {fmt.describe()}; {price}; at the run, "
+            f"{kind} fine-tune of {c.model} on Together, {args.n_epochs} epochs{tokens}",
+            f"batch {args.global_batch_size or 'max'}, lr {args.learning_rate:g}, on {data} in {fmt.describe()}; "
+            f"{price}; at the run, "
             "Together's estimate-price is asked before the job is created",
             usd=usd,
             size=Planned(None, provider="together"),
         )
 
-    def run(self, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
-        c = self.config
-        assert self.store is not None
+    def run(self, inputs: dict[str, Artifact], workspace: Workspace) -> Output:
+        c, out_dir = self.config, workspace.out_dir
         mixture = Mixture.load(inputs["mix"])
         fmt = upload_format(c.model, c.format.value, c.template, mixture)
-        if c.n_evals > 0 and mixture.eval_conversations_file is None:
+        if c.n_evals > 0 and mixture.eval is None:
             raise StageError(f"train.n_evals={c.n_evals} needs an eval split: set mix.eval_fraction > 0")
         training, validation, sha = self._files(mixture, fmt, out_dir)
         for path in (training, validation):
@@ -228,7 +229,7 @@ class TogetherTrain(Stage):
         )
         client = self.together_client()
         try:
-            tuner = TogetherFineTuner(client, self.store, settings)
+            tuner = TogetherFineTuner(client, workspace.store, settings)
             training_file = tuner.upload(training, sha)
             validation_file = tuner.upload(validation) if validation else None
             body = self.body(training_file, validation_file)
@@ -250,7 +251,7 @@ class TogetherTrain(Stage):
                     f"Together fine-tune {job['id']} ended {job['status']}; the job stays recorded: set "
                     "train.relaunch=true to launch a new (paid) one"
                 )
-            return self._manifest(tuner, job, body, fmt, training, out_dir)
+            return self._output(tuner, job, body, fmt, training, out_dir)
         except FineTuneError as e:
             raise StageError(str(e)) from None
         finally:
@@ -261,19 +262,19 @@ class TogetherTrain(Stage):
         exactly that, else rendered from the canonical conversations into the artifact."""
         as_mixture = (
             self.config.format.value == "mixture"  # mixture.jsonl as Mix wrote it (prompt_completion too)
-            or (fmt.kind == "chat_template" and mixture.upload_format == "messages")
-            or (fmt.kind == "text" and mixture.upload_format == "text" and mixture.upload_template == fmt.template)
+            or (fmt.kind == "chat_template" and mixture.format == "messages")
+            or (fmt.kind == "text" and mixture.format == "text" and mixture.template == fmt.template)
         )
         validation = None
         if as_mixture:
-            training, sha = mixture.dir / mixture.upload_file, mixture.upload_sha256
+            training, sha = mixture.dir / mixture.train.upload_file, mixture.train.upload_sha256
             if sha256_file(training) != sha:  # these bytes leave the machine: hashed again, not trusted
                 raise StageError(
                     f"{training}: its sha256 is not the one the mix artifact recorded ({sha[:12]}): it changed after "
                     f"Mix made it; nothing was uploaded. Remove {mixture.dir} and run again: Mix builds it anew"
                 )
-            if self.config.n_evals > 0 and mixture.eval_upload_file:
-                validation = mixture.dir / mixture.eval_upload_file
+            if self.config.n_evals > 0 and mixture.eval is not None:
+                validation = mixture.dir / mixture.eval.upload_file
             return training, validation, sha
         log.info("rendering the mixture for %s in %s", self.config.model, fmt.describe())
         training = out_dir / UPLOAD_FILE
@@ -283,7 +284,7 @@ class TogetherTrain(Stage):
             render_upload(mixture, "eval", fmt, validation)
         return training, validation, sha
 
-    def _manifest(
+    def _output(
         self,
         tuner: TogetherFineTuner,
         job: dict[str, Any],
@@ -291,7 +292,7 @@ class TogetherTrain(Stage):
         fmt: PromptFormat,
         training: Path,
         out_dir: Path,
-    ) -> dict[str, Any]:
+    ) -> Output:
         c = self.config
         model_name = job.get("model_output_name")
         if not model_name:
@@ -303,8 +304,7 @@ class TogetherTrain(Stage):
             format=fmt,
             weights=f"together:{model_name}",
         )
-        manifest: dict[str, Any] = {
-            **trained.manifest(),
+        record: dict[str, Any] = {
             "provider": "together",
             "upload_file": training.name if training.parent == out_dir else None,
             "training_file": body["training_file"],
@@ -321,5 +321,5 @@ class TogetherTrain(Stage):
         }
         if c.download.value != "none":
             target = out_dir / f"model-{c.download.value}.tar.zst"
-            manifest["download"] = {"file": target.name, "bytes": tuner.download(job["id"], c.download.value, target)}
-        return manifest
+            record["download"] = {"file": target.name, "bytes": tuner.download(job["id"], c.download.value, target)}
+        return Output(trained, record)

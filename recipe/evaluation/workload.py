@@ -1,4 +1,4 @@
-"""What a Test run would ask, and at most what it would cost: the dry run's plan for Test.
+"""Test's workload: what a Test run would ask, and at most what it would cost (for its Plan).
 
 A suite whose records are local is read (it is small and on disk) and its prompts are built exactly
 as the run builds them, so its requests and prompt tokens are counted, not guessed. A suite on the
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from recipe.providers.model_client import approx_tokens
-from recipe.test import suites as S
+from recipe.data.tokens import approx_tokens
+from recipe.evaluation import suites
 
 QUESTION_TOKENS = 20  # an NQ-Open question and the prompt's "Question: ... Answer:" frame
 
@@ -61,63 +61,63 @@ class Requests:
     ) -> None:
         """Each judged prompt: the judge reads its instruction, the reference and the model's answer."""
         self.judge_calls += calls
-        self.judge_prompt_tokens += calls * approx_tokens(S.JUDGE_SYSTEM) + instruction_tokens + reference_tokens
+        self.judge_prompt_tokens += calls * approx_tokens(suites.JUDGE_SYSTEM) + instruction_tokens + reference_tokens
         self.judge_prompt_tokens += calls * answer_tokens
         self.judge_output_tokens += calls * out
 
 
-def count(config: Any, built: dict[str, list[S.Item]], judge_out: int) -> Requests:
+def count(config: Any, built: dict[str, list[suites.Item]], judge_out: int) -> Requests:
     """The requests of every suite of a Test config: counted from `built` prompts, else sized from
     assumptions. A tuned model on a temporary dedicated endpoint is billed by the minute, which a
     dry run cannot price: the plan then has no figure rather than a token price that is not the bill."""
-    plan = Requests()
+    work = Requests()
     if config.endpoint.value == "dedicated" and any(m.value == "tuned" for m in config.models):
-        plan.unknown.append("the tuned model's temporary dedicated endpoint (billed per minute)")
+        work.unknown.append("the tuned model's temporary dedicated endpoint (billed per minute)")
     for name, suite in config.suites.items():
         if name in built:
-            add_read(plan, name, suite, built[name], judge_out)
+            add_read(work, name, suite, built[name], judge_out)
         else:
-            add_unread(plan, name, suite, judge_out)
-    return plan
+            add_unread(work, name, suite, judge_out)
+    return work
 
 
-def add_read(plan: Requests, name: str, suite: Any, items: Sequence[S.Item], judge_out: int) -> None:
+def add_read(work: Requests, name: str, suite: Any, items: Sequence[suites.Item], judge_out: int) -> None:
     """A suite whose prompts were built from its records."""
-    plan.read.append(name)
-    plan.prompts += len(items)
-    plan.prompt_tokens += sum(approx_tokens(i.prompt) for i in items)
-    plan.output_tokens += len(items) * suite.max_tokens
+    work.read.append(name)
+    work.prompts += len(items)
+    work.prompt_tokens += sum(approx_tokens(i.prompt) for i in items)
+    work.output_tokens += len(items) * suite.max_tokens
     if suite.kind.value == "judge":
         instruction = sum(approx_tokens(i.instruction) for i in items)
         reference = sum(approx_tokens(i.answers[0]) for i in items)
-        plan.add_judged(len(items), instruction, reference, suite.max_tokens, judge_out)
+        work.add_judged(len(items), instruction, reference, suite.max_tokens, judge_out)
 
 
-def add_unread(plan: Requests, name: str, suite: Any, judge_out: int) -> None:
+def add_unread(work: Requests, name: str, suite: Any, judge_out: int) -> None:
     """A suite not read by a dry run, sized from `max_examples` / `records` and `estimate_tokens`."""
     sizes = [n for n in (suite.max_examples, suite.get("records")) if n is not None]
     per = suite.get("estimate_tokens")
     if not sizes or per is None:
         need = [k for k, v in (("records", sizes), ("estimate_tokens", per)) if v in (None, [])]
-        plan.unknown.append(f"{name} (set test.suites.{name}.{' and '.join(need)})")
+        work.unknown.append(f"{name} (set test.suites.{name}.{' and '.join(need)})")
         return
     n = min(sizes)
-    plan.assumed.append(
+    work.assumed.append(
         f"{name}: {n:,} records x ~{per:,} tokens{' per document' if suite.kind.value == 'mqa' else ''}"
     )
     kind = suite.kind.value
     if kind == "mqa":
         settings = len(suite.gold_positions)
-        plan.prompts += n * settings * len(suite.num_documents)
-        frame = approx_tokens(S.MQA_INSTRUCTION) + QUESTION_TOKENS
-        plan.prompt_tokens += n * settings * sum(d * per + frame for d in suite.num_documents)
-        plan.output_tokens += n * settings * len(suite.num_documents) * suite.max_tokens
+        work.prompts += n * settings * len(suite.num_documents)
+        frame = approx_tokens(suites.MQA_INSTRUCTION) + QUESTION_TOKENS
+        work.prompt_tokens += n * settings * sum(d * per + frame for d in suite.num_documents)
+        work.output_tokens += n * settings * len(suite.num_documents) * suite.max_tokens
         return
-    plan.prompts += n
-    plan.prompt_tokens += n * (per + (approx_tokens(S.BOOKSUM_QUESTION) if kind == "booksum" else 0))
-    plan.output_tokens += n * suite.max_tokens
+    work.prompts += n
+    work.prompt_tokens += n * (per + (approx_tokens(suites.BOOKSUM_QUESTION) if kind == "booksum" else 0))
+    work.output_tokens += n * suite.max_tokens
     if kind == "judge":  # the reference answer counted as long as the model's longest
-        plan.add_judged(n, n * per, n * suite.max_tokens, suite.max_tokens, judge_out)
+        work.add_judged(n, n * per, n * suite.max_tokens, suite.max_tokens, judge_out)
 
 
 def suite_line(name: str, suite: Any) -> str:
