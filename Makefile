@@ -1,12 +1,14 @@
 # make run   - create .venv, install, run the main job (the offline recipe)
 # make test  - create .venv, install, lint and run the whole test suite
+# make test-fast - the inner loop: the suite without the tests marked slow (about N minutes)
 # make bench - run the benchmarks under tests/benchmarks (not part of `make test`)
+# make reference - regenerate docs/reference.md from the config schemas
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint clean
+.PHONY: run test test-fast bench lint reference clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +28,12 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP) lint
+	$(BIN)/python -m pytest -m "not slow"
+
+reference: $(STAMP)
+	$(BIN)/python -m recipe.reference > docs/reference.md
 
 bench: $(STAMP)
 	for b in tests/benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

@@ -209,7 +209,7 @@ def help_text(argv: list[str]) -> str:
         "outputs: outputs/runs/<date>/<time>/run.json (each run), outputs/store/<stage>/<fingerprint>/ (artifacts,",
         "  reused whenever the fingerprint matches; store_dir=...), outputs/multiruns/ (sweeps); relative to here.",
         "keys: every key is typed and documented in recipe/config.py; `recipe --cfg job` prints them all.",
-        "more: README.md (the config tree, common overrides, sweeps, pointing at Together);",
+        "more: README.md, then docs/ (configs.md: the config tree and overrides; reference.md: every key);",
         "  Hydra's own flags: recipe --hydra-help",
     ]
     return "\n".join(lines)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -192,3 +194,68 @@ def test_a_typo_in_a_users_yaml_file_is_an_error_naming_the_key(make_cfg, tmp_pa
     with pytest.raises(ConfigCompositionException) as err:
         make_cfg(f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "+source@sources.mine=mine")
     assert "data_file" in f"{err.value} {err.value.__cause__}"
+
+
+def test_the_key_reference_is_generated_from_the_schemas() -> None:
+    """docs/reference.md is `python -m recipe.reference`'s output, so it cannot drift from the schemas."""
+    from recipe import reference
+
+    committed = Path(__file__).resolve().parents[1] / "docs" / "reference.md"
+    assert committed.read_text() == reference.render(), "docs/reference.md is stale: run `make reference`"
+    text = reference.render()
+    # Every key of every schema is in it, with its execution mark.
+    assert "| `concurrency` | int | `8` | execution |" in text and "| `total` | int | **required** | yes |" in text
+    assert "## `train` (train=local_*)" in text and "## `deploy` (deploy=together)" in text
+    assert "type: ignore" not in text
+
+
+def test_the_config_tree_in_the_docs_lists_every_committed_yaml() -> None:
+    """docs/configs.md's tree names each file under conf/ (in its group's block), and no file that is gone."""
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "configs.md").read_text()
+    tree = doc.split("```", 2)[1]
+    listed = set(re.findall(r"\b([\w.]+\.yaml)\b", tree))
+    committed = {p.name for p in (root / "conf").rglob("*.yaml")}
+    assert committed - listed == set(), "not in docs/configs.md's tree"
+    assert listed - committed == set(), "in docs/configs.md's tree, but not under conf/"
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(file, command) for every `recipe ...` line of a bash block in the README and docs/."""
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        in_block = False
+        for line in doc.read_text().splitlines():
+            if line.strip().startswith("```"):
+                in_block = line.strip() in ("```bash", "```sh") if not in_block else False
+            elif in_block and line.strip().startswith("recipe "):
+                found.append((doc.name, line.split(" #")[0].strip()))
+    return found
+
+
+def test_every_recipe_command_in_the_docs_composes(make_cfg) -> None:
+    """Each documented `recipe` command's overrides compose against the shipped configs (a sweep's
+    first value of each swept key), so a renamed key or option cannot linger in a guide."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    checked = 0
+    for doc, command in documented_commands():
+        words = shlex.split(command)[1:]
+        if not words or words[0] in ("store", "init", "--help", "--hydra-help") or "..." in words:
+            continue
+        if "--config-dir" in words or any(w.startswith("--cfg") for w in words):
+            continue  # a config directory of the reader's own / printing the config: composed elsewhere
+        overrides = []
+        for parsed in parser.parse_overrides([w for w in words if w != "-m"]):
+            if parsed.is_sweep_override():
+                overrides.append(f"{parsed.get_key_element()}={next(parsed.sweep_string_iterator())}")
+            else:
+                overrides.append(parsed.input_line)
+        try:
+            make_cfg(*overrides, base=())
+        except Exception as error:
+            raise AssertionError(f"{doc}: `{command}` does not compose: {error}") from None
+        checked += 1
+    assert checked > 40

@@ -153,11 +153,11 @@ def viewer(command: str, cwd: Path) -> Iterator[tuple[subprocess.Popen, str]]:
 
 @pytest.mark.slow
 def test_the_readmes_viewers_show_what_a_run_logged(run_cli, tmp_path: Path) -> None:
-    """The README's `tensorboard --logdir outputs/tensorboard` and `mlflow ui --backend-store-uri
+    """docs/trackers.md's `tensorboard --logdir outputs/tensorboard` and `mlflow ui --backend-store-uri
     sqlite:///outputs/mlflow.db`, from the installed `trackers` extra, on loopback ports."""
     for logger in ("tensorboard", "mlflow"):
         run_cli("stages=[mix]", "mix=samples", "mix.progress=false", f"logger={logger}")
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "trackers.md").read_text()
     tensorboard = "tensorboard --logdir outputs/tensorboard"
     mlflow_ui = "mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db"
     assert tensorboard in readme and mlflow_ui in readme
