@@ -234,6 +234,7 @@ def documented_commands() -> list[tuple[str, str]]:
     return found
 
 
+@pytest.mark.slow
 def test_every_recipe_command_in_the_docs_composes(make_cfg) -> None:
     """Each documented `recipe` command's overrides compose against the shipped configs (a sweep's
     first value of each swept key), so a renamed key or option cannot linger in a guide."""

@@ -120,6 +120,7 @@ def recipe(venv: Path, cwd: Path, *args: str, check: bool = True) -> subprocess.
     )
 
 
+@pytest.mark.slow
 def test_the_wheel_carries_its_configs_and_runs_from_an_empty_directory(installed: Path, tmp_path: Path) -> None:
     where = subprocess.run(
         [

@@ -59,6 +59,7 @@ def test_two_processes_sharing_a_cache_pay_for_each_answer_once(tmp_path: Path, 
     assert made[0] == made[1] and made[0].count(b"\n") > 30  # both got every conversation, the same answers
 
 
+@pytest.mark.slow
 def test_resends_after_crashes_are_counted_across_every_crash(tmp_path: Path, fake: FakeTogether, spawn) -> None:
     """Three kill -9s in a row, then a run to the end: its manifest counts every request that was on
     the wire at any of the kills and was sent again (what the server saw twice)."""
@@ -254,6 +255,7 @@ def test_a_trained_model_with_its_weights_deleted_is_not_a_cache_hit(run_cli, tm
     assert f"train: {weights} is missing: building it again" in rebuilt.stdout and weights.is_file()
 
 
+@pytest.mark.slow
 def test_prune_never_removes_what_a_running_run_reads(run_cli, tmp_path: Path, fake: FakeTogether, spawn) -> None:
     """A Train that follows a slow job reads the Mix artifact all along: prune --unused-for 0 keeps it."""
     fake.job_steps = 40
@@ -446,6 +448,7 @@ def test_a_cache_under_its_old_name_is_adopted_with_every_answer(tmp_path: Path)
         old.close()
 
 
+@pytest.mark.slow
 def test_a_run_past_its_limit_is_reported_with_the_stage_it_was_in(tmp_path: Path, fake: FakeTogether) -> None:
     """The suite's subprocess limits (tests/subprocesses.py) say which stage a timed-out run was in."""
     fake.delay_s = 30  # every teacher answer comes late

@@ -153,6 +153,7 @@ def test_a_create_still_in_progress_makes_one_job(make_cfg, tmp_path: Path, fake
     assert manifest(record)["job_id"] in fake.jobs
 
 
+@pytest.mark.slow
 def test_a_create_landing_after_its_resend_is_cancelled(make_cfg, tmp_path: Path, fake: FakeTogether, capsys) -> None:
     """Past the settle window the create is sent again; the first lands later still, while the job is
     followed: it is cancelled at once (a pending job costs nothing), and the run says so."""
@@ -163,6 +164,7 @@ def test_a_create_landing_after_its_resend_is_cancelled(make_cfg, tmp_path: Path
     assert "discarded it (kept" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["before", "after", "past the settle window"])
 def test_a_create_still_in_progress_makes_one_endpoint(make_cfg, tmp_path: Path, fake: FakeTogether, when: str) -> None:
     fake.slow(6.0 if when.startswith("past") else 2.0, paths=("/v1/endpoints",), before=when != "after")

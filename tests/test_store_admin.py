@@ -9,6 +9,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 MIX = ("stages=[mix]", "mix=samples", "mix.progress=false", "~distill", "~test")
 
 
@@ -16,6 +18,7 @@ def mix_artifacts(tmp_path: Path) -> list[Path]:
     return sorted((tmp_path / "outputs" / "store" / "mix").glob("*/manifest.json"))
 
 
+@pytest.mark.slow
 def test_list_and_prune(run_cli, tmp_path: Path) -> None:
     run_cli(*MIX, "mix.seed=1")
     run_cli(*MIX, "mix.seed=2")

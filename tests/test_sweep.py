@@ -85,6 +85,7 @@ def test_every_launcher_config_composes(launcher: str, target: str) -> None:
         assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.timeout_min == 240
 
 
+@pytest.mark.slow
 def test_a_parallel_offline_sweep_pays_distill_once_and_plots_test(
     run_cli, tmp_path: Path, tiny_model_dir: Path
 ) -> None:

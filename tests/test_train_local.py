@@ -96,6 +96,7 @@ def test_kill_9_mid_training_resumes_from_the_checkpoint(tmp_path: Path, spawn, 
     rerun_and_check_it_resumed(args, tmp_path, killed_at)
 
 
+@pytest.mark.slow
 def test_data_parallel_through_torchrun_matches_one_process(run_cli, tmp_path: Path, tiny_model_dir: Path) -> None:
     """train.devices=2 runs two gloo processes under torchrun, one row each per step; DDP averages
     their gradients, which is exactly one process accumulating the same two rows: same losses,
@@ -138,6 +139,7 @@ def ddp_workers(spec_dir: Path) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 def test_kill_9_during_data_parallel_training_stops_the_workers_and_resumes(
     tmp_path: Path, tiny_model_dir: Path, spawn
 ) -> None:
@@ -193,6 +195,7 @@ def test_rendered_mixtures_train_on_the_original_conversations(make_cfg, tmp_pat
         assert not any("<|im_start|>" in m["content"] for m in messages)  # no doubled markup
 
 
+@pytest.mark.slow
 def test_the_heldout_loss_reads_the_format_the_model_was_trained_in(
     run_cli, tmp_path: Path, tiny_model_dir: Path
 ) -> None:

@@ -28,6 +28,7 @@ GIB = 2**30
 # ---- FSDP2 ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fsdp_on_two_gloo_processes_matches_one_process(run_cli, tmp_path: Path, tiny_model_dir: Path) -> None:
     """FSDP2 shards a full fine-tune over two CPU processes, one row each per step: the same step
     losses and the same merged weights as one process accumulating both rows."""
@@ -57,6 +58,7 @@ def test_fsdp_on_two_gloo_processes_matches_one_process(run_cli, tmp_path: Path,
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
+@pytest.mark.slow
 def test_kill_9_during_fsdp_training_resumes_from_the_sharded_checkpoint(
     tmp_path: Path, tiny_model_dir: Path, spawn, monkeypatch
 ) -> None:
@@ -97,6 +99,7 @@ def test_activation_checkpointing_gives_the_same_gradients() -> None:
     assert all(torch.allclose(plain[n], recomputed[n], atol=1e-6) for n in plain)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("implementation", ["sdpa", "eager", "flex_attention"])
 def test_packed_rows_do_not_leak_with_every_cpu_attention(implementation: str) -> None:
     """The second example's logits are the same packed after the first as alone."""
