@@ -27,10 +27,10 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from recipe.config import register_configs, renamed
 from recipe.errors import RecipeError
-from recipe.runner import run
+from recipe.runner import run, select_stages
 from recipe.secrets import mask_printed_secrets
 from recipe.stages import check_targets
-from recipe.sweep import JobFailed, last_sweep
+from recipe.sweep import JobFailed, check_objective, direction, last_sweep, objective
 
 
 def _conf_dir() -> str:
@@ -71,14 +71,19 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def _main(cfg: DictConfig) -> JobFailed | None:
+def _main(cfg: DictConfig) -> JobFailed | float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     if multirun and cfg.sweep.preview:
         hydra_cfg = HydraConfig.get()
         print(f"\njob {hydra_cfg.job.num}: {' '.join(hydra_cfg.overrides.task) or '(no overrides)'}")
         cfg.dry_run = True
     try:
-        run(cfg)
+        check_objective(cfg, select_stages(cfg))
+        record = run(cfg)
+        if cfg.sweep.objective and record.get("status") == "ok" and not cfg.dry_run:
+            value = objective(record, cfg.sweep.objective)
+            print(f"objective: {cfg.sweep.objective} = {value:.5g} ({direction(cfg)})")
+            return value  # what Hydra's search sweepers optimise
     except (RecipeError, OmegaConfBaseException) as e:  # bad input: one line, exit 2
         said = str(e) if isinstance(e, RecipeError) else config_error(e)
         print(f"error: {said}", file=sys.stderr)

@@ -652,6 +652,19 @@ class HeldoutConfig:
 
 
 @dataclass
+class UncertaintyConfig:
+    """How sure each figure is (recipe/evaluation/uncertainty.py): a seeded percentile bootstrap over
+    prompts, and tuned against base paired on the same prompts."""
+
+    resamples: int = 1000
+    level: float = 0.95  # the intervals' coverage
+    seed: int = 0
+    # Fewer prompts than this: a difference says "too few prompts to tell" rather than a word (a
+    # percentile interval from a handful of prompts covers far less often than it claims).
+    min_prompts: int = 30
+
+
+@dataclass
 class TestConfig:
     """Test: the model card's suites, base against tuned, in one report."""
 
@@ -659,6 +672,7 @@ class TestConfig:
     models: List[TestModel] = field(default_factory=lambda: [TestModel.base, TestModel.tuned])
     suites: Dict[str, SuiteConfig] = field(default_factory=dict)
     heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
+    uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
     temperature: float = 0.0
     seed: Optional[int] = 0
     # Who judges `judge` suites: any model provider (local llama.cpp, Together, OpenAI-compatible).
@@ -709,12 +723,25 @@ class LoggerConfig:
     experiment: str = "recipe"
 
 
+class Direction(Enum):
+    maximize = "maximize"
+    minimize = "minimize"
+
+
 @dataclass
 class SweepConfig:
     """Multiruns (`recipe -m ...`); none of it enters a fingerprint."""
 
     fail_fast: bool = False  # stop the sweep at the first failed job (default: run every job, mark failures)
     preview: bool = False  # print each job's overrides and plan (a dry run), run nothing
+    # The job the others are compared with in the summary: a job number (0, 1, ...) or an override it
+    # was run with ("mix.components.instructions.share=0.5"); null = the first job.
+    baseline: Optional[str] = None
+    # The tuned model's Test figure a run returns to Hydra (e.g. mqa.accuracy, alpaca_eval.win_rate,
+    # heldout.loss), so search sweepers (hydra/sweeper=optuna) optimise it; null = return nothing.
+    objective: Optional[str] = None
+    # Which way is better for `objective`; null = minimize a loss (`*loss`), maximize anything else.
+    direction: Optional[Direction] = None
 
 
 class Preflight(Enum):

@@ -7,6 +7,11 @@ Test's headline figures, whether Distill was a cache hit, seconds) and the job's
 from the directories, not from memory, keeps it right under any launcher (jobs in other processes or
 on other machines) and when the sweep itself stops on a failed job.
 
+Jobs are compared, not only listed (recipe/evaluation/comparison.py): for each Test figure of the
+tuned model, every job's paired difference to the baseline job (`sweep.baseline`) on the prompts
+both answered, with its interval and word, and a rank group (jobs that cannot be told apart share
+one). Mix's examples and tokens per component are columns too.
+
 `sweep.fail_fast=true`: once a job has failed, the next job to start stops the sweep.
 """
 
@@ -29,6 +34,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from recipe import tracking
+from recipe.errors import RecipeError
+from recipe.evaluation import comparison
+from recipe.evaluation import report as reporting
+from recipe.evaluation.report import is_bound
+from recipe.evaluation.uncertainty import Settings
 
 log = logging.getLogger(__name__)
 JOB_FILE = "job.json"
@@ -38,7 +48,8 @@ last_sweep: dict[str, Any] = {}  # the last multirun of this process: jobs, fail
 @dataclass(frozen=True)
 class JobFailed:
     """What a sweep job returns when it stopped on a RecipeError (its one-line error was printed):
-    the sweep goes on, and the summary marks the job failed with that error."""
+    the sweep goes on, and the summary marks the job failed with that error. It is not a number:
+    a search sweeper (Optuna) records the trial as failed."""
 
     error: str
 
@@ -126,12 +137,109 @@ def collect(root: Path) -> list[dict[str, Any]]:
                 "overrides": list(overrides or []),
                 "status": status,
                 "metrics": (stages.get("test") or {}).get("metrics") or {},
+                "per_prompt": _per_prompt(stages.get("test")),
+                "mix": _mixture(stages.get("mix")),
                 "distill_cache_hit": (stages.get("distill") or {}).get("cache_hit"),
                 "seconds": round(sum(s.get("seconds", 0) for s in stages.values()), 2),
                 "error": error,
             }
         )
     return rows
+
+
+def check_objective(cfg: DictConfig, stages: list[str]) -> None:
+    """Before any work: `sweep.objective` names a figure this run's Test can make."""
+    name = cfg.sweep.objective
+    if not name:
+        return
+    if "test" not in stages:
+        raise RecipeError(f"sweep.objective={name}: a figure of the Test stage, which this run does not run")
+    suites = list((cfg.test.get("suites") or {}).keys())
+    if name.split(".")[0] not in [*suites, "heldout"]:
+        raise RecipeError(
+            f"sweep.objective={name}: no Test suite {name.split('.')[0]!r} "
+            f"(a figure is <suite>.<metric> of {', '.join(suites) or 'no suite'}, or heldout.loss)"
+        )
+
+
+def objective(record: dict[str, Any], name: str) -> float:
+    """The tuned model's figure `name` from a finished run's record: what the task function returns
+    to Hydra, so a search sweeper optimises it. A figure the run did not make is an error naming
+    the ones it did."""
+    figures = ((record.get("stages") or {}).get("test") or {}).get("metrics") or {}
+    value = figures.get(name)
+    if not isinstance(value, (int, float)):
+        made = ", ".join(m for m in figures if not is_bound(m)) or "none"
+        raise RecipeError(f"sweep.objective={name}: Test made no such figure (it made: {made})")
+    return float(value)
+
+
+def direction(cfg: DictConfig) -> str:
+    """sweep.direction, or its default for the objective: minimize a loss, maximize the rest."""
+    if cfg.sweep.direction is not None:
+        return str(cfg.sweep.direction.value if hasattr(cfg.sweep.direction, "value") else cfg.sweep.direction)
+    return "minimize" if str(cfg.sweep.objective or "").endswith("loss") else "maximize"
+
+
+def _manifest(entry: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+    path = Path(entry["artifact"]) / name if entry and entry.get("status") == "ok" and entry.get("artifact") else None
+    try:
+        return json.loads(path.read_text()) if path is not None else None
+    except (OSError, ValueError):
+        return None  # pruned or unreadable: the row keeps its figures from run.json
+
+
+def _per_prompt(test: dict[str, Any] | None) -> dict[str, dict[str, float | None]]:
+    """The tuned model's per-prompt scores by figure, from the Test artifact's metrics.json."""
+    metrics = _manifest(test, "metrics.json")
+    if not metrics or not metrics.get("models"):
+        return {}
+    which = "tuned" if "tuned" in metrics["models"] else next(iter(metrics["models"]))
+    return reporting.per_prompt(metrics, which)
+
+
+def _mixture(mix: dict[str, Any] | None) -> dict[str, int]:
+    """Mix's examples and tokens per component (`mix.<component>.examples|tokens`)."""
+    manifest = _manifest(mix, "manifest.json") or {}
+    out = {f"mix.{c}.examples": n for c, n in (manifest.get("counts") or {}).items()}
+    out.update({f"mix.{c}.tokens": n for c, n in (manifest.get("tokens_by_component") or {}).items()})
+    return out
+
+
+def _settings(root: Path, rows: list[dict[str, Any]]) -> tuple[Settings, str | None]:
+    """test.uncertainty and sweep.baseline as the sweep's jobs were composed (the first job's config)."""
+    for row in rows:
+        config_file = root / str(row["job"]) / ".hydra" / "config.yaml"
+        if config_file.is_file():
+            config = yaml.safe_load(config_file.read_text()) or {}
+            settings = Settings(**((config.get("test") or {}).get("uncertainty") or {}))
+            baseline = (config.get("sweep") or {}).get("baseline")
+            return settings, None if baseline is None else str(baseline)
+    return Settings(), None
+
+
+def compare(root: Path, rows: list[dict[str, Any]], metrics: list[str]) -> tuple[int, dict[str, list[Any]], str]:
+    """The baseline row, per figure each row's difference to it and its rank group, and what went
+    wrong choosing the baseline (the summary then lists the jobs without comparing them)."""
+    settings, spec = _settings(root, rows)
+    try:
+        base = comparison.baseline_index(rows, spec)
+    except ValueError as error:
+        return 0, {}, str(error)
+    out: dict[str, list[Any]] = {}
+    for metric in metrics:
+        scores = [row["per_prompt"].get(metric) for row in rows]
+        if all(s is None for s in scores):
+            continue
+        out[f"{metric}.vs_baseline"] = comparison.against_baseline(scores, base, metric, settings)
+        out[f"{metric}.rank"] = comparison.rank_groups(scores, metric, settings)
+    return base, out, ""
+
+
+def _difference(d: dict[str, Any] | None) -> str:
+    if not d or d.get("value") is None:
+        return ""
+    return f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] {d['verdict']}"
 
 
 def swept_keys(rows: list[dict[str, Any]]) -> list[str]:
@@ -152,31 +260,76 @@ def _value(row: dict[str, Any], key: str) -> str:
 def write_summary(root: Path) -> list[dict[str, Any]]:
     rows = collect(root)
     keys = swept_keys(rows)
-    metrics = list(dict.fromkeys(m for row in rows for m in row["metrics"] if not m.endswith("_se")))
-    header = ["job", *keys, "status", *metrics, "distill_cache_hit", "seconds", "error"]
-    table = []
-    for row in rows:
-        table.append(
-            [
-                row["job"],
-                *(_value(row, k) for k in keys),
-                row["status"],
-                *(row["metrics"].get(m, "") for m in metrics),
-                "" if row["distill_cache_hit"] is None else row["distill_cache_hit"],
-                row["seconds"],
-                (row["error"] or "")[:300],
-            ]
-        )
+    metrics = list(dict.fromkeys(m for row in rows for m in row["metrics"] if not is_bound(m)))
+    mix_columns = list(dict.fromkeys(k for row in rows for k in row["mix"]))
+    base, compared, trouble = compare(root, rows, metrics) if rows else (0, {}, "")
+    # summary.csv: one column per number (intervals and differences split into their parts)
+    csv_metrics = [
+        column
+        for m in metrics
+        for column in (m, f"{m}_low", f"{m}_high")
+        if column == m or any(column in row["metrics"] for row in rows)
+    ]
+    differences = [m for m in metrics if f"{m}.vs_baseline" in compared]
+    csv_compared = [f"{m}.{part}" for m in differences for part in ("diff", "diff_low", "diff_high", "verdict", "rank")]
+    header = [
+        "job",
+        *keys,
+        "status",
+        *csv_metrics,
+        *csv_compared,
+        *mix_columns,
+        "distill_cache_hit",
+        "seconds",
+        "error",
+    ]
+    table, md_rows = [], []
+    for i, row in enumerate(rows):
+        vs = {m: compared[f"{m}.vs_baseline"][i] for m in differences}
+        ranks = {m: compared[f"{m}.rank"][i] for m in differences}
+        common = [row["job"], *(_value(row, k) for k in keys), row["status"]]
+        tail = [
+            *(row["mix"].get(k, "") for k in mix_columns),
+            "" if row["distill_cache_hit"] is None else row["distill_cache_hit"],
+            row["seconds"],
+            (row["error"] or "")[:300],
+        ]
+        parts = []
+        for m in differences:
+            d = vs[m] or {}
+            parts += [d.get("value", ""), d.get("low", ""), d.get("high", ""), d.get("verdict", ""), ranks[m] or ""]
+        table.append([*common, *(row["metrics"].get(m, "") for m in csv_metrics), *parts, *tail])
+        figures = []
+        for m in metrics:
+            value = row["metrics"].get(m)
+            low, high = row["metrics"].get(f"{m}_low"), row["metrics"].get(f"{m}_high")
+            shown = "" if value is None else reporting.with_interval(value, low, high)
+            if m in differences and i != base:
+                shown += f" ({_difference(vs[m])})" if vs[m] else ""
+            if m in differences and ranks[m] is not None:
+                shown += f" group {ranks[m]}"
+            figures.append(shown)
+        md_rows.append([*common, *figures, *tail])
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)
     writer.writerows(table)
     _write_atomic(root / "summary.csv", buffer.getvalue())
     failed = sum(row["status"] == "failed" for row in rows)
+    md_header = ["job", *keys, "status", *metrics, *mix_columns, "distill_cache_hit", "seconds", "error"]
     lines = [f"# Sweep summary: {len(rows)} jobs, {failed} failed", ""]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
-    for cells in table:
+    if trouble:
+        lines += [f"**Not compared**: {trouble}.", ""]
+    if rows and differences:
+        lines += [
+            f"Baseline: job {rows[base]['job']} (`sweep.baseline`). Each figure: value [interval]; for the other "
+            "jobs, (difference to the baseline on the prompts both answered [interval] and what it says); "
+            "`group`: jobs in one group cannot be told apart, group 1 holds the best.",
+            "",
+        ]
+    lines.append("| " + " | ".join(md_header) + " |")
+    lines.append("|" + "---|" * len(md_header))
+    for cells in md_rows:
         text = ["**FAILED**" if c == "failed" else str(c).replace("|", "\\|").replace("\n", " ") for c in cells]
         lines.append("| " + " | ".join(text) + " |")
     _write_atomic(root / "summary.md", "\n".join(lines) + "\n")

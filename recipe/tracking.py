@@ -119,7 +119,9 @@ def log_stage(tracker: Tracker, stage: str, manifest: dict[str, Any], artifact: 
         figures.update(_numbers("train", {k: manifest.get(k) for k in ("final_loss", "eval_loss", "steps")}))
     if stage == "test":
         for model, values in (manifest.get("summary") or {}).items():
-            figures.update(_numbers(f"test/{model}", values))
+            figures.update(_numbers(f"test/{model}", values))  # with each figure's _low and _high
+        for metric, d in (manifest.get("differences") or {}).items():  # tuned - base, paired
+            figures.update(_numbers(f"test/tuned-base/{metric}", {k: d.get(k) for k in ("value", "low", "high")}))
     if stage == "mix":
         figures.update(_numbers("mix", {"examples": manifest.get("examples"), "tokens": manifest.get("tokens")}))
     if stage == "distill":

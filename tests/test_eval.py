@@ -14,6 +14,7 @@ from recipe.data import templates
 from recipe.data.sources import DataError
 from recipe.errors import RecipeError
 from recipe.evaluation import report, suites
+from recipe.evaluation.uncertainty import Settings
 from recipe.runner import run
 
 from .fake_together import FakeTogether, default_answer
@@ -138,8 +139,8 @@ def test_report_table_and_chart(tmp_path: Path) -> None:
             },
         }
     }
-    summary = report.headline(result, {"qa": "mqa"})
-    assert summary == {
+    summary = report.headline(result, {"qa": "mqa"}, Settings())
+    assert summary == {  # no per-prompt scores here: figures without intervals
         "base": {"qa.accuracy": 0.25, "qa.docs3": 0.25, "heldout.loss": 2.5},
         "tuned": {"qa.accuracy": 0.75, "qa.docs3": 0.75, "heldout.loss": 2.0},
     }
@@ -216,8 +217,17 @@ def test_together_backed_test_scores_base_and_tuned(make_cfg, tmp_path: Path, fa
     assert metrics["summary"]["tuned"]["alpaca_eval.win_rate_se"] == 0.0
     assert set(metrics["summary"]["tuned"]) >= {"booksum.rouge1", "mqa.docs3", "mqa.docs6", "mqa.accuracy"}
     assert entry["metrics"] == metrics["summary"]["tuned"]  # run.json carries the headline figures
+    # Every figure with its bootstrap interval; tuned against base paired, with its word.
+    tuned = metrics["summary"]["tuned"]
+    assert tuned["alpaca_eval.win_rate_low"] == tuned["alpaca_eval.win_rate_high"] == 0.5  # every prompt split
+    assert tuned["mqa.accuracy_low"] <= tuned["mqa.accuracy"] <= tuned["mqa.accuracy_high"]
+    assert metrics["differences"]["alpaca_eval.win_rate"]["value"] == -0.5
+    assert {d["verdict"] for d in metrics["differences"].values()} == {"too few prompts to tell"}  # 2-12 prompts
+    assert json.loads((out / "manifest.json").read_text())["differences"] == metrics["differences"]
     # Mix checked the mixture against these very suites: one contamination line each.
     summary = (out / "summary.txt").read_text()
+    print(summary)
+    assert "tuned - base" in summary.splitlines()[0] and "[0.500, 0.500]" in summary
     for name, prompts in (("mqa", 2), ("booksum", 2), ("alpaca_eval", 3)):
         assert f"contamination {name}: 0 of {prompts} prompts found in the training mixture" in summary
         assert entry["contamination_counts"][name] == {"prompts_in_training": 0}

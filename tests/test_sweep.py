@@ -133,6 +133,14 @@ def test_a_parallel_offline_sweep_pays_distill_once_and_plots_test(
     assert {"mqa.accuracy", "booksum.rouge1", "alpaca_eval.win_rate"} <= set(rows[0])
     assert all(r["booksum.rouge1"] != "" for r in rows)
     assert all(r["alpaca_eval.win_rate"] == "0.5" for r in rows)  # both orders asked: the bias cancels
+    # Compared with the baseline (job 0) on the same prompts, and ranked: one prompt per suite here,
+    # so nothing can be told apart: one group, and "too few prompts to tell".
+    assert [r["alpaca_eval.win_rate.diff"] for r in rows] == ["0.0", "0.0", "0.0"]
+    assert {r["mqa.accuracy.verdict"] for r in rows} == {"too few prompts to tell"}
+    assert {r["booksum.rouge1.rank"] for r in rows} == {"1"}
+    assert all(int(r["mix.instructions.examples"]) > 0 and int(r["mix.mqa.tokens"]) > 0 for r in rows)
+    assert int(rows[2]["mix.instructions.examples"]) > int(rows[0]["mix.instructions.examples"])
+    assert "Baseline: job 0" in (root / "summary.md").read_text()
     assert (root / "summary.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -168,3 +176,39 @@ def test_a_sweep_over_a_test_only_key_trains_once(run_cli, tmp_path: Path) -> No
     assert train[0]["fingerprint"] == train[1]["fingerprint"] and train[1]["cache_hit"]
     assert jobs == 1  # one fine-tune for the two jobs
     assert [r["status"] for r in summary_rows(root)] == ["ok", "ok"]
+
+
+TOGETHER_TEST = (
+    "stages=[mix,train,test]",
+    "mix=samples",
+    "~distill",
+    "~deploy",
+    "train=together_lora",
+    "train.poll_s=0.01",
+    "train.progress=false",
+    "mix.progress=false",
+    "test=model_card",
+    "test/suite@test.suites.mqa=mqa_sample",
+    "test/suite@test.suites.booksum=booksum_sample",
+    "test/suite@test.suites.alpaca_eval=alpaca_eval_sample",
+    "test.progress=false",
+    "test.poll_s=0.01",
+)
+
+
+def test_a_run_returns_its_objective_for_search_sweepers(run_cli, tmp_path: Path) -> None:
+    """`sweep.objective` names the tuned model's figure the task function returns to Hydra (what
+    Optuna and the other search sweepers optimise); a name Test cannot make is refused before any work."""
+    with FakeTogether(api_key="k") as fake:
+        env = {"TOGETHER_API_KEY": "k", "TOGETHER_BASE_URL": fake.base_url}
+        out = run_cli(*TOGETHER_TEST, "sweep.objective=booksum.rouge1", env=env).stdout
+        (line,) = [line for line in out.splitlines() if line.startswith("objective: ")]
+        run = json.loads(sorted((tmp_path / "outputs" / "runs").glob("*/*/run.json"))[-1].read_text())
+        value = run["stages"]["test"]["metrics"]["booksum.rouge1"]
+        assert line == f"objective: booksum.rouge1 = {value:.5g} (maximize)"
+        sent = len(fake.requests)
+        bad = run_cli(*TOGETHER_TEST, "sweep.objective=gsm8k.accuracy", env=env, check=False)
+        assert bad.returncode == 2 and len(fake.requests) == sent
+        assert "sweep.objective=gsm8k.accuracy: no Test suite 'gsm8k'" in bad.stderr
+        wrong = run_cli(*TOGETHER_TEST, "sweep.objective=booksum.bleu", env=env, check=False)
+        assert wrong.returncode == 2 and "Test made no such figure (it made: mqa.accuracy" in wrong.stderr

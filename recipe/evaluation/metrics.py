@@ -37,18 +37,24 @@ def best_subspan_em(prediction: str, answers: Sequence[str]) -> float:
     return float(any(normalize_answer(a) in normalized for a in answers))
 
 
-def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F-measure over the pairs (rouge-score, with stemming)."""
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
+
+
+def rouge_each(predictions: Sequence[str], references: Sequence[str]) -> list[dict[str, float]]:
+    """ROUGE-1/2/L F-measure of each pair (rouge-score, with stemming)."""
     from rouge_score import rouge_scorer
 
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
     scores = [scorer.score(ref, pred) for pred, ref in zip(predictions, references, strict=True)]
-    return {
-        key: statistics.fmean(s[key].fmeasure for s in scores) if scores else 0.0
-        for key in ("rouge1", "rouge2", "rougeL")
-    }
+    return [{key: s[key].fmeasure for key in ROUGE_KEYS} for s in scores]
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measure over the pairs."""
+    each = rouge_each(predictions, references)
+    return {key: statistics.fmean(e[key] for e in each) if each else 0.0 for key in ROUGE_KEYS}
 
 
 # Reading a judge's verdict the way AlpacaEval's parsers do: the *first* verdict, found at the start

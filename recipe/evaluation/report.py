@@ -1,7 +1,9 @@
 """The Test report: headline figures, the printed summary table, report.md and chart.png.
 
 `result` is what metrics.json holds: {"models": {base|tuned: {"name", "suites": {suite: scores},
-"heldout_loss"}}, "suites": {suite: {"kind", "prompts", "skipped"}}}.
+"heldout_loss"}}, "suites": {suite: {"kind", "prompts", "skipped"}}}; each suite's scores keep the
+per-prompt scores behind its figures (`per_prompt`: figure -> prompt id -> score), from which every
+figure gets its bootstrap interval and tuned is compared with base, paired (uncertainty.py).
 """
 
 from __future__ import annotations
@@ -10,14 +12,45 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from recipe.evaluation import uncertainty
 from recipe.evaluation.suites import Item
 
-Summary = dict[str, dict[str, float]]  # model -> metric name -> value
+Summary = dict[str, dict[str, float]]  # model -> metric name -> value (and its interval: <name>_low, <name>_high)
+Differences = dict[str, dict[str, Any]]  # metric name -> tuned - base: value, low, high, n, verdict
+BOUNDS = ("_se", "_low", "_high")  # suffixes of the figures that qualify another
 
 
-def headline(result: dict[str, Any], kinds: dict[str, str]) -> Summary:
+def is_bound(metric: str) -> bool:
+    """`mqa.accuracy_low` and the like qualify a figure; they are not figures of their own."""
+    return metric.endswith(BOUNDS)
+
+
+def per_prompt(result: dict[str, Any], which: str) -> dict[str, dict[str, float | None]]:
+    """A model's per-prompt scores by headline figure name (`mqa.accuracy` -> prompt id -> score)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for name, scores in result["models"][which]["suites"].items():
+        for metric, values in (scores.get("per_prompt") or {}).items():
+            out[f"{name}.{metric}"] = values
+    return out
+
+
+def differences(result: dict[str, Any], settings: uncertainty.Settings) -> Differences:
+    """Tuned minus base on the prompts both answered, per headline figure, with its paired interval
+    and its word (none when only one model was tested)."""
+    if not {"base", "tuned"} <= set(result["models"]):
+        return {}
+    tuned, base = per_prompt(result, "tuned"), per_prompt(result, "base")
+    return {
+        metric: uncertainty.paired(tuned[metric], base[metric], settings).as_dict()
+        for metric in tuned
+        if metric in base
+    }
+
+
+def headline(result: dict[str, Any], kinds: dict[str, str], settings: uncertainty.Settings) -> Summary:
     """The figures a sweep compares, flat: `<suite>.win_rate`, `<suite>.rouge1/2/L`,
-    `<suite>.accuracy` and `<suite>.docs<N>`, `heldout.loss`."""
+    `<suite>.accuracy` and `<suite>.docs<N>`, `heldout.loss`; each suite figure with its bootstrap
+    interval over prompts (`<figure>_low`, `<figure>_high`)."""
     out: Summary = {}
     for which, model in result["models"].items():
         flat: dict[str, float] = {}
@@ -35,25 +68,48 @@ def headline(result: dict[str, Any], kinds: dict[str, str]) -> Summary:
                 flat[f"{name}.accuracy"] = scores["accuracy"]
                 for n, value in scores["by_documents"].items():
                     flat[f"{name}.docs{n}"] = value
+        for metric, scores in per_prompt(result, which).items():
+            if metric in flat:
+                bounds = uncertainty.figure(scores, settings)
+                if bounds.n:
+                    flat[f"{metric}_low"], flat[f"{metric}_high"] = bounds.low, bounds.high
         if model.get("heldout_loss") is not None:
             flat["heldout.loss"] = model["heldout_loss"]
         out[which] = {k: round(v, 5) for k, v in flat.items()}
     return out
 
 
-def summary_table(summary: Summary) -> str:
+def with_interval(value: float | None, low: float | None, high: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    number = f"{value:+.3f}" if signed else f"{value:.3f}"
+    return number if low is None or high is None else f"{number} [{low:.3f}, {high:.3f}]"
+
+
+def summary_table(summary: Summary, differences: Differences | None = None, level: float = 0.95) -> str:
+    """Each headline figure per model with its interval, and tuned - base (paired) with its word."""
     models = list(summary)
-    metrics = [m for m in dict.fromkeys(k for s in summary.values() for k in s) if not m.endswith("_se")]
-    width = max([len(m) for m in metrics] + [6])
-    lines = [f"{'metric':<{width}}  " + "  ".join(f"{w:>14}" for w in models)]
+    metrics = [m for m in dict.fromkeys(k for s in summary.values() for k in s) if not is_bound(m)]
+    compared = bool(differences)
+    header = [*models, "tuned - base"] if compared else models
+    rows = []
     for metric in metrics:
-        cells = []
-        for which in models:
-            value = summary[which].get(metric)
-            se = summary[which].get(f"{metric}_se")
-            text = "-" if value is None else f"{value:.3f}" + (f" ± {se:.3f}" if se else "")
-            cells.append(f"{text:>14}")
-        lines.append(f"{metric:<{width}}  " + "  ".join(cells))
+        cells = [
+            with_interval(summary[w].get(metric), summary[w].get(f"{metric}_low"), summary[w].get(f"{metric}_high"))
+            for w in models
+        ]
+        if compared:
+            d = (differences or {}).get(metric)
+            cells.append(
+                "-" if d is None else f"{with_interval(d['value'], d['low'], d['high'], signed=True)}  {d['verdict']}"
+            )
+        rows.append([metric, *cells])
+    widths = [max(len(str(r[i])) for r in [["metric", *header], *rows]) for i in range(len(header) + 1)]
+    lines = ["  ".join(f"{h:<{widths[i]}}" for i, h in enumerate(["metric", *header])).rstrip()]
+    lines += ["  ".join(f"{c:<{widths[i]}}" for i, c in enumerate(r)).rstrip() for r in rows]
+    lines.append(
+        f"[low, high]: {level:.0%} bootstrap interval over prompts; tuned - base is paired on the same prompts"
+    )
     return "\n".join(lines)
 
 
@@ -76,6 +132,11 @@ def write_report(
     table: str,
 ) -> None:
     models = list(result["models"])
+
+    def cell(which: str, metric: str) -> str:
+        figures = summary.get(which, {})
+        return with_interval(figures.get(metric), figures.get(f"{metric}_low"), figures.get(f"{metric}_high"))
+
     out = ["# Test report", ""]
     out += [f"- **{w}**: `{result['models'][w]['name']}`" for w in models]
     out += ["", "```", table, "```", ""]
@@ -86,26 +147,28 @@ def write_report(
             protocol = result.get("judge_protocol", "both orders")
             unit = " (%)" if any(scores[w].get("unit") == "%" for w in models) else ""
             out += [f"## {name}: instruction following (win rate against the reference; judged: {protocol})", ""]
-            out += [f"| Model | Win rate{unit} | ± s.e. | Prompts judged |", "|---|---|---|---|"]
+            out += [f"| Model | Win rate{unit} [interval] | ± s.e. | Prompts judged |", "|---|---|---|---|"]
+            key = f"{name}.win_rate_pct" if unit else f"{name}.win_rate"
             for w in models:
                 s = scores[w]
-                out.append(f"| {w} | {_fmt(s['win_rate'])} | {_fmt(s['stderr'])} | {s['judged']} of {s['prompts']} |")
+                out.append(f"| {w} | {cell(w, key)} | {_fmt(s['stderr'])} | {s['judged']} of {s['prompts']} |")
         elif kind == "booksum":
             out += [f"## {name}: summarisation (ROUGE F-measure)", ""]
             out += ["| Model | R1 | R2 | RL |", "|---|---|---|---|"]
             for w in models:
-                s = scores[w]
-                out.append(f"| {w} | {_fmt(s['rouge1'])} | {_fmt(s['rouge2'])} | {_fmt(s['rougeL'])} |")
+                out.append(
+                    f"| {w} | " + " | ".join(cell(w, f"{name}.{k}") for k in ("rouge1", "rouge2", "rougeL")) + " |"
+                )
         else:
             out += [f"## {name}: multi-document QA (best_subspan_em)", ""]
             out += ["| " + " | ".join(["Documents", "Gold position", *models]) + " |", "|---" * (2 + len(models)) + "|"]
             first = scores[models[0]]
-            for cell in first["by_position"]:
-                n, position = cell.split("/")
-                values = " | ".join(_fmt(scores[w]["by_position"].get(cell)) for w in models)
+            for setting in first["by_position"]:
+                n, position = setting.split("/")
+                values = " | ".join(_fmt(scores[w]["by_position"].get(setting)) for w in models)
                 out.append(f"| {n} | {position} | {values} |")
             for n in first["by_documents"]:
-                values = " | ".join(_fmt(scores[w]["by_documents"].get(n)) for w in models)
+                values = " | ".join(cell(w, f"{name}.docs{n}") for w in models)
                 out.append(f"| {n} | **all** | {values} |")
         if suite["skipped"]:
             reasons = ", ".join(f"{count} × {reason}" for reason, count in suite["skipped"].items())
@@ -144,7 +207,7 @@ def write_chart(path: Path, summary: Summary) -> None:
     import matplotlib.pyplot as plt
 
     models = list(summary)
-    scores = [m for m in dict.fromkeys(k for s in summary.values() for k in s) if not m.endswith("_se")]
+    scores = [m for m in dict.fromkeys(k for s in summary.values() for k in s) if not is_bound(m)]
     loss = "heldout.loss" in scores
     scores = [m for m in scores if m != "heldout.loss"]
     fig, axes = plt.subplots(
@@ -154,7 +217,11 @@ def write_chart(path: Path, summary: Summary) -> None:
     width = 0.8 / max(1, len(models))
     for i, which in enumerate(models):
         xs = [j + i * width for j in range(len(scores))]
-        ax.bar(xs, [summary[which].get(m, 0.0) for m in scores], width, label=which)
+        figures = summary[which]
+        values = [figures.get(m, 0.0) for m in scores]
+        below = [max(0.0, v - figures.get(f"{m}_low", v)) for m, v in zip(scores, values, strict=True)]
+        above = [max(0.0, figures.get(f"{m}_high", v) - v) for m, v in zip(scores, values, strict=True)]
+        ax.bar(xs, values, width, label=which, yerr=[below, above], capsize=3)
     ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(scores))], scores, rotation=30, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("score")

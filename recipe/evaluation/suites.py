@@ -12,13 +12,14 @@
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from recipe.data.sources import DataError
-from recipe.evaluation.metrics import best_subspan_em, pair_score, parse_verdict, rouge, win_rate
+from recipe.evaluation.metrics import ROUGE_KEYS, best_subspan_em, pair_score, parse_verdict, rouge_each, win_rate
 
 MQA_INSTRUCTION = (
     "Write a high-quality answer for the given question using only the provided search results "
@@ -181,9 +182,12 @@ def judge_messages(instruction: str, output_a: str, output_b: str) -> list[dict[
 def score_mqa(items: Sequence[Item], answers: dict[str, str]) -> dict[str, Any]:
     """Accuracy per (documents, gold position), per number of documents, and overall."""
     cells: dict[tuple[int, str], list[float]] = defaultdict(list)
+    per_prompt: dict[str, dict[str, float | None]] = defaultdict(dict)
     for item in items:
         g = dict(item.group)
-        cells[(g["documents"], g["gold"])].append(best_subspan_em(answers[item.id], item.answers))
+        em = best_subspan_em(answers[item.id], item.answers)
+        cells[(g["documents"], g["gold"])].append(em)
+        per_prompt["accuracy"][item.id] = per_prompt[f"docs{g['documents']}"][item.id] = em
     by_docs: dict[int, list[float]] = defaultdict(list)
     for (n, _), values in cells.items():
         by_docs[n].extend(values)
@@ -196,12 +200,15 @@ def score_mqa(items: Sequence[Item], answers: dict[str, str]) -> dict[str, Any]:
             f"{n}/{p}": _mean(v) for (n, p), v in sorted(cells.items(), key=lambda c: (c[0][0], order[c[0][1]]))
         },
         "prompts": len(everything),
+        "per_prompt": dict(per_prompt),
     }
 
 
 def score_booksum(items: Sequence[Item], answers: dict[str, str]) -> dict[str, Any]:
-    scores = rouge([answers[i.id] for i in items], [i.answers[0] for i in items])
-    return {**scores, "prompts": len(items)}
+    each = rouge_each([answers[i.id] for i in items], [i.answers[0] for i in items])
+    scores = {key: statistics.fmean(e[key] for e in each) if each else 0.0 for key in ROUGE_KEYS}
+    per_prompt = {key: {i.id: e[key] for i, e in zip(items, each, strict=True)} for key in ROUGE_KEYS}
+    return {**scores, "prompts": len(items), "per_prompt": per_prompt}
 
 
 def score_judge(items: Sequence[Item], verdicts: dict[str, tuple[str, str]]) -> dict[str, Any]:
@@ -212,9 +219,10 @@ def score_judge(items: Sequence[Item], verdicts: dict[str, tuple[str, str]]) -> 
         first, second = verdicts[item.id]
         scores.append(pair_score(parse_verdict(first), parse_verdict(second)))
     rate, stderr, counted = win_rate(scores)
+    per_prompt = {"win_rate": {i.id: s for i, s in zip(items, scores, strict=True)}}
     if not counted:  # the judge never gave a readable verdict: no figure, rather than a false 0
-        return {"win_rate": None, "stderr": None, "prompts": len(items), "judged": 0}
-    return {"win_rate": rate, "stderr": stderr, "prompts": len(items), "judged": counted}
+        return {"win_rate": None, "stderr": None, "prompts": len(items), "judged": 0, "per_prompt": per_prompt}
+    return {"win_rate": rate, "stderr": stderr, "prompts": len(items), "judged": counted, "per_prompt": per_prompt}
 
 
 def score_judge_alpaca_eval(
@@ -229,7 +237,15 @@ def score_judge_alpaca_eval(
         for i in items
     ]
     rate, stderr, counted = alpaca_eval.win_rate_percent(scores)
-    return {"win_rate": rate, "stderr": stderr, "unit": "%", "prompts": len(items), "judged": counted}
+    per_prompt = {"win_rate_pct": {i.id: None if s is None else 100 * s for i, s in zip(items, scores, strict=True)}}
+    return {
+        "win_rate": rate,
+        "stderr": stderr,
+        "unit": "%",
+        "prompts": len(items),
+        "judged": counted,
+        "per_prompt": per_prompt,
+    }
 
 
 def _mean(values: Sequence[float]) -> float:

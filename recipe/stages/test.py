@@ -26,13 +26,14 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from recipe.artifacts import Mixture, Planned, TestReport, TrainedModel
 from recipe.config import TestConfig
 from recipe.data.contamination import test_view, view_lines
 from recipe.data.sources import config_key, iter_records, source_identity
-from recipe.evaluation import judging, suites, workload
+from recipe.evaluation import judging, suites, uncertainty, workload
 from recipe.evaluation import report as reporting
 from recipe.providers.cache import RequestCache
 from recipe.providers.model_client import BudgetReached, Ledger, ModelClient, ModelSpec, connected
@@ -196,11 +197,14 @@ class Test(Stage):
                 for name, its in items.items()
             },
         }
-        summary = reporting.headline(result, {n: c.suites[n].kind.value for n in items})
-        (out_dir / "metrics.json").write_text(json.dumps({**result, "summary": summary}, indent=2) + "\n")
+        settings = uncertainty.Settings(**OmegaConf.to_container(c.uncertainty))  # type: ignore[arg-type]
+        summary = reporting.headline(result, {n: c.suites[n].kind.value for n in items}, settings)
+        differences = reporting.differences(result, settings)
+        metrics_json = {**result, "summary": summary, "differences": differences}
+        (out_dir / "metrics.json").write_text(json.dumps(metrics_json, indent=2) + "\n")
         self._write_generations(out_dir / "generations.jsonl", items, samples, answers, verdicts)
         side_by_side = [(s, {w: answers[w][s.id] for w in answers}) for s in samples]
-        table = "\n".join([reporting.summary_table(summary), *view_lines(contamination)])
+        table = "\n".join([reporting.summary_table(summary, differences, settings.level), *view_lines(contamination)])
         reporting.write_report(out_dir / "report.md", result, summary, side_by_side, items, answers, table)
         reporting.write_chart(out_dir / "chart.png", summary)
         (out_dir / "summary.txt").write_text(table + "\n")
@@ -218,6 +222,7 @@ class Test(Stage):
                 "models": {w: names[w] for w in answers},
                 "prompt_format": trained.format.describe(),
                 "judge_protocol": protocol,
+                "differences": differences,
                 "contamination": contamination,
                 "contamination_counts": {
                     n: {"prompts_in_training": v["in_training"]} for n, v in contamination.items() if v["checked"]
