@@ -166,6 +166,7 @@ COMMANDS = (
     ("recipe 'stages=[test]' test.judge.provider=together", "Test with a Together judge"),
     ("recipe init my_recipes", "your own config repository, then: recipe --config-dir conf ..."),
     ("recipe store list", "what the store holds: stage, fingerprint, size, dates, runs"),
+    ("recipe sweep fit", "the newest sweep's figures fitted to its shares; a proposed mixture"),
     ("recipe store prune --unused-for 14 --dry-run", "what clearing the unused would remove"),
 )
 HELP_COLUMN = 60  # commands longer than this get their description on the next line
@@ -235,6 +236,10 @@ def main() -> None:
         from recipe import scaffold
 
         sys.exit(scaffold.main(argv[1:]))
+    if argv[:2] == ["sweep", "fit"]:
+        from recipe.sweep import fit_main
+
+        sys.exit(fit_main(argv[2:]))
     if argv[:1] == ["store"]:
         from recipe import store_admin
 

@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from omegaconf import DictConfig
 from recipe import tracking
 from recipe.errors import RecipeError
 from recipe.evaluation import comparison
+from recipe.evaluation import fit as fitting
 from recipe.evaluation import report as reporting
 from recipe.evaluation.report import is_bound
 from recipe.evaluation.uncertainty import Settings
@@ -102,6 +104,9 @@ class SweepSummary(Callback):
         if root.is_dir():
             rows = write_summary(root)
             print(f"sweep summary ({len(rows)} jobs): {root / 'summary.md'}")
+            if any(r["metrics"] for r in rows):
+                proposed = [line for line in fit(root).splitlines() if line.startswith(("**Objective**", "recipe "))]
+                print(f"proposed mixture: {root / 'proposal.md'}" + "".join(f"\n  {line}" for line in proposed))
             failed = sum(row["status"] in ("failed", "refused") for row in rows)
             last_sweep.update(jobs=len(rows), failed=failed, summary=str(root / "summary.md"))
             tracker = tracking.open_tracker(config.get("logger"), f"sweep_{root.parent.name}_{root.name}")
@@ -198,10 +203,11 @@ def _per_prompt(test: dict[str, Any] | None) -> dict[str, dict[str, float | None
     return reporting.per_prompt(metrics, which)
 
 
-def _mixture(mix: dict[str, Any] | None) -> dict[str, int]:
-    """Mix's examples and tokens per component (`mix.<component>.examples|tokens`)."""
+def _mixture(mix: dict[str, Any] | None) -> dict[str, Any]:
+    """Mix's shares as applied, examples and tokens per component (`mix.<component>.share|examples|tokens`)."""
     manifest = _manifest(mix, "manifest.json") or {}
-    out = {f"mix.{c}.examples": n for c, n in (manifest.get("counts") or {}).items()}
+    out: dict[str, Any] = {f"mix.{c}.share": s for c, s in (manifest.get("shares") or {}).items()}
+    out.update({f"mix.{c}.examples": n for c, n in (manifest.get("counts") or {}).items()})
     out.update({f"mix.{c}.tokens": n for c, n in (manifest.get("tokens_by_component") or {}).items()})
     return out
 
@@ -240,6 +246,101 @@ def _difference(d: dict[str, Any] | None) -> str:
     if not d or d.get("value") is None:
         return ""
     return f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] {d['verdict']}"
+
+
+def fit(root: Path, objective: str | None = None, maximize: bool | None = None) -> str:
+    """proposal.md at the sweep's root: for each figure, how well the shares predict it across the
+    finished jobs (recipe/evaluation/fit.py), and for the objective (`sweep.objective` unless given)
+    the proposed shares with the override line that runs them. Returns the text."""
+    rows = [r for r in collect(root) if r["status"] == "ok"]
+    if objective is None:
+        objective = _configured(root, rows, "objective")
+    if maximize is None:
+        maximize = not str(objective or "").endswith("loss")
+        chosen = _configured(root, rows, "direction")
+        if chosen:
+            maximize = chosen == "maximize"
+    shares = [{k.split(".")[1]: v for k, v in r["mix"].items() if k.endswith(".share")} for r in rows]
+    usable = [(s, r) for s, r in zip(shares, rows, strict=True) if s]
+    metrics = list(dict.fromkeys(m for r in rows for m in r["metrics"] if not is_bound(m)))
+    lines = [f"# Proposed mixture: {root}", "", fitting.__doc__.split("\n\n")[0].replace("\n", " "), ""]
+    lines += ["| figure | jobs | leave-one-out error | the mean's | what it says |", "|---|---|---|---|---|"]
+    proposals = {}
+    for metric in metrics:
+        pairs = [(s, r["metrics"][metric]) for s, r in usable if isinstance(r["metrics"].get(metric), (int, float))]
+        lower = metric.endswith("loss")
+        found = fitting.propose([p[0] for p in pairs], [p[1] for p in pairs], maximize=not lower)
+        proposals[metric] = found
+        error = "-" if found.loo_error is None else f"{found.loo_error:.4g}"
+        mean = "-" if found.mean_error is None else f"{found.mean_error:.4g}"
+        lines.append(f"| {metric} | {found.jobs} | {error} | {mean} | {found.verdict} |")
+    lines.append("")
+    if not objective:
+        lines.append("No objective: set `sweep.objective=<figure>` (or `recipe sweep fit DIR --objective FIGURE`).")
+    elif objective not in proposals:
+        lines.append(f"The objective {objective} is not among the sweep's figures ({', '.join(metrics) or 'none'}).")
+    else:
+        pairs = [
+            (s, r["metrics"][objective]) for s, r in usable if isinstance(r["metrics"].get(objective), (int, float))
+        ]
+        found = fitting.propose([p[0] for p in pairs], [p[1] for p in pairs], maximize=maximize)
+        way = "maximize" if maximize else "minimize"
+        lines.append(f"**Objective** {objective} ({way}): {found.verdict}.")
+        if found.shares is not None:
+            ranges = ", ".join(f"{c} {lo:.3f}-{hi:.3f}" for c, (lo, hi) in found.bounds.items())
+            # What every job was run with (the experiment, the stages), then the proposed shares.
+            common = [o for o in (rows[0]["overrides"] if rows else []) if all(o in r["overrides"] for r in rows)]
+            kept = [o for o in common if not o.startswith(("mix.components.", "hydra/", "hydra."))]
+            command = " ".join(["recipe", *(_quoted(o) for o in kept), found.override() or ""])
+            lines += ["", f"Shares searched within what the sweep tried: {ranges}.", "", "Run it:", ""]
+            lines += ["```bash", command, "```"]
+    text = "\n".join(lines) + "\n"
+    _write_atomic(root / "proposal.md", text)
+    return text
+
+
+def _quoted(override: str) -> str:
+    return f"'{override}'" if any(ch in override for ch in "[]{}(),*? ") else override
+
+
+def _configured(root: Path, rows: list[dict[str, Any]], key: str) -> str | None:
+    """A `sweep.<key>` as the sweep's jobs were composed."""
+    for row in rows:
+        config_file = root / str(row["job"]) / ".hydra" / "config.yaml"
+        if config_file.is_file():
+            value = ((yaml.safe_load(config_file.read_text()) or {}).get("sweep") or {}).get(key)
+            return None if value is None else str(value)
+    return None
+
+
+def fit_main(argv: list[str]) -> int:
+    """`recipe sweep fit [DIR] [--objective FIGURE] [--direction maximize|minimize]` (DIR: the newest
+    sweep under ./outputs/multiruns)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="recipe sweep fit", description=fit.__doc__.split("\n")[0])
+    parser.add_argument(
+        "root", type=Path, nargs="?", help="a multirun directory (default: the newest under outputs/multiruns)"
+    )
+    parser.add_argument("--objective", help="the figure to optimise (default: the sweep's sweep.objective)")
+    parser.add_argument("--direction", choices=["maximize", "minimize"])
+    args = parser.parse_args(argv)
+    if args.root is None:
+        sweeps = sorted(Path("outputs/multiruns").glob("*/*"))
+        if not sweeps:
+            print(
+                "error: no sweep under outputs/multiruns (run one with recipe -m ..., or name its directory)",
+                file=sys.stderr,
+            )
+            return 2
+        args.root = sweeps[-1]
+    if not args.root.is_dir() or not _job_dirs(args.root):
+        print(f"error: {args.root}: not a sweep's directory (no job directories in it)", file=sys.stderr)
+        return 2
+    maximize = None if args.direction is None else args.direction == "maximize"
+    print(fit(args.root, args.objective, maximize), end="")
+    print(f"(written to {args.root / 'proposal.md'})")
+    return 0
 
 
 def swept_keys(rows: list[dict[str, Any]]) -> list[str]:

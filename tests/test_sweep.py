@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 
 import recipe
@@ -212,3 +213,37 @@ def test_a_run_returns_its_objective_for_search_sweepers(run_cli, tmp_path: Path
         assert "sweep.objective=gsm8k.accuracy: no Test suite 'gsm8k'" in bad.stderr
         wrong = run_cli(*TOGETHER_TEST, "sweep.objective=booksum.bleu", env=env, check=False)
         assert wrong.returncode == 2 and "Test made no such figure (it made: mqa.accuracy" in wrong.stderr
+
+
+def test_optuna_searches_the_shares_through_the_objective(run_cli, tmp_path: Path) -> None:
+    """`hydra/sweeper=optuna` (the `sweep` extra) drives the instructions' share through
+    `mix.rescale` (always a valid mixture) and optimises what each run returns (`sweep.objective`);
+    a failed trial is recorded as failed and the study goes on."""
+    with FakeTogether(api_key="k") as fake:
+        proc = run_cli(
+            "-m",
+            "hydra/sweeper=optuna",
+            "hydra.sweeper.n_trials=4",
+            "hydra.sweeper.sampler.seed=0",
+            "hydra.sweeper.direction=maximize",
+            "hydra.sweeper.max_failure_rate=1.0",
+            *TOGETHER_TEST,
+            "mix.rescale=instructions",
+            "mix.components.instructions.share=interval(0.2,0.8)",
+            "mix.total=choice(16,-1)",  # -1: a job that fails, as a bad trial would
+            "sweep.objective=booksum.rouge1",
+            env={"TOGETHER_API_KEY": "k", "TOGETHER_BASE_URL": fake.base_url},
+            check=False,
+        )
+    root = sweep_root(tmp_path)
+    rows = summary_rows(root)
+    assert len(rows) == 4, proc.stdout + proc.stderr  # every trial ran: a failure did not end the study
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert failed and all(r["mix.total"] == "-1" for r in failed)
+    done = [r for r in rows if r["status"] == "ok"]
+    assert done and all(0.2 <= float(r["mix.instructions.share"]) <= 0.8 for r in done)
+    for r in done:  # the others rescaled to fill the rest: every mixture is a valid one
+        assert sum(float(r[f"mix.{c}.share"]) for c in ("instructions", "booksum", "mqa")) == pytest.approx(1.0)
+    optimized = yaml.safe_load((root / "optimization_results.yaml").read_text())
+    best = max(float(r["booksum.rouge1"]) for r in done)
+    assert optimized["best_value"] == pytest.approx(best, abs=1e-5)  # what the runs returned
