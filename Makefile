@@ -9,6 +9,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: run test test-fast bench lint reference clean
+# Debian's Chromium and its driver, for the tests that open the pages people look at (tests/test_pages.py).
+BROWSER := /usr/bin/chromedriver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,10 +29,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check recipe tests
 	$(BIN)/ruff format --check recipe tests
 
-test: $(STAMP) lint
+$(BROWSER):
+	$(SUDO) apt-get install -y -q chromium chromium-driver || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; }
+
+test: $(STAMP) lint $(BROWSER)
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP) lint
+test-fast: $(STAMP) lint $(BROWSER)
 	$(BIN)/python -m pytest -m "not slow"
 
 reference: $(STAMP)

@@ -34,7 +34,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from recipe import tracking
+from recipe import pages, tracking
 from recipe.errors import RecipeError
 from recipe.evaluation import comparison
 from recipe.evaluation import fit as fitting
@@ -106,6 +106,7 @@ class SweepSummary(Callback):
             print(f"sweep summary ({len(rows)} jobs): {root / 'summary.md'}")
             if any(r["metrics"] for r in rows):
                 proposed = [line for line in fit(root).splitlines() if line.startswith(("**Objective**", "recipe "))]
+                write_summary(root)  # summary.html with the proposal
                 print(f"proposed mixture: {root / 'proposal.md'}" + "".join(f"\n  {line}" for line in proposed))
             failed = sum(row["status"] in ("failed", "refused") for row in rows)
             last_sweep.update(jobs=len(rows), failed=failed, summary=str(root / "summary.md"))
@@ -144,6 +145,7 @@ def collect(root: Path) -> list[dict[str, Any]]:
                 "metrics": (stages.get("test") or {}).get("metrics") or {},
                 "per_prompt": _per_prompt(stages.get("test")),
                 "mix": _mixture(stages.get("mix")),
+                "report": _report(stages.get("test")),
                 "distill_cache_hit": (stages.get("distill") or {}).get("cache_hit"),
                 "seconds": round(sum(s.get("seconds", 0) for s in stages.values()), 2),
                 "error": error,
@@ -201,6 +203,14 @@ def _per_prompt(test: dict[str, Any] | None) -> dict[str, dict[str, float | None
         return {}
     which = "tuned" if "tuned" in metrics["models"] else next(iter(metrics["models"]))
     return reporting.per_prompt(metrics, which)
+
+
+def _report(test: dict[str, Any] | None) -> str | None:
+    """The job's Test report page, as a file URI (summary.html links to it)."""
+    if not test or test.get("status") != "ok" or not test.get("artifact"):
+        return None
+    page = Path(test["artifact"]) / "report.html"
+    return page.resolve().as_uri() if page.is_file() else None
 
 
 def _mixture(mix: dict[str, Any] | None) -> dict[str, Any]:
@@ -434,6 +444,11 @@ def write_summary(root: Path) -> list[dict[str, Any]]:
         text = ["**FAILED**" if c == "failed" else str(c).replace("|", "\\|").replace("\n", " ") for c in cells]
         lines.append("| " + " | ".join(text) + " |")
     _write_atomic(root / "summary.md", "\n".join(lines) + "\n")
+    proposal = (root / "proposal.md").read_text() if (root / "proposal.md").is_file() else None
+    reports = [row["report"] for row in rows]
+    _write_atomic(
+        root / "summary.html", pages.sweep_summary(str(root), rows, keys, metrics, compared, base, proposal, reports)
+    )
     if metrics:
         _plot(root / "summary.png", rows, keys, metrics)
     return rows

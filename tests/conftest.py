@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from recipe.cli import CONF_DIR
 from recipe.config import register_configs
 
+from .browser import browser  # noqa: F401  (the fixture, for every test module)
 from .subprocesses import limit, run_to_end
 
 register_configs()

@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 import recipe
 from recipe.cli import CONF_DIR
 
+from .browser import open_page
 from .conftest import SHARE_SWEEP
 from .fake_together import FakeTogether, default_answer
 
@@ -88,7 +89,7 @@ def test_every_launcher_config_composes(launcher: str, target: str) -> None:
 
 @pytest.mark.slow
 def test_a_parallel_offline_sweep_pays_distill_once_and_plots_test(
-    run_cli, tmp_path: Path, tiny_model_dir: Path
+    run_cli, tmp_path: Path, tiny_model_dir: Path, browser
 ) -> None:
     """Three mixtures through Distill, Mix, Train and Test with the joblib launcher (two jobs at a
     time): one Distill, three trainings on a tiny model, a summary with Test's figures and a plot."""
@@ -143,6 +144,14 @@ def test_a_parallel_offline_sweep_pays_distill_once_and_plots_test(
     assert int(rows[2]["mix.instructions.examples"]) > int(rows[0]["mix.instructions.examples"])
     assert "Baseline: job 0" in (root / "summary.md").read_text()
     assert (root / "summary.png").read_bytes()[:4] == b"\x89PNG"
+    # The pages, in the browser: every figure of summary.csv on summary.html; a job's report.html.
+    shown = open_page(browser, root / "summary.html", tmp_path / "summary.png")
+    for row in rows:
+        for figure in ("mqa.accuracy", "booksum.rouge1", "alpaca_eval.win_rate"):
+            assert f"{float(row[figure]):.3f}" in shown
+    report = Path(records[1]["stages"]["test"]["artifact"]) / "report.html"
+    said = open_page(browser, report, tmp_path / "report.png")
+    assert "tuned − base" in said and "too few prompts to tell" in said
 
 
 def test_a_sweep_over_a_test_only_key_trains_once(run_cli, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from recipe import pages
 from recipe.artifacts import Mixture, Planned, TestReport, TrainedModel
 from recipe.config import TestConfig
 from recipe.data.contamination import test_view, view_lines
@@ -207,6 +208,10 @@ class Test(Stage):
         table = "\n".join([reporting.summary_table(summary, differences, settings.level), *view_lines(contamination)])
         reporting.write_report(out_dir / "report.md", result, summary, side_by_side, items, answers, table)
         reporting.write_chart(out_dir / "chart.png", summary)
+        shown = [i for its in items.values() for i in its[:2]] + list(samples)  # a few prompts per suite
+        pairs = [(i.suite, i.prompt, i.answers[0], {w: answers[w][i.id] for w in answers}) for i in shown]
+        page = pages.test_report(result, summary, differences, pairs, settings.level)
+        (out_dir / "report.html").write_text(page)
         (out_dir / "summary.txt").write_text(table + "\n")
         report = TestReport(
             dir=out_dir,
