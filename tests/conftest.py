@@ -33,6 +33,21 @@ TOGETHER_KEY = "sk-test-together-0123456789"
 SAMPLES_ONLY = ("mix=samples", "~distill", "~train", "~test", "~deploy")
 NO_DISTILL = ("mix=samples", "~distill", "~test")
 MIX_AND_TRAIN = ("mix=samples", "~distill", "~test", "~deploy")  # the samples' Mix, then Train
+# Train on the fake Together API, then the model card's Test on the shipped samples (the hub data
+# replaced by the samples; the rest of the model card's setup as it is).
+TOGETHER_TRAIN_AND_TEST = (
+    "stages=[mix,train,test]",
+    "train=together_lora",
+    "train.poll_s=0.01",
+    "train.progress=false",
+    "mix.progress=false",
+    "test=model_card",
+    "test/suite@test.suites.mqa=mqa_sample",
+    "test/suite@test.suites.booksum=booksum_sample",
+    "test/suite@test.suites.alpaca_eval=alpaca_eval_sample",
+    "test.progress=false",
+    "test.poll_s=0.01",
+)
 # Distill against the fake Together server (TOGETHER_BASE_URL), then a 3-job sweep of the instructions' share.
 SHARE_SWEEP = (
     "distill=together",

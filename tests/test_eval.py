@@ -17,6 +17,7 @@ from recipe.evaluation import report, suites
 from recipe.evaluation.uncertainty import Settings
 from recipe.runner import run
 
+from .conftest import TOGETHER_TRAIN_AND_TEST
 from .fake_together import FakeTogether, default_answer
 
 DOCS = [{"title": f"T{i}", "text": f"text {i}"} for i in range(8)]
@@ -169,18 +170,7 @@ def answer_and_judge(body: dict[str, Any]) -> str:
 
 def together_test(make_cfg, *overrides: str):
     return make_cfg(
-        "stages=[mix,train,test]",
-        "train=together_lora",
-        "train.poll_s=0.01",
-        "train.progress=false",
-        "mix.progress=false",
-        "test=model_card",
-        # the shipped samples instead of the hub data; the rest of the model card's setup as it is
-        "test/suite@test.suites.mqa=mqa_sample",
-        "test/suite@test.suites.booksum=booksum_sample",
-        "test/suite@test.suites.alpaca_eval=alpaca_eval_sample",
-        "test.progress=false",
-        "test.poll_s=0.01",
+        *TOGETHER_TRAIN_AND_TEST,
         "test.heldout.samples=2",
         *overrides,
         base=("mix=samples", "~distill"),

@@ -14,7 +14,7 @@ import recipe
 from recipe.cli import CONF_DIR
 
 from .browser import open_page
-from .conftest import SHARE_SWEEP
+from .conftest import SHARE_SWEEP, TOGETHER_TRAIN_AND_TEST
 from .fake_together import FakeTogether, default_answer
 
 SAMPLES = ("stages=[mix]", "mix=samples", "~distill", "~train", "~test", "~deploy", "mix.progress=false")
@@ -188,22 +188,7 @@ def test_a_sweep_over_a_test_only_key_trains_once(run_cli, tmp_path: Path) -> No
     assert [r["status"] for r in summary_rows(root)] == ["ok", "ok"]
 
 
-TOGETHER_TEST = (
-    "stages=[mix,train,test]",
-    "mix=samples",
-    "~distill",
-    "~deploy",
-    "train=together_lora",
-    "train.poll_s=0.01",
-    "train.progress=false",
-    "mix.progress=false",
-    "test=model_card",
-    "test/suite@test.suites.mqa=mqa_sample",
-    "test/suite@test.suites.booksum=booksum_sample",
-    "test/suite@test.suites.alpaca_eval=alpaca_eval_sample",
-    "test.progress=false",
-    "test.poll_s=0.01",
-)
+TOGETHER_TEST = (*TOGETHER_TRAIN_AND_TEST, "mix=samples", "~distill", "~deploy")
 
 
 def test_a_run_returns_its_objective_for_search_sweepers(run_cli, tmp_path: Path) -> None:
