@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from tabulate import tabulate
 
@@ -243,7 +244,16 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
 def _build(
     cfg: DictConfig, names: list[str], pipeline: Pipeline, store: ArtifactStore, record: dict[str, Any], run_dir: Path
 ) -> dict[str, Any]:
-    tracker = tracking.open_tracker(cfg.get("logger"), "_".join(run_dir.resolve().parts[-2:]))
+    sweep_root, overrides = None, []
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        overrides = list(hydra_cfg.overrides.task)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            sweep_root = run_dir.resolve().parent  # the job's tracker run is grouped with its sweep
+    name = run_dir.name if sweep_root else "_".join(run_dir.resolve().parts[-2:])
+    tracker = tracking.open_tracker(cfg.get("logger"), name, sweep_root)
+    if tracker is not None:
+        tracker.params(tracking.run_params(cfg, overrides))
     try:
         for name in names:
             started = time.monotonic()

@@ -110,7 +110,7 @@ class SweepSummary(Callback):
                 print(f"proposed mixture: {root / 'proposal.md'}" + "".join(f"\n  {line}" for line in proposed))
             failed = sum(row["status"] in ("failed", "refused") for row in rows)
             last_sweep.update(jobs=len(rows), failed=failed, summary=str(root / "summary.md"))
-            tracker = tracking.open_tracker(config.get("logger"), f"sweep_{root.parent.name}_{root.name}")
+            tracker = tracking.open_sweep_tracker(config.get("logger"), root)
             if tracker is not None:
                 tracker.text("summary.md", (root / "summary.md").read_text())
                 for row in rows:

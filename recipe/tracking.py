@@ -1,11 +1,17 @@
 """Experiment trackers (`logger=none|tensorboard|mlflow`), through their own libraries (the
 `trackers` extra: tensorboardX and mlflow, with their viewers `tensorboard` and `mlflow ui`).
 
-Each run is one tracker run, named after its run directory. What it receives, when a stage
-finishes (built or reused): the stage fingerprints as parameters; local training's steps (loss,
-learning rate, tokens/s from the artifact's metrics.jsonl, by step); Test's headline figures per
-model (`test/<model>/<metric>`) and contamination counts; Mix's and Distill's counts and cost.
-A sweep's summary table goes to a run of its own (`sweep`) at the end of the multirun.
+Each run is one tracker run, named after its run directory. It receives, as parameters, the
+command line's overrides (`override/<key>`) and every leaf of the composed config
+(`config/<key>`, uninterpolated, no secret-named key), and when a stage finishes (built or
+reused): its fingerprint; local training's steps (loss, learning rate, tokens/s from the
+artifact's metrics.jsonl, by step); Test's headline figures per model (`test/<model>/<metric>`,
+with their intervals, `_low`/`_high`), tuned - base (`test/tuned-base/<metric>/value|low|high`)
+and contamination counts; Mix's and Distill's counts and cost.
+
+A sweep is one group: its jobs are children of one MLflow parent run (made by the first job, under
+a lock in the sweep's directory), or directories under one TensorBoard directory
+`sweep_<date>_<time>/<job>`; the sweep's summary goes to that parent run or directory at the end.
 
 TensorBoard: event files under `logger.dir/<run>`. MLflow: `logger.tracking_uri`, by default a
 SQLite store (`sqlite:///outputs/mlflow.db`, relative to where recipe runs: MLflow 3's recommended
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +64,9 @@ class TensorBoard(Tracker):
 
 
 class MLflow(Tracker):
-    def __init__(self, uri: str, experiment: str, run_name: str) -> None:
+    def __init__(
+        self, uri: str, experiment: str, run_name: str, group: Path | None = None, resume: bool = False
+    ) -> None:
         try:
             import mlflow
         except ImportError:
@@ -75,10 +84,19 @@ class MLflow(Tracker):
         if artifacts is not None and mlflow.get_experiment_by_name(experiment) is None:
             mlflow.create_experiment(experiment, artifact_location=artifacts)
         mlflow.set_experiment(experiment)
-        self.run = mlflow.start_run(run_name=run_name)
+        if group is None:
+            self.run = mlflow.start_run(run_name=run_name)
+        elif resume:  # the sweep's own run: its parent run, made by its first job (or now)
+            self.run = mlflow.start_run(run_id=_parent_run(mlflow, experiment, group))
+        else:  # a sweep's job: a child of the sweep's parent run, made by whichever job comes first
+            parent = _parent_run(mlflow, experiment, group)
+            self.run = mlflow.start_run(run_name=run_name, tags={"mlflow.parentRunId": parent, "sweep": group.name})
 
     def params(self, values: dict[str, Any]) -> None:
-        self.mlflow.log_params({k: str(v)[:500] for k, v in values.items()})
+        # MLflow's names: letters, digits and _ - . : / and space (a group's `@` and the like become _)
+        items = [(re.sub(r"[^\w\-.:/ ]", "_", k), str(v)[:500]) for k, v in values.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 parameters per batch
+            self.mlflow.log_params(dict(items[start : start + 100]))
 
     def metrics(self, values: dict[str, float], step: int | None = None) -> None:
         clean = {k.replace("@", "_"): float(v) for k, v in values.items()}
@@ -91,14 +109,76 @@ class MLflow(Tracker):
         self.mlflow.end_run()
 
 
-def open_tracker(config: DictConfig | None, run_name: str) -> Tracker | None:
-    """The configured tracker for one run, or None (logger=none)."""
+def _parent_run(mlflow: Any, experiment_name: str, sweep_root: Path) -> str:
+    """The sweep's parent run id: created once (under a lock, jobs may run in parallel) and kept in
+    the sweep's directory; its own summary goes to it at the end of the sweep."""
+    import fcntl
+
+    sweep_root.mkdir(parents=True, exist_ok=True)
+    with open(sweep_root / ".mlflow_parent.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        kept = sweep_root / "mlflow_parent_run"
+        if kept.is_file():
+            return kept.read_text().strip()
+        experiment = mlflow.get_experiment_by_name(experiment_name).experiment_id
+        run = mlflow.MlflowClient().create_run(experiment, run_name=sweep_name(sweep_root))
+        kept.write_text(run.info.run_id + "\n")
+        return run.info.run_id
+
+
+def sweep_name(sweep_root: Path) -> str:
+    """`sweep_<date>_<time>`: the name of a sweep's tracker run (MLflow) or directory (TensorBoard)."""
+    return f"sweep_{sweep_root.parent.name}_{sweep_root.name}"
+
+
+def open_tracker(config: DictConfig | None, run_name: str, sweep_root: Path | None = None) -> Tracker | None:
+    """The configured tracker for one run, or None (logger=none). A sweep's job (`sweep_root`) is
+    grouped with its sweep: TensorBoard under `<dir>/sweep_<date>_<time>/<job>`, MLflow as a child
+    of the sweep's parent run."""
     kind = config.kind.value if config is not None else "none"
     if kind == "tensorboard":
-        return TensorBoard(Path(config.dir) / run_name)  # type: ignore[union-attr]
+        base = Path(config.dir)  # type: ignore[union-attr]
+        return TensorBoard(base / sweep_name(sweep_root) / run_name if sweep_root else base / run_name)
     if kind == "mlflow":
-        return MLflow(config.tracking_uri, config.experiment, run_name)  # type: ignore[union-attr]
+        return MLflow(config.tracking_uri, config.experiment, run_name, sweep_root)  # type: ignore[union-attr]
     return None
+
+
+def open_sweep_tracker(config: DictConfig | None, sweep_root: Path) -> Tracker | None:
+    """The tracker run of a sweep's own summary: the sweep's TensorBoard directory, or its MLflow
+    parent run (resumed)."""
+    kind = config.kind.value if config is not None else "none"
+    if kind == "tensorboard":
+        return TensorBoard(Path(config.dir) / sweep_name(sweep_root))  # type: ignore[union-attr]
+    if kind == "mlflow":
+        return MLflow(config.tracking_uri, config.experiment, sweep_name(sweep_root), sweep_root, resume=True)  # type: ignore[union-attr]
+    return None
+
+
+def run_params(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
+    """What a tracker records of a run's config: the command line's overrides (`override/<key>`) and
+    every leaf of the composed config (`config/<dotted key>`, uninterpolated, no secret-named key)."""
+    from omegaconf import OmegaConf
+
+    from recipe.secrets import is_secret_key, strip_secrets
+
+    out: dict[str, Any] = {}
+    for line in overrides:
+        key, _, value = line.partition("=")
+        name = key.lstrip("+~")
+        if not is_secret_key(name.rsplit(".", 1)[-1]):
+            out[f"override/{name}"] = "(removed)" if key.startswith("~") else value
+    node = strip_secrets(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
+
+    def walk(value: Any, prefix: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        else:
+            out[f"config/{prefix}"] = json.dumps(value, default=str) if isinstance(value, list) else value
+
+    walk({k: v for k, v in node.items() if k != "hydra"}, "")
+    return out
 
 
 def _numbers(prefix: str, values: dict[str, Any]) -> dict[str, float]:

@@ -82,22 +82,38 @@ def test_mlflow_receives_tests_figures(make_cfg, tmp_path: Path, fake: FakeToget
     assert tracked.data.params["fingerprint/train"] == record["stages"]["train"]["fingerprint"]
 
 
+MIX_ONLY = ("stages=[mix]", "mix=samples", "mix.progress=false", "~distill", "~test")
+
+
 def test_a_sweep_summary_goes_to_the_tracker(run_cli, tmp_path: Path) -> None:
     run_cli(
         "-m",
-        "stages=[mix]",
-        "mix=samples",
-        "mix.progress=false",
-        "~distill",
-        "~test",
+        *MIX_ONLY,
         "mix.seed=1,2",
         "logger=tensorboard",
         "logger.dir=tb",
     )
-    sweeps = [p for p in (tmp_path / "tb").iterdir() if p.name.startswith("sweep_")]
-    assert len(sweeps) == 1 and list(sweeps[0].glob("events.out.tfevents.*"))
-    jobs = [p for p in (tmp_path / "tb").iterdir() if not p.name.startswith("sweep_")]
-    assert len(jobs) == 2  # one tracker run per job, and one for the sweep
+    (sweep,) = list((tmp_path / "tb").iterdir())  # one directory for the sweep ...
+    assert sweep.name.startswith("sweep_") and list(sweep.glob("events.out.tfevents.*"))  # ... its summary
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]  # ... and a run per job
+
+
+def test_an_mlflow_sweep_is_one_parent_run_with_its_jobs_and_their_configs(run_cli, tmp_path: Path) -> None:
+    import mlflow
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_cli("-m", *MIX_ONLY, "mix.seed=1,2", "logger=mlflow", f"logger.tracking_uri={store}")
+    client = mlflow.tracking.MlflowClient(tracking_uri=store)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "recipe"]
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.info.run_name.startswith("sweep_")]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(runs) == 3 and sorted(r.info.run_name for r in children) == ["0", "1"]
+    assert sorted(r.data.params["override/mix.seed"] for r in children) == ["1", "2"]  # what was swept
+    assert {r.data.params["config/mix.total"] for r in children} == {"32"}  # and the composed config
+    assert not any("api_key" in k for r in children for k in r.data.params)
+    assert "sweep/mix.booksum.examples" not in parent.data.metrics  # no Test: no figures to compare
+    assert client.list_artifacts(parent.info.run_id, "")[0].path == "summary.md"  # the sweep's summary
 
 
 def wait_for(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 240) -> requests.Response:
