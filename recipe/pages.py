@@ -13,6 +13,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from recipe.evaluation.report import is_bound
+
 STYLE = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1200px;padding:16px 24px;color:#1d1d1f}
 h1{font-size:1.5em;margin:.2em 0 .6em}h2{font-size:1.2em;margin:1.6em 0 .5em;border-bottom:1px solid #ddd;padding-bottom:.2em}
@@ -129,9 +131,7 @@ def test_report(
 ) -> str:
     """`side_by_side`: (suite, prompt, reference, {model: answer}) for a few prompts."""
     models = list(summary)
-    metrics = [
-        m for m in dict.fromkeys(k for s in summary.values() for k in s) if not m.endswith(("_se", "_low", "_high"))
-    ]
+    metrics = [m for m in dict.fromkeys(k for s in summary.values() for k in s) if not is_bound(m)]
     body = ["<h1>Test report</h1>"]
     body.append(
         "<p>"
@@ -172,7 +172,7 @@ def test_report(
 def sweep_summary(
     title: str,
     rows: Sequence[dict[str, Any]],
-    keys: Sequence[str],
+    swept: Sequence[dict[str, str]],
     metrics: Sequence[str],
     compared: dict[str, list[Any]],
     base: int,
@@ -180,7 +180,9 @@ def sweep_summary(
     reports: Sequence[str | None],
 ) -> str:
     """The sweep's jobs with every figure and its interval, the difference to the baseline job and
-    the rank groups, Mix's shares, a chart per figure, and the proposed mixture."""
+    the rank groups, Mix's shares, a chart per figure, and the proposed mixture. `swept`: each
+    row's swept keys and their values."""
+    keys = list(swept[0]) if swept else []
     body = [f'<h1>Sweep summary</h1><p class="note">{esc(title)}</p>']
     if rows and any(f"{m}.vs_baseline" in compared for m in metrics):
         body.append(
@@ -193,7 +195,7 @@ def sweep_summary(
     table_rows = []
     for i, row in enumerate(rows):
         status = row["status"]
-        cells = [esc(row["job"]), *(esc(_value(row, k)) for k in keys)]
+        cells = [esc(row["job"]), *(esc(swept[i][k]) for k in keys)]
         shown = esc(status) if status == "ok" else f'<span class="failed">{esc(status)}</span>'
         if row.get("error"):
             shown += f'<br><span class="note">{esc(str(row["error"])[:200])}</span>'
@@ -219,10 +221,10 @@ def sweep_summary(
     body += ["<h2>Jobs</h2>", table(header, table_rows)]
     labels = [
         ", ".join(
-            f"{k.rsplit('.', 2)[-2] if k.endswith('.share') else k.rsplit('.', 1)[-1]}={_value(r, k)}" for k in keys
+            f"{k.rsplit('.', 2)[-2] if k.endswith('.share') else k.rsplit('.', 1)[-1]}={v}" for k, v in values.items()
         )
         or f"job {r['job']}"
-        for r in rows
+        for values, r in zip(swept, rows, strict=True)
     ]
     charts = []
     for m in metrics:
@@ -243,7 +245,3 @@ def sweep_summary(
     if proposal:
         body += ["<h2>Proposed mixture</h2>", f"<pre>{esc(proposal)}</pre>"]
     return page("Sweep summary", body)
-
-
-def _value(row: dict[str, Any], key: str) -> str:
-    return next((o.partition("=")[2] for o in row["overrides"] if o.partition("=")[0] == key), "")

@@ -185,7 +185,7 @@ def direction(cfg: DictConfig) -> str:
     """sweep.direction, or its default for the objective: minimize a loss, maximize the rest."""
     if cfg.sweep.direction is not None:
         return str(cfg.sweep.direction.value if hasattr(cfg.sweep.direction, "value") else cfg.sweep.direction)
-    return "minimize" if str(cfg.sweep.objective or "").endswith("loss") else "maximize"
+    return "minimize" if comparison.lower_is_better(str(cfg.sweep.objective or "")) else "maximize"
 
 
 def _manifest(entry: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
@@ -222,16 +222,21 @@ def _mixture(mix: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def _settings(root: Path, rows: list[dict[str, Any]]) -> tuple[Settings, str | None]:
-    """test.uncertainty and sweep.baseline as the sweep's jobs were composed (the first job's config)."""
+def _job_config(root: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The config the sweep's jobs were composed with (the first job's .hydra/config.yaml), or {}."""
     for row in rows:
         config_file = root / str(row["job"]) / ".hydra" / "config.yaml"
         if config_file.is_file():
-            config = yaml.safe_load(config_file.read_text()) or {}
-            settings = Settings(**((config.get("test") or {}).get("uncertainty") or {}))
-            baseline = (config.get("sweep") or {}).get("baseline")
-            return settings, None if baseline is None else str(baseline)
-    return Settings(), None
+            return yaml.safe_load(config_file.read_text()) or {}
+    return {}
+
+
+def _settings(root: Path, rows: list[dict[str, Any]]) -> tuple[Settings, str | None]:
+    """test.uncertainty and sweep.baseline as the sweep's jobs were composed."""
+    config = _job_config(root, rows)
+    settings = Settings(**((config.get("test") or {}).get("uncertainty") or {}))
+    baseline = (config.get("sweep") or {}).get("baseline")
+    return settings, None if baseline is None else str(baseline)
 
 
 def compare(root: Path, rows: list[dict[str, Any]], metrics: list[str]) -> tuple[int, dict[str, list[Any]], str]:
@@ -263,24 +268,24 @@ def fit(root: Path, objective: str | None = None, maximize: bool | None = None) 
     finished jobs (recipe/evaluation/fit.py), and for the objective (`sweep.objective` unless given)
     the proposed shares with the override line that runs them. Returns the text."""
     rows = [r for r in collect(root) if r["status"] == "ok"]
-    if objective is None:
-        objective = _configured(root, rows, "objective")
+    configured = _job_config(root, rows).get("sweep") or {}
+    objective = objective or configured.get("objective")
     if maximize is None:
-        maximize = not str(objective or "").endswith("loss")
-        chosen = _configured(root, rows, "direction")
-        if chosen:
-            maximize = chosen == "maximize"
+        chosen = configured.get("direction")
+        maximize = chosen == "maximize" if chosen else not comparison.lower_is_better(str(objective or ""))
     shares = [{k.split(".")[1]: v for k, v in r["mix"].items() if k.endswith(".share")} for r in rows]
     usable = [(s, r) for s, r in zip(shares, rows, strict=True) if s]
     metrics = list(dict.fromkeys(m for r in rows for m in r["metrics"] if not is_bound(m)))
+
+    def proposal(metric: str, best_high: bool) -> fitting.Proposal:
+        pairs = [(s, r["metrics"][metric]) for s, r in usable if isinstance(r["metrics"].get(metric), (int, float))]
+        return fitting.propose([p[0] for p in pairs], [p[1] for p in pairs], maximize=best_high)
+
     lines = [f"# Proposed mixture: {root}", "", fitting.__doc__.split("\n\n")[0].replace("\n", " "), ""]
     lines += ["| figure | jobs | leave-one-out error | the mean's | what it says |", "|---|---|---|---|---|"]
     proposals = {}
     for metric in metrics:
-        pairs = [(s, r["metrics"][metric]) for s, r in usable if isinstance(r["metrics"].get(metric), (int, float))]
-        lower = metric.endswith("loss")
-        found = fitting.propose([p[0] for p in pairs], [p[1] for p in pairs], maximize=not lower)
-        proposals[metric] = found
+        found = proposals[metric] = proposal(metric, not comparison.lower_is_better(metric))
         error = "-" if found.loo_error is None else f"{found.loo_error:.4g}"
         mean = "-" if found.mean_error is None else f"{found.mean_error:.4g}"
         lines.append(f"| {metric} | {found.jobs} | {error} | {mean} | {found.verdict} |")
@@ -290,10 +295,7 @@ def fit(root: Path, objective: str | None = None, maximize: bool | None = None) 
     elif objective not in proposals:
         lines.append(f"The objective {objective} is not among the sweep's figures ({', '.join(metrics) or 'none'}).")
     else:
-        pairs = [
-            (s, r["metrics"][objective]) for s, r in usable if isinstance(r["metrics"].get(objective), (int, float))
-        ]
-        found = fitting.propose([p[0] for p in pairs], [p[1] for p in pairs], maximize=maximize)
+        found = proposal(objective, maximize)
         way = "maximize" if maximize else "minimize"
         lines.append(f"**Objective** {objective} ({way}): {found.verdict}.")
         if found.shares is not None:
@@ -311,16 +313,6 @@ def fit(root: Path, objective: str | None = None, maximize: bool | None = None) 
 
 def _quoted(override: str) -> str:
     return f"'{override}'" if any(ch in override for ch in "[]{}(),*? ") else override
-
-
-def _configured(root: Path, rows: list[dict[str, Any]], key: str) -> str | None:
-    """A `sweep.<key>` as the sweep's jobs were composed."""
-    for row in rows:
-        config_file = root / str(row["job"]) / ".hydra" / "config.yaml"
-        if config_file.is_file():
-            value = ((yaml.safe_load(config_file.read_text()) or {}).get("sweep") or {}).get(key)
-            return None if value is None else str(value)
-    return None
 
 
 def fit_main(argv: list[str]) -> int:
@@ -447,7 +439,10 @@ def write_summary(root: Path) -> list[dict[str, Any]]:
     proposal = (root / "proposal.md").read_text() if (root / "proposal.md").is_file() else None
     reports = [row["report"] for row in rows]
     _write_atomic(
-        root / "summary.html", pages.sweep_summary(str(root), rows, keys, metrics, compared, base, proposal, reports)
+        root / "summary.html",
+        pages.sweep_summary(
+            str(root), rows, [{k: _value(r, k) for k in keys} for r in rows], metrics, compared, base, proposal, reports
+        ),
     )
     if metrics:
         _plot(root / "summary.png", rows, keys, metrics)

@@ -185,19 +185,24 @@ def test_distilled_conversations_feed_the_mixture(make_cfg, tmp_path: Path, fake
     assert sum("answer 1 to:" in t for t in texts) == 8  # the instructions half, answered by the teacher
 
 
-def test_kill_9_then_resume_resends_nothing_finished(tmp_path: Path, fake: FakeTogether, spawn) -> None:
-    fake.delay_s = 0.15
-    args = [
+def distill_args(tmp_path: Path, *extra: str, cache: str = "cache.sqlite") -> list[str]:
+    """`recipe` distilling the ShareGPT sample from Together (the fake), three turns each."""
+    return [
         RECIPE,
         "stages=[distill]",
         "mix=samples",
         "distill=together",
         "distill.source=sharegpt_sample",
         "distill.max_turns=3",
-        "distill.concurrency=2",
         "distill.progress=false",
-        f"distill.cache_path={tmp_path / 'cache.sqlite'}",
+        f"distill.cache_path={tmp_path / cache}",
+        *extra,
     ]
+
+
+def test_kill_9_then_resume_resends_nothing_finished(tmp_path: Path, fake: FakeTogether, spawn) -> None:
+    fake.delay_s = 0.15
+    args = distill_args(tmp_path, "distill.concurrency=2")
     env = {**os.environ, "TOGETHER_API_KEY": KEY, "TOGETHER_BASE_URL": fake.base_url}
     proc = spawn(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + limit(60)

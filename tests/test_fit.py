@@ -12,6 +12,7 @@ import yaml
 from recipe.evaluation.fit import propose
 
 from .conftest import RECIPE
+from .subprocesses import limit
 
 OPTIMUM = np.array([0.5, 0.3, 0.2])  # instructions, booksum, mqa
 
@@ -80,7 +81,7 @@ def test_recipe_sweep_fit_writes_the_proposal_and_the_line_that_runs_it(tmp_path
     rows, figures = sweep(16, noise=0.002)
     root = tmp_path / "outputs" / "multiruns" / "2026-12-02" / "10-00-00"
     write_sweep(root, rows, figures, objective="mqa.accuracy")
-    proc = subprocess.run([RECIPE, "sweep", "fit"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([RECIPE, "sweep", "fit"], cwd=tmp_path, capture_output=True, text=True, timeout=limit(300))
     assert proc.returncode == 0, proc.stderr
     text = (root / "proposal.md").read_text()
     assert proc.stdout.startswith(text)
@@ -92,7 +93,7 @@ def test_recipe_sweep_fit_writes_the_proposal_and_the_line_that_runs_it(tmp_path
     # No objective configured, too few jobs: said, not guessed.
     few = tmp_path / "few"
     write_sweep(few, rows[:4], figures[:4], objective=None)
-    text = subprocess.run([RECIPE, "sweep", "fit", str(few)], capture_output=True, text=True, timeout=300).stdout
+    text = subprocess.run([RECIPE, "sweep", "fit", str(few)], capture_output=True, text=True, timeout=limit(300)).stdout
     assert "too few jobs to fit: 4 finished jobs" in text and "No objective: set `sweep.objective" in text
     missing = subprocess.run(
         [RECIPE, "sweep", "fit", str(tmp_path / "nope")], capture_output=True, text=True, timeout=300

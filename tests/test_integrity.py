@@ -15,6 +15,7 @@ import pytest
 from recipe.errors import RecipeError
 from recipe.runner import run
 
+from . import test_distill as distill
 from .conftest import RECIPE, TOGETHER_KEY
 from .fake_together import FakeTogether
 from .subprocesses import limit, run_to_end
@@ -28,18 +29,8 @@ def sent_bodies(fake: FakeTogether) -> list[str]:
 
 
 def distill_args(tmp_path: Path, store: str, *extra: str) -> list[str]:
-    return [
-        RECIPE,
-        "stages=[distill]",
-        "mix=samples",
-        "distill=together",
-        "distill.source=sharegpt_sample",
-        "distill.max_turns=3",
-        "distill.progress=false",
-        f"store_dir={tmp_path / store}",
-        f"distill.cache_path={tmp_path / 'shared-cache.sqlite'}",
-        *extra,
-    ]
+    """Distill into its own store, on a cache shared with the other runs of the test."""
+    return distill.distill_args(tmp_path, f"store_dir={tmp_path / store}", *extra, cache="shared-cache.sqlite")
 
 
 # ---- 2. two processes never pay for the same answer -----------------------------------------------

@@ -114,12 +114,7 @@ def paired(
     a: Mapping[str, float | None], b: Mapping[str, float | None], settings: Settings, lower_is_better: bool = False
 ) -> Difference:
     """`a - b` on the prompts both scored (by prompt id), with its paired bootstrap interval."""
-    shared = [k for k, v in a.items() if v is not None and b.get(k) is not None]
-    if not shared:
-        return Difference(float("nan"), float("nan"), float("nan"), 0, TOO_FEW)
-    diff = np.array([a[k] - b[k] for k in shared], dtype=np.float64)  # type: ignore[operator]
-    (one,) = intervals(diff[None, :], settings)
-    return Difference(one.value, one.low, one.high, one.n, verdict(one.low, one.high, one.n, settings, lower_is_better))
+    return paired_many([a], b, settings, lower_is_better)[0]
 
 
 def figure(scores: Mapping[str, float | None], settings: Settings) -> Interval:
@@ -136,7 +131,6 @@ def paired_many(
 ) -> list[Difference]:
     """Each row minus the baseline, paired on the prompts the two share: a sweep's jobs against its
     baseline job. Rows over the same prompts share one matrix product."""
-    out: list[Difference] = []
     groups: dict[tuple[str, ...], list[int]] = {}
     for i, row in enumerate(rows):
         shared = tuple(k for k, v in row.items() if v is not None and baseline.get(k) is not None)
@@ -153,5 +147,4 @@ def paired_many(
             found[i] = Difference(
                 one.value, one.low, one.high, one.n, verdict(one.low, one.high, one.n, settings, lower_is_better)
             )
-    out = [found[i] for i in range(len(rows))]
-    return out
+    return [found[i] for i in range(len(rows))]
