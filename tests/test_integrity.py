@@ -442,7 +442,7 @@ def test_a_cache_under_its_old_name_is_adopted_with_every_answer(tmp_path: Path)
 @pytest.mark.slow
 def test_a_run_past_its_limit_is_reported_with_the_stage_it_was_in(tmp_path: Path, fake: FakeTogether) -> None:
     """The suite's subprocess limits (tests/subprocesses.py) say which stage a timed-out run was in."""
-    fake.delay_s = 30  # every teacher answer comes late
+    fake.delay_s = limit(30)  # every teacher answer comes late, later than the limit below
     env = {**os.environ, "TOGETHER_API_KEY": TOGETHER_KEY, "TOGETHER_BASE_URL": fake.base_url}
     with pytest.raises(AssertionError, match=r"ran past \d+ s; stage distill was running"):
         run_to_end(distill_args(tmp_path, "store"), cwd=tmp_path, env=env, timeout_s=8)

@@ -120,7 +120,7 @@ def test_an_mlflow_sweep_is_one_parent_run_with_its_jobs_and_their_configs(run_c
 
 
 def wait_for(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 240) -> requests.Response:
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + limit(timeout_s)
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"{what} exited {proc.returncode} before answering:\n{proc.stdout.read()}")
