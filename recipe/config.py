@@ -223,13 +223,21 @@ class MixConfig:
     # A component whose share is kept as given while the others are scaled to fill the rest
     # (for sweeps over one share); null = shares must already sum to 1.
     rescale: Optional[str] = None
+    # true: shares are weights, divided by their sum (for search sweepers moving every component at
+    # once: any positive values are a valid mixture); not with rescale.
+    normalize: bool = False
     seed: int = 0
     components: Dict[str, ComponentConfig] = field(default_factory=dict)
     format: OutputFormat = OutputFormat.text
     # llama2_inst | chatml | raw | a custom per-message string using {role} and {content}
     template: str = "chatml"
-    # Held-out eval split (eval.jsonl), drawn from records not in the mixture, as total*eval_fraction.
+    # Held-out eval split (eval.jsonl), drawn from records not in the mixture, as total*eval_fraction
+    # split by the shares (it changes with them).
     eval_fraction: float = 0.0
+    # Or: this many examples of every component held out before the mixture is drawn, the same
+    # records whatever the shares and total (same seed, same sources): held-out loss per component
+    # comparable across a sweep's jobs. 0 = off; not with eval_fraction.
+    eval_per_component: int = 0
     dedupe: bool = True  # drop exact duplicate examples (within and across components)
     # How tokens are counted for `unit: tokens` and the manifest's totals (no model's tokenizer):
     # approx (characters / 4) or whitespace (words). recipe/data/tokens.py.

@@ -57,6 +57,7 @@ SHARE_SWEEP = (
     "mix.progress=false",
     "mix.total=16",
     "mix.eval_fraction=0",
+    "mix.eval_per_component=0",
     "mix.rescale=instructions",
     "mix.components.instructions.share=0.25,0.5,0.75",
 )

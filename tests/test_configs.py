@@ -87,7 +87,7 @@ def test_a_typo_in_a_train_key_is_an_error_naming_it(make_cfg) -> None:
     assert "n_epoch" in f"{err.value} {err.value.__cause__}"
 
 
-TEST_NEEDS = {"offline": "train=local_lora", "model_card": "train=together_full"}
+TEST_NEEDS = {"offline": "train=local_lora", "model_card": "train=together_full", "heldout": "train=local_lora"}
 
 
 @pytest.mark.parametrize("test", options("test"))
@@ -96,6 +96,10 @@ def test_every_test_option_composes_and_validates(make_cfg, test: str) -> None:
     stage = build_stage("test", cfg)
     assert stage.upstream() == ("mix", "train")
     plan = stage.plan({}, {})
+    if test == "heldout":  # the held-out loss alone: nothing generated, nothing judged
+        assert plan.summary == "base and tuned on 0 suites: 0 generations and 0 judge calls" and plan.usd == 0
+        assert stage.semantic_config()["suite_data"] == {}
+        return
     assert plan.summary.startswith("base and tuned on 3 suites: ") and plan.details.startswith("mqa (mqa, ")
     assert stage.semantic_config()["suite_data"].keys() == {"mqa", "booksum", "alpaca_eval"}
 

@@ -177,6 +177,7 @@ def test_distilled_conversations_feed_the_mixture(make_cfg, tmp_path: Path, fake
         "distill.max_conversations=12",
         "mix.total=16",
         "mix.eval_fraction=0",
+        "mix.eval_per_component=0",
         "mix.progress=false",
     )
     record = run(cfg, run_dir=tmp_path)
@@ -252,6 +253,7 @@ def test_offline_distill_and_mix_with_the_embedded_teacher(run_cli, tmp_path: Pa
         "distill.progress=false",
         "mix.total=8",
         "mix.eval_fraction=0",
+        "mix.eval_per_component=0",
         "mix.progress=false",
     )
     runs = sorted((tmp_path / "outputs" / "runs").glob("*/*/run.json"))

@@ -50,6 +50,10 @@ def check_offline_run(root: Path, out: str) -> None:
         figures = metrics["summary"][which]
         assert {"mqa.accuracy", "booksum.rouge1", "alpaca_eval.win_rate", "heldout.loss"} <= set(figures)
         assert 0 < figures["heldout.loss"] < 10 and 0 < figures["booksum.rouge1"] <= 1
+        for component in ("instructions", "booksum", "mqa"):  # the loss per component, with its interval
+            loss = f"heldout.loss.{component}"
+            assert figures[f"{loss}_low"] <= figures[loss] <= figures[f"{loss}_high"] < 10
+    assert metrics["differences"]["heldout.loss.mqa"]["n"] == 3  # mix.eval_per_component: 3 of each
     assert metrics["models"]["tuned"]["name"].endswith("/merged")
     rows = [json.loads(line) for line in (test_dir / "generations.jsonl").read_text().splitlines()]
     assert rows and all(r["base"] is not None and r["tuned"] is not None for r in rows)

@@ -19,6 +19,7 @@ from recipe.runner import run
 
 from .conftest import TOGETHER_TRAIN_AND_TEST
 from .fake_together import FakeTogether, default_answer
+from .subprocesses import limit
 
 DOCS = [{"title": f"T{i}", "text": f"text {i}"} for i in range(8)]
 
@@ -297,3 +298,80 @@ def test_the_alpaca_eval_protocol_is_an_option_named_in_the_report(
     assert metrics["judge_protocol"].startswith("AlpacaEval chatgpt annotator (alpaca-eval 0.6.6)")
     report = (out / "report.md").read_text()
     assert "judged: AlpacaEval chatgpt annotator" in report and "Win rate (%)" in report
+
+
+@pytest.mark.slow
+def test_sampling_settings_change_the_local_engines_answers(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`transformers serve` samples when a request's temperature is above 0 (it copies the model's
+    generation config, where sampling is off, and reads the temperature without turning it on: every
+    temperature and seed gave the greedy answer); the seed makes a sampled answer reproducible."""
+    from recipe.artifacts import PromptFormat
+    from recipe.providers.cache import RequestCache
+    from recipe.providers.model_client import Ledger, ModelClient
+    from recipe.providers.serving import LocalServing, local_model
+
+    transformers = pytest.importorskip("transformers")
+    # The tiny random model with sharper next-token distributions (its own are nearly flat, so one
+    # seed draws the same tokens at any temperature): temperature then visibly changes the draws.
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.lm_head.weight.data *= 40
+    model.save_pretrained(tmp_path / "sharp")
+    transformers.AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "sharp")
+    serving = LocalServing(engine="transformers", startup_timeout_s=limit(300), timeout_s=limit(120))
+    prompt = [{"role": "user", "content": "Name three colours."}]
+    fmt = PromptFormat("chat_template")
+    with local_model(tmp_path / "sharp", serving, which="base", weights="sharp", fmt=fmt) as access:
+
+        def answer(temperature: float, seed: int, cache: str) -> str:
+            sampling = {"max_tokens": 12, "temperature": temperature, "seed": seed}
+            client = ModelClient(
+                access.client, RequestCache(tmp_path / cache), access.spec, sampling=sampling, ledger=Ledger(0, 0, None)
+            )
+            return client.ask(prompt).text
+
+        greedy = {answer(0.0, seed, f"greedy-{seed}.db") for seed in (0, 1)}
+        sampled = {(t, seed): answer(t, seed, f"s-{t}-{seed}.db") for t in (1.0, 1.5) for seed in (0, 1, 2)}
+        again = answer(1.0, 0, "again.db")
+    assert len(greedy) == 1, greedy  # temperature 0: the seed does not matter
+    assert len(set(sampled.values()) - greedy) >= 4, sampled  # 6 draws, mostly distinct and none greedy
+    assert sum(sampled[(1.0, seed)] != sampled[(1.5, seed)] for seed in (0, 1, 2)) >= 2, sampled  # temperature
+    assert again == sampled[(1.0, 0)]  # the same seed, the same draw
+
+
+def test_heldout_loss_per_component_has_intervals_and_lower_is_better(tmp_path: Path) -> None:
+    """`heldout.loss.<component>`: the mean of each held-out example's loss, with its bootstrap
+    interval, and tuned against base paired on the same examples, where lower is better."""
+    from recipe.stages.test import by_component
+
+    rng = __import__("random").Random(0)
+    records = [
+        {"component": c, "messages": [{"role": "user", "content": f"{c} {i}"}, {"role": "assistant", "content": "a"}]}
+        for c in ("booksum", "mqa")
+        for i in range(40)
+    ]
+    base_losses = [2.0 + rng.random() for _ in records]
+    tuned_losses = [
+        v - (0.5 if r["component"] == "booksum" else 0.0) + rng.gauss(0, 0.01)
+        for v, r in zip(base_losses, records, strict=True)
+    ]
+    tuned_losses[3] = None  # cut past max_seq_length: no answer token left
+    result = {
+        "models": {
+            w: {"name": w, "suites": {}, "heldout_loss": 2.5, "heldout_components": by_component(records, losses)}
+            for w, losses in (("base", base_losses), ("tuned", tuned_losses))
+        },
+        "suites": {},
+    }
+    assert result["models"]["tuned"]["heldout_components"]["booksum"]["examples"] == 39
+    settings = Settings(resamples=500)
+    summary = report.headline(result, {}, settings)
+    tuned = summary["tuned"]
+    assert tuned["heldout.loss.booksum"] == pytest.approx(sum(v for v in tuned_losses[:40] if v) / 39, abs=1e-5)
+    assert tuned["heldout.loss.booksum_low"] < tuned["heldout.loss.booksum"] < tuned["heldout.loss.booksum_high"]
+    differences = report.differences(result, settings)
+    assert differences["heldout.loss.booksum"]["verdict"] == "better" and differences["heldout.loss.booksum"]["n"] == 39
+    assert differences["heldout.loss.mqa"]["verdict"] == "no difference detected"
+    table = report.summary_table(summary, differences)
+    assert "heldout.loss.booksum" in table and "better" in table
+    report.write_report(tmp_path / "report.md", result, summary, [], {}, {}, table)
+    assert "| tuned | 2.500 | " in (tmp_path / "report.md").read_text()

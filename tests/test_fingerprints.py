@@ -38,8 +38,9 @@ EXECUTION_NAMES = re.compile(
 )
 # A suite's data keys (with its kind's text fields) decide what decontamination checks.
 SUITE_DATA = {"kind", "hub_id", "revision", "data_files", "split"}
-# Shares enter Mix's fingerprint as applied (after `rescale`), not as written: covered in test_mix.py.
-SHARES = {"share", "rescale"}
+# Shares enter Mix's fingerprint as applied (after `rescale` or `normalize`), not as written:
+# covered in test_mix.py (normalized weights reuse the artifact of the same shares written out).
+SHARES = {"share", "rescale", "normalize"}
 
 
 def _compose(make_cfg, overrides: tuple[str, ...]) -> DictConfig:

@@ -106,6 +106,50 @@ def test_same_config_and_seed_give_a_byte_identical_file(make_cfg, tmp_path: Pat
     assert (a / "eval.jsonl").read_bytes() == (b / "eval.jsonl").read_bytes()
 
 
+def test_eval_per_component_holds_out_the_same_examples_whatever_the_shares(make_cfg, tmp_path: Path) -> None:
+    """`mix.eval_per_component`: k examples of every component drawn before the mixture, so jobs of
+    a share sweep (or of another total) are scored on the same held-out examples."""
+
+    def held_out(*overrides: str) -> tuple[list[dict], list[dict], dict]:
+        path, manifest = artifact(mix(make_cfg("mix.progress=false", "mix.eval_fraction=0", *overrides), tmp_path))
+        return lines(path / "eval_conversations.jsonl"), lines(path / "conversations.jsonl"), manifest
+
+    first, train, manifest = held_out("mix.eval_per_component=3")
+    assert manifest["eval"]["counts"] == {"booksum": 3, "instructions": 3, "mqa": 3}
+    assert manifest["counts"] == {"booksum": 8, "instructions": 16, "mqa": 8}
+    assert not {json.dumps(r["messages"]) for r in first} & {json.dumps(r["messages"]) for r in train}
+    for shares in (
+        ("mix.components.instructions.share=0.7", "mix.components.booksum.share=0.1", "mix.components.mqa.share=0.2"),
+        ("mix.total=20",),
+    ):
+        again, train, _ = held_out("mix.eval_per_component=3", *shares)
+        assert again == first, shares  # the same records, in the same order
+        assert not {json.dumps(r["messages"]) for r in again} & {json.dumps(r["messages"]) for r in train}
+    other_seed, _, _ = held_out("mix.eval_per_component=3", "mix.seed=1")
+    assert other_seed != first
+    # The eval_fraction split, by contrast, follows the shares.
+    a, _, _ = held_out("mix.eval_fraction=0.25")
+    b, _, _ = held_out("mix.eval_fraction=0.25", "mix.components.instructions.share=0.75", "mix.rescale=instructions")
+    assert [r["component"] for r in a] != [r["component"] for r in b] or a != b
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["mix.eval_per_component=2", "mix.eval_fraction=0.1"], r"mix.eval_per_component=2 and mix.eval_fraction=0.1"),
+        (["mix.eval_per_component=-1", "mix.eval_fraction=0"], r"mix.eval_per_component=-1: must be 0"),
+        (
+            ["mix.eval_per_component=20", "mix.eval_fraction=0"],
+            r"mix.eval_per_component=20: component 'booksum' has 20 distinct records",
+        ),
+    ],
+)
+def test_bad_eval_per_component_is_named(make_cfg, tmp_path: Path, overrides: list[str], message: str) -> None:
+    with pytest.raises(RecipeError, match=message):
+        run(make_cfg("mix.progress=false", *overrides), run_dir=tmp_path)
+    assert store_entries(tmp_path) == []
+
+
 def test_largest_remainder_sums_exactly() -> None:
     assert largest_remainder(10, [0.5, 0.25, 0.25]) == [5, 3, 2]
     assert largest_remainder(7, [1, 1, 1]) == [3, 2, 2]
@@ -330,6 +374,20 @@ def test_an_unreadable_parquet_file_names_the_source(make_cfg, tmp_path: Path) -
     with pytest.raises(RecipeError, match=r"sources.pq: .*broken.parquet cannot be read"):
         run(cfg, run_dir=tmp_path)
     assert store_entries(tmp_path) == []
+
+
+def test_normalize_makes_any_positive_weights_a_mixture(make_cfg, tmp_path: Path) -> None:
+    """mix.normalize=true: shares are weights divided by their sum (a search sweeper moves every
+    component at once and each trial is a valid mixture); the same mixture as its shares written out."""
+    weights = ("mix.components.instructions.share=2", "mix.components.booksum.share=1", "mix.components.mqa.share=1")
+    entry = mix(make_cfg("mix.progress=false", "mix.normalize=true", *weights), tmp_path)
+    assert artifact(entry)[1]["shares"] == {"booksum": 0.25, "instructions": 0.5, "mqa": 0.25}
+    same = mix(make_cfg("mix.progress=false"), tmp_path)  # the config's own 0.5 / 0.25 / 0.25
+    assert same["cache_hit"] and same["fingerprint"] == entry["fingerprint"]
+    with pytest.raises(RecipeError, match=r"mix\.rescale=instructions and mix\.normalize=true: choose one"):
+        run(make_cfg("mix.progress=false", "mix.normalize=true", "mix.rescale=instructions"), run_dir=tmp_path)
+    with pytest.raises(RecipeError, match=r"mix.components.mqa.share=-1.0: must be in \(0, 1\]"):
+        run(make_cfg("mix.progress=false", "mix.normalize=true", "mix.components.mqa.share=-1"), run_dir=tmp_path)
 
 
 def test_rescale_keeps_one_share_and_scales_the_others(make_cfg, tmp_path: Path) -> None:

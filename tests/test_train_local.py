@@ -213,8 +213,13 @@ def test_the_heldout_loss_reads_the_format_the_model_was_trained_in(
     trained = TrainedModel.load(store.get("train", record["stages"]["train"]["fingerprint"]))
     held_out = Mixture.load(store.get("mix", record["stages"]["mix"]["fingerprint"])).conversations("eval")
     assert trained.format.template == "llama2_inst" and held_out and trained.eval_loss is not None
-    as_trained = heldout_loss(trained.model, held_out, trained.format.template, trained.max_seq_length)
-    as_chat = heldout_loss(trained.model, held_out, None, trained.max_seq_length)
+    as_trained, each = heldout_loss(trained.model, held_out, trained.format.template, trained.max_seq_length)
+    as_chat, _ = heldout_loss(trained.model, held_out, None, trained.max_seq_length)
     # The same rows as the trainer's (a random tiny model: the formats' losses differ by ~0.006).
     assert as_trained == pytest.approx(trained.eval_loss, abs=1e-4)
     assert abs(as_chat - as_trained) > 1e-3
+    # Each example's own loss (unpacked): one per conversation (None: its answer starts past the
+    # 128-token cut, as the packed rows drop it too), near the packed mean.
+    present = [v for v in each if v is not None]
+    assert len(each) == len(held_out) and present and all(v > 0 for v in present)
+    assert min(present) - 0.5 < as_trained < max(present) + 0.5

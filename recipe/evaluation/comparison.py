@@ -12,7 +12,7 @@ figure:
   job in group 1 is "as good as the best, as far as these prompts can tell". With too few prompts
   every job lands in group 1.
 
-Lower is better for losses (`*.loss`); higher for every other figure.
+Lower is better for losses (`*.loss`, `heldout.loss.<component>`); higher for every other figure.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ Scores = Mapping[str, float | None]  # prompt id -> score
 
 
 def lower_is_better(metric: str) -> bool:
-    return metric.endswith("loss")
+    """Losses (`heldout.loss`, `heldout.loss.<component>`, `eval_loss`) go down as models improve."""
+    return metric.endswith("loss") or ".loss." in metric
 
 
 def baseline_index(jobs: Sequence[Mapping[str, Any]], spec: str | int | None) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from recipe.evaluation import uncertainty
+from recipe.evaluation.comparison import lower_is_better
 from recipe.evaluation.suites import Item
 
 Summary = dict[str, dict[str, float]]  # model -> metric name -> value (and its interval: <name>_low, <name>_high)
@@ -31,6 +32,8 @@ def per_prompt(result: dict[str, Any], which: str) -> dict[str, dict[str, float 
     for name, scores in result["models"][which]["suites"].items():
         for metric, values in (scores.get("per_prompt") or {}).items():
             out[f"{name}.{metric}"] = values
+    for component, scores in (result["models"][which].get("heldout_components") or {}).items():
+        out[f"heldout.loss.{component}"] = scores["per_prompt"]["loss"]
     return out
 
 
@@ -41,7 +44,7 @@ def differences(result: dict[str, Any], settings: uncertainty.Settings) -> Diffe
         return {}
     tuned, base = per_prompt(result, "tuned"), per_prompt(result, "base")
     return {
-        metric: uncertainty.paired(tuned[metric], base[metric], settings).as_dict()
+        metric: uncertainty.paired(tuned[metric], base[metric], settings, lower_is_better(metric)).as_dict()
         for metric in tuned
         if metric in base
     }
@@ -49,8 +52,9 @@ def differences(result: dict[str, Any], settings: uncertainty.Settings) -> Diffe
 
 def headline(result: dict[str, Any], kinds: dict[str, str], settings: uncertainty.Settings) -> Summary:
     """The figures a sweep compares, flat: `<suite>.win_rate`, `<suite>.rouge1/2/L`,
-    `<suite>.accuracy` and `<suite>.docs<N>`, `heldout.loss`; each suite figure with its bootstrap
-    interval over prompts (`<figure>_low`, `<figure>_high`)."""
+    `<suite>.accuracy` and `<suite>.docs<N>`, `heldout.loss` and `heldout.loss.<component>`; each
+    suite figure and component loss with its bootstrap interval over prompts (`<figure>_low`,
+    `<figure>_high`)."""
     out: Summary = {}
     for which, model in result["models"].items():
         flat: dict[str, float] = {}
@@ -68,13 +72,16 @@ def headline(result: dict[str, Any], kinds: dict[str, str], settings: uncertaint
                 flat[f"{name}.accuracy"] = scores["accuracy"]
                 for n, value in scores["by_documents"].items():
                     flat[f"{name}.docs{n}"] = value
+        if model.get("heldout_loss") is not None:
+            flat["heldout.loss"] = model["heldout_loss"]
+        for component, scores in (model.get("heldout_components") or {}).items():
+            if scores["loss"] is not None:
+                flat[f"heldout.loss.{component}"] = scores["loss"]
         for metric, scores in per_prompt(result, which).items():
             if metric in flat:
                 bounds = uncertainty.figure(scores, settings)
                 if bounds.n:
                     flat[f"{metric}_low"], flat[f"{metric}_high"] = bounds.low, bounds.high
-        if model.get("heldout_loss") is not None:
-            flat["heldout.loss"] = model["heldout_loss"]
         out[which] = {k: round(v, 5) for k, v in flat.items()}
     return out
 
@@ -176,8 +183,14 @@ def write_report(
         out += ["", f"{suite['prompts']} prompts per model.", ""]
     losses = {w: result["models"][w].get("heldout_loss") for w in models}
     if any(v is not None for v in losses.values()):
-        out += ["## Held-out loss (the mixture's eval split, assistant tokens)", ""]
-        out += ["| Model | Loss |", "|---|---|"] + [f"| {w} | {_fmt(v)} |" for w, v in losses.items()]
+        components = sorted({c for w in models for c in result["models"][w].get("heldout_components") or {}})
+        out += ["## Held-out loss (the mixture's eval split, assistant tokens; lower is better)", ""]
+        out += ["| Model | All (packed) | " + " | ".join(components) + " |", "|---" * (2 + len(components)) + "|"]
+        for w, v in losses.items():
+            cells = [cell(w, f"heldout.loss.{c}") for c in components]
+            out.append(f"| {w} | {_fmt(v)} | " + " | ".join(cells) + " |")
+        if components:
+            out += ["", "Per component: the mean over its held-out examples of each one's loss per answer token."]
         out.append("")
     if side_by_side:
         out += ["## Side by side (eval-split prompts)", ""]

@@ -141,6 +141,22 @@ class ModelSpec:
         return cls(node.provider.value, node.model, node.api.value, node.template, local_weights(node))
 
 
+def transformers_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
+    """What `transformers serve` needs besides the OpenAI fields for a temperature above 0 to sample:
+    it copies the model's generation config, where `do_sample` is false for our exported and merged
+    models, and reads `temperature` without turning sampling on (every temperature and seed gave the
+    same greedy answer). A `generation_config` in the body is the base it starts from instead; what
+    it leaves unset (end-of-sequence and padding ids) still comes from the model's own."""
+    temperature = sampling.get("temperature")
+    if not temperature:
+        return {}
+    wanted = {"do_sample": True, "temperature": float(temperature)}
+    for key in ("top_p", "top_k", "repetition_penalty"):
+        if sampling.get(key) is not None:
+            wanted[key] = sampling[key]
+    return {"generation_config": json.dumps(wanted, sort_keys=True)}
+
+
 class ModelClient:
     """Asks one model (`spec`) through the request cache, within the ledger's budget."""
 
@@ -158,6 +174,8 @@ class ModelClient:
         self.weights = spec.weights
         self.provider, self.model, self.api, self.template = spec.provider, spec.model, spec.api, spec.template
         self.sampling = {k: v for k, v in sampling.items() if v is not None and v != []}
+        if spec.provider == "local-transformers":
+            self.sampling.update(transformers_sampling(self.sampling))
         # The seed fed its teacher's answers back as they came: keep them unstripped for its template.
         self.raw_answers = spec.api == "completions" and spec.template == "llama2_inst_seed"
         self.asked: set[str] = set()  # cache keys of every request asked (crash accounting: cache.resent_count)

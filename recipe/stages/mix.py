@@ -11,7 +11,10 @@ What it supports:
   duplicate removal within and across components; a deterministic shuffle from `seed`;
 - decontamination (on by default, recipe/data/contamination.py): examples holding a Test prompt
   are dropped (the next record of the same random order replaces each), fail the stage, or counted;
-- a held-out eval split (`eval_fraction`) drawn from records that are not in the mixture;
+- a held-out eval split drawn from records that are not in the mixture: `eval_fraction` of the total,
+  split by the shares, or `eval_per_component` examples of every component drawn before the mixture
+  (from each component's own random stream, so the same records in every job of a sweep: Test's held-out
+  loss per component compares jobs on the same examples);
 - two files of the same examples in the same order: `conversations.jsonl`, the canonical form that
   trainers and Test read (`messages` with the component, source and stratum of each), and
   `mixture.jsonl`, rendered as `format` asks (`text` through a template, `messages`,
@@ -102,16 +105,28 @@ class Mix(Stage):
             raise StageError("mix.components is empty: add at least one component with a source and a share")
         shares = {name: c.components[name].share for name in self.components}
         for name, share in shares.items():
-            if not 0 < share <= 1:
+            if not (0 < share <= 1 or (c.normalize and share > 0)):
                 raise StageError(f"mix.components.{name}.share={share}: must be in (0, 1]")
+        if c.rescale is not None and c.normalize:
+            raise StageError(f"mix.rescale={c.rescale} and mix.normalize=true: choose one way to make shares sum to 1")
         if c.rescale is not None:
             shares = rescale_shares(shares, c.rescale)
+        if c.normalize:  # weights: each divided by their sum
+            total = sum(shares.values())
+            shares = {name: share / total for name, share in shares.items()}
         if abs(sum(shares.values()) - 1) > 1e-6:
             quoted = ", ".join(f"{n}={s:g}" for n, s in shares.items())
             raise StageError(f"mix.components: shares must sum to 1, got {sum(shares.values()):g} ({quoted})")
         self.shares = shares
         if not 0 <= c.eval_fraction < 1:
             raise StageError(f"mix.eval_fraction={c.eval_fraction}: must be in [0, 1)")
+        if c.eval_per_component < 0:
+            raise StageError(f"mix.eval_per_component={c.eval_per_component}: must be 0 (off) or a number of examples")
+        if c.eval_per_component and c.eval_fraction:
+            raise StageError(
+                f"mix.eval_per_component={c.eval_per_component} and mix.eval_fraction={c.eval_fraction}: "
+                "choose one held-out split (set the other to 0)"
+            )
         if c.token_counter not in TOKEN_COUNTERS:
             raise StageError(f"mix.token_counter={c.token_counter!r}: use one of {', '.join(TOKEN_COUNTERS)}")
         templates.check_template(c.template, "mix.template")
@@ -144,7 +159,8 @@ class Mix(Stage):
         semantic = super().semantic_config()
         for name in self.components:
             semantic["components"][name]["share"] = round(self.shares[name], 12)
-        semantic.pop("rescale", None)
+        semantic.pop("rescale", None)  # shares as applied say it all
+        semantic.pop("normalize", None)
         used = sorted({self.config.components[n].source for n in self.components} - {DISTILLED})
         local = [name for name in used if not self.root.sources[name].hub_id]
         hash_files([f for name in local for f in source_files(name, self.root.sources[name])])
@@ -156,21 +172,38 @@ class Mix(Stage):
     def _targets(self, total: int) -> dict[str, int]:
         return targets(total, {n: self.shares[n] for n in self.components})
 
+    def _eval_targets(self) -> dict[str, int]:
+        """Held-out examples per component: `eval_per_component` each, or `eval_fraction` of the
+        total split by the shares."""
+        c = self.config
+        if c.eval_per_component:
+            return {n: c.eval_per_component for n in self.components}
+        return self._targets(round(c.total * c.eval_fraction))
+
     def plan(self, inputs: dict[str, Artifact | None], upstream: dict[str, Planned]) -> Plan:
         c = self.config
-        targets, held_out = self._targets(c.total), self._targets(round(c.total * c.eval_fraction))
+        targets, held_out = self._targets(c.total), self._eval_targets()
         means = {n: self._mean_tokens(n, inputs, upstream) for n in self.components}
-        size = estimate.planned_mixture(targets, held_out, means, c.unit.value)
+        held_out_in_unit = held_out
+        if c.eval_per_component and c.unit.value == "tokens":  # counted in examples: the plan wants tokens
+            held_out_in_unit = {n: round(k * (means[n][0] or 0)) for n, k in held_out.items()}
+        size = estimate.planned_mixture(targets, held_out_in_unit, means, c.unit.value)
         parts = ", ".join(f"{n} {k:,}" for n, k in targets.items())
         tokens = f"~{size.tokens:,} tokens" if size.tokens is not None else "tokens unknown"
         decon = self.decon.describe() if self.decon else "no decontamination"
         return Plan(
             f"{c.total:,} {c.unit.value} ({parts}), {tokens}",
             f"sources: {', '.join(f'{n} from {c.components[n].source}' for n in self.components)}; "
-            f"{size.basis}; eval {sum(held_out.values()):,} {c.unit.value}; format {c.format.value}; {decon}",
+            f"{size.basis}; eval {self._eval_described(held_out)}; format {c.format.value}; {decon}",
             usd=0.0,
             size=size,
         )
+
+    def _eval_described(self, held_out: dict[str, int]) -> str:
+        c = self.config
+        if c.eval_per_component:
+            return f"{sum(held_out.values()):,} examples ({c.eval_per_component} per component, drawn first)"
+        return f"{sum(held_out.values()):,} {c.unit.value}"
 
     def _mean_tokens(
         self, name: str, inputs: dict[str, Artifact | None], upstream: dict[str, Planned]
@@ -209,13 +242,17 @@ class Mix(Stage):
         records, stats = self._merge(units, results)
 
         keep = first_occurrences(records) if c.dedupe else np.ones(len(records), dtype=bool)
-        train_targets, eval_targets = self._targets(c.total), self._targets(round(c.total * c.eval_fraction))
+        train_targets = self._targets(c.total)
+        eval_targets = self._targets(round(c.total * c.eval_fraction))  # {n: 0} with eval_per_component
         check = ContentCheck([u.spool for u in units], records, self.decon, workers) if self.decon else None
         train_parts, eval_parts = [], []
         try:  # the check's worker processes stop also when the selection fails
             for comp_id, name in enumerate(self.components):
                 mine = np.flatnonzero((records.component == comp_id) & keep)
                 stats[name]["duplicates_removed"] = int(np.count_nonzero(records.component == comp_id)) - len(mine)
+                if c.eval_per_component:
+                    held, mine = self._held_out_first(name, mine)
+                    eval_parts.append(held)
                 spec = Draw(
                     name=name,
                     target=train_targets[name],
@@ -228,13 +265,16 @@ class Mix(Stage):
                 too_small = partial(self._too_small, name, records=len(mine))
                 train, held = draw(spec, records, mine, comp_id, check, too_small, partial(self._eval_short, name))
                 train_parts.append(train)
-                eval_parts.append(held)
+                if not c.eval_per_component:
+                    eval_parts.append(held)
         finally:
             if check:
                 check.close()
         contamination = self._contamination(check, records, np.concatenate(train_parts)) if check else None
         shuffle = seeded(c.seed, "\0shuffle")
         train_order = shuffle.permutation(np.concatenate(train_parts))
+        if c.eval_per_component:  # an order of its own too: the same file whatever the mixture's size
+            shuffle = seeded(c.seed, "\0heldout-shuffle")
         eval_order = shuffle.permutation(np.concatenate(eval_parts))
         checks: dict[str, Any] = {}
         try:
@@ -268,6 +308,19 @@ class Mix(Stage):
             "contamination_counts": self.decon.counts() if self.decon else None,
         }
         return Output(mixture, record)
+
+    def _held_out_first(self, name: str, mine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`eval_per_component` of the component's records, drawn before the mixture from a stream
+        of their own (seed and component name only: not the shares, the total or the other
+        components), and the records left for the mixture."""
+        k = self.config.eval_per_component
+        if len(mine) <= k:
+            raise StageError(
+                f"mix.eval_per_component={k}: component {name!r} has {len(mine)} distinct records "
+                "and needs more than that (some for the mixture); lower mix.eval_per_component"
+            )
+        held = seeded(self.config.seed, f"{name}\0heldout").permutation(mine)[:k]
+        return np.sort(held), np.setdiff1d(mine, held, assume_unique=True)
 
     def _contamination(self, check: ContentCheck, records: Records, chosen: np.ndarray) -> dict[str, Any]:
         """What the check found, in the mixture or dropped; `fail` stops here. Examples are named

@@ -17,6 +17,7 @@ What it does:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -38,11 +39,32 @@ from recipe.evaluation import judging, suites, uncertainty, workload
 from recipe.evaluation import report as reporting
 from recipe.providers.cache import RequestCache
 from recipe.providers.model_client import BudgetReached, Ledger, ModelClient, ModelSpec, connected
-from recipe.providers.serving import LocalServing, ModelAccess, reach
+from recipe.providers.serving import LocalServing, ModelAccess, base_model_dir, reach
 from recipe.stages import Output, Plan, Stage, StageError, Workspace, missing_extra
 from recipe.store import Artifact, ArtifactStore
 
 log = logging.getLogger(__name__)
+
+
+def by_component(records: list[dict[str, Any]], losses: list[float | None]) -> dict[str, dict[str, Any]]:
+    """Per component of the eval split: its mean example loss, how many examples, and each
+    example's loss by id (`heldout/<component>/<content digest>`: jobs and models are paired on the
+    same examples, whatever their order), from which the figure `heldout.loss.<component>` gets its
+    interval and its paired comparisons."""
+    grouped: dict[str, dict[str, float | None]] = {}
+    for record, loss in zip(records, losses, strict=True):
+        name = str(record.get("component") or "all")
+        digest = hashlib.sha256(json.dumps(record["messages"], sort_keys=True).encode()).hexdigest()[:16]
+        grouped.setdefault(name, {})[f"heldout/{name}/{digest}"] = loss
+    out = {}
+    for name in sorted(grouped):
+        values = [v for v in grouped[name].values() if v is not None]
+        out[name] = {
+            "loss": round(sum(values) / len(values), 5) if values else None,
+            "examples": len(values),
+            "per_prompt": {"loss": grouped[name]},
+        }
+    return out
 
 
 class Test(Stage):
@@ -94,19 +116,21 @@ class Test(Stage):
             out[name] = items
         return out, skipped_by_suite
 
-    def heldout_items(self, mixture: Mixture | None) -> tuple[list[suites.Item], list[list[dict[str, str]]]]:
+    def heldout_items(self, mixture: Mixture | None) -> tuple[list[suites.Item], list[dict[str, Any]]]:
         """Side-by-side sample prompts (the first user turn of eval-split conversations, with the
-        mixture's answer as reference) and the eval split itself, for the held-out loss."""
+        mixture's answer as reference) and the eval split's records (messages and component), for
+        the held-out loss."""
         if mixture is None:
             return [], []
-        conversations = mixture.conversations("eval")
+        records = list(mixture.records("eval"))
+        conversations = [r["messages"] for r in records]
         samples = []
         for i, messages in enumerate(conversations[: self.config.heldout.samples]):
             user = next((m["content"] for m in messages if m["role"] == "user"), None)
             answer = next((m["content"] for m in messages if m["role"] == "assistant"), "")
             if user:
                 samples.append(suites.Item(suite="heldout", id=f"heldout/{i}", prompt=user, answers=(answer,)))
-        return samples, conversations
+        return samples, records
 
     def budget(self) -> tuple[str, float | None]:
         return "test.budget.max_usd", self.config.budget.max_usd
@@ -148,7 +172,7 @@ class Test(Stage):
         trained = TrainedModel.load(inputs["train"])
         items, skipped = self.items()
         mixture = Mixture.load(inputs["mix"]) if "mix" in inputs else None
-        samples, heldout_conversations = self.heldout_items(mixture)
+        samples, heldout_records = self.heldout_items(mixture)
         contamination = test_view(mixture.contamination if mixture else None, c.suites, self._key)
         started = time.monotonic()
         cache = RequestCache(c.cache_path)
@@ -156,6 +180,7 @@ class Test(Stage):
         answers: dict[str, dict[str, str]] = {}
         names: dict[str, str] = {}
         heldout_loss: dict[str, float] = {}
+        heldout_components: dict[str, dict[str, Any]] = {}
         seconds: dict[str, float] = {}  # where the stage's time goes
 
         def clock(key: str, since: float) -> float:
@@ -163,17 +188,28 @@ class Test(Stage):
             seconds[key] = round(seconds.get(key, 0.0) + now - since, 2)
             return now
 
+        def measure_loss(which: str, model_dir: Path | None, mark: float) -> float:
+            if not (c.heldout.loss and model_dir is not None and heldout_records):
+                return mark
+            loss, each = self._heldout_loss(model_dir, heldout_records, trained)
+            heldout_loss[which], heldout_components[which] = loss, by_component(heldout_records, each)
+            return clock(f"{which}.heldout_loss", mark)
+
         try:
             for which in (m.value for m in c.models):
                 mark = time.monotonic()
+                if trained.provider == "local" and not samples and not any(items.values()):
+                    # Nothing to ask (no suite, no side-by-side sample): the held-out loss reads
+                    # the weights, and no server is started.
+                    model_dir = trained.local_dir if which == "tuned" else base_model_dir(trained, workspace.store)[0]
+                    names[which], answers[which] = str(model_dir), {}
+                    mark = measure_loss(which, model_dir, mark)
+                    continue
                 with self._reach(trained, which, workspace.store) as access:
                     mark = clock(f"{which}.start", mark)
                     names[which] = access.model
                     answers[which] = self._generate(access, cache, ledger, items, samples)
-                    mark = clock(f"{which}.generate", mark)
-                    if c.heldout.loss and access.local_dir is not None and heldout_conversations:
-                        heldout_loss[which] = self._heldout_loss(access.local_dir, heldout_conversations, trained)
-                        mark = clock(f"{which}.heldout_loss", mark)
+                    mark = measure_loss(which, access.local_dir, clock(f"{which}.generate", mark))
                 clock(f"{which}.stop", mark)
             mark = time.monotonic()
             verdicts = self._judge(cache, ledger, items, answers) if self._judged(items) else {}
@@ -188,7 +224,7 @@ class Test(Stage):
             cache.close()
         if "tuned" not in heldout_loss and trained.eval_loss is not None:
             heldout_loss["tuned"] = trained.eval_loss  # as measured by the trainer
-        metrics = self._score(items, answers, verdicts, heldout_loss)
+        metrics = self._score(items, answers, verdicts, heldout_loss, heldout_components)
         protocol = judging.protocol_name(c.judge_protocol.value) if self._judged(items) else None
         result = {
             "judge_protocol": protocol,
@@ -343,12 +379,15 @@ class Test(Stage):
             for which in answers
         }
 
-    def _heldout_loss(self, model_dir: Path, conversations: list[list[dict[str, str]]], trained: TrainedModel) -> float:
+    def _heldout_loss(
+        self, model_dir: Path, records: list[dict[str, Any]], trained: TrainedModel
+    ) -> tuple[float, list[float | None]]:
         """Mean loss on the eval split's answers in the format the model was trained in, packed as
-        the trainer packs them (the same rows as training's eval loss)."""
+        the trainer packs them (the same rows as training's eval loss), and each example's own."""
         from recipe.providers.local import trainer
 
         rows_of = trained.max_seq_length or 2048
+        conversations = [r["messages"] for r in records]
         return trainer.heldout_loss(str(model_dir), conversations, trained.format.template, rows_of)
 
     # -- scores and files --------------------------------------------------------------------------
@@ -359,6 +398,7 @@ class Test(Stage):
         answers: dict[str, dict[str, str]],
         verdicts: dict[str, dict[str, tuple[str, str]]],
         heldout_loss: dict[str, float],
+        heldout_components: dict[str, dict[str, Any]],
     ) -> dict[str, dict[str, Any]]:
         scores: dict[str, dict[str, Any]] = {}
         for which, mine in answers.items():
@@ -373,7 +413,11 @@ class Test(Stage):
                     per_suite[name] = suites.score_judge_alpaca_eval(suite_items, mine, verdicts[which])
                 else:
                     per_suite[name] = suites.score_judge(suite_items, verdicts[which])
-            scores[which] = {"suites": per_suite, "heldout_loss": heldout_loss.get(which)}
+            scores[which] = {
+                "suites": per_suite,
+                "heldout_loss": heldout_loss.get(which),
+                "heldout_components": heldout_components.get(which, {}),
+            }
         return scores
 
     def _write_generations(

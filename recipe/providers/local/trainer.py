@@ -407,13 +407,51 @@ def heldout_rows(
 
 def heldout_loss(
     model_dir: str, conversations: list[list[Message]], template: str | None, max_seq_length: int
-) -> float:
-    """Mean loss of the model in `model_dir` on `heldout_rows` (CPU, float32)."""
+) -> tuple[float, list[float | None]]:
+    """The model in `model_dir` on the held-out conversations (CPU, float32): the mean loss on
+    `heldout_rows` (training's eval loss), and each conversation's own mean loss per answer token
+    (one row each, cut at `max_seq_length`; None when the cut leaves no answer token), from which
+    Test reports the loss per component with its interval."""
     device = torch.device("cpu")
     model, tokenizer = load_model(model_dir, device, torch.float32)
     rows = heldout_rows(tokenizer, conversations, template, max_seq_length)
     with torch.no_grad():
-        return evaluate(model, rows, tokenizer, device)
+        overall = evaluate(model, rows, tokenizer, device)
+        each = example_losses(model, tokenizer, conversations, template, max_seq_length, device)
+    return overall, each
+
+
+def example_losses(
+    model: Any,
+    tokenizer: Any,
+    conversations: list[list[Message]],
+    template: str | None,
+    max_seq_length: int,
+    device: torch.device,
+    batch_size: int = 4,
+) -> list[float | None]:
+    """Each conversation's mean cross-entropy per answer token, unpacked (a conversation's loss
+    does not depend on its neighbours in a packed row)."""
+    rows: list[dict[str, list[int]] | None] = []
+    for messages in conversations:
+        one = pack([tokenize(tokenizer, messages, False, template)], max_seq_length, False)
+        rows.append(one[0] if one else None)
+    present = [i for i, r in enumerate(rows) if r is not None]
+    out: list[float | None] = [None] * len(rows)
+    model.eval()
+    for start in range(0, len(present), batch_size):
+        chosen = present[start : start + batch_size]
+        batch = collate([rows[i] for i in chosen], tokenizer.pad_token_id, device)  # type: ignore[misc]
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        targets = batch["labels"][:, 1:]
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
+        )
+        counts = (targets != -100).sum(dim=1)
+        for i, total, n in zip(chosen, losses.sum(dim=1).tolist(), counts.tolist(), strict=True):
+            out[i] = round(total / n, 5) if n else None
+    model.train()
+    return out
 
 
 def evaluate(model: Any, rows: list[dict[str, list[int]]], tokenizer: Any, device: torch.device) -> float:
