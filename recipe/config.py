@@ -718,6 +718,12 @@ class LoggerKind(Enum):
     none = "none"
     tensorboard = "tensorboard"  # tensorboardX event files under `dir`
     mlflow = "mlflow"  # MLflow runs at `tracking_uri`
+    wandb = "wandb"  # Weights & Biases runs in `project` (offline under `dir` unless mode=online)
+
+
+class WandbMode(Enum):
+    offline = "offline"  # written under `dir`; `wandb sync` uploads them later
+    online = "online"  # sent as they run (WANDB_API_KEY or `wandb login`)
 
 
 @dataclass
@@ -725,10 +731,14 @@ class LoggerConfig:
     """An experiment tracker receiving training steps, Test figures and sweep summaries (recipe/tracking.py)."""
 
     kind: LoggerKind = LoggerKind.none
-    dir: str = "outputs/tensorboard"
+    dir: str = "outputs/tensorboard"  # TensorBoard's event files; W&B's runs (logger=wandb: outputs/wandb)
     # MLflow's store: SQLite by default (relative paths from where recipe runs), or a server's URL.
     tracking_uri: str = "sqlite:///outputs/mlflow.db"
     experiment: str = "recipe"
+    # Weights & Biases: the project and entity (team or user; null = your default) runs go to.
+    project: str = "recipe"
+    entity: Optional[str] = None
+    mode: WandbMode = WandbMode.offline
 
 
 class Direction(Enum):

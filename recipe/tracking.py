@@ -1,5 +1,5 @@
-"""Experiment trackers (`logger=none|tensorboard|mlflow`), through their own libraries (the
-`trackers` extra: tensorboardX and mlflow, with their viewers `tensorboard` and `mlflow ui`).
+"""Experiment trackers (`logger=none|tensorboard|mlflow|wandb`), through their own libraries (the
+`trackers` extra: tensorboardX, mlflow and wandb, with the viewers `tensorboard` and `mlflow ui`).
 
 Each run is one tracker run, named after its run directory. It receives, as parameters, the
 command line's overrides (`override/<key>`) and every leaf of the composed config
@@ -10,14 +10,17 @@ with their intervals, `_low`/`_high`), tuned - base (`test/tuned-base/<metric>/v
 and contamination counts; Mix's and Distill's counts and cost.
 
 A sweep is one group: its jobs are children of one MLflow parent run (made by the first job, under
-a lock in the sweep's directory), or directories under one TensorBoard directory
-`sweep_<date>_<time>/<job>`; the sweep's summary goes to that parent run or directory at the end.
+a lock in the sweep's directory), directories under one TensorBoard directory
+`sweep_<date>_<time>/<job>`, or W&B runs of the group `sweep_<date>_<time>`; the sweep's summary
+goes to that parent run, directory or a run of the group (job type `sweep`) at the end.
 
 TensorBoard: event files under `logger.dir/<run>`. MLflow: `logger.tracking_uri`, by default a
 SQLite store (`sqlite:///outputs/mlflow.db`, relative to where recipe runs: MLflow 3's recommended
 local backend; its artifacts beside it in `outputs/mlartifacts`), experiment `logger.experiment`.
 A `file:` store still works for writing (MLflow 3 keeps it behind MLFLOW_ALLOW_FILE_STORE, set
-for it here).
+for it here). Weights & Biases: project `logger.project`, offline under `logger.dir` by default
+(`wandb sync <dir>/wandb/offline-run-*` uploads them), figures in each run's summary and steps as
+its history.
 """
 
 from __future__ import annotations
@@ -109,6 +112,60 @@ class MLflow(Tracker):
         self.mlflow.end_run()
 
 
+class WandB(Tracker):
+    """A Weights & Biases run (the seed's fine-tune reports to W&B). `logger.mode=offline` (the
+    default) writes it under `logger.dir` for `wandb sync` later; `online` sends it to
+    `logger.project` (WANDB_API_KEY, or `wandb login`). W&B's own capture of the command line,
+    the environment and the console is off: a key given on the command line stays out of it."""
+
+    def __init__(self, config: DictConfig, run_name: str, group: str | None = None, job_type: str = "run") -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise RecipeError("logger=wandb needs wandb: pip install 'recipe[trackers]'") from None
+        directory = Path(config.dir).resolve()
+        directory.mkdir(parents=True, exist_ok=True)
+        settings = wandb.Settings(
+            silent=True,
+            console="off",
+            x_disable_meta=True,  # no argv, host, git or program in the run's metadata
+            x_disable_stats=True,
+            save_code=False,
+            disable_git=True,
+        )
+        self.wandb = wandb
+        self.run = wandb.init(
+            project=config.project,
+            entity=config.entity,
+            name=run_name,
+            group=group,
+            job_type=job_type,
+            dir=str(directory),
+            mode=config.mode.value if hasattr(config.mode, "value") else str(config.mode),
+            settings=settings,
+            reinit="create_new",
+        )
+
+    def params(self, values: dict[str, Any]) -> None:
+        self.run.config.update(values, allow_val_change=True)
+
+    def metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        clean = {k: float(v) for k, v in values.items()}
+        if step is None:  # a figure, not a curve: the run's summary (W&B's run table) holds it
+            self.run.summary.update(clean)
+        else:
+            self.run.log(clean, step=step)
+
+    def text(self, name: str, body: str) -> None:
+        path = Path(self.run.dir) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(body)
+        self.run.save(str(path), base_path=self.run.dir, policy="now")
+
+    def close(self) -> None:
+        self.run.finish()
+
+
 def _parent_run(mlflow: Any, experiment_name: str, sweep_root: Path) -> str:
     """The sweep's parent run id: created once (under a lock, jobs may run in parallel) and kept in
     the sweep's directory; its own summary goes to it at the end of the sweep."""
@@ -141,6 +198,8 @@ def open_tracker(config: DictConfig | None, run_name: str, sweep_root: Path | No
         return TensorBoard(base / sweep_name(sweep_root) / run_name if sweep_root else base / run_name)
     if kind == "mlflow":
         return MLflow(config.tracking_uri, config.experiment, run_name, sweep_root)  # type: ignore[union-attr]
+    if kind == "wandb":
+        return WandB(config, run_name, sweep_name(sweep_root) if sweep_root else None)  # type: ignore[arg-type]
     return None
 
 
@@ -152,6 +211,8 @@ def open_sweep_tracker(config: DictConfig | None, sweep_root: Path) -> Tracker |
         return TensorBoard(Path(config.dir) / sweep_name(sweep_root))  # type: ignore[union-attr]
     if kind == "mlflow":
         return MLflow(config.tracking_uri, config.experiment, sweep_name(sweep_root), sweep_root, resume=True)  # type: ignore[union-attr]
+    if kind == "wandb":  # a run of its own in the sweep's group
+        return WandB(config, sweep_name(sweep_root), sweep_name(sweep_root), job_type="sweep")  # type: ignore[arg-type]
     return None
 
 

@@ -49,7 +49,6 @@ READ_AS_A_WHOLE = {
     "SamplingConfig.top_k": "distill sends distill.sampling as it is",
     "SamplingConfig.repetition_penalty": "distill sends distill.sampling as it is",
     "WandbConfig.project_name": "train_together sends every train.wandb field by name (body)",
-    "WandbConfig.entity": "train_together sends every train.wandb field by name (body)",
     "RecipeConfig.deploy": "stages are found by name (recipe/stages/__init__.py CONFIG_KEY)",
     "SourceConfig.description": "for people: shown by `recipe --cfg job` and in the key reference",
     "SuiteConfig.description": "for people: shown by `recipe --cfg job` and in the key reference",

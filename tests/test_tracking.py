@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -117,6 +118,60 @@ def test_an_mlflow_sweep_is_one_parent_run_with_its_jobs_and_their_configs(run_c
     assert not any(secret in f"{k}={v}" for r in runs for k, v in r.data.params.items())  # the key: nowhere
     assert "sweep/mix.booksum.examples" not in parent.data.metrics  # no Test: no figures to compare
     assert client.list_artifacts(parent.info.run_id, "")[0].path == "summary.md"  # the sweep's summary
+
+
+def wandb_records(path: Path) -> Iterator[Any]:
+    """The records of an offline W&B run file (`run-<id>.wandb`: a 7-byte `:W&B` header, then
+    LevelDB log framing in 32 KiB blocks around protobuf `Record`s), read by hand."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", path
+    at, block, parts = 7, 32768, b""
+    while at + 7 <= len(data):
+        if block - at % block < 7:  # a block's tail too short for a header is padding
+            at += block - at % block
+            continue
+        length, kind = struct.unpack("<HB", data[at + 4 : at + 7])
+        parts += data[at + 7 : at + 7 + length]
+        at += 7 + length
+        if kind in (1, 4):  # FULL, or the LAST piece of a record split across blocks
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(parts)
+            parts = b""
+            yield record
+
+
+def test_a_wandb_sweep_is_one_group_of_offline_runs_with_configs_and_figures(run_cli, tmp_path: Path) -> None:
+    """logger=wandb (offline, as the seed's fine-tune reported to W&B): a run per job and one for
+    the sweep's summary, in one group; the swept overrides and the composed config as the run's
+    config, Mix's counts in its summary; a key given on the command line is in none of W&B's files."""
+    secret = "sk-tracked-nowhere-0123456789"
+    run_cli("-m", *MIX_ONLY, "mix.seed=1,2", "logger=wandb", f"together.api_key={secret}")
+    runs = sorted((tmp_path / "outputs" / "wandb" / "wandb").glob("offline-run-*/run-*.wandb"))
+    seen = {}
+    for path in runs:
+        found: dict[str, Any] = {"config": {}, "summary": {}}
+        for record in wandb_records(path):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                found.update(name=record.run.display_name, group=record.run.run_group, type=record.run.job_type)
+            elif kind == "config":
+                found["config"].update({u.key: u.value_json for u in record.config.update})
+            elif kind == "summary":
+                found["summary"].update({u.key: u.value_json for u in record.summary.update if u.key})
+        seen[found["name"]] = found
+    sweep = next(name for name in seen if name.startswith("sweep_"))
+    assert sorted(seen) == ["0", "1", sweep] and {r["group"] for r in seen.values()} == {sweep}
+    assert seen[sweep]["type"] == "sweep" and {seen[j]["type"] for j in ("0", "1")} == {"run"}
+    assert sorted(seen[j]["config"]["override/mix.seed"] for j in ("0", "1")) == ['"1"', '"2"']
+    assert {seen[j]["config"]["config/mix.total"] for j in ("0", "1")} == {"32"}
+    assert all(float(seen[j]["summary"]["mix/examples"]) == 32 for j in ("0", "1"))
+    assert any(p.name == "summary.md" for p in (tmp_path / "outputs" / "wandb").rglob("summary.md"))
+    leaked = [
+        p for p in (tmp_path / "outputs" / "wandb").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()
+    ]
+    assert not leaked
 
 
 def wait_for(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 240) -> requests.Response:
