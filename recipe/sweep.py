@@ -105,7 +105,8 @@ class SweepSummary(Callback):
             rows = write_summary(root)
             print(f"sweep summary ({len(rows)} jobs): {root / 'summary.md'}")
             if any(r["metrics"] for r in rows):
-                proposed = [line for line in fit(root).splitlines() if line.startswith(("**Objective**", "recipe "))]
+                said = ("**Best job**", "**Objective**", "recipe ")
+                proposed = [line for line in fit(root).splitlines() if line.startswith(said)]
                 write_summary(root)  # summary.html with the proposal
                 print(f"proposed mixture: {root / 'proposal.md'}" + "".join(f"\n  {line}" for line in proposed))
             failed = sum(row["status"] in ("failed", "refused") for row in rows)
@@ -162,11 +163,19 @@ def check_objective(cfg: DictConfig, stages: list[str]) -> None:
     if "test" not in stages:
         raise RecipeError(f"sweep.objective={name}: a figure of the Test stage, which this run does not run")
     suites = list((cfg.test.get("suites") or {}).keys())
+    components = sorted((cfg.get("mix") or {}).get("components") or {})
     if name.split(".")[0] not in [*suites, "heldout"]:
         raise RecipeError(
-            f"sweep.objective={name}: no Test suite {name.split('.')[0]!r} "
-            f"(a figure is <suite>.<metric> of {', '.join(suites) or 'no suite'}, or heldout.loss)"
+            f"sweep.objective={name}: no Test suite {name.split('.')[0]!r} (a figure is <suite>.<metric> of "
+            f"{', '.join(suites) or 'no suite'}, heldout.loss or heldout.loss.<component>)"
         )
+    if name.startswith("heldout.") and name != "heldout.loss":
+        component = name.removeprefix("heldout.loss.") if name.startswith("heldout.loss.") else None
+        if component not in components:
+            raise RecipeError(
+                f"sweep.objective={name}: a held-out figure is heldout.loss or heldout.loss.<component> "
+                f"of the mixture's components ({', '.join(components) or 'none'})"
+            )
 
 
 def objective(record: dict[str, Any], name: str) -> float:
@@ -297,18 +306,41 @@ def fit(root: Path, objective: str | None = None, maximize: bool | None = None) 
     else:
         found = proposal(objective, maximize)
         way = "maximize" if maximize else "minimize"
+        # What every job was run with (the experiment, the stages), then a mixture's shares.
+        common = [o for o in (rows[0]["overrides"] if rows else []) if all(o in r["overrides"] for r in rows)]
+        kept = [_quoted(o) for o in common if not o.startswith(("mix.components.", "hydra/", "hydra."))]
+        best = best_job(rows, objective, maximize)
+        if best is not None:
+            row, job_shares = best
+            figures = row["metrics"]
+            value = reporting.with_interval(
+                figures[objective], figures.get(f"{objective}_low"), figures.get(f"{objective}_high")
+            )
+            mixture = " ".join(f"mix.components.{c}.share={v:.4g}" for c, v in job_shares.items())
+            lines += [f"**Best job** {row['job']}: {objective} = {value}. Run its mixture:", ""]
+            lines += ["```bash", " ".join(["recipe", *kept, mixture]), "```", ""]
         lines.append(f"**Objective** {objective} ({way}): {found.verdict}.")
         if found.shares is not None:
             ranges = ", ".join(f"{c} {lo:.3f}-{hi:.3f}" for c, (lo, hi) in found.bounds.items())
-            # What every job was run with (the experiment, the stages), then the proposed shares.
-            common = [o for o in (rows[0]["overrides"] if rows else []) if all(o in r["overrides"] for r in rows)]
-            kept = [o for o in common if not o.startswith(("mix.components.", "hydra/", "hydra."))]
-            command = " ".join(["recipe", *(_quoted(o) for o in kept), found.override() or ""])
             lines += ["", f"Shares searched within what the sweep tried: {ranges}.", "", "Run it:", ""]
-            lines += ["```bash", command, "```"]
+            lines += ["```bash", " ".join(["recipe", *kept, found.override() or ""]), "```"]
     text = "\n".join(lines) + "\n"
     _write_atomic(root / "proposal.md", text)
     return text
+
+
+def best_job(
+    rows: list[dict[str, Any]], objective: str, maximize: bool
+) -> tuple[dict[str, Any], dict[str, float]] | None:
+    """The finished job with the best `objective` and its shares as applied (what a search
+    sweeper's best trial ran), or None when no job made the figure."""
+    scored = [
+        r for r in rows if r["status"] == "ok" and isinstance(r["metrics"].get(objective), (int, float)) and r["mix"]
+    ]
+    if not scored:
+        return None
+    row = (max if maximize else min)(scored, key=lambda r: r["metrics"][objective])
+    return row, {k.split(".")[1]: v for k, v in row["mix"].items() if k.endswith(".share")}
 
 
 def _quoted(override: str) -> str:

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from recipe.evaluation.fit import propose
@@ -86,7 +87,13 @@ def test_recipe_sweep_fit_writes_the_proposal_and_the_line_that_runs_it(tmp_path
     text = (root / "proposal.md").read_text()
     assert proc.stdout.startswith(text)
     assert "**Objective** mqa.accuracy (maximize): predicted" in text
-    (line,) = [line for line in text.splitlines() if line.startswith("recipe mix.components.")]
+    best, line = [line for line in text.splitlines() if line.startswith("recipe mix.components.")]
+    # The best job tried comes first (the planted optimum: instructions 0.5), then the fit's proposal.
+    top = max(range(len(rows)), key=lambda i: figures[i])
+    assert f"**Best job** {top}: mqa.accuracy = {figures[top]:.3f}" in text
+    assert float(dict(p.split("=") for p in best.split()[1:])["mix.components.instructions.share"]) == pytest.approx(
+        rows[top]["instructions"], abs=1e-3
+    )
     proposed = dict(part.split("=") for part in line.split()[1:])
     assert abs(float(proposed["mix.components.instructions.share"]) - 0.5) < 0.05
     assert abs(sum(float(v) for v in proposed.values()) - 1.0) < 1e-9

@@ -205,6 +205,9 @@ def test_a_run_returns_its_objective_for_search_sweepers(run_cli, tmp_path: Path
         bad = run_cli(*TOGETHER_TEST, "sweep.objective=gsm8k.accuracy", env=env, check=False)
         assert bad.returncode == 2 and len(fake.requests) == sent
         assert "sweep.objective=gsm8k.accuracy: no Test suite 'gsm8k'" in bad.stderr
+        unknown = run_cli(*TOGETHER_TEST, "sweep.objective=heldout.loss.gsm8k", env=env, check=False)
+        assert unknown.returncode == 2 and len(fake.requests) == sent
+        assert "heldout.loss.<component> of the mixture's components (booksum, instructions, mqa)" in unknown.stderr
         wrong = run_cli(*TOGETHER_TEST, "sweep.objective=booksum.bleu", env=env, check=False)
         assert wrong.returncode == 2 and "Test made no such figure (it made: mqa.accuracy" in wrong.stderr
 
@@ -241,3 +244,48 @@ def test_optuna_searches_the_shares_through_the_objective(run_cli, tmp_path: Pat
     optimized = yaml.safe_load((root / "optimization_results.yaml").read_text())
     best = max(float(r["booksum.rouge1"]) for r in done)
     assert optimized["best_value"] == pytest.approx(best, abs=1e-5)  # what the runs returned
+
+
+@pytest.mark.slow
+def test_the_committed_mixture_search_runs_offline_and_names_its_best_mixture(run_cli, tmp_path: Path) -> None:
+    """`recipe -m experiment=mixture_search`, shrunk (3 trials of 2 training steps; the shipped
+    instruction sample instead of Distill's, so no teacher): Optuna draws weights for the three
+    components, every trial is a valid mixture scored by held-out loss on the same held-out
+    examples, and the end names the best trial's loss with its interval and its mixture as a
+    command, the mixture Optuna's own best trial ran."""
+    proc = run_cli(
+        "-m",
+        "experiment=mixture_search",
+        "hydra.sweeper.n_trials=3",
+        "~distill",
+        "mix.components.instructions.source=llama_instruct_sample",
+        "mix.progress=false",
+        "train.max_steps=2",
+        "train.progress=false",
+    )
+    root = sweep_root(tmp_path)
+    rows = summary_rows(root)
+    assert [r["status"] for r in rows] == ["ok"] * 3, proc.stdout + proc.stderr
+    components = ("instructions", "booksum", "mqa")
+    for r in rows:  # weights became shares that sum to 1
+        assert sum(float(r[f"mix.{c}.share"]) for c in components) == pytest.approx(1.0)
+    assert len({r["mix.instructions.share"] for r in rows}) == 3
+    # Every trial scored on the same held-out examples of each component.
+    held_out = []
+    for job in range(3):
+        run = json.loads((root / str(job) / "run.json").read_text())
+        metrics = json.loads((Path(run["stages"]["test"]["artifact"]) / "metrics.json").read_text())
+        per_component = metrics["models"]["tuned"]["heldout_components"]
+        held_out.append({c: sorted(per_component[c]["per_prompt"]["loss"]) for c in components})
+    assert held_out[0] == held_out[1] == held_out[2] and all(len(v) == 3 for v in held_out[0].values())
+    # The best trial: Optuna's, and what the end of the sweep prints.
+    best = min(rows, key=lambda r: float(r["heldout.loss"]))
+    optimized = yaml.safe_load((root / "optimization_results.yaml").read_text())
+    assert optimized["best_value"] == pytest.approx(float(best["heldout.loss"]), abs=1e-5)
+    out = proc.stdout
+    assert f"**Best job** {best['job']}: heldout.loss = {float(best['heldout.loss']):.3f}" in out
+    command = next(line.strip() for line in out.splitlines() if line.strip().startswith("recipe experiment="))
+    shares = dict(o.removeprefix("mix.components.").split(".share=") for o in command.split() if ".share=" in o)
+    assert {c: float(v) for c, v in shares.items()} == pytest.approx(
+        {c: float(best[f"mix.{c}.share"]) for c in components}, abs=1e-3
+    )
