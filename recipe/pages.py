@@ -57,6 +57,16 @@ def interval(value: Any, low: Any, high: Any, signed: bool = False) -> str:
     return text
 
 
+def short(value: Any) -> str:
+    """A swept value as people read it: a search sweeper's 0.6390508031418598 as 0.6391."""
+    text = str(value)
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return f"{number:.4g}" if len(text) > 8 and "." in text else text
+
+
 def word(verdict: str | None) -> str:
     if not verdict:
         return ""
@@ -195,7 +205,7 @@ def sweep_summary(
     table_rows = []
     for i, row in enumerate(rows):
         status = row["status"]
-        cells = [esc(row["job"]), *(esc(swept[i][k]) for k in keys)]
+        cells = [esc(row["job"]), *(esc(short(swept[i][k])) for k in keys)]
         shown = esc(status) if status == "ok" else f'<span class="failed">{esc(status)}</span>'
         if row.get("error"):
             shown += f'<br><span class="note">{esc(str(row["error"])[:200])}</span>'
@@ -221,7 +231,8 @@ def sweep_summary(
     body += ["<h2>Jobs</h2>", table(header, table_rows)]
     labels = [
         ", ".join(
-            f"{k.rsplit('.', 2)[-2] if k.endswith('.share') else k.rsplit('.', 1)[-1]}={v}" for k, v in values.items()
+            f"{k.rsplit('.', 2)[-2] if k.endswith('.share') else k.rsplit('.', 1)[-1]}={short(v)}"
+            for k, v in values.items()
         )
         or f"job {r['job']}"
         for values, r in zip(swept, rows, strict=True)

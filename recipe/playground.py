@@ -4,6 +4,7 @@ that query the model as deployed.
 
     recipe playground                          # the newest trained model in outputs/store
     recipe playground --train outputs/store/train/<fingerprint>
+    recipe playground --add distill.teacher              # a third pane: the experiment's teacher
     recipe playground --host 0.0.0.0 --auth me:secret     # another machine may connect: credentials
 
 What it does:
@@ -41,6 +42,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
 
 from recipe.artifacts import PromptFormat, TrainedModel
 from recipe.errors import RecipeError
@@ -367,20 +370,41 @@ def theme() -> Any:
     return gr.themes.Default(font=system, font_mono=["ui-monospace", "monospace"])
 
 
-def defaults_from_config(overrides: list[str]) -> dict[str, Any]:
-    """The experiment's Test sampling settings (the playground answers as Test asked)."""
+def composed(overrides: list[str]) -> DictConfig | None:
+    """The experiment's config (the playground's defaults and `--add`'s models), or None with a
+    line saying why when it does not compose."""
+    from hydra import compose, initialize_config_dir
+
+    from recipe.cli import CONF_DIR
+
     try:
-        from hydra import compose, initialize_config_dir
-
-        from recipe.cli import CONF_DIR
-
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
-        temperature = float(cfg.test.temperature) if cfg.get("test") else 0.0
-    except Exception as e:  # a config that does not compose: say so, use plain defaults
-        print(f"playground: the experiment's Test settings could not be read ({e}); using defaults", file=sys.stderr)
-        temperature = 0.0
+            return compose(config_name="config", overrides=overrides)
+    except Exception as e:
+        print(f"playground: the experiment's config did not compose ({e}); using defaults", file=sys.stderr)
+        return None
+
+
+def defaults_from_config(cfg: DictConfig | None) -> dict[str, Any]:
+    """The experiment's Test sampling settings (the playground answers as Test asked)."""
+    temperature = float(cfg.test.temperature) if cfg is not None and cfg.get("test") else 0.0
     return dict(zip([name for name, _ in NUMBERS], (temperature, 1.0, 50, 256, 1.0), strict=True))
+
+
+@contextlib.contextmanager
+def added(cfg: DictConfig | None, key: str) -> Iterator[Pane]:
+    """A third model by its config key (`distill.teacher`, `test.judge`): reached as Distill
+    reaches a teacher (the embedded one started behind llama.cpp on 127.0.0.1)."""
+    from recipe.providers.model_client import model_endpoint
+
+    node = OmegaConf.select(cfg, key) if cfg is not None else None
+    if node is None or "provider" not in node or "model" not in node:
+        raise RecipeError(f"--add {key}: not a model in the experiment's config (e.g. distill.teacher, test.judge)")
+    provider = node.provider.value
+    fmt = PromptFormat("chat_template") if node.api.value == "chat" else PromptFormat("text", node.template)
+    key_env = {"together": "TOGETHER_API_KEY", "openai_compatible": node.get("api_key_env")}.get(provider)
+    with model_endpoint(node, cfg) as (url, _):
+        yield Pane(key.split(".")[-1], url, node.model, fmt, provider, key_env)
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -400,6 +424,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--auth", help="user:password (or RECIPE_PLAYGROUND_AUTH); required off loopback")
     parser.add_argument("--keep-file", type=Path, default=Path("outputs/playground/kept.jsonl"))
     parser.add_argument("--device", default="cpu", help="local models: the device to serve on")
+    parser.add_argument(
+        "--add", action="append", default=[], metavar="KEY", help="a third model by config key, e.g. distill.teacher"
+    )
     args = parser.parse_args(argv)
     auth = args.auth or os.environ.get("RECIPE_PLAYGROUND_AUTH")
     try:
@@ -415,10 +442,15 @@ def main(argv: list[str]) -> int:
         except ImportError:
             raise RecipeError("recipe playground needs gradio: pip install 'recipe[playground]'") from None
         trained, fingerprint = load_trained(args.store, args.train)
-        defaults = defaults_from_config(args.overrides)
+        cfg = composed(args.overrides)
+        defaults = defaults_from_config(cfg)
         started = time.monotonic()
         print(f"playground: train artifact {fingerprint} ({trained.provider}); reaching base and tuned…", flush=True)
-        with reach_both(trained, args.store, LocalServing("auto", args.device)) as panes:
+        with contextlib.ExitStack() as stack:
+            panes = stack.enter_context(reach_both(trained, args.store, LocalServing("auto", args.device)))
+            for key in args.add:
+                third = stack.enter_context(added(cfg, key))
+                panes[third.which] = third
             page = build(panes, defaults, args.keep_file)
             credentials = tuple(auth.split(":", 1)) if auth else None
             page.queue().launch(

@@ -44,8 +44,10 @@ def test_the_playground_streams_both_models_side_by_side(
     before = serve_processes()
     port, kept = free_port(), tmp_path / "kept.jsonl"
     started = time.monotonic()
+    command = [RECIPE, "playground", "--train", str(trained), "--port", str(port), "--keep-file", str(kept)]
+    command += ["--add", "distill.teacher"]  # a third pane: the experiment's teacher (the GGUF behind llama.cpp)
     proc = spawn(
-        [RECIPE, "playground", "--train", str(trained), "--port", str(port), "--keep-file", str(kept)],
+        command,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -60,10 +62,10 @@ def test_the_playground_streams_both_models_side_by_side(
     lengths = []  # how much of each answer the panes show, as it streams in
     deadline = time.monotonic() + limit(180)
     while "Done." not in find("#status").text and time.monotonic() < deadline:
-        lengths.append(tuple(len(find(f"#pane-{w}").text) for w in ("base", "tuned")))
+        lengths.append(tuple(len(find(f"#pane-{w}").text) for w in ("base", "tuned", "teacher")))
         time.sleep(0.1)
     assert "Done." in find("#status").text, find("#status").text
-    for i, which in enumerate(("base", "tuned")):  # both answered, a piece at a time
+    for i, which in enumerate(("base", "tuned", "teacher")):  # all answered, a piece at a time
         assert find(f"#pane-{which}").text.count("Name three colours.") == 1
         assert len({n[i] for n in lengths}) >= 3, lengths
     # The prompt as the tuned model read it: its recorded format (the model's chat template).
@@ -75,7 +77,7 @@ def test_the_playground_streams_both_models_side_by_side(
     wait(lambda: "Kept in" in find("#status").text, "the keep")
     (line,) = [json.loads(x) for x in kept.read_text().splitlines()]
     assert line["messages"] == [{"role": "user", "content": "Name three colours."}]
-    assert line["preferred"] == "tuned" and set(line["answers"]) == {"base", "tuned"}
+    assert line["preferred"] == "tuned" and set(line["answers"]) == {"base", "tuned", "teacher"}
     assert all(line["answers"].values()) and line["settings"]["max_tokens"] == 256
     # The <> panel's curl snippet, copied from the page, answers.
     find("#api button").click()
@@ -109,3 +111,9 @@ def test_the_playground_refuses_clearly(tmp_path: Path) -> None:
     assert re.search(
         r"^error: no trained model in outputs/store: run `recipe stages=\[mix,train\]`", empty.stderr, re.M
     )
+    from recipe.errors import RecipeError
+    from recipe.playground import added, composed
+
+    with pytest.raises(RecipeError, match=r"--add nope\.model: not a model in the experiment's config"):
+        with added(composed([]), "nope.model"):
+            pass
