@@ -328,9 +328,12 @@ class DistillConfig:
     # human turns (at most max_turns) of this many tokens each.
     estimate_turns: float = execution(3.0)
     estimate_turn_tokens: int = execution(100)
-    # Conversations in flight; turns within one stay sequential. Also the most a crash (kill -9) can
-    # cost: requests in flight then are sent again on resume (counted as resent_after_crash).
-    concurrency: int = execution(8)
+    # Conversations in flight; turns within one stay sequential. null: up to 128 for a remote
+    # teacher, paced by the rate controller (recipe/providers/limits.py: the provider's rate-limit
+    # headers, else feedback), one for a local server. Also the most a crash (kill -9) can cost:
+    # requests in flight then are sent again on resume (counted as resent_after_crash).
+    concurrency: Optional[int] = execution(None)
+    # Optional ceilings for the rate controller (it finds the account's limits by itself).
     requests_per_minute: Optional[float] = execution(None)
     tokens_per_minute: Optional[float] = execution(None)
     timeout_s: float = execution(120.0)
@@ -695,7 +698,9 @@ class TestConfig:
     budget: BudgetConfig = execution(factory=BudgetConfig)
     engine: Engine = execution(Engine.auto)  # local models: transformers serve on CPU, vLLM on GPU when installed
     device: str = execution("cpu")
-    concurrency: int = execution(8)  # requests in flight to remote models (a local server takes one at a time)
+    # Requests in flight to a remote model; null: up to 128, paced by the rate controller
+    # (recipe/providers/limits.py). A local server takes one at a time.
+    concurrency: Optional[int] = execution(None)
     timeout_s: float = execution(300.0)
     max_retries: int = execution(5)
     retry_backoff_s: float = execution(0.5)

@@ -208,7 +208,7 @@ def test_the_key_reference_is_generated_from_the_schemas() -> None:
     assert committed.read_text() == reference.render(), "docs/reference.md is stale: run `make reference`"
     text = reference.render()
     # Every key of every schema is in it, with its execution mark.
-    assert "| `concurrency` | int | `8` | execution |" in text and "| `total` | int | **required** | yes |" in text
+    assert "| `concurrency` | int? | null | execution |" in text and "| `total` | int | **required** | yes |" in text
     assert "## `train` (train=local_*)" in text and "## `deploy` (deploy=together)" in text
     assert "type: ignore" not in text
 

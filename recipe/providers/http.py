@@ -13,7 +13,6 @@ import os
 import threading
 import time
 import urllib.parse
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -63,9 +62,10 @@ def reconcile(
 class APIError(RecipeError):
     """A request that failed for good (after retries), with the server's message when it gave one."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}  # the failing answer's (Retry-After, rate-limit windows)
 
 
 class BadBody(APIError):
@@ -103,6 +103,12 @@ class _Retry(Retry):
         retry = super().new(**kwargs)
         retry.counter = self.counter  # type: ignore[attr-defined]
         return retry
+
+
+class _PacedRetry(_Retry):
+    """The same policy, with 429 and 503 left to the caller's rate controller."""
+
+    RETRY_AFTER_STATUS_CODES = RETRY_STATUSES - {429, 503}
 
 
 class _Counter:
@@ -178,14 +184,27 @@ class Client:
             raise APIError(f"{method} {url}: more than {MAX_SAME_ORIGIN_REDIRECTS} redirects")
         if response.status_code >= 400:
             raise APIError(
-                f"{method} {url}: HTTP {response.status_code}: {_error_message(response)}", response.status_code
+                f"{method} {url}: HTTP {response.status_code}: {_error_message(response)}",
+                response.status_code,
+                dict(response.headers),
             )
         return response
 
-    def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST a JSON body; the JSON answer. A 200 that is not JSON (an HTML error page from a proxy,
-        an event stream where a plain answer was asked) is a `BadBody`, for the caller to retry."""
+    def pace_throttling(self) -> None:
+        """Leave 429 and 503 to the caller (a rate controller that pauses every sender for the
+        Retry-After and slows down) instead of retrying them here, thread by thread."""
+        for adapter in self.session.adapters.values():
+            paced = adapter.max_retries.new(status_forcelist=RETRY_STATUSES - {429, 503})  # type: ignore[attr-defined]
+            paced.__class__ = _PacedRetry  # its retries (`new`) stay paced: urllib3 copies by type(self)
+            adapter.max_retries = paced  # type: ignore[attr-defined]
+
+    def post_json(self, path: str, body: dict[str, Any], headers_out: dict[str, str] | None = None) -> dict[str, Any]:
+        """POST a JSON body; the JSON answer (its headers into `headers_out`). A 200 that is not JSON
+        (an HTML error page from a proxy, an event stream where a plain answer was asked) is a
+        `BadBody`, for the caller to retry."""
         response = self.request("POST", path, json=body)
+        if headers_out is not None:
+            headers_out.update(response.headers)
         kind = response.headers.get("Content-Type", "")
         if "text/event-stream" in kind or response.content.lstrip().startswith(b"data:"):
             raise BadBody(f"POST {response.url}: HTTP {response.status_code} sent an event stream, not one answer")
@@ -328,31 +347,3 @@ def _error_message(response: requests.Response) -> str:
 
 def together_base_url(configured: str | None) -> str:
     return configured or os.environ.get("TOGETHER_BASE_URL") or TOGETHER_BASE_URL
-
-
-class RateLimiter:
-    """Client-side requests-per-minute and tokens-per-minute limits over a sliding minute."""
-
-    def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None) -> None:
-        self.rpm, self.tpm = requests_per_minute, tokens_per_minute
-        self._sent: deque[tuple[float, int]] = deque()
-        self._tokens = 0
-        self._lock = threading.Lock()
-
-    def wait(self, tokens: int) -> None:
-        """Block until one request of about `tokens` tokens fits in both limits, then book it."""
-        if not self.rpm and not self.tpm:
-            return
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                while self._sent and now - self._sent[0][0] >= 60:
-                    self._tokens -= self._sent.popleft()[1]
-                fits_rpm = not self.rpm or len(self._sent) < self.rpm
-                fits_tpm = not self.tpm or not self._sent or self._tokens + tokens <= self.tpm
-                if fits_rpm and fits_tpm:
-                    self._sent.append((now, tokens))
-                    self._tokens += tokens
-                    return
-                delay = 60 - (now - self._sent[0][0])
-            time.sleep(max(delay, 0.01))

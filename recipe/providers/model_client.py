@@ -28,7 +28,8 @@ from recipe.data.jsonl import encode_line
 from recipe.data.tokens import approx_tokens
 from recipe.errors import RecipeError
 from recipe.providers.cache import RequestCache, Stored, request_key
-from recipe.providers.http import RECONCILE_WINDOW_S, BadBody, Client, RateLimiter, together_base_url
+from recipe.providers.http import RECONCILE_WINDOW_S, APIError, BadBody, Client, together_base_url
+from recipe.providers.limits import Controller, controller_for
 from recipe.providers.local.server import LlamaCppServer, embedded_gguf
 from recipe.providers.together import BATCH_DONE, create_batch, download_file, get_batch, upload_batch_file
 from recipe.secrets import together_api_key
@@ -141,6 +142,25 @@ class ModelSpec:
         return cls(node.provider.value, node.model, node.api.value, node.template, local_weights(node))
 
 
+MAX_THROTTLED = 30  # 429/503 answers one request may get before it fails (the controller pauses between)
+REMOTE_PROVIDERS = ("together", "openai_compatible")
+
+
+def paced(
+    cache: RequestCache, client: Client, model: str, rpm: float | None = None, tpm: float | None = None
+) -> Controller:
+    """The rate controller for `model` at the client's base URL and key, its state beside the
+    request cache (shared by the processes using that cache directory), with optional ceilings."""
+    return controller_for(
+        cache.path.parent / "limits",
+        client.base_url,
+        client.session.headers.get("Authorization"),
+        model,
+        requests_per_minute=rpm,
+        tokens_per_minute=tpm,
+    )
+
+
 def transformers_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
     """What `transformers serve` needs besides the OpenAI fields for a temperature above 0 to sample:
     it copies the model's generation config, where `do_sample` is false for our exported and merged
@@ -168,9 +188,11 @@ class ModelClient:
         *,
         sampling: dict[str, Any],
         ledger: Ledger,
-        limiter: RateLimiter | None = None,
+        controller: Controller | None = None,
     ) -> None:
-        self.client, self.cache, self.ledger, self.limiter = client, cache, ledger, limiter
+        self.client, self.cache, self.ledger, self.controller = client, cache, ledger, controller
+        if controller is not None:
+            client.pace_throttling()  # 429/503 come back here: the controller paces every sender
         self.weights = spec.weights
         self.provider, self.model, self.api, self.template = spec.provider, spec.model, spec.api, spec.template
         self.sampling = {k: v for k, v in sampling.items() if v is not None and v != []}
@@ -222,10 +244,8 @@ class ModelClient:
         answer = None
         try:
             estimate = approx_tokens(str(body.get("messages") or body.get("prompt")))
-            if self.limiter is not None:
-                self.limiter.wait(estimate + max_tokens)
             self.cache.mark_sent(key)
-            answer = self._send(body, estimate)
+            answer = self._send(body, estimate, estimate + max_tokens)
             self.cache.put(
                 key, answer.text, answer.prompt_tokens, answer.completion_tokens, "length" if answer.truncated else None
             )
@@ -235,13 +255,15 @@ class ModelClient:
             self.ledger.settle(reserved, answer)
         return answer
 
-    def _send(self, body: dict[str, Any], estimate: int) -> Answer:
-        """One request; a 200 that is no answer is sent again (the HTTP client retried the rest)."""
+    def _send(self, body: dict[str, Any], estimate: int, tokens: int) -> Answer:
+        """One request; a 200 that is no answer is sent again (the HTTP client retried the rest).
+        With a controller, each attempt waits for its slot and a 429/503 is sent again once the
+        controller's pause has passed."""
         path = "chat/completions" if self.api == "chat" else "completions"
-        attempt = 0
+        attempt = throttled = 0
         while True:
             try:
-                return parse_response(self.client.post_json(path, body), self.api, estimate, self.raw_answers)
+                return parse_response(self._post(path, body, tokens), self.api, estimate, self.raw_answers)
             except BadBody as e:
                 attempt += 1
                 self.client.retries.add()
@@ -249,6 +271,31 @@ class ModelClient:
                     raise NotAnAnswer(f"{e} (sent {attempt} times)") from None
                 log.warning("%s; sending it again", e)
                 time.sleep(self.client.backoff(attempt))
+            except APIError as e:
+                if self.controller is None or e.status not in (429, 503):
+                    raise
+                throttled += 1  # not the request's fault: sent again after the controller's pause
+                self.client.retries.add()
+                if throttled > MAX_THROTTLED:
+                    raise
+
+    def _post(self, path: str, body: dict[str, Any], tokens: int) -> Any:
+        if self.controller is None:
+            return self.client.post_json(path, body)
+        headers: dict[str, str] = {}
+        sent = self.controller.acquire(tokens)
+        try:
+            answer = self.client.post_json(path, body, headers)
+        except APIError as e:
+            if e.status in (429, 503):
+                self.controller.throttled(e.headers)
+            self.controller.done(sent, e.headers, ok=False)
+            raise
+        except BaseException:
+            self.controller.done(sent, None, ok=False)
+            raise
+        self.controller.done(sent, headers)
+        return answer
 
 
 def parse_response(response: Any, api: str, prompt_estimate: int, raw: bool = False) -> Answer:

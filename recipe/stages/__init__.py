@@ -32,6 +32,7 @@ from recipe.artifacts import Planned, content_id
 from recipe.config import RecipeConfig, renamed, semantic_view, unknown_keys
 from recipe.errors import RecipeError
 from recipe.providers.http import Client, together_base_url
+from recipe.providers.limits import ADAPTIVE_IN_FLIGHT
 from recipe.secrets import strip_secrets, together_api_key
 from recipe.store import Artifact, ArtifactStore
 
@@ -153,7 +154,14 @@ class Stage:
             raise StageError(f"{self.name} on Together needs TOGETHER_API_KEY in the environment")
         c = self.config
         base_url = together_base_url(self.root.together.base_url)
-        return Client(base_url, key, max_retries=c.max_retries, timeout_s=c.timeout_s, backoff_s=c.retry_backoff_s)
+        return Client(
+            base_url,
+            key,
+            max_retries=c.max_retries,
+            timeout_s=c.timeout_s,
+            backoff_s=c.retry_backoff_s,
+            pool_size=ADAPTIVE_IN_FLIGHT,  # as many connections as requests the rate controller may have in flight
+        )
 
     def semantic_config(self) -> dict[str, Any]:
         """What the fingerprint hashes: the resolved node minus execution-only keys and secrets."""

@@ -49,8 +49,10 @@ from recipe.data.sources import (
 )
 from recipe.data.tokens import approx_tokens
 from recipe.providers.cache import RequestCache
-from recipe.providers.http import APIError, Client, RateLimiter
+from recipe.providers.http import APIError, Client
+from recipe.providers.limits import ADAPTIVE_IN_FLIGHT, Controller
 from recipe.providers.model_client import (
+    REMOTE_PROVIDERS,
     Answer,
     BudgetReached,
     Ledger,
@@ -58,6 +60,7 @@ from recipe.providers.model_client import (
     ModelSpec,
     ask_batch,
     connected,
+    paced,
 )
 from recipe.stages import Output, Plan, Stage, StageError, Workspace, missing_extra
 from recipe.store import Artifact
@@ -98,7 +101,7 @@ class Distill(Stage):
             )
         check_source(c.source, root.sources[c.source])
         for key in ("max_turns", "max_turn_chars", "concurrency"):
-            if c[key] < 1:
+            if c[key] is not None and c[key] < 1:
                 raise StageError(f"distill.{key}={c[key]}: must be at least 1")
         if c.max_conversations is not None and c.max_conversations < 1:
             raise StageError(f"distill.max_conversations={c.max_conversations}: must be at least 1 (or null for all)")
@@ -246,7 +249,7 @@ class Distill(Stage):
         cache = RequestCache(c.cache_path)
         ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, c.budget.max_usd, self._price_factor())
         try:
-            with connected(c.teacher, self.root, c, pool_size=c.concurrency) as client:
+            with connected(c.teacher, self.root, c, pool_size=self._in_flight()) as client:
                 teacher = self._teacher(client, cache, ledger)
                 if c.mode.value == "batch":
                     self._run_batch(teacher, client, conversations, ledger, out_dir)
@@ -258,24 +261,36 @@ class Distill(Stage):
             cache.close()
         return self._finish(conversations, stats, ledger, out_dir, client.retries.value, resent)
 
+    def _in_flight(self) -> int:
+        """Conversations in flight: `concurrency` when set, else as many as the rate controller may
+        want for a remote teacher (it paces them), one for a local server."""
+        c = self.config
+        if c.concurrency is not None:
+            return c.concurrency
+        return ADAPTIVE_IN_FLIGHT if c.teacher.provider.value in REMOTE_PROVIDERS else 1
+
     def _teacher(self, client: Client | None, cache: RequestCache | None, ledger: Ledger) -> ModelClient:
         c = self.config
         sampling = OmegaConf.to_container(c.sampling, resolve=True)
         assert isinstance(sampling, dict)
-        limiter = RateLimiter(c.requests_per_minute, c.tokens_per_minute)
+        spec = ModelSpec.configured(c.teacher)
+        controller = None
+        if client is not None and cache is not None and spec.provider in REMOTE_PROVIDERS:
+            controller = paced(cache, client, spec.model, c.requests_per_minute, c.tokens_per_minute)
+        self.controller = controller
         return ModelClient(
             client,  # type: ignore[arg-type]  (None only for dry-run key lookups)
             cache,  # type: ignore[arg-type]
-            ModelSpec.configured(c.teacher),
+            spec,
             sampling=sampling,
             ledger=ledger,
-            limiter=limiter,
+            controller=controller,
         )
 
     def _run_online(
         self, teacher: ModelClient, conversations: list[Conversation], ledger: Ledger, client: Client
     ) -> None:
-        progress = SpendProgress(len(conversations), ledger, client, self.config.progress)
+        progress = SpendProgress(len(conversations), ledger, client, self.config.progress, self.controller)
         stop = threading.Event()  # set on Ctrl-C or any crash: no new request after it
 
         def converse(conv: Conversation) -> None:
@@ -294,7 +309,7 @@ class Distill(Stage):
                 conv.error = str(e)
             progress.item_done(conv.error is not None)
 
-        pool = ThreadPoolExecutor(max_workers=self.config.concurrency)
+        pool = ThreadPoolExecutor(max_workers=self._in_flight())
         try:
             list(pool.map(converse, conversations))
         except BaseException:
@@ -411,6 +426,9 @@ class Distill(Stage):
             "retries": retries,
             # Requests a process had in flight when it died (kill -9, a crash), sent again: over every crash.
             "resent_after_crash": resent,
+            # The rate controller's account (a remote teacher): requests, 429/503 answers, time waiting,
+            # concurrency and rate reached.
+            "sending": self.controller.stats.record() if self.controller is not None else None,
             "contamination": self.decon.manifest() if self.decon else None,
             "contamination_counts": self.decon.counts() if self.decon else None,
             **details,
@@ -421,9 +439,11 @@ class Distill(Stage):
 class SpendProgress:
     """One tqdm bar of finished conversations with the tokens, cost, retries and failures so far."""
 
-    def __init__(self, total: int, ledger: Ledger, client: Client, enabled: bool) -> None:
+    def __init__(
+        self, total: int, ledger: Ledger, client: Client, enabled: bool, controller: Controller | None = None
+    ) -> None:
         self.bar = tqdm(total=total, desc="distill", unit=" conv", disable=not enabled, mininterval=0.5)
-        self.ledger, self.client = ledger, client
+        self.ledger, self.client, self.controller = ledger, client, controller
         self.failed = 0
         self._lock = threading.Lock()
 
@@ -436,9 +456,17 @@ class SpendProgress:
                 cost=f"${self.ledger.cost_usd:.4f}",
                 retries=self.client.retries.value,
                 failed=self.failed,
+                **self._rate(),
                 refresh=False,
             )
             self.bar.update()
+
+    def _rate(self) -> dict[str, Any]:
+        """The live request rate and the 429s so far, from the rate controller."""
+        if self.controller is None:
+            return {}
+        sent = self.controller.stats.record()
+        return {"req_s": sent["mean_rps"], "429s": sent["throttled_429_503"]}
 
     def close(self) -> None:
         self.bar.close()

@@ -38,7 +38,17 @@ from recipe.data.sources import config_key, iter_records, source_identity
 from recipe.evaluation import judging, suites, uncertainty, workload
 from recipe.evaluation import report as reporting
 from recipe.providers.cache import RequestCache
-from recipe.providers.model_client import BudgetReached, Ledger, ModelClient, ModelSpec, connected
+from recipe.providers.http import Client
+from recipe.providers.limits import ADAPTIVE_IN_FLIGHT, Controller
+from recipe.providers.model_client import (
+    REMOTE_PROVIDERS,
+    BudgetReached,
+    Ledger,
+    ModelClient,
+    ModelSpec,
+    connected,
+    paced,
+)
 from recipe.providers.serving import LocalServing, ModelAccess, base_model_dir, reach
 from recipe.stages import Output, Plan, Stage, StageError, Workspace, missing_extra
 from recipe.store import Artifact, ArtifactStore
@@ -169,6 +179,7 @@ class Test(Stage):
 
     def run(self, inputs: dict[str, Artifact], workspace: Workspace) -> Output:
         c, out_dir = self.config, workspace.out_dir
+        self.controllers: dict[str, Controller] = {}
         trained = TrainedModel.load(inputs["train"])
         items, skipped = self.items()
         mixture = Mixture.load(inputs["mix"]) if "mix" in inputs else None
@@ -272,6 +283,8 @@ class Test(Stage):
                 "cost_usd": round(ledger.cost_usd, 6),
                 "seconds": round(time.monotonic() - started, 2),
                 "timings": seconds,
+                # Per remote model: requests, 429/503 answers, time waiting, concurrency and rate reached.
+                "sending": {role: controller.stats.record() for role, controller in self.controllers.items()},
             },
         )
 
@@ -302,8 +315,24 @@ class Test(Stage):
     def _client_for(self, access: ModelAccess, cache: RequestCache, ledger: Ledger, max_tokens: int) -> ModelClient:
         c = self.config
         sampling = {"max_tokens": max_tokens, "temperature": c.temperature, "seed": c.seed}
+        remote = access.provider in REMOTE_PROVIDERS
+        controller = self._controller(cache, access.client, access.model, access.which) if remote else None
         # Prompts in the format the model was trained in (the Train artifact's).
-        return ModelClient(access.client, cache, access.spec, sampling=sampling, ledger=ledger)
+        return ModelClient(access.client, cache, access.spec, sampling=sampling, ledger=ledger, controller=controller)
+
+    def _controller(self, cache: RequestCache, client: Client, model: str, role: str) -> Controller:
+        """The rate controller for one model (shared by its clients and by other processes on the
+        key); its sending is recorded per role in the manifest (`sending`)."""
+        controller = paced(cache, client, model)
+        self.controllers[role] = controller
+        return controller
+
+    def _in_flight(self, access: ModelAccess | None) -> int:
+        """Requests in flight: a local server's own limit, else `concurrency`, else as many as the
+        rate controller may want (it paces them)."""
+        if access is not None and access.concurrency:
+            return access.concurrency
+        return self.config.concurrency or ADAPTIVE_IN_FLIGHT
 
     def _generate(
         self,
@@ -323,7 +352,7 @@ class Test(Stage):
             work.extend((item, client) for item in samples)
         return self._ask_all(
             f"test {access.which}",
-            access.concurrency or c.concurrency,
+            self._in_flight(access),
             work,
             lambda w: w[1].ask([{"role": "user", "content": w[0].prompt}]),
         )
@@ -363,14 +392,16 @@ class Test(Stage):
         protocol = c.judge_protocol.value
         judged = [i for n, its in items.items() if c.suites[n].kind.value == "judge" for i in its]
         sampling = {"max_tokens": judging.max_tokens(protocol, c.judge_max_tokens), "temperature": 0.0, "seed": c.seed}
-        with connected(j, self.root, c) as client:
-            judge = ModelClient(client, cache, ModelSpec.configured(j), sampling=sampling, ledger=ledger)
+        spec = ModelSpec.configured(j)
+        remote = spec.provider in REMOTE_PROVIDERS
+        with connected(j, self.root, c, pool_size=self._in_flight(None) if remote else 1) as client:
+            controller = self._controller(cache, client, spec.model, "judge") if remote else None
+            judge = ModelClient(client, cache, spec, sampling=sampling, ledger=ledger, controller=controller)
             work = []
             for which in answers:
                 for item in judged:
                     work.extend(judging.requests(protocol, c.seed, which, item, answers[which][item.id]))
-            local = j.provider.value == "local"
-            replies = self._ask_all("judge", 1 if local else c.concurrency, work, lambda w: judge.ask(w[1]))
+            replies = self._ask_all("judge", self._in_flight(None) if remote else 1, work, lambda w: judge.ask(w[1]))
         return {
             which: {
                 item.id: judging.verdict(protocol, c.seed, which, item, answers[which][item.id], replies)

@@ -1,0 +1,317 @@
+"""One rate controller per (base URL, key, model), shared by every model client of a process and by
+every process on the same machine that sends to the same key and model: nobody sets a concurrency.
+
+What it reads, and where each meaning comes from:
+- `Retry-After` / `retry-after-ms` on a 429 or 503 (RFC 9110 §10.2.3; `retry-after-ms` as the
+  official Together and OpenAI SDKs read it): no request to that key and model before it passes.
+- Together's `x-ratelimit-limit`, `x-ratelimit-remaining`, `x-ratelimit-reset` (Together's
+  "Rate limits" article, shared/FACTS.md): requests permitted in the current window, left in it,
+  and seconds until it resets.
+- OpenAI's `x-ratelimit-limit-requests|tokens`, `x-ratelimit-remaining-requests|tokens`,
+  `x-ratelimit-reset-requests|tokens` (OpenAI's "Rate limits" guide; resets written as `1s`,
+  `6m0s`, `20ms`), read the same way, the token side priced with each request's token estimate.
+Where a window is reported, the send rate is capped at 0.98 of its limit over the longest window
+seen (our clock and the provider's windows are not aligned), and nothing is sent while a window
+has nothing left, until it resets.
+
+Where no header comes, the limit is found by feedback, as TCP finds a path's capacity: the send
+rate starts low and doubles every round trip while answers come back clean (slow start,
+Jacobson, "Congestion Avoidance and Control", 1988); a 429/503 sets it to 0.85 of the rate that
+was refused, from where it climbs back half the gap per round trip and, past that rate, probes by
+one more request per round trip (the shape of CUBIC: a provider's limit is a rate, not a queue,
+and is found again within a few round trips).
+Round trips that rise to twice their long-run mean count as congestion too (a server queueing
+requests before it refuses them; a gradient of moving means, so answers of different lengths
+average out). A ceiling (`requests_per_minute`, `tokens_per_minute`) stays for
+people who want one.
+
+Shared state: a small JSON file per key and model beside the request cache (`<cache>.limits/`),
+read and written under `fcntl.flock`: the learned rate, the threshold, the earliest time the next
+request may go (every process takes the next slot from it, so together they send at one rate),
+and a pause until a Retry-After has passed. Nothing in it is a claim by a process: a process that
+dies leaves times that pass by themselves. The file never holds the key (its name is a digest).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ADAPTIVE_IN_FLIGHT = 128  # requests a stage may have in flight when nobody set a concurrency (paced below)
+START_RPS = 2.0  # the first guess: a free tier's 60 RPM is 1/s, its first answers come fast
+MIN_RPS = 0.2
+MAX_RPS = 1000.0
+CATCH_UP_S = 0.05  # lateness of a waking sender that the next slots make up
+MAX_WAIT_S = 60.0  # the longest Retry-After honoured (as the SDKs cap it)
+BACKOFF = 0.85  # the rate kept after a 429/503 (or a round trip twice the fastest)
+HEADROOM = 0.98  # of a reported limit, sent at
+PLATEAU = 0.97  # from here to the refused rate, growth slows to 0.5 % of it per round trip
+LATENCY_CONGESTION = 2.0  # recent round trips this many times their long-run mean: the server is queueing
+LATENCY_WARMUP = 30  # answers before round trips are judged
+
+
+def _seconds(text: str | None) -> float | None:
+    """`12`, `0.5`, `1s`, `6m0s`, `20ms`, `1h2m` as seconds; None when unreadable."""
+    if text is None:
+        return None
+    text = str(text).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Window:
+    """One limit a provider reported: its size, what is left, seconds until it resets."""
+
+    limit: float
+    remaining: float
+    reset_s: float
+
+
+def windows(headers: Mapping[str, str]) -> dict[str, Window]:
+    """The request (`requests`) and token (`tokens`) windows the headers report."""
+    h = {k.lower(): v for k, v in headers.items()}
+    found = {}
+    for kind, suffix in (("requests", "-requests"), ("requests", ""), ("tokens", "-tokens")):
+        limit = _number(h.get(f"x-ratelimit-limit{suffix}"))
+        remaining = _number(h.get(f"x-ratelimit-remaining{suffix}"))
+        reset = _seconds(h.get(f"x-ratelimit-reset{suffix}"))
+        if kind not in found and limit is not None and remaining is not None:
+            found[kind] = Window(limit, remaining, reset if reset is not None else 60.0)
+    return found
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    h = {k.lower(): v for k, v in headers.items()}
+    ms = _number(h.get("retry-after-ms"))
+    if ms is not None:
+        return min(ms / 1000, MAX_WAIT_S)
+    seconds = _number(h.get("retry-after"))
+    return None if seconds is None else min(max(seconds, 0.0), MAX_WAIT_S)
+
+
+@dataclass
+class Stats:
+    """What a stage's manifest records of its sending."""
+
+    sent: int = 0
+    throttled: int = 0  # answers 429 or 503
+    wait_s: float = 0.0  # time requests spent waiting for their slot
+    max_in_flight: int = 0
+    max_rps: float = 0.0  # the highest send rate the controller allowed
+    started: float = field(default_factory=time.monotonic)
+
+    def record(self) -> dict[str, Any]:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        return {
+            "requests": self.sent,
+            "throttled_429_503": self.throttled,
+            "wait_s": round(self.wait_s, 2),
+            "concurrency_reached": self.max_in_flight,
+            "rate_reached_rps": round(self.max_rps, 2),
+            "mean_rps": round(self.sent / elapsed, 2),
+        }
+
+
+class Controller:
+    """Paces requests to one key and model (see the module docstring). Thread-safe; shared with
+    other processes through `state_dir`."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        identity: str,
+        *,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+    ) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:20]
+        self.path = state_dir / f"{digest}.json"
+        self.lock_path = state_dir / f"{digest}.lock"
+        self.ceiling_rps = requests_per_minute / 60 if requests_per_minute else MAX_RPS
+        self.tokens_per_s = tokens_per_minute / 60 if tokens_per_minute else None
+        self.stats = Stats()
+        self._lock = threading.Lock()
+        self._waiting = threading.Lock()  # the one thread of this process waiting for a slot
+        self._in_flight = 0
+        self._short: float | None = None  # round trips: a short and a long moving mean
+        self._long: float | None = None
+        self._answers = 0
+        self._tokens_mean = 500.0
+
+    @contextlib.contextmanager
+    def _shared(self) -> Iterator[dict[str, Any]]:
+        with open(self.lock_path, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                state = json.loads(self.path.read_text()) if self.path.is_file() else {}
+            except (OSError, ValueError):
+                state = {}  # torn or foreign: start over (the rate is relearned in a few round trips)
+            state.setdefault("rps", START_RPS)
+            state.setdefault("threshold", None)
+            state.setdefault("next", 0.0)
+            state.setdefault("paused_until", 0.0)
+            state.setdefault("cap_rps", None)
+            state.setdefault("window_s", None)
+            state.setdefault("last_decrease", 0.0)
+            state.setdefault("last_max", 0.0)
+            yield state
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
+            tmp.write_text(json.dumps(state))
+            os.replace(tmp, self.path)
+
+    def _allowed_rps(self, state: dict[str, Any]) -> float:
+        rps = min(state["rps"], self.ceiling_rps, state["cap_rps"] or MAX_RPS)
+        if self.tokens_per_s:
+            rps = min(rps, self.tokens_per_s / max(self._tokens_mean, 1.0))
+        return max(rps, MIN_RPS)
+
+    def acquire(self, tokens: int = 0) -> float:
+        """Wait for this request's slot; returns when it went (monotonic), for `done`. One thread
+        of a process waits for the shared next slot at a time (re-reading the rate every 0.1 s at
+        most, so a rate that grows or a pause that begins takes effect at once)."""
+        asked = time.monotonic()
+        with self._waiting:
+            with self._lock:
+                self._tokens_mean = 0.9 * self._tokens_mean + 0.1 * tokens if tokens else self._tokens_mean
+            while True:
+                with self._shared() as state:
+                    now = time.time()
+                    rps = self._allowed_rps(state)
+                    slot = max(state["next"], state["paused_until"])
+                    if slot <= now:
+                        # Slots follow each other at 1/rps; a waiter that woke a little late does not
+                        # push the rest back (up to CATCH_UP_S of lateness is made up), a long idle does.
+                        base = state["next"] if state["next"] > now - CATCH_UP_S else now
+                        state["next"] = base + 1.0 / rps
+                        break
+                time.sleep(min(slot - now, 0.1))
+        went = time.monotonic()
+        with self._lock:
+            self._in_flight += 1
+            self.stats.sent += 1
+            self.stats.wait_s += went - asked
+            self.stats.max_in_flight = max(self.stats.max_in_flight, self._in_flight)
+            self.stats.max_rps = max(self.stats.max_rps, rps)
+        return went
+
+    def done(self, sent_at: float, headers: Mapping[str, str] | None = None, ok: bool = True) -> None:
+        """A request ended: its round trip and headers feed the rate (`ok` False: no answer)."""
+        took = time.monotonic() - sent_at
+        with self._lock:
+            self._in_flight -= 1
+            queueing = ok and self._latency(took)
+        reported = windows(headers or {})
+        with self._shared() as state:
+            now = time.time()
+            if reported:
+                self._follow(state, reported, now)
+            if not ok:
+                return
+            if queueing and now - state["last_decrease"] > took:
+                self._decrease(state, now)  # the server is queueing: ease off before it refuses
+                return
+            rtt = max(took, 0.05)
+            per_trip = max(state["rps"] * rtt, 1.0)  # answers per round trip at this rate
+            if state["threshold"] is None:
+                state["rps"] += 1.0 / rtt  # slow start: one more in flight per answer, doubling per round trip
+            elif state["rps"] < PLATEAU * state["last_max"]:
+                # back towards the rate that was refused: half the gap per round trip
+                state["rps"] += (state["last_max"] - state["rps"]) / 2 / per_trip
+            elif state["rps"] < state["last_max"]:
+                state["rps"] += 0.005 * state["last_max"] / per_trip  # near it: slowly (CUBIC's plateau)
+            else:
+                state["rps"] += 1.0 / rtt / per_trip  # beyond it, probe: one more request per round trip
+            state["rps"] = min(state["rps"], state["cap_rps"] or MAX_RPS, self.ceiling_rps)  # no credit above a cap
+
+    def throttled(self, headers: Mapping[str, str] | None = None) -> None:
+        """A 429 or 503: halve the rate (once per round trip) and pause for its Retry-After."""
+        with self._lock:
+            self.stats.throttled += 1
+        wait = retry_after(headers or {})
+        reported = windows(headers or {})
+        with self._shared() as state:
+            now = time.time()
+            if reported:
+                self._follow(state, reported, now)
+            if wait:
+                state["paused_until"] = max(state["paused_until"], now + wait)
+            if now - state["last_decrease"] > (self._short or 0.5):
+                self._decrease(state, now)
+
+    def _latency(self, took: float) -> bool:
+        """Round trips rising: the mean of the last ~10 answers over twice the mean of the last ~300
+        (a gradient, as service-mesh limiters use; answers of different lengths average out, a
+        server that queues shows as a short mean running away from the long one). Caller holds
+        the lock."""
+        self._answers += 1
+        self._short = took if self._short is None else 0.9 * self._short + 0.1 * took
+        self._long = took if self._long is None else 0.997 * self._long + 0.003 * took
+        if self._answers < LATENCY_WARMUP or self._short <= LATENCY_CONGESTION * self._long:
+            return False
+        self._long = 0.5 * (self._long + self._short)  # react once, then judge against the new norm
+        return True
+
+    @staticmethod
+    def _decrease(state: dict[str, Any], now: float) -> None:
+        """Congestion: remember the rate that was too much, step below it (CUBIC's multiplicative
+        decrease, Ha, Rhee and Xu 2008: a limit that is a rate, not a queue, is found again fast)."""
+        state["last_max"] = state["rps"]
+        state["rps"] = max(state["rps"] * BACKOFF, MIN_RPS)
+        state["threshold"] = state["rps"]
+        state["last_decrease"] = now
+
+    def _follow(self, state: dict[str, Any], reported: dict[str, Window], now: float) -> None:
+        """A window's limit over its longest reset seen caps the rate; what is left must last
+        until it resets; nothing left: pause until then."""
+        caps = []
+        for kind, w in reported.items():
+            state["window_s"] = max(state["window_s"] or 0.0, w.reset_s, 1.0)
+            per_request = 1.0 if kind == "requests" else max(self._tokens_mean, 1.0)
+            # 2 % under the limit: our clock and the provider's windows are not aligned
+            caps.append(HEADROOM * w.limit / state["window_s"] / per_request)
+            if w.remaining < per_request:
+                state["paused_until"] = max(state["paused_until"], now + min(w.reset_s, MAX_WAIT_S))
+        state["cap_rps"] = min(caps)
+        if state["rps"] > state["cap_rps"]:
+            state["rps"] = state["cap_rps"]  # no need to learn what the provider says
+            state["threshold"] = state["cap_rps"]
+
+
+_controllers: dict[tuple[str, str], Controller] = {}
+_controllers_lock = threading.Lock()
+
+
+def controller_for(state_dir: Path, base_url: str, key: str | None, model: str, **ceilings: float | None) -> Controller:
+    """The process's one controller for this key and model (created on first use)."""
+    identity = json.dumps([base_url.rstrip("/"), hashlib.sha256((key or "").encode()).hexdigest(), model])
+    with _controllers_lock:
+        found = _controllers.get((str(state_dir), identity))
+        if found is None:
+            found = _controllers[(str(state_dir), identity)] = Controller(state_dir, identity, **ceilings)
+        return found

@@ -1,0 +1,121 @@
+"""The rate controller (recipe/providers/limits.py): what it reads from headers, how its rate moves,
+that processes share it, and that model clients send through it against a server enforcing a limit.
+How close it gets to a limit is measured in tests/benchmarks/bench_limits.py, not asserted here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from recipe.providers.cache import RequestCache
+from recipe.providers.http import Client
+from recipe.providers.limits import BACKOFF, START_RPS, Controller, _seconds, retry_after, windows
+from recipe.providers.model_client import Ledger, ModelClient, ModelSpec, paced
+
+from .limited_server import LimitedServer
+from .subprocesses import limit
+
+
+def state(c: Controller) -> dict:
+    with c._shared() as s:
+        return dict(s)
+
+
+def test_headers_are_read_as_together_and_openai_write_them() -> None:
+    together = windows({"x-ratelimit-limit": "100", "x-ratelimit-remaining": "40", "x-ratelimit-reset": "0.5"})
+    assert together == {"requests": pytest.approx(together["requests"])} and together["requests"].limit == 100
+    assert (together["requests"].remaining, together["requests"].reset_s) == (40, 0.5)
+    openai = windows(
+        {
+            "X-RateLimit-Limit-Requests": "60",
+            "x-ratelimit-remaining-requests": "59",
+            "x-ratelimit-reset-requests": "1s",
+            "x-ratelimit-limit-tokens": "150000",
+            "x-ratelimit-remaining-tokens": "149984",
+            "x-ratelimit-reset-tokens": "6m0s",
+        }
+    )
+    assert openai["requests"].reset_s == 1 and openai["tokens"].reset_s == 360 and openai["tokens"].limit == 150000
+    assert (_seconds("20ms"), _seconds("1h2m"), _seconds("soon")) == (0.02, 3720, None)
+    assert retry_after({"retry-after-ms": "250", "Retry-After": "9"}) == 0.25
+    assert retry_after({"Retry-After": "9000"}) == 60  # capped, as the SDKs cap it
+    assert windows({}) == {} and retry_after({}) is None
+
+
+def test_the_rate_doubles_while_clean_steps_down_on_a_429_then_climbs_back_and_probes(tmp_path: Path) -> None:
+    c = Controller(tmp_path, "k")
+    for _ in range(4):  # slow start: each answer adds one more request per round trip
+        c.done(c.acquire(), {})
+    grown = state(c)["rps"]
+    assert grown > START_RPS * 4
+    c.throttled({})
+    stepped = state(c)
+    assert stepped["rps"] == pytest.approx(grown * BACKOFF) and stepped["last_max"] == grown
+    rates = []
+    for _ in range(40):
+        c.done(c.acquire(), {})
+        rates.append(state(c)["rps"])
+    assert rates == sorted(rates) and rates[0] < grown  # back towards the refused rate, not doubling
+    assert rates[-1] > grown  # then past it, probing
+
+
+def test_reported_windows_cap_the_rate_and_an_empty_one_pauses_until_it_resets(tmp_path: Path) -> None:
+    c = Controller(tmp_path, "k")
+    for _ in range(20):
+        c.done(c.acquire(), {"x-ratelimit-limit": "10", "x-ratelimit-remaining": "9", "x-ratelimit-reset": "1"})
+    assert state(c)["rps"] <= 10 and c._allowed_rps(state(c)) <= 10
+    c.done(c.acquire(), {"x-ratelimit-limit": "10", "x-ratelimit-remaining": "0", "x-ratelimit-reset": "0.4"})
+    started = time.monotonic()
+    c.acquire()
+    assert time.monotonic() - started >= 0.3  # nothing left in the window: wait for its reset
+
+
+def test_retry_after_pauses_every_sender_of_every_process(tmp_path: Path) -> None:
+    """Two controllers on one state directory are two processes on one key: a 429 that one of them
+    got, with its Retry-After, holds back the other's next request too; and a third process, a real
+    one, waits as well."""
+    one, other = Controller(tmp_path, "key-and-model"), Controller(tmp_path, "key-and-model")
+    one.throttled({"retry-after-ms": "600"})
+    started = time.monotonic()
+    other.acquire()
+    assert time.monotonic() - started >= 0.5
+    one.throttled({"retry-after-ms": "800"})
+    code = (
+        "import sys, time; from pathlib import Path; from recipe.providers.limits import Controller;"
+        "t = time.monotonic(); Controller(Path(sys.argv[1]), 'key-and-model').acquire();"
+        "print(time.monotonic() - t)"
+    )
+    waited = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert float(waited.stdout) >= 0.3, waited.stderr  # it started ~0.1-0.4 s later and still waited
+    assert Controller(tmp_path, "another-model")._allowed_rps(state(Controller(tmp_path, "another-model"))) > 0
+
+
+def test_model_clients_send_through_the_controller_and_count_429s(tmp_path: Path) -> None:
+    """64 requests from 32 threads against 20 requests/s: every one answered, the 429s the server
+    sent are the ones the controller counted (sent again after its pause), none failed."""
+    with LimitedServer(20, latency_s=0.02, headers=False) as server:
+        client = Client(server.base_url, "k", pool_size=32, timeout_s=limit(30))
+        cache = RequestCache(tmp_path / "cache" / "requests.sqlite")
+        controller = paced(cache, client, "m")
+        asker = ModelClient(
+            client,
+            cache,
+            ModelSpec("together", "m", "chat", "raw"),
+            sampling={"max_tokens": 4},
+            ledger=Ledger(0, 0, None),
+            controller=controller,
+        )
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(lambda i: asker.ask([{"role": "user", "content": f"q{i}"}]), range(64)))
+        cache.close()
+    assert all(a.text == "ok" for a in answers) and len(server.served) == 64
+    record = controller.stats.record()
+    assert record["requests"] == 64 + len(server.refused) and record["throttled_429_503"] == len(server.refused)
+    assert (tmp_path / "cache" / "limits").is_dir() and "k" not in "".join(
+        p.read_text() for p in (tmp_path / "cache" / "limits").glob("*.json")
+    )
