@@ -8,9 +8,12 @@ then alternates, in fresh child processes, (a) the baseline, a plain pass that r
 `json.loads` it, (b) the same pass with orjson (the parser Mix uses), and (c) the Mix stage through
 the runner (fresh store each time, default settings: one worker per CPU), building a mixture of half
 the records plus a 1% eval split, decontaminated against the default (offline) Test suites, and
-(d) the same Mix with `mix.decontaminate.enabled=false`. Reports the median wall time of each, the
+(d) the same Mix with `mix.decontaminate.enabled=false`, and (e) what people would write instead, a
+Hugging Face `datasets` script (load_dataset json, shuffle, select the same 50/25/25 of half the
+records, concatenate, to_json; a fresh cache each time). Reports the median wall time of each, the
 ratios, peak RSS
-(VmHWM) of each child, and for Mix also the sampled peak of its whole process group (workers too). Targets: Mix <= 2x the plain read pass, <= 500 MB RSS.
+(VmHWM) of each child, and for Mix also the sampled peak of its whole process group (workers too). Targets: Mix <= 2x the plain read pass, <= the `datasets` script,
+<= 500 MB RSS.
 
 Data and stores go under outputs/bench/ (the store's own filesystem; on these machines /tmp
 writes several times slower than the working tree's disk, which would skew the comparison).
@@ -89,6 +92,24 @@ def child_read(directory: Path, parser: str) -> dict:
     return {"seconds": time.perf_counter() - started, "records": n}
 
 
+def child_datasets(directory: Path, out: Path, records: int) -> dict:
+    """What people would write instead: Hugging Face `datasets` reads the three JSON Lines files,
+    shuffles each, takes the same 50/25/25 of half the records, concatenates and writes JSON Lines
+    (a fresh cache directory, so the JSON-to-Arrow conversion is timed as a first run pays it)."""
+    from datasets import concatenate_datasets, disable_progress_bars, load_dataset
+
+    disable_progress_bars()
+    started = time.perf_counter()
+    wanted = {"instructions": records // 4, "booksum": records // 8, "mqa": records // 2 - records // 4 - records // 8}
+    parts = []
+    for name, n in wanted.items():
+        ds = load_dataset("json", data_files=str(directory / f"{name}.jsonl"), split="train", cache_dir=str(out / "hf"))
+        parts.append(ds.select_columns(["text"]).shuffle(seed=0).select(range(n)))
+    mixture = concatenate_datasets(parts).shuffle(seed=0)
+    mixture.to_json(str(out / "mixture.jsonl"))
+    return {"seconds": time.perf_counter() - started, "examples": len(mixture)}
+
+
 def group_rss_mb() -> float:
     """Resident memory of every process in this process group (this one and its workers)."""
     group = os.getpgid(0)
@@ -130,6 +151,7 @@ def child_mix(directory: Path, store: Path, records: int, workers: int = 0, deco
             cfg.mix.components[name] = OmegaConf.merge(OmegaConf.structured(ComponentConfig), component)
         cfg.mix.total = records // 2
         cfg.mix.eval_fraction = 0.01
+        cfg.mix.eval_per_component = 0  # the offline mixture holds 3 of each out instead: this one, 1 %
         cfg.mix.workers = workers
         cfg.mix.decontaminate.enabled = decontaminate  # against the default (offline) Test suites
     peak = [0.0]
@@ -171,6 +193,8 @@ def main() -> None:
         kind, directory, *rest = args.child
         if kind == "read":
             result = child_read(Path(directory), rest[0])
+        elif kind == "datasets":
+            result = child_datasets(Path(directory), Path(rest[0]), int(rest[1]))
         else:
             result = child_mix(Path(directory), Path(rest[0]), int(rest[1]), int(rest[2]), rest[3] == "on")
         result["peak_rss_mb"] = peak_rss_mb()
@@ -187,7 +211,7 @@ def main() -> None:
         print(f"generated {args.records} records in {time.perf_counter() - started:.1f}s")
     size = sum(p.stat().st_size for p in data.glob("*.jsonl"))
     print(f"data: {size / 1e9:.2f} GB in {data}")
-    reads, fast_reads, mixes, plain = [], [], [], []
+    reads, fast_reads, mixes, plain, hf = [], [], [], [], []
     try:
         for i in range(args.repeats):
             reads.append(spawn("read", str(data), "json"))
@@ -196,6 +220,8 @@ def main() -> None:
             mixes.append(spawn("mix", str(data), str(store), str(args.records), str(args.workers), "on"))
             shutil.rmtree(store, ignore_errors=True)
             plain.append(spawn("mix", str(data), str(store), str(args.records), str(args.workers), "off"))
+            shutil.rmtree(store, ignore_errors=True)
+            hf.append(spawn("datasets", str(data), str(store), str(args.records)))
             shutil.rmtree(store, ignore_errors=True)
             print(
                 f"run {i + 1}: read(json) {reads[-1]['seconds']:.1f}s, read(orjson) {fast_reads[-1]['seconds']:.1f}s, "
@@ -219,6 +245,12 @@ def main() -> None:
     print(
         f"mix without decontamination: median {plain_s:.1f}s ({plain_s / read_s:.2f}x read(json)); the check of "
         f"{mixes[0]['examples']} examples against the Test suites adds {mix_s - plain_s:.1f}s ({mix_s / plain_s:.2f}x)"
+    )
+    hf_s = statistics.median(m["seconds"] for m in hf)
+    print(
+        f"datasets script (load_dataset json, shuffle, select, concatenate, to_json): median {hf_s:.1f}s, peak RSS "
+        f"{max(m['peak_rss_mb'] for m in hf):.0f} MB; mix / datasets: {mix_s / hf_s:.2f}x (target <= 1x), "
+        f"without decontamination {plain_s / hf_s:.2f}x"
     )
 
 
