@@ -186,7 +186,7 @@ class Client:
             raise APIError(
                 f"{method} {url}: HTTP {response.status_code}: {_error_message(response)}",
                 response.status_code,
-                dict(response.headers),
+                response.headers,  # type: ignore[arg-type]  (case-insensitive, as headers are)
             )
         return response
 

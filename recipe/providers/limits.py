@@ -34,6 +34,7 @@ dies leaves times that pass by themselves. The file never holds the key (its nam
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import hashlib
@@ -47,10 +48,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from requests.structures import CaseInsensitiveDict
+
 ADAPTIVE_IN_FLIGHT = 128  # requests a stage may have in flight when nobody set a concurrency (paced below)
-START_RPS = 2.0  # the first guess: a free tier's 60 RPM is 1/s, its first answers come fast
+START_RPS = 10.0  # the first guess (a free tier's 60 RPM is 1/s: its first 429s and headers correct it within a second)
 MIN_RPS = 0.2
 MAX_RPS = 1000.0
+FLUSH_S = 0.05  # answers are folded into the shared state at most this often
+SLOTS_S = 0.02  # slots reserved at once from the shared schedule: this long at the current rate
 CATCH_UP_S = 0.05  # lateness of a waking sender that the next slots make up
 MAX_WAIT_S = 60.0  # the longest Retry-After honoured (as the SDKs cap it)
 BACKOFF = 0.85  # the rate kept after a 429/503 (or a round trip twice the fastest)
@@ -92,9 +97,15 @@ class Window:
     reset_s: float
 
 
+def _insensitive(headers: Mapping[str, str]) -> Mapping[str, str]:
+    return headers if isinstance(headers, CaseInsensitiveDict) else CaseInsensitiveDict(headers)
+
+
 def windows(headers: Mapping[str, str]) -> dict[str, Window]:
     """The request (`requests`) and token (`tokens`) windows the headers report."""
-    h = {k.lower(): v for k, v in headers.items()}
+    h = _insensitive(headers)
+    if not any(k in h for k in ("x-ratelimit-limit", "x-ratelimit-limit-requests", "x-ratelimit-limit-tokens")):
+        return {}
     found = {}
     for kind, suffix in (("requests", "-requests"), ("requests", ""), ("tokens", "-tokens")):
         limit = _number(h.get(f"x-ratelimit-limit{suffix}"))
@@ -106,7 +117,7 @@ def windows(headers: Mapping[str, str]) -> dict[str, Window]:
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
-    h = {k.lower(): v for k, v in headers.items()}
+    h = _insensitive(headers)
     ms = _number(h.get("retry-after-ms"))
     if ms is not None:
         return min(ms / 1000, MAX_WAIT_S)
@@ -158,10 +169,14 @@ class Controller:
         self.stats = Stats()
         self._lock = threading.Lock()
         self._waiting = threading.Lock()  # the one thread of this process waiting for a slot
+        self._slots: collections.deque[tuple[float, float]] = collections.deque()  # reserved: (time, rate)
         self._in_flight = 0
         self._short: float | None = None  # round trips: a short and a long moving mean
         self._long: float | None = None
         self._answers = 0
+        self._pending: list[float] = []  # round trips of answers not yet folded into the shared rate
+        self._pending_windows: dict[str, Window] | None = None
+        self._flushed = 0.0
         self._tokens_mean = 500.0
 
     @contextlib.contextmanager
@@ -192,25 +207,21 @@ class Controller:
         return max(rps, MIN_RPS)
 
     def acquire(self, tokens: int = 0) -> float:
-        """Wait for this request's slot; returns when it went (monotonic), for `done`. One thread
-        of a process waits for the shared next slot at a time (re-reading the rate every 0.1 s at
-        most, so a rate that grows or a pause that begins takes effect at once)."""
+        """Wait for this request's slot; returns when it went (monotonic), for `done`. Slots come
+        from the shared schedule a few at a time (SLOTS_S worth at the current rate: one file
+        write per few requests at hundreds a second), handed out in order; one thread of a
+        process reserves at a time, re-reading the rate every 0.1 s at most while it waits, so a
+        rate that grows or a pause that begins takes effect at once."""
         asked = time.monotonic()
         with self._waiting:
             with self._lock:
                 self._tokens_mean = 0.9 * self._tokens_mean + 0.1 * tokens if tokens else self._tokens_mean
-            while True:
-                with self._shared() as state:
-                    now = time.time()
-                    rps = self._allowed_rps(state)
-                    slot = max(state["next"], state["paused_until"])
-                    if slot <= now:
-                        # Slots follow each other at 1/rps; a waiter that woke a little late does not
-                        # push the rest back (up to CATCH_UP_S of lateness is made up), a long idle does.
-                        base = state["next"] if state["next"] > now - CATCH_UP_S else now
-                        state["next"] = base + 1.0 / rps
-                        break
-                time.sleep(min(slot - now, 0.1))
+            if not self._slots:
+                self._reserve()
+            slot, rps = self._slots.popleft()
+        wait = slot - time.time()
+        if wait > 0:
+            time.sleep(wait)
         went = time.monotonic()
         with self._lock:
             self._in_flight += 1
@@ -220,34 +231,65 @@ class Controller:
             self.stats.max_rps = max(self.stats.max_rps, rps)
         return went
 
+    def _reserve(self) -> None:
+        while True:
+            with self._shared() as state:
+                now = time.time()
+                rps = self._allowed_rps(state)
+                first = max(state["next"], state["paused_until"])
+                if first <= now:
+                    # Slots follow each other at 1/rps; a waiter that woke a little late does not
+                    # push the rest back (up to CATCH_UP_S of lateness is made up), a long idle does.
+                    base = first if first > now - CATCH_UP_S else now
+                    k = max(1, min(int(rps * SLOTS_S), 32))
+                    self._slots.extend((base + i / rps, rps) for i in range(k))
+                    state["next"] = base + k / rps
+                    return
+            time.sleep(min(first - now, 0.1))
+
     def done(self, sent_at: float, headers: Mapping[str, str] | None = None, ok: bool = True) -> None:
-        """A request ended: its round trip and headers feed the rate (`ok` False: no answer)."""
+        """A request ended: its round trip and headers feed the rate (`ok` False: no answer).
+        Answers are folded into the shared state every FLUSH_S at most (at hundreds of answers a
+        second, one file write each would be the bottleneck), at once when something is urgent."""
         took = time.monotonic() - sent_at
+        reported = windows(headers or {})
         with self._lock:
             self._in_flight -= 1
             queueing = ok and self._latency(took)
-        reported = windows(headers or {})
+            if ok:
+                self._pending.append(took)
+            if reported:
+                self._pending_windows = reported
+            empty = any(w.remaining < 1 for w in reported.values())
+            if not (queueing or empty or time.monotonic() - self._flushed >= FLUSH_S):
+                return
+            answers, self._pending = self._pending, []
+            latest, self._pending_windows = self._pending_windows, None
+            self._flushed = time.monotonic()
         with self._shared() as state:
             now = time.time()
-            if reported:
-                self._follow(state, reported, now)
-            if not ok:
-                return
+            if latest:
+                self._follow(state, latest, now)
             if queueing and now - state["last_decrease"] > took:
                 self._decrease(state, now)  # the server is queueing: ease off before it refuses
                 return
-            rtt = max(took, 0.05)
-            per_trip = max(state["rps"] * rtt, 1.0)  # answers per round trip at this rate
-            if state["threshold"] is None:
-                state["rps"] += 1.0 / rtt  # slow start: one more in flight per answer, doubling per round trip
-            elif state["rps"] < PLATEAU * state["last_max"]:
-                # back towards the rate that was refused: half the gap per round trip
-                state["rps"] += (state["last_max"] - state["rps"]) / 2 / per_trip
-            elif state["rps"] < state["last_max"]:
-                state["rps"] += 0.005 * state["last_max"] / per_trip  # near it: slowly (CUBIC's plateau)
-            else:
-                state["rps"] += 1.0 / rtt / per_trip  # beyond it, probe: one more request per round trip
-            state["rps"] = min(state["rps"], state["cap_rps"] or MAX_RPS, self.ceiling_rps)  # no credit above a cap
+            for one in answers:
+                self._grow(state, one)
+
+    def _grow(self, state: dict[str, Any], took: float) -> None:
+        """One clean answer's worth of growth (see the module docstring)."""
+        rtt = max(took, 0.05)
+        per_trip = max(state["rps"] * rtt, 1.0)  # answers per round trip at this rate
+        if state["threshold"] is None:
+            state["rps"] += 1.0 / rtt  # slow start: one more in flight per answer, doubling per round trip
+        elif state["rps"] < PLATEAU * state["last_max"]:
+            # back towards the rate that was refused: half the gap per round trip
+            state["rps"] += (state["last_max"] - state["rps"]) / 2 / per_trip
+        elif state["rps"] < state["last_max"]:
+            state["rps"] += 0.005 * state["last_max"] / per_trip  # near it: slowly (CUBIC's plateau)
+        else:
+            state["rps"] += 1.0 / rtt / per_trip  # beyond it, probe: one more request per round trip
+        state["rps"] = min(state["rps"], state["cap_rps"] or MAX_RPS, self.ceiling_rps)  # no credit above a cap
 
     def throttled(self, headers: Mapping[str, str] | None = None) -> None:
         """A 429 or 503: halve the rate (once per round trip) and pause for its Retry-After."""
@@ -261,6 +303,7 @@ class Controller:
                 self._follow(state, reported, now)
             if wait:
                 state["paused_until"] = max(state["paused_until"], now + wait)
+                self._slots.clear()  # reserved before the pause: given back (the schedule moves on)
             if now - state["last_decrease"] > (self._short or 0.5):
                 self._decrease(state, now)
 

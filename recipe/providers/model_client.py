@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
+from requests.structures import CaseInsensitiveDict
 from tqdm import tqdm
 
 from recipe.data import templates
@@ -282,7 +283,7 @@ class ModelClient:
     def _post(self, path: str, body: dict[str, Any], tokens: int) -> Any:
         if self.controller is None:
             return self.client.post_json(path, body)
-        headers: dict[str, str] = {}
+        headers: dict[str, str] = CaseInsensitiveDict()  # the answer's, as the controller reads them
         sent = self.controller.acquire(tokens)
         try:
             answer = self.client.post_json(path, body, headers)
