@@ -121,3 +121,13 @@ class LimitedServer:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def asker(client: Any, cache: Any, controller: Any) -> Any:
+    """A model client for the server's one model `m`, free, through `controller` (or none)."""
+    from recipe.providers.model_client import Ledger, ModelClient, ModelSpec
+
+    spec = ModelSpec("together", "m", "chat", "raw")
+    return ModelClient(
+        client, cache, spec, sampling={"max_tokens": 4}, ledger=Ledger(0, 0, None), controller=controller
+    )

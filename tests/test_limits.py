@@ -15,9 +15,9 @@ import pytest
 from recipe.providers.cache import RequestCache
 from recipe.providers.http import Client
 from recipe.providers.limits import BACKOFF, START_RPS, Controller, _seconds, retry_after, windows
-from recipe.providers.model_client import Ledger, ModelClient, ModelSpec, paced
+from recipe.providers.model_client import paced
 
-from .limited_server import LimitedServer
+from .limited_server import LimitedServer, asker
 from .subprocesses import limit
 
 
@@ -102,16 +102,9 @@ def test_model_clients_send_through_the_controller_and_count_429s(tmp_path: Path
         client = Client(server.base_url, "k", pool_size=32, timeout_s=limit(30))
         cache = RequestCache(tmp_path / "cache" / "requests.sqlite")
         controller = paced(cache, client, "m")
-        asker = ModelClient(
-            client,
-            cache,
-            ModelSpec("together", "m", "chat", "raw"),
-            sampling={"max_tokens": 4},
-            ledger=Ledger(0, 0, None),
-            controller=controller,
-        )
+        sender = asker(client, cache, controller)
         with ThreadPoolExecutor(32) as pool:
-            answers = list(pool.map(lambda i: asker.ask([{"role": "user", "content": f"q{i}"}]), range(64)))
+            answers = list(pool.map(lambda i: sender.ask([{"role": "user", "content": f"q{i}"}]), range(64)))
         cache.close()
     assert all(a.text == "ok" for a in answers) and len(server.served) == 64
     record = controller.stats.record()

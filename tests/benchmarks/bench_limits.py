@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from recipe.providers.cache import RequestCache  # noqa: E402
 from recipe.providers.http import Client  # noqa: E402
-from recipe.providers.model_client import Ledger, ModelClient, ModelSpec, paced  # noqa: E402
-from tests.limited_server import LimitedServer  # noqa: E402
+from recipe.providers.model_client import paced  # noqa: E402
+from tests.limited_server import LimitedServer, asker  # noqa: E402
 
 
 class SlidingWindow:
@@ -67,14 +67,7 @@ def drive(url: str, way: str, seconds: float, state: Path, limit: float | None, 
     cache = RequestCache(state / f"requests-{tag}.sqlite")
     controller = paced(cache, client, "m") if way.startswith("controller") else None
     throttle = SlidingWindow(limit) if way == "hand-set" and limit else None
-    asker = ModelClient(
-        client,
-        cache,
-        ModelSpec("together", "m", "chat", "raw"),
-        sampling={"max_tokens": 1},
-        ledger=Ledger(0, 0, None),
-        controller=controller,
-    )
+    sender = asker(client, cache, controller)
     deadline = time.monotonic() + seconds
     counter = iter(range(10**9))
     lock = threading.Lock()
@@ -86,7 +79,7 @@ def drive(url: str, way: str, seconds: float, state: Path, limit: float | None, 
             if throttle is not None:
                 throttle.wait()
             try:
-                asker.ask([{"role": "user", "content": f"{tag}-{n}"}])
+                sender.ask([{"role": "user", "content": f"{tag}-{n}"}])
             except Exception:  # a request that ran out of retries: counted by the server as refused
                 pass
 
