@@ -13,7 +13,7 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +62,7 @@ def reconcile(
 class APIError(RecipeError):
     """A request that failed for good (after retries), with the server's message when it gave one."""
 
-    def __init__(self, message: str, status: int | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.headers = headers or {}  # the failing answer's (Retry-After, rate-limit windows)
@@ -186,7 +186,7 @@ class Client:
             raise APIError(
                 f"{method} {url}: HTTP {response.status_code}: {_error_message(response)}",
                 response.status_code,
-                response.headers,  # type: ignore[arg-type]  (case-insensitive, as headers are)
+                response.headers,  # case-insensitive, as headers are
             )
         return response
 

@@ -1,5 +1,6 @@
-"""One rate controller per (base URL, key, model), shared by every model client of a process and by
-every process on the same machine that sends to the same key and model: nobody sets a concurrency.
+"""Rate control per (base URL, key, model), shared by every sender on the machine that sends to the
+same key and model (the threads of a stage, other stages, other processes): nobody sets a
+concurrency.
 
 What it reads, and where each meaning comes from:
 - `Retry-After` / `retry-after-ms` on a 429 or 503 (RFC 9110 §10.2.3; `retry-after-ms` as the
@@ -25,7 +26,7 @@ requests before it refuses them; a gradient of moving means, so answers of diffe
 average out). A ceiling (`requests_per_minute`, `tokens_per_minute`) stays for
 people who want one.
 
-Shared state: a small JSON file per key and model beside the request cache (`<cache>.limits/`),
+Shared state: a small JSON file per key and model beside the request cache (`<cache dir>/limits/`),
 read and written under `fcntl.flock`: the learned rate, the threshold, the earliest time the next
 request may go (every process takes the next slot from it, so together they send at one rate),
 and a pause until a Retry-After has passed. Nothing in it is a claim by a process: a process that
@@ -58,7 +59,7 @@ FLUSH_S = 0.05  # answers are folded into the shared state at most this often
 SLOTS_S = 0.02  # slots reserved at once from the shared schedule: this long at the current rate
 CATCH_UP_S = 0.05  # lateness of a waking sender that the next slots make up
 MAX_WAIT_S = 60.0  # the longest Retry-After honoured (as the SDKs cap it)
-BACKOFF = 0.85  # the rate kept after a 429/503 (or a round trip twice the fastest)
+BACKOFF = 0.85  # the share of the rate kept after a 429/503 or a queueing signal
 HEADROOM = 0.98  # of a reported limit, sent at
 PLATEAU = 0.97  # from here to the refused rate, growth slows to 0.5 % of it per round trip
 LATENCY_CONGESTION = 2.0  # recent round trips this many times their long-run mean: the server is queueing
@@ -168,7 +169,7 @@ class Controller:
         self.tokens_per_s = tokens_per_minute / 60 if tokens_per_minute else None
         self.stats = Stats()
         self._lock = threading.Lock()
-        self._waiting = threading.Lock()  # the one thread of this process waiting for a slot
+        self._waiting = threading.Lock()  # the one thread of this controller reserving slots
         self._slots: collections.deque[tuple[float, float]] = collections.deque()  # reserved: (time, rate)
         self._in_flight = 0
         self._short: float | None = None  # round trips: a short and a long moving mean
@@ -210,7 +211,7 @@ class Controller:
         """Wait for this request's slot; returns when it went (monotonic), for `done`. Slots come
         from the shared schedule a few at a time (SLOTS_S worth at the current rate: one file
         write per few requests at hundreds a second), handed out in order; one thread of a
-        process reserves at a time, re-reading the rate every 0.1 s at most while it waits, so a
+        controller reserves at a time, re-reading the rate every 0.1 s at most while it waits, so a
         rate that grows or a pause that begins takes effect at once."""
         asked = time.monotonic()
         with self._waiting:
@@ -292,7 +293,7 @@ class Controller:
         state["rps"] = min(state["rps"], state["cap_rps"] or MAX_RPS, self.ceiling_rps)  # no credit above a cap
 
     def throttled(self, headers: Mapping[str, str] | None = None) -> None:
-        """A 429 or 503: halve the rate (once per round trip) and pause for its Retry-After."""
+        """A 429 or 503: step the rate down (once per round trip) and pause for its Retry-After."""
         with self._lock:
             self.stats.throttled += 1
         wait = retry_after(headers or {})
@@ -330,8 +331,8 @@ class Controller:
         state["last_decrease"] = now
 
     def _follow(self, state: dict[str, Any], reported: dict[str, Window], now: float) -> None:
-        """A window's limit over its longest reset seen caps the rate; what is left must last
-        until it resets; nothing left: pause until then."""
+        """A window's limit over its longest reset seen caps the rate (HEADROOM under it);
+        nothing left in a window: pause until it resets."""
         caps = []
         for kind, w in reported.items():
             state["window_s"] = max(state["window_s"] or 0.0, w.reset_s, 1.0)
@@ -346,15 +347,9 @@ class Controller:
             state["threshold"] = state["cap_rps"]
 
 
-_controllers: dict[tuple[str, str], Controller] = {}
-_controllers_lock = threading.Lock()
-
-
 def controller_for(state_dir: Path, base_url: str, key: str | None, model: str, **ceilings: float | None) -> Controller:
-    """The process's one controller for this key and model (created on first use)."""
+    """A controller for this key and model: its pacing shared with every other one on the same
+    state (threads and processes alike, through the state file), its account (`stats`) and
+    ceilings its own, so a stage's manifest counts that stage's requests only."""
     identity = json.dumps([base_url.rstrip("/"), hashlib.sha256((key or "").encode()).hexdigest(), model])
-    with _controllers_lock:
-        found = _controllers.get((str(state_dir), identity))
-        if found is None:
-            found = _controllers[(str(state_dir), identity)] = Controller(state_dir, identity, **ceilings)
-        return found
+    return Controller(state_dir, identity, **ceilings)

@@ -51,7 +51,7 @@ from recipe.providers.model_client import (
 )
 from recipe.providers.serving import LocalServing, ModelAccess, base_model_dir, reach
 from recipe.stages import Output, Plan, Stage, StageError, Workspace, missing_extra
-from recipe.store import Artifact, ArtifactStore
+from recipe.store import Artifact, ArtifactStore, canonical_json
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def by_component(records: list[dict[str, Any]], losses: list[float | None]) -> d
     grouped: dict[str, dict[str, float | None]] = {}
     for record, loss in zip(records, losses, strict=True):
         name = str(record.get("component") or "all")
-        digest = hashlib.sha256(json.dumps(record["messages"], sort_keys=True).encode()).hexdigest()[:16]
+        digest = hashlib.sha256(canonical_json(record["messages"]).encode()).hexdigest()[:16]
         grouped.setdefault(name, {})[f"heldout/{name}/{digest}"] = loss
     out = {}
     for name in sorted(grouped):
@@ -321,11 +321,12 @@ class Test(Stage):
         return ModelClient(access.client, cache, access.spec, sampling=sampling, ledger=ledger, controller=controller)
 
     def _controller(self, cache: RequestCache, client: Client, model: str, role: str) -> Controller:
-        """The rate controller for one model (shared by its clients and by other processes on the
-        key); its sending is recorded per role in the manifest (`sending`)."""
-        controller = paced(cache, client, model)
-        self.controllers[role] = controller
-        return controller
+        """This stage's rate controller for one model: one per role, shared by that model's clients
+        (and through its state file with every other sender on the key); its account is the
+        manifest's `sending`."""
+        if role not in self.controllers:
+            self.controllers[role] = paced(cache, client, model)
+        return self.controllers[role]
 
     def _in_flight(self, access: ModelAccess | None) -> int:
         """Requests in flight: a local server's own limit, else `concurrency`, else as many as the
