@@ -69,10 +69,12 @@ def test_reported_windows_cap_the_rate_and_an_empty_one_pauses_until_it_resets(t
     for _ in range(20):
         c.done(c.acquire(), {"x-ratelimit-limit": "10", "x-ratelimit-remaining": "9", "x-ratelimit-reset": "1"})
     assert state(c)["rps"] <= 10 and c._allowed_rps(state(c)) <= 10
+    before = time.time()
     c.done(c.acquire(), {"x-ratelimit-limit": "10", "x-ratelimit-remaining": "0", "x-ratelimit-reset": "0.4"})
-    started = time.monotonic()
+    paused_until = state(c)["paused_until"]
+    assert paused_until >= before + 0.4  # nothing left in the window: nothing goes before it resets
     c.acquire()
-    assert time.monotonic() - started >= 0.3  # nothing left in the window: wait for its reset
+    assert time.time() >= paused_until
 
 
 def test_retry_after_pauses_every_sender_of_every_process(tmp_path: Path) -> None:
@@ -80,18 +82,32 @@ def test_retry_after_pauses_every_sender_of_every_process(tmp_path: Path) -> Non
     got, with its Retry-After, holds back the other's next request too; and a third process, a real
     one, waits as well."""
     one, other = Controller(tmp_path, "key-and-model"), Controller(tmp_path, "key-and-model")
+    before = time.time()
     one.throttled({"retry-after-ms": "600"})
-    started = time.monotonic()
+    paused_until = state(one)["paused_until"]
+    assert paused_until >= before + 0.6
     other.acquire()
-    assert time.monotonic() - started >= 0.5
-    one.throttled({"retry-after-ms": "800"})
+    assert time.time() >= paused_until
+    # A real process, started and ready before the 429 arrives, then asked to send: it waits too.
     code = (
         "import sys, time; from pathlib import Path; from recipe.providers.limits import Controller;"
-        "t = time.monotonic(); Controller(Path(sys.argv[1]), 'key-and-model').acquire();"
-        "print(time.monotonic() - t)"
+        "c = Controller(Path(sys.argv[1]), 'key-and-model'); print('ready', flush=True); sys.stdin.readline();"
+        "c.acquire(); print(time.time(), flush=True)"
     )
-    waited = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert float(waited.stdout) >= 0.3, waited.stderr  # it started ~0.1-0.4 s later and still waited
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        one.throttled({"retry-after-ms": "800"})
+        paused_until = state(one)["paused_until"]
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        went, _ = proc.communicate(timeout=limit(60))
+        assert float(went) >= paused_until
+    finally:
+        proc.kill()
+        proc.wait()
     assert Controller(tmp_path, "another-model")._allowed_rps(state(Controller(tmp_path, "another-model"))) > 0
 
 
@@ -109,6 +125,8 @@ def test_model_clients_send_through_the_controller_and_count_429s(tmp_path: Path
     assert all(a.text == "ok" for a in answers) and len(server.served) == 64
     record = controller.stats.record()
     assert record["requests"] == 64 + len(server.refused) and record["throttled_429_503"] == len(server.refused)
+    again = paced(cache, client, "m")  # another stage on the same key: the same pacing, its own account
+    assert again.stats.sent == 0 and again.path == controller.path
     assert (tmp_path / "cache" / "limits").is_dir() and "k" not in "".join(
         p.read_text() for p in (tmp_path / "cache" / "limits").glob("*.json")
     )

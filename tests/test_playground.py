@@ -85,7 +85,9 @@ def test_the_playground_streams_both_models_side_by_side(
     wait(lambda: "curl -s" in snippets(), "the snippets")
     snippet = browser.execute_script("return document.querySelector('#snippet-tuned .cm-content').innerText")
     (curl,) = [x for x in snippet.splitlines() if x.startswith("curl ")]
-    answer = subprocess.run(["bash", "-c", curl + " -w '\\n%{http_code}'"], capture_output=True, text=True, timeout=120)
+    answer = subprocess.run(
+        ["bash", "-c", curl + " -w '\\n%{http_code}'"], capture_output=True, text=True, timeout=limit(120)
+    )
     body, _, status = answer.stdout.rpartition("\n")
     assert status == "200" and json.loads(body)["choices"], answer.stdout + answer.stderr
     # Nothing went wrong in the page, nothing was fetched from elsewhere.
