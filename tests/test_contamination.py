@@ -298,7 +298,10 @@ def test_the_check_on_worker_processes_finds_the_same(make_cfg, tmp_path: Path, 
     monkeypatch.setattr(spool, "CHECK_ROWS", 7)
     pools: list[bool] = []
     close = spool.ContentCheck.close
-    monkeypatch.setattr(spool.ContentCheck, "close", lambda self: (pools.append(self._pool is not None), close(self)))
+    # the check ran on the reading's worker processes: the index went to them through its file
+    monkeypatch.setattr(
+        spool.ContentCheck, "close", lambda self: (pools.append(self._index_file is not None), close(self))
+    )
     cfg, _ = planted_mix(make_cfg, tmp_path / "b", "mix.workers=2", n=60, total=40)
     with open_dict(cfg):
         cfg.store_dir = str(tmp_path / "store-b")

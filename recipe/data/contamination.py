@@ -113,16 +113,23 @@ class Words:
         joined = b" ".join(normalised) + b" "
         data = np.frombuffer(joined, dtype=np.uint8)
         is_word = data != _SPACE
-        edges = np.flatnonzero(np.diff(np.concatenate(([False], is_word, [False])).astype(np.int8)))
+        edges = np.flatnonzero(is_word[1:] != is_word[:-1]) + 1  # the text ends with a space: pairs
+        if is_word[0]:
+            edges = np.concatenate(([0], edges))
         begin, end = edges[0::2], edges[1::2]  # each word's byte range
+        # A word's hash is sum((byte + 1) * P^-i) * P^(end-1) over its bytes, from one in-place
+        # prefix sum. byte + 1 stays a byte: UTF-8 never holds 0xFF.
         up, down = _BYTE_POWERS.get(len(data) + 1)
-        sums = np.concatenate(([np.uint64(0)], np.cumsum((data.astype(np.uint64) + np.uint64(1)) * down[: len(data)])))
+        sums = np.empty(len(data) + 1, dtype=np.uint64)
+        sums[0] = 0
+        np.multiply(data + np.uint8(1), down[: len(data)], out=sums[1:], dtype=np.uint64)
+        np.cumsum(sums[1:], out=sums[1:])
         hashes = _mix((sums[end] - sums[begin]) * up[end - 1])
-        # Which message each word is in: messages are separated by exactly one space in `joined`.
+        # Which message each word is in: messages are separated by exactly one space in `joined`,
+        # so message m's words are those that begin before its end.
         lengths = np.fromiter((len(m) + 1 for m in normalised), dtype=np.int64, count=len(messages))
-        message_end = np.cumsum(lengths)
-        segment = np.searchsorted(message_end, begin, side="right").astype(np.int64)
-        starts = np.searchsorted(segment, np.arange(len(messages) + 1), side="left")
+        starts = np.concatenate(([0], np.searchsorted(begin, np.cumsum(lengths))))
+        segment = np.repeat(np.arange(len(messages), dtype=np.int64), np.diff(starts))
         _, wdown = _WORD_POWERS.get(len(hashes) + 1)
         prefix = np.concatenate(([np.uint64(0)], np.cumsum(hashes * wdown[: len(hashes)])))
         return cls(hashes, segment, starts, prefix)
@@ -132,9 +139,11 @@ class Words:
         n = len(self.hashes) - k + 1
         if n <= 0:
             return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
-        first = np.arange(n)
-        first = first[self.segment[first] == self.segment[first + k - 1]]
-        return self.gram_at(first, np.full(len(first), k, dtype=np.int64)), first
+        first = np.flatnonzero(self.segment[:n] == self.segment[k - 1 :])  # runs that stay in one message
+        # gram_at for one k, on slices rather than gathers: every run's hash, then the ones kept.
+        up, _ = _WORD_POWERS.get(len(self.hashes) + 1)
+        h = (self.prefix[k : k + n] - self.prefix[:n]) * up[k - 1 : k - 1 + n]
+        return _mix(h[first] ^ np.uint64(k)), first
 
     def gram_at(self, first: np.ndarray, k: np.ndarray) -> np.ndarray:
         """The hash of the k[j]-word run starting at word first[j] (caller keeps it inside a message)."""

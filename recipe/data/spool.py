@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from recipe.data import templates
 from recipe.data.filecheck import check_block
-from recipe.data.jsonl import count_lines_before, encode_line, read_jsonl_range, worker_pool
+from recipe.data.jsonl import count_lines_before, encode_line, read_jsonl_range
 from recipe.data.selection import Records, take
 from recipe.data.sources import DataError, parse_line, rename_columns, to_messages
 from recipe.data.tokens import TOKEN_COUNTERS
@@ -300,39 +301,41 @@ def read_texts(spools: list[str], records: Records, rows: np.ndarray) -> list[li
 
 
 CHECK_ROWS = 2048  # records read and checked per batch: memory stays a few MB whatever the mixture
-PARALLEL_ROWS = 20_000  # below this, checking in this process beats starting workers
-_SCANNER: Any = None  # in a check worker: the object whose scan(texts) finds contamination
+PARALLEL_ROWS = 20_000  # below this, checking in this process beats a round trip to the workers
+_SCANNERS: dict[str, Any] = {}  # in a worker: index file -> the object whose scan(texts) finds contamination
 
 
-def _set_scanner(scanner: Any) -> None:
-    global _SCANNER
-    _SCANNER = scanner
-
-
-def _scan_rows(spools: list[str], records: Records) -> list[Any]:
-    return _SCANNER.scan(read_texts(spools, records, np.arange(len(records))))
+def _scan_rows(spools: list[str], records: Records, index_file: str) -> list[Any]:
+    scanner = _SCANNERS.get(index_file)
+    if scanner is None:  # this worker's first batch: load the index once
+        with open(index_file, "rb") as f:
+            scanner = _SCANNERS[index_file] = pickle.load(f)
+    return scanner.scan(read_texts(spools, records, np.arange(len(records))))
 
 
 class ContentCheck:
     """Records checked lazily, once each, by `checker.scan` (texts -> findings per record, empty =
-    clean), in batches of CHECK_ROWS; large batches on `workers` processes, each given the checker's
-    `index` once (its scan is the same function)."""
+    clean), in batches of CHECK_ROWS; large batches on the reading's worker `pool`, which loads the
+    checker's `index` (its scan is the same function) from a file beside the spools, once per worker."""
 
-    def __init__(self, spools: list[str], records: Records, checker: Any, workers: int = 1) -> None:
-        self.spools, self.records, self.checker, self.workers = spools, records, checker, workers
+    def __init__(self, spools: list[str], records: Records, checker: Any, pool: Executor | None = None) -> None:
+        self.spools, self.records, self.checker, self.pool = spools, records, checker, pool
         self.checked = np.zeros(len(records), dtype=bool)
         self.bad = np.zeros(len(records), dtype=bool)
         self.found: dict[int, Any] = {}  # record -> what the scan found
-        self._pool: Executor | None = None
+        self._index_file: str | None = None
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         """Which of `rows` are bad (checking those not checked yet)."""
         todo = rows[~self.checked[rows]]
         chunks = [todo[i : i + CHECK_ROWS] for i in range(0, len(todo), CHECK_ROWS)]
-        if self.workers > 1 and len(todo) >= PARALLEL_ROWS:
-            if self._pool is None:
-                self._pool = worker_pool(self.workers, _set_scanner, (self.checker.index,))
-            tasks = [self._pool.submit(_scan_rows, self.spools, self.records.rows(c)) for c in chunks]
+        if self.pool is not None and len(todo) >= PARALLEL_ROWS:
+            if self._index_file is None:
+                self._index_file = f"{self.spools[0]}.index"
+                with open(self._index_file, "wb") as f:
+                    pickle.dump(self.checker.index, f, protocol=pickle.HIGHEST_PROTOCOL)
+            index_file = self._index_file
+            tasks = [self.pool.submit(_scan_rows, self.spools, self.records.rows(c), index_file) for c in chunks]
             results: Iterator[list[Any]] = (task.result() for task in tasks)
             self.checker.checked += len(todo)
         else:
@@ -346,9 +349,9 @@ class ContentCheck:
         return self.bad[rows]
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
+        if self._index_file is not None:
+            Path(self._index_file).unlink(missing_ok=True)
+            self._index_file = None
 
     def first_clean(self, perm: np.ndarray, size: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray, int | None]:
         """Drop bad records from the draw order `perm` until its leading records that reach

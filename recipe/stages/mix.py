@@ -244,9 +244,9 @@ class Mix(Stage):
         keep = first_occurrences(records) if c.dedupe else np.ones(len(records), dtype=bool)
         train_targets = self._targets(c.total)
         eval_targets = self._targets(round(c.total * c.eval_fraction))  # {n: 0} with eval_per_component
-        check = ContentCheck([u.spool for u in units], records, self.decon, workers) if self.decon else None
+        check = ContentCheck([u.spool for u in units], records, self.decon, pool) if self.decon else None
         train_parts, eval_parts = [], []
-        try:  # the check's worker processes stop also when the selection fails
+        try:  # the check's index file goes also when the selection fails
             for comp_id, name in enumerate(self.components):
                 mine = np.flatnonzero((records.component == comp_id) & keep)
                 stats[name]["duplicates_removed"] = int(np.count_nonzero(records.component == comp_id)) - len(mine)
