@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
 import typing
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -150,3 +152,20 @@ def test_keys_about_how_a_stage_runs_are_marked_execution_only(make_cfg, stage_n
     # devices changes the global batch when train.args.global_batch_size is null (micro_batch_size x devices): semantic.
     if stage_name == "train" and not overrides:
         assert ("devices",) not in marked
+
+
+def test_test_suites_are_identified_by_their_data_not_its_path(make_cfg, tmp_path: Path) -> None:
+    """The same suite file in another checkout (another directory) is the same test; other data is not."""
+    cfg = _compose(make_cfg, ())
+    name, suite = next((n, s) for n, s in cfg.test.suites.items() if not s.hub_id and s.data_files)
+    base = _fp(build_stage("test", cfg))
+    moved = cfg.copy()
+    copies = []
+    for i, f in enumerate(suite.data_files):  # the same names, in another directory
+        (tmp_path / str(i)).mkdir()
+        copies.append(str(tmp_path / str(i) / Path(f).name))
+        shutil.copy(f, copies[-1])
+    OmegaConf.update(moved, f"test.suites.{name}.data_files", copies, merge=False)
+    assert _fp(build_stage("test", moved)) == base
+    Path(copies[0]).write_text(Path(copies[0]).read_text().replace("a", "b", 1))
+    assert _fp(build_stage("test", moved)) != base

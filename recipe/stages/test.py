@@ -90,6 +90,9 @@ class Test(Stage):
         semantic = super().semantic_config()
         # Each suite's data by content (local files by sha256, not path), as sources enter Mix's.
         semantic["suite_data"] = {n: source_identity(self._key(n), s) for n, s in self.config.suites.items()}
+        for name, suite in self.config.suites.items():
+            if not suite.hub_id:  # the files' paths: the same data in another checkout is the same test
+                semantic["suites"][name].pop("data_files", None)
         return semantic
 
     def _key(self, name: str) -> str:
