@@ -107,7 +107,7 @@ def test_faults_are_survived(make_cfg, tmp_path: Path, fake: FakeTogether) -> No
 
 
 def test_failures_past_the_threshold_fail_the_stage(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
-    fake.fail(503, 40)  # more than every request's retries
+    fake.fail(500, 40)  # more than every request's retries (500: 429 and 503 would slow the rate controller down)
     with pytest.raises(RecipeError, match=r"conversations failed \(distill.max_failure_share=0.05\)"):
         run(together(make_cfg, tmp_path, "distill.max_retries=1", "distill.concurrency=1"), run_dir=tmp_path)
     # Below the threshold the run goes on and records the failures.

@@ -271,13 +271,17 @@ def test_the_committed_mixture_search_runs_offline_and_names_its_best_mixture(ru
         assert sum(float(r[f"mix.{c}.share"]) for c in components) == pytest.approx(1.0)
     assert len({r["mix.instructions.share"] for r in rows}) == 3
     # Every trial scored on the same held-out examples of each component.
-    held_out = []
+    held_out, base = [], []
     for job in range(3):
         run = json.loads((root / str(job) / "run.json").read_text())
         metrics = json.loads((Path(run["stages"]["test"]["artifact"]) / "metrics.json").read_text())
         per_component = metrics["models"]["tuned"]["heldout_components"]
         held_out.append({c: sorted(per_component[c]["per_prompt"]["loss"]) for c in components})
+        base.append(metrics["models"]["base"]["heldout_loss"])
     assert held_out[0] == held_out[1] == held_out[2] and all(len(v) == 3 for v in held_out[0].values())
+    # The base model's loss on those examples was computed by the first job and kept for the others.
+    assert base[0] == base[1] == base[2]
+    assert len(list((tmp_path / "outputs" / "store" / "records" / "heldout-loss").glob("*.json"))) == 1
     # The best trial: Optuna's, and what the end of the sweep prints.
     best = min(rows, key=lambda r: float(r["heldout.loss"]))
     optimized = yaml.safe_load((root / "optimization_results.yaml").read_text())

@@ -263,7 +263,8 @@ class Distill(Stage):
 
     def _in_flight(self) -> int:
         """Conversations in flight: `concurrency` when set, else as many as the rate controller may
-        want for a remote teacher (it paces them), one for a local server."""
+        want for a remote teacher (it paces them), one for a local server (llama-cpp-python's server
+        answers one request at a time: more in flight only queue behind its lock)."""
         c = self.config
         if c.concurrency is not None:
             return c.concurrency

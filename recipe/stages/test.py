@@ -77,6 +77,9 @@ def by_component(records: list[dict[str, Any]], losses: list[float | None]) -> d
     return out
 
 
+HELDOUT_LOSS_VERSION = 1  # bump when trainer.heldout_loss changes what it computes: kept losses are then recomputed
+
+
 class Test(Stage):
     __test__ = False  # not a pytest test class
     name = "test"
@@ -202,10 +205,12 @@ class Test(Stage):
             seconds[key] = round(seconds.get(key, 0.0) + now - since, 2)
             return now
 
-        def measure_loss(which: str, model_dir: Path | None, mark: float) -> float:
+        def measure_loss(which: str, model_dir: Path | None, weights: str | None, mark: float) -> float:
             if not (c.heldout.loss and model_dir is not None and heldout_records):
                 return mark
-            loss, each = self._heldout_loss(model_dir, heldout_records, trained)
+            # The base model's loss is kept by its weights' identity; a tuned model's is its own.
+            kept_as = weights if which == "base" else None
+            loss, each = self._heldout_loss(model_dir, kept_as, heldout_records, trained, workspace.store)
             heldout_loss[which], heldout_components[which] = loss, by_component(heldout_records, each)
             return clock(f"{which}.heldout_loss", mark)
 
@@ -215,15 +220,18 @@ class Test(Stage):
                 if trained.provider == "local" and not samples and not any(items.values()):
                     # Nothing to ask (no suite, no side-by-side sample): the held-out loss reads
                     # the weights, and no server is started.
-                    model_dir = trained.local_dir if which == "tuned" else base_model_dir(trained, workspace.store)[0]
+                    if which == "tuned":
+                        model_dir, weights = trained.local_dir, trained.weights
+                    else:
+                        model_dir, weights = base_model_dir(trained, workspace.store)
                     names[which], answers[which] = str(model_dir), {}
-                    mark = measure_loss(which, model_dir, mark)
+                    mark = measure_loss(which, model_dir, weights, mark)
                     continue
                 with self._reach(trained, which, workspace.store) as access:
                     mark = clock(f"{which}.start", mark)
                     names[which] = access.model
                     answers[which] = self._generate(access, cache, ledger, items, samples)
-                    mark = measure_loss(which, access.local_dir, clock(f"{which}.generate", mark))
+                    mark = measure_loss(which, access.local_dir, access.weights, clock(f"{which}.generate", mark))
                 clock(f"{which}.stop", mark)
             mark = time.monotonic()
             verdicts = self._judge(cache, ledger, items, answers) if self._judged(items) else {}
@@ -415,15 +423,31 @@ class Test(Stage):
         }
 
     def _heldout_loss(
-        self, model_dir: Path, records: list[dict[str, Any]], trained: TrainedModel
+        self,
+        model_dir: Path,
+        weights: str | None,
+        records: list[dict[str, Any]],
+        trained: TrainedModel,
+        store: ArtifactStore,
     ) -> tuple[float, list[float | None]]:
         """Mean loss on the eval split's answers in the format the model was trained in, packed as
-        the trainer packs them (the same rows as training's eval loss), and each example's own."""
+        the trainer packs them (the same rows as training's eval loss), and each example's own.
+        With `weights` (the base model's identity), kept in the store by what decides it (the
+        weights, the conversations, the format, the row length): every job of a share sweep holds
+        out the same examples, so the base model's loss is computed once for the whole sweep."""
         from recipe.providers.local import trainer
 
         rows_of = trained.max_seq_length or 2048
         conversations = [r["messages"] for r in records]
-        return trainer.heldout_loss(str(model_dir), conversations, trained.format.template, rows_of)
+        what = {"version": HELDOUT_LOSS_VERSION, "weights": weights, "template": trained.format.template}
+        key = hashlib.sha256(canonical_json({**what, "rows": rows_of, "conversations": conversations}).encode())
+        kept = store.record("heldout-loss", key.hexdigest()[:32]) if weights else None
+        if kept is not None:
+            return kept["loss"], kept["each"]
+        loss, each = trainer.heldout_loss(str(model_dir), conversations, trained.format.template, rows_of)
+        if weights:
+            store.put_record("heldout-loss", key.hexdigest()[:32], {**what, "loss": loss, "each": each})
+        return loss, each
 
     # -- scores and files --------------------------------------------------------------------------
 

@@ -155,8 +155,10 @@ class LocalTrain(Stage):
         launch = c.launch
         rdzv = ddp.Rendezvous(launch.nnodes, launch.node_rank or 0, launch.rdzv_endpoint, launch.rdzv_id)
         # Checkpoints live outside the artifact's temporary directory, which a crash removes.
+        # The embedded model from its export in the store (the same weights, loaded in a second).
+        model = c.model if c.model is not None else str(trainer.embedded_model(workspace.store.root)[0])
         result = finetune.fine_tune(
-            model=c.model,
+            model=model,
             settings=settings,
             conversations=mixture.conversations("train"),
             eval_conversations=mixture.conversations("eval"),

@@ -493,6 +493,15 @@ def _save_checkpoint(model: Any, optimizer: Any, scheduler: Any, step: int, work
             shutil.rmtree(old, ignore_errors=True)
 
 
+def embedded_model(store_root: Path) -> tuple[Path, str]:
+    """(directory, weights identity) of the embedded GGUF as a Hugging Face model directory in the
+    store (`models/`), exported the first time. Training and serving load it from there: safetensors
+    load in under a second, where dequantising the GGUF takes ~15 s on two cores, every time."""
+    gguf = embedded_gguf()
+    size = gguf.stat().st_size
+    return export_embedded(store_root / "models" / f"{gguf.stem}-{size}"), f"{gguf.name}:{size}"
+
+
 def export_embedded(target: Path) -> Path:
     """The embedded GGUF as a Hugging Face model directory (dequantised fp32 safetensors, tokenizer and
     chat template), written once to `target` through a temporary directory and reused after."""
