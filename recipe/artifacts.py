@@ -23,7 +23,6 @@ everything else in a manifest is a record for people (counts, timings, costs).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 import orjson
 
 from recipe.errors import RecipeError
-from recipe.store import Artifact, canonical_json, sha256_file
+from recipe.store import Artifact, content_digest, sha256_file
 
 Message = dict[str, str]
 CONVERSATIONS_FILE = "conversations.jsonl"
@@ -83,7 +82,7 @@ def content_id(stage: str, artifact: Artifact, **narrow: Any) -> str:
     reads) as 20 hex digits: a stage downstream is keyed on this, so an input rebuilt byte for byte
     is still a cache hit below it (Nix's content-addressed derivations)."""
     value = ARTIFACT_TYPES[stage].load(artifact)
-    return hashlib.sha256(canonical_json(value.identity(artifact, **narrow)).encode()).hexdigest()[:20]
+    return content_digest(value.identity(artifact, **narrow))
 
 
 def read_conversations(path: Path) -> Iterator[dict[str, Any]]:

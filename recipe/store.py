@@ -40,10 +40,15 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+def content_digest(value: Any, length: int = 20) -> str:
+    """sha256 of `value` as canonical JSON, its first `length` hex digits: the same value, the same
+    digest, on every machine."""
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:length]
+
+
 def fingerprint(stage: str, version: str, config: Any, upstream: dict[str, str]) -> str:
     """hash(semantic config, upstream fingerprints, stage version) as 20 hex digits."""
-    payload = canonical_json({"stage": stage, "version": version, "config": config, "upstream": upstream})
-    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+    return content_digest({"stage": stage, "version": version, "config": config, "upstream": upstream})
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

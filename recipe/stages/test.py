@@ -17,7 +17,6 @@ What it does:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -51,7 +50,7 @@ from recipe.providers.model_client import (
 )
 from recipe.providers.serving import LocalServing, ModelAccess, base_model_dir, reach
 from recipe.stages import Output, Plan, Stage, StageError, Workspace, missing_extra
-from recipe.store import Artifact, ArtifactStore, canonical_json
+from recipe.store import Artifact, ArtifactStore, content_digest
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ def by_component(records: list[dict[str, Any]], losses: list[float | None]) -> d
     grouped: dict[str, dict[str, float | None]] = {}
     for record, loss in zip(records, losses, strict=True):
         name = str(record.get("component") or "all")
-        digest = hashlib.sha256(canonical_json(record["messages"]).encode()).hexdigest()[:16]
+        digest = content_digest(record["messages"], 16)
         grouped.setdefault(name, {})[f"heldout/{name}/{digest}"] = loss
     out = {}
     for name in sorted(grouped):
@@ -439,14 +438,15 @@ class Test(Stage):
 
         rows_of = trained.max_seq_length or 2048
         conversations = [r["messages"] for r in records]
+        if not weights:
+            return trainer.heldout_loss(str(model_dir), conversations, trained.format.template, rows_of)
         what = {"version": HELDOUT_LOSS_VERSION, "weights": weights, "template": trained.format.template}
-        key = hashlib.sha256(canonical_json({**what, "rows": rows_of, "conversations": conversations}).encode())
-        kept = store.record("heldout-loss", key.hexdigest()[:32]) if weights else None
+        key = content_digest({**what, "rows": rows_of, "conversations": conversations}, 32)
+        kept = store.record("heldout-loss", key)
         if kept is not None:
             return kept["loss"], kept["each"]
         loss, each = trainer.heldout_loss(str(model_dir), conversations, trained.format.template, rows_of)
-        if weights:
-            store.put_record("heldout-loss", key.hexdigest()[:32], {**what, "loss": loss, "each": each})
+        store.put_record("heldout-loss", key, {**what, "loss": loss, "each": each})
         return loss, each
 
     # -- scores and files --------------------------------------------------------------------------
