@@ -47,10 +47,19 @@ def test_headers_are_read_as_together_and_openai_write_them() -> None:
     assert windows({}) == {} and retry_after({}) is None
 
 
+def answer_at_once(c: Controller) -> None:
+    """One request and its answer with the same round trip every time, folded into the shared state
+    at once: the growth each answer brings, without the clock (a slot's real wait, done's FLUSH_S
+    batching, a latency signal from a loaded machine) deciding how many answers counted."""
+    c.acquire()
+    c._flushed = float("-inf")
+    c.done(time.monotonic(), {})
+
+
 def test_the_rate_doubles_while_clean_steps_down_on_a_429_then_climbs_back_and_probes(tmp_path: Path) -> None:
     c = Controller(tmp_path, "k")
     for _ in range(4):  # slow start: each answer adds one more request per round trip
-        c.done(c.acquire(), {})
+        answer_at_once(c)
     grown = state(c)["rps"]
     assert grown > START_RPS * 4
     c.throttled({})
@@ -58,7 +67,7 @@ def test_the_rate_doubles_while_clean_steps_down_on_a_429_then_climbs_back_and_p
     assert stepped["rps"] == pytest.approx(grown * BACKOFF) and stepped["last_max"] == grown
     rates = []
     for _ in range(40):
-        c.done(c.acquire(), {})
+        answer_at_once(c)
         rates.append(state(c)["rps"])
     assert rates == sorted(rates) and rates[0] < grown  # back towards the refused rate, not doubling
     assert rates[-1] > grown  # then past it, probing
