@@ -191,6 +191,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)  # the same random weights in every session: what a test sees does not vary by run
     model = transformers.LlamaForCausalLM(config)
     path = tmp_path_factory.mktemp("tiny") / "tiny-llama"
     model.save_pretrained(path)

@@ -19,6 +19,16 @@ from .subprocesses import limit
 from .test_deploy import serve_processes
 from .test_tracking import free_port
 
+STREAM_WATCH = """
+window.seen = {};
+for (const which of ["base", "tuned", "teacher"]) {
+  const pane = document.querySelector("#pane-" + which);
+  window.seen[which] = new Set([pane.innerText.length]);
+  new MutationObserver(() => window.seen[which].add(pane.innerText.length)).observe(
+    pane, {subtree: true, childList: true, characterData: true});
+}
+"""
+
 
 def wait(condition, what: str, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + limit(timeout_s)
@@ -57,17 +67,19 @@ def test_the_playground_streams_both_models_side_by_side(
     find = lambda css: browser.find_element(By.CSS_SELECTOR, css)  # noqa: E731
     wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#prompt textarea"), "the page")
     usable = time.monotonic() - started
+    # How much of each answer the panes show, as it streams in: recorded in the page on every change
+    # (polling from here missed whole answers when the machine was loaded).
+    browser.execute_script(STREAM_WATCH)
     find("#prompt textarea").send_keys("Name three colours.")
     find("#send").click()
-    lengths = []  # how much of each answer the panes show, as it streams in
-    deadline = time.monotonic() + limit(180)
-    while "Done." not in find("#status").text and time.monotonic() < deadline:
-        lengths.append(tuple(len(find(f"#pane-{w}").text) for w in ("base", "tuned", "teacher")))
-        time.sleep(0.1)
+    wait(lambda: "Done." in find("#status").text or "error" in find("#status").text, "the answers", 180)
     assert "Done." in find("#status").text, find("#status").text
-    for i, which in enumerate(("base", "tuned", "teacher")):  # all answered, a piece at a time
+    lengths = browser.execute_script(
+        "return Object.fromEntries(Object.entries(window.seen).map(([k, v]) => [k, [...v]]))"
+    )
+    for which in ("base", "tuned", "teacher"):  # all answered, a piece at a time
         assert find(f"#pane-{which}").text.count("Name three colours.") == 1
-        assert len({n[i] for n in lengths}) >= 3, lengths
+        assert len(lengths[which]) >= 3, lengths
     # The prompt as the tuned model read it: its recorded format (the model's chat template).
     find("#show-prompt input").click()
     shown = lambda: " ".join(e.text for e in browser.find_elements(By.CSS_SELECTOR, "#prompt-tuned"))  # noqa: E731
@@ -95,6 +107,7 @@ def test_the_playground_streams_both_models_side_by_side(
     fetched = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert all(u.startswith(f"http://127.0.0.1:{port}") for u in fetched), fetched
     browser.save_screenshot(str(tmp_path / "playground.png"))
+    print(f"distinct lengths seen per pane: { {k: len(v) for k, v in lengths.items()} }")
     print(f"usable after {usable:.1f} s; screenshot {tmp_path / 'playground.png'}; {said.splitlines()[-1]}")
     # Ctrl-C stops the playground and the model servers it started.
     proc.send_signal(signal.SIGINT)
