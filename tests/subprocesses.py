@@ -1,5 +1,5 @@
-"""Subprocesses of the suite: limits sized for a loaded CI machine, and a timeout that says what
-was running.
+"""Subprocesses of the suite: limits sized for a loaded CI machine, a timeout that says what
+was running, and the processes this test worker started.
 
 The limits below are several times what each command takes on an idle 2-core machine (CI runs the
 suite next to other jobs); RECIPE_TEST_SLOWDOWN multiplies them on a machine slower still."""
@@ -15,6 +15,28 @@ from typing import Any
 SLOWDOWN = float(os.environ.get("RECIPE_TEST_SLOWDOWN", "1"))
 STARTED = re.compile(r"\[recipe\.runner\]\[INFO\] - (\w+) [0-9a-f]+: running")
 FINISHED = re.compile(r"^(\w+): ", re.MULTILINE)
+
+
+# pytest-xdist names each worker in its environment, which every process it starts inherits: a test
+# that looks for the servers it left behind must not see another worker's (one test runs at a time
+# in each worker, so "started since" stays "started by this test").
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+
+
+def processes(*needles: bytes) -> list[int]:
+    """Processes whose command line holds every one of `needles`, started by this test worker."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes()
+            if not all(n in line for n in needles):
+                continue
+            if WORKER and f"PYTEST_XDIST_WORKER={WORKER}\0".encode() not in (cmdline.parent / "environ").read_bytes():
+                continue
+        except OSError:
+            continue
+        pids.append(int(cmdline.parent.name))
+    return pids
 
 
 def limit(seconds: float) -> float:

@@ -18,7 +18,7 @@ from recipe.runner import run
 
 from .conftest import NO_DISTILL, RECIPE, TOGETHER_KEY, read_until
 from .fake_together import FakeTogether
-from .subprocesses import limit
+from .subprocesses import limit, processes
 
 KEY = TOGETHER_KEY
 
@@ -102,14 +102,8 @@ def test_local_deploy_needs_a_local_model(make_cfg, tmp_path: Path, fake: FakeTo
 
 
 def serve_processes() -> set[int]:
-    pids = set()
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if b"serve" in cmdline.read_bytes() and b"transformers" in cmdline.read_bytes():
-                pids.add(int(cmdline.parent.name))
-        except OSError:
-            continue
-    return pids
+    """`transformers serve` processes started by this test worker."""
+    return set(processes(b"serve", b"transformers"))
 
 
 @pytest.mark.slow

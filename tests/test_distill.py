@@ -18,7 +18,7 @@ from recipe.runner import run
 
 from .conftest import RECIPE, TOGETHER_KEY
 from .fake_together import FakeTogether
-from .subprocesses import limit, run_to_end
+from .subprocesses import limit, processes, run_to_end
 
 KEY = TOGETHER_KEY
 
@@ -281,14 +281,8 @@ def llama_servers_started_in(cwd: Path) -> list[int]:
 
 
 def llama_servers() -> list[int]:
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if b"llama_cpp.server" in cmdline.read_bytes():
-                pids.append(int(cmdline.parent.name))
-        except OSError:
-            continue
-    return pids
+    """llama.cpp servers started by this test worker."""
+    return processes(b"llama_cpp.server")
 
 
 @pytest.mark.slow
