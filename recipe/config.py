@@ -699,7 +699,8 @@ class TestConfig:
     engine: Engine = execution(Engine.auto)  # local models: transformers serve on CPU, vLLM on GPU when installed
     device: str = execution("cpu")
     # Requests in flight to a remote model; null: up to 128, paced by the rate controller
-    # (recipe/providers/limits.py). A local server takes one at a time.
+    # (recipe/providers/limits.py). A local transformers server takes one at a time, or 8 batched
+    # at temperature 0 (greedy chat requests); vLLM takes them all.
     concurrency: Optional[int] = execution(None)
     timeout_s: float = execution(300.0)
     max_retries: int = execution(5)

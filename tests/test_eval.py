@@ -5,6 +5,7 @@ tests/test_deploy.py's end-to-end test."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -336,6 +337,54 @@ def test_sampling_settings_change_the_local_engines_answers(tmp_path: Path, tiny
     assert len(set(sampled.values()) - greedy) >= 4, sampled  # 6 draws, mostly distinct and none greedy
     assert sum(sampled[(1.0, seed)] != sampled[(1.5, seed)] for seed in (0, 1, 2)) >= 2, sampled  # temperature
     assert again == sampled[(1.0, 0)]  # the same seed, the same draw
+
+
+@pytest.mark.slow
+def test_greedy_chat_requests_are_batched_with_the_answers_of_one_at_a_time(
+    tmp_path: Path, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Test's greedy requests go to `transformers serve --continuous-batching`, 8 at once, and get the
+    answers one at a time gives; a batching server that misses its warm-up deadline is replaced by one
+    that takes one request at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from recipe.artifacts import PromptFormat
+    from recipe.providers.cache import RequestCache
+    from recipe.providers.model_client import Ledger, ModelClient
+    from recipe.providers.serving import BATCH_IN_FLIGHT, LocalServing, local_model
+
+    transformers = pytest.importorskip("transformers")
+    # Sharper next-token distributions than the tiny random model's own (nearly flat: a rounding
+    # difference could change a greedy token), as a trained model has.
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.lm_head.weight.data *= 40
+    model.save_pretrained(tmp_path / "sharp")
+    transformers.AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "sharp")
+    fmt = PromptFormat("chat_template")
+    prompts = [[{"role": "user", "content": f"Name {n} colours."}] for n in range(2, 2 + BATCH_IN_FLIGHT)]
+
+    def answers(serving: LocalServing, cache: str) -> tuple[list[str], int | None, bool]:
+        with local_model(tmp_path / "sharp", serving, which="base", weights="sharp", fmt=fmt) as access:
+            client = ModelClient(
+                access.client,
+                RequestCache(tmp_path / cache),
+                access.spec,
+                sampling={"max_tokens": 24, "temperature": 0.0, "seed": 0},
+                ledger=Ledger(0, 0, None),
+            )
+            with ThreadPoolExecutor(access.concurrency or 1) as pool:
+                got = [a.text for a in pool.map(client.ask, prompts)]
+            return got, access.concurrency, access.server.batching  # type: ignore[union-attr]
+
+    common = {"engine": "transformers", "startup_timeout_s": limit(300), "timeout_s": limit(120)}
+    batched, in_flight, batching = answers(LocalServing(**common, greedy_batch=True), "batched.db")
+    assert (in_flight, batching) == (BATCH_IN_FLIGHT, True)
+    with caplog.at_level(logging.WARNING, logger="recipe.providers.serving"):
+        missed = LocalServing(**common, greedy_batch=True, warmup_timeout_s=0.001)
+        one_at_a_time, in_flight, batching = answers(missed, "one.db")
+    assert (in_flight, batching) == (1, False)
+    assert "gave no answer in 0 s; serving it one request at a time instead" in caplog.text
+    assert all(batched) and batched == one_at_a_time
 
 
 def test_heldout_loss_per_component_has_intervals_and_lower_is_better(tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from recipe.artifacts import PromptFormat, TrainedModel
 from recipe.errors import RecipeError
 from recipe.providers.http import RECONCILE_WINDOW_S, SETTLE_POLL_S, APIError, Client, reconcile
@@ -66,6 +68,26 @@ class LocalServing:
     port: int | None = None
     startup_timeout_s: float = 180.0
     timeout_s: float = 600.0
+    # The caller sends only greedy chat requests with the same settings (Test at temperature 0): a
+    # `transformers serve` may batch them (see local_model).
+    greedy_batch: bool = False
+    warmup_timeout_s: float = 60.0
+
+
+# Requests in flight to `transformers serve --continuous-batching` (CPU, the embedded SmolLM2): 8 at
+# once took 0.30x the time of one at a time once warm (tests/benchmarks/bench_local_batching.py).
+BATCH_IN_FLIGHT = 8
+
+
+def answers(server: ManagedServer, model: str, timeout_s: float) -> bool:
+    """Whether the server answers one greedy chat request within `timeout_s` (its first request: a
+    batching `transformers serve` also sets up its paged cache then)."""
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0}
+    try:
+        reply = requests.post(f"{server.base_url}/chat/completions", json=body, timeout=timeout_s)
+    except requests.RequestException:
+        return False
+    return reply.status_code == 200
 
 
 @contextlib.contextmanager
@@ -79,10 +101,31 @@ def local_model(
     served_name: str | None = None,
 ) -> Iterator[ModelAccess]:
     """A managed server over a Hugging Face model directory (clients name it `served_name` when
-    given, else its path); stopped when the block ends."""
+    given, else its path); stopped when the block ends.
+
+    `transformers serve` generates one request at a time, unless the caller's requests are all
+    greedy chat requests alike (`serving.greedy_batch`): then it runs with --continuous-batching and
+    BATCH_IN_FLIGHT requests at once. That batching takes its sampling settings from the first
+    request for all of them and ignores each request's seed (transformers 5.24), so it is only used
+    where neither matters; the greedy answers were identical to one-at-a-time ones. It hung on its
+    first request on 2 of 5 starts in one session (0 of 13 in another): the first request is a
+    warm-up with a deadline, and a server that misses it is replaced by one that does not batch."""
     engine = serving_engine(serving.engine)
     options = {"host": serving.host, "port": serving.port, "startup_timeout_s": serving.startup_timeout_s}
-    with model_server(model_dir, engine, serving.device, served_name, **options) as server:
+    batching = serving.greedy_batch and engine == "transformers" and fmt.api == "chat"
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(model_server(model_dir, engine, serving.device, served_name, batching, **options))
+        name = server.model  # type: ignore[attr-defined]
+        if batching and not answers(server, name, serving.warmup_timeout_s):
+            log.warning(
+                "%s: transformers serve --continuous-batching gave no answer in %.0f s; serving it one request "
+                "at a time instead",
+                which,
+                serving.warmup_timeout_s,
+            )
+            stack.close()
+            batching = False
+            server = stack.enter_context(model_server(model_dir, engine, serving.device, served_name, **options))
         client = Client(server.base_url, None, max_retries=2, timeout_s=serving.timeout_s)
         try:
             yield ModelAccess(
@@ -93,10 +136,7 @@ def local_model(
                 weights=weights,
                 format=fmt,
                 local_dir=model_dir,
-                # transformers serve generates one request at a time. Its --continuous-batching (5.24,
-                # CPU) gave the same greedy answers 3.3x faster with 8 in flight, but ignores each
-                # request's seed and hung on its first request on 2 of 5 starts: not used.
-                concurrency=1 if engine == "transformers" else None,
+                concurrency=(BATCH_IN_FLIGHT if batching else 1) if engine == "transformers" else None,
                 server=server,
             )
         finally:

@@ -312,7 +312,13 @@ class Test(Stage):
             trained,
             which,
             store=store,
-            local=LocalServing(c.engine.value, c.device, startup_timeout_s=c.startup_timeout_s, timeout_s=c.timeout_s),
+            local=LocalServing(
+                c.engine.value,
+                c.device,
+                startup_timeout_s=c.startup_timeout_s,
+                timeout_s=c.timeout_s,
+                greedy_batch=c.temperature == 0,  # every request greedy, with the same settings
+            ),
             together=self.together_client if trained.provider == "together" else None,
             dedicated=c.endpoint.value == "dedicated",
             hardware=c.hardware,
