@@ -75,7 +75,7 @@ class LocalServing:
 
 
 # Requests in flight to `transformers serve --continuous-batching` (CPU, the embedded SmolLM2): 8 at
-# once took 0.30x the time of one at a time once warm (tests/benchmarks/bench_local_batching.py).
+# once took 0.26x the time of one at a time once warm (tests/benchmarks/bench_local_batching.py).
 BATCH_IN_FLIGHT = 8
 
 
@@ -108,7 +108,8 @@ def local_model(
     BATCH_IN_FLIGHT requests at once. That batching takes its sampling settings from the first
     request for all of them and ignores each request's seed (transformers 5.24), so it is only used
     where neither matters; the greedy answers were identical to one-at-a-time ones. It hung on its
-    first request on 2 of 5 starts in one session (0 of 13 in another): the first request is a
+    first request on 2 of 5 starts in one session (0 of 18 in the next, with its cache sized in tokens:
+    see batching_flags; the default cache took most of free memory): the first request is a
     warm-up with a deadline, and a server that misses it is replaced by one that does not batch."""
     engine = serving_engine(serving.engine)
     options = {"host": serving.host, "port": serving.port, "startup_timeout_s": serving.startup_timeout_s}
