@@ -377,7 +377,9 @@ def test_greedy_chat_requests_are_batched_with_the_answers_of_one_at_a_time(
             return got, access.concurrency, access.server.batching  # type: ignore[union-attr]
 
     common = {"engine": "transformers", "startup_timeout_s": limit(300), "timeout_s": limit(120)}
-    batched, in_flight, batching = answers(LocalServing(**common, greedy_batch=True), "batched.db")
+    # The warm-up deadline sized for a loaded machine, as the suite's other limits are.
+    batching_serving = LocalServing(**common, greedy_batch=True, warmup_timeout_s=limit(120))
+    batched, in_flight, batching = answers(batching_serving, "batched.db")
     assert (in_flight, batching) == (BATCH_IN_FLIGHT, True)
     with caplog.at_level(logging.WARNING, logger="recipe.providers.serving"):
         missed = LocalServing(**common, greedy_batch=True, warmup_timeout_s=0.001)
