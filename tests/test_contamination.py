@@ -89,6 +89,26 @@ def test_hashes_are_the_same_in_every_process() -> None:
     assert len(runs) == 1 and runs.pop().strip() == str(Words.of(["hello world AGAIN"]).hashes.tolist())
 
 
+def test_a_message_hashes_the_same_whatever_shares_its_batch() -> None:
+    """A batch is normalised in one pass (NUL between messages), or message by message when its
+    text holds NUL itself: either way each message's words hash as they do alone, so what is found
+    in a record never depends on the records checked with it."""
+    messages = [
+        "Hello, World!",
+        "Ünïcode — “quotes” and ΣΑΣ and İstanbul",
+        "",
+        "tabs\tand\nnew lines,   many spaces",
+        "a NUL\0inside",
+        "control \x01 chars \x1f here ©",
+    ]
+    for batch in (messages, [m for m in messages if "\0" not in m]):
+        together = Words.of(batch)
+        for i, message in enumerate(batch):
+            alone = Words.of([message]).hashes
+            assert together.hashes[together.starts[i] : together.starts[i + 1]].tolist() == alone.tolist(), message
+    assert Words.of(["a NUL\0inside"]).hashes.tolist() == Words.of(["A nul\0INSIDE!"]).hashes.tolist()
+
+
 # ---- Mix --------------------------------------------------------------------------------------
 
 

@@ -47,8 +47,10 @@ _EXACT = np.uint64(0xD6E8FEB86659FD93)  # tags a whole-message hash
 _SPACE = 32
 # ASCII punctuation and whitespace -> space; other bytes (letters, digits, UTF-8) stay.
 _TABLE = bytes(_SPACE if chr(b) in string.punctuation or chr(b).isspace() else b for b in range(256))
-_UNICODE_PUNCT = re.compile(r"[^\w\s]")
-BATCH_BYTES = 1 << 22  # text hashed per numpy pass
+_TABLE_NUL = bytes(_SPACE if b == 0 else t for b, t in enumerate(_TABLE))  # also NUL, the batch separator
+# Non-ASCII punctuation and symbols -> space (ASCII is the table's: the same for any neighbours).
+_UNICODE_PUNCT = re.compile(r"[^\w\s\x00-\x7f]")
+BATCH_BYTES = 1 << 18  # text hashed per numpy pass: its arrays stay in cache (1.5x faster than 4 MB)
 
 
 def _inverse(x: int) -> int:
@@ -97,6 +99,22 @@ def normalise(text: str) -> bytes:
     return text.encode("utf-8", "replace").translate(_TABLE)
 
 
+def normalise_all(messages: Sequence[str]) -> tuple[bytes, np.ndarray]:
+    """`normalise` of every message, joined by one space and ending with one, and the offset just
+    past each message's space. One pass of each step over the whole batch (NUL between messages
+    marks their ends), not one per message; a batch whose text holds NUL itself goes message by
+    message."""
+    text = ("\0".join(messages) + "\0").lower()
+    if not text.isascii():
+        text = _UNICODE_PUNCT.sub(" ", text)
+    raw = text.encode("utf-8", "replace")
+    ends = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) == 0) + 1
+    if len(ends) == len(messages):
+        return raw.translate(_TABLE_NUL), ends
+    normalised = [normalise(m) for m in messages]
+    return b" ".join(normalised) + b" ", np.cumsum([len(m) + 1 for m in normalised], dtype=np.int64)
+
+
 @dataclass
 class Words:
     """The word hashes of a batch of messages: `hashes[i]` belongs to message `segment[i]`;
@@ -109,8 +127,7 @@ class Words:
 
     @classmethod
     def of(cls, messages: Sequence[str]) -> Words:
-        normalised = [normalise(m) for m in messages]
-        joined = b" ".join(normalised) + b" "
+        joined, ends = normalise_all(messages)
         data = np.frombuffer(joined, dtype=np.uint8)
         is_word = data != _SPACE
         edges = np.flatnonzero(is_word[1:] != is_word[:-1]) + 1  # the text ends with a space: pairs
@@ -125,10 +142,8 @@ class Words:
         np.multiply(data + np.uint8(1), down[: len(data)], out=sums[1:], dtype=np.uint64)
         np.cumsum(sums[1:], out=sums[1:])
         hashes = _mix((sums[end] - sums[begin]) * up[end - 1])
-        # Which message each word is in: messages are separated by exactly one space in `joined`,
-        # so message m's words are those that begin before its end.
-        lengths = np.fromiter((len(m) + 1 for m in normalised), dtype=np.int64, count=len(messages))
-        starts = np.concatenate(([0], np.searchsorted(begin, np.cumsum(lengths))))
+        # Which message each word is in: message m's words are those that begin before its end.
+        starts = np.concatenate(([0], np.searchsorted(begin, ends)))
         segment = np.repeat(np.arange(len(messages), dtype=np.int64), np.diff(starts))
         _, wdown = _WORD_POWERS.get(len(hashes) + 1)
         prefix = np.concatenate(([np.uint64(0)], np.cumsum(hashes * wdown[: len(hashes)])))
@@ -321,14 +336,15 @@ class Index:
 
     def scan(self, examples: Sequence[Sequence[str]]) -> list[list[tuple[str, int]]]:
         """For each example (its messages' texts), the test records (suite, index) it contains."""
-        found: list[list[tuple[str, int]]] = [[] for _ in examples]
+        # One shared empty list for the clean (nearly all): a hit replaces it (_scan_batch), never appends to it.
+        found: list[list[tuple[str, int]]] = [[]] * len(examples)
         if not self.parts:
-            return found
+            return [[] for _ in examples]
         batch: list[int] = []
         size = 0
         for i, example in enumerate(examples):
             batch.append(i)
-            size += sum(len(m) for m in example)
+            size += sum(map(len, example))
             if size >= BATCH_BYTES:
                 self._scan_batch(examples, batch, found)
                 batch, size = [], 0
@@ -379,7 +395,9 @@ class Index:
         for example, part in hits:
             for e, p in zip(example.tolist(), part.tolist(), strict=True):
                 record = self.parts[p]
-                if record not in found[e]:
+                if not found[e]:
+                    found[e] = [record]
+                elif record not in found[e]:
                     found[e].append(record)
 
 
