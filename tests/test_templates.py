@@ -38,6 +38,17 @@ def test_chatml_round_trips_and_ends_prompts_with_the_assistant_header() -> None
 def test_text_that_is_not_in_the_template_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"\[INST\]"):
         templates.parse("just words", "llama2_inst")
+    for text in ("[INST] q", "lead [INST] q [/INST] a", "[/INST] a [INST] q [/INST] b"):
+        with pytest.raises(ValueError, match="does not start with an"):
+            templates.parse(text, "llama2_inst")
+    for text in ("[INST] q [INST] q2 [/INST] a", "[INST] q [/INST] a [/INST] b", "[INST] q [/INST] a [INST] b [INST]"):
+        with pytest.raises(ValueError, match="do not alternate"):
+            templates.parse(text, "llama2_inst")
+
+
+def test_a_trailing_unanswered_turn_is_left_out() -> None:
+    assert templates.parse("[INST] q1 [/INST] a1 [INST] q2", "llama2_inst") == CONV[:2]
+    assert templates.parse("[INST] q1 [/INST] a1 [INST]", "llama2_inst") == CONV[:2]
 
 
 def test_sharegpt_turns_are_tidied() -> None:

@@ -26,7 +26,6 @@ NAMED = ("llama2_inst", "llama2_inst_seed", "chatml", "raw")
 # answer follows as it came (not stripped). Used to send byte-identical prompts; no system turn.
 SEED_TURN = "  [INST]  {content}  [/INST]  "
 
-_INST_MARK = re.compile(r"(\[/?INST\])")
 _SYS = re.compile(r"^\s*<<SYS>>\n?(.*?)\n?<</SYS>>\s*", re.DOTALL)
 _CHATML_TURN = re.compile(r"<\|im_start\|>(\w+)\n(.*?)<\|im_end\|>\n?", re.DOTALL)
 
@@ -86,7 +85,29 @@ def render_completion(answer: Message, template: str) -> str:
 
 
 def render(messages: list[Message], template: str) -> str:
+    if template == "llama2_inst" and messages and messages[-1]["role"] == "assistant":
+        return _render_inst(messages)
     return render_prompt(messages[:-1], template) + render_completion(messages[-1], template)
+
+
+def _render_inst(messages: list[Message]) -> str:
+    """`render` in llama2_inst for a conversation that ends with an answer, in one loop (Mix renders
+    every record it reads): the same text as render_prompt + render_completion."""
+    out = []
+    previous = None
+    for m in messages:
+        role, content = m["role"], m["content"]
+        if role == "user":
+            if previous == "system":  # the system block opened this [INST]
+                out.append(f"{content} [/INST]")
+            else:
+                out.append(f"[INST] {content} [/INST]" if previous is None else f" [INST] {content} [/INST]")
+        elif role == "system":
+            out.append(f"[INST] <<SYS>>\n{content}\n<</SYS>>\n\n")
+        else:
+            out.append(f" {content}")
+        previous = role
+    return "".join(out)
 
 
 def example(messages: list[Message], fmt: str, template: str) -> dict[str, object]:
@@ -124,19 +145,23 @@ def parse(text: str, template: str) -> list[Message]:
 
     Raises ValueError if the text has no turns in that template."""
     if template == "llama2_inst":
-        # [lead, "[INST]", user, "[/INST]", answer, "[INST]", user, ...]: markers must alternate.
-        parts = _INST_MARK.split(text)
-        if len(parts) < 5 or parts[0].strip():
+        # [lead, turn, turn, ...] split at "[INST]" (which "[/INST]" does not contain; str.split, not a
+        # regular expression: Mix parses every record of a text source): the lead must be blank and
+        # each turn is "user [/INST] answer"; the last may be an unanswered "user", which is dropped.
+        turns = text.split("[INST]")
+        if len(turns) < 2 or turns[0].strip() or (len(turns) == 2 and "[/INST]" not in turns[1]):
             raise ValueError("text does not start with an [INST] ... [/INST] turn")
-        if parts[1::4] != ["[INST]"] * len(parts[1::4]) or parts[3::4] != ["[/INST]"] * len(parts[3::4]):
-            raise ValueError("[INST] and [/INST] markers do not alternate")
         messages: list[Message] = []
-        users = parts[2::4]
-        answers = parts[4::4]
-        if users and (sys_match := _SYS.match(users[0])):
-            messages.append({"role": "system", "content": sys_match.group(1).strip()})
-            users[0] = users[0][sys_match.end() :]
-        for user, answer in zip(users, answers, strict=False):
+        for i, turn in enumerate(turns[1:], 1):
+            pair = turn.split("[/INST]")
+            if len(pair) != 2:
+                if len(pair) == 1 and i == len(turns) - 1:
+                    break
+                raise ValueError("[INST] and [/INST] markers do not alternate")
+            user, answer = pair
+            if i == 1 and "<<SYS>>" in user and (sys_match := _SYS.match(user)):
+                messages.append({"role": "system", "content": sys_match.group(1).strip()})
+                user = user[sys_match.end() :]
             messages.append({"role": "user", "content": user.strip()})
             messages.append({"role": "assistant", "content": answer.strip()})
         return messages

@@ -27,6 +27,6 @@ def trained_text(example: dict[str, Any]) -> list[str]:
 
 # `mix.token_counter`: how an example's tokens are counted.
 TOKEN_COUNTERS: dict[str, Callable[[dict[str, Any]], int]] = {
-    "approx": lambda example: approx_tokens("".join(trained_text(example))),
+    "approx": lambda example: (sum(map(len, trained_text(example))) + 3) // 4,  # approx_tokens of the joined text
     "whitespace": lambda example: sum(len(part.split()) for part in trained_text(example)),
 }
