@@ -66,15 +66,29 @@ def write_json_atomic(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
+# Files whose writer hashed them as it wrote them: absolute path -> (bytes, mtime_ns, sha256).
+_WRITTEN: dict[str, tuple[int, int, str]] = {}
+
+
+def note_sha256(path: Path, digest: str) -> None:
+    """Say that `path`, just written and closed, has this sha256 (its writer hashed what it wrote):
+    `inventory` takes it instead of reading a large output a second time, as long as the file still
+    has the size and modification time it has now."""
+    st = path.stat()
+    _WRITTEN[str(path.resolve())] = (st.st_size, st.st_mtime_ns, digest)
+
+
 def inventory(directory: Path) -> dict[str, dict[str, Any]]:
     """Every file under `directory` but the manifest: size, modification time (ns) and sha256."""
     files = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
         st = path.stat()
+        noted = _WRITTEN.pop(str(path.resolve()), None)
+        unchanged = noted is not None and noted[:2] == (st.st_size, st.st_mtime_ns)
         files[path.relative_to(directory).as_posix()] = {
             "bytes": st.st_size,
             "mtime_ns": st.st_mtime_ns,
-            "sha256": sha256_file(path),
+            "sha256": noted[2] if unchanged else sha256_file(path),
         }
     return files
 

@@ -14,6 +14,7 @@ import pytest
 
 from recipe.errors import RecipeError
 from recipe.runner import run
+from recipe.store import inventory, note_sha256, sha256_file
 
 from . import test_distill as distill
 from .conftest import RECIPE, TOGETHER_KEY
@@ -213,6 +214,32 @@ def test_a_mixture_edited_after_it_was_made_is_never_uploaded(make_cfg, tmp_path
     again = run(train_cfg(make_cfg, "train.args.n_epochs=2"), run_dir=tmp_path)
     assert not again["stages"]["mix"]["cache_hit"] and mixture.read_bytes() == original
     assert all(edited != data for data in fake.files.values())
+
+
+def test_an_artifacts_listing_holds_each_files_own_sha256(make_cfg, tmp_path: Path, fake: FakeTogether) -> None:
+    """Mix hands the digests it computed while writing to the listing: they must be the files' own."""
+    first = run(train_cfg(make_cfg), run_dir=tmp_path)
+    mix_dir = artifact_dir(first, "mix")
+    listed = json.loads((mix_dir / "manifest.json").read_text())["files"]
+    assert {"mixture.jsonl", "conversations.jsonl"} <= set(listed)
+    for name, made in listed.items():
+        assert made["sha256"] == sha256_file(mix_dir / name), name
+
+
+def test_a_writers_digest_is_taken_only_for_the_file_as_it_was_written(tmp_path: Path) -> None:
+    made = tmp_path / "out.jsonl"
+    made.write_bytes(b'{"text": "a"}\n')
+    claimed = "0" * 64  # not the file's digest: the listing shows whether it was taken or the file read
+    note_sha256(made, claimed)
+    assert inventory(tmp_path)["out.jsonl"]["sha256"] == claimed
+    for change in ("size", "time"):
+        note_sha256(made, claimed)
+        if change == "size":
+            made.write_bytes(b'{"text": "ab"}\n')
+        else:
+            st = made.stat()
+            os.utime(made, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+        assert inventory(tmp_path)["out.jsonl"]["sha256"] == sha256_file(made), change
 
 
 def test_bytes_that_leave_the_machine_are_hashed_again_before_they_go(

@@ -107,6 +107,28 @@ def test_same_config_and_seed_give_a_byte_identical_file(make_cfg, tmp_path: Pat
     assert (a / "eval.jsonl").read_bytes() == (b / "eval.jsonl").read_bytes()
 
 
+def test_blocks_written_by_worker_processes_make_the_same_files(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    """Workers gather, check and write blocks at their places in the files while this process hashes
+    them in order: the files, their digests and the listing are those of a run in one process."""
+    import recipe.data.spool as spool
+    import recipe.stages.mix as mix_stage
+    from recipe.store import sha256_file
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    alone = artifact(mix(make_cfg("mix.progress=false", "mix.workers=1"), tmp_path / "a"))
+    monkeypatch.setattr(mix_stage, "POOL_MIN_BYTES", 0)  # Mix's own pool even for the small samples
+    monkeypatch.setattr(mix_stage, "CHUNK_BYTES", 4096)  # ... read in several ranges
+    monkeypatch.setattr(spool, "BLOCK_LINES", 7)  # ... and written in many blocks
+    cfg = make_cfg("mix.progress=false", "mix.workers=2", f"store_dir={tmp_path / 'b' / 'store'}")
+    parallel = artifact(mix(cfg, tmp_path / "b"))
+    for name in ("mixture.jsonl", "conversations.jsonl", "eval.jsonl", "eval_conversations.jsonl"):
+        assert (parallel[0] / name).read_bytes() == (alone[0] / name).read_bytes(), name
+        assert parallel[1]["files"][name]["sha256"] == sha256_file(parallel[0] / name), name
+    for key in ("sha256", "conversations", "eval", "check", "eval_check", "counts", "tokens"):
+        assert parallel[1][key] == alone[1][key], key
+
+
 def test_eval_per_component_holds_out_the_same_examples_whatever_the_shares(make_cfg, tmp_path: Path) -> None:
     """`mix.eval_per_component`: k examples of every component drawn before the mixture, so jobs of
     a share sweep (or of another total) are scored on the same held-out examples."""

@@ -5,8 +5,9 @@ Reading (`read_unit`, in worker processes for byte ranges of JSON Lines files) n
 record to messages and appends two lines to the unit's spool file: the record rendered in the
 mixture's output format (the upload line), then its canonical conversation line (`messages`,
 `component`, `source`, `stratum`). Only (offset, lengths, tokens, stratum, hash) stay in memory.
-Writing (`write_spooled`) gathers chosen lines in order, block by block, running the Together file
-check on the blocks in the pool while this process hashes and writes them.
+Writing (`write_spooled`) gathers chosen lines in order, block by block, on the pool's workers,
+which run the Together file check on each block and write it at its place in the output files
+while this process hashes the finished blocks in order.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from recipe.data.selection import Records, take
 from recipe.data.sources import DataError, parse_line, rename_columns, to_messages
 from recipe.data.tokens import TOKEN_COUNTERS
 from recipe.errors import RecipeError
+from recipe.store import note_sha256
 
 BLOCK_LINES = 8192  # output lines built (and checked) per task while writing
 
@@ -141,17 +143,20 @@ def read_unit(unit: SpoolUnit, lines: Iterator[tuple[Any, str]] | None = None, p
     }
 
 
-def build_block(
+def write_block(
     spools: list[str],
     unit_ids: np.ndarray,
     offsets: np.ndarray,
     lengths: np.ndarray,
     canonical_lengths: np.ndarray,
     check: tuple[Path, int, str] | None,
-) -> tuple[bytes, bytes, int, int]:
+    targets: tuple[tuple[str, int], tuple[str, int]],
+) -> int:
     """Gather these records' upload and canonical lines (adjacent in the spool: one pread each, not
-    mmap: mapped spool pages would count as the process's memory), in this order, and run the file
-    check on the upload lines. Returns (upload block, canonical block, lines, samples)."""
+    mmap: mapped spool pages would count as the process's memory), in this order, run the file check
+    on the upload lines, and write both blocks where they go in the two output files (`targets`:
+    (path, byte offset) each; a worker writes its own blocks, so they never travel through a pipe).
+    Returns the samples checked."""
     fds: dict[int, int] = {}
     upload, canonical = [], []
     try:
@@ -167,7 +172,17 @@ def build_block(
         for fd in fds.values():
             os.close(fd)
     block = b"".join(upload)
-    return block, b"".join(canonical), len(upload), (check_block(block, *check) if check else 0)
+    checked = check_block(block, *check) if check else 0
+    for (path, at), data in zip(targets, (block, b"".join(canonical)), strict=True):
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            view = memoryview(data)
+            while view:  # pwrite may write less than asked
+                written = os.pwrite(fd, view, at)
+                view, at = view[written:], at + written
+        finally:
+            os.close(fd)
+    return checked
 
 
 def write_spooled(
@@ -180,39 +195,63 @@ def write_spooled(
     workers: int,
     progress: bool,
 ) -> tuple[str, str, int, int]:
-    """Write the upload lines and the canonical lines of records `order` (rows of `records`) to `paths` in one pass, the file check on each upload block (`check_format`) a few blocks
-    ahead on the pool; (upload sha256, canonical sha256, checked samples, upload bytes)."""
+    """Write the upload lines and the canonical lines of records `order` (rows of `records`) to
+    `paths`, block by block: each block's place in both files is known from the line lengths, so the
+    pool's workers gather, check (`check_format`) and write blocks a few ahead while this process
+    hashes the finished ones in order. (upload sha256, canonical sha256, checked samples, upload bytes)."""
+    upload_at = np.concatenate(([0], np.cumsum(records.length[order])))
+    canonical_at = np.concatenate(([0], np.cumsum(records.canonical_length[order])))
     digests = hashlib.sha256(), hashlib.sha256()
-    samples = size = 0
-    pending: deque[Future[tuple[bytes, bytes, int, int]]] = deque()
+    samples = 0
+    pending: deque[tuple[int, Future[int]]] = deque()
     bar = tqdm(desc=f"mix: write {paths[0].name}", total=len(order), unit=" rec", disable=not progress)
+    for path in paths:
+        path.write_bytes(b"")
+    readers = [os.open(path, os.O_RDONLY) for path in paths]
 
-    def emit(block: bytes, canonical: bytes, lines: int, checked: int) -> None:
-        nonlocal samples, size
-        digests[0].update(block)
-        digests[1].update(canonical)
-        out.write(block)
-        out_canonical.write(canonical)
+    def absorb(first: int, checked: int) -> None:
+        """Hash block `first` of both files, now written, in file order."""
+        nonlocal samples
+        last = min(first + BLOCK_LINES, len(order))
+        for digest, fd, at in zip(digests, readers, (upload_at, canonical_at), strict=True):
+            start, end = int(at[first]), int(at[last])
+            while start < end:
+                chunk = os.pread(fd, min(end - start, 1 << 24), start)
+                if not chunk:
+                    raise RecipeError(f"{paths[0].parent}: a written block is missing (bytes {start}-{end})")
+                digest.update(chunk)
+                start += len(chunk)
         samples += checked
-        size += len(block)
-        bar.update(lines)
+        bar.update(last - first)
 
-    with open(paths[0], "wb") as out, open(paths[1], "wb") as out_canonical:
+    try:
         for first in range(0, len(order), BLOCK_LINES):
             rows = order[first : first + BLOCK_LINES]
             check = (paths[0], first + 1, check_format) if check_format else None
             lengths = records.length[rows], records.canonical_length[rows]
-            task = (spools, records.unit[rows], records.offset[rows], *lengths, check)
+            targets = ((str(paths[0]), int(upload_at[first])), (str(paths[1]), int(canonical_at[first])))
+            task = (spools, records.unit[rows], records.offset[rows], *lengths, check, targets)
             if pool is None:
-                emit(*build_block(*task))
+                absorb(first, write_block(*task))
                 continue
-            pending.append(pool.submit(build_block, *task))
-            if len(pending) > 2 * workers:  # bounded read-ahead: memory stays a few blocks
-                emit(*pending.popleft().result())
+            pending.append((first, pool.submit(write_block, *task)))
+            if len(pending) > 2 * workers:  # bounded read-ahead: the hashing follows a few blocks behind
+                done, future = pending.popleft()
+                absorb(done, future.result())
         while pending:
-            emit(*pending.popleft().result())
-    bar.close()
-    return digests[0].hexdigest(), digests[1].hexdigest(), samples, size
+            done, future = pending.popleft()
+            absorb(done, future.result())
+    except BaseException:
+        for _, future in pending:
+            future.cancel()
+        raise
+    finally:
+        for fd in readers:
+            os.close(fd)
+        bar.close()
+    for path, digest in zip(paths, digests, strict=True):
+        note_sha256(path, digest.hexdigest())  # the artifact's inventory takes these, not a second read
+    return digests[0].hexdigest(), digests[1].hexdigest(), samples, int(upload_at[-1])
 
 
 def read_all(
