@@ -1,6 +1,9 @@
 """Benchmark: Mix on 1 M synthetic records (~1 GB) against a plain read-and-parse pass.
 
-    .venv/bin/python tests/benchmarks/bench_mix.py [--records 1000000] [--repeats 3] [--dir DIR]
+    .venv/bin/python tests/benchmarks/bench_mix.py [--records 1000000] [--repeats 3] [--dir DIR] [--baseline TREE]
+
+`--baseline TREE` also times Mix with another checkout's code (a `git worktree add` of the commit
+before a change), alternating with this one's, for before/after ratios measured in one run.
 
 Writes three JSON Lines sources in the recipe's shapes (50% llama-instruct `text`, 25% BookSum
 `prompt`/`completion`, 25% multi-document QA with 3-20 documents, stratified by document count),
@@ -12,8 +15,8 @@ the records plus a 1% eval split, decontaminated against the default (offline) T
 Hugging Face `datasets` script (load_dataset json, shuffle, select the same 50/25/25 of half the
 records, concatenate, to_json; a fresh cache each time). Reports the median wall time of each, the
 ratios, peak RSS
-(VmHWM) of each child, and for Mix also the sampled peak of its whole process group (workers too). Targets: Mix <= 2x the plain read pass, <= the `datasets` script,
-<= 500 MB RSS.
+(VmHWM) of each child, and for Mix also the sampled peak of its process tree (workers too, every
+0.2 s). Targets: Mix <= 2x the plain read pass, <= the `datasets` script, <= 500 MB RSS.
 
 Data and stores go under outputs/bench/ (the store's own filesystem; on these machines /tmp
 writes several times slower than the working tree's disk, which would skew the comparison).
@@ -34,6 +37,7 @@ import threading
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]
 WORDS = (
     "the of and to in a is that for it as was with be by on not he this are or his from at which but have an they "
     "you were her she there been one all we their has would when if so no will more can out up about who them into"
@@ -110,16 +114,18 @@ def child_datasets(directory: Path, out: Path, records: int) -> dict:
     return {"seconds": time.perf_counter() - started, "examples": len(mixture)}
 
 
-def group_rss_mb() -> float:
-    """Resident memory of every process in this process group (this one and its workers)."""
-    group = os.getpgid(0)
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+def tree_rss_mb() -> float:
+    """Resident memory of this process and its descendants (the forkserver and its workers), read
+    from the few /proc files of that tree: a scan of all of /proc every sample cost the measured
+    process a fifth of a core (py-spy: 6 s of CPU in a 26 s Mix)."""
+    total, todo, page = 0, [os.getpid()], os.sysconf("SC_PAGE_SIZE")
+    while todo:
+        pid = todo.pop()
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == group:  # pgrp is the 5th field; fields[0] is the 3rd (state)
-                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # rss, in pages
-        except (OSError, IndexError, ValueError):
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, ValueError):
             continue
     return total / 2**20
 
@@ -158,8 +164,8 @@ def child_mix(directory: Path, store: Path, records: int, workers: int = 0, deco
     done = threading.Event()
 
     def sample() -> None:
-        while not done.wait(0.05):
-            peak[0] = max(peak[0], group_rss_mb())
+        while not done.wait(0.2):
+            peak[0] = max(peak[0], tree_rss_mb())
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -170,15 +176,29 @@ def child_mix(directory: Path, store: Path, records: int, workers: int = 0, deco
     sampler.join()
     assert list(record["stages"]) == ["mix"], record["stages"]  # nothing but Mix was run
     manifest = json.loads((Path(record["stages"]["mix"]["artifact"]) / "manifest.json").read_text())
-    return {"seconds": seconds, "examples": manifest["examples"], "counts": manifest["counts"], "group_rss_mb": peak[0]}
+    return {"seconds": seconds, "examples": manifest["examples"], "counts": manifest["counts"], "tree_rss_mb": peak[0]}
 
 
-def spawn(*args: str) -> dict:
-    # A new session: the child and its workers form one process group, whose memory it samples.
+def spawn(*args: str, tree: Path | None = None) -> dict:
+    """Run one child (a new session: it and its workers stop together). `tree`: import `recipe` from
+    there, in the child and in its workers, whose forkserver puts its working directory first on
+    sys.path (so the child runs in `tree`, and every path it is given is absolute)."""
+    env = {**os.environ, "PYTHONPATH": str(tree)} if tree else None
     out = subprocess.run(
-        [sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True, start_new_session=True
+        [sys.executable, __file__, "--child", *args],
+        capture_output=True,
+        text=True,
+        start_new_session=True,
+        env=env,
+        cwd=tree or ROOT,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    if out.returncode:
+        raise SystemExit(f"child {' '.join(args)} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    code = Path(result.get("code") or ROOT / "recipe")
+    if code.resolve() != ((tree or ROOT) / "recipe").resolve():  # the code timed is the code meant
+        raise SystemExit(f"child {' '.join(args)} ran the recipe code in {code}, not {tree or ROOT}")
+    return result
 
 
 def main() -> None:
@@ -187,6 +207,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0, help="mix.workers (0: one per CPU)")
     parser.add_argument("--dir", type=Path, default=None, help="keep the generated data here (reused if present)")
+    parser.add_argument("--baseline", type=Path, default=None, help="also time Mix with the recipe code of this tree")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -198,20 +219,28 @@ def main() -> None:
         else:
             result = child_mix(Path(directory), Path(rest[0]), int(rest[1]), int(rest[2]), rest[3] == "on")
         result["peak_rss_mb"] = peak_rss_mb()
+        if kind == "mix":  # which recipe code this child and its workers ran
+            from recipe.data.jsonl import worker_pool
+
+            with worker_pool(1) as pool:
+                in_worker = pool.submit(eval, "__import__('recipe').__file__").result()
+            here = sys.modules["recipe"].__file__
+            result["code"] = str(Path(here).parent) if here == in_worker else f"{here} here, {in_worker} in workers"
         print(json.dumps(result))
         return
 
-    root = Path(__file__).resolve().parents[2] / "outputs" / "bench"
+    root = ROOT / "outputs" / "bench"
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="mix-", dir=root))
-    data = args.dir or work / "data"
+    data = (args.dir or work / "data").resolve()
+    baseline = args.baseline.resolve() if args.baseline else None
     if not (data / "mqa.jsonl").exists():
         started = time.perf_counter()
         generate(data, args.records)
         print(f"generated {args.records} records in {time.perf_counter() - started:.1f}s")
     size = sum(p.stat().st_size for p in data.glob("*.jsonl"))
     print(f"data: {size / 1e9:.2f} GB in {data}")
-    reads, fast_reads, mixes, plain, hf = [], [], [], [], []
+    reads, fast_reads, mixes, plain, hf, before = [], [], [], [], [], []
     try:
         for i in range(args.repeats):
             reads.append(spawn("read", str(data), "json"))
@@ -223,10 +252,16 @@ def main() -> None:
             shutil.rmtree(store, ignore_errors=True)
             hf.append(spawn("datasets", str(data), str(store), str(args.records)))
             shutil.rmtree(store, ignore_errors=True)
+            if args.baseline:
+                before.append(
+                    spawn("mix", str(data), str(store), str(args.records), str(args.workers), "on", tree=baseline)
+                )
+                shutil.rmtree(store, ignore_errors=True)
             print(
                 f"run {i + 1}: read(json) {reads[-1]['seconds']:.1f}s, read(orjson) {fast_reads[-1]['seconds']:.1f}s, "
                 f"mix {mixes[-1]['seconds']:.1f}s, mix RSS {mixes[-1]['peak_rss_mb']:.0f} MB, "
-                f"mix without decontamination {plain[-1]['seconds']:.1f}s"
+                f"mix without decontamination {plain[-1]['seconds']:.1f}s, datasets {hf[-1]['seconds']:.1f}s"
+                + (f", mix with the baseline's code {before[-1]['seconds']:.1f}s" if before else "")
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -238,7 +273,7 @@ def main() -> None:
     print(f"read pass, orjson.loads: median {fast_s:.1f}s, peak RSS {max(r['peak_rss_mb'] for r in fast_reads):.0f} MB")
     print(
         f"mix stage:               median {mix_s:.1f}s, peak RSS {max(m['peak_rss_mb'] for m in mixes):.0f} MB "
-        f"(with its worker processes, sampled: {max(m['group_rss_mb'] for m in mixes):.0f} MB)"
+        f"(with its worker processes, sampled: {max(m['tree_rss_mb'] for m in mixes):.0f} MB)"
     )
     print(f"ratio mix / read(json): {mix_s / read_s:.2f}x (target <= 2x); mix / read(orjson): {mix_s / fast_s:.2f}x")
     plain_s = statistics.median(m["seconds"] for m in plain)
@@ -252,6 +287,12 @@ def main() -> None:
         f"{max(m['peak_rss_mb'] for m in hf):.0f} MB; mix / datasets: {mix_s / hf_s:.2f}x (target <= 1x), "
         f"without decontamination {plain_s / hf_s:.2f}x"
     )
+    if before:
+        before_s = statistics.median(m["seconds"] for m in before)
+        print(
+            f"mix with {args.baseline}'s code: median {before_s:.1f}s ({before_s / read_s:.2f}x read(json), "
+            f"{before_s / hf_s:.2f}x datasets); this tree / that one: {mix_s / before_s:.2f}x"
+        )
 
 
 if __name__ == "__main__":
