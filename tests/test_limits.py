@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -84,6 +85,26 @@ def test_reported_windows_cap_the_rate_and_an_empty_one_pauses_until_it_resets(t
     assert paused_until >= before + 0.4  # nothing left in the window: nothing goes before it resets
     c.acquire()
     assert time.time() >= paused_until
+
+
+def test_a_pause_that_begins_between_reserving_and_taking_a_slot_is_waited_for(tmp_path: Path) -> None:
+    """A 429 on another thread gives back the slots reserved before it: one that lands right after
+    a sender reserved, before it took its slot, sends that sender back to the schedule, which now
+    starts after the Retry-After (it once took from the emptied queue and failed the request)."""
+    c = Controller(tmp_path, "key-and-model")
+    reserve, pauses = c._reserve, []
+
+    def reserve_then_a_429_elsewhere() -> None:
+        reserve()
+        if not pauses:
+            pauses.append(time.time() + 0.3)
+            other = threading.Thread(target=c.throttled, args=({"retry-after-ms": "300"},))
+            other.start()
+            other.join()
+
+    c._reserve = reserve_then_a_429_elsewhere  # type: ignore[method-assign]
+    c.acquire()
+    assert pauses and time.time() >= pauses[0] - 0.01  # waited for the pause, not an IndexError
 
 
 def test_retry_after_pauses_every_sender_of_every_process(tmp_path: Path) -> None:

@@ -217,9 +217,14 @@ class Controller:
         with self._waiting:
             with self._lock:
                 self._tokens_mean = 0.9 * self._tokens_mean + 0.1 * tokens if tokens else self._tokens_mean
-            if not self._slots:
-                self._reserve()
-            slot, rps = self._slots.popleft()
+            while True:
+                if not self._slots:
+                    self._reserve()
+                try:
+                    slot, rps = self._slots.popleft()
+                    break
+                except IndexError:  # a 429 (throttled, another thread) gave the slots back: reserve anew
+                    continue
         wait = slot - time.time()
         if wait > 0:
             time.sleep(wait)
