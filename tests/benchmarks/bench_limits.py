@@ -1,6 +1,6 @@
 """How close the model clients come to a provider's rate limit, with nobody setting a number.
 
-    .venv/bin/python tests/benchmarks/bench_limits.py                  # ~10 minutes
+    .venv/bin/python tests/benchmarks/bench_limits.py                  # ~14 minutes
     .venv/bin/python tests/benchmarks/bench_limits.py --warmup 10 --measure 10   # a quick look
 
 A loopback server (tests/limited_server.py) enforces `--limit` requests per second in 1-second
@@ -13,7 +13,12 @@ server, side by side in this one invocation, through the real ModelClient:
 - `fixed 16` / `fixed 64`: today's fixed concurrency, 429s retried by the HTTP client (urllib3,
   honouring Retry-After), no controller;
 - `hand-set`: the usual "parallel request processor" anchor: a sliding-window throttle set to the
-  true limit, 128 threads, no controller.
+  true limit, 128 threads, no controller;
+- `test` / `test x3`: Test's generations as the Test stage sends them (its own `_generate`: its
+  thread pool, its rate controller for the model, its ModelClient), in one process and in three
+  on one key; each process is given prompts for 1.3x the run at its share of the limit.
+
+`--ways test,controller` runs some of them.
 
 Printed per way: served requests/s over the limit after the warm-up, the share answered 429, and
 the warm-up (the first second from which a 5-second average stays at 0.9 of the limit). Then, with
@@ -89,20 +94,45 @@ def drive(url: str, way: str, seconds: float, state: Path, limit: float | None, 
     cache.close()
 
 
+def drive_test(url: str, seconds: float, state: Path, limit: float, share: int, tag: str) -> None:
+    """Test's generations through the Test stage's own sending code, prompts for 1.3x `seconds` at
+    1/`share` of the limit."""
+    from hydra import compose, initialize_config_dir
+
+    from recipe.artifacts import PromptFormat
+    from recipe.cli import CONF_DIR
+    from recipe.evaluation.suites import Item
+    from recipe.providers.limits import ADAPTIVE_IN_FLIGHT
+    from recipe.providers.model_client import Ledger
+    from recipe.providers.serving import ModelAccess
+    from recipe.stages.test import Test
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["stages=[test]", "test.progress=false"])
+    stage = Test(cfg.test, cfg)
+    stage.controllers = {}  # as Test.run starts them
+    client = Client(url, "bench-key", pool_size=ADAPTIVE_IN_FLIGHT, timeout_s=120, max_retries=30, backoff_s=0.25)
+    access = ModelAccess("tuned", client, "m", "together", None, PromptFormat("chat_template"))
+    cache = RequestCache(state / f"requests-{tag}.sqlite")
+    suite = next(iter(cfg.test.suites))
+    prompts = [Item(suite, f"{tag}-{i}", f"prompt {tag}-{i}") for i in range(int(1.3 * seconds * limit / share))]
+    stage._generate(access, cache, Ledger(0, 0, None), {suite: prompts}, [])
+    cache.close()
+
+
 def measure(way: str, limit: float | None, latency: float, headers: bool, warmup: float, span: float) -> dict:
     with LimitedServer(limit, latency_s=latency, headers=headers) as server, tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
         start = time.time()
         seconds = warmup + span
-        if way == "controller x3":
-            procs = [
-                subprocess.Popen(
-                    [sys.executable, __file__, "--worker", server.base_url, str(seconds), tmp, str(i)],
-                )
-                for i in range(3)
-            ]
+        if way in ("controller x3", "test x3"):
+            worker = [sys.executable, __file__, "--worker", way.removesuffix(" x3"), server.base_url, str(seconds), tmp]
+            procs = [subprocess.Popen([*worker, str(i), str(limit)]) for i in range(3)]
             for p in procs:
                 p.wait()
+        elif way == "test":
+            assert limit is not None
+            drive_test(server.base_url, seconds, state, limit, 1, "0")
         else:
             drive(server.base_url, way, seconds, state, limit, "0")
         reference = limit or 1.0
@@ -129,13 +159,22 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.5)
     parser.add_argument("--warmup", type=float, default=30.0)
     parser.add_argument("--measure", type=float, default=15.0)
-    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--ways", default=None, help="comma-separated ways to run (default: all)")
+    parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        url, seconds, state, tag = args.worker
-        drive(url, "controller", float(seconds), Path(state), None, tag)
+        way, url, seconds, state, tag, limit = args.worker
+        if way == "test":
+            drive_test(url, float(seconds), Path(state), float(limit), 3, tag)
+        else:
+            drive(url, way, float(seconds), Path(state), None, tag)
         return
-    ways = ["controller", "controller x3", "fixed 16", "fixed 64", "hand-set"]
+    ways = ["controller", "controller x3", "fixed 16", "fixed 64", "hand-set", "test", "test x3"]
+    if args.ways:
+        unknown = set(args.ways.split(",")) - set(ways)
+        if unknown:
+            parser.error(f"--ways: unknown {', '.join(sorted(unknown))} (known: {', '.join(ways)})")
+        ways = [w for w in ways if w in args.ways.split(",")]
     print(
         f"limit {args.limit:g} requests/s in 1 s windows, answers after {args.latency:g} s; "
         f"warm-up {args.warmup:g} s, then {args.measure:g} s measured"
@@ -149,6 +188,8 @@ def main() -> None:
                 f"{found['refused']:10.3%} {found['warmup_s'] if found['warmup_s'] is not None else '-':>10}",
                 flush=True,
             )
+    if args.ways and "fixed 128" not in args.ways:
+        return
     print("no limit, answers after 2 s:")
     base = measure("fixed 128", None, 2.0, False, args.warmup, args.measure)["rate"]
     ours = measure("controller", None, 2.0, False, args.warmup, args.measure)["rate"]
