@@ -314,7 +314,7 @@ def test_the_check_on_worker_processes_finds_the_same(make_cfg, tmp_path: Path, 
     alone = artifact(run(cfg, run_dir=tmp_path / "a")["stages"]["mix"])[1]
     monkeypatch.setattr(mix_stage, "POOL_MIN_BYTES", 0)  # Mix's own pool even for a small source
     monkeypatch.setattr(mix_stage, "CHUNK_BYTES", 1024)  # ... read in several ranges
-    monkeypatch.setattr(spool, "PARALLEL_ROWS", 1)
+    monkeypatch.setattr(spool, "PARALLEL_BYTES", 1)
     monkeypatch.setattr(spool, "CHECK_ROWS", 7)
     pools: list[bool] = []
     close = spool.ContentCheck.close

@@ -233,7 +233,9 @@ class Table:
     def __init__(self, hashes: np.ndarray, owners: np.ndarray) -> None:
         order = np.lexsort((owners, hashes))
         hashes, self.owners = hashes[order], owners[order]
-        self.keys, first = np.unique(hashes, return_index=True)
+        # Sorted already: each key's first place is where the hash changes (np.unique would sort again).
+        first = np.flatnonzero(np.concatenate(([True], hashes[1:] != hashes[:-1]))) if len(hashes) else np.zeros(0, int)
+        self.keys = hashes[first]
         self.offsets = np.append(first, len(hashes)).astype(np.int64)
         size = 1 << max(10, int(8 * len(self.keys)).bit_length())
         self.mask = np.uint64(size - 1)

@@ -339,8 +339,9 @@ def read_texts(spools: list[str], records: Records, rows: np.ndarray) -> list[li
     return texts
 
 
-CHECK_ROWS = 2048  # records read and checked per batch: memory stays a few MB whatever the mixture
-PARALLEL_ROWS = 20_000  # below this, checking in this process beats a round trip to the workers
+CHECK_ROWS = 2048  # records read and checked per batch at most: memory stays a few MB whatever the mixture
+CHECK_BYTES = 4 << 20  # ... and about this much of their conversation lines (long records: fewer rows)
+PARALLEL_BYTES = 16 << 20  # below this much to check, this process beats a round trip to the workers
 _SCANNERS: dict[str, Any] = {}  # in a worker: index file -> the object whose scan(texts) finds contamination
 
 
@@ -354,7 +355,7 @@ def _scan_rows(spools: list[str], records: Records, index_file: str) -> list[Any
 
 class ContentCheck:
     """Records checked lazily, once each, by `checker.scan` (texts -> findings per record, empty =
-    clean), in batches of CHECK_ROWS; large batches on the reading's worker `pool`, which loads the
+    clean), in batches of CHECK_ROWS / CHECK_BYTES; large checks on the reading's worker `pool`, which loads the
     checker's `index` (its scan is the same function) from a file beside the spools, once per worker."""
 
     def __init__(self, spools: list[str], records: Records, checker: Any, pool: Executor | None = None) -> None:
@@ -367,8 +368,12 @@ class ContentCheck:
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         """Which of `rows` are bad (checking those not checked yet)."""
         todo = rows[~self.checked[rows]]
-        chunks = [todo[i : i + CHECK_ROWS] for i in range(0, len(todo), CHECK_ROWS)]
-        if self.pool is not None and len(todo) >= PARALLEL_ROWS:
+        size = int(self.records.canonical_length[todo].sum())
+        # Batches by rows and by bytes, and the pool by bytes: 38K of the seed's long examples
+        # (533 MB) are worth the workers; a row count alone kept them in this process.
+        step = max(1, min(CHECK_ROWS, CHECK_BYTES * len(todo) // max(size, 1)))
+        chunks = [todo[i : i + step] for i in range(0, len(todo), step)]
+        if self.pool is not None and size >= PARALLEL_BYTES:
             if self._index_file is None:
                 self._index_file = f"{self.spools[0]}.index"
                 with open(self._index_file, "wb") as f:
