@@ -91,12 +91,17 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def normalise(text: str) -> bytes:
-    """Lower case, punctuation and whitespace as single spaces' worth of separators (UTF-8)."""
+def _lowered(text: str) -> bytes:
+    """Lower case, non-ASCII punctuation as spaces, in UTF-8 (ASCII punctuation is left to _TABLE)."""
     text = text.lower()
     if not text.isascii():
         text = _UNICODE_PUNCT.sub(" ", text)
-    return text.encode("utf-8", "replace").translate(_TABLE)
+    return text.encode("utf-8", "replace")
+
+
+def normalise(text: str) -> bytes:
+    """Lower case, punctuation and whitespace as single spaces' worth of separators (UTF-8)."""
+    return _lowered(text).translate(_TABLE)
 
 
 def normalise_all(messages: Sequence[str]) -> tuple[bytes, np.ndarray]:
@@ -104,10 +109,7 @@ def normalise_all(messages: Sequence[str]) -> tuple[bytes, np.ndarray]:
     past each message's space. One pass of each step over the whole batch (NUL between messages
     marks their ends), not one per message; a batch whose text holds NUL itself goes message by
     message."""
-    text = ("\0".join(messages) + "\0").lower()
-    if not text.isascii():
-        text = _UNICODE_PUNCT.sub(" ", text)
-    raw = text.encode("utf-8", "replace")
+    raw = _lowered("\0".join(messages) + "\0")
     ends = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) == 0) + 1
     if len(ends) == len(messages):
         return raw.translate(_TABLE_NUL), ends
@@ -338,10 +340,9 @@ class Index:
 
     def scan(self, examples: Sequence[Sequence[str]]) -> list[list[tuple[str, int]]]:
         """For each example (its messages' texts), the test records (suite, index) it contains."""
-        # One shared empty list for the clean (nearly all): a hit replaces it (_scan_batch), never appends to it.
-        found: list[list[tuple[str, int]]] = [[]] * len(examples)
+        found: list[list[tuple[str, int]]] = [[] for _ in examples]
         if not self.parts:
-            return [[] for _ in examples]
+            return found
         batch: list[int] = []
         size = 0
         for i, example in enumerate(examples):
@@ -397,9 +398,7 @@ class Index:
         for example, part in hits:
             for e, p in zip(example.tolist(), part.tolist(), strict=True):
                 record = self.parts[p]
-                if not found[e]:
-                    found[e] = [record]
-                elif record not in found[e]:
+                if record not in found[e]:
                     found[e].append(record)
 
 

@@ -355,8 +355,9 @@ def _scan_rows(spools: list[str], records: Records, index_file: str) -> list[Any
 
 class ContentCheck:
     """Records checked lazily, once each, by `checker.scan` (texts -> findings per record, empty =
-    clean), in batches of CHECK_ROWS / CHECK_BYTES; large checks on the reading's worker `pool`, which loads the
-    checker's `index` (its scan is the same function) from a file beside the spools, once per worker."""
+    clean), in batches of CHECK_ROWS / CHECK_BYTES; large checks on the reading's worker `pool`,
+    which loads the checker's `index` (its scan is the same function) from a file beside the
+    spools, once per worker."""
 
     def __init__(self, spools: list[str], records: Records, checker: Any, pool: Executor | None = None) -> None:
         self.spools, self.records, self.checker, self.pool = spools, records, checker, pool

@@ -68,15 +68,9 @@ def _generation_prefix(template: str) -> str:
 
 def render_prompt(history: list[Message], template: str) -> str:
     """Everything before the answer: the history, then the template's generation prefix."""
-    out = []
-    first = True
-    for i, m in enumerate(history):
-        if template == "llama2_inst" and m["role"] == "user" and i > 0 and history[i - 1]["role"] == "system":
-            out.append(f"{m['content']} [/INST]")  # the system block opened this [INST]
-        else:
-            out.append(_piece(template, m, first))
-        first = False
-    return "".join(out) + _generation_prefix(template)
+    if template == "llama2_inst":  # no generation prefix
+        return _render_inst(history)
+    return "".join(_piece(template, m, i == 0) for i, m in enumerate(history)) + _generation_prefix(template)
 
 
 def render_completion(answer: Message, template: str) -> str:
@@ -91,8 +85,9 @@ def render(messages: list[Message], template: str) -> str:
 
 
 def _render_inst(messages: list[Message]) -> str:
-    """`render` in llama2_inst for a conversation that ends with an answer, in one loop (Mix renders
-    every record it reads): the same text as render_prompt + render_completion."""
+    """Messages in llama2_inst, in order: a prompt's history, or a whole conversation that ends with
+    an answer (then the same text as render_prompt + render_completion, in one loop: Mix renders
+    every record it reads)."""
     out = []
     previous = None
     for m in messages:

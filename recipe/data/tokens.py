@@ -13,7 +13,12 @@ from typing import Any
 
 def approx_tokens(text: str) -> int:
     """About four characters a token."""
-    return (len(text) + 3) // 4
+    return approx_for_length(len(text))
+
+
+def approx_for_length(characters: int) -> int:
+    """`approx_tokens` of a text this long."""
+    return (characters + 3) // 4
 
 
 def trained_text(example: dict[str, Any]) -> list[str]:
@@ -27,6 +32,6 @@ def trained_text(example: dict[str, Any]) -> list[str]:
 
 # `mix.token_counter`: how an example's tokens are counted.
 TOKEN_COUNTERS: dict[str, Callable[[dict[str, Any]], int]] = {
-    "approx": lambda example: (sum(map(len, trained_text(example))) + 3) // 4,  # approx_tokens of the joined text
+    "approx": lambda example: approx_for_length(sum(map(len, trained_text(example)))),  # the pieces joined
     "whitespace": lambda example: sum(len(part.split()) for part in trained_text(example)),
 }
