@@ -385,7 +385,7 @@ def to_messages(record: dict[str, Any], kind: str, where: str, text_template: st
     if kind == "prompt_completion":
         prompt = _field(record, "prompt", where, kind)
         completion = _field(record, "completion", where, kind)
-        if not (prompt.strip() and completion.strip()):
+        if not prompt or prompt.isspace() or not completion or completion.isspace():  # strip() would copy them
             return None
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
     if kind == "text":

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import xxhash
 from tqdm import tqdm
 
 from recipe.data import templates
@@ -82,7 +83,8 @@ def read_unit(unit: SpoolUnit, lines: Iterator[tuple[Any, str]] | None = None, p
     origin = (
         b',"component":' + orjson.dumps(unit.component) + b',"source":' + orjson.dumps(unit.source) + b',"stratum":'
     )
-    hashes = bytearray()
+    hashes = array("Q")
+    content_hash = xxhash.xxh3_64_intdigest
     labels: dict[Any, int] = {}
     position = records = skipped = 0
     with open(unit.spool, "wb", buffering=1 << 20) as spool:
@@ -125,7 +127,9 @@ def read_unit(unit: SpoolUnit, lines: Iterator[tuple[Any, str]] | None = None, p
             position += len(line) + len(canonical)
             tokens.append(count_tokens(example))
             stratum.append(labels.setdefault(label, len(labels)))
-            hashes += hashlib.sha256(encoded).digest()[:8]  # dedupe by content; sha256 is fast here (SHA-NI)
+            # Dedupe by content: xxh3 (64 bits: a chance collision among 10M records ~3e-6) takes 0.2 us
+            # where sha256 took 2-3 us (mostly its per-call setup).
+            hashes.append(content_hash(encoded))
             spool.write(line)
             spool.write(canonical)
     if progress is not None:
@@ -139,7 +143,7 @@ def read_unit(unit: SpoolUnit, lines: Iterator[tuple[Any, str]] | None = None, p
         "canonical_length": np.frombuffer(canonical_length, dtype=np.int64),
         "tokens": np.frombuffer(tokens, dtype=np.int64),
         "stratum": np.frombuffer(stratum, dtype=np.int32),
-        "hash": np.frombuffer(bytes(hashes), dtype=np.int64),
+        "hash": np.frombuffer(hashes, dtype=np.uint64).view(np.int64),
     }
 
 
