@@ -20,10 +20,12 @@ a test run that grows later is still clean): `judge` its instruction (and Alpaca
 its text and its reference summary, `mqa` its question (the documents are Wikipedia passages that
 every QA training set shares; they are not the test).
 
-How, fast: words are hashed with a polynomial hash computed by numpy prefix sums over the UTF-8
-bytes, and n-grams with the same trick over the word hashes, so a batch of examples costs a few
-vectorised passes; the test side (thousands of prompts) is one sorted array of n-gram hashes with
-the prompts behind each. Hashes are stable across processes (no Python `hash`).
+How, fast: words are hashed from their 8-byte pieces (numpy gathers over the normalised UTF-8
+bytes), and n-grams with a polynomial over the word hashes computed by prefix sums, so a batch of
+examples costs a few vectorised passes. The test side (thousands of prompts) is one sorted array
+of n-gram hashes with the prompts behind each, and a bitmap of the words that lead its n-grams: a
+place in a training text whose first two words lead none is not hashed further. Hashes are stable
+across processes (no Python `hash`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import re
 import string
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, TypeVar
 
 import numpy as np
@@ -41,7 +44,6 @@ from recipe.data.sources import iter_records, source_identity
 from recipe.errors import RecipeError
 
 T = TypeVar("T")
-_P = np.uint64(0x100000001B3)  # FNV prime: the byte base
 _Q = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio constant (odd): the word base
 _EXACT = np.uint64(0xD6E8FEB86659FD93)  # tags a whole-message hash
 _SPACE = 32
@@ -79,7 +81,7 @@ class _Powers:
         return self.up[:n], self.down[:n]
 
 
-_BYTE_POWERS, _WORD_POWERS = _Powers(_P), _Powers(_Q)
+_WORD_POWERS = _Powers(_Q)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -89,6 +91,28 @@ def _mix(x: np.ndarray) -> np.ndarray:
     x = x ^ (x >> np.uint64(27))
     x = x * np.uint64(0x94D049BB133111EB)
     return x ^ (x >> np.uint64(31))
+
+
+_LOW_BYTES = np.array([(1 << (8 * i)) - 1 for i in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
+
+
+def _word_hashes(text: bytes, begin: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each word text[begin:end], from the word's 8-byte little-endian pieces
+    (unaligned loads, the bytes past the word masked off): the first piece, then each next piece
+    xor-ed into the mixed state, then mixed. Normalised text holds no zero byte, so a piece with its
+    length is one value (no two words of up to 8 bytes share a hash). About 5 ns a word, where
+    prefix sums over every byte cost 9."""
+    pieces = np.ndarray((len(text),), dtype="<u8", buffer=text + bytes(8), strides=(1,))
+    length = end - begin
+    hashes = pieces[begin] & _LOW_BYTES[np.minimum(length, 8)]
+    longer = np.flatnonzero(length > 8)
+    done = 8
+    while len(longer):  # words of more than 8 bytes: one round per further piece, on those alone
+        rest = length[longer] - done
+        hashes[longer] = _mix(hashes[longer]) ^ (pieces[begin[longer] + done] & _LOW_BYTES[np.minimum(rest, 8)])
+        longer = longer[rest > 8]
+        done += 8
+    return _mix(hashes)
 
 
 def _lowered(text: str) -> bytes:
@@ -136,14 +160,7 @@ class Words:
         if is_word[0]:
             edges = np.concatenate(([0], edges))
         begin, end = edges[0::2], edges[1::2]  # each word's byte range
-        # A word's hash is sum((byte + 1) * P^-i) * P^(end-1) over its bytes, from one in-place
-        # prefix sum. byte + 1 stays a byte: UTF-8 never holds 0xFF.
-        up, down = _BYTE_POWERS.get(len(data) + 1)
-        sums = np.empty(len(data) + 1, dtype=np.uint64)
-        sums[0] = 0
-        np.multiply(data + np.uint8(1), down[: len(data)], out=sums[1:], dtype=np.uint64)
-        np.cumsum(sums[1:], out=sums[1:])
-        hashes = _mix((sums[end] - sums[begin]) * up[end - 1])
+        hashes = _word_hashes(joined, begin, end)
         # Which message each word is in: message m's words are those that begin before its end.
         starts = np.concatenate(([0], np.searchsorted(begin, ends)))
         segment = np.repeat(np.arange(len(messages), dtype=np.int64), np.diff(starts))
@@ -151,22 +168,28 @@ class Words:
         prefix = np.concatenate(([np.uint64(0)], np.cumsum(hashes * wdown[: len(hashes)])))
         return cls(hashes, segment, starts, prefix)
 
-    def grams(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Hashes of every k-word run inside one message, and the word index each starts at."""
+    def grams(self, k: int, leads: Leads | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Hashes of every k-word run inside one message, and the word index each starts at; with
+        `leads`, only of the runs whose first words lead some n-gram there (when those are few)."""
         n = len(self.hashes) - k + 1
         if n <= 0:
             return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+        if leads is not None:
+            first = np.flatnonzero(leads.maybe(self.hashes, n, k))
+            if 4 * len(first) < n:  # few candidates: a gather each beats hashing every run
+                first = first[self.segment[first] == self.segment[first + k - 1]]
+                return self.gram_at(first, k), first
         first = np.flatnonzero(self.segment[:n] == self.segment[k - 1 :])  # runs that stay in one message
         # gram_at for one k, on slices rather than gathers: every run's hash, then the ones kept.
         up, _ = _WORD_POWERS.get(len(self.hashes) + 1)
         h = (self.prefix[k : k + n] - self.prefix[:n]) * up[k - 1 : k - 1 + n]
         return _mix(h[first] ^ np.uint64(k)), first
 
-    def gram_at(self, first: np.ndarray, k: np.ndarray) -> np.ndarray:
+    def gram_at(self, first: np.ndarray, k: np.ndarray | int) -> np.ndarray:
         """The hash of the k[j]-word run starting at word first[j] (caller keeps it inside a message)."""
         up, _ = _WORD_POWERS.get(len(self.hashes) + 1)
         h = (self.prefix[first + k] - self.prefix[first]) * up[first + k - 1]
-        return _mix(h ^ k.astype(np.uint64))
+        return _mix(h ^ np.asarray(k).astype(np.uint64))
 
     def whole(self) -> tuple[np.ndarray, np.ndarray]:
         """One hash per non-empty message: its whole word sequence (for exact matches)."""
@@ -227,6 +250,30 @@ def identity(config: DictConfig | None, key: str) -> dict[str, Any] | None:
     }
 
 
+def _lead(hashes: np.ndarray, n: int, k: int) -> np.ndarray:
+    """A hash of the first two words (one when k is 1) of the k-word runs starting at words 0..n-1."""
+    return hashes[:n] if k == 1 else hashes[:n] * _Q + hashes[1 : n + 1]
+
+
+class Leads:
+    """Which first words (two, or one for 1-grams) start a table's n-grams, as a bitmap on their
+    hash's top bits: no false negatives, about 1/64 false positives. A training text whose two
+    words at a place lead no n-gram of the test side needs no n-gram hash there: with a few
+    hundred test prompts, that skips nearly every place."""
+
+    MAX_BITS = 22  # 4 MB at most: a larger test side fills it, and grams() then hashes every run
+
+    def __init__(self, leads: np.ndarray) -> None:
+        bits = min(self.MAX_BITS, max(12, (64 * len(leads)).bit_length()))
+        self.shift = np.uint64(64 - bits)
+        self.bitmap = np.zeros(1 << bits, dtype=bool)
+        self.bitmap[(leads >> self.shift).astype(np.intp)] = True
+
+    def maybe(self, hashes: np.ndarray, n: int, k: int) -> np.ndarray:
+        """For each of the n k-word runs of `hashes`: may it be one of the n-grams?"""
+        return self.bitmap[(_lead(hashes, n, k) >> self.shift).astype(np.intp)]
+
+
 class Table:
     """Sorted hashes -> the test parts behind each, with two direct-mapped presence filters (low
     and high hash bits, 8-16 slots per key): two memory accesses rule out nearly every training
@@ -283,6 +330,8 @@ class Index:
     short_hash: np.ndarray  # short part -> the hash of all its words
     tiny: Table
     records: dict[str, int]  # suite -> records
+    long_leads: Leads  # the first words of the long and short tables' n-grams
+    short_leads: Leads
 
     @classmethod
     def build(
@@ -295,6 +344,7 @@ class Index:
         lengths: list[int] = []
         full: list[int] = []
         records: dict[str, int] = {}
+        leads: dict[str, list[np.ndarray]] = {"long": [], "short": []}
         for name, texts in suites.items():
             records[name] = 0
             for index, part_texts in texts:
@@ -306,8 +356,10 @@ class Index:
                         continue
                     if n >= ngram:
                         kind, h = "long", np.unique(words.grams(ngram)[0])
+                        leads["long"].append(_lead(words.hashes, n - ngram + 1, ngram))
                     elif n >= min_words:
                         kind, h = "short", words.grams(min_words)[0][:1]
+                        leads["short"].append(_lead(words.hashes, 1, min_words))
                     else:
                         kind, h = "tiny", words.whole()[0]
                     part = len(parts)
@@ -336,41 +388,36 @@ class Index:
             np.array(full, dtype=np.uint64),
             table("tiny"),
             records,
+            Leads(np.concatenate(leads["long"]) if leads["long"] else np.zeros(0, dtype=np.uint64)),
+            Leads(np.concatenate(leads["short"]) if leads["short"] else np.zeros(0, dtype=np.uint64)),
         )
 
     def scan(self, examples: Sequence[Sequence[str]]) -> list[list[tuple[str, int]]]:
         """For each example (its messages' texts), the test records (suite, index) it contains."""
         found: list[list[tuple[str, int]]] = [[] for _ in examples]
-        if not self.parts:
+        messages = list(chain.from_iterable(examples))
+        if not self.parts or not messages:
             return found
-        batch: list[int] = []
-        size = 0
-        for i, example in enumerate(examples):
-            batch.append(i)
-            size += sum(map(len, example))
-            if size >= BATCH_BYTES:
-                self._scan_batch(examples, batch, found)
-                batch, size = [], 0
-        if batch:
-            self._scan_batch(examples, batch, found)
+        # Batches of about BATCH_BYTES of whole examples, cut with numpy rather than a loop per example.
+        owner = np.repeat(np.arange(len(examples)), np.fromiter(map(len, examples), np.int64, len(examples)))
+        ends = np.cumsum(np.fromiter(map(len, messages), np.int64, len(messages)))  # text before each message's end
+        last = np.flatnonzero(np.append(owner[1:] != owner[:-1], True))  # each example's last message
+        cuts = np.unique(np.searchsorted(ends[last], np.arange(BATCH_BYTES, int(ends[-1]) + 1, BATCH_BYTES)))
+        start = 0
+        for cut in [*(last[cuts[cuts < len(last)]] + 1).tolist(), len(messages)]:
+            if cut > start:
+                self._scan_batch(messages[start:cut], owner[start:cut], found)
+                start = cut
         return found
 
     def _scan_batch(
-        self, examples: Sequence[Sequence[str]], batch: list[int], found: list[list[tuple[str, int]]]
+        self, messages: list[str], example_of_message: np.ndarray, found: list[list[tuple[str, int]]]
     ) -> None:
-        messages: list[str] = []
-        owner: list[int] = []
-        for i in batch:
-            messages.extend(examples[i])
-            owner.extend([i] * len(examples[i]))
-        if not messages:
-            return
         words = Words.of(messages)
-        example_of_message = np.array(owner, dtype=np.int64)
         example_of_word = example_of_message[words.segment]
         hits: list[tuple[np.ndarray, np.ndarray]] = []  # (example, part) of every part found
         # Long prompts: distinct (example, n-gram) hits per part against the part's n-grams.
-        hashes, first = words.grams(self.ngram)
+        hashes, first = words.grams(self.ngram, self.long_leads)
         at, part = self.long.lookup(hashes)
         if len(at):
             example = example_of_word[first[at]]
@@ -380,7 +427,7 @@ class Index:
             dirty = matched >= self.threshold * self.part_grams[pair_part]
             hits.append((pair[dirty] // len(self.parts), pair_part[dirty]))
         # Short prompts: where their first words occur, the whole prompt, inside one message.
-        hashes, first = words.grams(self.min_words)
+        hashes, first = words.grams(self.min_words, self.short_leads)
         at, part = self.short.lookup(hashes)
         if len(at):
             start, k = first[at], self.short_length[part]
