@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -87,6 +88,42 @@ def test_hashes_are_the_same_in_every_process() -> None:
         for _ in range(2)
     }
     assert len(runs) == 1 and runs.pop().strip() == str(Words.of(["hello world AGAIN"]).hashes.tolist())
+
+
+def test_words_hash_by_every_byte_whatever_their_length_or_place() -> None:
+    """Words are hashed from 8-byte pieces: words that differ only past the first piece, or only in
+    a middle piece of a long one, hash apart; a word hashes the same at any byte offset."""
+    long_a, long_b = "1234567890123456789012345", "1234567890123450789012345"  # differ in piece 2 of 4
+    pairs = [
+        ("internationalization", "internationalisation"),
+        (long_a, long_b),
+        ("abcdefgh", "abcdefghi"),  # one byte past a whole piece
+        ("a", "aa"),
+        ("ŝtono", "ştono"),  # UTF-8, two bytes a letter
+    ]
+    for a, b in pairs:
+        assert Words.of([a]).hashes.tolist() != Words.of([b]).hashes.tolist(), (a, b)
+    for word in ("x", "abcdefgh", "internationalization", long_a, "ŝtono"):
+        alone = Words.of([word]).hashes.tolist()
+        for shift in range(1, 9):  # every alignment of its first byte
+            assert Words.of([" " * shift + word + " tail"]).hashes[:1].tolist() == alone, (word, shift)
+    distinct = {f"w{i:07d}x{i % 7}" * (1 + i % 4) for i in range(2000)}
+    assert len(set(Words.of([" ".join(sorted(distinct))]).hashes.tolist())) == len(distinct)
+
+
+def test_the_lead_bitmap_skips_places_but_never_a_match(monkeypatch) -> None:
+    """Only places whose first two words lead one of the test side's n-grams are hashed further
+    when those are few; the same places are found when every place is hashed."""
+    rng = __import__("random").Random(0)
+    vocab = [f"v{i}" for i in range(60)]
+    prompts = [" ".join(rng.choice(vocab) for _ in range(30)) for _ in range(5)]
+    idx = index(alpaca=[[p] for p in prompts], mqa=[[q] for q in QUESTIONS])
+    texts = [[" ".join(rng.choice(vocab) for _ in range(200))] for _ in range(300)]
+    texts += [[f"noise {prompts[i]} more noise"] for i in range(5)] + [[f"so: {QUESTIONS[1]}?"]]
+    sparse = idx.scan(texts)
+    assert sparse[-6:] == [[("alpaca", i)] for i in range(5)] + [[("mqa", 1)]]
+    monkeypatch.setattr(contamination.Leads, "maybe", lambda self, hashes, n, k: np.ones(n, dtype=bool))
+    assert idx.scan(texts) == sparse  # every place a candidate: the slices path, the same findings
 
 
 def test_a_message_hashes_the_same_whatever_shares_its_batch() -> None:
