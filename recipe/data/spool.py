@@ -162,16 +162,27 @@ def write_block(
     (path, byte offset) each; a worker writes its own blocks, so they never travel through a pipe).
     Returns the samples checked."""
     fds: dict[int, int] = {}
-    upload, canonical = [], []
+    upload: list[bytes] = [b""] * len(offsets)
+    canonical: list[bytes] = [b""] * len(offsets)
+    # Read in spool order (a pread after the one before it costs ~1.6 us, one anywhere ~2.4 us),
+    # each line put at its place in the block.
+    order = np.lexsort((offsets, unit_ids))
     try:
-        rows = zip(unit_ids.tolist(), offsets.tolist(), lengths.tolist(), canonical_lengths.tolist(), strict=True)
-        for unit_id, offset, length, canonical_length in rows:
+        rows = zip(
+            order.tolist(),
+            unit_ids[order].tolist(),
+            offsets[order].tolist(),
+            lengths[order].tolist(),
+            canonical_lengths[order].tolist(),
+            strict=True,
+        )
+        for place, unit_id, offset, length, canonical_length in rows:
             fd = fds.get(unit_id)
             if fd is None:
                 fd = fds[unit_id] = os.open(spools[unit_id], os.O_RDONLY)
             both = os.pread(fd, length + canonical_length, offset)
-            upload.append(both[:length])
-            canonical.append(both[length:])
+            upload[place] = both[:length]
+            canonical[place] = both[length:]
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -323,20 +334,22 @@ def merge_units(
 def read_texts(spools: list[str], records: Records, rows: np.ndarray) -> list[list[str]]:
     """The message texts of these records (from their canonical lines), for content checks."""
     fds: dict[int, int] = {}
-    texts = []
+    texts: list[list[str]] = [[] for _ in range(len(rows))]
+    order = np.lexsort((records.offset[rows], records.unit[rows]))  # read in spool order (see write_block)
     try:
-        for unit_id, offset, length, canonical_length in zip(
-            records.unit[rows].tolist(),
-            records.offset[rows].tolist(),
-            records.length[rows].tolist(),
-            records.canonical_length[rows].tolist(),
+        for place, unit_id, offset, length, canonical_length in zip(
+            order.tolist(),
+            records.unit[rows[order]].tolist(),
+            records.offset[rows[order]].tolist(),
+            records.length[rows[order]].tolist(),
+            records.canonical_length[rows[order]].tolist(),
             strict=True,
         ):
             fd = fds.get(unit_id)
             if fd is None:
                 fd = fds[unit_id] = os.open(spools[unit_id], os.O_RDONLY)
             line = orjson.loads(os.pread(fd, canonical_length, offset + length))
-            texts.append([m["content"] for m in line["messages"]])
+            texts[place] = [m["content"] for m in line["messages"]]
     finally:
         for fd in fds.values():
             os.close(fd)
