@@ -174,7 +174,7 @@ class Words:
         n = len(self.hashes) - k + 1
         if n <= 0:
             return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
-        if leads is not None:
+        if leads is not None and leads.sparse:
             first = np.flatnonzero(leads.maybe(self.hashes, n, k))
             if 4 * len(first) < n:  # few candidates: a gather each beats hashing every run
                 first = first[self.segment[first] == self.segment[first + k - 1]]
@@ -268,6 +268,7 @@ class Leads:
         self.shift = np.uint64(64 - bits)
         self.bitmap = np.zeros(1 << bits, dtype=bool)
         self.bitmap[(leads >> self.shift).astype(np.intp)] = True
+        self.sparse = np.count_nonzero(self.bitmap) * 8 < len(self.bitmap)  # else it would rule out little
 
     def maybe(self, hashes: np.ndarray, n: int, k: int) -> np.ndarray:
         """For each of the n k-word runs of `hashes`: may it be one of the n-grams?"""
