@@ -255,6 +255,11 @@ def _lead(hashes: np.ndarray, n: int, k: int) -> np.ndarray:
     return hashes[:n] if k == 1 else hashes[:n] * _Q + hashes[1 : n + 1]
 
 
+def _lead_at(hashes: np.ndarray, first: np.ndarray, k: int) -> np.ndarray:
+    """`_lead` of the k-word runs starting at words `first`."""
+    return hashes[first] if k == 1 else hashes[first] * _Q + hashes[first + 1]
+
+
 class Leads:
     """Which first words (two, or one for 1-grams) start a table's n-grams, as a bitmap on their
     hash's top bits: no false negatives, about 1/64 false positives. A training text whose two
@@ -282,7 +287,10 @@ class Table:
 
     def __init__(self, hashes: np.ndarray, owners: np.ndarray) -> None:
         order = np.lexsort((owners, hashes))
-        hashes, self.owners = hashes[order], owners[order]
+        hashes, owners = hashes[order], owners[order]
+        once = np.ones(len(hashes), dtype=bool)  # each (hash, part) once: a prompt may repeat an n-gram
+        once[1:] = (hashes[1:] != hashes[:-1]) | (owners[1:] != owners[:-1])
+        hashes, self.owners = hashes[once], owners[once]
         # Sorted already: each key's first place is where the hash changes (np.unique would sort again).
         first = np.flatnonzero(np.concatenate(([True], hashes[1:] != hashes[:-1]))) if len(hashes) else np.zeros(0, int)
         self.keys = hashes[first]
@@ -313,6 +321,60 @@ class Table:
         return np.repeat(where, counts), self.owners[np.repeat(lo, counts) + within]
 
 
+BUILD_BYTES = 1 << 22  # test text hashed per numpy pass while building the index
+
+
+class _BuildParts:
+    """Index.build's arrays, batch by batch: per table the n-gram hashes and the part behind each,
+    and per part whether it is long, its short length and whole hash, in part order."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, list[np.ndarray]] = {}
+
+    def _put(self, key: str, value: np.ndarray) -> None:
+        self.arrays.setdefault(key, []).append(value)
+
+    def joined(self, key: str, dtype: type) -> np.ndarray:
+        pieces = self.arrays.get(key)
+        return np.concatenate(pieces).astype(dtype) if pieces else np.zeros(0, dtype=dtype)
+
+    def table(self, kind: str) -> Table:
+        return Table(self.joined(f"{kind}_keys", np.uint64), self.joined(f"{kind}_owners", np.int64))
+
+    def add(
+        self, words: Words, owners: list[tuple[str, int]], parts: list[tuple[str, int]], ngram: int, min_words: int
+    ) -> None:
+        """One batch of texts (`owners`: the suite record of each): every non-empty one becomes a
+        part (numbered on from len(parts)), long (>= ngram words), short (>= min_words) or tiny."""
+        n = np.diff(words.starts)  # words of each text
+        texts = np.flatnonzero(n > 0)
+        part_of = np.full(len(n), -1, dtype=np.int64)
+        part_of[texts] = len(parts) + np.arange(len(texts))
+        parts.extend(owners[t] for t in texts.tolist())
+        long, short, tiny = (n >= ngram), (n >= min_words) & (n < ngram), (n > 0) & (n < min_words)
+        # Long: every n-gram (each run of `ngram` words inside one text is in a long one); the
+        # table keeps each (n-gram, part) once, and counts them per part.
+        hashes, first = words.grams(ngram)
+        self._put("long_keys", hashes)
+        self._put("long_owners", part_of[words.segment[first]])
+        self._put("long_leads", _lead_at(words.hashes, first, ngram))
+        self._put("is_long", long[texts])
+        # Short: the first `min_words` words (looked up), and the whole text (checked at a hit).
+        lead = words.starts[:-1][short]
+        self._put("short_keys", words.gram_at(lead, min_words))
+        self._put("short_owners", part_of[short])
+        self._put("short_leads", _lead_at(words.hashes, lead, min_words))
+        self._put("short_length", np.where(short, n, 0)[texts])
+        whole = np.zeros(len(n), dtype=np.uint64)
+        whole[short] = words.gram_at(lead, n[short])
+        self._put("short_hash", whole[texts])
+        # Tiny: the whole text, found as a whole message.
+        whole_hashes, nonempty = words.whole()
+        keep = tiny[nonempty]
+        self._put("tiny_keys", whole_hashes[keep])
+        self._put("tiny_owners", part_of[nonempty[keep]])
+
+
 @dataclass
 class Index:
     """The test side, in three tables: the distinct n-grams of long prompts (found by the share of
@@ -338,59 +400,45 @@ class Index:
     def build(
         cls, suites: dict[str, Iterable[tuple[int, list[str]]]], ngram: int, threshold: float, min_words: int
     ) -> Index:
+        """Each non-empty text of each suite record is one part. Texts are hashed in batches of
+        about BUILD_BYTES (the seed's suites: 1,431 BookSum chapters, 7.7M distinct 13-grams)."""
         parts: list[tuple[str, int]] = []
-        grams: list[int] = []
-        tables: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {k: ([], []) for k in ("long", "short", "tiny")}
-        short_length = np.zeros(0, dtype=np.int64)
-        lengths: list[int] = []
-        full: list[int] = []
+        acc = _BuildParts()
         records: dict[str, int] = {}
-        leads: dict[str, list[np.ndarray]] = {"long": [], "short": []}
         for name, texts in suites.items():
             records[name] = 0
+            batch: list[str] = []
+            owners: list[tuple[str, int]] = []
+            size = 0
             for index, part_texts in texts:
                 records[name] = index + 1
                 for text in part_texts:
-                    words = Words.of([text])
-                    n = len(words.hashes)
-                    if n == 0:
-                        continue
-                    if n >= ngram:
-                        kind, h = "long", np.unique(words.grams(ngram)[0])
-                        leads["long"].append(_lead(words.hashes, n - ngram + 1, ngram))
-                    elif n >= min_words:
-                        kind, h = "short", words.grams(min_words)[0][:1]
-                        leads["short"].append(_lead(words.hashes, 1, min_words))
-                    else:
-                        kind, h = "tiny", words.whole()[0]
-                    part = len(parts)
-                    tables[kind][0].append(h)
-                    tables[kind][1].append(np.full(len(h), part, dtype=np.int64))
-                    lengths.append(n if kind == "short" else 0)
-                    full.append(int(words.gram_at(np.zeros(1, np.int64), np.array([n]))[0]) if kind == "short" else 0)
-                    parts.append((name, index))
-                    grams.append(len(h))
-
-        def table(kind: str) -> Table:
-            hashes, owners = tables[kind]
-            empty_h, empty_o = np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
-            return Table(np.concatenate(hashes) if hashes else empty_h, np.concatenate(owners) if owners else empty_o)
-
-        short_length = np.array(lengths, dtype=np.int64)
+                    batch.append(text)
+                    owners.append((name, index))
+                    size += len(text)
+                if size >= BUILD_BYTES:
+                    acc.add(Words.of(batch), owners, parts, ngram, min_words)
+                    batch, owners, size = [], [], 0
+            if batch:
+                acc.add(Words.of(batch), owners, parts, ngram, min_words)
+        long = acc.table("long")
+        grams = np.ones(len(parts), dtype=np.int64)  # per part: distinct n-grams (long), else 1
+        is_long = acc.joined("is_long", np.bool_)
+        grams[is_long] = np.bincount(long.owners, minlength=len(parts))[is_long]
         return cls(
             ngram,
             threshold,
             min_words,
             parts,
-            np.array(grams, dtype=np.int64),
-            table("long"),
-            table("short"),
-            short_length,
-            np.array(full, dtype=np.uint64),
-            table("tiny"),
+            grams,
+            long,
+            acc.table("short"),
+            acc.joined("short_length", np.int64),
+            acc.joined("short_hash", np.uint64),
+            acc.table("tiny"),
             records,
-            Leads(np.concatenate(leads["long"]) if leads["long"] else np.zeros(0, dtype=np.uint64)),
-            Leads(np.concatenate(leads["short"]) if leads["short"] else np.zeros(0, dtype=np.uint64)),
+            Leads(acc.joined("long_leads", np.uint64)),
+            Leads(acc.joined("short_leads", np.uint64)),
         )
 
     def scan(self, examples: Sequence[Sequence[str]]) -> list[list[tuple[str, int]]]:
