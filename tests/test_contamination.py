@@ -120,6 +120,7 @@ def test_the_lead_bitmap_skips_places_but_never_a_match(monkeypatch) -> None:
     idx = index(alpaca=[[p] for p in prompts], mqa=[[q] for q in QUESTIONS])
     texts = [[" ".join(rng.choice(vocab) for _ in range(200))] for _ in range(300)]
     texts += [[f"noise {prompts[i]} more noise"] for i in range(5)] + [[f"so: {QUESTIONS[1]}?"]]
+    assert idx.long_leads.sparse and idx.short_leads.sparse  # so the first scan takes the bitmap's path
     sparse = idx.scan(texts)
     assert sparse[-6:] == [[("alpaca", i)] for i in range(5)] + [[("mqa", 1)]]
     monkeypatch.setattr(contamination.Leads, "maybe", lambda self, hashes, n, k: np.ones(n, dtype=bool))

@@ -39,8 +39,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from recipe.data.jsonl import (
     CHUNK_BYTES,
     POOL_MIN_BYTES,
@@ -171,23 +169,19 @@ def _check_record(record: dict[str, Any], fmt: str, fail: Any) -> None:
 def check_lines(lines: Iterable[bytes], path: Path, first_line: int, fmt: str | None) -> tuple[str | None, int]:
     """Check lines numbered from `first_line`; all must be in `fmt` (None: the first line's)."""
     samples = 0
-    for lineno, raw in enumerate(lines, first_line):
-        if fmt == "text":  # the common case, decided without the generic rules: one key, a string
-            try:
-                record = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                record = None  # the generic path below says why
-            if type(record) is dict and len(record) == 1 and type(record.get("text")) is str:
-                samples += 1
-                continue
+    lineno = first_line
 
-        def fail(rule: str, message: str, _line: int = lineno) -> None:
-            raise FileCheckError(path, _line, rule, message)
+    def fail(rule: str, message: str) -> None:  # the line being checked (rules run within its iteration)
+        raise FileCheckError(path, lineno, rule, message)
 
+    for lineno, raw in enumerate(lines, first_line):  # noqa: B007 (fail reads it)
         try:
             record = json_object(raw)
         except LineError as e:
             fail(e.rule, str(e))
+        if fmt == "text" and len(record) == 1 and type(record.get("text")) is str:
+            samples += 1  # the common case, without the generic rules: one key, a string
+            continue
         keys = frozenset(record)
         line_fmt = next((name for name, required in FORMATS.items() if keys == required), None)
         if line_fmt is None:

@@ -36,7 +36,7 @@ def json_object(raw: bytes) -> dict[str, Any]:
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
-        if not raw.strip():  # only here: a stripped copy of every line cost a copy of every line
+        if not raw.strip():  # tested only on failure: stripping every line copied every line
             raise LineError("line_type", "blank line (every line must hold one JSON object)") from None
         try:
             text = raw.decode("utf-8")
