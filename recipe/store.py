@@ -11,6 +11,10 @@ and sha256 (`files`). On reuse the cheap check runs always (every file there, sa
 time); a file whose time moved (a copied store) is hashed and must match; bytes that leave the
 machine (an upload) are hashed again before they go. A run holds a shared lock on every artifact
 it reads (`locks/<stage>-<fp>.readers`), which `recipe store prune` respects.
+
+Beside the stages: `records/` (paid remote objects), `locks/`, `work/` (work that outlives an
+attempt) and `indexes/`, decontamination indexes by what they are built from (a cache: deleting
+it costs the next Mix or Distill a build).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 from recipe.errors import RecipeError
 
+INDEXES = "indexes"  # decontamination indexes (recipe/data/contamination.py), beside the stages
 MANIFEST = "manifest.json"
 
 

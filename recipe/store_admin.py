@@ -31,7 +31,7 @@ from pathlib import Path
 
 from recipe.store import MANIFEST
 
-NOT_STAGES = {"records", "locks", "work", "models"}
+NOT_STAGES = {"records", "locks", "work", "models", "indexes"}
 DAY = 86400.0
 
 

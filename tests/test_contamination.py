@@ -147,6 +147,63 @@ def test_a_message_hashes_the_same_whatever_shares_its_batch() -> None:
     assert Words.of(["a NUL\0inside"]).hashes.tolist() == Words.of(["A nul\0INSIDE!"]).hashes.tolist()
 
 
+# ---- the index kept on disk ---------------------------------------------------------------------
+
+
+def same_index(a: Index, b: Index) -> None:
+    assert (a.ngram, a.threshold, a.min_words, a.parts, a.records) == (
+        b.ngram,
+        b.threshold,
+        b.min_words,
+        b.parts,
+        b.records,
+    )
+    for name in ("part_grams", "short_length", "short_hash"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    for name in ("long", "short", "tiny"):
+        x, y = getattr(a, name), getattr(b, name)
+        for array in ("keys", "offsets", "owners", "filters"):
+            np.testing.assert_array_equal(getattr(x, array), getattr(y, array))
+        assert x.mask == y.mask
+    for name in ("long_leads", "short_leads"):
+        x, y = getattr(a, name), getattr(b, name)
+        np.testing.assert_array_equal(x.bitmap, y.bitmap)
+        assert (x.shift, x.sparse) == (y.shift, y.sparse)
+
+
+def test_a_saved_index_reads_back_array_for_array_and_finds_the_same(tmp_path: Path) -> None:
+    idx = index(alpaca=[[t] for t in INSTRUCTIONS], mqa=[[q] for q in QUESTIONS], tiny=[["Hi"]])
+    path = tmp_path / "index.npz"
+    idx.save(path)
+    back = Index.load(path)
+    same_index(idx, back)
+    examples = [[f"Please: {INSTRUCTIONS[1]} Thanks."], [f"Q: {QUESTIONS[1].upper()}?"], ["hi"], ["no test text here"]]
+    found = idx.scan(examples)
+    assert found[0] == [("alpaca", 1)] and found[1] == [("mqa", 1)] and found[2] == [("tiny", 0)] and not found[3]
+    assert back.scan(examples) == found
+    assert [p.name for p in tmp_path.iterdir()] == ["index.npz"]  # nothing half-written beside it
+
+
+def test_an_index_file_that_is_not_this_codes_is_refused(tmp_path: Path, monkeypatch) -> None:
+    idx = index(alpaca=[[t] for t in INSTRUCTIONS])
+    good = tmp_path / "index.npz"
+    idx.save(good)
+    data = good.read_bytes()
+    for name, content in (("truncated", data[: len(data) // 2]), ("garbage", b"not an index"), ("empty", b"")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(contamination.IndexFileError, match=f"{name}: not a readable index"):
+            Index.load(tmp_path / name)
+    monkeypatch.setattr(contamination, "INDEX_FORMAT", contamination.INDEX_FORMAT + 1)
+    with pytest.raises(contamination.IndexFileError, match="written in another format"):
+        Index.load(good)
+    monkeypatch.undo()
+    Index.load(good)
+    # The code that hashes text changed since the file was written: its n-gram hashes mean nothing now.
+    monkeypatch.setattr(contamination, "_mix", lambda x: x ^ np.uint64(1))
+    with pytest.raises(contamination.IndexFileError, match="hashed by other code"):
+        Index.load(good)
+
+
 # ---- Mix --------------------------------------------------------------------------------------
 
 
@@ -368,3 +425,41 @@ def test_the_check_on_worker_processes_finds_the_same(make_cfg, tmp_path: Path, 
     assert parallel["contamination"]["suites"] == alone["contamination"]["suites"]
     assert parallel["contamination"]["checked_examples"] == alone["contamination"]["checked_examples"]
     assert pools == [True]  # the check did run on worker processes
+
+
+def test_the_index_is_built_once_per_suites_and_settings_and_rebuilt_when_unusable(
+    make_cfg, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """Mix keeps the index in the store's indexes/: later runs with other mixture settings read it
+    (and decide the same as a fresh build), other suites' settings build their own, and a damaged
+    file is built again and replaced."""
+    builds: list[int] = []
+    build = Index.build.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(Index, "build", classmethod(lambda cls, *a, **k: (builds.append(1), build(cls, *a, **k))[1]))
+    caplog.set_level("INFO", logger="recipe.data.contamination")
+
+    def mix(name: str, *overrides: str, store: str = "store") -> dict:
+        cfg, _ = planted_mix(make_cfg, tmp_path, *overrides, n=60, total=40)
+        with open_dict(cfg):
+            cfg.store_dir = str(tmp_path / store)
+        (tmp_path / name).mkdir()
+        return artifact(run(cfg, run_dir=tmp_path / name)["stages"]["mix"])[1]
+
+    first = mix("a")
+    saved = list((tmp_path / "store" / "indexes").iterdir())
+    assert len(builds) == 1 and len(saved) == 1 and saved[0].suffix == ".npz"
+    assert first["contamination"]["suites"]["alpaca_eval"]["examples_dropped"] >= 1
+    cached = mix("b", "mix.seed=1")
+    assert len(builds) == 1 and "decontamination index read from" in caplog.text
+    fresh = mix("c", "mix.seed=1", store="other-store")
+    assert len(builds) == 2
+    assert cached["sha256"] == fresh["sha256"] and cached["contamination"] == fresh["contamination"]
+    mix("d", "mix.decontaminate.ngram=8")  # another index: built and kept beside the first
+    assert len(builds) == 3 and len(list((tmp_path / "store" / "indexes").iterdir())) == 2
+    saved[0].write_bytes(saved[0].read_bytes()[:100])  # damaged
+    caplog.clear()
+    again = mix("e", "mix.seed=2")
+    assert len(builds) == 4 and "not a readable index" in caplog.text and "building it again" in caplog.text
+    Index.load(saved[0])  # replaced by a whole one
+    assert again["contamination"]["suites"]["alpaca_eval"]["examples_dropped"] >= 1
+    assert not list((tmp_path / "store" / "indexes").glob(".*"))  # no temporary file left

@@ -42,6 +42,10 @@ def test_list_and_prune(run_cli, tmp_path: Path) -> None:
     (store / "records" / "jobs").mkdir(parents=True)
     (store / "records" / "jobs" / "k.json").write_text("{}")
 
+    index = store / "indexes" / "0123abcd.npz"  # a decontamination index (a cache: not an artifact)
+    index.parent.mkdir()
+    index.write_bytes(b"an index")
+
     listed = run_cli("store", "list").stdout
     rows = {line.split()[1]: line for line in listed.splitlines()[1:-1]}
     assert rows[new.parent.name].split()[-1] == "2" and rows[old.parent.name].split()[-1] == "1"  # runs
@@ -71,6 +75,7 @@ def test_list_and_prune(run_cli, tmp_path: Path) -> None:
     assert f"removed mix/{old.parent.name}" in out and not old.parent.exists()
     assert f"kept mix/{new.parent.name}: needed by a pending run" in out and new.exists()
     assert paid.exists() and (store / "records" / "jobs" / "k.json").exists()
+    assert index.exists() and "indexes" not in listed  # never listed or pruned as a stage
     assert not list((store / "mix").glob(".prune-*"))
 
     refused = run_cli("store", "prune", check=False)

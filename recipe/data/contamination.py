@@ -25,16 +25,25 @@ bytes), and n-grams with a polynomial over the word hashes computed by prefix su
 examples costs a few vectorised passes. The test side (thousands of prompts) is one sorted array
 of n-gram hashes with the prompts behind each, and a bitmap of the words that lead its n-grams: a
 place in a training text whose first two words lead none is not hashed further. Hashes are stable
-across processes (no Python `hash`).
+across processes (no Python `hash`). A built index is saved in the store's `indexes/` under what it
+is built from (`Decontamination.index_key`) as plain arrays, and later runs read it back (the seed's
+suites: about 5 s to build).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import re
 import string
+import time
+import uuid
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -42,6 +51,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from recipe.data.sources import iter_records, source_identity
 from recipe.errors import RecipeError
+from recipe.store import content_digest
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _Q = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio constant (odd): the word base
@@ -268,12 +280,18 @@ class Leads:
 
     MAX_BITS = 22  # 4 MB at most: a larger test side fills it, and grams() then hashes every run
 
-    def __init__(self, leads: np.ndarray) -> None:
-        bits = min(self.MAX_BITS, max(12, (64 * len(leads)).bit_length()))
-        self.shift = np.uint64(64 - bits)
-        self.bitmap = np.zeros(1 << bits, dtype=bool)
-        self.bitmap[(leads >> self.shift).astype(np.intp)] = True
-        self.sparse = np.count_nonzero(self.bitmap) * 8 < len(self.bitmap)  # else it would rule out little
+    def __init__(self, bitmap: np.ndarray) -> None:
+        self.bitmap = bitmap
+        self.shift = np.uint64(64 - (len(bitmap).bit_length() - 1))
+        self.sparse = np.count_nonzero(bitmap) * 8 < len(bitmap)  # else it would rule out little
+
+    @classmethod
+    def of(cls, leads: np.ndarray) -> Leads:
+        """The bitmap of these lead hashes."""
+        bits = min(cls.MAX_BITS, max(12, (64 * len(leads)).bit_length()))
+        bitmap = np.zeros(1 << bits, dtype=bool)
+        bitmap[(leads >> np.uint64(64 - bits)).astype(np.intp)] = True
+        return cls(bitmap)
 
     def maybe(self, hashes: np.ndarray, n: int, k: int) -> np.ndarray:
         """For each of the n k-word runs of `hashes`: may it be one of the n-grams?"""
@@ -285,21 +303,26 @@ class Table:
     and high hash bits, 8-16 slots per key): two memory accesses rule out nearly every training
     n-gram before the binary search (~20 cache misses)."""
 
-    def __init__(self, hashes: np.ndarray, owners: np.ndarray) -> None:
-        order = np.lexsort((owners, hashes))
-        hashes, owners = hashes[order], owners[order]
-        once = np.ones(len(hashes), dtype=bool)  # each (hash, part) once: a prompt may repeat an n-gram
-        once[1:] = (hashes[1:] != hashes[:-1]) | (owners[1:] != owners[:-1])
-        hashes, self.owners = hashes[once], owners[once]
-        # Sorted already: each key's first place is where the hash changes (np.unique would sort again).
-        first = np.flatnonzero(np.concatenate(([True], hashes[1:] != hashes[:-1]))) if len(hashes) else np.zeros(0, int)
-        self.keys = hashes[first]
-        self.offsets = np.append(first, len(hashes)).astype(np.int64)
+    def __init__(self, keys: np.ndarray, offsets: np.ndarray, owners: np.ndarray) -> None:
+        """`keys` sorted and distinct; key i's parts are owners[offsets[i]:offsets[i + 1]]."""
+        self.keys, self.offsets, self.owners = keys, offsets, owners
         size = 1 << max(10, int(8 * len(self.keys)).bit_length())
         self.mask = np.uint64(size - 1)
         self.filters = (np.zeros(size, dtype=bool), np.zeros(size, dtype=bool))
         for table, slot in zip(self.filters, self._slots(self.keys), strict=True):
             table[slot] = True
+
+    @classmethod
+    def of(cls, hashes: np.ndarray, owners: np.ndarray) -> Table:
+        """The table of these (hash, part) pairs, in any order, repeats included."""
+        order = np.lexsort((owners, hashes))
+        hashes, owners = hashes[order], owners[order]
+        once = np.ones(len(hashes), dtype=bool)  # each (hash, part) once: a prompt may repeat an n-gram
+        once[1:] = (hashes[1:] != hashes[:-1]) | (owners[1:] != owners[:-1])
+        hashes, owners = hashes[once], owners[once]
+        # Sorted already: each key's first place is where the hash changes (np.unique would sort again).
+        first = np.flatnonzero(np.concatenate(([True], hashes[1:] != hashes[:-1]))) if len(hashes) else np.zeros(0, int)
+        return cls(hashes[first], np.append(first, len(hashes)).astype(np.int64), owners)
 
     def _slots(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return (hashes & self.mask).astype(np.int64), ((hashes >> np.uint64(32)) & self.mask).astype(np.int64)
@@ -339,7 +362,7 @@ class _BuildParts:
         return np.concatenate(pieces).astype(dtype) if pieces else np.zeros(0, dtype=dtype)
 
     def table(self, kind: str) -> Table:
-        return Table(self.joined(f"{kind}_keys", np.uint64), self.joined(f"{kind}_owners", np.int64))
+        return Table.of(self.joined(f"{kind}_keys", np.uint64), self.joined(f"{kind}_owners", np.int64))
 
     def add(
         self, words: Words, owners: list[tuple[str, int]], parts: list[tuple[str, int]], ngram: int, min_words: int
@@ -437,9 +460,80 @@ class Index:
             acc.joined("short_hash", np.uint64),
             acc.table("tiny"),
             records,
-            Leads(acc.joined("long_leads", np.uint64)),
-            Leads(acc.joined("short_leads", np.uint64)),
+            Leads.of(acc.joined("long_leads", np.uint64)),
+            Leads.of(acc.joined("short_leads", np.uint64)),
         )
+
+    def save(self, path: Path) -> None:
+        """Write the index to `path` as one uncompressed .npz of plain arrays (no pickles: a file
+        read back is data, never code), atomically: a temporary file beside it, then renamed."""
+        meta = {
+            "format": INDEX_FORMAT,
+            "ngram": self.ngram,
+            "threshold": self.threshold,
+            "min_words": self.min_words,
+            "parts": self.parts,
+            "records": self.records,
+        }
+        arrays = {
+            "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+            "probe": _probe(),
+            "part_grams": self.part_grams,
+            "short_length": self.short_length,
+            "short_hash": self.short_hash,
+            "long_leads": self.long_leads.bitmap,
+            "short_leads": self.short_leads.bitmap,
+        }
+        for name, table in (("long", self.long), ("short", self.short), ("tiny", self.tiny)):
+            arrays.update(
+                {f"{name}_keys": table.keys, f"{name}_offsets": table.offsets, f"{name}_owners": table.owners}
+            )
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)  # type: ignore[arg-type]
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, path: Path) -> Index:
+        """An index written by `save`. Raises IndexFileError when the file is not one this code
+        wrote: damaged, of another format, or hashed differently (its probe: word and n-gram hashes
+        of a fixed text, as the code that wrote it computed them)."""
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {key: f[key] for key in f.files}
+            meta = json.loads(arrays.pop("meta").tobytes())
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+            raise IndexFileError(f"{path}: not a readable index ({type(e).__name__}: {e})") from None
+        if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
+            raise IndexFileError(f"{path}: written in another format")
+        probe = arrays.pop("probe")
+        if probe.shape != _probe().shape or not np.array_equal(probe, _probe()):
+            raise IndexFileError(f"{path}: hashed by other code than this (its probe differs)")
+        try:
+            tables = {
+                name: Table(arrays[f"{name}_keys"], arrays[f"{name}_offsets"], arrays[f"{name}_owners"])
+                for name in ("long", "short", "tiny")
+            }
+            return cls(
+                meta["ngram"],
+                meta["threshold"],
+                meta["min_words"],
+                [(suite, index) for suite, index in meta["parts"]],
+                arrays["part_grams"],
+                tables["long"],
+                tables["short"],
+                arrays["short_length"],
+                arrays["short_hash"],
+                tables["tiny"],
+                meta["records"],
+                Leads(arrays["long_leads"]),
+                Leads(arrays["short_leads"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise IndexFileError(f"{path}: an incomplete index ({type(e).__name__}: {e})") from None
 
     def scan(self, examples: Sequence[Sequence[str]]) -> list[list[tuple[str, int]]]:
         """For each example (its messages' texts), the test records (suite, index) it contains."""
@@ -498,6 +592,24 @@ class Index:
                     found[e].append(record)
 
 
+INDEX_FORMAT = 1  # what Index.save writes; a change in how text is hashed shows in the probe instead
+_PROBE_TEXTS = [
+    "Index files are read back only when this text hashes as it did when they were written: \u00e9t\u00e9!",
+    "a b",
+]
+
+
+def _probe() -> np.ndarray:
+    """Word, n-gram and whole-message hashes of a fixed text, saved with an index: an index
+    hashed by other code (a changed hash function) is rebuilt, never scanned with wrong hashes."""
+    words = Words.of(_PROBE_TEXTS)
+    return np.concatenate([words.hashes, words.grams(2)[0], words.grams(13)[0], words.whole()[0]])
+
+
+class IndexFileError(RecipeError):
+    """A saved index that cannot be used: it is built again."""
+
+
 SHOWN = 5  # example ids kept per suite in manifests and errors
 
 
@@ -525,6 +637,10 @@ class Decontamination:
             raise ContaminationError(f"{key}.threshold={config.threshold}: must be in (0, 1]")
         self.names = names
         self._index: Index | None = None
+        # Where built indexes are kept (the store's indexes/, set by the stage that runs): one build
+        # serves every later run and every job of a sweep that checks against the same suites.
+        self.cache_dir: Path | None = None
+        self._cached: Path | None = None  # the cache file the index was read from or saved to
         # suite -> test record -> example ids (training side), by what happened to the example
         self.found: dict[str, dict[str, set[int]]] = {n: {"kept": set(), "dropped": set()} for n in names}
         self.examples: dict[str, dict[str, list[str]]] = {n: {"kept": [], "dropped": []} for n in names}
@@ -543,10 +659,65 @@ class Decontamination:
     @property
     def index(self) -> Index:
         if self._index is None:
-            texts = {n: suite_texts(self.config.against[n], self._suite_key(n)) for n in self.names}
-            c = self.config
-            self._index = Index.build(texts, c.ngram, c.threshold, c.min_words)
+            self._index = self._build() if self.cache_dir is None else self._from_cache(self.cache_dir)
         return self._index
+
+    def _build(self) -> Index:
+        texts = {n: suite_texts(self.config.against[n], self._suite_key(n)) for n in self.names}
+        c = self.config
+        return Index.build(texts, c.ngram, c.threshold, c.min_words)
+
+    def index_key(self) -> str:
+        """What the index is built from: the settings it uses and each checked suite's data identity
+        (local files by content; a hub suite by id, revision and files, as fingerprints take it)."""
+        c = self.config
+        suites = {n: suite_identity(c.against[n], self._suite_key(n)) for n in self.names}
+        return content_digest(
+            {"ngram": c.ngram, "threshold": c.threshold, "min_words": c.min_words, "suites": suites}, 32
+        )
+
+    def _from_cache(self, directory: Path) -> Index:
+        """The index saved under its key, or built and saved there. A file that cannot be used
+        (damaged, another format, other hashing) is built again and replaced; a cache that cannot be
+        written costs the next run a build, nothing else."""
+        path = directory / f"{self.index_key()}.npz"
+        if path.is_file():
+            try:
+                index = Index.load(path)
+                self._cached = path
+                log.info("%s: decontamination index read from %s", self.key, path)
+                return index
+            except IndexFileError as e:
+                log.warning("%s: %s; building it again", self.key, e)
+        started = time.monotonic()
+        index = self._build()
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            index.save(path)
+            self._cached = path
+            log.info(
+                "%s: decontamination index built in %.1f s, saved to %s", self.key, time.monotonic() - started, path
+            )
+        except OSError as e:
+            log.warning(
+                "%s: the decontamination index could not be saved to %s (%s); the next run builds it again",
+                self.key,
+                path,
+                e,
+            )
+        return index
+
+    def write_index(self, path: Path) -> None:
+        """The index as a file at `path` for worker processes (`Index.load`): a hard link to the
+        cached file when there is one (it stays readable if the cache is cleared meanwhile), else saved."""
+        index = self.index
+        if self._cached is not None:
+            try:
+                os.link(self._cached, path)
+                return
+            except OSError:
+                pass  # another filesystem, or the cache file went: save a copy
+        index.save(path)
 
     def scan(self, examples: Sequence[Sequence[str]]) -> list[list[tuple[str, int]]]:
         self.checked += len(examples)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ import xxhash
 from tqdm import tqdm
 
 from recipe.data import templates
+from recipe.data.contamination import Index
 from recipe.data.filecheck import check_block
 from recipe.data.jsonl import count_lines_before, encode_line, read_jsonl_range
 from recipe.data.selection import Records, take
@@ -351,16 +351,15 @@ _SCANNERS: dict[str, Any] = {}  # in a worker: index file -> the object whose sc
 def _scan_rows(spools: list[str], records: Records, index_file: str) -> list[Any]:
     scanner = _SCANNERS.get(index_file)
     if scanner is None:  # this worker's first batch: load the index once
-        with open(index_file, "rb") as f:
-            scanner = _SCANNERS[index_file] = pickle.load(f)
+        scanner = _SCANNERS[index_file] = Index.load(Path(index_file))
     return scanner.scan(read_texts(spools, records, np.arange(len(records))))
 
 
 class ContentCheck:
     """Records checked lazily, once each, by `checker.scan` (texts -> findings per record, empty =
     clean), in batches of CHECK_ROWS / CHECK_BYTES; large checks on the reading's worker `pool`,
-    which loads the checker's `index` (its scan is the same function) from a file beside the
-    spools, once per worker."""
+    which loads the checker's index (its scan is the same function) from the file that
+    `checker.write_index` puts beside the spools, once per worker."""
 
     def __init__(self, spools: list[str], records: Records, checker: Any, pool: Executor | None = None) -> None:
         self.spools, self.records, self.checker, self.pool = spools, records, checker, pool
@@ -379,9 +378,8 @@ class ContentCheck:
         chunks = [todo[i : i + step] for i in range(0, len(todo), step)]
         if self.pool is not None and size >= PARALLEL_BYTES:
             if self._index_file is None:
-                self._index_file = f"{self.spools[0]}.index"
-                with open(self._index_file, "wb") as f:
-                    pickle.dump(self.checker.index, f, protocol=pickle.HIGHEST_PROTOCOL)
+                self._index_file = f"{self.spools[0]}.index.npz"
+                self.checker.write_index(Path(self._index_file))
             index_file = self._index_file
             tasks = [self.pool.submit(_scan_rows, self.spools, self.records.rows(c), index_file) for c in chunks]
             results: Iterator[list[Any]] = (task.result() for task in tasks)

@@ -63,7 +63,7 @@ from recipe.providers.model_client import (
     paced,
 )
 from recipe.stages import Output, Plan, Stage, StageError, Workspace, missing_extra
-from recipe.store import Artifact
+from recipe.store import INDEXES, Artifact
 
 log = logging.getLogger(__name__)
 TURN_STATS = ("skipped_empty_turns", "skipped_long_turns", "turns_beyond_max_turns", "no_turns", "page_counters_cut")
@@ -243,6 +243,8 @@ class Distill(Stage):
     # ---- run ----------------------------------------------------------------------------------
     def run(self, inputs: dict[str, Artifact], workspace: Workspace) -> Output:
         c, out_dir = self.config, workspace.out_dir
+        if self.decon is not None:
+            self.decon.cache_dir = workspace.store.root / INDEXES
         conversations, stats = self.conversations()
         if not conversations:
             raise StageError(f"sources.{c.source}: no conversation has a human turn to replay")

@@ -71,7 +71,7 @@ from recipe.data.sources import (
 from recipe.data.spool import ContentCheck, SpoolUnit, merge_units, read_all, write_spooled
 from recipe.data.tokens import TOKEN_COUNTERS
 from recipe.stages import Output, Plan, Stage, StageError, Workspace
-from recipe.store import Artifact
+from recipe.store import INDEXES, Artifact
 
 DISTILLED = "distill"  # a component source naming the Distill stage's conversations
 
@@ -220,6 +220,8 @@ class Mix(Stage):
 
     # ---- run ------------------------------------------------------------------------------
     def run(self, inputs: dict[str, Artifact], workspace: Workspace) -> Output:
+        if self.decon:
+            self.decon.cache_dir = workspace.store.root / INDEXES
         sources = self._sources(inputs)
         units = self._units(workspace.out_dir, sources)
         chunked = [u for u in units if u.path is not None]
