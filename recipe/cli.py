@@ -74,6 +74,7 @@ def _terminate(signum: int, frame: object) -> None:
 def _main(cfg: DictConfig) -> JobFailed | float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     if multirun and cfg.sweep.preview:
+        last_sweep["preview"] = True
         hydra_cfg = HydraConfig.get()
         print(f"\njob {hydra_cfg.job.num}: {' '.join(hydra_cfg.overrides.task) or '(no overrides)'}")
         cfg.dry_run = True
@@ -230,6 +231,23 @@ def print_help(argv: list[str]) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+PREVIEW = re.compile(r"^\+*sweep\.preview=(true|True|TRUE|yes|on|1)$")
+
+
+def search_without_results(argv: list[str]) -> int:
+    """The end of a search sweep (Optuna) in which no trial returned a figure: a preview, which
+    plans each trial and runs none (exit 0), or a study whose every trial failed (exit 2)."""
+    summary = f" (summary: {Path(last_sweep['root']) / 'summary.md'})" if "root" in last_sweep else ""
+    if last_sweep.get("preview") or any(PREVIEW.match(arg) for arg in argv):
+        print(
+            "sweep.preview: the search's trials were planned, none run. A search draws each trial from the "
+            f"results of the ones before, so the parameters shown are only the sampler's first draws{summary}"
+        )
+        return 0
+    print(f"error: no trial of the search completed: every one failed{summary}", file=sys.stderr)
+    return 2
+
+
 def main() -> None:
     """The console script: `init`, `--help`; SIGTERM handled like Ctrl-C; secrets masked in printed configs."""
     argv = sys.argv[1:]
@@ -270,6 +288,10 @@ def main() -> None:
             raise
         print(f"error: {config_error(e)}", file=sys.stderr)
         sys.exit(2)
+    except ValueError as e:  # Optuna's sweeper asks for the best trial when none completed
+        if traceback_wanted or "No trials are completed yet" not in str(e):
+            raise
+        sys.exit(search_without_results(argv))
     failed = last_sweep.get("failed")
     if failed:  # a sweep ran to its end with failed jobs: say so in the exit code too
         print(f"error: {failed} of {last_sweep['jobs']} sweep jobs failed: {last_sweep['summary']}", file=sys.stderr)

@@ -44,7 +44,7 @@ from recipe.evaluation.uncertainty import Settings
 
 log = logging.getLogger(__name__)
 JOB_FILE = "job.json"
-last_sweep: dict[str, Any] = {}  # the last multirun of this process: jobs, failed, summary (for the exit code)
+last_sweep: dict[str, Any] = {}  # the last multirun of this process: root, jobs, failed, summary (for the exit code)
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,7 @@ class SweepSummary(Callback):
             outcome.update(status="failed", error=job_return._return_value.error)
         _write_atomic(job_dir / JOB_FILE, json.dumps(outcome) + "\n")
         write_summary(job_dir.parent)
+        last_sweep["root"] = str(job_dir.parent)  # for what the console script says if the sweeper fails
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         root = Path(str(config.hydra.sweep.dir))

@@ -246,6 +246,23 @@ def test_optuna_searches_the_shares_through_the_objective(run_cli, tmp_path: Pat
     assert optimized["best_value"] == pytest.approx(best, abs=1e-5)  # what the runs returned
 
 
+def test_a_search_that_completes_no_trial_ends_in_one_line_not_optunas_traceback(run_cli, tmp_path: Path) -> None:
+    """A preview of an Optuna search plans its trials and runs none (exit 0); a study whose every
+    trial failed says so (exit 2). Optuna's sweeper asks for the best trial either way."""
+    search = ("-m", "experiment=mixture_search", "hydra.sweeper.n_trials=2", "hydra.sweeper.max_failure_rate=1.0")
+    preview = run_cli(*search, "sweep.preview=true")
+    jobs = [line for line in preview.stdout.splitlines() if line.startswith("job ")]
+    assert len(jobs) == 2 and preview.stdout.count("dry run: what each stage would do") == 2
+    assert "sweep.preview: the search's trials were planned, none run" in preview.stdout
+    assert "Traceback" not in preview.stderr and "No trials are completed" not in preview.stderr
+    assert not (tmp_path / "outputs" / "store").exists()
+    failed = run_cli(*search, "mix.total=-1", check=False)
+    assert failed.returncode == 2, failed.stderr
+    assert failed.stderr.count("error: mix.total=-1: must be a positive number") == 2  # each trial's own error
+    assert "error: no trial of the search completed: every one failed (summary: " in failed.stderr
+    assert "Traceback" not in failed.stderr
+
+
 @pytest.mark.slow
 def test_the_committed_mixture_search_runs_offline_and_names_its_best_mixture(run_cli, tmp_path: Path) -> None:
     """`recipe -m experiment=mixture_search`, shrunk (3 trials of 2 training steps; the shipped
