@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ from omegaconf import OmegaConf
 from recipe.cli import CONF_DIR
 from recipe.secrets import scrub_config, together_api_key
 
-from .conftest import latest_run
+from .conftest import RECIPE, latest_run
+from .subprocesses import run_to_end
 
 PLANTED = "sk-PLANTEDtestkey0123456789abcdef"
 
@@ -208,3 +210,31 @@ def test_an_unknown_experiment_is_an_error_listing_the_known_ones(run_cli) -> No
 def test_stages_without_brackets_gets_a_hint(run_cli) -> None:
     proc = run_cli("stages=mix", check=False)
     assert proc.returncode == 2 and "'stages=[mix]'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+WORKER_MODULES = """
+{top}
+from recipe.data.jsonl import worker_pool
+
+if __name__ == "__main__":
+    with worker_pool(1) as pool:
+        ask = "sorted(m for m in __import__('sys').modules if m.split('.')[0] in ('hydra', 'recipe'))"
+        print(pool.submit(eval, ask).result())
+"""
+
+
+def test_worker_processes_never_import_the_cli(tmp_path: Path) -> None:
+    """multiprocessing runs the main script again in every worker: the console script imports only
+    `recipe.console`, so Mix's workers load the reading code, not Hydra and every stage (~0.4 s each)."""
+    script = Path(RECIPE).read_text()
+    assert "from recipe.console import main" in script
+    for name, top in (("console", "from recipe.console import main"), ("cli", "from recipe.cli import main")):
+        path = tmp_path / f"{name}.py"
+        path.write_text(WORKER_MODULES.format(top=top))
+        out = run_to_end([sys.executable, str(path)], cwd=tmp_path, timeout_s=300).stdout
+        modules = eval(out.strip().splitlines()[-1])
+        assert "recipe.data.spool" in modules  # what the forkserver preloads for the workers
+        if name == "console":
+            assert "recipe.cli" not in modules and not any(m.startswith("hydra") for m in modules), modules
+        else:  # what a script that imports the CLI at its top costs every worker
+            assert "recipe.cli" in modules and "hydra" in modules
