@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from recipe.store import MANIFEST
+from recipe.store import INDEXES, MANIFEST
 
-NOT_STAGES = {"records", "locks", "work", "models", "indexes"}
+NOT_STAGES = {"records", "locks", "work", "models", INDEXES}
 DAY = 86400.0
 
 
