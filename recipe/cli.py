@@ -15,9 +15,11 @@ import re
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 import hydra._internal.hydra as hydra_internals
+import hydra.core.utils as hydra_core_utils
 from hydra._internal.callbacks import Callbacks
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
@@ -29,8 +31,8 @@ from recipe.config import register_configs, renamed
 from recipe.errors import RecipeError
 from recipe.runner import run, select_stages
 from recipe.secrets import mask_printed_secrets
-from recipe.stages import check_targets
 from recipe.sweep import JobFailed, check_objective, direction, last_sweep, objective
+from recipe.targets import check_config, check_logging_node
 
 
 def _conf_dir() -> str:
@@ -50,16 +52,30 @@ register_configs()
 
 
 class CheckedCallbacks(Callbacks):
-    """Hydra's callbacks, instantiated only once every target of the composed config (its `hydra`
-    node included: callbacks, launcher, sweeper, logging) is checked: a config runs no foreign code."""
+    """Hydra's callbacks, instantiated only once every name of code in the composed config (its
+    `hydra` node included: callbacks, launcher, sweeper, logging, the job's environment) is checked
+    (recipe/targets.py): a config runs no foreign code."""
 
     def __init__(self, config: DictConfig | None = None) -> None:
         if config is not None:
-            check_targets(config)
+            check_config(config)
         super().__init__(config)
 
 
+def _checked_logging(configure_log: Any, name: str) -> Any:
+    """Hydra's configure_log, applying a logging config only once its factories are checked: Hydra
+    applies hydra_logging while composing, before any callback exists, and job_logging per job."""
+
+    def configure(log_config: DictConfig, *args: Any, **kwargs: Any) -> None:
+        check_logging_node(log_config, name)
+        configure_log(log_config, *args, **kwargs)
+
+    return configure
+
+
 hydra_internals.Callbacks = CheckedCallbacks  # type: ignore[misc]  # Hydra builds them from its composed config here
+hydra_internals.configure_log = _checked_logging(hydra_internals.configure_log, "hydra_logging")
+hydra_core_utils.configure_log = _checked_logging(hydra_core_utils.configure_log, "job_logging")
 
 
 class Terminated(KeyboardInterrupt):

@@ -26,10 +26,9 @@ from recipe.stages import (
     StageError,
     StagePending,
     Workspace,
-    build_stage,
-    check_targets,
 )
 from recipe.store import Artifact, ArtifactStore, damage, fingerprint, write_json_atomic
+from recipe.targets import build_stage, check_config
 
 log = logging.getLogger(__name__)
 DETAILS_WIDTH = 110  # the dry run's notes below its table, wrapped
@@ -201,7 +200,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     `run_dir` defaults to Hydra's run directory (the current directory outside a Hydra job)."""
     if run_dir is None:
         run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
-    check_targets(cfg)
+    check_config(cfg)
     summary.quiet(bool(cfg.get("verbose", False)))
     store = ArtifactStore(cfg.store_dir)
     pipeline = Pipeline(cfg, store)

@@ -12,8 +12,9 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from recipe.artifacts import PromptFormat
 from recipe.cli import CONF_DIR
-from recipe.runner import build_stage, configured_stages
+from recipe.runner import configured_stages
 from recipe.stages.mix import Mix
+from recipe.targets import build_stage
 
 CONF = Path(CONF_DIR)
 ALL_YAML = sorted(CONF.rglob("*.yaml"))

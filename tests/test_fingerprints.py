@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from recipe.config import SAMPLES_DIR, execution_paths
 from recipe.data.contamination import identity_fields
 from recipe.errors import RecipeError
-from recipe.runner import build_stage
 from recipe.store import fingerprint
+from recipe.targets import build_stage
 
 # Stage configs to walk: (stage, overrides that pick the option).
 OPTIONS = [

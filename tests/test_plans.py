@@ -7,7 +7,7 @@ from pathlib import Path
 
 from recipe.providers.model_client import approx_tokens
 from recipe.runner import run
-from recipe.stages import build_stage
+from recipe.targets import build_stage
 
 from .conftest import MIX_AND_TRAIN
 

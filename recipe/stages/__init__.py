@@ -1,6 +1,6 @@
 """The stage contract.
 
-A stage is a class named by `_target_` in its config node (allow-listed to `recipe.*`). The runner
+A stage is a class named by `_target_` in its config node (recipe/targets.py says which). The runner
 builds it with `Stage(config=<its node>, root=<the whole config>)`, asks it for its semantic config
 (what its fingerprint hashes: its node minus the keys its `schema` marks execution-only) and the
 upstream stages it needs, and calls `run(inputs, workspace)`: the stage writes its files into
@@ -19,14 +19,12 @@ the plans; a run checks them against the stages' budgets first (the pre-flight).
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from hydra.utils import get_class
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from recipe.artifacts import Planned, content_id
 from recipe.config import RecipeConfig, renamed, semantic_view, unknown_keys
@@ -202,92 +200,11 @@ def missing_extra(what: str, modules: tuple[str, ...] = LOCAL_EXTRA, gguf: bool 
     return f"to run, {what} needs the local extra ({', '.join(missing)} missing): {' && '.join(steps)}"
 
 
-def stage_class(name: str, cfg: DictConfig) -> type[Stage]:
-    """The class a stage's node names with `_target_`, which must be a Stage class under recipe.*."""
-    key = CONFIG_KEY[name]
-    node = cfg.get(key)
-    if node is None:
-        raise StageError(f"stage {name!r} needs config `{key}`; choose one with {key}=<option>")
-    target = node.get("_target_")
-    if not isinstance(target, str) or not target.startswith("recipe."):
-        raise StageError(
-            f"{key}._target_={target!r} is refused: stage classes must live in the recipe package (recipe.*)"
-        )
-    try:
-        cls = get_class(target)
-    except Exception as e:  # hydra wraps import errors in its own types
-        raise StageError(f"{key}._target_={target!r} cannot be imported: {e}") from None
-    if not (isinstance(cls, type) and issubclass(cls, Stage)):
-        raise StageError(f"{key}._target_={target!r} is not a recipe Stage class")
-    return cls
-
-
-def build_stage(name: str, cfg: DictConfig) -> Stage:
-    """Instantiate a stage from its node's `_target_` (see stage_class)."""
-    return stage_class(name, cfg)(config=cfg[CONFIG_KEY[name]], root=cfg)
-
-
-# What Hydra's own node may name: its core launcher and sweeper, installed Hydra plugins (the joblib,
-# Submitit, Ray launchers, the Optuna sweeper) and the samplers and pruners the Optuna sweeper takes.
-HYDRA_TARGETS = ("hydra._internal.core_plugins.", "hydra_plugins.", "optuna.samplers.", "optuna.pruners.")
-# Logging configs may name factories too (`()`, `class`): the standard library's and Hydra's.
-LOGGING_TARGETS = ("logging.", "hydra.")
-ALLOW_ENV = "RECIPE_ALLOW_TARGETS"  # more prefixes, comma-separated: a plugin of yours (not settable from a config)
-
-
-def allowed_prefixes(extra: tuple[str, ...] = ()) -> tuple[str, ...]:
-    mine = tuple(p.strip() for p in os.environ.get(ALLOW_ENV, "").split(",") if p.strip())
-    return ("recipe.", *extra, *mine)
-
-
-def _walk_targets(node: Any, path: str, allowed: tuple[str, ...], keys: tuple[str, ...] = ("_target_",)) -> None:
-    if isinstance(node, DictConfig | ListConfig) and (node._is_none() or node._is_missing()):
-        return
-    if isinstance(node, DictConfig):
-        for key in node.keys():
-            child = node._get_node(key)
-            if key in keys:
-                target = child._value() if not isinstance(child, DictConfig | ListConfig) else child
-                if not isinstance(target, str) or not target.startswith(allowed):
-                    raise StageError(
-                        f"{path}{key}={target!r} is refused: a config may only name code in {', '.join(allowed)} "
-                        f"(to allow a plugin of yours: export {ALLOW_ENV}=its.module.prefix)"
-                    )
-            _walk_targets(child, f"{path}{key}.", allowed, keys)
-    elif isinstance(node, ListConfig):
-        for i in range(len(node)):  # nodes, not values: iterating would resolve interpolations
-            _walk_targets(node._get_node(i), f"{path}{i}.", allowed, keys)
-
-
-def check_hydra_targets(cfg: DictConfig) -> None:
-    """Refuse, before Hydra instantiates anything (its callbacks, launcher, sweeper, logging), any
-    code a composed config names outside what may run: `recipe.*` and Hydra's own plugins; logging
-    factories from `logging`/`hydra`. An experiment from `--config-dir` runs no code of its own."""
-    hydra = cfg.get("hydra") if "hydra" in cfg else None
-    if hydra is None:
-        return
-    for part in hydra.keys():
-        node = hydra._get_node(part)
-        if part in ("job_logging", "hydra_logging"):
-            _walk_targets(node, f"hydra.{part}.", allowed_prefixes(LOGGING_TARGETS), ("_target_", "()", "class"))
-        else:
-            _walk_targets(node, f"hydra.{part}.", allowed_prefixes(HYDRA_TARGETS))
-
-
-def check_targets(cfg: DictConfig) -> None:
-    """Refuse, before any work: a `_target_` anywhere in the config (the `hydra` node aside: see
-    check_hydra_targets) outside recipe.* (or a prefix allowed by RECIPE_ALLOW_TARGETS); a stage node
-    (selected or not) that names no recipe Stage class; a key no schema declares (`+mix.totl=5`)."""
-    check_hydra_targets(cfg)
-    stages = {}
-    for name in STAGE_ORDER:
-        if cfg.get(CONFIG_KEY[name]) is not None:
-            stages[name] = stage_class(name, cfg)
-    for key in cfg.keys():
-        if key != "hydra":
-            _walk_targets(cfg._get_node(key), f"{key}.", allowed_prefixes())
+def check_keys(cfg: DictConfig, stages: dict[str, type[Stage]]) -> None:
+    """Refuse a key no schema declares (`+mix.totl=5`), or one that was renamed; `train` and
+    `deploy` take the schema of the stage class they name (`stages`)."""
     unknown = unknown_keys(cfg, RecipeConfig, "")
-    for name, cls in stages.items():  # `train` and `deploy` take the schema of the class they name
+    for name, cls in stages.items():
         if name not in ("train", "deploy"):
             continue
         unknown += unknown_keys(cfg[CONFIG_KEY[name]], cls.schema, f"{CONFIG_KEY[name]}.")
