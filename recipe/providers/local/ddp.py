@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from recipe.errors import RecipeError
-from recipe.providers.local.server import die_with_parent
+from recipe.providers.local.server import child_env, die_with_parent
 
 SPEC = "ddp-spec.json"
 RESULT = "result.json"
@@ -94,7 +94,7 @@ def launch(
     (out_dir / RESULT).unlink(missing_ok=True)
     command = torchrun_command(devices, rdzv, work_dir / SPEC)
     threads = str(max(1, (os.cpu_count() or 1) // devices))  # CPU ranks share the cores
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
+    env = child_env(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", threads))
     tail = bytearray()
     with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, preexec_fn=die_with_parent) as proc:
         assert proc.stderr is not None

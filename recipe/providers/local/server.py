@@ -12,6 +12,7 @@ import ctypes
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -54,6 +55,23 @@ def die_with_parent() -> None:
         pass
 
 
+# What a child we start (a server, torchrun) may read of our environment: where programs, libraries,
+# caches and temporary files are, the locale, the Python running it, and the accelerators' and thread
+# pools' settings. Everything else stays with us: llama.cpp's server reads HOST, PORT, API_KEY,
+# CONFIG_FILE and every model setting from the environment over the flags we pass, torchrun reads
+# PET_*, and no child needs our keys. So a server binds where we say and loads what we name.
+CHILD_ENV = re.compile(
+    r"PATH|HOME|USER|LOGNAME|LANG|LANGUAGE|TZ|TMPDIR|TEMP|TMP|VIRTUAL_ENV|LD_LIBRARY_PATH|LC_\w+|XDG_\w+"
+    r"|PYTHON\w+|HF_\w+|TRANSFORMERS_\w+|TOKENIZERS_PARALLELISM|CUDA_\w+|NVIDIA_\w+|NCCL_\w+|GLOO_\w+|OMP_\w+"
+    r"|MKL_\w+|OPENBLAS_\w+|KMP_\w+|TORCH_\w+|PYTORCH_\w+|TRITON_\w+|VLLM_\w+|PYTEST_XDIST_WORKER"
+)
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    """The environment for a child we start: ours, kept to CHILD_ENV, with `overrides` on top."""
+    return {**{k: v for k, v in os.environ.items() if CHILD_ENV.fullmatch(k)}, **overrides}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -78,7 +96,7 @@ class ManagedServer:
         raise NotImplementedError
 
     def env(self) -> dict[str, str]:
-        return dict(os.environ)
+        return child_env()
 
     @property
     def base_url(self) -> str:
@@ -246,7 +264,7 @@ class TransformersServer(ManagedServer):
         ]
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "HF_HUB_OFFLINE": "1"}  # a local directory: never ask a hub
+        return child_env(HF_HUB_OFFLINE="1")  # a local directory: never ask a hub
 
 
 class VllmServer(ManagedServer):
