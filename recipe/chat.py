@@ -28,6 +28,7 @@ from recipe.providers.http import Client, together_base_url
 from recipe.providers.model_client import completion_request
 from recipe.providers.serving import LocalServing, local_model
 from recipe.store import ArtifactStore
+from recipe.summary import printable
 
 
 def serving_now(store: Path) -> Deployment | None:
@@ -133,13 +134,13 @@ def main(argv: list[str] | None = None) -> int:
                 answer = []
                 try:
                     for piece in stream_chat(url, model, messages, key, args.max_tokens, fmt):
-                        print(piece, end="", flush=True)
+                        print(printable(piece), end="", flush=True)
                         answer.append(piece)
                 finally:
                     print()
                 messages.append({"role": "assistant", "content": "".join(answer)})
     except RecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print()

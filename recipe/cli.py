@@ -31,6 +31,7 @@ from recipe.config import register_configs, renamed
 from recipe.errors import RecipeError
 from recipe.runner import run, select_stages
 from recipe.secrets import mask_printed_secrets
+from recipe.summary import printable
 from recipe.sweep import JobFailed, check_objective, direction, last_sweep, objective
 from recipe.targets import check_config, check_logging_node
 
@@ -103,7 +104,7 @@ def _main(cfg: DictConfig) -> JobFailed | float | None:
             return value  # what Hydra's search sweepers optimise
     except (RecipeError, OmegaConfBaseException) as e:  # bad input: one line, exit 2
         said = str(e) if isinstance(e, RecipeError) else config_error(e)
-        print(f"error: {said}", file=sys.stderr)
+        print(f"error: {printable(said)}", file=sys.stderr)
         if multirun:  # the sweep goes on; the summary marks this job failed, with the error
             return JobFailed(said)
         sys.exit(2)
@@ -297,12 +298,12 @@ def main() -> None:
     except RecipeError as e:
         if traceback_wanted:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(str(e))}", file=sys.stderr)
         sys.exit(2)
     except (HydraException, OmegaConfBaseException) as e:
         if traceback_wanted:
             raise
-        print(f"error: {config_error(e)}", file=sys.stderr)
+        print(f"error: {printable(config_error(e))}", file=sys.stderr)
         sys.exit(2)
     except ValueError as e:  # Optuna's sweeper asks for the best trial when none completed
         if traceback_wanted or "No trials are completed yet" not in str(e):

@@ -51,6 +51,7 @@ from recipe.providers.http import Client, together_base_url
 from recipe.providers.model_client import completion_request, transformers_sampling
 from recipe.providers.serving import LocalServing, ModelAccess, reach
 from recipe.store import ArtifactStore
+from recipe.summary import printable
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MODELS = ("base", "tuned")
@@ -477,6 +478,6 @@ def main(argv: list[str]) -> int:
             finally:
                 page.close()
     except RecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(str(e))}", file=sys.stderr)
         return 2
     return 0

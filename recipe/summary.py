@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from typing import Any
 
@@ -25,6 +26,19 @@ NOISY_LOGGERS = (
     "fsspec",
     "aiohttp",
 )
+
+
+# What a terminal acts on rather than shows: C0 controls but newline and tab (ESC starts the
+# sequences that clear the screen, move the cursor, set the title or write the clipboard, OSC 52),
+# DEL, C1 controls (a one-character CSI or OSC) and the bidirectional overrides that reorder text.
+CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """Text from a model, a server or a file, safe to print: controls shown escaped (`\\x1b`),
+    newlines and tabs kept. Each control is escaped on its own, so text printed in pieces as it
+    streams is as safe as the whole."""
+    return CONTROLS.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def quiet(verbose: bool) -> None:

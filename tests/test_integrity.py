@@ -355,7 +355,7 @@ def test_kill_9_during_mix_leaves_no_workers_and_prune_clears_its_build(run_cli,
 class _BrokenStream:
     """An OpenAI-compatible server whose streams end early: without [DONE], or cut inside an event."""
 
-    def __init__(self, ending: bytes) -> None:
+    def __init__(self, ending: bytes, pieces: tuple[str, ...] = ("Canberra is",)) -> None:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         class Handler(BaseHTTPRequestHandler):
@@ -364,8 +364,8 @@ class _BrokenStream:
 
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                event = {"choices": [{"index": 0, "delta": {"content": "Canberra is"}}]}
-                body = f"data: {json.dumps(event)}\n\n".encode() + ending
+                events = [{"choices": [{"index": 0, "delta": {"content": piece}}]} for piece in pieces]
+                body = "".join(f"data: {json.dumps(e)}\n\n" for e in events).encode() + ending
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Content-Length", str(len(body)))
@@ -405,6 +405,32 @@ def test_recipe_chat_says_a_cut_answer_was_cut_and_exits_non_zero(ending: bytes,
         )
     assert chat.returncode == 2 and "Canberra is" in chat.stdout
     assert f"error: the answer was cut: {said}" in chat.stderr and "Traceback" not in chat.stderr
+
+
+def test_recipe_chat_shows_a_models_escape_sequences_instead_of_obeying_them() -> None:
+    """An answer may hold what a terminal acts on: a clipboard write (OSC 52), a screen clear, a
+    carriage return over the line, a bidi override, an escape split across two stream events."""
+    import sys
+
+    pieces = (
+        "Canberra\x1b]52;c;Y3VybCBldmlsIHwgc2g=\x07 is",
+        "\x1b[2J\x1b[H the\r capital\u202e",
+        "\x1b",
+        "[31m.\n\tDone",
+    )
+    done = b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n'
+    with _BrokenStream(done, pieces) as url:
+        chat = subprocess.run(
+            [str(Path(sys.executable).parent / "recipe-chat"), "--url", url, "--model", "m", "Capital of Australia?"],
+            capture_output=True,
+            timeout=120,
+        )
+    out = chat.stdout.decode()
+    assert chat.returncode == 0, chat.stderr
+    assert not any((ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F or c == "\u202e" for c in out)
+    assert out == (
+        "Canberra\\x1b]52;c;Y3VybCBldmlsIHwgc2g=\\x07 is\\x1b[2J\\x1b[H the\\r capital\\u202e\\x1b[31m.\n\tDone\n"
+    )
 
 
 # ---- 7. salvage every readable answer -----------------------------------------------------------------
