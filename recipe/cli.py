@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from recipe.config import register_configs, renamed
+from recipe.console import stopped
 from recipe.errors import RecipeError
 from recipe.runner import run, select_stages
 from recipe.secrets import mask_printed_secrets
@@ -79,14 +79,6 @@ hydra_internals.configure_log = _checked_logging(hydra_internals.configure_log, 
 hydra_core_utils.configure_log = _checked_logging(hydra_core_utils.configure_log, "job_logging")
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (timeout, systemd, docker stop, Slurm, CI runners): stopped like Ctrl-C, cleanly."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
-
-
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _main(cfg: DictConfig) -> JobFailed | float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -109,9 +101,7 @@ def _main(cfg: DictConfig) -> JobFailed | float | None:
             return JobFailed(said)
         sys.exit(2)
     except KeyboardInterrupt as e:  # managed servers and workers were stopped on the way out
-        terminated = isinstance(e, Terminated)
-        print(f"\n{'terminated (SIGTERM)' if terminated else 'interrupted (Ctrl-C)'}: stopped", file=sys.stderr)
-        sys.exit(143 if terminated else 130)
+        sys.exit(stopped(e))
 
 
 def check_arguments(argv: list[str]) -> None:
@@ -288,7 +278,6 @@ def main() -> None:
         print_help(argv)
         return
     warn_other_checkout(Path.cwd())
-    signal.signal(signal.SIGTERM, _terminate)
     check_arguments(sys.argv[1:])
     sys.argv[1:] = mask_printed_secrets(sys.argv[1:])
     traceback_wanted = os.environ.get("HYDRA_FULL_ERROR") == "1"

@@ -499,3 +499,60 @@ def test_a_run_past_its_limit_is_reported_with_the_stage_it_was_in(tmp_path: Pat
     env = {**os.environ, "TOGETHER_API_KEY": TOGETHER_KEY, "TOGETHER_BASE_URL": fake.base_url}
     with pytest.raises(AssertionError, match=r"ran past \d+ s; stage distill was running"):
         run_to_end(distill_args(tmp_path, "store"), cwd=tmp_path, env=env, timeout_s=8)
+
+
+# ---- signals: one line at any moment -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_sources(tmp_path_factory) -> Path:
+    """A config directory with three sources over ~80 MB of records: Mix starts its worker pool."""
+    from .benchmarks.bench_mix import generate
+
+    root = tmp_path_factory.mktemp("big")
+    paths = generate(root / "data", 60_000)
+    kinds = {"instructions": "text", "booksum": "prompt_completion", "mqa": "prompt_completion"}
+    for path in paths:
+        source = root / "conf" / "source" / f"big_{path.stem}.yaml"
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text(f"# recipe --config-dir conf\nkind: {kinds[path.stem]}\ndata_files: [{path}]\n")
+    return root / "conf"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["int", "term"])
+def test_mix_ends_on_a_signal_in_one_line_at_any_moment(tmp_path: Path, spawn, big_sources: Path, signum: int) -> None:
+    """Ctrl-C (to the whole process group, as a terminal sends it) or SIGTERM while the config is
+    composed, while workers start, read and check: one line, exit 130 / 143, within 2 s (on an idle
+    machine; scaled here), and no artifact or temporary directory left."""
+    args = [RECIPE, "--config-dir", str(big_sources), "stages=[mix]", "mix.progress=false", "mix.total=30000"]
+    for name in ("instructions", "booksum", "mqa"):
+        args += [f"+source@sources.big_{name}=big_{name}", f"mix.components.{name}.source=big_{name}"]
+    args.append("mix.components.mqa.strata=null")
+    for delay in (0.3, 1.0, 1.6, 2.2):
+        store = tmp_path / f"store-{delay}"
+        proc = spawn(
+            [*args, f"store_dir={store}"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        time.sleep(delay)
+        sent = time.monotonic()
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+        code = proc.wait(timeout=limit(30))
+        took = time.monotonic() - sent
+        said = proc.stderr.read().decode().strip().splitlines()
+        if code == 0:  # the run ended before the signal: this machine is faster than the delays
+            continue
+        expected = {
+            signal.SIGINT: (130, "interrupted (Ctrl-C): stopped"),
+            signal.SIGTERM: (143, "terminated (SIGTERM): stopped"),
+        }
+        assert (code, said) == (expected[signum][0], [expected[signum][1]]), f"after {delay} s: {code} {said}"
+        assert took < limit(2), f"stopped {took:.1f} s after the signal"
+        assert not list(store.glob("mix/*/manifest.json")) and not list(store.glob("mix/.tmp-*"))

@@ -66,9 +66,11 @@ def worker_pool(
     """Worker processes that die with the process that started them, also on kill -9 (they are the
     forkserver's children, so each watches the starter itself); `initializer(*initargs)` runs in each."""
     # forkserver: workers start from a clean process, not a fork of one whose threads may hold locks.
-    # The server imports the reading and checking code once; workers fork from it with it loaded.
+    # The server imports the reading and checking code once; workers fork from it with it loaded
+    # (first recipe.data.forkserver: the server and its workers leave Ctrl-C and a stopped run's
+    # leftovers to the run, without a traceback each).
     context = get_context("forkserver")
-    context.set_forkserver_preload(["recipe.data.spool"])
+    context.set_forkserver_preload(["recipe.data.forkserver", "recipe.data.spool"])
     return ProcessPoolExecutor(
         workers,
         mp_context=context,
