@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from recipe.config import register_configs, renamed
-from recipe.console import stopped
+from recipe.console import interruption, stopped
 from recipe.errors import RecipeError
 from recipe.runner import run, select_stages
 from recipe.secrets import mask_printed_secrets
@@ -95,6 +95,8 @@ def _main(cfg: DictConfig) -> JobFailed | float | None:
             print(f"objective: {cfg.sweep.objective} = {value:.5g} ({direction(cfg)})")
             return value  # what Hydra's search sweepers optimise
     except (RecipeError, OmegaConfBaseException) as e:  # bad input: one line, exit 2
+        if (signal_ := interruption(e)) is not None:
+            sys.exit(stopped(signal_))
         said = str(e) if isinstance(e, RecipeError) else config_error(e)
         print(f"error: {printable(said)}", file=sys.stderr)
         if multirun:  # the sweep goes on; the summary marks this job failed, with the error
@@ -283,7 +285,12 @@ def main() -> None:
     traceback_wanted = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra hands its errors to us, and we word them in one line
     try:
-        _main()
+        try:
+            _main()
+        except Exception as e:  # an error that a Ctrl-C or SIGTERM caused says so, as that signal
+            if (signal_ := interruption(e)) is not None:
+                sys.exit(stopped(signal_))
+            raise
     except RecipeError as e:
         if traceback_wanted:
             raise

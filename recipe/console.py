@@ -30,6 +30,19 @@ def stopped(e: KeyboardInterrupt) -> int:
     return 143 if terminated else 130
 
 
+def interruption(e: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM behind an error: a library's cleanup that failed because the signal cut
+    its work short raises its own error from it (OmegaConf's, while composing a config)."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
