@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/recipe experiment=smollm2_offline $(ARGS)
+	$(BIN)/recipe experiment=longctx_offline $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check recipe tests

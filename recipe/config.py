@@ -160,6 +160,41 @@ class SourceKind(Enum):
     messages = "messages"  # {"messages": [{"role": ..., "content": ...}]} (what Distill writes)
     text = "text"  # {"text": "[INST] ... [/INST] ..."} (llama-instruct; what Distill writes)
     prompt_completion = "prompt_completion"  # {"prompt": ..., "completion": ...}
+    # {"question", "answers": [str], "ctxs": [{"title", "text", "isgold"?}]} ("Lost in the Middle"),
+    # asked as the MQA Test suite asks it (recipe/data/mqa.py), the documents in the record's order
+    mqa = "mqa"
+    synthetic = "synthetic"  # made by the synthetic long-context task (`synthetic`, recipe/data/synthetic.py)
+
+
+class SyntheticPeople(Enum):
+    """Which half of the made-up people a synthetic task draws: a source's and a suite's never meet."""
+
+    train = "train"
+    test = "test"
+
+
+class SyntheticReply(Enum):
+    sentence = "sentence"  # extractive: the sentence that states the answer (what SmolLM2 learns from ~60)
+    answer = "answer"
+
+
+@dataclass
+class SyntheticConfig:
+    """The synthetic long-context task (recipe/data/synthetic.py): made-up people's profiles as
+    documents, a question about one of them. The same generator for a source and a suite."""
+
+    seed: int = 0
+    people: SyntheticPeople = SyntheticPeople.train  # a source: train; a suite: test (disjoint halves)
+    examples: int = 100  # records made; a suite spreads them evenly over its settings
+    document_sentences: int = 0  # sentences a document holds beyond its four facts (longer contexts)
+    # What a training example replies: the gold document's sentence stating the answer, or the answer.
+    reply: SyntheticReply = SyntheticReply.sentence
+
+
+class GoldPosition(Enum):
+    first = "first"
+    middle = "middle"
+    last = "last"
 
 
 class Unit(Enum):
@@ -197,6 +232,11 @@ class SourceConfig:
     # (a stated assumption, printed with the plan; local sources are measured instead).
     estimate_tokens: Optional[int] = None
     description: str = ""
+    # kind=synthetic: the generator's settings, and the documents of each example (record i has
+    # num_documents[i % len]) with the gold one at gold_positions in turn; null: at any slot, uniformly.
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    num_documents: List[int] = field(default_factory=lambda: [5])
+    gold_positions: Optional[List[GoldPosition]] = None
 
 
 @dataclass
@@ -211,6 +251,9 @@ class ComponentConfig:
     replace: bool = False
     # Template for this component's `text`; null = mix.template.
     template: Optional[str] = None
+    # Examples of this component held out first (eval.jsonl, as mix.eval_per_component does for
+    # every component); null = mix.eval_per_component. A small source can hold out fewer.
+    eval: Optional[int] = None
 
 
 @dataclass
@@ -578,14 +621,10 @@ class TogetherDeployConfig:
 
 class SuiteKind(Enum):
     mqa = "mqa"  # multi-document QA, "Lost in the Middle" setup: best_subspan_em
+    # the synthetic long-context task (recipe/data/synthetic.py), scored as mqa: a fresh question per prompt
+    synthetic = "synthetic"
     booksum = "booksum"  # summarisation: ROUGE-1/2/L F-measure
     judge = "judge"  # AlpacaEval-style pairwise judging against reference answers
-
-
-class GoldPosition(Enum):
-    first = "first"
-    middle = "middle"
-    last = "last"
 
 
 @dataclass
@@ -606,7 +645,8 @@ class SuiteConfig:
     records: Optional[int] = execution(None)
     estimate_tokens: Optional[int] = execution(None)
     description: str = ""
-    # mqa: records {question, answers: [str], ctxs: [{title, text, isgold?}]} (the paper's files)
+    # mqa: records {question, answers: [str], ctxs: [{title, text, isgold?}]} (the paper's files),
+    # each asked in every setting; synthetic: records made for each setting in turn. The settings:
     num_documents: List[int] = field(default_factory=lambda: [20, 30, 50])
     gold_positions: List[GoldPosition] = field(
         default_factory=lambda: [GoldPosition.first, GoldPosition.middle, GoldPosition.last]
@@ -618,6 +658,8 @@ class SuiteConfig:
     # judge: an instruction and a reference model's answer, e.g. AlpacaEval's instruction / output
     instruction_field: str = "instruction"
     reference_field: str = "output"
+    # synthetic: the generator's settings (people: test, so no trained person is tested)
+    synthetic: SyntheticConfig = field(default_factory=lambda: SyntheticConfig(people=SyntheticPeople.test))
 
 
 class ContaminationAction(Enum):

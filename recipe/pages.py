@@ -28,6 +28,8 @@ th{background:#f4f5f7}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .answer b{display:block;margin-bottom:4px}code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em}
 pre{background:#f4f5f7;padding:8px 10px;border-radius:6px;white-space:pre-wrap;overflow-wrap:anywhere}
 svg{max-width:100%;height:auto}svg text{font:12px system-ui,sans-serif;fill:#333}
+.headline{font-size:1.1em;font-weight:600}.cell{display:block;padding:2px 4px;border-radius:3px}
+.cell .note{color:inherit;opacity:.85}
 """
 WORDS = {"better": "better", "worse": "worse", "no difference detected": "same", "too few prompts to tell": "few"}
 
@@ -138,11 +140,16 @@ def test_report(
     differences: dict[str, dict[str, Any]],
     side_by_side: Sequence[tuple[str, str, str, dict[str, str]]],
     level: float,
+    positions: dict[str, dict[str, Any]] | None = None,
+    headlines: Sequence[str] = (),
 ) -> str:
-    """`side_by_side`: (suite, prompt, reference, {model: answer}) for a few prompts."""
+    """`side_by_side`: (suite, prompt, reference, {model: answer}) for a few prompts; `positions`:
+    the position map of suites scored by context length x the answer's position; `headlines`: the
+    run's first lines (each suite's lift and its word)."""
     models = list(summary)
     metrics = [m for m in dict.fromkeys(k for s in summary.values() for k in s) if not is_bound(m)]
     body = ["<h1>Test report</h1>"]
+    body += [f'<p class="headline">{esc(line)}</p>' for line in headlines]
     body.append(
         "<p>"
         + "; ".join(f"<b>{esc(w)}</b>: <code>{esc(result['models'][w]['name'])}</code>" for w in models)
@@ -159,6 +166,8 @@ def test_report(
             d = differences.get(m) or {}
             cells += [interval(d.get("value"), d.get("low"), d.get("high"), signed=True), word(d.get("verdict"))]
         rows.append(cells)
+    for name, grid in (positions or {}).items():
+        body += [f"<h2>{esc(name)}: accuracy by context length and the answer's position</h2>", heatmaps(grid, models)]
     body += ["<h2>Figures</h2>", table(header, rows, [False] + [True] * (len(header) - 1))]
     for w in models:
         bars = [(m, summary[w].get(m), summary[w].get(f"{m}_low"), summary[w].get(f"{m}_high")) for m in metrics]
@@ -174,6 +183,45 @@ def test_report(
             cards += [f'<div class="answer"><b>{esc(w)}</b>{esc(a[:1500])}</div>' for w, a in answers.items()]
             body.append('<div class="pair">' + "".join(cards) + "</div>")
     return page("Test report", body)
+
+
+def _shade(value: float | None, signed: bool) -> str:
+    """A cell's background: accuracy 0..1 from white to green; a difference red (-) to green (+)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "#f4f5f7"
+    if signed:
+        v = max(-1.0, min(1.0, value))
+        return f"rgba(17,107,44,{abs(v):.2f})" if v >= 0 else f"rgba(170,17,17,{abs(v):.2f})"
+    return f"rgba(17,107,44,{max(0.0, min(1.0, value)):.2f})"
+
+
+def heatmaps(grid: dict[str, Any], models: Sequence[str]) -> str:
+    """The position map as tables side by side, one per model and one for tuned − base: rows the
+    context length, columns the answer's position, each cell its value, interval and (differences) word."""
+    cells = {(c["documents"], c["gold"]): c for c in grid["cells"]}
+    panels = [(w, w) for w in models]
+    if grid["cells"] and "difference" in grid["cells"][0]:
+        panels.append(("tuned − base (paired)", "difference"))
+    out = ['<div class="pair">']
+    for title, key in panels:
+        signed = key == "difference"
+        rows = []
+        for n in grid["documents"]:
+            row = [f'{esc(n)} documents<br><span class="note">~{esc(grid["tokens"][str(n)])} tokens</span>']
+            for p in grid["positions"]:
+                c = (cells.get((n, p)) or {}).get(key) or {}
+                value = c.get("value")
+                text = interval(value, c.get("low"), c.get("high"), signed)
+                if signed:
+                    text += "<br>" + word(c.get("verdict"))
+                light = value is not None and abs(value) > 0.6
+                style = f"background:{_shade(value, signed)};" + ("color:#fff" if light else "")
+                row.append(f'<span class="cell" style="{style}">{text}</span>')
+            rows.append(row)
+        header = ["", *[f"answer {p}" for p in grid["positions"]]]
+        out.append(f"<div><b>{esc(title)}</b>{table(header, rows, [False] + [True] * len(grid['positions']))}</div>")
+    out.append("</div>")
+    return "".join(out)
 
 
 # -- sweeps: summary.html ------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ TOGETHER_TRAIN_AND_TEST = (
 )
 # Distill against the fake Together server (TOGETHER_BASE_URL), then a 3-job sweep of the instructions' share.
 SHARE_SWEEP = (
+    "mix=offline",
     "distill=together",
     "distill.source=sharegpt_sample",
     "distill.max_conversations=12",

@@ -46,7 +46,7 @@ def test_mix_twice_reports_a_cache_hit_with_the_same_sha(run_cli, tmp_path: Path
 def test_cfg_job_prints_the_composed_config(run_cli) -> None:
     out = run_cli("--cfg", "job", "mix.total=40").stdout
     cfg = OmegaConf.create(out)
-    assert cfg.mix.total == 40 and cfg.mix.components.instructions.share == 0.5
+    assert cfg.mix.total == 40 and cfg.mix.components.longctx.share == 0.7
 
 
 CONFIG_MISTAKES = [
@@ -55,7 +55,10 @@ CONFIG_MISTAKES = [
     (("+train.n_epoch=3",), "error: train.n_epoch: no schema declares this key"),
     (("mix.total=lots",), "error: mix.total: Value 'lots' of type 'str' could not be converted to Integer"),
     (("mix.unit=lines",), "error: mix.unit: Invalid value 'lines', expected one of [examples, tokens]"),
-    (("mix=nope",), "error: mix/nope: no such config (the options: llama2_7b_32k, offline, samples)"),
+    (
+        ("mix=nope",),
+        "error: mix/nope: no such config (the options: llama2_7b_32k, longctx, longctx_32k, offline, samples)",
+    ),
     (("experiment=nope",), "error: experiment/nope: no such config (the options: "),
     (("stages=[mix",), "error: an override does not parse: "),
     (("mix.total=${oc.env:RECIPE_TEST_UNSET}",), "error: mix.total: "),  # a missing interpolation: its own cause

@@ -35,8 +35,8 @@ def test_root_config_composes_with_every_source(make_cfg) -> None:
     cfg = make_cfg(base=())
     assert sorted(cfg.sources) == options("source")
     for name, source in cfg.sources.items():
-        assert source.kind.value in ("sharegpt", "text", "prompt_completion"), name
-        assert source.hub_id or source.data_files, name
+        assert source.kind.value in ("sharegpt", "text", "prompt_completion", "synthetic"), name
+        assert source.hub_id or source.data_files or source.kind.value == "synthetic", name
     # Shipped samples resolve to files in the package.
     for name in ("sharegpt_sample", "llama_instruct_sample", "booksum_sample", "mqa_sample"):
         assert Path(cfg.sources[name].data_files[0]).is_file()
@@ -88,7 +88,12 @@ def test_a_typo_in_a_train_key_is_an_error_naming_it(make_cfg) -> None:
     assert "n_epoch" in f"{err.value} {err.value.__cause__}"
 
 
-TEST_NEEDS = {"offline": "train=local_lora", "model_card": "train=together_full", "heldout": "train=local_lora"}
+TEST_NEEDS = {
+    "offline": "train=local_lora",
+    "model_card": "train=together_full",
+    "heldout": "train=local_lora",
+    "longctx": "train=local_lora",
+}
 
 
 @pytest.mark.parametrize("test", options("test"))
@@ -101,6 +106,11 @@ def test_every_test_option_composes_and_validates(make_cfg, test: str) -> None:
         assert plan.summary == "base and tuned on 0 suites: 0 generations and 0 judge calls" and plan.usd == 0
         assert stage.semantic_config()["suite_data"] == {}
         return
+    if test == "longctx":  # the main job's: the synthetic task's 108 prompts, made here, nothing judged
+        assert plan.summary == "base and tuned on 1 suites: 216 generations and 0 judge calls" and plan.usd == 0
+        assert plan.details.startswith("longctx (synthetic, 108 made records, 2×3 settings)")
+        assert stage.semantic_config()["suite_data"]["longctx"]["synthetic"]["people"] == "test"
+        return
     assert plan.summary.startswith("base and tuned on 3 suites: ") and plan.details.startswith("mqa (mqa, ")
     assert stage.semantic_config()["suite_data"].keys() == {"mqa", "booksum", "alpaca_eval"}
 
@@ -110,8 +120,8 @@ def test_every_test_suite_composes_and_its_shipped_data_reads(make_cfg, suite: s
     cfg = make_cfg(f"+test/suite@test.suites.extra={suite}", base=("mix=samples", "~distill"))
     stage = build_stage("test", cfg)
     node = cfg.test.suites.extra
-    assert node.kind.value in ("mqa", "booksum", "judge") and node.description
-    if node.hub_id is None:  # the shipped samples: every record makes prompts
+    assert node.kind.value in ("mqa", "booksum", "judge", "synthetic") and node.description
+    if node.hub_id is None:  # the shipped samples (or the synthetic task): every record makes prompts
         items = stage.items()[0]["extra"]
         assert items and all(i.prompt and i.answers for i in items)
     else:
@@ -126,8 +136,9 @@ def test_every_experiment_composes(make_cfg, experiment: str) -> None:
         build_stage(stage, cfg)
 
 
-def test_the_offline_experiment_is_the_default_recipe(make_cfg) -> None:
-    default, offline = make_cfg(base=()), make_cfg("experiment=smollm2_offline", base=())
+def test_the_main_job_is_the_default_recipe(make_cfg) -> None:
+    """`make run` runs experiment=longctx_offline: plain `recipe` runs the same stages, the same way."""
+    default, offline = make_cfg(base=()), make_cfg("experiment=longctx_offline", base=())
     for stage in configured_stages(default):
         assert build_stage(stage, offline).semantic_config() == build_stage(stage, default).semantic_config()
     assert configured_stages(offline) == ["distill", "mix", "train", "test", "deploy"]

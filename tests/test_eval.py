@@ -224,7 +224,15 @@ def test_together_backed_test_scores_base_and_tuned(make_cfg, tmp_path: Path, fa
         assert f"contamination {name}: 0 of {prompts} prompts found in the training mixture" in summary
         assert entry["contamination_counts"][name] == {"prompts_in_training": 0}
     text = (out / "report.md").read_text()
-    assert "| 6 | middle |" in text and "## booksum: summarisation (ROUGE F-measure)" in text
+    assert "## mqa: accuracy by context length and the answer's position" in text and "| 6 (~" in text
+    assert "## booksum: summarisation (ROUGE F-measure)" in text
+    positions = metrics["positions"]["mqa"]  # the position map: each setting per model, and paired
+    assert positions["documents"] == [3, 6] and positions["positions"] == ["first", "middle", "last"]
+    assert [(c["documents"], c["gold"], c["prompts"]) for c in positions["cells"]][:2] == [
+        (3, "first", 2),
+        (3, "middle", 2),
+    ]
+    assert all(c["difference"]["verdict"] == "too few prompts to tell" for c in positions["cells"])
     assert (out / "chart.png").read_bytes()[:4] == b"\x89PNG"
     assert len((out / "generations.jsonl").read_text().splitlines()) == 19
     # A second run is a cache hit; with the artifact gone, the request cache answers: no request.

@@ -216,6 +216,7 @@ def test_http_data_files_load_on_the_core_install(installed: Path, tmp_path: Pat
             "stages=[mix]",
             "mix=samples",
             "mix.progress=false",
+            "test=offline",
             "test/suite@test.suites.mqa=mqa",
             f"test.suites.mqa.data_files=[{url}]",
         )

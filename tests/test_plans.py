@@ -55,7 +55,9 @@ def test_a_budget_the_plan_exceeds_is_said_before_anything_is_spent(make_cfg, tm
 def test_local_suites_are_counted_from_their_prompts(make_cfg, tmp_path: Path) -> None:
     """The offline suites are read: the plan's requests and prompt tokens are those of the prompts."""
     priced = ("test.judge.provider=together", "test.prices.input_per_mtok=1.0", "test.prices.output_per_mtok=1.0")
-    cfg = make_cfg("dry_run=true", "stages=[test]", *priced, base=("mix=samples", "~distill", "~deploy"))
+    cfg = make_cfg(
+        "dry_run=true", "stages=[test]", "test=offline", *priced, base=("mix=samples", "~distill", "~deploy")
+    )
     test = build_stage("test", cfg)
     items, _ = test.items()
     prompts = sum(len(v) for v in items.values())

@@ -218,8 +218,8 @@ def test_the_heldout_loss_reads_the_format_the_model_was_trained_in(
     # The same rows as the trainer's. The chat template's rows are other tokens, so their loss is
     # another figure; how far apart depends on the random tiny model (nearly uniform after 2 steps).
     tokenizer = load_tokenizer(trained.model)
-    rows = heldout_rows(tokenizer, held_out, trained.format.template, trained.max_seq_length)
-    assert rows != heldout_rows(tokenizer, held_out, None, trained.max_seq_length)
+    rows = heldout_rows(tokenizer, held_out, trained.format.template, trained.max_seq_length, False)
+    assert rows != heldout_rows(tokenizer, held_out, None, trained.max_seq_length, False)
     assert as_trained == pytest.approx(trained.eval_loss, abs=1e-4)
     print(f"held-out loss: as trained {as_trained}, in the chat template {as_chat}")
     assert as_chat != as_trained

@@ -18,7 +18,8 @@ The rule, and where it comes from:
 What a suite contributes (per record, all records of the suite, not only the first `max_examples`:
 a test run that grows later is still clean): `judge` its instruction (and Alpaca `input`), `booksum`
 its text and its reference summary, `mqa` its question (the documents are Wikipedia passages that
-every QA training set shares; they are not the test).
+every QA training set shares; they are not the test), `synthetic` its question and its gold
+document (made-up facts: the document is the test too).
 
 How, fast: words are hashed from their 8-byte pieces (numpy gathers over the normalised UTF-8
 bytes), and n-grams with a polynomial over the word hashes computed by prefix sums, so a batch of
@@ -221,6 +222,9 @@ def suite_texts(suite: DictConfig, key: str) -> Iterator[tuple[int, list[str]]]:
             texts = [record.get(suite.instruction_field), record.get("input")]
         elif kind == "booksum":
             texts = [record.get(suite.text_field), record.get(suite.summary_field)]
+        elif kind == "synthetic":  # made-up facts: the gold document is the test as much as the question
+            gold = next((c for c in record["ctxs"] if c.get("isgold")), {})
+            texts = [record.get("question"), gold.get("text")]
         else:
             texts = [record.get("question")]
         yield index, [t for t in texts if isinstance(t, str) and t.strip()]

@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from recipe.data import templates
+from recipe.data import mqa, synthetic, templates
 from recipe.data.jsonl import LineError, json_object
 from recipe.errors import RecipeError
 from recipe.store import sha256_file
@@ -90,6 +90,8 @@ KIND_FIELDS = {
     "text": ("text",),
     "messages": ("messages",),
     "sharegpt": ("conversations", "id"),
+    "mqa": ("question", "answers", "ctxs"),
+    "synthetic": (),
 }
 _SPLIT = re.compile(r"^([\w.-]+)(?:\[(\d*):(\d*)\])?$")
 
@@ -135,10 +137,40 @@ def rename_columns(record: dict[str, Any], columns: dict[str, str], where: str, 
     return out
 
 
+def is_synthetic(source: DictConfig) -> bool:
+    """A source or suite whose records the synthetic task makes (no file, no hub)."""
+    return source.kind.value == "synthetic"
+
+
+def synthetic_records(source: DictConfig) -> Iterator[dict[str, Any]]:
+    """The records a synthetic source or suite makes (recipe/data/synthetic.py)."""
+    s = source.synthetic
+    positions = [p.value for p in source.gold_positions] if source.gold_positions else None
+    return synthetic.records(
+        s.seed, s.people.value, s.examples, s.document_sentences, list(source.num_documents), positions, s.reply.value
+    )
+
+
 def source_identity(name: str, source: DictConfig) -> dict[str, Any]:
     """What a source holds, for fingerprints: its settings and, for local files, their contents'
-    sha256 (not their paths, so the same data fingerprints the same on every machine)."""
+    sha256 (not their paths, so the same data fingerprints the same on every machine); for a
+    synthetic source, the generator's version and settings."""
     identity: dict[str, Any] = {"kind": source.kind.value, "split": source.split}
+    if is_synthetic(source):
+        if source.hub_id or source.data_files:
+            raise DataError(f"{config_key(name)}: a synthetic task makes its records; it reads no hub_id or data_files")
+        positions = [p.value for p in source.gold_positions] if source.gold_positions else None
+        identity["synthetic"] = {
+            "version": synthetic.VERSION,
+            "seed": source.synthetic.seed,
+            "people": source.synthetic.people.value,
+            "examples": source.synthetic.examples,
+            "document_sentences": source.synthetic.document_sentences,
+            "reply": source.synthetic.reply.value,
+            "num_documents": list(source.num_documents),
+            "gold_positions": positions,
+        }
+        return identity
     if source.get("columns"):
         identity["columns"] = dict(source.columns)
     if source.get("name"):
@@ -211,6 +243,10 @@ def is_sliced(source: DictConfig) -> bool:
 
 
 def _iter_all(name: str, source: DictConfig) -> Iterator[tuple[bytes | dict[str, Any], str]]:
+    if is_synthetic(source):
+        for i, record in enumerate(synthetic_records(source), 1):
+            yield record, f"{config_key(name)}: synthetic record {i}"
+        return
     if source.hub_id:
         where = f"{config_key(name)}: hub dataset {source.hub_id!r}"
         yield from _stream_dataset(where, f"{source.hub_id} record", source)
@@ -389,6 +425,11 @@ def to_messages(record: dict[str, Any], kind: str, where: str, text_template: st
         if not prompt or prompt.isspace() or not completion or completion.isspace():  # strip() would copy them
             return None
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+    if kind in ("mqa", "synthetic"):
+        try:
+            return mqa.example(record, where)
+        except mqa.RecordError as e:
+            raise DataError(str(e)) from None
     if kind == "text":
         text = _field(record, "text", where, kind)
         try:

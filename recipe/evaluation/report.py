@@ -12,9 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from recipe.data.tokens import approx_tokens
 from recipe.evaluation import uncertainty
 from recipe.evaluation.comparison import lower_is_better
 from recipe.evaluation.suites import Item
+
+POSITION_ORDER = {"first": 0, "middle": 1, "last": 2}
+# The figure a suite is headlined by, by kind: the word on its lift is the run's first line.
+MAIN_FIGURE = {"mqa": "accuracy", "synthetic": "accuracy", "booksum": "rouge1", "judge": "win_rate"}
 
 Summary = dict[str, dict[str, float]]  # model -> metric name -> value (and its interval: <name>_low, <name>_high)
 Differences = dict[str, dict[str, Any]]  # metric name -> tuned - base: value, low, high, n, verdict
@@ -86,6 +91,62 @@ def headline(result: dict[str, Any], kinds: dict[str, str], settings: uncertaint
     return out
 
 
+def position_map(
+    result: dict[str, Any], items: dict[str, list[Item]], settings: uncertainty.Settings
+) -> dict[str, dict[str, Any]]:
+    """The "Lost in the Middle" picture of every suite scored by context length x the answer's
+    position (mqa, synthetic): per setting, each model's accuracy with its interval, and tuned - base
+    paired on the setting's prompts with its word; the mean approx tokens of each length's prompts."""
+    out: dict[str, dict[str, Any]] = {}
+    models = list(result["models"])
+    for name, suite_items in items.items():
+        settings_of = {i.id: dict(i.group) for i in suite_items}
+        if not suite_items or "gold" not in settings_of[suite_items[0].id]:
+            continue
+        scores = {w: result["models"][w]["suites"][name]["per_prompt"]["accuracy"] for w in models}
+        cells = []
+        keys = sorted(
+            {(g["documents"], g["gold"]) for g in settings_of.values()},
+            key=lambda k: (k[0], POSITION_ORDER.get(k[1], 9)),
+        )
+        for n, position in keys:
+            ids = [i for i, g in settings_of.items() if (g["documents"], g["gold"]) == (n, position)]
+            cell: dict[str, Any] = {"documents": n, "gold": position, "prompts": len(ids)}
+            for w in models:
+                cell[w] = uncertainty.figure({i: scores[w].get(i) for i in ids}, settings).as_dict()
+            if {"base", "tuned"} <= set(models):
+                tuned, base = ({i: scores[w].get(i) for i in ids} for w in ("tuned", "base"))
+                cell["difference"] = uncertainty.paired(tuned, base, settings).as_dict()
+            cells.append(cell)
+        lengths = sorted({n for n, _ in keys})
+        tokens = {
+            str(n): round(
+                sum(approx_tokens(i.prompt) for i in suite_items if dict(i.group)["documents"] == n)
+                / max(1, sum(dict(i.group)["documents"] == n for i in suite_items))
+            )
+            for n in lengths
+        }
+        positions = sorted({p for _, p in keys}, key=lambda p: POSITION_ORDER.get(p, 9))
+        out[name] = {"documents": lengths, "positions": positions, "tokens": tokens, "cells": cells}
+    return out
+
+
+def headline_lines(summary: Summary, differences: Differences, kinds: dict[str, str]) -> list[str]:
+    """One line per suite: its main figure, base -> tuned, and the paired lift with its interval and word."""
+    lines = []
+    for name, kind in kinds.items():
+        metric = f"{name}.{MAIN_FIGURE.get(kind, 'accuracy')}"
+        d = differences.get(metric)
+        if d is None or "base" not in summary or "tuned" not in summary or metric not in summary["tuned"]:
+            continue
+        lines.append(
+            f"{name}: tuned - base {with_interval(d['value'], d['low'], d['high'], signed=True)} {d['verdict']} "
+            f"({MAIN_FIGURE.get(kind, 'accuracy')} {summary['base'].get(metric, float('nan')):.3f} -> "
+            f"{summary['tuned'][metric]:.3f}, {d['n']} prompts)"
+        )
+    return lines
+
+
 def with_interval(value: float | None, low: float | None, high: float | None, signed: bool = False) -> str:
     if value is None:
         return "-"
@@ -137,6 +198,7 @@ def write_report(
     items: dict[str, list[Item]],
     answers: dict[str, dict[str, str]],
     table: str,
+    positions: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     models = list(result["models"])
 
@@ -166,6 +228,12 @@ def write_report(
                 out.append(
                     f"| {w} | " + " | ".join(cell(w, f"{name}.{k}") for k in ("rouge1", "rouge2", "rougeL")) + " |"
                 )
+        elif positions and name in positions:
+            out += [f"## {name}: accuracy by context length and the answer's position (best_subspan_em)", ""]
+            out += position_tables(positions[name], models)
+            for n in positions[name]["documents"]:
+                values = " | ".join(cell(w, f"{name}.docs{n}") for w in models)
+                out.append(f"- {n} documents, all positions: {values.replace(' | ', ' / ')} ({' / '.join(models)})")
         else:
             out += [f"## {name}: multi-document QA (best_subspan_em)", ""]
             out += ["| " + " | ".join(["Documents", "Gold position", *models]) + " |", "|---" * (2 + len(models)) + "|"]
@@ -211,13 +279,66 @@ def write_report(
     path.write_text("\n".join(out).rstrip() + "\n")
 
 
-def write_chart(path: Path, summary: Summary) -> None:
+def position_tables(positions: dict[str, Any], models: Sequence[str]) -> list[str]:
+    """Markdown: a table per model (rows: context length; columns: the answer's position), each cell
+    the accuracy with its interval, and tuned - base with its word."""
+    cells = {(c["documents"], c["gold"]): c for c in positions["cells"]}
+    header = ["Documents (~tokens)", *positions["positions"]]
+    out: list[str] = []
+    panels = [(w, w) for w in models] + (
+        [("tuned - base", "difference")] if "difference" in positions["cells"][0] else []
+    )
+    for title, key in panels:
+        out += [f"**{title}**", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        for n in positions["documents"]:
+            row = [f"{n} (~{positions['tokens'][str(n)]})"]
+            for p in positions["positions"]:
+                c = cells.get((n, p), {}).get(key)
+                text = "-" if not c else with_interval(c["value"], c["low"], c["high"], signed=key == "difference")
+                if c and key == "difference":
+                    text += f" {c['verdict']}"
+                row.append(text)
+            out.append("| " + " | ".join(row) + " |")
+        out.append("")
+    return out
+
+
+def _heatmap(ax: Any, positions: dict[str, Any], key: str, title: str) -> None:
+    """One panel of the position map: rows context length, columns the answer's position."""
+    cells = {(c["documents"], c["gold"]): c.get(key) for c in positions["cells"]}
+    rows, cols = positions["documents"], positions["positions"]
+    diff = key == "difference"
+    grid = [[(cells.get((n, p)) or {}).get("value") for p in cols] for n in rows]
+    values = [[float("nan") if v is None else v for v in row] for row in grid]
+    ax.imshow(values, cmap="RdBu" if diff else "viridis", vmin=-1 if diff else 0, vmax=1, aspect="auto")
+    for r, n in enumerate(rows):
+        for c, p in enumerate(cols):
+            cell = cells.get((n, p))
+            if cell and cell.get("value") is not None:
+                low, high = cell.get("low"), cell.get("high")
+                text = f"{cell['value']:+.2f}" if diff else f"{cell['value']:.2f}"
+                if low is not None and high is not None:
+                    text += f"\n[{low:.2f}, {high:.2f}]"
+                light = (not diff and cell["value"] < 0.5) or (diff and abs(cell["value"]) > 0.6)
+                ax.text(c, r, text, ha="center", va="center", fontsize=8, color="white" if light else "black")
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), [f"{n} docs\n~{positions['tokens'][str(n)]} tok" for n in rows])
+    ax.set_xlabel("the answer's document")
+    ax.set_title(title, fontsize=10)
+
+
+def write_chart(path: Path, summary: Summary, positions: dict[str, dict[str, Any]] | None = None) -> None:
     """Grouped bars, one group per headline score (0–1 scale), one bar per model; the held-out loss
-    on its own axis when present."""
+    on its own axis when present; below, a position map per suite scored by context length and
+    position (base, tuned, tuned - base)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    if positions:
+        _write_with_positions(path, summary, positions, plt)
+        return
 
     models = list(summary)
     scores = [m for m in dict.fromkeys(k for s in summary.values() for k in s) if not is_bound(m)]
@@ -243,6 +364,26 @@ def write_chart(path: Path, summary: Summary) -> None:
     if loss:
         axes[1].bar(models, [summary[w].get("heldout.loss", 0.0) for w in models], color=["C0", "C1"][: len(models)])
         axes[1].set_title("held-out loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _write_with_positions(path: Path, summary: Summary, positions: dict[str, dict[str, Any]], plt: Any) -> None:
+    models = list(summary)
+    panels = [(w, w) for w in models]
+    if any("difference" in (c for c in p["cells"][0]) for p in positions.values()):
+        panels.append(("tuned - base (paired)", "difference"))
+    fig, axes = plt.subplots(
+        len(positions),
+        len(panels),
+        figsize=(3.6 * len(panels), 1.2 + 1.1 * max(len(p["documents"]) for p in positions.values())),
+        squeeze=False,
+    )
+    for r, (name, grid) in enumerate(positions.items()):
+        for c, (title, key) in enumerate(panels):
+            _heatmap(axes[r][c], grid, key, f"{name}: {title}")
+    fig.suptitle("accuracy by context length and the answer's position, with 95% intervals", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -18,13 +18,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from recipe.data import mqa
 from recipe.data.sources import DataError
 from recipe.evaluation.metrics import ROUGE_KEYS, best_subspan_em, pair_score, parse_verdict, rouge_each, win_rate
 
-MQA_INSTRUCTION = (
-    "Write a high-quality answer for the given question using only the provided search results "
-    "(some of which might be irrelevant)."
-)
+MQA_INSTRUCTION = mqa.INSTRUCTION
 BOOKSUM_QUESTION = "Q: Can you write an appropriate summary of the above paragraphs?\nA:"
 JUDGE_SYSTEM = (
     "You are a careful, impartial judge of AI assistants. You compare two outputs for the same "
@@ -65,17 +63,6 @@ def _text(record: dict[str, Any], key: str, where: str, suite_key: str, option: 
     return value
 
 
-def gold_index(n: int, position: str) -> int:
-    """Where the gold document goes among n: first, middle ((n - 1) // 2, as in the paper's odd
-    settings) or last."""
-    return {"first": 0, "middle": (n - 1) // 2, "last": n - 1}[position]
-
-
-def mqa_prompt(question: str, documents: Sequence[dict[str, Any]]) -> str:
-    lines = [f"Document [{i}](Title: {d.get('title', '')}) {d.get('text', '')}" for i, d in enumerate(documents, 1)]
-    return f"{MQA_INSTRUCTION}\n\n" + "\n".join(lines) + f"\n\nQuestion: {question}\nAnswer:"
-
-
 def mqa_items(
     name: str,
     records: Iterable[tuple[dict[str, Any], str]],
@@ -83,36 +70,53 @@ def mqa_items(
     positions: Sequence[str],
     suite_key: str,
 ) -> tuple[list[Item], Skipped]:
+    """Every record asked in every setting (documents x gold position), as the paper does: the
+    settings of one question share it (uncertainty.py resamples by question)."""
     items, skipped = [], Skipped()
     for index, (record, where) in enumerate(records):
-        question = _text(record, "question", where, suite_key, "(records need) question")
-        answers = record.get("answers")
-        if isinstance(answers, str):
-            answers = [answers]
-        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
-            raise DataError(f"{where}: `answers` must be a non-empty list of strings")
-        ctxs = record.get("ctxs")
-        if not isinstance(ctxs, list) or not all(isinstance(c, dict) for c in ctxs) or not ctxs:
-            raise DataError(f"{where}: `ctxs` must be a non-empty list of documents ({{title, text}})")
-        gold_at = next((i for i, c in enumerate(ctxs) if c.get("isgold")), 0)
-        gold, others = ctxs[gold_at], ctxs[:gold_at] + ctxs[gold_at + 1 :]
+        question, answers, ctxs, gold_at = _parts(record, where)
         for n in num_documents:
-            if len(others) < n - 1:
+            if len(ctxs) < n:
                 skipped.add(f"fewer than {n} documents")
                 continue
             for position in positions:
-                documents = list(others[: n - 1])
-                documents.insert(gold_index(n, position), gold)
+                documents = mqa.placed(ctxs, gold_at, n, position)
+                assert documents is not None
                 items.append(
                     Item(
                         suite=name,
                         id=f"{name}/{n}docs/{position}/{index}",
-                        prompt=mqa_prompt(question, documents),
+                        prompt=mqa.prompt(question, documents),
                         group=(("documents", n), ("gold", position)),
                         answers=tuple(answers),
                     )
                 )
     return items, skipped
+
+
+def synthetic_items(name: str, records: Iterable[tuple[dict[str, Any], str]]) -> list[Item]:
+    """One prompt per made-up record, in the setting it was made for (recipe/data/synthetic.py)."""
+    items = []
+    for index, (record, where) in enumerate(records):
+        question, answers, ctxs, _ = _parts(record, where)
+        n, position = record["documents"], record["gold"]
+        items.append(
+            Item(
+                suite=name,
+                id=f"{name}/{n}docs/{position}/{index}",
+                prompt=mqa.prompt(question, ctxs),
+                group=(("documents", n), ("gold", position)),
+                answers=tuple(answers),
+            )
+        )
+    return items
+
+
+def _parts(record: dict[str, Any], where: str) -> tuple[str, list[str], list[dict[str, Any]], int]:
+    try:
+        return mqa.parts(record, where)
+    except mqa.RecordError as e:
+        raise DataError(str(e)) from None
 
 
 def _cut(text: str, max_chars: int | None) -> str:

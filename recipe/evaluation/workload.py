@@ -124,5 +124,9 @@ def suite_line(name: str, suite: Any) -> str:
     """A suite as the plan names it: kind, how many records, settings."""
     kind = suite.kind.value
     size = f"≤{suite.max_examples}" if suite.max_examples else "all"
-    detail = f", {len(suite.num_documents)}×{len(suite.gold_positions)} settings" if kind == "mqa" else ""
+    detail = (
+        f", {len(suite.num_documents)}×{len(suite.gold_positions)} settings" if kind in ("mqa", "synthetic") else ""
+    )
+    if kind == "synthetic":
+        size = f"{suite.synthetic.examples} made"
     return f"{name} ({kind}, {size} records{detail}{', judged both orders' if kind == 'judge' else ''})"

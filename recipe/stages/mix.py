@@ -64,6 +64,7 @@ from recipe.data.sources import (
     hash_files,
     is_plain_jsonl,
     is_sliced,
+    is_synthetic,
     iter_raw,
     source_files,
     source_identity,
@@ -122,10 +123,17 @@ class Mix(Stage):
             raise StageError(f"mix.eval_fraction={c.eval_fraction}: must be in [0, 1)")
         if c.eval_per_component < 0:
             raise StageError(f"mix.eval_per_component={c.eval_per_component}: must be 0 (off) or a number of examples")
-        if c.eval_per_component and c.eval_fraction:
+        for name in self.components:
+            if (c.components[name].eval or 0) < 0:
+                raise StageError(f"mix.components.{name}.eval={c.components[name].eval}: must be 0 or more examples")
+        self.held_out = {
+            n: c.eval_per_component if c.components[n].eval is None else c.components[n].eval for n in self.components
+        }
+        self.per_component = any(self.held_out.values())  # held out per component, before the mixture
+        if self.per_component and c.eval_fraction:
+            said = f"mix.eval_per_component={c.eval_per_component}" if c.eval_per_component else "mix.components.*.eval"
             raise StageError(
-                f"mix.eval_per_component={c.eval_per_component} and mix.eval_fraction={c.eval_fraction}: "
-                "choose one held-out split (set the other to 0)"
+                f"{said} and mix.eval_fraction={c.eval_fraction}: choose one held-out split (set the other to 0)"
             )
         if c.token_counter not in TOKEN_COUNTERS:
             raise StageError(f"mix.token_counter={c.token_counter!r}: use one of {', '.join(TOKEN_COUNTERS)}")
@@ -162,7 +170,7 @@ class Mix(Stage):
         semantic.pop("rescale", None)  # shares as applied say it all
         semantic.pop("normalize", None)
         used = sorted({self.config.components[n].source for n in self.components} - {DISTILLED})
-        local = [name for name in used if not self.root.sources[name].hub_id]
+        local = [name for name in used if not (self.root.sources[name].hub_id or is_synthetic(self.root.sources[name]))]
         hash_files([f for name in local for f in source_files(name, self.root.sources[name])])
         semantic["sources"] = {name: source_identity(name, self.root.sources[name]) for name in used}
         # The suites' data by content and the settings, not the suites' whole config (max_tokens...).
@@ -176,8 +184,8 @@ class Mix(Stage):
         """Held-out examples per component: `eval_per_component` each, or `eval_fraction` of the
         total split by the shares."""
         c = self.config
-        if c.eval_per_component:
-            return {n: c.eval_per_component for n in self.components}
+        if self.per_component:
+            return dict(self.held_out)
         return self._targets(round(c.total * c.eval_fraction))
 
     def plan(self, inputs: dict[str, Artifact | None], upstream: dict[str, Planned]) -> Plan:
@@ -185,7 +193,7 @@ class Mix(Stage):
         targets, held_out = self._targets(c.total), self._eval_targets()
         means = {n: self._mean_tokens(n, inputs, upstream) for n in self.components}
         held_out_in_unit = held_out
-        if c.eval_per_component and c.unit.value == "tokens":  # counted in examples: the plan wants tokens
+        if self.per_component and c.unit.value == "tokens":  # counted in examples: the plan wants tokens
             held_out_in_unit = {n: round(k * (means[n][0] or 0)) for n, k in held_out.items()}
         size = estimate.planned_mixture(targets, held_out_in_unit, means, c.unit.value)
         parts = ", ".join(f"{n} {k:,}" for n, k in targets.items())
@@ -201,8 +209,9 @@ class Mix(Stage):
 
     def _eval_described(self, held_out: dict[str, int]) -> str:
         c = self.config
-        if c.eval_per_component:
-            return f"{sum(held_out.values()):,} examples ({c.eval_per_component} per component, drawn first)"
+        if self.per_component:
+            each = ", ".join(f"{n} {k}" for n, k in held_out.items())
+            return f"{sum(held_out.values()):,} examples ({each}; drawn first)"
         return f"{sum(held_out.values()):,} {c.unit.value}"
 
     def _mean_tokens(
@@ -252,7 +261,7 @@ class Mix(Stage):
             for comp_id, name in enumerate(self.components):
                 mine = np.flatnonzero((records.component == comp_id) & keep)
                 stats[name]["duplicates_removed"] = int(np.count_nonzero(records.component == comp_id)) - len(mine)
-                if c.eval_per_component:
+                if self.per_component:
                     held, mine = self._held_out_first(name, mine)
                     eval_parts.append(held)
                 spec = Draw(
@@ -267,7 +276,7 @@ class Mix(Stage):
                 too_small = partial(self._too_small, name, records=len(mine))
                 train, held = draw(spec, records, mine, comp_id, check, too_small, partial(self._eval_short, name))
                 train_parts.append(train)
-                if not c.eval_per_component:
+                if not self.per_component:
                     eval_parts.append(held)
         finally:
             if check:
@@ -275,7 +284,7 @@ class Mix(Stage):
         contamination = self._contamination(check, records, np.concatenate(train_parts)) if check else None
         shuffle = seeded(c.seed, "\0shuffle")
         train_order = shuffle.permutation(np.concatenate(train_parts))
-        if c.eval_per_component:  # an order of its own too: the same file whatever the mixture's size
+        if self.per_component:  # an order of its own too: the same file whatever the mixture's size
             shuffle = seeded(c.seed, "\0heldout-shuffle")
         eval_order = shuffle.permutation(np.concatenate(eval_parts))
         checks: dict[str, Any] = {}
@@ -312,14 +321,19 @@ class Mix(Stage):
         return Output(mixture, record)
 
     def _held_out_first(self, name: str, mine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`eval_per_component` of the component's records, drawn before the mixture from a stream
-        of their own (seed and component name only: not the shares, the total or the other
-        components), and the records left for the mixture."""
-        k = self.config.eval_per_component
-        if len(mine) <= k:
+        """The component's held-out count of its records (`eval`, else `eval_per_component`), drawn
+        before the mixture from a stream of their own (seed and component name only: not the
+        shares, the total or the other components), and the records left for the mixture."""
+        k = self.held_out[name]
+        if k and len(mine) <= k:
+            key = (
+                f"mix.components.{name}.eval"
+                if self.config.components[name].eval is not None
+                else "mix.eval_per_component"
+            )
             raise StageError(
-                f"mix.eval_per_component={k}: component {name!r} has {len(mine)} distinct records "
-                "and needs more than that (some for the mixture); lower mix.eval_per_component"
+                f"{key}={k}: component {name!r} has {len(mine)} distinct records and needs more than that "
+                f"(some for the mixture); lower {key}"
             )
         held = seeded(self.config.seed, f"{name}\0heldout").permutation(mine)[:k]
         return np.sort(held), np.setdiff1d(mine, held, assume_unique=True)
@@ -354,7 +368,7 @@ class Mix(Stage):
                 "strata_key": comp.strata,
                 "columns": tuple(sorted((source.get("columns") or {}).items())),
             }
-            files = [] if source.hub_id else source_files(comp.source, source)
+            files = [] if source.hub_id or is_synthetic(source) else source_files(comp.source, source)
             if files and all(is_plain_jsonl(f) for f in files) and not is_sliced(source):
                 for f in files:
                     for start, end in jsonl_chunks(f, CHUNK_BYTES):

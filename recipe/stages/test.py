@@ -56,8 +56,8 @@ log = logging.getLogger(__name__)
 
 
 def by_component(records: list[dict[str, Any]], losses: list[float | None]) -> dict[str, dict[str, Any]]:
-    """Per component of the eval split: its mean example loss, how many examples, and each
-    example's loss by id (`heldout/<component>/<content digest>`: jobs and models are paired on the
+    """Per component of the eval split: its mean example loss, how many examples it is measured on
+    and how many were dropped (no answer token within the row length), and each example's loss by id (`heldout/<component>/<content digest>`: jobs and models are paired on the
     same examples, whatever their order), from which the figure `heldout.loss.<component>` gets its
     interval and its paired comparisons."""
     grouped: dict[str, dict[str, float | None]] = {}
@@ -69,14 +69,15 @@ def by_component(records: list[dict[str, Any]], losses: list[float | None]) -> d
     for name in sorted(grouped):
         values = [v for v in grouped[name].values() if v is not None]
         out[name] = {
-            "loss": round(sum(values) / len(values), 5) if values else None,
+            "loss": round(sum(values) / len(values), 6) if values else None,
             "examples": len(values),
+            "dropped": len(grouped[name]) - len(values),
             "per_prompt": {"loss": grouped[name]},
         }
     return out
 
 
-HELDOUT_LOSS_VERSION = 1  # bump when trainer.heldout_loss changes what it computes: kept losses are then recomputed
+HELDOUT_LOSS_VERSION = 2  # bump when trainer.heldout_loss changes what it computes: kept losses are then recomputed
 
 
 class Test(Stage):
@@ -120,6 +121,8 @@ class Test(Stage):
                 if skipped.counts:
                     skipped_by_suite[name] = dict(skipped.counts)
                     log.warning("%s: records skipped: %s", key, dict(skipped.counts))
+            elif kind == "synthetic":
+                items = suites.synthetic_items(name, records)
             elif kind == "booksum":
                 items = suites.booksum_items(
                     name, records, suite.text_field, suite.summary_field, suite.max_text_chars, key
@@ -194,6 +197,7 @@ class Test(Stage):
         cache = RequestCache(c.cache_path)
         ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, c.budget.max_usd)
         answers: dict[str, dict[str, str]] = {}
+        cut: dict[str, set[str]] = {}  # per model, the ids of answers cut at max_tokens
         names: dict[str, str] = {}
         heldout_loss: dict[str, float] = {}
         heldout_components: dict[str, dict[str, Any]] = {}
@@ -229,7 +233,8 @@ class Test(Stage):
                 with self._reach(trained, which, workspace.store) as access:
                     mark = clock(f"{which}.start", mark)
                     names[which] = access.model
-                    answers[which] = self._generate(access, cache, ledger, items, samples)
+                    cut[which] = set()
+                    answers[which] = self._generate(access, cache, ledger, items, samples, cut[which])
                     mark = measure_loss(which, access.local_dir, access.weights, clock(f"{which}.generate", mark))
                 clock(f"{which}.stop", mark)
             mark = time.monotonic()
@@ -251,23 +256,34 @@ class Test(Stage):
             "judge_protocol": protocol,
             "models": {w: {"name": names[w], **metrics[w]} for w in answers},
             "suites": {
-                name: {"kind": c.suites[name].kind.value, "prompts": len(its), "skipped": skipped.get(name, {})}
+                name: {
+                    "kind": c.suites[name].kind.value,
+                    "prompts": len(its),
+                    "skipped": skipped.get(name, {}),
+                    "cut_at_max_tokens": {w: sum(i.id in cut.get(w, ()) for i in its) for w in answers},
+                }
                 for name, its in items.items()
             },
         }
+        self._warn_cut(result)
         settings = uncertainty.Settings(**OmegaConf.to_container(c.uncertainty))  # type: ignore[arg-type]
-        summary = reporting.headline(result, {n: c.suites[n].kind.value for n in items}, settings)
+        kinds = {n: c.suites[n].kind.value for n in items}
+        summary = reporting.headline(result, kinds, settings)
         differences = reporting.differences(result, settings)
-        metrics_json = {**result, "summary": summary, "differences": differences}
+        positions = reporting.position_map(result, items, settings)
+        metrics_json = {**result, "summary": summary, "differences": differences, "positions": positions}
         (out_dir / "metrics.json").write_text(json.dumps(metrics_json, indent=2) + "\n")
         self._write_generations(out_dir / "generations.jsonl", items, samples, answers, verdicts)
         side_by_side = [(s, {w: answers[w][s.id] for w in answers}) for s in samples]
-        table = "\n".join([reporting.summary_table(summary, differences, settings.level), *view_lines(contamination)])
-        reporting.write_report(out_dir / "report.md", result, summary, side_by_side, items, answers, table)
-        reporting.write_chart(out_dir / "chart.png", summary)
+        lines = reporting.headline_lines(summary, differences, kinds)
+        table = "\n".join(
+            [*lines, reporting.summary_table(summary, differences, settings.level), *view_lines(contamination)]
+        )
+        reporting.write_report(out_dir / "report.md", result, summary, side_by_side, items, answers, table, positions)
+        reporting.write_chart(out_dir / "chart.png", summary, positions)
         shown = [i for its in items.values() for i in its[:2]] + list(samples)  # a few prompts per suite
         pairs = [(i.suite, i.prompt, i.answers[0], {w: answers[w][i.id] for w in answers}) for i in shown]
-        page = pages.test_report(result, summary, differences, pairs, settings.level)
+        page = pages.test_report(result, summary, differences, pairs, settings.level, positions, lines)
         (out_dir / "report.html").write_text(page)
         (out_dir / "summary.txt").write_text(table + "\n")
         report = TestReport(
@@ -297,6 +313,18 @@ class Test(Stage):
                 "sending": {role: controller.stats.record() for role, controller in self.controllers.items()},
             },
         )
+
+    def _warn_cut(self, result: dict[str, Any]) -> None:
+        """Most of a model's answers cut at max_tokens: a figure that may measure the budget, not the model."""
+        for name, suite in result["suites"].items():
+            for which, count in suite["cut_at_max_tokens"].items():
+                if count > suite["prompts"] / 2:
+                    print(
+                        f"warning: {count} of {suite['prompts']} {which} answers on {name} stopped at "
+                        f"test.suites.{name}.max_tokens={self.config.suites[name].max_tokens}: a model cut off before "
+                        f"its answer scores 0; raise it so the comparison measures the models, not the budget",
+                        flush=True,
+                    )
 
     def report(self, artifact: Artifact) -> str | None:
         table = (artifact.path / "summary.txt").read_text().rstrip()
@@ -358,6 +386,7 @@ class Test(Stage):
         ledger: Ledger,
         items: dict[str, list[suites.Item]],
         samples: list[suites.Item],
+        cut: set[str] | None = None,
     ) -> dict[str, str]:
         c = self.config
         work: list[tuple[suites.Item, ModelClient]] = []
@@ -372,9 +401,13 @@ class Test(Stage):
             self._in_flight(access),
             work,
             lambda w: w[1].ask([{"role": "user", "content": w[0].prompt}]),
+            cut,
         )
 
-    def _ask_all(self, desc: str, concurrency: int, work: list[Any], ask: Callable[[Any], Any]) -> dict[str, str]:
+    def _ask_all(
+        self, desc: str, concurrency: int, work: list[Any], ask: Callable[[Any], Any], cut: set[str] | None = None
+    ) -> dict[str, str]:
+        """Every answer's text by item id; the ids of answers cut at max_tokens go into `cut`."""
         out: dict[str, str] = {}
         with (
             tqdm(total=len(work), desc=desc, unit="prompt", disable=not self.config.progress) as bar,
@@ -384,7 +417,10 @@ class Test(Stage):
             try:
                 for w, future in futures:
                     answer = future.result()
-                    out[w[0].id if isinstance(w[0], suites.Item) else w[0]] = answer.text
+                    key = w[0].id if isinstance(w[0], suites.Item) else w[0]
+                    out[key] = answer.text
+                    if cut is not None and answer.truncated:
+                        cut.add(key)
                     bar.update(1)
             except BaseException:
                 for _, future in futures:
@@ -435,8 +471,8 @@ class Test(Stage):
         trained: TrainedModel,
         store: ArtifactStore,
     ) -> tuple[float, list[float | None]]:
-        """Mean loss on the eval split's answers in the format the model was trained in, packed as
-        the trainer packs them (the same rows as training's eval loss), and each example's own.
+        """Mean loss per answer token on the eval split, in the format the model was trained in (the
+        figure training's eval loss computes), and each example's own (trainer.heldout_loss).
         With `weights` (the base model's identity), kept in the store by what decides it (the
         weights, the conversations, the format, the row length): every job of a share sweep holds
         out the same examples, so the base model's loss is computed once for the whole sweep."""
@@ -470,7 +506,7 @@ class Test(Stage):
             per_suite: dict[str, Any] = {}
             for name, suite_items in items.items():
                 kind = self.config.suites[name].kind.value
-                if kind == "mqa":
+                if kind in ("mqa", "synthetic"):
                     per_suite[name] = suites.score_mqa(suite_items, mine)
                 elif kind == "booksum":
                     per_suite[name] = suites.score_booksum(suite_items, mine)

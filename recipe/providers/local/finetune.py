@@ -47,8 +47,9 @@ def fine_tune(
     s = settings
 
     examples = [trainer.tokenize(tokenizer, m, s.train_on_inputs, s.template) for m in conversations]
-    rows = trainer.pack(examples, s.max_seq_length, s.args.packing)
-    eval_rows = trainer.heldout_rows(tokenizer, eval_conversations, s.template, s.max_seq_length)
+    packing = trainer.packs(s.args.packing, s.attn_implementation)
+    rows = trainer.pack(examples, s.max_seq_length, packing)
+    eval_rows = trainer.heldout_rows(tokenizer, eval_conversations, s.template, s.max_seq_length, packing)
     work_dir.mkdir(parents=True, exist_ok=True)
     rdzv = rdzv or ddp.Rendezvous()
     if devices > 1 or sharded or rdzv.nnodes > 1:  # under torchrun; global rank 0 saves the outputs
@@ -83,6 +84,7 @@ def fine_tune(
         device=device.type,
         dtype=str(dtype).removeprefix("torch."),
         rows=len(rows),
+        packed=packing,
         examples=len(conversations),
         steps=result["steps"],
         resumed_from=result["resumed_from"],

@@ -143,11 +143,23 @@ def tokenize(tokenizer: Any, messages: list[Message], train_on_inputs: bool, tem
     return Example(ids, labels)
 
 
+# Attention implementations that read packed rows' boundaries from the position ids (varlen kernels,
+# a block mask of skipped blocks). With sdpa or eager, transformers would build a dense
+# block-diagonal mask (rows x seq^2), which sends SDPA to its math path: on two CPU cores a packed
+# 1,024-token row of micro-batch 2 took 62 s a step and 9.8 GB; one example a row takes neither.
+PACKS = ("flash_attention_2", "flex_attention")
+
+
+def packs(packing: bool, attn_implementation: str) -> bool:
+    """Whether rows hold several examples: asked for, and the attention takes their boundaries."""
+    return packing and attn_implementation in PACKS
+
+
 def pack(examples: list[Example], max_len: int, packing: bool) -> list[dict[str, list[int]]]:
     """Rows of at most `max_len` tokens: examples packed first-fit in order (or one per row), each
     with position ids from 0; longer examples are cut at `max_len`, and an example left with no
     target token (its answer cut off) is dropped: it would teach nothing, and a row of nothing but
-    such examples has a loss of 0/0."""
+    such examples has a loss of 0/0. See `packs` for when packing is asked of it."""
     rows: list[dict[str, list[int]]] = []
     current: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
     for ex in examples:
@@ -175,6 +187,23 @@ def collate(rows: list[dict[str, list[int]]], pad_id: int, device: torch.device)
         batch["labels"].append(r["labels"] + [-100] * pad)
         batch["position_ids"].append(r["position_ids"] + list(range(pad)))
     return {k: torch.tensor(v, device=device) for k, v in batch.items()}
+
+
+def target_positions(labels: torch.Tensor) -> torch.Tensor:
+    """The positions whose logits predict a target (the next token's label is not -100) in any row
+    of the batch: the only logits a loss needs."""
+    return torch.nonzero((labels[:, 1:] != -100).any(dim=0)).flatten()
+
+
+def token_losses(net: Any, batch: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Each target token's cross-entropy (a flat tensor, rows in order), computed from the logits of
+    the target positions alone (`logits_to_keep`): the model's head and its vocabulary-sized logits
+    skip the prompt, which is most of a long-context example. `dtype`: float64 for exact figures."""
+    keep = target_positions(batch["labels"])
+    out = net(input_ids=batch["input_ids"], position_ids=batch["position_ids"], logits_to_keep=keep, use_cache=False)
+    targets = batch["labels"][:, keep + 1]
+    chosen = targets != -100
+    return torch.nn.functional.cross_entropy(out.logits[chosen].to(dtype), targets[chosen], reduction="none")
 
 
 @dataclass
@@ -314,14 +343,9 @@ def train(
                 if sharded:
                     model.set_requires_gradient_sync(last)
                 with net.no_sync() if world > 1 and not sharded and not last else contextlib.nullcontext():
-                    out = net(
-                        input_ids=batch["input_ids"],
-                        position_ids=batch["position_ids"],
-                        labels=batch["labels"],
-                        use_cache=False,
-                    )
-                    (out.loss / s.gradient_accumulation).backward()
-                step_loss += out.loss.item() / s.gradient_accumulation
+                    loss = token_losses(net, batch).mean()  # the mean over the micro-batch's target tokens
+                    (loss / s.gradient_accumulation).backward()
+                step_loss += loss.item() / s.gradient_accumulation
                 step_tokens += sum(len(r["input_ids"]) for r in micro_rows)  # real tokens, padding excluded
                 step_targets += int((batch["labels"] != -100).sum())
             if world > 1:  # the step's figures over all ranks: mean loss, summed tokens
@@ -396,79 +420,65 @@ def with_lora(model: Any, s: TrainSettings) -> Any:
 
 @torch.no_grad()
 def heldout_rows(
-    tokenizer: Any, conversations: list[list[Message]], template: str | None, max_seq_length: int
+    tokenizer: Any, conversations: list[list[Message]], template: str | None, max_seq_length: int, packing: bool
 ) -> list[dict[str, list[int]]]:
-    """The held-out split as its loss reads it: in the format the model was trained in (`template`:
-    a recipe text template, None: the model's chat template), the answers' tokens the only targets
-    (whatever train_on_inputs was: losses stay comparable across it), packed in rows of the
-    trainer's length. Training's eval loss and Test's held-out loss both read these rows."""
-    return pack([tokenize(tokenizer, m, False, template) for m in conversations], max_seq_length, True)
+    """The held-out split as training's eval loss reads it: in the format the model was trained in
+    (`template`: a recipe text template, None: the model's chat template), the answers' tokens the
+    only targets (whatever train_on_inputs was: losses stay comparable across it), in rows of the
+    trainer's length, packed as training packs (`packs`)."""
+    return pack([tokenize(tokenizer, m, False, template) for m in conversations], max_seq_length, packing)
 
 
 def heldout_loss(
     model_dir: str, conversations: list[list[Message]], template: str | None, max_seq_length: int
 ) -> tuple[float, list[float | None]]:
-    """The model in `model_dir` on the held-out conversations (CPU, float32): the mean loss on
-    `heldout_rows` (training's eval loss), and each conversation's own mean loss per answer token
-    (one row each, cut at `max_seq_length`; None when the cut leaves no answer token), from which
-    Test reports the loss per component with its interval."""
-    device = torch.device("cpu")
-    model, tokenizer = load_model(model_dir, device, torch.float32)
-    rows = heldout_rows(tokenizer, conversations, template, max_seq_length)
-    with torch.no_grad():
-        overall = evaluate(model, rows, tokenizer, device)
-        each = example_losses(model, tokenizer, conversations, template, max_seq_length, device)
-    return overall, each
+    """The model in `model_dir` on the held-out conversations (CPU, float32 weights): the mean loss
+    per answer token over all of them (what training's eval loss computes on packed rows), and each
+    conversation's own (None when cutting it at `max_seq_length` leaves no answer token: counted
+    as dropped by Test), from one pass of one conversation at a time."""
+    model, tokenizer = load_model(model_dir, torch.device("cpu"), torch.float32)
+    sums = example_sums(model, tokenizer, conversations, template, max_seq_length, torch.device("cpu"))
+    counted = [(total, n) for total, n in sums if n]
+    overall = sum(t for t, _ in counted) / sum(n for _, n in counted) if counted else float("nan")
+    return round(overall, 6), [round(total / n, 6) if n else None for total, n in sums]
 
 
-def example_losses(
+@torch.no_grad()
+def example_sums(
     model: Any,
     tokenizer: Any,
     conversations: list[list[Message]],
     template: str | None,
     max_seq_length: int,
     device: torch.device,
-    batch_size: int = 4,
-) -> list[float | None]:
-    """Each conversation's mean cross-entropy per answer token, unpacked (a conversation's loss
-    does not depend on its neighbours in a packed row)."""
-    rows: list[dict[str, list[int]] | None] = []
-    for messages in conversations:
-        one = pack([tokenize(tokenizer, messages, False, template)], max_seq_length, False)
-        rows.append(one[0] if one else None)
-    present = [i for i, r in enumerate(rows) if r is not None]
-    out: list[float | None] = [None] * len(rows)
+) -> list[tuple[float, int]]:
+    """Each conversation's summed cross-entropy over its answer tokens and their count (0: none
+    left within `max_seq_length`), one row each, unpadded (a conversation's loss does not depend on
+    its neighbours in a packed row); cross-entropy in float64 from the model's logits."""
     model.eval()
-    for start in range(0, len(present), batch_size):
-        chosen = present[start : start + batch_size]
-        batch = collate([rows[i] for i in chosen], tokenizer.pad_token_id, device)  # type: ignore[misc]
-        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
-        targets = batch["labels"][:, 1:]
-        losses = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
-        )
-        counts = (targets != -100).sum(dim=1)
-        for i, total, n in zip(chosen, losses.sum(dim=1).tolist(), counts.tolist(), strict=True):
-            out[i] = round(total / n, 5) if n else None
+    out: list[tuple[float, int]] = []
+    for messages in conversations:
+        rows = pack([tokenize(tokenizer, messages, False, template)], max_seq_length, False)
+        if not rows:
+            out.append((0.0, 0))
+            continue
+        losses = token_losses(model, collate(rows, tokenizer.pad_token_id, device), torch.float64)
+        out.append((float(losses.sum()), len(losses)))
     model.train()
     return out
 
 
+@torch.no_grad()
 def evaluate(model: Any, rows: list[dict[str, list[int]]], tokenizer: Any, device: torch.device) -> float:
+    """The mean loss per target token over `rows` (no gradients are kept)."""
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(rows), 2):
         batch = collate(rows[i : i + 2], tokenizer.pad_token_id, device)
-        n = int((batch["labels"][:, 1:] != -100).sum())
-        if n:
-            out = model(
-                input_ids=batch["input_ids"],
-                position_ids=batch["position_ids"],
-                labels=batch["labels"],
-                use_cache=False,
-            )
-            total += out.loss.item() * n
-            count += n
+        if int((batch["labels"][:, 1:] != -100).sum()):
+            losses = token_losses(model, batch, torch.float64)
+            total += float(losses.sum())
+            count += len(losses)
     model.train()
     return round(total / max(count, 1), 5)
 
