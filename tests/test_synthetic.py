@@ -127,9 +127,9 @@ def test_a_synthetic_sources_identity_is_its_generator_and_settings() -> None:
     assert identity["synthetic"]["version"] == synthetic.VERSION and "files" not in identity
     other = synthetic_node(SourceConfig, synthetic={"seed": 1})
     assert source_identity("longctx", other) != identity
-    with pytest.raises(DataError, match="sources.longctx: a synthetic task makes its records"):
+    with pytest.raises(DataError, match=r"sources\.longctx: a synthetic task makes its records"):
         source_identity("longctx", synthetic_node(SourceConfig, data_files=["x.jsonl"]))
-    with pytest.raises(DataError, match="test.suites.longctx: a synthetic task makes its records"):
+    with pytest.raises(DataError, match=r"test\.suites\.longctx: a synthetic task makes its records"):
         source_identity("test.suites.longctx", synthetic_node(SuiteConfig, hub_id="x/y"))
 
 
