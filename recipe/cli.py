@@ -162,7 +162,7 @@ def warn_other_checkout(cwd: Path) -> None:
 
 
 COMMANDS = (
-    ("recipe", "the offline recipe: embedded teacher and model, CPU, every stage"),
+    ("recipe", "the main job, offline: every stage; a long-context task, base against tuned"),
     ("recipe dry_run=true", "validate; fingerprints and each stage's plan; nothing run"),
     ("recipe 'stages=[mix]' mix=samples mix.total=40", "some stages, the others' artifacts from the store"),
     ("recipe --cfg job", "the composed config"),
@@ -173,7 +173,7 @@ COMMANDS = (
         "a sweep of one share (the others rescaled; Distill runs once); summary.csv/.md/.png",
     ),
     ("recipe train=local_full train.device=cuda", "a full fine-tune on a GPU"),
-    ("recipe 'stages=[test]' test.judge.provider=together", "Test with a Together judge"),
+    ("recipe 'stages=[test]' test=offline test.judge.provider=together", "the model card's suites, a Together judge"),
     ("recipe init my_recipes", "your own config repository, then: recipe --config-dir conf ..."),
     ("recipe store list", "what the store holds: stage, fingerprint, size, dates, runs"),
     ("recipe sweep fit", "the newest sweep's figures fitted to its shares; a proposed mixture"),

@@ -248,6 +248,7 @@ def test_offline_distill_and_mix_with_the_embedded_teacher(run_cli, tmp_path: Pa
     pytest.importorskip("llama_cpp")
     run_cli(
         "stages=[distill,mix]",
+        "mix=offline",
         "distill.max_conversations=6",
         "distill.sampling.max_tokens=32",
         "distill.progress=false",

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 BIN = str(Path(sys.executable).parent)
 
 RULES: list[Rule | Background] = [
-    Rule(r"^make run$", "it installs, then runs `recipe experiment=smollm2_offline`: `recipe` below runs the same"),
+    Rule(r"^make run$", "it installs, then runs `recipe experiment=longctx_offline`: `recipe` below runs the same"),
     Rule(r"^make test$", "it is this test suite"),
     Rule(r"^source \.venv/bin/activate$", "the test puts .venv/bin on PATH instead"),
     Background(r"deploy\.foreground=true", ready=r"serving at http://127\.0\.0\.1:\d+"),
@@ -46,25 +46,38 @@ def check_offline_run(root: Path, out: str) -> None:
     test_dir = Path(record["stages"]["test"]["artifact"])
     metrics = json.loads((test_dir / "metrics.json").read_text())
     assert set(metrics["summary"]) == {"base", "tuned"}
+    # What the main job shows: the tuned model answers the long-context task better than its base,
+    # by an interval that excludes 0 (the README's quick start says so, with its numbers).
+    lift = metrics["differences"]["longctx.accuracy"]
+    assert lift["verdict"] == "better" and lift["low"] > 0 and lift["n"] >= 100, lift
+    assert metrics["summary"]["tuned"]["longctx.accuracy"] >= metrics["summary"]["base"]["longctx.accuracy"] + 0.2
+    differences = metrics["differences"]
+    assert differences["heldout.loss.longctx"]["verdict"] == "better"
+    assert differences["heldout.loss.instructions"]["verdict"] != "worse"
     for which in ("base", "tuned"):
         figures = metrics["summary"][which]
-        assert {"mqa.accuracy", "booksum.rouge1", "alpaca_eval.win_rate", "heldout.loss"} <= set(figures)
-        assert 0 < figures["heldout.loss"] < 10 and 0 < figures["booksum.rouge1"] <= 1
-        for component in ("instructions", "booksum", "mqa"):  # the loss per component, with its interval
+        assert 0 < figures["heldout.loss"] < 10
+        for component in ("instructions", "longctx", "booksum", "mqa"):  # the loss per component, with its interval
             loss = f"heldout.loss.{component}"
             assert figures[f"{loss}_low"] <= figures[loss] <= figures[f"{loss}_high"] < 10
-    # mix.eval_per_component: 3 of each held out (an MQA example whose answer lies past the 512-token
-    # rows has no loss to measure, as training has nothing to learn from it)
+    # The Lost in the Middle picture: two context lengths x three answer positions, each cell scored.
+    cells = metrics["positions"]["longctx"]["cells"]
+    assert {(c["documents"], c["gold"]) for c in cells} == {(d, g) for d in (3, 6) for g in ("first", "middle", "last")}
+    # mix.components.<name>.eval: each component's own held-out count, every one measured
     held_out = metrics["models"]["tuned"]["heldout_components"]
-    assert {c: len(v["per_prompt"]["loss"]) for c, v in held_out.items()} == {"booksum": 3, "instructions": 3, "mqa": 3}
-    assert metrics["differences"]["heldout.loss.mqa"]["n"] == held_out["mqa"]["examples"] >= 1
+    assert {c: len(v["per_prompt"]["loss"]) for c, v in held_out.items()} == {
+        "instructions": 4,
+        "longctx": 30,
+        "booksum": 2,
+        "mqa": 2,
+    }
     assert metrics["models"]["tuned"]["name"].endswith("/merged")
     rows = [json.loads(line) for line in (test_dir / "generations.jsonl").read_text().splitlines()]
-    assert rows and all(r["base"] is not None and r["tuned"] is not None for r in rows)
-    assert all(len(r["tuned_judge"]) == 2 for r in rows if r["suite"] == "alpaca_eval")
+    assert len(rows) >= 100 and all(r["base"] is not None and r["tuned"] is not None for r in rows)
     assert "Test (" in out and "heldout.loss" in out  # the summary table is printed
-    for suite in ("mqa", "booksum", "alpaca_eval"):  # Mix checked the training data against every suite
-        assert f"contamination {suite}: 0 of " in out
+    assert "longctx: tuned - base +" in out and "better" in out  # its headline
+    assert "contamination longctx: 0 of " in out  # Mix checked the training data against the suite
+    assert "held-out examples measured: booksum 2, instructions 4, longctx 30, mqa 2" in out
     assert (test_dir / "chart.png").read_bytes()[:4] == b"\x89PNG"
     deployed = json.loads((Path(record["stages"]["deploy"]["artifact"]) / "manifest.json").read_text())
     assert deployed["smoke"]["answer"] and deployed["smoke"]["answer"] in out
@@ -101,7 +114,7 @@ def test_the_quick_start_runs_as_written(newcomer: Path) -> None:
         elif "dry_run=true" in ran.command:
             assert "dry run: what each stage would do" in ran.stdout and "hit" in ran.stdout
 
-    ran = run_section(commands, RULES, tmp_path, env, timeout_s=1500, after=after)
+    ran = run_section(commands, RULES, tmp_path, env, timeout_s=3600, after=after)
     assert [r.command.split()[0] for r in ran] == ["recipe", "recipe", "recipe-chat", "recipe", "recipe", "recipe"]
 
 

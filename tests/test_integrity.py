@@ -525,7 +525,15 @@ def test_mix_ends_on_a_signal_in_one_line_at_any_moment(tmp_path: Path, spawn, b
     """Ctrl-C (to the whole process group, as a terminal sends it) or SIGTERM while the config is
     composed, while workers start, read and check: one line, exit 130 / 143, within 2 s (on an idle
     machine; scaled here), and no artifact or temporary directory left."""
-    args = [RECIPE, "--config-dir", str(big_sources), "stages=[mix]", "mix.progress=false", "mix.total=30000"]
+    args = [
+        RECIPE,
+        "--config-dir",
+        str(big_sources),
+        "stages=[mix]",
+        "mix=offline",
+        "mix.progress=false",
+        "mix.total=30000",
+    ]
     for name in ("instructions", "booksum", "mqa"):
         args += [f"+source@sources.big_{name}=big_{name}", f"mix.components.{name}.source=big_{name}"]
     args.append("mix.components.mqa.strata=null")

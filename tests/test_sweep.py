@@ -103,6 +103,7 @@ def test_a_parallel_offline_sweep_pays_distill_once_and_plots_test(
             "-m",
             "hydra/launcher=parallel",
             "stages=[distill,mix,train,test]",
+            "test=offline",
             *SHARE_SWEEP,
             f"train.model={tiny_model_dir}",
             "train.max_steps=2",

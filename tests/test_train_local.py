@@ -104,6 +104,7 @@ def test_data_parallel_through_torchrun_matches_one_process(run_cli, tmp_path: P
     common = (
         *tiny_common(tiny_model_dir),
         "train.max_steps=3",
+        "train.args.n_epochs=4",
         "train.args.global_batch_size=2",
         "train.args.lora.dropout=0",
         "train.args.learning_rate=1e-3",
