@@ -77,6 +77,15 @@ def test_rouge_equals_rouge_score_on_the_same_pairs() -> None:
         ("Output (a) is wrong; Output (b) is right", None),
         ("Output (a) is not better than Output (b)", None),
         ("Output (a) is more concise but less accurate than Output (b).", None),
+        # A verdict stated first, or after a hedge, with its reasons after it (the reasons may name the other).
+        ("Output (a). It is concise and correct, while Output (b) rambles.", "A"),
+        ("I think Output (a) is slightly better, because Output (b) misses the point.", "A"),
+        ("Overall, Response B is better; Response A is too short.", "B"),
+        ("In my opinion, Output (b).", "B"),
+        # ... and never the opposite of what it says.
+        ("Output (a) is worse.", None),
+        ("I think Output (a) is not as good, because Output (b) is complete.", None),
+        ("I think Output (b) is less helpful than Output (a).", "A"),
         # Two readings: unreadable, not a guess.
         ("Both Output (a) and Output (b) are fine.", None),
         ("Output (a) says X while Output (b) says Y; hard to call.", None),

@@ -63,6 +63,15 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
 # Output (b) ...") is read as its first line says. Lenient forms are kept only where they cannot be
 # read two ways; anything else is unreadable (None), never a guess.
 _LEAD = re.compile(r"^[\s#>*_`\"'\-]+")  # markdown, quotes and bullets before a verdict
+# A hedge before a verdict ("I think Output (a) is slightly better"): the verdict is still the line's.
+_HEDGE = re.compile(
+    r"^(?:i\s+think|i\s+believe|i\s+would\s+say|i'd\s+say|in\s+my\s+(?:opinion|view)|overall|personally|"
+    r"in\s+conclusion|therefore|thus|so)\s*,?\s*(?:that\s+)?",
+    re.IGNORECASE,
+)
+# Where a verdict's own clause ends and its reasons begin.
+_REASONS = re.compile(r"\s*(?:[;,]|\bbecause\b|\bsince\b|\bas\b|\bwhile\b|\bwhereas\b|\. )", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"^\s*(?:[.!](?:\s|$)|$)")
 _LETTER = r"\(?\s*([ab])\s*\)?(?![a-z0-9])"
 _VERDICT_LINE = [
     # "Output (a) ...", "Response B is better", "Assistant A", "Answer: B"
@@ -112,7 +121,10 @@ def parse_verdict(text: str) -> str | None:
     """ "A", "B" or "tie" from a judge's reply; None when it gives no verdict that reads one way only.
 
     In order: MT-bench brackets (`[[A]]`, one kind only); the first line that opens with a verdict
-    ("Output (a) …", "Winner: B"), as AlpacaEval reads it; a reply that is nothing but a verdict
+    ("Output (a) …", "Winner: B", after a hedge such as "I think"), as AlpacaEval reads it: a verdict
+    that is a sentence of its own ("Output (a). It is concise, while Output (b) ...") as stated, one
+    that compares the outputs by the words of its own clause (before "because", a comma, ...), one
+    that says its output is worse or not better never as that output; a reply that is nothing but a verdict
     ("B", "(a)"); a reply that names only one output; a preference that names one output ("I prefer
     Output (a) over Output (b)"); an explicit tie."""
     brackets = {m.lower() for m in _BRACKETS.findall(text)}
@@ -121,17 +133,22 @@ def parse_verdict(text: str) -> str | None:
         found = {kinds[m] for m in brackets}
         return found.pop() if len(found) == 1 else None
     for line in text.splitlines():
-        line = _LEAD.sub("", line)
+        line = _HEDGE.sub("", _LEAD.sub("", line))
         for pattern in _VERDICT_LINE:
             match = pattern.match(line)
             if match:
                 if _TIE.search(line):
                     return "tie"
                 letter = match.group(1).lower()
-                others = {m.lower() for m in _MENTION.findall(line)} - {letter}
-                if not others:
+                if _SENTENCE_END.match(line[match.end() :]):  # "Output (a). It is concise, ...": stated first
                     return letter.upper()
-                return _compared(line, letter, others)
+                clause = _REASONS.split(line, maxsplit=1)[0]  # the verdict's own words, not its reasons
+                others = {m.lower() for m in _MENTION.findall(line)} - {letter}
+                if others:
+                    return _compared(clause, letter, others)
+                if _NOT.search(clause) or _DOWN.search(clause):  # "Output (a) is worse": never read as (a)
+                    return None
+                return letter.upper()
     bare = _BARE.match(text.strip())
     if bare:
         return bare.group(1).upper()
