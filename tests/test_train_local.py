@@ -84,8 +84,15 @@ def rerun_and_check_it_resumed(args: list[str], cwd: Path, killed_at: int) -> di
     store = cwd / "outputs" / "store" / "train"
     manifest = json.loads(next(store.glob("*/manifest.json")).read_text())
     assert manifest["resumed_from"] is not None and manifest["resumed_from"] >= killed_at
-    steps = [json.loads(line)["step"] for line in next(store.glob("*/metrics.jsonl")).read_text().splitlines()]
-    assert steps[-1] == manifest["steps"] and manifest["resumed_from"] + 1 in steps  # continued, not restarted
+    records = [json.loads(line) for line in next(store.glob("*/metrics.jsonl")).read_text().splitlines()]
+    steps = [r["step"] for r in records]
+    # Every step once (a step the killed attempt logged after its checkpoint is the resumed one's),
+    # continued, not restarted.
+    assert steps == list(range(1, manifest["steps"] + 1)) and manifest["resumed_from"] + 1 in steps
+    # The manifest's figures are the whole run's, the killed attempt's steps included.
+    assert manifest["trained_tokens"] == sum(r["tokens"] for r in records)
+    assert manifest["first_loss"] == pytest.approx(sum(r["loss"] for r in records[:3]) / 3, abs=1e-5)
+    assert manifest["seconds"] > manifest["attempt_seconds"]
     return manifest
 
 

@@ -8,6 +8,7 @@ the same work dir resumes from.
 
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
 from pathlib import Path
@@ -73,9 +74,10 @@ def fine_tune(
             weights, tokenizer, rows, eval_rows, settings, work_dir, device, work_dir / "metrics.jsonl"
         )
         manifest = trainer.save_outputs(result["model"], tokenizer, settings.lora, out_dir)
-    shutil.copy(work_dir / "metrics.jsonl", out_dir / "metrics.jsonl")
+    history = whole_run(work_dir / "metrics.jsonl", result["steps"])
+    (out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     shutil.rmtree(work_dir, ignore_errors=True)  # the artifact is complete: checkpoints are done with
-    losses = result["losses"]
+    losses = [r["loss"] for r in history]
     head = losses[: max(1, min(3, len(losses)))]
     tail = losses[-max(1, min(3, len(losses))) :]
     manifest.update(
@@ -88,12 +90,14 @@ def fine_tune(
         examples=len(conversations),
         steps=result["steps"],
         resumed_from=result["resumed_from"],
-        trained_tokens=result["trained_tokens"],
-        target_tokens=result["target_tokens"],
+        # The whole run's figures, over every attempt (a resumed run continued the steps before it).
+        trained_tokens=sum(r["tokens"] for r in history),
+        target_tokens=sum(r.get("targets", 0) for r in history),
         first_loss=round(statistics.fmean(head), 5) if losses else None,
         final_loss=round(statistics.fmean(tail), 5) if losses else None,
         eval_loss=result["eval_loss"],
-        seconds=result["seconds"],
+        seconds=round(sum(r.get("step_s", 0.0) for r in history[: result["resumed_from"] or 0]) + result["seconds"], 2),
+        attempt_seconds=result["seconds"],
         world_size=result["world_size"],
         strategy=settings.strategy,
         attn_implementation=settings.attn_implementation,
@@ -101,3 +105,18 @@ def fine_tune(
         offload_optimizer=settings.offload_optimizer,
     )
     return manifest
+
+
+def whole_run(metrics_path: Path, steps: int) -> list[dict[str, Any]]:
+    """The training run's step records 1..steps over every attempt: metrics.jsonl is appended to by
+    each attempt, and a step that an attempt killed after its last checkpoint had logged is logged
+    again by the attempt that resumed from that checkpoint, which counts."""
+    kept: dict[int, dict[str, Any]] = {}
+    for line in metrics_path.read_text().splitlines() if metrics_path.is_file() else []:
+        if line.strip():
+            record = json.loads(line)
+            kept[record["step"]] = record
+    history = [kept[step] for step in range(1, steps + 1) if step in kept]
+    if len(history) != steps:
+        raise RecipeError(f"{metrics_path}: {steps} steps trained but {len(history)} logged; the run's log is damaged")
+    return history

@@ -334,6 +334,7 @@ def train(
             order = _order(len(rows), s.args.seed or 0, epoch)
             chosen = [order[(offset + i) % len(order)] for i in range(per_step)][rank::world]  # this rank's share
             optimizer.zero_grad(set_to_none=True)
+            step_started = time.monotonic()
             step_loss, step_tokens, step_targets = 0.0, 0, 0
             for micro in range(s.gradient_accumulation):
                 micro_rows = [rows[i] for i in chosen[micro * s.micro_batch_size : (micro + 1) * s.micro_batch_size]]
@@ -366,7 +367,9 @@ def train(
                 "loss": round(step_loss, 5),
                 "lr": scheduler.get_last_lr()[0],
                 "tokens": step_tokens,
+                "targets": step_targets,
                 "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
+                "step_s": round(time.monotonic() - step_started, 4),
             }
             if metrics is not None:
                 metrics.write(json.dumps(record) + "\n")
