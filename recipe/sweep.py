@@ -232,6 +232,21 @@ def _mixture(mix: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def config_dirs(root: Path, rows: list[dict[str, Any]]) -> list[str]:
+    """The `--config-dir` the sweep ran with (its jobs' .hydra/hydra.yaml config sources), so a
+    printed command runs as printed."""
+    for row in rows:
+        hydra_file = root / str(row["job"]) / ".hydra" / "hydra.yaml"
+        if hydra_file.is_file():
+            sources = ((yaml.safe_load(hydra_file.read_text()) or {}).get("hydra") or {}).get("runtime") or {}
+            return [
+                f"--config-dir {src['path']}"
+                for src in sources.get("config_sources") or []
+                if src.get("provider") == "command-line" and src.get("schema") == "file"
+            ]
+    return []
+
+
 def _job_config(root: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The config the sweep's jobs were composed with (the first job's .hydra/config.yaml), or {}."""
     for row in rows:
@@ -309,7 +324,8 @@ def fit(root: Path, objective: str | None = None, maximize: bool | None = None) 
         way = "maximize" if maximize else "minimize"
         # What every job was run with (the experiment, the stages), then a mixture's shares.
         common = [o for o in (rows[0]["overrides"] if rows else []) if all(o in r["overrides"] for r in rows)]
-        kept = [_quoted(o) for o in common if not o.startswith(("mix.components.", "hydra/", "hydra."))]
+        kept = config_dirs(root, rows)
+        kept += [_quoted(o) for o in common if not o.startswith(("mix.components.", "hydra/", "hydra."))]
         best = best_job(rows, objective, maximize)
         if best is not None:
             row, job_shares = best
@@ -323,7 +339,11 @@ def fit(root: Path, objective: str | None = None, maximize: bool | None = None) 
         lines.append(f"**Objective** {objective} ({way}): {found.verdict}.")
         if found.shares is not None:
             ranges = ", ".join(f"{c} {lo:.3f}-{hi:.3f}" for c, (lo, hi) in found.bounds.items())
-            lines += ["", f"Shares searched within what the sweep tried: {ranges}.", "", "Run it:", ""]
+            lines += ["", f"Shares searched within what the sweep tried: {ranges}.", ""]
+            if found.beats_best:
+                lines += ["Run it:", ""]
+            else:
+                lines += ["Run it only to check the fit (the best job's mixture above is expected to do as well):", ""]
             lines += ["```bash", " ".join(["recipe", *kept, found.override() or ""]), "```"]
     text = "\n".join(lines) + "\n"
     _write_atomic(root / "proposal.md", text)
@@ -407,7 +427,11 @@ def write_summary(root: Path) -> list[dict[str, Any]]:
         if column == m or any(column in row["metrics"] for row in rows)
     ]
     differences = [m for m in metrics if f"{m}.vs_baseline" in compared]
-    csv_compared = [f"{m}.{part}" for m in differences for part in ("diff", "diff_low", "diff_high", "verdict", "rank")]
+    csv_compared = [
+        f"{m}.{part}"
+        for m in differences
+        for part in ("diff", "diff_low", "diff_high", "verdict", "diff_low_unadjusted", "diff_high_unadjusted", "rank")
+    ]
     header = [
         "job",
         *keys,
@@ -433,7 +457,9 @@ def write_summary(root: Path) -> list[dict[str, Any]]:
         parts = []
         for m in differences:
             d = vs[m] or {}
-            parts += [d.get("value", ""), d.get("low", ""), d.get("high", ""), d.get("verdict", ""), ranks[m] or ""]
+            alone = d.get("unadjusted") or {}
+            parts += [d.get("value", ""), d.get("low", ""), d.get("high", ""), d.get("verdict", "")]
+            parts += [alone.get("low", ""), alone.get("high", ""), ranks[m] or ""]
         table.append([*common, *(row["metrics"].get(m, "") for m in csv_metrics), *parts, *tail])
         figures = []
         for m in metrics:
@@ -459,8 +485,11 @@ def write_summary(root: Path) -> list[dict[str, Any]]:
     if rows and differences:
         lines += [
             f"Baseline: job {rows[base]['job']} (`sweep.baseline`). Each figure: value [interval]; for the other "
-            "jobs, (difference to the baseline on the prompts both answered [interval] and what it says); "
-            "`group`: jobs in one group cannot be told apart, group 1 holds the best.",
+            "jobs, (difference to the baseline on the prompts every job answered [interval] and what it says), the "
+            f"interval simultaneous over the sweep's {len(rows) - 1} comparisons with the baseline (max-t bootstrap: "
+            "with no true difference, no word at all in 95% of sweeps; summary.csv also has each comparison's "
+            "unadjusted interval). `group 1`: could be the best, no job beats it detectably (all pairs "
+            "simultaneously, at 95%); group 2 the same among the rest.",
             "",
         ]
     lines.append("| " + " | ".join(md_header) + " |")

@@ -67,7 +67,7 @@ def check_offline_run(root: Path, out: str) -> None:
     held_out = metrics["models"]["tuned"]["heldout_components"]
     assert {c: len(v["per_prompt"]["loss"]) for c, v in held_out.items()} == {
         "instructions": 4,
-        "longctx": 30,
+        "longctx": 40,
         "booksum": 2,
         "mqa": 2,
     }
@@ -77,7 +77,7 @@ def check_offline_run(root: Path, out: str) -> None:
     assert "Test (" in out and "heldout.loss" in out  # the summary table is printed
     assert "longctx: tuned - base +" in out and "better" in out  # its headline
     assert "contamination longctx: 0 of " in out  # Mix checked the training data against the suite
-    assert "held-out examples measured: booksum 2, instructions 4, longctx 30, mqa 2" in out
+    assert "held-out examples measured: booksum 2, instructions 4, longctx 40, mqa 2" in out
     assert (test_dir / "chart.png").read_bytes()[:4] == b"\x89PNG"
     deployed = json.loads((Path(record["stages"]["deploy"]["artifact"]) / "manifest.json").read_text())
     assert deployed["smoke"]["answer"] and deployed["smoke"]["answer"] in out

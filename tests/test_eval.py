@@ -434,3 +434,5 @@ def test_heldout_loss_per_component_has_intervals_and_lower_is_better(tmp_path: 
     assert "heldout.loss.booksum" in table and "better" in table
     report.write_report(tmp_path / "report.md", result, summary, [], {}, {}, table)
     assert "| tuned | 2.500 | " in (tmp_path / "report.md").read_text()
+    # Each component's examples measured, and the one the row length dropped, said.
+    assert "held-out examples measured: booksum 39 (1 dropped), mqa 40" in (tmp_path / "report.md").read_text()

@@ -42,6 +42,57 @@ def test_the_test_report_page_shows_every_figure_and_keeps_answers_as_text(brows
     assert HOSTILE in text  # shown as the characters the model wrote, never run as markup
 
 
+def test_the_position_map_shows_each_cell_with_its_interval_and_the_headline(browser, tmp_path: Path) -> None:
+    """The main job's page: the synthetic suite's prompts at 3 and 6 documents x first/middle/last,
+    a base model planted to lose answers in the middle (Lost in the Middle) and a tuned one that finds
+    them everywhere; each model's grid and tuned - base, every cell with its interval and word."""
+    from omegaconf import OmegaConf
+
+    from recipe.config import SuiteConfig
+    from recipe.data.sources import iter_records
+    from recipe.evaluation import suites
+
+    suite = OmegaConf.merge(
+        OmegaConf.structured(SuiteConfig),
+        {
+            "kind": "synthetic",
+            "synthetic": {"examples": 108},
+            "num_documents": [3, 6],
+            "gold_positions": ["first", "middle", "last"],
+        },
+    )
+    items = suites.synthetic_items("longctx", iter_records("test.suites.longctx", suite))
+    rng = np.random.default_rng(0)
+    chance = {"base": {"first": 0.7, "middle": 0.1, "last": 0.5}, "tuned": {"first": 0.95, "middle": 0.9, "last": 0.95}}
+
+    def model(which: str) -> dict:
+        em = {i.id: float(rng.random() < chance[which][dict(i.group)["gold"]]) for i in items}
+        scores = {"accuracy": float(np.mean(list(em.values()))), "by_documents": {}, "per_prompt": {"accuracy": em}}
+        return {"name": which, "suites": {"longctx": scores}}
+
+    result = {"models": {"base": model("base"), "tuned": model("tuned")}, "suites": {}}
+    settings = Settings()
+    summary = report.headline(result, {"longctx": "synthetic"}, settings)
+    differences = report.differences(result, settings)
+    positions = report.position_map(result, {"longctx": items}, settings)
+    lines = report.headline_lines(summary, differences, {"longctx": "synthetic"})
+    path = tmp_path / "report.html"
+    path.write_text(pages.test_report(result, summary, differences, [], 0.95, positions, lines))
+    text = open_page(browser, path, tmp_path / "positions.png")
+    assert lines and lines[0].startswith("longctx: tuned - base +") and lines[0] in text
+    cells = positions["longctx"]["cells"]
+    assert len(cells) == 6 and all(c["prompts"] == 18 for c in cells)
+    for c in cells:  # every cell's figures, intervals and word are on the page
+        for which in ("base", "tuned"):
+            assert f"{c[which]['value']:.3f}" in text and f"{c[which]['low']:.3f}" in text
+        assert f"{c['difference']['value']:+.3f}" in text
+    middle = [c for c in cells if c["gold"] == "middle"]
+    assert all(c["difference"]["low"] > 0 for c in middle)  # the planted +0.8 in the middle
+    # 18 prompts a cell: fewer than test.uncertainty.min_prompts, so no cell gets a word
+    assert all(c["difference"]["verdict"] == "too few prompts to tell" for c in cells)
+    assert "answer middle" in text and "6 documents" in text
+
+
 def test_the_sweep_page_shows_every_figure_of_summary_csv(browser, tmp_path: Path) -> None:
     rows, figures = sweep(12, noise=0.002)
     root = tmp_path / "sweep"

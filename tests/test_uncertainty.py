@@ -22,14 +22,17 @@ def by_id(values: np.ndarray) -> dict[str, float]:
     return {f"p{i}": float(v) for i, v in enumerate(values)}
 
 
-@pytest.mark.parametrize("scores", [A, ROUGE[0]])
-def test_an_interval_matches_scipys_percentile_bootstrap(scores: np.ndarray) -> None:
+@pytest.mark.parametrize("scores", [A, ROUGE[0], RNG.lognormal(0, 1, 40)])
+def test_an_interval_matches_scipys_bca_bootstrap(scores: np.ndarray) -> None:
     ours = uncertainty.figure(by_id(scores), Settings(resamples=20000, seed=3))
-    ref = stats.bootstrap((scores,), np.mean, n_resamples=20000, method="percentile", random_state=3)
+    ref = stats.bootstrap((scores,), np.mean, n_resamples=20000, method="BCa", random_state=3)
     assert ours.value == pytest.approx(scores.mean())
-    # Different generators: equal within Monte-Carlo error of a quantile of 20,000 means.
-    assert ours.low == pytest.approx(ref.confidence_interval.low, abs=0.006)
-    assert ours.high == pytest.approx(ref.confidence_interval.high, abs=0.006)
+    # Different generators: equal within Monte-Carlo error of a quantile of 20,000 means (over 20
+    # seeds the lognormal's upper bound has a standard deviation of 0.010 here, 0.016 in scipy, and
+    # both average 2.526; the tolerance is about 3 of those combined).
+    tolerance = 0.01 * max(1.0, float(scores.std()) * 4)
+    assert ours.low == pytest.approx(ref.confidence_interval.low, abs=tolerance)
+    assert ours.high == pytest.approx(ref.confidence_interval.high, abs=tolerance)
 
 
 @pytest.mark.parametrize(("a", "b"), [(A, B), (ROUGE[0], ROUGE[1])])
@@ -41,7 +44,7 @@ def test_a_paired_difference_matches_scipys_paired_bootstrap(a: np.ndarray, b: n
         paired=True,
         vectorized=True,
         n_resamples=20000,
-        method="percentile",
+        method="BCa",
         random_state=5,
     )
     assert ours.value == pytest.approx((a - b).mean())
@@ -50,6 +53,30 @@ def test_a_paired_difference_matches_scipys_paired_bootstrap(a: np.ndarray, b: n
     # Paired is narrower than the two separate intervals side by side would suggest.
     alone = [uncertainty.figure(by_id(x), Settings()) for x in (a, b)]
     assert ours.high - ours.low < (alone[0].high - alone[0].low) + (alone[1].high - alone[1].low)
+
+
+def test_a_question_asked_in_several_settings_is_one_unit() -> None:
+    """The MQA suite asks each question at several document counts and positions: its settings
+    are resampled together (n counts questions), and the interval is the cluster bootstrap's, wider
+    than one that took the settings for independent draws."""
+    rng = np.random.default_rng(1)
+    chance = rng.beta(0.5, 0.5, 40)
+    asked = {f"mqa/{q}@{s}": float(rng.random() < chance[q]) for q in range(40) for s in range(9)}
+    as_units = uncertainty.figure(asked, Settings())
+    as_prompts = uncertainty.figure({k.replace("@", "-"): v for k, v in asked.items()}, Settings())
+    assert as_units.n == 40 and as_prompts.n == 360 and as_units.value == as_prompts.value
+    assert as_units.high - as_units.low > 2 * (as_prompts.high - as_prompts.low)
+    ref = stats.bootstrap(  # the same figure as a ratio of per-question sums, resampling questions
+        (np.array([sum(v for k, v in asked.items() if k.startswith(f"mqa/{q}@")) for q in range(40)]),),
+        lambda x, axis=-1: np.mean(x, axis=axis) / 9,
+        n_resamples=20000,
+        method="BCa",
+        random_state=2,
+    )
+    wide = uncertainty.figure(asked, Settings(resamples=20000, seed=2))
+    assert wide.low == pytest.approx(ref.confidence_interval.low, abs=0.01)
+    assert wide.high == pytest.approx(ref.confidence_interval.high, abs=0.01)
+    assert uncertainty.unit_of("mqa/17@6docs/last") == "mqa/17" and uncertainty.unit_of("booksum/3") == "booksum/3"
 
 
 def test_the_words_follow_the_interval_and_the_number_of_prompts() -> None:

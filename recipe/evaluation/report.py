@@ -131,6 +131,24 @@ def position_map(
     return out
 
 
+def heldout_counts_line(result: dict[str, Any]) -> list[str]:
+    """How many held-out examples of each component were measured, and how many dropped (an answer
+    past the row length has no token to score; the fewest measured over the models): one line, or
+    none without a held-out loss."""
+    counts: dict[str, tuple[int, int]] = {}
+    for model in result["models"].values():
+        for component, scores in (model.get("heldout_components") or {}).items():
+            measured, dropped = counts.get(component, (scores.get("examples", 0), 0))
+            counts[component] = (min(measured, scores.get("examples", 0)), max(dropped, scores.get("dropped", 0)))
+    if not counts:
+        return []
+    parts = [
+        f"{c} {measured}" + (f" ({dropped} dropped)" if dropped else "")
+        for c, (measured, dropped) in sorted(counts.items())
+    ]
+    return ["held-out examples measured: " + ", ".join(parts)]
+
+
 def headline_lines(summary: Summary, differences: Differences, kinds: dict[str, str]) -> list[str]:
     """One line per suite: its main figure, base -> tuned, and the paired lift with its interval and word."""
     lines = []
@@ -259,6 +277,7 @@ def write_report(
             out.append(f"| {w} | {_fmt(v)} | " + " | ".join(cells) + " |")
         if components:
             out += ["", "Per component: the mean over its held-out examples of each one's loss per answer token."]
+            out += ["", *heldout_counts_line(result)]
         out.append("")
     if side_by_side:
         out += ["## Side by side (eval-split prompts)", ""]

@@ -85,7 +85,7 @@ def mqa_items(
                 items.append(
                     Item(
                         suite=name,
-                        id=f"{name}/{n}docs/{position}/{index}",
+                        id=f"{name}/{index}@{n}docs/{position}",  # one unit: the question (uncertainty.py)
                         prompt=mqa.prompt(question, documents),
                         group=(("documents", n), ("gold", position)),
                         answers=tuple(answers),
@@ -103,7 +103,7 @@ def synthetic_items(name: str, records: Iterable[tuple[dict[str, Any], str]]) ->
         items.append(
             Item(
                 suite=name,
-                id=f"{name}/{n}docs/{position}/{index}",
+                id=f"{name}/{index}@{n}docs/{position}",
                 prompt=mqa.prompt(question, ctxs),
                 group=(("documents", n), ("gold", position)),
                 answers=tuple(answers),

@@ -277,7 +277,12 @@ class Test(Stage):
         side_by_side = [(s, {w: answers[w][s.id] for w in answers}) for s in samples]
         lines = reporting.headline_lines(summary, differences, kinds)
         table = "\n".join(
-            [*lines, reporting.summary_table(summary, differences, settings.level), *view_lines(contamination)]
+            [
+                *lines,
+                reporting.summary_table(summary, differences, settings.level),
+                *reporting.heldout_counts_line(result),
+                *view_lines(contamination),
+            ]
         )
         reporting.write_report(out_dir / "report.md", result, summary, side_by_side, items, answers, table, positions)
         reporting.write_chart(out_dir / "chart.png", summary, positions)

@@ -34,6 +34,7 @@ def one_run(directory: Path, extra: list[str]) -> dict:
         [RECIPE, "experiment=longctx_offline", *extra], cwd=directory, capture_output=True, text=True, timeout=7200
     )
     wall = time.monotonic() - started
+    (directory / "stdout.txt").write_text(proc.stdout)  # what the newcomer reads (tests/test_e2e.py checks it)
     if proc.returncode != 0:
         raise SystemExit(f"the main job failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     record = json.loads(sorted((directory / "outputs" / "runs").glob("*/*/run.json"))[-1].read_text())
@@ -48,6 +49,7 @@ def one_run(directory: Path, extra: list[str]) -> dict:
         "base": metrics["summary"]["base"]["longctx.accuracy"],
         "tuned": metrics["summary"]["tuned"]["longctx.accuracy"],
         "instructions": metrics["differences"].get("heldout.loss.instructions"),
+        "task_loss": metrics["differences"].get("heldout.loss.longctx"),
     }
 
 
@@ -66,7 +68,8 @@ def main() -> None:
             + ", ".join(f"{k} {v:.0f} s" for k, v in run["stages"].items())
             + f"; accuracy {run['base']:.3f} -> {run['tuned']:.3f}, lift {lift['value']:+.3f} "
             f"[{lift['low']:+.3f}, {lift['high']:+.3f}] {lift['verdict']}; instructions' loss "
-            f"{(run['instructions'] or {}).get('verdict')}",
+            f"{(run['instructions'] or {}).get('verdict')}; the task's held-out loss "
+            f"{(run['task_loss'] or {}).get('verdict')}",
             flush=True,
         )
     median = lambda values: statistics.median(values)  # noqa: E731
