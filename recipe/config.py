@@ -706,14 +706,16 @@ class HeldoutConfig:
 
 @dataclass
 class UncertaintyConfig:
-    """How sure each figure is (recipe/evaluation/uncertainty.py): a seeded percentile bootstrap over
-    prompts, and tuned against base paired on the same prompts."""
+    """How sure each figure is (recipe/evaluation/uncertainty.py): a seeded bootstrap over the units
+    that were drawn (a question asked in several settings is one unit): BCa intervals for figures,
+    studentized (bootstrap-t) intervals for tuned against base, paired on the same prompts."""
 
     resamples: int = 1000
     level: float = 0.95  # the intervals' coverage
     seed: int = 0
-    # Fewer prompts than this: a difference says "too few prompts to tell" rather than a word (a
-    # percentile interval from a handful of prompts covers far less often than it claims).
+    # Fewer units than this: a difference says "too few prompts to tell" rather than a word (an
+    # interval from a handful of prompts covers far less often than it claims; from 30 on, a word's
+    # false-positive rate is measured in tests/test_calibration.py).
     min_prompts: int = 30
 
 
@@ -830,6 +832,10 @@ class RecipeConfig:
     store_dir: str = "outputs/store"
     # Third-party warnings and INFO logging (transformers, peft, absl, ...), off unless true.
     verbose: bool = False
+    # Threads per process for the trainer and the local servers (torch, llama.cpp; exported as
+    # OMP_NUM_THREADS). null: a job of a parallel sweep gets cores // the launcher's n_jobs; a single
+    # run keeps OMP_NUM_THREADS (every core when unset). See recipe/threads.py.
+    threads: Optional[int] = None
     together: TogetherConfig = field(default_factory=TogetherConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)

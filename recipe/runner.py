@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from tabulate import tabulate
 
-from recipe import summary, tracking
+from recipe import summary, threads, tracking
 from recipe.artifacts import Planned
 from recipe.secrets import together_api_key
 from recipe.stages import (
@@ -237,7 +237,30 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         said = preflight_line(record["stages"])
         if said:
             print(said, flush=True)
+    record["threads"] = set_threads(cfg.get("threads"))
     return _build(cfg, names, pipeline, store, record, run_dir)
+
+
+def parallel_jobs() -> int:
+    """How many jobs of this sweep run at once: the launcher's n_jobs (joblib), else 1."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return 1
+    n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    if not isinstance(n_jobs, int) or n_jobs == 0:
+        return 1
+    return threads.cores() if n_jobs < 0 else n_jobs
+
+
+def set_threads(configured: int | None) -> int | None:
+    """Size the threads of this run's processes (recipe/threads.py); say so when shared out."""
+    jobs = parallel_jobs()
+    count = threads.share(configured, jobs, threads.cores())
+    if count is None:
+        return None
+    threads.apply(count)
+    if configured is None:
+        print(f"threads: {count} per process ({threads.cores()} cores, {jobs} jobs at once; `threads=N` sets it)")
+    return count
 
 
 def _build(

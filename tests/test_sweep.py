@@ -11,6 +11,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 import recipe
+from recipe import threads
 from recipe.cli import CONF_DIR
 
 from .browser import open_page
@@ -99,7 +100,7 @@ def test_a_parallel_offline_sweep_pays_distill_once_and_plots_test(
         return "Output (a)" if judging else default_answer(body)
 
     with FakeTogether(answer=answer, api_key="k") as fake:
-        run_cli(
+        ran = run_cli(
             "-m",
             "hydra/launcher=parallel",
             "stages=[distill,mix,train,test]",
@@ -122,6 +123,8 @@ def test_a_parallel_offline_sweep_pays_distill_once_and_plots_test(
             env={"TOGETHER_API_KEY": "k", "TOGETHER_BASE_URL": fake.base_url},
         )
         distilled = len(fake.posts("/v1/completions"))
+    # Two jobs at once: each process gets its share of the cores (recipe/threads.py).
+    assert f"threads: {max(1, threads.cores() // 2)} per process" in ran.stdout
     root = sweep_root(tmp_path)
     records = [json.loads((root / str(n) / "run.json").read_text()) for n in range(3)]
     # One job built Distill; its twins found it (cache hit, or built while they waited on the lock).

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recipe import threads
 from recipe.errors import RecipeError
 from recipe.providers.local.server import child_env, die_with_parent
 
@@ -93,8 +94,8 @@ def launch(
     (work_dir / SPEC).write_text(json.dumps(spec))
     (out_dir / RESULT).unlink(missing_ok=True)
     command = torchrun_command(devices, rdzv, work_dir / SPEC)
-    threads = str(max(1, (os.cpu_count() or 1) // devices))  # CPU ranks share the cores
-    env = child_env(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", threads))
+    # CPU ranks share the run's threads (recipe/threads.py: every core, or the `threads` key's count)
+    env = child_env(OMP_NUM_THREADS=str(max(1, threads.current() // devices)))
     tail = bytearray()
     with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, preexec_fn=die_with_parent) as proc:
         assert proc.stderr is not None

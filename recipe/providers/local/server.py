@@ -26,6 +26,7 @@ from types import TracebackType
 
 import requests
 
+from recipe import threads
 from recipe.errors import RecipeError
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -191,6 +192,12 @@ class LlamaCppServer(ManagedServer):
             str(self.port),
             "--n_ctx",
             str(self.context_length),
+            # Its defaults are half the machine's cores (generation) and all of them (the prompt),
+            # whatever runs beside it: the run's count (recipe/threads.py) for both.
+            "--n_threads",
+            str(threads.current()),
+            "--n_threads_batch",
+            str(threads.current()),
         ]
 
 

@@ -1,0 +1,41 @@
+"""Threads per process (recipe/threads.py): the `threads` key, a parallel sweep's share of the
+cores, and the local servers that are told the count."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from recipe import threads
+from recipe.errors import RecipeError
+from recipe.providers.local.server import LlamaCppServer, embedded_gguf
+
+
+def test_a_parallel_sweeps_jobs_share_the_cores_and_the_key_wins() -> None:
+    assert threads.share(None, 1, 2) is None  # one run: the environment as it is (every core)
+    assert threads.share(None, 2, 2) == 1 and threads.share(None, 3, 2) == 1 and threads.share(None, 2, 16) == 8
+    assert threads.share(3, 2, 2) == 3  # the key, as set
+    with pytest.raises(RecipeError, match="threads=0: must be at least 1"):
+        threads.share(0, 1, 2)
+
+
+def test_the_teacher_server_is_told_the_runs_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("llama_cpp")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    command = LlamaCppServer(embedded_gguf(), "teacher").command()
+    assert command[command.index("--n_threads") + 1] == "1" and command[command.index("--n_threads_batch") + 1] == "1"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    command = LlamaCppServer(embedded_gguf(), "teacher").command()
+    assert command[command.index("--n_threads") + 1] == str(threads.cores())
+
+
+def test_apply_sizes_torch_and_the_children(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", ""))
+    try:
+        threads.apply(1)
+        assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1" and threads.current() == 1
+    finally:
+        torch.set_num_threads(before)
