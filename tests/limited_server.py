@@ -1,7 +1,9 @@
 """A loopback OpenAI-compatible server that enforces a rate limit the way a provider does: fixed
 windows of `window_s` seconds holding `limit` requests; beyond them a 429 with Retry-After (and
 `retry-after-ms`) until the window ends. With `headers`, every answer carries Together's
-`x-ratelimit-limit`, `x-ratelimit-remaining` and `x-ratelimit-reset`. Answers come after
+`x-ratelimit-limit`, `x-ratelimit-remaining` and `x-ratelimit-reset`, the first two per minute as
+both providers state limits (a per-second window of 20 is a limit of 1,200), the reset as the time
+until the window refills. Answers come after
 `latency_s`. It counts what it served and refused, with times, for benchmarks and tests."""
 
 from __future__ import annotations
@@ -16,9 +18,17 @@ from typing import Any
 
 class LimitedServer:
     def __init__(
-        self, limit: float | None, *, window_s: float = 1.0, latency_s: float = 0.5, headers: bool = True
+        self,
+        limit: float | None,
+        *,
+        window_s: float = 1.0,
+        latency_s: float = 0.5,
+        headers: bool = True,
+        retry_after_s: float | None = None,
     ) -> None:
         self.limit, self.window_s, self.latency_s, self.headers = limit, window_s, latency_s, headers
+        self.per_minute = 60.0 / window_s  # the reported limit's scale: per minute
+        self.retry_after_s = retry_after_s  # a 429's Retry-After, when not the window's end (a storm's)
         self.served: list[float] = []  # when each answered request arrived
         self.refused: list[float] = []
         self._lock = threading.Lock()
@@ -85,10 +95,11 @@ class LimitedServer:
             headers: dict[str, str] = {}
             if self._count >= self.limit:
                 self.refused.append(now)
-                headers = {"Retry-After": str(math.ceil(reset)), "retry-after-ms": str(math.ceil(reset * 1000))}
+                wait = self.retry_after_s if self.retry_after_s is not None else reset
+                headers = {"Retry-After": str(math.ceil(wait)), "retry-after-ms": str(math.ceil(wait * 1000))}
                 if self.headers:
                     headers |= {
-                        "x-ratelimit-limit": str(int(self.limit)),
+                        "x-ratelimit-limit": str(int(self.limit * self.per_minute)),
                         "x-ratelimit-remaining": "0",
                         "x-ratelimit-reset": f"{reset:.3f}",
                     }
@@ -97,8 +108,8 @@ class LimitedServer:
             self.served.append(now)
             if self.headers:
                 headers = {
-                    "x-ratelimit-limit": str(int(self.limit)),
-                    "x-ratelimit-remaining": str(int(self.limit - self._count)),
+                    "x-ratelimit-limit": str(int(self.limit * self.per_minute)),
+                    "x-ratelimit-remaining": str(int((self.limit - self._count) * self.per_minute)),
                     "x-ratelimit-reset": f"{reset:.3f}",
                 }
             return 200, headers

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import time
@@ -564,3 +565,52 @@ def test_mix_ends_on_a_signal_in_one_line_at_any_moment(tmp_path: Path, spawn, b
         assert (code, said) == (expected[signum][0], [expected[signum][1]]), f"after {delay} s: {code} {said}"
         assert took < limit(2), f"stopped {took:.1f} s after the signal"
         assert not list(store.glob("mix/*/manifest.json")) and not list(store.glob("mix/.tmp-*"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["int", "term"])
+def test_distill_in_a_429_storm_ends_on_a_signal_in_one_line(tmp_path: Path, spawn, signum: int) -> None:
+    """A teacher that answers every request 429 with Retry-After of a day: the run says it waits (and
+    for how long at most), and Ctrl-C or SIGTERM ends it within 2 s (scaled for a loaded machine),
+    one line, exit 130 / 143, not after the pause."""
+    from .limited_server import LimitedServer
+
+    with LimitedServer(0, retry_after_s=86400, latency_s=0.01) as server:
+        proc = spawn(
+            [
+                RECIPE,
+                "distill=openai_compatible",
+                "stages=[distill]",
+                f"distill.teacher.base_url={server.base_url}",
+                "distill.teacher.model=teacher",
+                "distill.source=sharegpt_sample",
+                "distill.max_conversations=4",
+                "distill.progress=false",
+                f"store_dir={tmp_path / 'store'}",
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            env={**os.environ, "OPENAI_API_KEY": "k"},
+        )
+        said = b""
+        deadline = time.monotonic() + limit(120)
+        while b"until" not in said and time.monotonic() < deadline and proc.poll() is None:
+            if select.select([proc.stderr], [], [], 1.0)[0]:
+                said += os.read(proc.stderr.fileno(), 65536)
+        assert b"the server asked to wait 86400 s; waiting 60 s at most" in said, said
+        assert b"rate limit: waiting" in said, said
+        sent = time.monotonic()
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+        code = proc.wait(timeout=limit(30))
+        took = time.monotonic() - sent
+    rest = proc.stderr.read().decode().strip().splitlines()
+    expected = {
+        signal.SIGINT: (130, "interrupted (Ctrl-C): stopped"),
+        signal.SIGTERM: (143, "terminated (SIGTERM): stopped"),
+    }
+    assert (code, rest) == (expected[signum][0], [expected[signum][1]]), f"{code} {rest}"
+    assert took < limit(2), f"stopped {took:.1f} s after the signal"

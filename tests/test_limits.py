@@ -4,6 +4,7 @@ How close it gets to a limit is measured in tests/benchmarks/bench_limits.py, no
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -15,7 +16,17 @@ import pytest
 
 from recipe.providers.cache import RequestCache
 from recipe.providers.http import Client
-from recipe.providers.limits import BACKOFF, START_RPS, Controller, _seconds, retry_after, windows
+from recipe.providers.limits import (
+    BACKOFF,
+    MAX_WAIT_S,
+    START_RPS,
+    Controller,
+    Stopped,
+    _seconds,
+    retry_after,
+    stop_all,
+    windows,
+)
 from recipe.providers.model_client import paced
 
 from .limited_server import LimitedServer, asker
@@ -76,11 +87,11 @@ def test_the_rate_doubles_while_clean_steps_down_on_a_429_then_climbs_back_and_p
 
 def test_reported_windows_cap_the_rate_and_an_empty_one_pauses_until_it_resets(tmp_path: Path) -> None:
     c = Controller(tmp_path, "k")
-    for _ in range(20):
-        c.done(c.acquire(), {"x-ratelimit-limit": "10", "x-ratelimit-remaining": "9", "x-ratelimit-reset": "1"})
+    for _ in range(20):  # 600 a minute: 10 a second
+        c.done(c.acquire(), {"x-ratelimit-limit": "600", "x-ratelimit-remaining": "590", "x-ratelimit-reset": "1"})
     assert state(c)["rps"] <= 10 and c._allowed_rps(state(c)) <= 10
     before = time.time()
-    c.done(c.acquire(), {"x-ratelimit-limit": "10", "x-ratelimit-remaining": "0", "x-ratelimit-reset": "0.4"})
+    c.done(c.acquire(), {"x-ratelimit-limit": "600", "x-ratelimit-remaining": "0", "x-ratelimit-reset": "0.4"})
     paused_until = state(c)["paused_until"]
     assert paused_until >= before + 0.4  # nothing left in the window: nothing goes before it resets
     c.acquire()
@@ -160,3 +171,99 @@ def test_model_clients_send_through_the_controller_and_count_429s(tmp_path: Path
     assert (tmp_path / "cache" / "limits").is_dir() and "k" not in "".join(
         p.read_text() for p in (tmp_path / "cache" / "limits").glob("*.json")
     )
+
+
+def test_reset_is_the_time_until_the_window_refills_and_limits_are_per_minute(tmp_path: Path) -> None:
+    """OpenAI's documented example (1 of 5,000 requests a minute used: reset `12ms`) and Together's
+    per-minute limit caps the rate at 0.98 of the limit per minute: within 5% of what is allowed,
+    however late in the window the answer comes (the reset once set the window: 60x too high here)."""
+    openai = {
+        "x-ratelimit-limit-requests": "5000",
+        "x-ratelimit-remaining-requests": "4999",
+        "x-ratelimit-reset-requests": "12ms",
+    }
+    together_late = {"x-ratelimit-limit": "600", "x-ratelimit-remaining": "300", "x-ratelimit-reset": "2"}
+    for headers, allowed in ((openai, 5000 / 60), (together_late, 600 / 60)):
+        c = Controller(tmp_path / str(allowed), "k")
+        c.done(c.acquire(), headers)
+        assert state(c)["cap_rps"] == pytest.approx(allowed, rel=0.05)
+
+
+def test_header_values_no_provider_sends_are_ignored_and_never_stored(tmp_path: Path) -> None:
+    """A reset of 1e9 s, NaN, a negative or infinite wait, a limit of zero: not read, so nothing is
+    pinned and nothing of it reaches the shared file for the next run."""
+    assert (
+        windows({"x-ratelimit-limit": "600", "x-ratelimit-remaining": "0", "x-ratelimit-reset": "1e9"})[
+            "requests"
+        ].reset_s
+        == 60
+    )  # the window's own length, not a billion seconds
+    assert windows({"x-ratelimit-limit": "0", "x-ratelimit-remaining": "0"}) == {}
+    assert windows({"x-ratelimit-limit": "nan", "x-ratelimit-remaining": "1"}) == {}
+    assert retry_after({"Retry-After": "nan"}) is None and retry_after({"Retry-After": "inf"}) is None
+    assert retry_after({"Retry-After": "-5"}) == 0
+    c = Controller(tmp_path, "k")
+    for _ in range(3):
+        c.done(c.acquire(), {"x-ratelimit-limit": "600", "x-ratelimit-remaining": "500", "x-ratelimit-reset": "1e9"})
+    saved = json.loads(c.path.read_text())
+    assert "window_s" not in saved and saved["paused_until"] < time.time() + 1
+    assert state(Controller(tmp_path, "k"))["cap_rps"] == pytest.approx(600 / 60, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["[]", "null", '"text"', '{"rps": NaN, "next": "soon"}', '{"rps": "fast", "paused_until": 1e12, "next": 1e12}'],
+    ids=["list", "null", "string", "nan", "forged"],
+)
+def test_a_damaged_or_forged_state_file_neither_crashes_nor_stalls_a_run(tmp_path: Path, content: str) -> None:
+    c = Controller(tmp_path, "k")
+    c.path.write_text(content)
+    started = time.monotonic()
+    c.done(c.acquire(), {})
+    assert time.monotonic() - started < 2  # a pause far ahead is no pause anybody wrote: dropped
+    saved = json.loads(c.path.read_text())  # and the file is whole again for the next run
+    assert isinstance(saved, dict) and saved["rps"] == pytest.approx(saved["rps"]) and saved["paused_until"] < 1e11
+
+
+def test_a_state_that_cannot_be_written_is_bypassed_with_one_warning(tmp_path: Path, capsys) -> None:
+    c = Controller(tmp_path, "k")
+    c.path.mkdir()  # a directory where the file should be
+    for _ in range(3):
+        c.done(c.acquire(), {})
+    err = capsys.readouterr().err
+    assert err.count("cannot be shared") == 1 and "paces itself alone" in err
+    # Written again where it can be: a new process on a sound directory shares as before.
+    fresh = Controller(tmp_path / "sound", "k")
+    fresh.done(fresh.acquire(), {})
+    assert fresh.path.is_file() and "cannot be shared" not in capsys.readouterr().err
+
+
+def test_a_stop_ends_every_wait_at_once_and_long_waits_are_said(tmp_path: Path, capsys) -> None:
+    """A Retry-After of a day: honoured for MAX_WAIT_S at most, said (what was asked, how long we
+    wait, until when); a run that stops (stop_all, as a stage does on Ctrl-C/SIGTERM) ends the wait
+    of every sender within a moment, not after the pause."""
+    c = Controller(tmp_path, "k")
+    c.throttled({"Retry-After": "86400"})
+    assert state(c)["paused_until"] <= time.time() + MAX_WAIT_S
+    outcome: list[object] = []
+
+    def send() -> None:
+        try:
+            c.acquire()
+            outcome.append("sent")
+        except Stopped as e:
+            outcome.append(e)
+
+    senders = [threading.Thread(target=send) for _ in range(3)]
+    for t in senders:
+        t.start()
+    time.sleep(0.5)
+    stopped = time.monotonic()
+    stop_all()
+    for t in senders:
+        t.join(timeout=limit(5))
+    assert all(not t.is_alive() for t in senders) and time.monotonic() - stopped < limit(1.0)
+    assert len(outcome) == 3 and all(isinstance(o, Stopped) for o in outcome)
+    err = capsys.readouterr().err
+    assert "the server asked to wait 86400 s; waiting 60 s at most" in err
+    assert "rate limit: waiting 60 s, until" in err and "Retry-After" in err

@@ -11,9 +11,10 @@ What it reads, and where each meaning comes from:
 - OpenAI's `x-ratelimit-limit-requests|tokens`, `x-ratelimit-remaining-requests|tokens`,
   `x-ratelimit-reset-requests|tokens` (OpenAI's "Rate limits" guide; resets written as `1s`,
   `6m0s`, `20ms`), read the same way, the token side priced with each request's token estimate.
-Where a window is reported, the send rate is capped at 0.98 of its limit over the longest window
-seen (our clock and the provider's windows are not aligned), and nothing is sent while a window
-has nothing left, until it resets.
+Where a window is reported, the send rate is capped at 0.98 of its limit per minute (both
+providers' limits are per minute; `reset` is the time until the window refills, so OpenAI's
+example of 1 of 5,000 RPM used, reset `12ms`, caps at 81.7/s, not 5,000/s), and nothing is sent
+while a window has nothing left, until it refills.
 
 Where no header comes, the limit is found by feedback, as TCP finds a path's capacity: the send
 rate starts low and doubles every round trip while answers come back clean (slow start,
@@ -31,6 +32,14 @@ read and written under `fcntl.flock`: the learned rate, the threshold, the earli
 request may go (every process takes the next slot from it, so together they send at one rate),
 and a pause until a Retry-After has passed. Nothing in it is a claim by a process: a process that
 dies leaves times that pass by themselves. The file never holds the key (its name is a digest).
+Every field is checked when read (a wrong type, NaN, a time further ahead than any wait we write:
+its default), and a file that cannot be written leaves this process pacing itself, said once.
+
+Waits are bounded and said: a Retry-After or a window's reset is honoured up to MAX_WAIT_S (60 s,
+as the official SDKs cap it; a longer one is said, and the request asks again after 60 s), a
+header value no provider sends (a reset beyond a day, NaN) is ignored and never stored, and a wait
+longer than a few seconds is printed with its reason and end. A run that stops (Ctrl-C, SIGTERM)
+sets `stop`: every sender waiting for its slot raises Stopped at once.
 """
 
 from __future__ import annotations
@@ -40,10 +49,13 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
+import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +70,11 @@ MAX_RPS = 1000.0
 FLUSH_S = 0.05  # answers are folded into the shared state at most this often
 SLOTS_S = 0.02  # slots reserved at once from the shared schedule: this long at the current rate
 CATCH_UP_S = 0.05  # lateness of a waking sender that the next slots make up
-MAX_WAIT_S = 60.0  # the longest Retry-After honoured (as the SDKs cap it)
+MAX_WAIT_S = 60.0  # the longest wait honoured: a Retry-After, a window's reset, a pause in the state file
+LIMIT_WINDOW_S = 60.0  # the window a reported limit counts over: per minute (OpenAI's RPM/TPM, Together's RPM)
+MAX_SANE_RESET_S = 24 * 3600.0  # a reset further away than a day is not read
+MAX_SANE_LIMIT = 1e9  # nor a limit beyond a billion a minute
+SAY_WAIT_S = 3.0  # a wait longer than this is said on stderr: why and until when
 BACKOFF = 0.85  # the share of the rate kept after a 429/503 or a queueing signal
 HEADROOM = 0.98  # of a reported limit, sent at
 PLATEAU = 0.97  # from here to the refused rate, growth slows to 0.5 % of it per round trip
@@ -83,10 +99,12 @@ def _seconds(text: str | None) -> float | None:
 
 
 def _number(text: str | None) -> float | None:
+    """A finite number, or None (unreadable, NaN or infinite: never believed, never stored)."""
     try:
-        return None if text is None else float(text)
+        value = None if text is None else float(text)
     except ValueError:
         return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 @dataclass(frozen=True)
@@ -95,7 +113,7 @@ class Window:
 
     limit: float
     remaining: float
-    reset_s: float
+    reset_s: float  # seconds until the window refills (not its length)
 
 
 def _insensitive(headers: Mapping[str, str]) -> Mapping[str, str]:
@@ -112,18 +130,37 @@ def windows(headers: Mapping[str, str]) -> dict[str, Window]:
         limit = _number(h.get(f"x-ratelimit-limit{suffix}"))
         remaining = _number(h.get(f"x-ratelimit-remaining{suffix}"))
         reset = _seconds(h.get(f"x-ratelimit-reset{suffix}"))
-        if kind not in found and limit is not None and remaining is not None:
-            found[kind] = Window(limit, remaining, reset if reset is not None else 60.0)
+        if reset is not None and not 0 <= reset <= MAX_SANE_RESET_S:
+            reset = None  # `1e9` seconds is no window anybody has: ignored, never stored
+        sane = limit is not None and remaining is not None and 0 < limit <= MAX_SANE_LIMIT and 0 <= remaining <= limit
+        if kind not in found and sane:
+            found[kind] = Window(limit, remaining, reset if reset is not None else LIMIT_WINDOW_S)  # type: ignore[arg-type]
     return found
 
 
-def retry_after(headers: Mapping[str, str]) -> float | None:
+def asked_wait(headers: Mapping[str, str]) -> float | None:
+    """The wait a 429/503 asks for, in seconds, as sent (`retry-after-ms`, else `Retry-After`)."""
     h = _insensitive(headers)
     ms = _number(h.get("retry-after-ms"))
     if ms is not None:
-        return min(ms / 1000, MAX_WAIT_S)
+        return max(ms / 1000, 0.0)
     seconds = _number(h.get("retry-after"))
-    return None if seconds is None else min(max(seconds, 0.0), MAX_WAIT_S)
+    return None if seconds is None else max(seconds, 0.0)
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """The wait honoured: as asked, at most MAX_WAIT_S (as the official SDKs cap it)."""
+    asked = asked_wait(headers)
+    return None if asked is None else min(asked, MAX_WAIT_S)
+
+
+class Stopped(Exception):
+    """The run is stopping (a signal): a sender waiting for its slot gives up at once."""
+
+
+def say(text: str) -> None:
+    """One line on stderr about a wait (the progress bar's line is stdout's)."""
+    print(f"rate limit: {text}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -147,6 +184,49 @@ class Stats:
             "rate_reached_rps": round(self.max_rps, 2),
             "mean_rps": round(self.sent / elapsed, 2),
         }
+
+
+STATE_DEFAULTS: dict[str, float | None] = {
+    "rps": START_RPS,
+    "threshold": None,
+    "next": 0.0,
+    "paused_until": 0.0,
+    "cap_rps": None,
+    "last_decrease": 0.0,
+    "last_max": 0.0,
+}
+
+
+def checked_state(raw: Any, now: float) -> dict[str, Any]:
+    """The shared state as read, every field checked: a wrong type, NaN, a rate out of range or a
+    time more than MAX_WAIT_S ahead (no wait we write is longer) is replaced by its default, so a
+    damaged or forged file can neither crash a run nor stall it."""
+    raw = raw if isinstance(raw, dict) else {}
+    state: dict[str, Any] = {}
+    for key, default in STATE_DEFAULTS.items():
+        value = raw.get(key, default)
+        ok = value is None or (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value))
+        if ok and value is not None:
+            if key in ("rps", "threshold", "cap_rps", "last_max"):
+                ok = (key == "last_max" and value == 0) or MIN_RPS / 2 <= value <= MAX_RPS
+            elif key in ("next", "paused_until"):
+                ok = value <= now + MAX_WAIT_S + 1
+            else:  # last_decrease
+                ok = value <= now + 1
+        if value is None and key in ("rps", "next", "paused_until", "last_decrease", "last_max"):
+            ok = False
+        state[key] = value if ok else default
+    return state
+
+
+_LIVE: weakref.WeakSet[Controller] = weakref.WeakSet()
+
+
+def stop_all() -> None:
+    """The run is stopping: every controller's waiting senders raise Stopped at once (a stage calls
+    this when a signal or an error unwinds it, before it waits for its threads)."""
+    for controller in list(_LIVE):
+        controller.stop.set()
 
 
 class Controller:
@@ -179,27 +259,48 @@ class Controller:
         self._pending_windows: dict[str, Window] | None = None
         self._flushed = 0.0
         self._tokens_mean = 500.0
+        self._local: dict[str, Any] | None = None  # the state when the file cannot be shared
+        self.stop = threading.Event()  # set when the run stops: waiting senders raise Stopped
+        _LIVE.add(self)
+        self._said_until = 0.0
 
     @contextlib.contextmanager
     def _shared(self) -> Iterator[dict[str, Any]]:
-        with open(self.lock_path, "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                state = json.loads(self.path.read_text()) if self.path.is_file() else {}
-            except (OSError, ValueError):
-                state = {}  # torn or foreign: start over (the rate is relearned in a few round trips)
-            state.setdefault("rps", START_RPS)
-            state.setdefault("threshold", None)
-            state.setdefault("next", 0.0)
-            state.setdefault("paused_until", 0.0)
-            state.setdefault("cap_rps", None)
-            state.setdefault("window_s", None)
-            state.setdefault("last_decrease", 0.0)
-            state.setdefault("last_max", 0.0)
-            yield state
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
-            tmp.write_text(json.dumps(state))
-            os.replace(tmp, self.path)
+        """The shared state under the file lock, checked field by field; where the file cannot be
+        read or written (a read-only cache, a directory in its place), this process's own state,
+        said once."""
+        if self._local is not None:
+            yield self._local
+            return
+        try:
+            with open(self.lock_path, "a+") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    raw = json.loads(self.path.read_text()) if self.path.is_file() else {}
+                except (OSError, ValueError):
+                    raw = {}  # torn or foreign: start over (the rate is relearned in a few round trips)
+                state = checked_state(raw, time.time())
+                yield state
+                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
+                try:
+                    tmp.write_text(json.dumps(state))
+                    os.replace(tmp, self.path)
+                except OSError as e:
+                    tmp.unlink(missing_ok=True)
+                    self._bypass(state, e)
+        except OSError as e:  # the lock file cannot be opened: no sharing
+            if self._local is None:
+                self._bypass(checked_state({}, time.time()), e)
+            yield self._local  # type: ignore[misc]
+
+    def _bypass(self, state: dict[str, Any], error: OSError) -> None:
+        self._local = state
+        print(
+            f"warning: rate limit state {self.path} cannot be shared ({error.strerror or error}); "
+            "this process paces itself alone",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _allowed_rps(self, state: dict[str, Any]) -> float:
         rps = min(state["rps"], self.ceiling_rps, state["cap_rps"] or MAX_RPS)
@@ -226,8 +327,8 @@ class Controller:
                 except IndexError:  # a 429 (throttled, another thread) gave the slots back: reserve anew
                     continue
         wait = slot - time.time()
-        if wait > 0:
-            time.sleep(wait)
+        if wait > 0 and self.stop.wait(wait):
+            raise Stopped("the run is stopping")
         went = time.monotonic()
         with self._lock:
             self._in_flight += 1
@@ -251,7 +352,18 @@ class Controller:
                     self._slots.extend((base + i / rps, rps) for i in range(k))
                     state["next"] = base + k / rps
                     return
-            time.sleep(min(first - now, 0.1))
+                paused = state["paused_until"] > now
+            self._say_wait(first, now, paused)
+            if self.stop.wait(min(first - now, 0.1)):
+                raise Stopped("the run is stopping")
+
+    def _say_wait(self, until: float, now: float, paused: bool) -> None:
+        """A wait longer than SAY_WAIT_S is said once: why, and until when."""
+        if until - now < SAY_WAIT_S or until <= self._said_until:
+            return
+        self._said_until = until
+        why = "the server asked for a pause (Retry-After or an exhausted window)" if paused else "pacing"
+        say(f"waiting {until - now:.0f} s, until {time.strftime('%H:%M:%S', time.localtime(until))}: {why}")
 
     def done(self, sent_at: float, headers: Mapping[str, str] | None = None, ok: bool = True) -> None:
         """A request ended: its round trip and headers feed the rate (`ok` False: no answer).
@@ -301,7 +413,12 @@ class Controller:
         """A 429 or 503: step the rate down (once per round trip) and pause for its Retry-After."""
         with self._lock:
             self.stats.throttled += 1
+        asked = asked_wait(headers or {})
         wait = retry_after(headers or {})
+        if asked is not None and asked > MAX_WAIT_S:
+            say(
+                f"the server asked to wait {asked:.0f} s; waiting {MAX_WAIT_S:.0f} s at most (MAX_WAIT_S), then asking again"
+            )
         reported = windows(headers or {})
         with self._shared() as state:
             now = time.time()
@@ -336,14 +453,14 @@ class Controller:
         state["last_decrease"] = now
 
     def _follow(self, state: dict[str, Any], reported: dict[str, Window], now: float) -> None:
-        """A window's limit over its longest reset seen caps the rate (HEADROOM under it);
-        nothing left in a window: pause until it resets."""
+        """A window's limit per minute caps the rate (HEADROOM under it); nothing left in a window:
+        pause until it refills (at most MAX_WAIT_S)."""
         caps = []
         for kind, w in reported.items():
-            state["window_s"] = max(state["window_s"] or 0.0, w.reset_s, 1.0)
             per_request = 1.0 if kind == "requests" else max(self._tokens_mean, 1.0)
-            # 2 % under the limit: our clock and the provider's windows are not aligned
-            caps.append(HEADROOM * w.limit / state["window_s"] / per_request)
+            # A limit per minute (reset is the time until it refills, not the window's length);
+            # 2 % under it: our clock and the provider's windows are not aligned.
+            caps.append(HEADROOM * w.limit / LIMIT_WINDOW_S / per_request)
             if w.remaining < per_request:
                 state["paused_until"] = max(state["paused_until"], now + min(w.reset_s, MAX_WAIT_S))
         state["cap_rps"] = min(caps)

@@ -50,7 +50,7 @@ from recipe.data.sources import (
 from recipe.data.tokens import approx_tokens
 from recipe.providers.cache import RequestCache
 from recipe.providers.http import APIError, Client
-from recipe.providers.limits import ADAPTIVE_IN_FLIGHT, Controller
+from recipe.providers.limits import ADAPTIVE_IN_FLIGHT, Controller, stop_all
 from recipe.providers.model_client import (
     REMOTE_PROVIDERS,
     Answer,
@@ -317,6 +317,7 @@ class Distill(Stage):
             list(pool.map(converse, conversations))
         except BaseException:
             stop.set()  # in-flight requests finish (and are cached); queued conversations never start
+            stop_all()  # and senders waiting for a slot (a pause, a Retry-After) give up now
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -38,7 +38,7 @@ from recipe.evaluation import judging, suites, uncertainty, workload
 from recipe.evaluation import report as reporting
 from recipe.providers.cache import RequestCache
 from recipe.providers.http import Client
-from recipe.providers.limits import ADAPTIVE_IN_FLIGHT, Controller
+from recipe.providers.limits import ADAPTIVE_IN_FLIGHT, Controller, stop_all
 from recipe.providers.model_client import (
     REMOTE_PROVIDERS,
     BudgetReached,
@@ -430,6 +430,7 @@ class Test(Stage):
             except BaseException:
                 for _, future in futures:
                     future.cancel()
+                stop_all()  # senders waiting for a slot give up now, not after their pause
                 raise
         return out
 
