@@ -17,6 +17,7 @@ from tabulate import tabulate
 
 from recipe import summary, threads, tracking
 from recipe.artifacts import Planned
+from recipe.errors import RecipeError
 from recipe.secrets import together_api_key
 from recipe.stages import (
     CONFIG_KEY,
@@ -27,7 +28,7 @@ from recipe.stages import (
     StagePending,
     Workspace,
 )
-from recipe.store import Artifact, ArtifactStore, damage, fingerprint, write_json_atomic
+from recipe.store import Artifact, ArtifactStore, claim, damage, fingerprint, write_json_atomic
 from recipe.targets import build_stage, check_config
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,11 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         print_summary(record, run_dir)
         return record
     refused = refusal(record["stages"])
+    try:
+        claim(store.root)  # a store knows itself: marked before anything is written to it
+    except RecipeError:
+        store.release()
+        raise
     if refused and cfg.preflight.value == "refuse":
         store.release()
         record.update(status="refused", error=refused)

@@ -15,16 +15,28 @@ it reads (`locks/<stage>-<fp>.readers`), which `recipe store prune` respects.
 Beside the stages: `records/` (paid remote objects), `locks/`, `work/` (work that outlives an
 attempt) and `indexes/`, decontamination indexes by what they are built from (a cache: deleting
 it costs the next Mix or Distill a build).
+
+A store knows itself: the first run that writes to a directory leaves a `.recipe-store` marker
+there, and refuses a directory that holds anything but a store's own layout. `recipe store prune`
+and the build cleanup touch nothing without the marker, and nothing outside the stages' own
+directories. A build in progress holds a lease (`.lease` in its build directory: host, PID
+namespace, PID and a heartbeat renewed every 30 s); it is proven dead only by its own host and PID
+namespace seeing the PID gone, or by a heartbeat older than 5 minutes: a store shared by several
+hosts or containers (as for Slurm) never loses a live build to a PID that is only absent here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +47,113 @@ from recipe.errors import RecipeError
 
 INDEXES = "indexes"  # decontamination indexes (recipe/data/contamination.py), beside the stages
 MANIFEST = "manifest.json"
+MARKER = ".recipe-store"  # in the store's root: this directory is a store (and the format it is in)
+STAGE_DIRS = ("distill", "mix", "train", "test", "deploy")
+OWN = frozenset({*STAGE_DIRS, "records", "locks", "work", "models", INDEXES})  # a store's own layout
+LEASE = ".lease"  # in a build directory: who builds it, and when it last said so
+HEARTBEAT_S = 30.0
+LEASE_S = 300.0  # a build whose heartbeat is older than this is dead, whoever held it
+
+
+def is_store(root: Path) -> bool:
+    return (Path(root) / MARKER).is_file()
+
+
+def claim(root: Path) -> None:
+    """Make `root` a store (its marker) before anything is written there: an absent or empty
+    directory, or one holding only a store's own layout (a store from before the marker), is
+    claimed; anything else is refused, naming what it holds."""
+    root = Path(root)
+    if is_store(root):
+        return
+    if root.is_dir():
+        foreign = sorted(p.name for p in root.iterdir() if p.name not in OWN and not p.name.startswith("."))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise RecipeError(
+                f"store_dir={root}: not a recipe store (no {MARKER}) and it holds {shown}: point store_dir= at an "
+                "empty or new directory, or at an existing store"
+            )
+    root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(root / MARKER, {"format": 1})
+
+
+def owner() -> dict[str, Any]:
+    """Who this process is, as a lease names it: host, PID namespace, boot, PID."""
+    return {"host": socket.gethostname(), "pidns": _pid_namespace(), "boot": _boot_id(), "pid": os.getpid()}
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def build_is_dead(build_dir: Path, now: float | None = None) -> bool:
+    """Whether a `.tmp-*` build directory's builder is gone (see the module docstring). Without a
+    lease (a build of an older version, or one a moment old), only an hour-old directory whose PID
+    is gone here counts as dead."""
+    now = time.time() if now is None else now
+    try:
+        lease = json.loads((build_dir / LEASE).read_text())
+        if not isinstance(lease, dict):
+            raise ValueError("not a lease")
+    except (OSError, ValueError):
+        try:
+            old = now - build_dir.stat().st_mtime > 12 * LEASE_S
+            return old and not _alive(int(build_dir.name.split("-")[2]))
+        except (OSError, IndexError, ValueError):
+            return False
+    heartbeat = lease.get("heartbeat")
+    if not isinstance(heartbeat, int | float) or now - heartbeat > LEASE_S:
+        return True
+    me = owner()
+    same_machine = all(lease.get(k) == me[k] for k in ("host", "pidns", "boot"))
+    pid = lease.get("pid")
+    return same_machine and isinstance(pid, int) and not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Lease:
+    """A build directory's lease, renewed by a daemon thread until `close()`."""
+
+    def __init__(self, build_dir: Path) -> None:
+        self.path = build_dir / LEASE
+        self._stop = threading.Event()
+        self._beat()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="store-lease")
+        self._thread.start()
+
+    def _beat(self) -> None:
+        with contextlib.suppress(OSError):
+            write_json_atomic(self.path, {**owner(), "heartbeat": time.time()})
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            self._beat()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        with contextlib.suppress(OSError):
+            self.path.unlink()
 
 
 class StoreFull(RecipeError):
@@ -155,6 +274,7 @@ class ArtifactStore:
         twin jobs of a parallel sweep wait for the first and reuse its artifact instead of paying
         for the same work again.
         """
+        claim(self.root)
         stage_dir = self.root / stage
         stage_dir.mkdir(parents=True, exist_ok=True)
         locks = self.root / "locks"
@@ -178,8 +298,12 @@ class ArtifactStore:
         remove_stale_builds(stage_dir)
         tmp = stage_dir / f".tmp-{fp}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
+        lease = Lease(tmp)
         try:
-            manifest = {**meta, **produce(tmp)}
+            try:
+                manifest = {**meta, **produce(tmp)}
+            finally:
+                lease.close()
             manifest["files"] = inventory(tmp)
             write_json_atomic(tmp / MANIFEST, manifest)
             final = stage_dir / fp
@@ -214,6 +338,7 @@ class ArtifactStore:
 
     def put_record(self, kind: str, key: str, value: dict[str, Any]) -> None:
         """Store a record atomically, before anything waits on the object it describes."""
+        claim(self.root)
         directory = self.root / "records" / kind
         directory.mkdir(parents=True, exist_ok=True)
         write_json_atomic(directory / f"{key}.json", value)
@@ -263,19 +388,14 @@ class ArtifactStore:
 
 
 def remove_stale_builds(stage_dir: Path) -> list[Path]:
-    """Remove build directories whose builder is gone (a crash, kill -9), of any fingerprint: they
-    can never complete. What was removed."""
+    """Remove build directories whose builder is gone (a crash, kill -9; build_is_dead), of any
+    fingerprint: they can never complete. Only in a store (its marker), only `.tmp-*` directories
+    of a stage. What was removed."""
+    if stage_dir.name not in STAGE_DIRS or not is_store(stage_dir.parent):
+        return []
     removed = []
     for leftover in stage_dir.glob(".tmp-*"):
-        try:
-            pid = int(leftover.name.split("-")[2])
-        except (IndexError, ValueError):
-            continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if leftover.is_dir() and not leftover.is_symlink() and build_is_dead(leftover):
             shutil.rmtree(leftover, ignore_errors=True)
             removed.append(leftover)
-        except PermissionError:
-            pass
     return removed

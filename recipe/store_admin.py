@@ -5,8 +5,10 @@
     recipe store prune --keep-last 2 --stage train      # all but the 2 most recently used per stage
     recipe store prune --older-than 30                  # created more than 30 days ago
 
-Every prune also removes build directories whose builder is gone (`.tmp-*` left by a crash or a
-kill -9: they never complete). Never removed, whatever the criteria: an artifact that a running run
+It works on a store only (the `.recipe-store` marker a run writes) and only in the stages' own
+directories. Every prune also removes build directories whose builder is gone (`.tmp-*` left by a
+crash or a kill -9: they never complete), as their lease says: a builder on another host or in
+another PID namespace is gone only when its heartbeat is 5 minutes old. Never removed, whatever the criteria: an artifact that a running run
 reads (it holds a shared lock on it), an artifact that describes a live paid object on Together
 (a fine-tune job and its model, an endpoint: their records under `records/` are never touched
 either), and an artifact that a pending run (status `pending` in its run.json) still needs. A
@@ -29,9 +31,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from recipe.store import INDEXES, MANIFEST
+from recipe.store import MANIFEST, MARKER, STAGE_DIRS, build_is_dead, is_store
 
-NOT_STAGES = {"records", "locks", "work", "models", INDEXES}
 DAY = 86400.0
 
 
@@ -51,6 +52,11 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
+def _stage_dirs(store: Path) -> list[Path]:
+    """The stages' own directories of a store: nothing else of it is ever scanned or removed."""
+    return [store / name for name in STAGE_DIRS if (store / name).is_dir() and not (store / name).is_symlink()]
+
+
 def _live_paid(manifest: dict) -> bool:
     """A Together fine-tune (its job and model) or endpoint: records of objects that cost money."""
     return manifest.get("provider") == "together" or "job_id" in manifest or "endpoint" in manifest
@@ -59,9 +65,15 @@ def _live_paid(manifest: dict) -> bool:
 def scan(store: Path, runs_roots: list[Path]) -> list[Entry]:
     entries: dict[tuple[str, str], Entry] = {}
     if store.is_dir():
-        for stage_dir in sorted(p for p in store.iterdir() if p.is_dir() and p.name not in NOT_STAGES):
-            for art in sorted(p for p in stage_dir.iterdir() if (p / MANIFEST).is_file()):
-                manifest = json.loads((art / MANIFEST).read_text())
+        for stage_dir in _stage_dirs(store):
+            for art in sorted(p for p in stage_dir.iterdir() if (p / MANIFEST).is_file() and not p.is_symlink()):
+                try:
+                    manifest = json.loads((art / MANIFEST).read_text())
+                except (OSError, ValueError):
+                    manifest = None
+                if not isinstance(manifest, dict):
+                    print(f"warning: {art / MANIFEST} is not a manifest; left alone", file=sys.stderr)
+                    continue
                 created = (art / MANIFEST).stat().st_mtime
                 entry = Entry(stage_dir.name, art.name, art, _size(art), created, last_used=created)
                 if _live_paid(manifest):
@@ -157,20 +169,13 @@ def leftovers(store: Path, dry_run: bool) -> list[tuple[Path, int]]:
     """Build directories whose builder is gone (a crash, kill -9: they never complete), and the
     remains of an interrupted prune or replace: removed (or, in a dry run, listed) with their sizes."""
     found = []
-    for stage_dir in (
-        sorted(p for p in store.iterdir() if p.is_dir() and p.name not in NOT_STAGES) if store.is_dir() else []
-    ):
+    for stage_dir in _stage_dirs(store) if store.is_dir() else []:
         for path in sorted(stage_dir.glob(".*")):
-            if not path.is_dir():
+            if not path.is_dir() or path.is_symlink():
                 continue
             if path.name.startswith(".tmp-"):
-                try:
-                    os.kill(int(path.name.split("-")[2]), 0)
-                    continue  # its builder is alive
-                except (IndexError, ValueError, PermissionError):
-                    continue
-                except ProcessLookupError:
-                    pass
+                if not build_is_dead(path):
+                    continue  # its builder is alive, here or on another host (its lease)
             elif not path.name.startswith((".prune-", ".old-", ".damaged-")):
                 continue
             found.append((path, _size(path)))
@@ -195,6 +200,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
     a = parser.parse_args(argv)
     runs = a.runs or [Path("outputs/runs"), Path("outputs/multiruns")]
+    if a.store.exists() and not is_store(a.store):
+        print(
+            f"error: {a.store} is not a recipe store (no {MARKER}; a run writes it when it makes the store): "
+            "nothing listed or removed",
+            file=sys.stderr,
+        )
+        return 2
     entries = scan(a.store, runs)
     if a.verb == "list":
         print(table([e for e in entries if not a.stage or e.stage in a.stage]))

@@ -80,3 +80,107 @@ def test_list_and_prune(run_cli, tmp_path: Path) -> None:
 
     refused = run_cli("store", "prune", check=False)
     assert refused.returncode == 2 and "needs --older-than, --unused-for or --keep-last" in refused.stderr
+
+
+def test_prune_refuses_a_directory_that_is_not_a_store_and_a_run_will_not_write_into_one(
+    run_cli, tmp_path: Path
+) -> None:
+    """An ordinary directory holding `manifest.json` files (a web app, a tool, a JSON list): prune
+    touches nothing there, and a run refuses to make it its store; a store of the old layout
+    without the marker is adopted by the next run."""
+    site = tmp_path / "site"
+    for name, content in (("web/app", '{"name": "app"}'), ("ext/tool", "[1, 2]"), ("mix/abc", "[]")):
+        (site / name).mkdir(parents=True)
+        (site / name / "manifest.json").write_text(content)
+    refused = run_cli("store", "prune", "--store", str(site), "--keep-last", "0", check=False)
+    assert refused.returncode == 2 and "is not a recipe store" in refused.stderr and "Traceback" not in refused.stderr
+    assert all((site / name / "manifest.json").is_file() for name in ("web/app", "ext/tool", "mix/abc"))
+    run = run_cli(*MIX, f"store_dir={site}", check=False)
+    assert run.returncode == 2 and "not a recipe store (no .recipe-store) and it holds ext, web" in run.stderr
+    assert not (site / ".recipe-store").exists()
+    # A store made before the marker (only the store's own layout): the next run adopts it.
+    old_store = tmp_path / "old-store"
+    (old_store / "mix").mkdir(parents=True)
+    run_cli(*MIX, f"store_dir={old_store}")
+    assert (old_store / ".recipe-store").is_file() and list((old_store / "mix").glob("*/manifest.json"))
+    # In a store, a manifest that is not one is left alone with a word, never a traceback.
+    (old_store / "mix" / "odd").mkdir()
+    (old_store / "mix" / "odd" / "manifest.json").write_text("[]")
+    listed = run_cli("store", "list", "--store", str(old_store))
+    assert "is not a manifest; left alone" in listed.stderr and (old_store / "mix" / "odd").is_dir()
+
+
+def test_a_build_on_another_host_is_alive_while_its_lease_is_fresh(tmp_path: Path) -> None:
+    """A `.tmp-*` build of another host (or PID namespace) whose PID is absent here: kept while its
+    heartbeat is fresh, removed once it is older than the lease; one of this host whose PID is gone:
+    removed at once."""
+    from recipe.store import LEASE_S, claim, owner, remove_stale_builds
+
+    claim(tmp_path)
+    stage = tmp_path / "mix"
+    stage.mkdir()
+    dead_pid = 2**22 + 12345  # beyond pid_max: no process here has it
+
+    def build(name: str, **lease: object) -> Path:
+        path = stage / f".tmp-{name}-{dead_pid}-abcd1234"
+        path.mkdir()
+        (path / ".lease").write_text(json.dumps({**owner(), "pid": dead_pid, "heartbeat": time.time(), **lease}))
+        return path
+
+    elsewhere = build("aaaa", host="another-host")
+    other_namespace = build("bbbb", pidns="pid:[1]")
+    stale = build("cccc", host="another-host", heartbeat=time.time() - LEASE_S - 1)
+    here = build("dddd")
+    removed = remove_stale_builds(stage)
+    assert set(removed) == {stale, here}
+    assert elsewhere.is_dir() and other_namespace.is_dir()
+    # Outside a store, or outside a stage's directory, nothing is removed at all.
+    ordinary = tmp_path / "plain" / "mix"
+    (ordinary / f".tmp-x-{dead_pid}-y").mkdir(parents=True)
+    assert remove_stale_builds(ordinary) == [] and (ordinary / f".tmp-x-{dead_pid}-y").is_dir()
+
+
+def test_two_pid_namespaces_sharing_a_store_keep_each_others_builds(tmp_path: Path) -> None:
+    """A build running in another PID namespace (`unshare --pid`, as another container or host
+    sharing the store): its PID means nothing here, yet prune keeps it while it heartbeats."""
+    import shutil
+    import subprocess
+    import sys
+
+    from .subprocesses import limit
+
+    if not shutil.which("unshare") or subprocess.run(["unshare", "--pid", "--fork", "true"]).returncode != 0:
+        pytest.skip("unshare --pid is not permitted here")
+    from recipe.store import claim
+
+    store = tmp_path / "store"
+    claim(store)
+    builder = (
+        "import sys, time; from pathlib import Path; from recipe.store import ArtifactStore\n"
+        "def produce(d):\n"
+        "    print('building', flush=True); time.sleep(30); return {}\n"
+        "ArtifactStore(Path(sys.argv[1])).build('mix', 'f' * 20, produce, {})\n"
+    )
+    # Burn PIDs inside the namespace first (they are handed out in order from 1, the shell), so the
+    # builder's PID there is one that no process has here: the old PID check called it dead.
+    absent = next(p for p in range(400, 4_000_000) if not Path(f"/proc/{p}").exists())
+    script = f'i=2; while [ $i -lt {absent} ]; do /bin/true; i=$((i+1)); done; {sys.executable} -c "$0" "$1"'
+    proc = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "sh", "-c", script, builder, str(store)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "building"
+        (build,) = list((store / "mix").glob(".tmp-*"))
+        pid_there = int(build.name.split("-")[2])
+        assert pid_there == absent and not Path(f"/proc/{pid_there}").exists()  # no such process here
+        out = subprocess.run(
+            [str(Path(sys.executable).parent / "recipe"), "store", "prune", "--store", str(store), "--keep-last", "0"],
+            capture_output=True,
+            text=True,
+            timeout=limit(120),
+        )
+        assert out.returncode == 0, out.stderr
+        assert build.is_dir() and "builder is gone" not in out.stdout
+    finally:
+        proc.kill()
+        proc.wait(timeout=limit(30))
