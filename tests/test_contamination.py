@@ -463,3 +463,32 @@ def test_the_index_is_built_once_per_suites_and_settings_and_rebuilt_when_unusab
     Index.load(saved[0])  # replaced by a whole one
     assert again["contamination"]["suites"]["alpaca_eval"]["examples_dropped"] >= 1
     assert not list((tmp_path / "store" / "indexes").glob(".*"))  # no temporary file left
+
+
+def test_an_index_of_other_suites_under_this_name_or_with_a_huge_header_is_refused(tmp_path: Path) -> None:
+    """An index file records what it was built from: one of other suites saved under this key's name
+    (a store others can write to) is refused, not read; one whose array header claims 10^11
+    elements is refused from its headers, before numpy allocates 745 GiB."""
+    import io
+    import zipfile
+
+    ours = index(alpaca=[[t] for t in INSTRUCTIONS])
+    theirs = index(mqa=[[q] for q in QUESTIONS])
+    path = tmp_path / "k.npz"
+    theirs.save(path, key="their-key")
+    with pytest.raises(contamination.IndexFileError, match="built from other suites or settings"):
+        Index.load(path, key="our-key")
+    ours.save(path, key="our-key")
+    Index.load(path, key="our-key")
+    # A member rewritten with a header claiming 10^11 uint64s and 8 bytes of data.
+    huge = tmp_path / "huge.npz"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(huge, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "long_keys.npy":
+                head = io.BytesIO()
+                np.lib.format.write_array_header_1_0(head, {"descr": "<u8", "fortran_order": False, "shape": (10**11,)})
+                data = head.getvalue() + b"\0" * 8  # the header writer writes the magic too
+            dst.writestr(info.filename, data)
+    with pytest.raises(contamination.IndexFileError, match=r"long_keys\.npy claims 800000000000 bytes and holds 8"):
+        Index.load(huge, key="our-key")

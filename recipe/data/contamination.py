@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import string
@@ -468,11 +469,13 @@ class Index:
             Leads.of(acc.joined("short_leads", np.uint64)),
         )
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, key: str | None = None) -> None:
         """Write the index to `path` as one uncompressed .npz of plain arrays (no pickles: a file
-        read back is data, never code), atomically: a temporary file beside it, then renamed."""
+        read back is data, never code), atomically: a temporary file beside it, then renamed.
+        `key`: what it was built from (Decontaminator.index_key), checked when it is read back."""
         meta = {
             "format": INDEX_FORMAT,
+            "key": key,
             "ngram": self.ngram,
             "threshold": self.threshold,
             "min_words": self.min_words,
@@ -501,11 +504,14 @@ class Index:
             tmp.unlink(missing_ok=True)
 
     @classmethod
-    def load(cls, path: Path) -> Index:
+    def load(cls, path: Path, key: str | None = None) -> Index:
         """An index written by `save`. Raises IndexFileError when the file is not one this code
-        wrote: damaged, of another format, or hashed differently (its probe: word and n-gram hashes
-        of a fixed text, as the code that wrote it computed them)."""
+        wrote: damaged, with an array header that claims more than the file holds (checked before
+        anything is allocated), of another format, hashed differently (its probe: word and n-gram
+        hashes of a fixed text, as the code that wrote it computed them), or (`key`) built from
+        other suites or settings than the ones asked for."""
         try:
+            _check_headers(path)
             with np.load(path, allow_pickle=False) as f:
                 arrays = {key: f[key] for key in f.files}
             meta = json.loads(arrays.pop("meta").tobytes())
@@ -513,6 +519,8 @@ class Index:
             raise IndexFileError(f"{path}: not a readable index ({type(e).__name__}: {e})") from None
         if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
             raise IndexFileError(f"{path}: written in another format")
+        if key is not None and meta.get("key") != key:
+            raise IndexFileError(f"{path}: built from other suites or settings than its name says ({meta.get('key')})")
         if not np.array_equal(arrays.pop("probe"), _probe()):  # other shapes are unequal too
             raise IndexFileError(f"{path}: hashed by other code than this (its probe differs)")
         try:
@@ -613,6 +621,23 @@ class IndexFileError(RecipeError):
     """A saved index that cannot be used: it is built again."""
 
 
+def _check_headers(path: Path) -> None:
+    """Every array of an .npz holds the bytes its header claims (shape x item size), read from the
+    headers alone: a file claiming 10^11 elements is refused before numpy allocates them."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                claimed = math.prod(shape) * dtype.itemsize
+                held = info.file_size - member.tell()
+                if claimed != held:
+                    raise ValueError(f"{info.filename} claims {claimed} bytes and holds {held}")
+
+
 SHOWN = 5  # example ids kept per suite in manifests and errors
 
 
@@ -683,10 +708,11 @@ class Decontamination:
         """The index saved under its key, or built and saved there. A file that cannot be used
         (damaged, another format, other hashing) is built again and replaced; a cache that cannot be
         written costs the next run a build, nothing else."""
-        path = directory / f"{self.index_key()}.npz"
+        key = self.index_key()
+        path = directory / f"{key}.npz"
         if path.is_file():
             try:
-                index = Index.load(path)
+                index = Index.load(path, key)
                 self._cached = path
                 log.info("%s: decontamination index read from %s", self.key, path)
                 return index
@@ -696,7 +722,7 @@ class Decontamination:
         index = self._build()
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            index.save(path)
+            index.save(path, key)
             self._cached = path
             log.info(
                 "%s: decontamination index built in %.1f s, saved to %s", self.key, time.monotonic() - started, path
