@@ -17,6 +17,7 @@ from tabulate import tabulate
 
 from recipe import summary, threads, tracking
 from recipe.artifacts import Planned
+from recipe.data import remote
 from recipe.errors import RecipeError
 from recipe.secrets import together_api_key
 from recipe.stages import (
@@ -226,6 +227,10 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         print_summary(record, run_dir)
         return record
     refused = refusal(record["stages"])
+    absent = remote.missing(cfg, [n for n in names if not record["stages"][n]["cache_hit"]])
+    if absent:  # an input from nowhere: found before anything is paid (recipe/data/remote.py)
+        text = f"pre-flight: {'; '.join(absent)}. Nothing was run and nothing was spent"
+        refused = f"{refused}\n{text}" if refused else text
     try:
         claim(store.root)  # a store knows itself: marked before anything is written to it
     except RecipeError:

@@ -164,3 +164,32 @@ def test_a_missing_key_is_said_before_anything_is_tried(hub, run_cli, tmp_path: 
         "together.api_key=...) and run again; nothing was run"
     )
     assert the_hub.requests == []  # the hub source was never read
+
+
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        ("sources.booksum.hub_id=togethercomputer/Long-Data-Colections", "sources.booksum: hub dataset "),
+        ("sources.mqa.revision=0123456789abcdef", "no such revision"),
+        ("sources.booksum.data_files=[fine-tune/booksum.jsonl.zstd]", "no file matches data_files entry"),
+        ("test.suites.mqa.data_files=[http://127.0.0.1:9/missing.jsonl]", "test.suites.mqa: data file"),
+        ("HF_HUB_OFFLINE=1", "the hub is switched off"),
+    ],
+    ids=["typo", "revision", "file", "url", "offline"],
+)
+def test_an_input_from_nowhere_is_refused_before_anything_is_paid(
+    fake, hub, run_cli, tmp_path: Path, override: str, said: str
+) -> None:
+    """The seed experiment as committed, with one remote input that does not exist (or the hub off):
+    refused in the pre-flight, naming the source and what is wrong; no request reached Together."""
+    _, _, published = hub
+    env = {"HF_ENDPOINT": os.environ["HF_ENDPOINT"], "HF_HOME": os.environ["HF_HOME"]}
+    overrides = [f"test.suites.mqa.data_files=[{published['mqa_url']}]"]
+    if override.startswith("HF_HUB_OFFLINE"):
+        env["HF_HUB_OFFLINE"] = "1"
+    else:
+        overrides.append(override)
+    proc = run_cli("experiment=llama2_7b_32k_instruct", *SEED_SIZES, *overrides, env=env, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert said in proc.stderr and "Nothing was run and nothing was spent" in proc.stderr, proc.stderr
+    assert fake.posts("/v1/completions") == [] and fake.posts("/v1/chat/completions") == []
