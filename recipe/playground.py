@@ -412,6 +412,24 @@ def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def check_exposure(host: str, share: bool, auth: str | None) -> None:
+    """Who could reach the playground, and the credentials that must then guard it: off loopback or
+    with a public share link, `user:password`, both parts non-empty."""
+    if share and not auth:
+        raise RecipeError(
+            "--share: a public link anyone who has it can open; give --auth user:password (or RECIPE_PLAYGROUND_AUTH)"
+        )
+    if host not in LOOPBACK and not auth:
+        raise RecipeError(
+            f"--host {host}: other machines could reach the playground; give --auth user:password "
+            "(or RECIPE_PLAYGROUND_AUTH) to bind beyond 127.0.0.1"
+        )
+    if auth is not None:
+        user, _, password = auth.partition(":")
+        if not user.strip() or not password:
+            raise RecipeError("--auth: write it as user:password, neither part empty")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="recipe playground", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -431,13 +449,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     auth = args.auth or os.environ.get("RECIPE_PLAYGROUND_AUTH")
     try:
-        if args.host not in LOOPBACK and not auth:
-            raise RecipeError(
-                f"--host {args.host}: other machines could reach the playground; give --auth user:password "
-                "(or RECIPE_PLAYGROUND_AUTH) to bind beyond 127.0.0.1"
-            )
-        if (args.share or args.host not in LOOPBACK) and auth and ":" not in auth:
-            raise RecipeError("--auth: write it as user:password")
+        check_exposure(args.host, args.share, auth)
         try:
             import gradio  # noqa: F401
         except ImportError:

@@ -127,7 +127,20 @@ def test_the_playground_refuses_clearly(tmp_path: Path) -> None:
         r"^error: no trained model in outputs/store: run `recipe stages=\[mix,train\]`", empty.stderr, re.M
     )
     from recipe.errors import RecipeError
-    from recipe.playground import added, composed
+    from recipe.playground import added, check_exposure, composed
+
+    # A public link without credentials, or credentials with an empty part: refused before anything starts.
+    for args, said in (
+        (["--share"], "--share: a public link anyone who has it can open"),
+        (["--host", "0.0.0.0", "--auth", "admin:"], "neither part empty"),
+        (["--share", "--auth", ":secret"], "neither part empty"),
+    ):
+        proc = subprocess.run(
+            [RECIPE, "playground", *args], cwd=tmp_path, capture_output=True, text=True, timeout=limit(120)
+        )
+        assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    check_exposure("127.0.0.1", False, None)  # loopback, no link: no credentials needed
+    check_exposure("0.0.0.0", True, "me:secret")
 
     with pytest.raises(RecipeError, match=r"--add nope\.model: not a model in the experiment's config"):
         with added(composed([]), "nope.model"):
