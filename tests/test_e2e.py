@@ -31,11 +31,15 @@ def check_offline_run(root: Path, out: str) -> None:
     record = json.loads(runs[-1].read_text())
     assert list(record["stages"]) == ["distill", "mix", "train", "test", "deploy"]
     assert [s["status"] for s in record["stages"].values()] == ["ok"] * 5
-    # Train: a LoRA of the embedded model on CPU in fp32 that learned; the adapter and the merged model.
+    # Train: a LoRA of the embedded model on CPU in fp32, one epoch of one example a step (no packing
+    # on a CPU); the adapter and the merged model.
     train_dir = Path(record["stages"]["train"]["artifact"])
     trained = json.loads((train_dir / "manifest.json").read_text())
     assert trained["device"] == "cpu" and trained["dtype"] == "float32" and trained["steps"] >= 6
-    assert trained["final_loss"] < trained["first_loss"] and trained["eval_loss"] is not None, trained
+    # One example a step from four components: the training loss per step jumps between them (the task's
+    # falls near 0 in a few steps, BookSum's stays near 2), so what it learned is read on held-out
+    # examples below, per component, paired with the base.
+    assert trained["eval_loss"] is not None and trained["examples"] == trained["steps"], trained
     steps = [json.loads(line)["step"] for line in (train_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, trained["steps"] + 1))
     assert (train_dir / "adapter" / "adapter_config.json").is_file()
