@@ -267,3 +267,19 @@ def test_a_stop_ends_every_wait_at_once_and_long_waits_are_said(tmp_path: Path, 
     err = capsys.readouterr().err
     assert "the server asked to wait 86400 s; waiting 60 s at most" in err
     assert "rate limit: waiting 60 s, until" in err and "Retry-After" in err
+
+
+def test_a_burst_of_refusals_that_lets_nothing_through_is_one_decrease(tmp_path: Path) -> None:
+    """Refusals with no answer served between them (a burst of faults, an outage) cut the rate once:
+    the pause they ask for handles them. Cut per refusal, 30 faults once drove the rate to its floor
+    and 200 requests took 83 s against 0.9 s (tests/benchmarks/bench_fault_burst.py). A refusal after
+    an answer came through is a rate to learn: it cuts again."""
+    c = Controller(tmp_path, "k")
+    c._short = 1e-6  # round trips of no length: only the episode rule limits the decreases
+    for _ in range(10):
+        c.throttled({})
+    assert state(c)["rps"] == pytest.approx(START_RPS * BACKOFF)
+    answer_at_once(c)
+    before = state(c)["rps"]
+    c.throttled({})
+    assert state(c)["rps"] == pytest.approx(before * BACKOFF)

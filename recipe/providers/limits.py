@@ -194,6 +194,7 @@ STATE_DEFAULTS: dict[str, float | None] = {
     "cap_rps": None,
     "last_decrease": 0.0,
     "last_max": 0.0,
+    "clean": 0,  # answers served since the last decrease
 }
 
 
@@ -211,9 +212,11 @@ def checked_state(raw: Any, now: float) -> dict[str, Any]:
                 ok = (key == "last_max" and value == 0) or MIN_RPS / 2 <= value <= MAX_RPS
             elif key in ("next", "paused_until"):
                 ok = value <= now + MAX_WAIT_S + 1
+            elif key == "clean":
+                ok = value >= 0
             else:  # last_decrease
                 ok = value <= now + 1
-        if value is None and key in ("rps", "next", "paused_until", "last_decrease", "last_max"):
+        if value is None and key in ("rps", "next", "paused_until", "last_decrease", "last_max", "clean"):
             ok = False
         state[key] = value if ok else default
     return state
@@ -396,6 +399,7 @@ class Controller:
 
     def _grow(self, state: dict[str, Any], took: float) -> None:
         """One clean answer's worth of growth (see the module docstring)."""
+        state["clean"] += 1
         rtt = max(took, 0.05)
         per_trip = max(state["rps"] * rtt, 1.0)  # answers per round trip at this rate
         if state["threshold"] is None:
@@ -427,7 +431,11 @@ class Controller:
             if wait:
                 state["paused_until"] = max(state["paused_until"], now + wait)
                 self._slots.clear()  # reserved before the pause: given back (the schedule moves on)
-            if now - state["last_decrease"] > (self._short or 0.5):
+            # One decrease per congestion episode: another needs an answer served since the last one
+            # (TCP cuts once per window of data). A burst of refusals that lets nothing through (a
+            # fault, an outage) is not a rate to learn: the pause it asked for handles it.
+            fresh = state["threshold"] is None or state["clean"] > 0
+            if fresh and now - state["last_decrease"] > (self._short or 0.5):
                 self._decrease(state, now)
 
     def _latency(self, took: float) -> bool:
@@ -451,6 +459,7 @@ class Controller:
         state["rps"] = max(state["rps"] * BACKOFF, MIN_RPS)
         state["threshold"] = state["rps"]
         state["last_decrease"] = now
+        state["clean"] = 0
 
     def _follow(self, state: dict[str, Any], reported: dict[str, Window], now: float) -> None:
         """A window's limit per minute caps the rate (HEADROOM under it); nothing left in a window:
