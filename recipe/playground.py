@@ -19,9 +19,11 @@ What it does:
 - "Keep" appends the exchange to a JSON Lines file (`outputs/playground/kept.jsonl`): the
   conversation as `messages` (the project's conversation format, ending with the prompt), both
   answers, the preference if one was clicked, the settings and the models;
-- safe by default: binds 127.0.0.1, no public share link unless `--share`, a non-loopback bind
-  only with `--auth` (or RECIPE_PLAYGROUND_AUTH=user:password); answers are rendered as sanitised
-  Markdown (Gradio's chatbot strips raw HTML), never as HTML.
+- safe by default: binds 127.0.0.1, no public share link unless `--share`, a share link or a
+  non-loopback bind only with `--auth` (or RECIPE_PLAYGROUND_AUTH=user:password, neither part
+  empty); answers are rendered as sanitised Markdown (Gradio's chatbot strips raw HTML), never as
+  HTML, with images from the playground only (a Content-Security-Policy); on loopback, requests
+  must name a loopback host (DNS rebinding).
 
 Gradio (the `playground` extra) is the ML ecosystem's usual demo toolkit: streaming generators,
 a chatbot component that sanitises, auth and a loopback bind are built in.
@@ -412,6 +414,46 @@ def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+IMAGES_FROM_HERE = "img-src 'self' data: blob:; media-src 'self' data: blob:"
+
+
+class ImagesFromHere:
+    """Every page may show images and media from the playground itself only (a Content-Security-
+    Policy): a model's Markdown image `![](http://elsewhere/?q=...)` is not fetched, so an answer
+    cannot send the conversation out in a URL's query string."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_policy(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"content-security-policy", IMAGES_FROM_HERE.encode()),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, with_policy)
+
+
+def guards(host: str) -> dict[str, Any]:
+    """The app's own middleware: images from the playground only (ImagesFromHere) and, on loopback,
+    requests that name a loopback host (a page elsewhere whose name was rebound to 127.0.0.1, DNS
+    rebinding, sends its own name in `Host:` and is answered 400, never the app)."""
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    middleware = [Middleware(ImagesFromHere)]
+    if host in ("127.0.0.1", "localhost"):
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost"]))
+    return {"middleware": middleware}
+
+
 def check_exposure(host: str, share: bool, auth: str | None) -> None:
     """Who could reach the playground, and the credentials that must then guard it: off loopback or
     with a public share link, `user:password`, both parts non-empty."""
@@ -467,6 +509,7 @@ def main(argv: list[str]) -> int:
             page = build(panes, defaults, args.keep_file)
             credentials = tuple(auth.split(":", 1)) if auth else None
             page.queue().launch(
+                app_kwargs=guards(args.host),
                 theme=theme(),
                 server_name=args.host,
                 server_port=args.port,

