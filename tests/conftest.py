@@ -199,3 +199,22 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# The `slow` marker kept honest: `make test-fast` runs the unmarked tests, so one that runs long
+# without the marker is named at the end of every run (its set-up and call together).
+UNMARKED_LIMIT_S = 20.0
+_unmarked_s: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when in ("setup", "call") and "slow" not in report.keywords:
+        _unmarked_s[report.nodeid] = _unmarked_s.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    long = sorted(((spent, nodeid) for nodeid, spent in _unmarked_s.items() if spent > UNMARKED_LIMIT_S), reverse=True)
+    if long:
+        terminalreporter.section("tests not marked slow that ran long")
+        for spent, nodeid in long:
+            terminalreporter.write_line(f"{spent:6.1f} s  {nodeid}  (mark it @pytest.mark.slow, or make it faster)")
