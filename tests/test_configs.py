@@ -144,6 +144,31 @@ def test_the_main_job_is_the_default_recipe(make_cfg) -> None:
     assert configured_stages(offline) == ["distill", "mix", "train", "test", "deploy"]
 
 
+def test_an_experiments_own_stages_and_store_are_what_runs(make_cfg, tmp_path: Path) -> None:
+    """The root config's `stages: null` once won over an experiment's `stages:` (`_self_` came after
+    `experiment` in the defaults): an experiment of a user's own sets them, and they are what runs;
+    the command line still wins over both."""
+    conf = tmp_path / "conf" / "experiment"
+    conf.mkdir(parents=True)
+    (conf / "mine.yaml").write_text("# @package _global_\nstages: [distill, mix]\nverbose: true\n")
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=["hydra.searchpath=[file://" + str(tmp_path / "conf") + "]", "experiment=mine"],
+        )
+        assert list(cfg.stages) == ["distill", "mix"] and cfg.verbose is True
+        from recipe.runner import select_stages
+
+        assert select_stages(cfg) == ["distill", "mix"]
+        cfg = compose(
+            config_name="config",
+            overrides=["hydra.searchpath=[file://" + str(tmp_path / "conf") + "]", "experiment=mine", "stages=[mix]"],
+        )
+        assert list(cfg.stages) == ["mix"]
+
+
 def test_seed_experiment_uses_hub_sources_at_50_25_25(make_cfg) -> None:
     cfg = make_cfg("experiment=llama2_7b_32k_instruct", base=())
     comps = cfg.mix.components
