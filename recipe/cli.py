@@ -10,9 +10,13 @@ recipe -m ... sweep.preview=true   # each job's overrides and plan, nothing run
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
+import platform
 import re
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +131,16 @@ def config_error(e: BaseException) -> str:
     while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
         chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
     if isinstance(e, MissingConfigException) and e.missing_cfg_file:
-        options = f" (the options: {', '.join(e.options)})" if e.options else ""
-        return f"{e.missing_cfg_file}: no such config{options}"
+        shown = [o for o in e.options or [] if not o.endswith("_schema")]  # schemas are not options to pick
+        options = f" (the options: {', '.join(shown)})" if shown else ""
+        close = nearest(e.missing_cfg_file.rsplit("/", 1)[-1], shown)
+        return f"{e.missing_cfg_file}: no such config{f'; did you mean {close}?' if close else ''}{options}"
+    if "Ambiguous value for argument" in str(e):
+        first = str(e).splitlines()[0]
+        return (
+            f"{first}: to sweep over the values, add -m (--multirun); for a list write key=[a,b]; for a string "
+            "quote it: key='a,b'"
+        )
     if isinstance(e, OverrideParseException):
         first = str(e).splitlines()[0]
         return (
@@ -141,12 +153,23 @@ def config_error(e: BaseException) -> str:
     if key and renamed(key):
         return f"{key} was renamed: use {renamed(key)}"
     if key and (isinstance(inner, ConfigKeyError | ConfigAttributeError) or re.match(r"Key '.*' not in '", message)):
-        return (
-            f"{key}: no schema declares this key ({message}); check its spelling (`recipe --cfg job` shows every key)"
-        )
+        close = nearest(str(key).rsplit(".", 1)[-1], schema_keys(getattr(inner, "object_type", None)))
+        fix = f"did you mean {close}?" if close else "check its spelling"
+        return f"{key}: no schema declares this key ({message}); {fix} (`recipe --cfg job` shows every key)"
     if key:
         return f"{key}: {message}"
     return message or str(e).splitlines()[0]
+
+
+def nearest(name: str, known: list[str]) -> str | None:
+    """The closest of `known` to a mistyped name, if one is close."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def schema_keys(schema: object) -> list[str]:
+    """The keys a structured config's schema (a dataclass) declares."""
+    return [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []
 
 
 def warn_other_checkout(cwd: Path) -> None:
@@ -278,6 +301,11 @@ def main() -> None:
         sys.exit(store_admin.main(argv[1:]))
     if "--help" in argv or "-h" in argv:
         print_help(argv)
+        return
+    if argv[:1] in (["--version"], ["-V"]):
+        print(
+            f"recipe {metadata.version('recipe')} (Hydra {metadata.version('hydra-core')}, Python {platform.python_version()})"
+        )
         return
     warn_other_checkout(Path.cwd())
     check_arguments(sys.argv[1:])

@@ -115,6 +115,9 @@ def init(directory: Path) -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] in (["--help"], ["-h"]):
+        print("usage: recipe init [DIR]\n\n" + __doc__.split("\n\n", 1)[1].strip())
+        return 0
     if len(argv) > 1 or (argv and argv[0].startswith("-")):
         print("usage: recipe init [DIR]   (writes DIR/conf/{experiment,source,mix}/ and DIR/data/)", file=sys.stderr)
         return 2

@@ -50,7 +50,16 @@ def test_cfg_job_prints_the_composed_config(run_cli) -> None:
 
 
 CONFIG_MISTAKES = [
-    (("mix.totl=3",), "error: mix.totl: no schema declares this key"),
+    (
+        ("mix.totl=3",),
+        "error: mix.totl: no schema declares this key (Key 'totl' not in 'MixConfig'); did you mean total?",
+    ),
+    (
+        ("train=lora",),
+        "error: train/lora: no such config (the options: local_full, local_lora, together_full, together_lora)",
+    ),
+    (("train=locl_lora",), "error: train/locl_lora: no such config; did you mean local_lora? (the options: "),
+    (("mix.seed=0,1,2",), "error: Ambiguous value for argument 'mix.seed=0,1,2': to sweep over the values, add -m"),
     (("+mix.totl=3",), "error: mix.totl: no schema declares this key"),  # Hydra's own advice: refused too
     (("+train.n_epoch=3",), "error: train.n_epoch: no schema declares this key"),
     (("mix.total=lots",), "error: mix.total: Value 'lots' of type 'str' could not be converted to Integer"),
@@ -241,3 +250,14 @@ def test_worker_processes_never_import_the_cli(tmp_path: Path) -> None:
             assert "recipe.cli" not in modules and not any(m.startswith("hydra") for m in modules), modules
         else:  # what a script that imports the CLI at its top costs every worker
             assert "recipe.cli" in modules and "hydra" in modules
+
+
+def test_the_version_and_every_subcommands_help_answer(run_cli) -> None:
+    """`recipe --version` names the project's version (not Hydra's alone); each subcommand has --help."""
+    from importlib import metadata
+
+    version = run_cli("--version")
+    assert version.stdout.startswith(f"recipe {metadata.version('recipe')} (Hydra ")
+    for sub in (["init"], ["store"], ["sweep", "fit"], ["playground"]):
+        helped = run_cli(*sub, "--help", check=False)
+        assert helped.returncode == 0 and "usage: recipe " in helped.stdout, (sub, helped.stderr)
