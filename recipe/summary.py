@@ -53,6 +53,9 @@ def quiet(verbose: bool) -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # urllib3 warns once per retry ("Retrying (...) after connection broken"): the progress bar counts
+    # retries, and a request that still fails ends the stage with one line naming its cause.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def _money(manifest: dict[str, Any]) -> str:

@@ -261,3 +261,20 @@ def test_the_version_and_every_subcommands_help_answer(run_cli) -> None:
     for sub in (["init"], ["store"], ["sweep", "fit"], ["playground"]):
         helped = run_cli(*sub, "--help", check=False)
         assert helped.returncode == 0 and "usage: recipe " in helped.stdout, (sub, helped.stderr)
+
+
+def test_an_unreachable_teacher_is_one_line_not_a_warning_per_retry(run_cli) -> None:
+    """Each retry was a urllib3 warning (190 before the error); the error line alone says it now."""
+    proc = run_cli(
+        "distill=openai_compatible",
+        "stages=[distill]",
+        "distill.teacher.base_url=http://127.0.0.1:9/v1",
+        "distill.teacher.model=m",
+        "distill.max_conversations=2",
+        "distill.retry_backoff_s=0.01",
+        "distill.progress=false",
+        check=False,
+    )
+    assert proc.returncode == 2 and "Retrying" not in proc.stdout + proc.stderr
+    (said,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "2 of 2 conversations failed" in said and "Connection refused" in said
