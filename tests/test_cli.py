@@ -278,3 +278,13 @@ def test_an_unreachable_teacher_is_one_line_not_a_warning_per_retry(run_cli) -> 
     assert proc.returncode == 2 and "Retrying" not in proc.stdout + proc.stderr
     (said,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert "2 of 2 conversations failed" in said and "Connection refused" in said
+
+
+def test_a_cuda_training_on_a_machine_without_one_is_refused_in_the_pre_flight(run_cli, tmp_path: Path) -> None:
+    """Found before Mix runs (it was found at Train, after the stages before it), in one line."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    proc = run_cli("train.device=cuda", "stages=[mix,train]", "mix=samples", "mix.progress=false", check=False)
+    assert proc.returncode == 2 and "train.device=cuda but this machine has no CUDA device" in proc.stderr
+    assert "nothing was run" in proc.stderr and not list((tmp_path / "outputs" / "store").glob("mix/*"))

@@ -72,8 +72,9 @@ class LocalTrain(Stage):
         args = c.args
         kind = f"LoRA r={args.lora.r}" if args.training_type.value == "lora" else "full"
         world = c.devices * c.launch.nnodes
-        missing = missing_extra("train=local_*", gguf=c.model is None)
-        memory_estimate = None if missing else self.memory_estimate()
+        lacks = missing_extra("train=local_*", gguf=c.model is None)
+        memory_estimate = None if lacks else self.memory_estimate()
+        missing = lacks or self._no_device()
         details = (
             f"rows of {args.max_seq_length:,} tokens{' packed' if args.packing else ''}, lr {args.learning_rate:g}, "
             f"{c.micro_batch_size} rows a pass x {self.accumulation} accumulated per step, "
@@ -86,6 +87,22 @@ class LocalTrain(Stage):
         return Plan(
             f"{kind} of {model} on this machine, {args.n_epochs} epochs", details, usd=0.0, size=size, needs=missing
         )
+
+    def _no_device(self) -> str | None:
+        """What a run on this machine lacks of the devices asked for (found in the pre-flight, not
+        after Distill and Mix); None on the nodes of a multi-node launch, which are elsewhere."""
+        c = self.config
+        if c.device.value != "cuda" or c.launch.nnodes > 1:
+            return None
+        import torch
+
+        if not torch.cuda.is_available():
+            return (
+                "train.device=cuda but this machine has no CUDA device: train.device=auto (or cpu), or run it on a GPU"
+            )
+        if c.devices > torch.cuda.device_count():
+            return f"train.devices={c.devices}: only {torch.cuda.device_count()} CUDA devices are visible"
+        return None
 
     def _cuda(self) -> bool:
         import torch
