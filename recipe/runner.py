@@ -464,3 +464,5 @@ def print_summary(record: dict[str, Any], run_dir: Path) -> None:
             more = f" + unknown ({', '.join(unknown)})" if unknown else ""
             print(f"spent: ${total:,.2f}{more}")
     print(f"run record: {run_dir / 'run.json'}")
+    if not planned and stages.get("train", {}).get("status") == "ok" and record.get("status") == "ok":
+        print("next: `recipe playground` puts one prompt to base and tuned side by side in a browser")

@@ -69,7 +69,11 @@ def _contamination(manifest: dict[str, Any]) -> str:
     kept = sum(c.get("examples_in_training", 0) for c in counts.values())
     if not counts:
         return ""
-    return f"contaminated: {dropped} dropped, {kept} kept" if dropped or kept else "no test prompt found"
+    return (
+        f"contaminated: {dropped} dropped, {kept} kept"
+        if dropped or kept
+        else "no Test prompt found in the training data"
+    )
 
 
 def line(stage: str, manifest: dict[str, Any]) -> str | None:

@@ -79,6 +79,7 @@ def check_offline_run(root: Path, out: str) -> None:
     rows = [json.loads(line) for line in (test_dir / "generations.jsonl").read_text().splitlines()]
     assert len(rows) >= 100 and all(r["base"] is not None and r["tuned"] is not None for r in rows)
     assert "Test (" in out and "heldout.loss" in out  # the summary table is printed
+    assert f"open {test_dir / 'report.html'} in a browser" in out and "next: `recipe playground`" in out
     assert "longctx: tuned - base +" in out and "better" in out  # its headline
     assert "contamination longctx: 0 of " in out  # Mix checked the training data against the suite
     assert "held-out examples measured: booksum 2, instructions 4, longctx 40, mqa 2" in out

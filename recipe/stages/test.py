@@ -333,7 +333,8 @@ class Test(Stage):
 
     def report(self, artifact: Artifact) -> str | None:
         table = (artifact.path / "summary.txt").read_text().rstrip()
-        return f"\nTest ({artifact.path / 'report.md'}):\n{table}\n"
+        page = artifact.path / "report.html"
+        return f"\nTest ({artifact.path / 'report.md'}; open {page} in a browser for the charts):\n{table}\n"
 
     # -- models ------------------------------------------------------------------------------------
 
