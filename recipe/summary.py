@@ -51,6 +51,10 @@ def quiet(verbose: bool) -> None:
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    # Other libraries' progress bars (transformers' "Converting and de-quantizing GGUF tensors" x44,
+    # "Loading weights", "Writing model shards"; datasets'): our stages draw their own.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     # urllib3 warns once per retry ("Retrying (...) after connection broken"): the progress bar counts

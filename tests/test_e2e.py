@@ -108,6 +108,8 @@ def test_the_quick_start_runs_as_written(newcomer: Path) -> None:
         first = ran.command.split()[0]
         if ran.command.split("#")[0].strip() == "recipe":
             check_offline_run(tmp_path, ran.stdout)
+            for bar in ("Converting and de-quantizing", "Loading weights", "Writing model shards"):
+                assert bar not in ran.stderr  # other libraries' progress bars: ours only
         elif "deploy.foreground=true" in ran.command:
             served.append(ran.stdout.split("serving at ")[1].split()[0])
         elif first == "recipe-chat":  # it asked the deployment serving in the foreground, not a copy of its own
