@@ -192,7 +192,7 @@ COMMANDS = (
     ("recipe experiment=llama2_7b_32k_instruct dry_run=true", "the seed recipe on Together, planned"),
     ("recipe experiment=llama2_7b_32k_local dry_run=true", "the seed's training on your GPUs, memory estimate"),
     (
-        "recipe -m 'stages=[distill,mix]' mix.rescale=instructions mix.components.instructions.share=0.4,0.5,0.6",
+        "recipe -m 'stages=[distill,mix]' mix=offline mix.rescale=instructions mix.components.instructions.share=0.4,0.5,0.6",
         "a sweep of one share (the others rescaled; Distill runs once); summary.csv/.md/.png",
     ),
     ("recipe train=local_full train.device=cuda", "a full fine-tune on a GPU"),
