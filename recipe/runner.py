@@ -227,7 +227,9 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         print_summary(record, run_dir)
         return record
     refused = refusal(record["stages"])
-    absent = remote.missing(cfg, [n for n in names if not record["stages"][n]["cache_hit"]])
+    # Remote inputs are looked up only for a run that will go on (a refusal reads nothing).
+    going = not (refused and cfg.preflight.value == "refuse")
+    absent = remote.missing(cfg, [n for n in names if not record["stages"][n]["cache_hit"]]) if going else []
     if absent:  # an input from nowhere: found before anything is paid (recipe/data/remote.py)
         text = f"pre-flight: {'; '.join(absent)}. Nothing was run and nothing was spent"
         refused = f"{refused}\n{text}" if refused else text
