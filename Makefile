@@ -1,6 +1,6 @@
 # make run   - create .venv, install, run the main job (the offline recipe)
 # make test  - create .venv, install, lint and run the whole test suite
-# make test-fast - the inner loop: the suite without the tests marked slow (about 4 of its 14 minutes)
+# make test-fast - the inner loop: the suite without the tests marked slow (each test's time is in the log)
 # make bench - run the benchmarks under tests/benchmarks (not part of `make test`)
 # make reference - regenerate docs/reference.md from the config schemas
 PYTHON ?= python3
