@@ -62,6 +62,7 @@ def test_the_teacher_server_binds_loopback_on_our_port(hostile_env) -> None:
         assert answer.status_code == 200, answer.text  # no API_KEY asked of us, the model we named loaded
 
 
+@pytest.mark.slow  # the tiny model and a transformers server: 20-40 s
 def test_transformers_serve_binds_loopback_on_our_port(hostile_env, tiny_model_dir: Path) -> None:
     with TransformersServer(tiny_model_dir, served_name="tiny") as server:
         assert server.process is not None
