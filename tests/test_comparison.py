@@ -49,3 +49,16 @@ def test_the_baseline_is_a_job_number_or_an_override() -> None:
     assert comparison.baseline_index(jobs, "mix.seed=1") == 1
     with pytest.raises(ValueError, match=r"sweep.baseline='mix.seed=7': no job .* \(jobs: 0, 1\)"):
         comparison.baseline_index(jobs, "mix.seed=7")
+
+
+def test_a_handful_of_units_never_gets_an_interval_wider_than_its_data() -> None:
+    """Two held-out examples per job (the main job's BookSum): some bootstrap draws repeat one example,
+    their standard error is ~0 and the studentized critical value runs away; the simultaneous
+    interval once read [-15183, +15184] in the share sweep's summary. It stays within what the
+    examples' differences can give."""
+    jobs = [{"a": 1.17, "b": 1.18}, {"a": 1.85, "b": 1.86}, {"a": 2.0, "b": 2.1}]
+    found = comparison.against_baseline(jobs, 0, "heldout.loss.booksum", Settings())
+    for job, d in zip(jobs[1:], found[1:], strict=True):
+        diffs = [job[k] - jobs[0][k] for k in ("a", "b")]
+        assert min(diffs) - 1e-9 <= d["low"] <= d["value"] <= d["high"] <= max(diffs) + 1e-9, d
+        assert d["verdict"] == "too few prompts to tell"

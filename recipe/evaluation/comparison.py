@@ -149,6 +149,10 @@ def against_baseline(
         else:
             j = others.index(p)
             value, low, high = float(diff[j]), float(diff[j] - crit * se[j]), float(diff[j] + crit * se[j])
+            # Never wider than the draws' differences go: with a handful of units some draws repeat one
+            # unit, their standard error is ~0 and the critical value runs away.
+            drawn = family.draws[p] - family.draws[b]
+            low, high = max(low, float(drawn.min())), min(high, float(drawn.max()))
         unit_diff = family.sums[p] / family.units.sizes - family.sums[b] / family.units.sizes
         word = uncertainty.verdict(
             low, high, family.n, settings, lower, uncertainty.needed_units(unit_diff, settings) if p != b else None
