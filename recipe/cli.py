@@ -196,7 +196,10 @@ COMMANDS = (
         "a sweep of one share (the others rescaled; Distill runs once); summary.csv/.md/.png",
     ),
     ("recipe train=local_full train.device=cuda", "a full fine-tune on a GPU"),
-    ("recipe 'stages=[test]' test=offline test.judge.provider=together", "the model card's suites, a Together judge"),
+    (
+        "recipe test=offline test.judge.provider=together dry_run=true",
+        "the model card's suites with a Together judge, planned",
+    ),
     ("recipe init my_recipes", "your own config repository, then: recipe --config-dir conf ..."),
     ("recipe store list", "what the store holds: stage, fingerprint, size, dates, runs"),
     ("recipe sweep fit", "the newest sweep's figures fitted to its shares; a proposed mixture"),

@@ -67,14 +67,32 @@ def load_weights(name: str | None, device: torch.device, dtype: torch.dtype, att
 
     if name is None:
         gguf = embedded_gguf()
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=dtype, attn_implementation=attn
-        )
+        with _gguf_bar_off():
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=dtype, attn_implementation=attn
+            )
         # The GGUF loader marks the model quantised; without this save_pretrained refuses.
         model.hf_quantizer.remove_quantization_config(model)
     else:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation=attn)
     return model.to(device)
+
+
+@contextlib.contextmanager
+def _gguf_bar_off() -> Any:
+    """transformers draws its GGUF conversion bar with tqdm.auto directly (272 updates, 44 lines in a
+    log), past its own switch: turned off with the other libraries' bars (recipe/summary.py quiet)."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") != "1":
+        yield
+        return
+    drawn = gguf_utils.tqdm
+    gguf_utils.tqdm = lambda *args, **kwargs: drawn(*args, **{**kwargs, "disable": True})
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = drawn
 
 
 def load_model(name: str | None, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
