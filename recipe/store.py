@@ -109,7 +109,7 @@ def build_is_dead(build_dir: Path, now: float | None = None) -> bool:
     except (OSError, ValueError):
         try:
             old = now - build_dir.stat().st_mtime > 12 * LEASE_S
-            return old and not _alive(int(build_dir.name.split("-")[2]))
+            return old and not pid_alive(int(build_dir.name.split("-")[2]))
         except (OSError, IndexError, ValueError):
             return False
     heartbeat = lease.get("heartbeat")
@@ -118,10 +118,11 @@ def build_is_dead(build_dir: Path, now: float | None = None) -> bool:
     me = owner()
     same_machine = all(lease.get(k) == me[k] for k in ("host", "pidns", "boot"))
     pid = lease.get("pid")
-    return same_machine and isinstance(pid, int) and not _alive(pid)
+    return same_machine and isinstance(pid, int) and not pid_alive(pid)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists here (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

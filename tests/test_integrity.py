@@ -520,6 +520,24 @@ def big_sources(tmp_path_factory) -> Path:
     return root / "conf"
 
 
+STOPPED = {  # what a run says and returns when a signal stops it
+    signal.SIGINT: (130, "interrupted (Ctrl-C): stopped"),
+    signal.SIGTERM: (143, "terminated (SIGTERM): stopped"),
+}
+
+
+def signal_and_wait(proc: subprocess.Popen, signum: int) -> tuple[int, float]:
+    """Ctrl-C to the whole process group (as a terminal sends it) or SIGTERM to the run; its exit
+    code and how long it took to end."""
+    sent = time.monotonic()
+    if signum == signal.SIGINT:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
+    code = proc.wait(timeout=limit(30))
+    return code, time.monotonic() - sent
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["int", "term"])
 def test_mix_ends_on_a_signal_in_one_line_at_any_moment(tmp_path: Path, spawn, big_sources: Path, signum: int) -> None:
@@ -548,21 +566,11 @@ def test_mix_ends_on_a_signal_in_one_line_at_any_moment(tmp_path: Path, spawn, b
             start_new_session=True,
         )
         time.sleep(delay)
-        sent = time.monotonic()
-        if signum == signal.SIGINT:
-            os.killpg(proc.pid, signum)
-        else:
-            proc.send_signal(signum)
-        code = proc.wait(timeout=limit(30))
-        took = time.monotonic() - sent
+        code, took = signal_and_wait(proc, signum)
         said = proc.stderr.read().decode().strip().splitlines()
         if code == 0:  # the run ended before the signal: this machine is faster than the delays
             continue
-        expected = {
-            signal.SIGINT: (130, "interrupted (Ctrl-C): stopped"),
-            signal.SIGTERM: (143, "terminated (SIGTERM): stopped"),
-        }
-        assert (code, said) == (expected[signum][0], [expected[signum][1]]), f"after {delay} s: {code} {said}"
+        assert (code, said) == (STOPPED[signum][0], [STOPPED[signum][1]]), f"after {delay} s: {code} {said}"
         assert took < limit(2), f"stopped {took:.1f} s after the signal"
         assert not list(store.glob("mix/*/manifest.json")) and not list(store.glob("mix/.tmp-*"))
 
@@ -600,17 +608,7 @@ def test_distill_in_a_429_storm_ends_on_a_signal_in_one_line(tmp_path: Path, spa
                 said += os.read(proc.stderr.fileno(), 65536)
         assert b"the server asked to wait 86400 s; waiting 60 s at most" in said, said
         assert b"rate limit: waiting" in said, said
-        sent = time.monotonic()
-        if signum == signal.SIGINT:
-            os.killpg(proc.pid, signum)
-        else:
-            proc.send_signal(signum)
-        code = proc.wait(timeout=limit(30))
-        took = time.monotonic() - sent
+        code, took = signal_and_wait(proc, signum)
     rest = proc.stderr.read().decode().strip().splitlines()
-    expected = {
-        signal.SIGINT: (130, "interrupted (Ctrl-C): stopped"),
-        signal.SIGTERM: (143, "terminated (SIGTERM): stopped"),
-    }
-    assert (code, rest) == (expected[signum][0], [expected[signum][1]]), f"{code} {rest}"
+    assert (code, rest) == (STOPPED[signum][0], [STOPPED[signum][1]]), f"{code} {rest}"
     assert took < limit(2), f"stopped {took:.1f} s after the signal"

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recipe.store import pid_alive
+
 log = logging.getLogger(__name__)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -108,13 +110,7 @@ def alive(owner: str | None, started: float) -> bool:
     now = _start_ticks(pid)
     if now is not None or Path("/proc").is_dir():
         return now is not None and (ticks == "-" or now == ticks)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 @dataclass(frozen=True)
