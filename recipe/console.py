@@ -11,6 +11,8 @@ modules takes a second, and Ctrl-C or SIGTERM then must end in the same one line
 
 from __future__ import annotations
 
+import atexit
+import os
 import signal
 import sys
 
@@ -43,11 +45,45 @@ def interruption(e: BaseException) -> KeyboardInterrupt | None:
     return None
 
 
+def _ignore_late_signals() -> None:
+    """Python's last steps (destroying modules, after every atexit callback has run) go back to the
+    default action for SIGINT and SIGTERM: a signal there killed a run that had finished and said so,
+    with no word and exit -2. Ignored, it leaves the run's own exit code; nothing waits after this."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _exit_with(code: int) -> None:
+    """After the command ended, a signal while Python waits for threads or runs atexit callbacks
+    ends the process at once with the command's own exit code (its work is done, its words said)."""
+
+    def handler(signum: int, frame: object) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, RuntimeError):
+                pass
+        os._exit(code)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _code(e: SystemExit) -> int:
+    return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    atexit.register(_ignore_late_signals)  # registered first, so it runs last
     try:
         from recipe.cli import main as run_command
 
         run_command()
     except KeyboardInterrupt as e:  # while importing, composing the config, or in Hydra's own steps
-        sys.exit(stopped(e))
+        _exit_with(code := stopped(e))
+        sys.exit(code)
+    except SystemExit as e:
+        _exit_with(_code(e))
+        raise
+    _exit_with(0)

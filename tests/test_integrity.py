@@ -8,6 +8,7 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -612,3 +613,34 @@ def test_distill_in_a_429_storm_ends_on_a_signal_in_one_line(tmp_path: Path, spa
     rest = proc.stderr.read().decode().strip().splitlines()
     assert (code, rest) == (STOPPED[signum][0], [STOPPED[signum][1]]), f"{code} {rest}"
     assert took < limit(2), f"stopped {took:.1f} s after the signal"
+
+
+LATE_SIGNAL = """
+import os, signal, time
+from recipe.console import main
+
+class SignalWhenDestroyed:  # Python's last step destroys modules: a Ctrl-C arrives then
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+
+late = SignalWhenDestroyed()
+main()
+"""
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["stages=[nothing]"]], ids=["ok", "error"])
+def test_a_signal_while_python_shuts_down_keeps_the_runs_exit_code(tmp_path: Path, spawn, argv: list[str]) -> None:
+    """A Ctrl-C while Python shuts down, after the run finished and said so, killed it with no word
+    (exit -2: a finished run read as a failure, once in CI). The run's own exit code stands."""
+    proc = spawn(
+        [sys.executable, "-c", LATE_SIGNAL, *argv],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = proc.communicate(timeout=limit(60))
+    expected = 0 if argv == ["--version"] else 2
+    assert proc.returncode == expected, (proc.returncode, err.decode())
+    assert (b"recipe " in out) if expected == 0 else (b"error: " in err)
+    assert b"Traceback" not in err and b"interrupted" not in err
