@@ -43,6 +43,46 @@ def test_the_runner_hands_stages_values_and_never_sets_their_attributes() -> Non
         assert not re.search(r"self\.(store|fingerprint)\b", path.read_text()), f"{path.name} keeps run state on self"
 
 
+# Where a stage may set its own attributes: its settings, made once when it is built.
+SETTINGS_METHODS = ("__init__", "_validate")
+
+
+def test_a_stage_keeps_no_run_state_on_itself() -> None:
+    """A stage's attributes are its settings: nothing `run`, `plan` or their helpers set on `self`
+    (or on an attribute of `self`, such as a collaborator's cache directory), so one stage object
+    can plan and run twice, or in two threads, without one run reading the other's state. Run state
+    is made in `run` and handed on (Distill's `Sent`, Test's `Asking`, `Decontamination.for_run`)."""
+    import ast
+    import importlib
+
+    from recipe.stages import Stage
+
+    kept = []
+    for path in sorted((PACKAGE / "stages").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+            module = importlib.import_module("recipe.stages" + ("" if path.stem == "__init__" else f".{path.stem}"))
+            obj = getattr(module, cls.name, None)
+            if not (isinstance(obj, type) and issubclass(obj, Stage)):
+                continue
+            for fn in (n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name not in SETTINGS_METHODS):
+                for node in ast.walk(fn):
+                    targets = node.targets if isinstance(node, ast.Assign) else []
+                    if isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+                        targets = [node.target]
+                    while any(isinstance(t, (ast.Tuple, ast.List)) for t in targets):  # a, self.b = ...
+                        targets = [
+                            e for t in targets for e in (t.elts if isinstance(t, (ast.Tuple, ast.List)) else [t])
+                        ]
+                    for target in targets:
+                        owner = target  # self.x = , self.x.y = , self.x[k] =
+                        while isinstance(owner, (ast.Attribute, ast.Subscript)):
+                            owner = owner.value
+                        if target is not owner and isinstance(owner, ast.Name) and owner.id == "self":
+                            kept.append(f"{path.name}:{node.lineno} {cls.name}.{fn.name} sets {ast.unparse(target)}")
+    assert not kept, "run state kept on a stage:\n" + "\n".join(kept)
+
+
 # Schema keys read as a whole or by a computed name, not as `.key`: where each is read.
 READ_AS_A_WHOLE = {
     "SamplingConfig.top_p": "distill sends distill.sampling as it is (recipe/stages/distill.py, _teacher)",

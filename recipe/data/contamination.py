@@ -649,7 +649,7 @@ class Decontamination:
     """One stage's decontamination settings (`mix.decontaminate`, `distill.decontaminate`): which
     suites, their identity for fingerprints, the index, and what was found."""
 
-    def __init__(self, config: DictConfig, key: str) -> None:
+    def __init__(self, config: DictConfig, key: str, cache_dir: Path | None = None) -> None:
         self.config, self.key = config, key
         self.action = config.action.value
         against = config.against
@@ -665,14 +665,19 @@ class Decontamination:
             raise ContaminationError(f"{key}.threshold={config.threshold}: must be in (0, 1]")
         self.names = names
         self._index: Index | None = None
-        # Where built indexes are kept (the store's indexes/, set by the stage that runs): one build
+        # Where built indexes are kept (the store's indexes/, given by the stage that runs): one build
         # serves every later run and every job of a sweep that checks against the same suites.
-        self.cache_dir: Path | None = None
+        self.cache_dir = cache_dir
         self._cached: Path | None = None  # the cache file the index was read from or saved to
         # suite -> test record -> example ids (training side), by what happened to the example
         self.found: dict[str, dict[str, set[int]]] = {n: {"kept": set(), "dropped": set()} for n in names}
         self.examples: dict[str, dict[str, list[str]]] = {n: {"kept": [], "dropped": []} for n in names}
         self.checked = 0
+
+    def for_run(self, cache_dir: Path) -> Decontamination:
+        """This one's settings with nothing found yet and its index kept under `cache_dir`: what a
+        stage's run checks with (the stage itself keeps only the settings)."""
+        return Decontamination(self.config, self.key, cache_dir)
 
     def _suite_key(self, name: str) -> str:
         return f"{suites_key(self.config, self.key)}.{name}"

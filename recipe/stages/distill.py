@@ -83,6 +83,16 @@ class Conversation:
         return self.error is None and len(self.messages) == 2 * len(self.turns)
 
 
+@dataclass(frozen=True)
+class Sent:
+    """How a run's requests went: retries, requests sent again after a crash, the rate controller's
+    account (a remote teacher); made by `run` and handed on, never kept on the stage."""
+
+    retries: int
+    resent: int
+    sending: dict[str, Any] | None
+
+
 class Distill(Stage):
     """Build `conversations.jsonl` (teacher answers, multi-turn) and a manifest of counts and cost."""
 
@@ -125,7 +135,7 @@ class Distill(Stage):
     def _seed_prompts(self) -> bool:
         return self.config.teacher.api.value == "completions" and self.config.teacher.template == "llama2_inst_seed"
 
-    def conversations(self, decontaminate: bool = True) -> tuple[list[Conversation], dict[str, int]]:
+    def conversations(self, decon: Decontamination | None = None) -> tuple[list[Conversation], dict[str, int]]:
         """The conversations to replay: human turns, cleaned, limited, decontaminated (not in a dry
         run: the suites may be on the hub); and what was left out."""
         c = self.config
@@ -156,8 +166,8 @@ class Distill(Stage):
                 stats["no_turns"] += 1
                 continue
             conversations.append(Conversation(str(record.get("id", i)), human[: c.max_turns]))
-        if self.decon is not None and decontaminate:
-            conversations = self.decon.filter(conversations, lambda conv: conv.turns, lambda conv: conv.id)
+        if decon is not None:
+            conversations = decon.filter(conversations, lambda conv: conv.turns, lambda conv: conv.id)
         return conversations, stats
 
     def uses_together(self) -> bool:
@@ -194,7 +204,7 @@ class Distill(Stage):
         c = self.config
         if self.root.sources[c.source].hub_id:
             return self._plan_unread()
-        conversations, _ = self.conversations(decontaminate=False)
+        conversations, _ = self.conversations()
         missing = None
         if c.teacher.provider.value == "local" and not c.teacher.base_url:
             missing = missing_extra("distill.teacher.provider=local", ("llama_cpp",), gguf=c.teacher.gguf is None)
@@ -243,9 +253,8 @@ class Distill(Stage):
     # ---- run ----------------------------------------------------------------------------------
     def run(self, inputs: dict[str, Artifact], workspace: Workspace) -> Output:
         c, out_dir = self.config, workspace.out_dir
-        if self.decon is not None:
-            self.decon.cache_dir = workspace.store.root / INDEXES
-        conversations, stats = self.conversations()
+        decon = self.decon.for_run(workspace.store.root / INDEXES) if self.decon is not None else None
+        conversations, stats = self.conversations(decon)
         if not conversations:
             raise StageError(f"sources.{c.source}: no conversation has a human turn to replay")
         cache = RequestCache(c.cache_path)
@@ -259,9 +268,11 @@ class Distill(Stage):
                     self._run_online(teacher, conversations, ledger, client)
                 # Requests a dead process had in flight and this one sent again, over every crash so far.
                 resent = cache.resent_count(teacher.asked)
+                sending = teacher.controller.stats.record() if teacher.controller is not None else None
         finally:
             cache.close()
-        return self._finish(conversations, stats, ledger, out_dir, client.retries.value, resent)
+        sent = Sent(client.retries.value, resent, sending)
+        return self._finish(conversations, stats, ledger, out_dir, sent, decon)
 
     def _in_flight(self) -> int:
         """Conversations in flight: `concurrency` when set, else as many as the rate controller may
@@ -280,7 +291,6 @@ class Distill(Stage):
         controller = None
         if client is not None and cache is not None and spec.provider in REMOTE_PROVIDERS:
             controller = paced(cache, client, spec.model, c.requests_per_minute, c.tokens_per_minute)
-        self.controller = controller
         return ModelClient(
             client,  # type: ignore[arg-type]  (None only for dry-run key lookups)
             cache,  # type: ignore[arg-type]
@@ -293,7 +303,7 @@ class Distill(Stage):
     def _run_online(
         self, teacher: ModelClient, conversations: list[Conversation], ledger: Ledger, client: Client
     ) -> None:
-        progress = SpendProgress(len(conversations), ledger, client, self.config.progress, self.controller)
+        progress = SpendProgress(len(conversations), ledger, client, self.config.progress, teacher.controller)
         stop = threading.Event()  # set on Ctrl-C or any crash: no new request after it
 
         def converse(conv: Conversation) -> None:
@@ -373,8 +383,8 @@ class Distill(Stage):
         stats: dict[str, int],
         ledger: Ledger,
         out_dir: Path,
-        retries: int,
-        resent: int,
+        sent: Sent,
+        decon: Decontamination | None,
     ) -> Output:
         c = self.config
         budget_stopped = [conv for conv in conversations if conv.error == "budget"]
@@ -427,14 +437,14 @@ class Distill(Stage):
             },
             "failed": [{"id": conv.id, "error": conv.error} for conv in failed[:20]],
             "teacher": {"provider": c.teacher.provider.value, "model": c.teacher.model, "api": c.teacher.api.value},
-            "retries": retries,
+            "retries": sent.retries,
             # Requests a process had in flight when it died (kill -9, a crash), sent again: over every crash.
-            "resent_after_crash": resent,
+            "resent_after_crash": sent.resent,
             # The rate controller's account (a remote teacher): requests, 429/503 answers, time waiting,
             # concurrency and rate reached.
-            "sending": self.controller.stats.record() if self.controller is not None else None,
-            "contamination": self.decon.manifest() if self.decon else None,
-            "contamination_counts": self.decon.counts() if self.decon else None,
+            "sending": sent.sending,
+            "contamination": decon.manifest() if decon else None,
+            "contamination_counts": decon.counts() if decon else None,
             **details,
         }
         return Output(ConversationsArtifact(out_dir / CONVERSATIONS_FILE), record)

@@ -229,16 +229,15 @@ class Mix(Stage):
 
     # ---- run ------------------------------------------------------------------------------
     def run(self, inputs: dict[str, Artifact], workspace: Workspace) -> Output:
-        if self.decon:
-            self.decon.cache_dir = workspace.store.root / INDEXES
+        decon = self.decon.for_run(workspace.store.root / INDEXES) if self.decon else None
         sources = self._sources(inputs)
         units = self._units(workspace.out_dir, sources)
         chunked = [u for u in units if u.path is not None]
         workers = min(worker_count(self.config.workers), len(chunked))
         if workers > 1 and sum(u.end - u.start for u in chunked) >= POOL_MIN_BYTES:
             with worker_pool(workers) as pool:
-                return self._run(units, sources, workspace.out_dir, pool, workers)
-        return self._run(units, sources, workspace.out_dir, None, 1)
+                return self._run(units, sources, workspace.out_dir, pool, workers, decon)
+        return self._run(units, sources, workspace.out_dir, None, 1, decon)
 
     def _run(
         self,
@@ -247,6 +246,7 @@ class Mix(Stage):
         out_dir: Path,
         pool: Executor | None,
         workers: int,
+        decon: Decontamination | None,
     ) -> Output:
         c = self.config
         results = self._read_all(units, sources, pool)
@@ -255,7 +255,7 @@ class Mix(Stage):
         keep = first_occurrences(records) if c.dedupe else np.ones(len(records), dtype=bool)
         train_targets = self._targets(c.total)
         eval_targets = self._targets(round(c.total * c.eval_fraction))  # {n: 0} with eval_per_component
-        check = ContentCheck([u.spool for u in units], records, self.decon, pool) if self.decon else None
+        check = ContentCheck([u.spool for u in units], records, decon, pool) if decon else None
         train_parts, eval_parts = [], []
         try:  # the check's index file goes also when the selection fails
             for comp_id, name in enumerate(self.components):
@@ -271,7 +271,7 @@ class Mix(Stage):
                     by_tokens=c.unit.value == "tokens",
                     seed=c.seed,
                     replace=c.components[name].replace,
-                    drop_bad=self.decon is not None and self.decon.action == "drop",
+                    drop_bad=decon is not None and decon.action == "drop",
                 )
                 too_small = partial(self._too_small, name, records=len(mine))
                 train, held = draw(spec, records, mine, comp_id, check, too_small, partial(self._eval_short, name))
@@ -281,7 +281,7 @@ class Mix(Stage):
         finally:
             if check:
                 check.close()
-        contamination = self._contamination(check, records, np.concatenate(train_parts)) if check else None
+        contamination = self._contamination(check, decon, records, np.concatenate(train_parts)) if check else None
         shuffle = seeded(c.seed, "\0shuffle")
         train_order = shuffle.permutation(np.concatenate(train_parts))
         if self.per_component:  # an order of its own too: the same file whatever the mixture's size
@@ -316,7 +316,7 @@ class Mix(Stage):
             "check": checks.get("train"),  # the Together file check of mixture.jsonl (eval.jsonl: eval_check)
             "eval_check": checks.get("eval"),
             "sources": stats,
-            "contamination_counts": self.decon.counts() if self.decon else None,
+            "contamination_counts": decon.counts() if decon else None,
         }
         return Output(mixture, record)
 
@@ -338,14 +338,16 @@ class Mix(Stage):
         held = seeded(self.config.seed, f"{name}\0heldout").permutation(mine)[:k]
         return np.sort(held), np.setdiff1d(mine, held, assume_unique=True)
 
-    def _contamination(self, check: ContentCheck, records: Records, chosen: np.ndarray) -> dict[str, Any]:
+    def _contamination(
+        self, check: ContentCheck, decon: Decontamination | None, records: Records, chosen: np.ndarray
+    ) -> dict[str, Any]:
         """What the check found, in the mixture or dropped; `fail` stops here. Examples are named
         `<component>#<n>`: the n-th record read for that component."""
-        assert self.decon is not None
+        assert decon is not None
         first = np.searchsorted(records.component, np.arange(len(self.components)))
         comp = records.component
         name = lambda row: f"{self.components[comp[row]]}#{row - int(first[comp[row]]) + 1}"  # noqa: E731
-        return self.decon.record(check.found, name, set(chosen.tolist()))
+        return decon.record(check.found, name, set(chosen.tolist()))
 
     def _units(self, out_dir: Path, sources: dict[str, DictConfig]) -> list[SpoolUnit]:
         """Split the reading into units: byte ranges of plain JSON Lines files (which can run in

@@ -11,17 +11,18 @@ What it does:
 - has a judge (any model provider) compare each model's answers with the reference answers, both
   orders; computes the held-out loss of both models on the mixture's eval split (local models) and
   a few side-by-side generations;
-- writes `report.md` (tables like the model card's), `metrics.json`, `chart.png`, `generations.jsonl`.
+- scores them; `recipe/evaluation/outputs.py` writes `report.md` (tables like the model card's),
+  `report.html`, `metrics.json`, `chart.png`, `generations.jsonl` and `summary.txt` from the scores.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,11 @@ from typing import Any
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from recipe import pages
 from recipe.artifacts import Mixture, Planned, TestReport, TrainedModel
 from recipe.config import TestConfig
-from recipe.data.contamination import test_view, view_lines
+from recipe.data.contamination import test_view
 from recipe.data.sources import config_key, iter_records, source_identity
-from recipe.evaluation import judging, suites, uncertainty, workload
-from recipe.evaluation import report as reporting
+from recipe.evaluation import judging, outputs, suites, uncertainty, workload
 from recipe.providers.cache import RequestCache
 from recipe.providers.http import Client
 from recipe.providers.limits import ADAPTIVE_IN_FLIGHT, Controller, stop_all
@@ -78,6 +77,23 @@ def by_component(records: list[dict[str, Any]], losses: list[float | None]) -> d
 
 
 HELDOUT_LOSS_VERSION = 2  # bump when trainer.heldout_loss changes what it computes: kept losses are then recomputed
+
+
+@dataclass
+class Asking:
+    """One run's means of asking: the request cache, the ledger, and the rate controllers, one per
+    role (base, tuned, judge), each shared by that model's clients (and through its state file with
+    every other sender on the key); their accounts are the manifest's `sending`. Made by `run` and
+    handed on, never kept on the stage."""
+
+    cache: RequestCache
+    ledger: Ledger
+    controllers: dict[str, Controller] = field(default_factory=dict)
+
+    def controller(self, client: Client, model: str, role: str) -> Controller:
+        if role not in self.controllers:
+            self.controllers[role] = paced(self.cache, client, model)
+        return self.controllers[role]
 
 
 class Test(Stage):
@@ -187,7 +203,6 @@ class Test(Stage):
 
     def run(self, inputs: dict[str, Artifact], workspace: Workspace) -> Output:
         c, out_dir = self.config, workspace.out_dir
-        self.controllers: dict[str, Controller] = {}
         trained = TrainedModel.load(inputs["train"])
         items, skipped = self.items()
         mixture = Mixture.load(inputs["mix"]) if "mix" in inputs else None
@@ -196,6 +211,7 @@ class Test(Stage):
         started = time.monotonic()
         cache = RequestCache(c.cache_path)
         ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, c.budget.max_usd)
+        asking = Asking(cache, ledger)
         answers: dict[str, dict[str, str]] = {}
         cut: dict[str, set[str]] = {}  # per model, the ids of answers cut at max_tokens
         names: dict[str, str] = {}
@@ -234,11 +250,11 @@ class Test(Stage):
                     mark = clock(f"{which}.start", mark)
                     names[which] = access.model
                     cut[which] = set()
-                    answers[which] = self._generate(access, cache, ledger, items, samples, cut[which])
+                    answers[which] = self._generate(access, asking, items, samples, cut[which])
                     mark = measure_loss(which, access.local_dir, access.weights, clock(f"{which}.generate", mark))
                 clock(f"{which}.stop", mark)
             mark = time.monotonic()
-            verdicts = self._judge(cache, ledger, items, answers) if self._judged(items) else {}
+            verdicts = self._judge(asking, items, answers) if self._judged(items) else {}
             clock("judge", mark)
         except BudgetReached:
             raise StageError(
@@ -268,29 +284,9 @@ class Test(Stage):
         self._warn_cut(result)
         settings = uncertainty.Settings(**OmegaConf.to_container(c.uncertainty))  # type: ignore[arg-type]
         kinds = {n: c.suites[n].kind.value for n in items}
-        summary = reporting.headline(result, kinds, settings)
-        differences = reporting.differences(result, settings)
-        positions = reporting.position_map(result, items, settings)
-        metrics_json = {**result, "summary": summary, "differences": differences, "positions": positions}
-        (out_dir / "metrics.json").write_text(json.dumps(metrics_json, indent=2) + "\n")
-        self._write_generations(out_dir / "generations.jsonl", items, samples, answers, verdicts)
-        side_by_side = [(s, {w: answers[w][s.id] for w in answers}) for s in samples]
-        lines = reporting.headline_lines(summary, differences, kinds)
-        table = "\n".join(
-            [
-                *lines,
-                reporting.summary_table(summary, differences, settings.level),
-                *reporting.heldout_counts_line(result),
-                *view_lines(contamination),
-            ]
+        summary, differences = outputs.write_all(
+            out_dir, result, items, samples, answers, verdicts, kinds, contamination, settings
         )
-        reporting.write_report(out_dir / "report.md", result, summary, side_by_side, items, answers, table, positions)
-        reporting.write_chart(out_dir / "chart.png", summary, positions)
-        shown = [i for its in items.values() for i in its[:2]] + list(samples)  # a few prompts per suite
-        pairs = [(i.suite, i.prompt, i.answers[0], {w: answers[w][i.id] for w in answers}) for i in shown]
-        page = pages.test_report(result, summary, differences, pairs, settings.level, positions, lines)
-        (out_dir / "report.html").write_text(page)
-        (out_dir / "summary.txt").write_text(table + "\n")
         report = TestReport(
             dir=out_dir,
             report_file="report.md",
@@ -315,7 +311,7 @@ class Test(Stage):
                 "seconds": round(time.monotonic() - started, 2),
                 "timings": seconds,
                 # Per remote model: requests, 429/503 answers, time waiting, concurrency and rate reached.
-                "sending": {role: controller.stats.record() for role, controller in self.controllers.items()},
+                "sending": {role: controller.stats.record() for role, controller in asking.controllers.items()},
             },
         )
 
@@ -362,21 +358,15 @@ class Test(Stage):
 
     # -- asking ------------------------------------------------------------------------------------
 
-    def _client_for(self, access: ModelAccess, cache: RequestCache, ledger: Ledger, max_tokens: int) -> ModelClient:
+    def _client_for(self, access: ModelAccess, asking: Asking, max_tokens: int) -> ModelClient:
         c = self.config
         sampling = {"max_tokens": max_tokens, "temperature": c.temperature, "seed": c.seed}
         remote = access.provider in REMOTE_PROVIDERS
-        controller = self._controller(cache, access.client, access.model, access.which) if remote else None
+        controller = asking.controller(access.client, access.model, access.which) if remote else None
         # Prompts in the format the model was trained in (the Train artifact's).
-        return ModelClient(access.client, cache, access.spec, sampling=sampling, ledger=ledger, controller=controller)
-
-    def _controller(self, cache: RequestCache, client: Client, model: str, role: str) -> Controller:
-        """This stage's rate controller for one model: one per role, shared by that model's clients
-        (and through its state file with every other sender on the key); its account is the
-        manifest's `sending`."""
-        if role not in self.controllers:
-            self.controllers[role] = paced(cache, client, model)
-        return self.controllers[role]
+        return ModelClient(
+            access.client, asking.cache, access.spec, sampling=sampling, ledger=asking.ledger, controller=controller
+        )
 
     def _in_flight(self, access: ModelAccess | None) -> int:
         """Requests in flight: a local server's own limit, else `concurrency`, else as many as the
@@ -388,8 +378,7 @@ class Test(Stage):
     def _generate(
         self,
         access: ModelAccess,
-        cache: RequestCache,
-        ledger: Ledger,
+        asking: Asking,
         items: dict[str, list[suites.Item]],
         samples: list[suites.Item],
         cut: set[str] | None = None,
@@ -397,10 +386,10 @@ class Test(Stage):
         c = self.config
         work: list[tuple[suites.Item, ModelClient]] = []
         for name, suite_items in items.items():
-            client = self._client_for(access, cache, ledger, c.suites[name].max_tokens)
+            client = self._client_for(access, asking, c.suites[name].max_tokens)
             work.extend((item, client) for item in suite_items)
         if samples:
-            client = self._client_for(access, cache, ledger, c.heldout.max_tokens)
+            client = self._client_for(access, asking, c.heldout.max_tokens)
             work.extend((item, client) for item in samples)
         return self._ask_all(
             f"test {access.which}",
@@ -440,8 +429,7 @@ class Test(Stage):
 
     def _judge(
         self,
-        cache: RequestCache,
-        ledger: Ledger,
+        asking: Asking,
         items: dict[str, list[suites.Item]],
         answers: dict[str, dict[str, str]],
     ) -> dict[str, dict[str, tuple[str, str]]]:
@@ -455,8 +443,10 @@ class Test(Stage):
         spec = ModelSpec.configured(j)
         remote = spec.provider in REMOTE_PROVIDERS
         with connected(j, self.root, c, pool_size=self._in_flight(None) if remote else 1) as client:
-            controller = self._controller(cache, client, spec.model, "judge") if remote else None
-            judge = ModelClient(client, cache, spec, sampling=sampling, ledger=ledger, controller=controller)
+            controller = asking.controller(client, spec.model, "judge") if remote else None
+            judge = ModelClient(
+                client, asking.cache, spec, sampling=sampling, ledger=asking.ledger, controller=controller
+            )
             work = []
             for which in answers:
                 for item in judged:
@@ -527,22 +517,3 @@ class Test(Stage):
                 "heldout_components": heldout_components.get(which, {}),
             }
         return scores
-
-    def _write_generations(
-        self,
-        path: Path,
-        items: dict[str, list[suites.Item]],
-        samples: list[suites.Item],
-        answers: dict[str, dict[str, str]],
-        verdicts: dict[str, dict[str, tuple[str, str]]],
-    ) -> None:
-        with open(path, "w") as f:
-            for item in [i for its in items.values() for i in its] + samples:
-                row: dict[str, Any] = {"id": item.id, "suite": item.suite, "prompt": item.prompt}
-                row.update(dict(item.group))
-                row["reference"] = list(item.answers)
-                for which in answers:
-                    row[which] = answers[which][item.id]
-                    if item.id in verdicts.get(which, {}):
-                        row[f"{which}_judge"] = list(verdicts[which][item.id])
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
