@@ -60,9 +60,19 @@ def test_every_distill_option_composes_and_validates(make_cfg, distill: str) -> 
     cfg = make_cfg(f"distill={distill}", *DISTILL_REQUIRED.get(distill, ()), base=())
     stage = build_stage("distill", cfg)
     assert stage.semantic_config()["teacher"]["model"] == cfg.distill.teacher.model
+    # The plan names what would be asked of whom: the conversations to replay and the teacher.
+    plan, d = stage.plan({}, {}), cfg.distill
+    assert f" -> {d.teacher.provider.value}:{d.teacher.model}" in plan.summary, plan.summary
+    if d.max_conversations is not None:
+        assert plan.summary.startswith(f"{d.max_conversations:,} conversations"), plan.summary
 
 
 DEPLOY_NEEDS = {"local": "train=local_lora"}
+DEPLOY_SAYS = {
+    "local": "on 127.0.0.1",
+    "together_dedicated": "a dedicated endpoint",
+    "together_serverless": "the serverless API",
+}
 
 
 @pytest.mark.parametrize("deploy", options("deploy"))
@@ -70,14 +80,19 @@ def test_every_deploy_option_composes_and_validates(make_cfg, deploy: str) -> No
     train = DEPLOY_NEEDS.get(deploy, "train=together_lora")
     cfg = make_cfg(f"deploy={deploy}", train, base=("mix=samples",))
     stage = build_stage("deploy", cfg)
-    assert stage.upstream() == ("train",) and stage.plan({}, {}).summary
+    assert stage.upstream() == ("train",)
+    assert DEPLOY_SAYS[deploy] in stage.plan({}, {}).summary  # where the model would be served
 
 
 @pytest.mark.parametrize("train", options("train"))
 def test_every_train_option_composes_and_validates(make_cfg, train: str) -> None:
     cfg = make_cfg(f"train={train}", base=("mix=samples",))
     stage = build_stage("train", cfg)
-    assert stage.upstream() == ("mix",) and stage.plan({}, {}).summary
+    assert stage.upstream() == ("mix",)
+    # The plan says what would be trained, how: the method, epochs and learning rate configured.
+    plan, args = stage.plan({}, {}), cfg.train.args
+    assert ("LoRA" in plan.summary) == ("lora" in train), plan.summary
+    assert f"{args.n_epochs} epochs" in plan.summary and f"lr {args.learning_rate:g}" in (plan.details or ""), plan
     if train.startswith("together"):
         assert cfg.train.model == "togethercomputer/LLaMA-2-7B-32K" and stage.body("file-1", None)["n_epochs"] == 4
 
