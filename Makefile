@@ -32,11 +32,17 @@ lint: $(STAMP)
 $(BROWSER):
 	$(SUDO) apt-get install -y -q chromium chromium-driver || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; }
 
+# Two workers: the main job's test (tests/test_e2e.py) holds one for its whole run while the other
+# takes the rest, slow tests first (tests/conftest.py orders them), and steals from the first's
+# queue when its own is done. `-n 0` runs one test at a time: `make test PYTEST_ARGS='-n 0'`.
+PYTEST_ARGS ?=
+XDIST := -n 2 --dist worksteal
+
 test: $(STAMP) lint $(BROWSER)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP) lint $(BROWSER)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 reference: $(STAMP)
 	$(BIN)/python -m recipe.reference > docs/reference.md

@@ -207,9 +207,15 @@ UNMARKED_LIMIT_S = 20.0
 _unmarked_s: dict[str, float] = {}
 
 
+_file_s: dict[str, list[float]] = {}  # per test file: [seconds (set-up, call, teardown), tests]
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when in ("setup", "call") and "slow" not in report.keywords:
         _unmarked_s[report.nodeid] = _unmarked_s.get(report.nodeid, 0.0) + report.duration
+    spent = _file_s.setdefault(report.nodeid.split("::")[0], [0.0, 0])
+    spent[0] += report.duration
+    spent[1] += report.when == "call"
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -218,3 +224,26 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("tests not marked slow that ran long")
         for spent, nodeid in long:
             terminalreporter.write_line(f"{spent:6.1f} s  {nodeid}  (mark it @pytest.mark.slow, or make it faster)")
+    if _file_s:  # the table docs/development.md quotes: where the suite's time goes, by file
+        terminalreporter.section("seconds per test file (set-up, call and teardown; summed over workers)")
+        for name, (spent, tests) in sorted(_file_s.items(), key=lambda item: -item[1][0]):
+            terminalreporter.write_line(f"{spent:8.1f} s  {tests:4d} tests  {name}")
+        total = sum(spent for spent, _ in _file_s.values())
+        terminalreporter.write_line(f"{total:8.1f} s  {sum(t for _, t in _file_s.values()):4d} tests  in all")
+
+
+# Two workers (`make test` runs `-n 2 --dist worksteal`): the main job's test starts first and holds
+# its worker for its whole run while the other takes the rest (stealing the first one's queue once
+# its own is done); slow tests start before quick ones, so no long test begins last and holds the
+# end of the run. (`--dist loadgroup` would keep groups of tests on one worker, but pytest-xdist
+# 3.8 marks a group by rewriting `item._nodeid`, which pytest 9.2 no longer reads: its groups split.)
+FIRST = ("tests/test_e2e.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def order(item: pytest.Item) -> int:
+        if item.nodeid.split("::")[0] in FIRST:
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=order)  # stable: each module's own order is kept

@@ -90,15 +90,15 @@ def check_offline_run(root: Path, out: str) -> None:
     assert "the server stopped after the smoke query" in out and "deploy.foreground=true" in out
 
 
-@pytest.fixture(scope="module")
-def newcomer(tmp_path_factory) -> Path:
-    """One fresh directory for the whole module, as a newcomer has: the quick-start first, then the
-    help's examples, which reuse what it made."""
-    return tmp_path_factory.mktemp("newcomer")
+def test_the_quick_start_then_the_help_examples_run_as_written(tmp_path: Path) -> None:
+    """One fresh directory, as a newcomer has: the README's quick start, then `recipe --help`'s
+    examples, which reuse what it made. (One test, not two: a second test could run on the other
+    pytest-xdist worker, in a directory of its own, and pay for the main job again.)"""
+    quick_start(tmp_path)
+    help_examples(tmp_path)
 
 
-def test_the_quick_start_runs_as_written(newcomer: Path) -> None:
-    tmp_path = newcomer
+def quick_start(tmp_path: Path) -> None:
     commands = section("The two commands")
     assert "recipe" in commands[3] and commands[3].split()[0] == "recipe"
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HYDRA_FULL_ERROR": "0"}
@@ -131,10 +131,9 @@ HELP_RULES: list[Rule | Background] = [
 ]
 
 
-def test_the_help_examples_run_as_written(newcomer: Path) -> None:
+def help_examples(tmp_path: Path) -> None:
     """`recipe --help`'s commands in order, where the quick-start ran: the offline recipe (its
     artifacts reused), the Together judge planned against the fake Together API (nothing sent)."""
-    tmp_path = newcomer
     from recipe.cli import COMMANDS, help_text
 
     from .conftest import TOGETHER_KEY

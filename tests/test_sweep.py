@@ -89,11 +89,11 @@ def test_every_launcher_config_composes(launcher: str, target: str) -> None:
 
 
 @pytest.mark.slow
-def test_a_parallel_offline_sweep_pays_distill_once_and_plots_test(
-    run_cli, tmp_path: Path, tiny_model_dir: Path, browser
-) -> None:
+def test_a_parallel_sweep_pays_distill_once_and_plots_test(run_cli, tmp_path: Path, browser) -> None:
     """Three mixtures through Distill, Mix, Train and Test with the joblib launcher (two jobs at a
-    time): one Distill, three trainings on a tiny model, a summary with Test's figures and a plot."""
+    time), every stage on the fake Together API: one Distill, three fine-tunes, a summary with
+    Test's figures and a plot. (Local training and serving inside a sweep: the mixture search
+    below and tests/test_e2e.py's help examples.)"""
 
     def answer(body: dict) -> str:  # a judge with pure position bias; the default answer otherwise
         judging = "messages" in body and body["messages"][0]["role"] == "system"
@@ -106,10 +106,11 @@ def test_a_parallel_offline_sweep_pays_distill_once_and_plots_test(
             "stages=[distill,mix,train,test]",
             "test=offline",
             *SHARE_SWEEP,
-            f"train.model={tiny_model_dir}",
-            "train.max_steps=2",
-            "train.args.max_seq_length=256",
+            "train=together_lora",
+            "train.poll_s=0.01",
             "train.progress=false",
+            "test.heldout.loss=false",
+            "test.poll_s=0.01",
             "test.judge.provider=together",
             "test.judge.model=judge",
             "test.suites.mqa.max_examples=1",
@@ -268,12 +269,15 @@ def test_a_search_that_completes_no_trial_ends_in_one_line_not_optunas_traceback
 
 
 @pytest.mark.slow
-def test_the_committed_mixture_search_runs_offline_and_names_its_best_mixture(run_cli, tmp_path: Path) -> None:
-    """`recipe -m experiment=mixture_search`, shrunk (3 trials of 2 training steps; the shipped
-    instruction sample instead of Distill's, so no teacher): Optuna draws weights for the three
-    components, every trial is a valid mixture scored by held-out loss on the same held-out
-    examples, and the end names the best trial's loss with its interval and its mixture as a
-    command, the mixture Optuna's own best trial ran."""
+def test_the_committed_mixture_search_runs_offline_and_names_its_best_mixture(
+    run_cli, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """`recipe -m experiment=mixture_search`, shrunk (3 trials of 2 training steps of the tiny model;
+    the shipped instruction sample instead of Distill's, so no teacher): Optuna draws weights for
+    the three components, every trial is a valid mixture scored by held-out loss on the same
+    held-out examples, and the end names the best trial's loss with its interval and its mixture as
+    a command, the mixture Optuna's own best trial ran. (The embedded model's LoRA is what the main
+    job trains: tests/test_e2e.py.)"""
     proc = run_cli(
         "-m",
         "experiment=mixture_search",
@@ -281,6 +285,7 @@ def test_the_committed_mixture_search_runs_offline_and_names_its_best_mixture(ru
         "~distill",
         "mix.components.instructions.source=llama_instruct_sample",
         "mix.progress=false",
+        f"train.model={tiny_model_dir}",
         "train.max_steps=2",
         "train.progress=false",
     )

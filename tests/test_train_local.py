@@ -98,7 +98,15 @@ def rerun_and_check_it_resumed(args: list[str], cwd: Path, killed_at: int) -> di
 
 @pytest.mark.slow
 def test_kill_9_mid_training_resumes_from_the_checkpoint(tmp_path: Path, spawn, tiny_model_dir: Path) -> None:
-    args = [RECIPE, *tiny_common(tiny_model_dir), "train.args.n_epochs=40", "train.checkpoint_every=2"]
+    # Enough steps past the first checkpoint that the kill lands before the end on a fast machine;
+    # the re-run trains only the rest (it once trained 320 steps, then 300 under torchrun).
+    args = [
+        RECIPE,
+        *tiny_common(tiny_model_dir),
+        "train.args.n_epochs=40",
+        "train.max_steps=60",
+        "train.checkpoint_every=2",
+    ]
     killed_at = kill_at_first_checkpoint(spawn, args, tmp_path, poll_s=0.05)
     rerun_and_check_it_resumed(args, tmp_path, killed_at)
 
@@ -163,7 +171,7 @@ def kill_9_two_processes_and_resume(tmp_path: Path, tiny_model_dir: Path, spawn,
         *extra,
         "train.devices=2",
         "train.args.n_epochs=100",
-        "train.max_steps=300",
+        "train.max_steps=60",
         "train.checkpoint_every=2",
     ]
     killed_at = kill_at_first_checkpoint(spawn, args, tmp_path, poll_s=0.05)
