@@ -230,6 +230,28 @@ def stream_both(
             yield which, piece, error
 
 
+def text_of(content: Any) -> str:
+    """A chat message's text, as Gradio hands it: a string (Gradio 5), or a list of content parts,
+    `{"type": "text", "text": ...}` beside files and components (Gradio 6), whose texts are joined."""
+    if isinstance(content, str):
+        return content
+    parts = [content] if isinstance(content, dict) else list(content or [])
+    texts = [p if isinstance(p, str) else p.get("text") for p in parts if isinstance(p, (str, dict))]
+    return "\n".join(t for t in texts if isinstance(t, str))
+
+
+def from_chatbot(history: Any) -> list[dict[str, str]]:
+    """A Chatbot's history as the project's conversation: role and text only (Gradio's metadata and
+    options dropped); the one place the page's format becomes ours, so every prompt is rendered from
+    text and `kept.jsonl` holds conversations any source reads."""
+    out = []
+    for message in history or []:
+        role = message.get("role") if isinstance(message, dict) else None
+        if role in ("user", "assistant", "system"):
+            out.append({"role": role, "content": text_of(message.get("content"))})
+    return out
+
+
 def conversation(system: str, history: list[dict[str, str]], prompt: str) -> list[dict[str, str]]:
     system_turn = [{"role": "system", "content": system}] if system.strip() else []
     return [*system_turn, *[m for m in history if m["role"] != "system"], {"role": "user", "content": prompt}]
@@ -306,7 +328,7 @@ def build(panes: dict[str, Pane], defaults: dict[str, Any], kept: Path) -> Any:
 
         def send_to_both(text: str, sys_prompt: str, *rest: Any) -> Iterator[list[Any]]:
             chosen, hist = rest[: len(NUMBERS) + 1], rest[len(NUMBERS) + 1 :]
-            histories = {w: list(h or []) for w, h in zip(panes, hist, strict=True)}
+            histories = {w: from_chatbot(h) for w, h in zip(panes, hist, strict=True)}
             if not text.strip():
                 yield [*histories.values(), gr.update(), {}, "Type a prompt first."]
                 return
@@ -341,7 +363,7 @@ def build(panes: dict[str, Pane], defaults: dict[str, Any], kept: Path) -> Any:
             for w, h in zip(panes, hist, strict=True):
                 asked = (exchange.get("asked") or {}).get(w)
                 if asked is None:  # nothing sent yet: what the next prompt would look like
-                    asked = conversation(sys_prompt, list(h or []), text or "…")
+                    asked = conversation(sys_prompt, from_chatbot(h), text or "…")
                 out.append(gr.update(visible=on, value=panes[w].prompt_text(asked)))
             return out
 
@@ -517,7 +539,7 @@ def main(argv: list[str]) -> int:
                 auth=credentials,
                 prevent_thread_lock=True,
                 quiet=True,
-                show_error=False,
+                show_error=True,  # an exception in a handler shows its text, not a bare "Error"
             )
             print(
                 f"playground: ready at http://{args.host}:{args.port} after {time.monotonic() - started:.1f} s "

@@ -115,6 +115,7 @@ class SweepSummary(Callback):
             tracker = tracking.open_sweep_tracker(config.get("logger"), root)
             if tracker is not None:
                 tracker.text("summary.md", (root / "summary.md").read_text())
+                tracker.files("sweep", [root / n for n in tracking.SWEEP_PAGES if (root / n).is_file()])
                 for row in rows:
                     if isinstance(row["job"], int):
                         tracker.metrics({f"sweep/{k}": v for k, v in row["metrics"].items()}, step=row["job"])

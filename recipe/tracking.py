@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ class Tracker:
     def params(self, values: dict[str, Any]) -> None: ...
     def metrics(self, values: dict[str, float], step: int | None = None) -> None: ...
     def text(self, name: str, body: str) -> None: ...
+    def files(self, folder: str, paths: list[Path]) -> None: ...  # attached to the run, under `folder`
     def close(self) -> None: ...
 
 
@@ -51,18 +53,40 @@ class TensorBoard(Tracker):
             raise RecipeError("logger=tensorboard needs tensorboardX: pip install 'recipe[trackers]'") from None
         self.writer = SummaryWriter(logdir=str(directory))
         self.step = 0
+        self.written: dict[str, int] = {}  # text tag -> entries so far: the next goes at that step
+        self.hparams: dict[str, Any] = {}  # the command line's overrides: what this run varies
+        self.latest: dict[str, float] = {}  # each figure's last value
 
     def params(self, values: dict[str, Any]) -> None:
-        self.text("params", "\n".join(f"    {k}: {v}" for k, v in sorted(values.items())))
+        """One text entry per kind of parameter (`params/config`, `params/override`,
+        `params/fingerprint`), each call a step of its own: a later call never hides an earlier one.
+        The overrides are also the run's HParams, written with its figures when it closes."""
+        kinds: dict[str, list[str]] = {}
+        for key, value in sorted(values.items()):
+            kind, _, name = key.partition("/") if "/" in key else ("params", "", key)
+            kinds.setdefault(kind, []).append(f"    {key}: {value}")
+            if kind == "override":
+                self.hparams[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+        for kind, lines in kinds.items():
+            self.text(f"params/{kind}", "\n".join(lines))
 
     def metrics(self, values: dict[str, float], step: int | None = None) -> None:
         for key, value in values.items():
             self.writer.add_scalar(key, value, self.step if step is None else step)
+            self.latest[key] = float(value)
 
     def text(self, name: str, body: str) -> None:
-        self.writer.add_text(name, body)
+        step = self.written.get(name, 0)
+        self.writer.add_text(name, body, step)
+        self.written[name] = step + 1
 
     def close(self) -> None:
+        """The HParams view: what the run varied (its overrides), against Test's headline figures
+        (each model's and tuned - base, with intervals) or, without a Test, the training loss."""
+        figures = {k: v for k, v in self.latest.items() if k.startswith("test/")}
+        figures = figures or {k: v for k, v in self.latest.items() if k in ("train/final_loss", "train/eval_loss")}
+        if figures:
+            self.writer.add_hparams(self.hparams or {"overrides": "(none)"}, figures, name="hparams")
         self.writer.close()
 
 
@@ -107,6 +131,10 @@ class MLflow(Tracker):
 
     def text(self, name: str, body: str) -> None:
         self.mlflow.log_text(body, name)
+
+    def files(self, folder: str, paths: list[Path]) -> None:
+        for path in paths:
+            self.mlflow.log_artifact(str(path), artifact_path=folder)
 
     def close(self) -> None:
         self.mlflow.end_run()
@@ -161,6 +189,13 @@ class WandB(Tracker):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(body)
         self.run.save(str(path), base_path=self.run.dir, policy="now")
+
+    def files(self, folder: str, paths: list[Path]) -> None:
+        for path in paths:  # copied into the run's files (synced with it): the store may be pruned
+            kept = Path(self.run.dir) / folder / path.name
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, kept)
+            self.run.save(str(kept), base_path=self.run.dir, policy="now")
 
     def close(self) -> None:
         self.run.finish()
@@ -273,3 +308,15 @@ def log_stage(tracker: Tracker, stage: str, manifest: dict[str, Any], artifact: 
         figures[f"{stage}/cost_usd"] = float(manifest["cost_usd"])
     if figures:
         tracker.metrics(figures)
+    attached = [artifact / name for name in ATTACHED.get(stage, ()) if (artifact / name).is_file()]
+    if attached:
+        tracker.files(stage, attached)
+
+
+# What a stage's artifact attaches to the tracker's run (MLflow and W&B; TensorBoard keeps no files):
+# what a person opens, so a run reads in the tracker's own UI after the store is pruned.
+ATTACHED = {
+    "test": ("report.html", "report.md", "chart.png", "metrics.json", "generations.jsonl", "summary.txt"),
+    "train": ("metrics.jsonl",),
+}
+SWEEP_PAGES = ("summary.html", "summary.md", "summary.csv", "summary.png", "proposal.md")

@@ -48,7 +48,11 @@ def test_make_run_is_the_main_job_the_readme_describes() -> None:
 
 
 def test_the_main_jobs_sizes_are_the_readmes(make_cfg) -> None:
-    """The README's account of the main job: how many conversations its teacher distils."""
+    """The README's account of the main job: how many conversations its teacher distils, the size
+    of its mixture."""
     cfg = make_cfg("experiment=longctx_offline", base=())
     said = re.search(r"The embedded teacher distils (\d+) ShareGPT conversations", " ".join(README.split()))
     assert said is not None and int(said.group(1)) == cfg.distill.max_conversations
+    mixture = re.search(r"mix\.total=(\d+) .*# a (smaller|bigger) mixture \(the main job's is (\d+)\)", README)
+    assert mixture is not None and int(mixture.group(3)) == cfg.mix.total
+    assert (int(mixture.group(1)) < cfg.mix.total) == (mixture.group(2) == "smaller")

@@ -91,6 +91,17 @@ def test_the_playground_streams_both_models_side_by_side(
     assert line["messages"] == [{"role": "user", "content": "Name three colours."}]
     assert line["preferred"] == "tuned" and set(line["answers"]) == {"base", "tuned", "teacher"}
     assert all(line["answers"].values()) and line["settings"]["max_tokens"] == 256
+    # Two more turns: each prompt sent is the whole conversation so far, as text in the model's
+    # format (Gradio 6 hands the history back as content parts; the second turn once sent those).
+    for text in ("And one more?", "Thanks."):
+        find("#prompt textarea").send_keys(text)
+        find("#send").click()
+        answered = lambda t=text: find("#pane-tuned").text.count(t) == 1 and "Done." in find("#status").text  # noqa: E731
+        wait(answered, text, 180)
+        wait(lambda t=text: f"<|im_start|>user\n{t}<|im_end|>" in shown(), f"the prompt text for {text!r}")
+        sent = shown()
+        assert "<|im_start|>user\nName three colours.<|im_end|>" in sent and "'type'" not in sent, sent
+    assert sent.count("<|im_start|>assistant") == 3  # two answers kept in the history, and the open turn
     # The <> panel's curl snippet, copied from the page, answers.
     find("#api button").click()
     snippets = lambda: " ".join(e.text for e in browser.find_elements(By.CSS_SELECTOR, "#snippet-tuned"))  # noqa: E731
@@ -159,3 +170,45 @@ def test_the_playground_refuses_clearly(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match=r"--add nope\.model: not a model in the experiment's config"):
         with added(composed([]), "nope.model"):
             pass
+
+
+THREE_TURNS = [
+    {"role": "user", "content": "hi"},
+    {"role": "assistant", "content": "Hello! How can I help?"},
+    {"role": "user", "content": "Name a colour."},
+    {"role": "assistant", "content": "Blue.\n\nAnother: green."},
+]
+
+
+def test_a_chat_history_from_gradio_becomes_the_projects_conversation() -> None:
+    """Gradio 6 hands a Chatbot's history back as lists of content parts (a string's text becomes
+    `[{"type": "text", "text": ...}]`); Gradio 5 as strings. Both become role and text, through
+    Gradio's own conversion of what the page showed."""
+    gr = pytest.importorskip("gradio")
+    from recipe.playground import from_chatbot
+
+    box = gr.Chatbot()
+    handed_back = box.preprocess(box.postprocess(THREE_TURNS))
+    assert not isinstance(handed_back[0]["content"], str)  # Gradio 6: parts, as the page hands them
+    assert from_chatbot(handed_back) == THREE_TURNS
+    assert from_chatbot(THREE_TURNS) == THREE_TURNS  # Gradio 5's strings
+    with_metadata = [{**m, "metadata": {"title": "t"}, "options": []} for m in THREE_TURNS]
+    assert from_chatbot(with_metadata) == THREE_TURNS
+
+
+@pytest.mark.parametrize("template", ["llama2_inst", "chatml"])
+def test_every_turns_prompt_is_rendered_from_the_text_of_the_conversation(template: str) -> None:
+    """The third turn's prompt for a model trained in a text template: the earlier turns' text in
+    that template, never Gradio's parts (the second turn once sent `[{'text': 'hi', 'type': 'text'}]`)."""
+    gr = pytest.importorskip("gradio")
+    from recipe.artifacts import PromptFormat
+    from recipe.data import templates
+    from recipe.playground import Pane, conversation, from_chatbot
+
+    box = gr.Chatbot()
+    history = box.preprocess(box.postprocess(THREE_TURNS))
+    pane = Pane("tuned", "http://127.0.0.1:9/v1", "m", PromptFormat("text", template), "local-transformers", None)
+    sent = pane.prompt_text(conversation("Be brief.", from_chatbot(history), "And a third?"))
+    expected = [{"role": "system", "content": "Be brief."}, *THREE_TURNS, {"role": "user", "content": "And a third?"}]
+    assert sent == templates.render_prompt(expected, template)
+    assert "'type'" not in sent and "Hello! How can I help?" in sent and "hi" in sent

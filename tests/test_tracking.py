@@ -44,6 +44,43 @@ def scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
     return found
 
 
+def summaries(directory: Path) -> list[tuple[str, str, int]]:
+    """(tag, plugin, step) of every summary under `directory`, HParams' session records included."""
+    from tensorboardX.proto import event_pb2
+
+    found = []
+    for path in sorted(directory.rglob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                found.append((value.tag, value.metadata.plugin_data.plugin_name, event.step))
+    return found
+
+
+def test_tensorboard_keeps_every_text_entry_and_writes_hparams(tmp_path: Path) -> None:
+    """The config and each stage's fingerprint once shared one text tag at one step (only the last
+    showed); HParams was empty. Now each kind has its tag and each call its step, and the run's
+    overrides are its HParams against its Test figures."""
+    from recipe.tracking import TensorBoard
+
+    board = TensorBoard(tmp_path / "tb")
+    board.params({"override/mix.components.longctx.share": "0.25", "config/mix.total": 60})
+    board.params({"fingerprint/mix": "abc"})
+    board.params({"fingerprint/test": "def"})
+    board.metrics({"test/tuned-base/longctx.accuracy/value": 0.48, "train/final_loss": 0.1})
+    board.close()
+    found = summaries(tmp_path / "tb")
+    texts = sorted((tag, step) for tag, plugin, step in found if plugin == "text")
+    assert texts == [("params/config/text_summary", 0), ("params/fingerprint/text_summary", 0),
+                     ("params/fingerprint/text_summary", 1), ("params/override/text_summary", 0)]  # fmt: skip
+    hparams = {tag for tag, plugin, _ in found if plugin == "hparams"}
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= hparams, found
+    assert ("test/tuned-base/longctx.accuracy/value", "", 0) in found  # the figure HParams shows
+
+
 def test_tensorboard_receives_every_training_step(make_cfg, tmp_path: Path, tiny_model_dir: Path) -> None:
     cfg = make_cfg(
         *tiny_common(tiny_model_dir)[2:],
@@ -81,6 +118,9 @@ def test_mlflow_receives_tests_figures(make_cfg, tmp_path: Path, fake: FakeToget
     assert metrics["test/tuned/alpaca_eval.win_rate"] == summary["alpaca_eval.win_rate"]
     assert "test/base/mqa.accuracy" in metrics and "mix/contamination/alpaca_eval/examples_dropped" in metrics
     assert tracked.data.params["fingerprint/train"] == record["stages"]["train"]["fingerprint"]
+    # What a person opens is attached to the run, readable after the store is pruned.
+    attached = {Path(a.path).name for a in client.list_artifacts(tracked.info.run_id, "test")}
+    assert {"report.html", "report.md", "chart.png", "metrics.json", "generations.jsonl"} <= attached
 
 
 MIX_ONLY = ("stages=[mix]", "mix=samples", "mix.progress=false", "~distill", "~test")
@@ -168,6 +208,8 @@ def test_a_wandb_sweep_is_one_group_of_offline_runs_with_configs_and_figures(run
     assert {seen[j]["config"]["config/mix.total"] for j in ("0", "1")} == {"32"}
     assert all(float(seen[j]["summary"]["mix/examples"]) == 32 for j in ("0", "1"))
     assert any(p.name == "summary.md" for p in (tmp_path / "outputs" / "wandb").rglob("summary.md"))
+    # The sweep's pages are attached to its run, beside the summary's text.
+    assert list((tmp_path / "outputs" / "wandb").rglob("files/sweep/summary.html"))
     leaked = [
         p for p in (tmp_path / "outputs" / "wandb").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()
     ]
