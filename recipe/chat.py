@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import sseclient
 
 from recipe.artifacts import SERVING_RECORDS, Deployment, PromptFormat
 from recipe.errors import RecipeError
@@ -76,16 +77,19 @@ def stream_chat(
     try:
         with client.request("POST", path, json=body, stream=True) as response:
             try:
-                for line in response.iter_lines(decode_unicode=True):
-                    if not line or not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
+                # Server-sent events as the spec reads them (sseclient-py): multi-line data, comments,
+                # named events, an event split over network chunks.
+                for sse in sseclient.SSEClient(response.iter_content(chunk_size=None)).events():
+                    data = sse.data.strip()
                     if data == "[DONE]":
                         return
                     try:
                         event = json.loads(data)
                     except ValueError:
                         raise Cut(f"the answer was cut: a broken event in the stream ({data[:60]!r})") from None
+                    said = server_error(sse.event, event)
+                    if said is not None:
+                        raise ServerSaid(f"the server stopped the answer: {said}")
                     for choice in event.get("choices") or []:
                         piece = (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
                         if piece:
@@ -101,6 +105,20 @@ def stream_chat(
 
 class Cut(RecipeError):
     """A streamed answer that did not arrive whole."""
+
+
+class ServerSaid(RecipeError):
+    """The server ended a streamed answer with an error event: its words."""
+
+
+def server_error(kind: str, event: Any) -> str | None:
+    """What an error event in the stream says, as OpenAI's SDK reads one: `event: error`, or data
+    holding an `error` object (vLLM, Together and OpenAI send `{"error": {"message": ...}}`)."""
+    error = event.get("error") if isinstance(event, dict) else None
+    if kind != "error" and not error:
+        return None
+    detail = error or event
+    return str(detail.get("message") or detail) if isinstance(detail, dict) else str(detail)
 
 
 def reachable(url: str) -> bool:

@@ -409,6 +409,47 @@ def test_recipe_chat_says_a_cut_answer_was_cut_and_exits_non_zero(ending: bytes,
     assert f"error: the answer was cut: {said}" in chat.stderr and "Traceback" not in chat.stderr
 
 
+@pytest.mark.parametrize(
+    ("ending", "code", "out", "said"),
+    [
+        (  # what vLLM, Together and OpenAI send when a stream fails mid-answer
+            b'data: {"error": {"message": "model overloaded, retry later", "code": 503}}\n\n',
+            2,
+            "Canberra is",
+            "error: the server stopped the answer: model overloaded, retry later",
+        ),
+        (
+            b'event: error\ndata: {"message": "internal error"}\n\n',
+            2,
+            "Canberra is",
+            "the server stopped the answer: internal error",
+        ),
+        (  # one event's data over two lines, as the spec allows: read whole
+            b'data: {"choices": [{"index": 0,\ndata: "delta": {"content": " the capital."}, "finish_reason": "stop"}]}\n\n'
+            b"data: [DONE]\n\n",
+            0,
+            "Canberra is the capital.",
+            "",
+        ),
+    ],
+    ids=["error-data", "error-event", "multi-line"],
+)
+def test_recipe_chat_reads_the_stream_as_server_sent_events(ending: bytes, code: int, out: str, said: str) -> None:
+    """The stream read by an SSE parser: a server's error event is reported in its own words (it
+    once read as "the answer was cut"), and an event whose data spans lines is read whole."""
+    import sys
+
+    with _BrokenStream(ending) as url:
+        chat = subprocess.run(
+            [str(Path(sys.executable).parent / "recipe-chat"), "--url", url, "--model", "m", "Capital of Australia?"],
+            capture_output=True,
+            text=True,
+            timeout=limit(120),
+        )
+    assert (chat.returncode, chat.stdout.strip()) == (code, out), chat.stderr
+    assert said in chat.stderr and "Traceback" not in chat.stderr and ("cut" not in chat.stderr), chat.stderr
+
+
 def test_recipe_chat_shows_a_models_escape_sequences_instead_of_obeying_them() -> None:
     """An answer may hold what a terminal acts on: a clipboard write (OSC 52), a screen clear, a
     carriage return over the line, a bidi override, an escape split across two stream events."""
