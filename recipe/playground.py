@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import html
 import json
 import os
 import queue
@@ -96,31 +97,37 @@ class Pane:
             return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return "(the server applies the model's chat template to these messages)\n" + json.dumps(messages, indent=2)
 
-    def snippets(self) -> str:
-        """`<>`: curl, Python requests and the openai client for this model as deployed."""
+    def snippets(self, settings: dict[str, Any] | None = None, system: str = "") -> str:
+        """`<>`: curl, Python requests and the openai client for this model, asking what the page
+        asks: its system prompt and sampling settings (`settings`), its model name, in its format."""
         auth = f' -H "Authorization: Bearer ${self.key_env}"' if self.key_env else ""
         key = f'os.environ["{self.key_env}"]' if self.key_env else '"none"'
         headers = f'{{"Authorization": f"Bearer {{os.environ[{self.key_env!r}]}}"}}' if self.key_env else "{}"
-        hello = [{"role": "user", "content": "Hello!"}]
+        hello = conversation(system, [], "Hello!")
+        fields = self.request_fields({"max_tokens": 256, **(settings or {})})
         if self.fmt.kind == "text":
             assert self.fmt.template is not None
-            body = {"model": self.model, **completion_request(hello, self.fmt.template), "max_tokens": 64}
-            path, read = "completions", '["choices"][0]["text"]'
-            client = (
-                f"print(client.completions.create(model={self.model!r}, prompt={body['prompt']!r}, "
-                f"max_tokens=64{', stop=' + repr(body['stop']) if 'stop' in body else ''}).choices[0].text)"
-            )
+            body = {"model": self.model, **completion_request(hello, self.fmt.template), **fields}
+            path, read, call = "completions", '["choices"][0]["text"]', "completions.create"
+            sent = {k: v for k, v in body.items() if k != "model"}
+            last = ".choices[0].text"
         else:
-            body = {"model": self.model, "messages": hello, "max_tokens": 64}
-            path, read = "chat/completions", '["choices"][0]["message"]["content"]'
-            client = (
-                f"print(client.chat.completions.create(model={self.model!r}, messages={hello!r}, "
-                "max_tokens=64).choices[0].message.content)"
-            )
+            body = {"model": self.model, "messages": hello, **fields}
+            path, read, call = "chat/completions", '["choices"][0]["message"]["content"]', "chat.completions.create"
+            sent = {k: v for k, v in body.items() if k != "model"}
+            last = ".choices[0].message.content"
+        arguments = ", ".join(f"{k}={v!r}" for k, v in sent.items())
         data = json.dumps(body)
+        served = []
+        if self.provider.startswith("local"):  # a server of the playground's own: it stops with it
+            served = [
+                "# This server stops with the playground; to serve the model on its own:",
+                "#   recipe 'stages=[deploy]' deploy.foreground=true",
+            ]
         return "\n".join(
             [
                 f"# {self.which}: {self.model} ({self.fmt.describe()})",
+                *served,
                 "# curl",
                 f"curl -s {self.url}/{path} -H 'Content-Type: application/json'{auth} -d '{data}'",
                 "",
@@ -132,9 +139,18 @@ class Pane:
                 "# Python: openai",
                 "import os; from openai import OpenAI",
                 f"client = OpenAI(base_url={self.url!r}, api_key={key})",
-                client,
+                f"print(client.{call}(model={self.model!r}, {arguments}){last})",
             ]
         )
+
+
+def short_name(model: str) -> str:
+    """A model's name as a pane header shows it: a path's last parts (a store's
+    `train/<fingerprint>/merged` as `<fingerprint 8>/merged`), a hub id as it is."""
+    parts = Path(model).parts
+    if not model.startswith("/") or len(parts) < 2:
+        return model
+    return f"{parts[-2][:8]}/{parts[-1]}" if len(parts[-2]) > 12 else "/".join(parts[-2:])
 
 
 def newest_trained(store: Path) -> Path:
@@ -288,7 +304,11 @@ def build(panes: dict[str, Pane], defaults: dict[str, Any], kept: Path) -> Any:
     with gr.Blocks(title="recipe playground") as page:
         gr.Markdown(
             "## recipe playground\n"
-            + " · ".join(f"**{w}**: `{p.model}` ({p.fmt.describe()})" for w, p in panes.items())
+            + " · ".join(
+                f'**{w}**: <span title="{html.escape(p.model)}">`{short_name(p.model)}`</span> ({p.fmt.describe()})'
+                for w, p in panes.items()
+            ),
+            elem_id="models",
         )
         with gr.Row():
             boxes = {
@@ -298,9 +318,13 @@ def build(panes: dict[str, Pane], defaults: dict[str, Any], kept: Path) -> Any:
         prompt = gr.Textbox(label="Prompt (sent to both)", elem_id="prompt", lines=2)
         with gr.Row():
             send = gr.Button("Send", variant="primary", elem_id="send")
+            stop_button = gr.Button("Stop", elem_id="stop")
+            regenerate = gr.Button("Regenerate", elem_id="regenerate")
             clear = gr.Button("Clear", elem_id="clear")
+        with gr.Row():
             keep = gr.Button("Keep this exchange", elem_id="keep")
             prefer = {w: gr.Button(f"Prefer {w}", elem_id=f"prefer-{w}") for w in panes}
+            votes = {v: gr.Button(v.capitalize(), elem_id=v.replace(" ", "-")) for v in ("tie", "both bad")}
         status = gr.Markdown("", elem_id="status")
         with gr.Accordion("Settings", open=False):
             system = gr.Textbox(label="System prompt", value="", elem_id="system")
@@ -312,9 +336,12 @@ def build(panes: dict[str, Pane], defaults: dict[str, Any], kept: Path) -> Any:
                 stop = gr.Textbox(label="stop (comma-separated)", value="")
         show_prompt = gr.Checkbox(label="Show the prompt text sent", value=False, elem_id="show-prompt")
         prompts = {w: gr.Code(label=f"prompt sent to {w}", visible=False, elem_id=f"prompt-{w}") for w in panes}
+        first = {name: defaults[name] for name, _ in NUMBERS if defaults.get(name)}  # what the page sends first
         with gr.Accordion("<> API", open=False, elem_id="api"):
-            for w, p in panes.items():
-                gr.Code(value=p.snippets(), label=f"{w}", language="shell", elem_id=f"snippet-{w}")
+            snippets = [
+                gr.Code(value=p.snippets(first), label=f"{w}", language="shell", elem_id=f"snippet-{w}")
+                for w, p in panes.items()
+            ]
         last = gr.State({})  # the last exchange: what each model was asked and answered, the settings
 
         controls = [system, *numbers, stop]
@@ -356,7 +383,30 @@ def build(panes: dict[str, Pane], defaults: dict[str, Any], kept: Path) -> Any:
             [prompt, *controls, *boxes.values()],
             [*boxes.values(), prompt, last, status],
         )
-        prompt.submit(send_to_both, [prompt, *controls, *boxes.values()], [*boxes.values(), prompt, last, status])
+        submit_event = prompt.submit(
+            send_to_both, [prompt, *controls, *boxes.values()], [*boxes.values(), prompt, last, status]
+        )
+
+        def send_again(exchange: dict[str, Any], sys_prompt: str, *rest: Any) -> Iterator[list[Any]]:
+            """The last prompt again, in place of its answers."""
+            chosen, hist = rest[: len(NUMBERS) + 1], rest[len(NUMBERS) + 1 :]
+            if not exchange:
+                yield [*(from_chatbot(h) for h in hist), gr.update(), {}, "Nothing to regenerate yet."]
+                return
+            text = exchange["asked"][next(iter(panes))][-1]["content"]
+            yield from send_to_both(text, sys_prompt, *chosen, *(from_chatbot(h)[:-2] for h in hist))
+
+        regenerate_event = regenerate.click(
+            send_again, [last, *controls, *boxes.values()], [*boxes.values(), prompt, last, status]
+        )
+        stop_button.click(lambda: "Stopped.", None, [status], cancels=[send_event, submit_event, regenerate_event])
+
+        def show_snippets(sys_prompt: str, *values: Any) -> list[str]:
+            chosen = {k: v for k, v in settings_of(*values).items() if v is not None}
+            return [p.snippets(chosen, sys_prompt) for p in panes.values()]
+
+        for control in controls:
+            control.change(show_snippets, controls, snippets)
 
         def show(on: bool, exchange: dict[str, Any], text: str, sys_prompt: str, *hist: Any) -> list[Any]:
             out = []
@@ -382,6 +432,8 @@ def build(panes: dict[str, Pane], defaults: dict[str, Any], kept: Path) -> Any:
         keep.click(keeper(None), [last], [status])
         for w, button in prefer.items():
             button.click(keeper(w), [last], [status])
+        for vote, button in votes.items():  # neither preferred: as good, or both bad
+            button.click(keeper(vote), [last], [status])
         clear.click(lambda: [*([[]] * len(panes)), {}, ""], None, [*boxes.values(), last, status])
     return page
 

@@ -240,20 +240,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 FIRST = ("tests/test_e2e.py",)
 
 
-# On two workers the main job's test is the longest path: the other worker's tests (and what they
-# start) run at a lower priority (nice 5, inherited by their subprocesses) so that they take the
-# CPU the main job leaves, not half of what it needs. The main job's worker keeps its priority
-# until the main job is done.
-OTHERS_NICE = 5
-_niced: list[bool] = []
-
-
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    if os.environ.get("PYTEST_XDIST_WORKER") and item.nodeid.split("::")[0] not in FIRST and not _niced:
-        os.nice(OTHERS_NICE)
-        _niced.append(True)
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def order(item: pytest.Item) -> int:
         if item.nodeid.split("::")[0] in FIRST:

@@ -102,11 +102,23 @@ def test_the_playground_streams_both_models_side_by_side(
         sent = shown()
         assert "<|im_start|>user\nName three colours.<|im_end|>" in sent and "'type'" not in sent, sent
     assert sent.count("<|im_start|>assistant") == 3  # two answers kept in the history, and the open turn
+    # Regenerate: the last prompt again, its answers replaced (not a fourth turn); a tie, kept.
+    find("#regenerate").click()
+    wait(lambda: "Answering" in find("#status").text or "Done." in find("#status").text, "the regeneration")
+    wait(lambda: "Done." in find("#status").text, "the regenerated answers", 180)
+    assert find("#pane-tuned").text.count("Thanks.") == 1 and find("#pane-tuned").text.count("And one more?") == 1
+    find("#tie").click()
+    wait(lambda: "preferred: tie" in find("#status").text, "the tie")
+    tie = json.loads(kept.read_text().splitlines()[-1])
+    assert tie["preferred"] == "tie" and tie["messages"][-1] == {"role": "user", "content": "Thanks."}
+    assert len(tie["messages"]) == 5  # three prompts, two answers: the conversation as the model read it
     # The <> panel's curl snippet, copied from the page, answers.
     find("#api button").click()
     snippets = lambda: " ".join(e.text for e in browser.find_elements(By.CSS_SELECTOR, "#snippet-tuned"))  # noqa: E731
     wait(lambda: "curl -s" in snippets(), "the snippets")
     snippet = browser.execute_script("return document.querySelector('#snippet-tuned .cm-content').innerText")
+    # It asks what the page asks (its max_tokens) and says its server stops with the playground.
+    assert '"max_tokens": 256' in snippet and "stops with the playground" in snippet, snippet
     (curl,) = [x for x in snippet.splitlines() if x.startswith("curl ")]
     answer = subprocess.run(
         ["bash", "-c", curl + " -w '\\n%{http_code}'"], capture_output=True, text=True, timeout=limit(120)
