@@ -326,7 +326,7 @@ def build(panes: dict[str, Pane], defaults: dict[str, Any], kept: Path) -> Any:
             prefer = {w: gr.Button(f"Prefer {w}", elem_id=f"prefer-{w}") for w in panes}
             votes = {v: gr.Button(v.capitalize(), elem_id=v.replace(" ", "-")) for v in ("tie", "both bad")}
         status = gr.Markdown("", elem_id="status")
-        with gr.Accordion("Settings", open=False):
+        with gr.Accordion("Settings", open=False, elem_id="settings"):
             system = gr.Textbox(label="System prompt", value="", elem_id="system")
             with gr.Row():
                 numbers = [

@@ -30,6 +30,9 @@ for (const which of ["base", "tuned", "teacher"]) {
 """
 
 
+MAX_TOKENS = 24  # what the page is set to ask for
+
+
 def wait(condition, what: str, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + limit(timeout_s)
     while time.monotonic() < deadline:
@@ -70,6 +73,15 @@ def test_the_playground_streams_both_models_side_by_side(
     # How much of each answer the panes show, as it streams in: recorded in the page on every change
     # (polling from here missed whole answers when the machine was loaded).
     browser.execute_script(STREAM_WATCH)
+    # Short answers (the tiny model never stops on its own): set in the page, as a person would.
+    from selenium.webdriver.common.keys import Keys
+
+    find("#settings button").click()
+    wait(lambda: find("#max_tokens input").is_displayed(), "the settings")
+    box = find("#max_tokens input")
+    box.send_keys(Keys.CONTROL + "a")
+    box.send_keys(Keys.BACKSPACE, str(MAX_TOKENS), Keys.TAB)
+    wait(lambda: box.get_attribute("value") == str(MAX_TOKENS), "max tokens set")
     find("#prompt textarea").send_keys("Name three colours.")
     find("#send").click()
     wait(lambda: "Done." in find("#status").text or "error" in find("#status").text, "the answers", 180)
@@ -90,7 +102,7 @@ def test_the_playground_streams_both_models_side_by_side(
     (line,) = [json.loads(x) for x in kept.read_text().splitlines()]
     assert line["messages"] == [{"role": "user", "content": "Name three colours."}]
     assert line["preferred"] == "tuned" and set(line["answers"]) == {"base", "tuned", "teacher"}
-    assert all(line["answers"].values()) and line["settings"]["max_tokens"] == 256
+    assert all(line["answers"].values()) and line["settings"]["max_tokens"] == MAX_TOKENS
     # Two more turns: each prompt sent is the whole conversation so far, as text in the model's
     # format (Gradio 6 hands the history back as content parts; the second turn once sent those).
     for text in ("And one more?", "Thanks."):
@@ -118,7 +130,7 @@ def test_the_playground_streams_both_models_side_by_side(
     wait(lambda: "curl -s" in snippets(), "the snippets")
     snippet = browser.execute_script("return document.querySelector('#snippet-tuned .cm-content').innerText")
     # It asks what the page asks (its max_tokens) and says its server stops with the playground.
-    assert '"max_tokens": 256' in snippet and "stops with the playground" in snippet, snippet
+    assert f'"max_tokens": {MAX_TOKENS}' in snippet and "stops with the playground" in snippet, snippet
     (curl,) = [x for x in snippet.splitlines() if x.startswith("curl ")]
     answer = subprocess.run(
         ["bash", "-c", curl + " -w '\\n%{http_code}'"], capture_output=True, text=True, timeout=limit(120)
