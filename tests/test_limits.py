@@ -59,13 +59,19 @@ def test_headers_are_read_as_together_and_openai_write_them() -> None:
     assert windows({}) == {} and retry_after({}) is None
 
 
-def answer_at_once(c: Controller) -> None:
+ROUND_TRIP_S = 0.05  # what each answer_at_once took, as its caller tells the controller (its RTT floor)
+
+
+def answer_at_once(c: Controller, took: float = ROUND_TRIP_S) -> None:
     """One request and its answer with the same round trip every time, folded into the shared state
     at once: the growth each answer brings, without the clock (a slot's real wait, done's FLUSH_S
-    batching, a latency signal from a loaded machine) deciding how many answers counted."""
+    batching, a latency signal from a loaded machine) deciding how many answers counted. The round
+    trip is a fixed 50 ms, not the ~microseconds between two clock reads: against those, one
+    preemption on a loaded machine doubled the recent mean and read as a queueing server (the rate
+    stepped down mid-climb in a full two-worker run)."""
     c.acquire()
     c._flushed = float("-inf")
-    c.done(time.monotonic(), {})
+    c.done(time.monotonic() - took, {})
 
 
 def test_the_rate_doubles_while_clean_steps_down_on_a_429_then_climbs_back_and_probes(tmp_path: Path) -> None:
@@ -279,7 +285,7 @@ def test_a_burst_of_refusals_that_lets_nothing_through_is_one_decrease(tmp_path:
     for _ in range(10):
         c.throttled({})
     assert state(c)["rps"] == pytest.approx(START_RPS * BACKOFF)
-    answer_at_once(c)
+    answer_at_once(c, took=0.0)  # a round trip of no length, as above
     before = state(c)["rps"]
     c.throttled({})
     assert state(c)["rps"] == pytest.approx(before * BACKOFF)
