@@ -82,6 +82,10 @@ class _Retry(Retry):
 
     RETRY_AFTER_STATUS_CODES = RETRY_STATUSES
     counter: _Counter | None = None
+    abandoned: threading.Event | None = None  # set: no retry is worth waiting for any more
+
+    def is_exhausted(self) -> bool:
+        return bool(self.abandoned is not None and self.abandoned.is_set()) or super().is_exhausted()
 
     def get_retry_after(self, response: Any) -> float | None:
         ms = response.headers.get("retry-after-ms")
@@ -102,6 +106,7 @@ class _Retry(Retry):
     def new(self, **kwargs: Any) -> Retry:
         retry = super().new(**kwargs)
         retry.counter = self.counter  # type: ignore[attr-defined]
+        retry.abandoned = self.abandoned  # type: ignore[attr-defined]
         return retry
 
 
@@ -139,6 +144,9 @@ class Client:
         self.timeout_s = timeout_s
         self.max_retries, self.backoff_s = max_retries, backoff_s
         self.retries = _Counter()
+        self.abandoned = threading.Event()
+        # Called by `abandon`: whatever makes answers in flight end now (a server of ours, killed).
+        self.on_abandon: list[Callable[[], None]] = []
         self._once_session: requests.Session | None = None
         retry = _Retry(
             total=max_retries,
@@ -155,6 +163,7 @@ class Client:
             raise_on_status=False,
         )
         retry.counter = self.retries
+        retry.abandoned = self.abandoned
         self.session = requests.Session()
         adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=pool_size)
         self.session.mount("http://", adapter)
@@ -318,6 +327,13 @@ class Client:
 
     def get_json(self, path: str, **params: Any) -> dict[str, Any]:
         return self.request("GET", path, params=params or None).json()
+
+    def abandon(self) -> None:
+        """Give up on the answers in flight: a request that fails from now on is not retried, and
+        what `on_abandon` holds (a local server this run started, killed) ends those in flight."""
+        self.abandoned.set()
+        for hook in self.on_abandon:
+            hook()
 
     def close(self) -> None:
         self.session.close()

@@ -419,8 +419,9 @@ def local_weights(t: DictConfig) -> str | None:
 @contextlib.contextmanager
 def connected(t: DictConfig, root: DictConfig, stage: DictConfig, pool_size: int = 32) -> Iterator[Client]:
     """An HTTP client to the model a config node names (see `model_endpoint`), with the stage's
-    `max_retries`, `timeout_s` and `retry_backoff_s`; closed (and a local server stopped) after."""
-    with model_endpoint(t, root) as (base_url, api_key):
+    `max_retries`, `timeout_s` and `retry_backoff_s`; closed (and a local server stopped) after.
+    A local server this run started is killed when the client is abandoned (its answers cost nothing)."""
+    with _endpoint(t, root) as (base_url, api_key, server):
         client = Client(
             base_url,
             api_key,
@@ -429,6 +430,8 @@ def connected(t: DictConfig, root: DictConfig, stage: DictConfig, pool_size: int
             backoff_s=stage.retry_backoff_s,
             pool_size=pool_size,
         )
+        if server is not None:
+            client.on_abandon.append(server.kill)
         try:
             yield client
         finally:
@@ -439,16 +442,22 @@ def connected(t: DictConfig, root: DictConfig, stage: DictConfig, pool_size: int
 def model_endpoint(t: DictConfig, root: DictConfig) -> Iterator[tuple[str, str | None]]:
     """(base URL, key) of a teacher config node (`provider`, `model`, `base_url`, ...); a local
     teacher is started as a llama.cpp server on 127.0.0.1 and always stopped."""
+    with _endpoint(t, root) as (base_url, api_key, _):
+        yield base_url, api_key
+
+
+@contextlib.contextmanager
+def _endpoint(t: DictConfig, root: DictConfig) -> Iterator[tuple[str, str | None, LlamaCppServer | None]]:
     provider = t.provider.value
     if provider == "together":
         key = together_api_key(root)
         if not key:
             raise RecipeError(f"{t._get_full_key(None)}.provider=together needs TOGETHER_API_KEY in the environment")
-        yield together_base_url(t.base_url or root.together.base_url), key
+        yield together_base_url(t.base_url or root.together.base_url), key, None
     elif provider == "openai_compatible":
-        yield t.base_url, os.environ.get(t.api_key_env)
+        yield t.base_url, os.environ.get(t.api_key_env), None
     elif t.base_url:  # a local server someone already runs
-        yield t.base_url, None
+        yield t.base_url, None, None
     else:
         with LlamaCppServer(_gguf(t), t.model, context_length=t.context_length) as server:
-            yield server.base_url, None
+            yield server.base_url, None, server

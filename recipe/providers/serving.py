@@ -128,6 +128,7 @@ def local_model(
             batching = False
             server = stack.enter_context(model_server(model_dir, engine, serving.device, served_name, **options))
         client = Client(server.base_url, None, max_retries=2, timeout_s=serving.timeout_s)
+        client.on_abandon.append(server.kill)
         try:
             yield ModelAccess(
                 which=which,

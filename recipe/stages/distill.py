@@ -326,8 +326,11 @@ class Distill(Stage):
         try:
             list(pool.map(converse, conversations))
         except BaseException:
-            stop.set()  # in-flight requests finish (and are cached); queued conversations never start
-            stop_all()  # and senders waiting for a slot (a pause, a Retry-After) give up now
+            stop.set()  # queued conversations never start
+            stop_all()  # senders waiting for a slot (a pause, a Retry-After) give up now
+            if self.config.teacher.provider.value not in REMOTE_PROVIDERS:  # in-flight answers cost nothing
+                client.abandon()
+            # (a paid teacher's answers in flight finish and are cached: the next run does not pay twice)
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -397,12 +397,21 @@ class Test(Stage):
             work,
             lambda w: w[1].ask([{"role": "user", "content": w[0].prompt}]),
             cut,
+            local=access.client if access.provider not in REMOTE_PROVIDERS else None,
         )
 
     def _ask_all(
-        self, desc: str, concurrency: int, work: list[Any], ask: Callable[[Any], Any], cut: set[str] | None = None
+        self,
+        desc: str,
+        concurrency: int,
+        work: list[Any],
+        ask: Callable[[Any], Any],
+        cut: set[str] | None = None,
+        local: Client | None = None,
     ) -> dict[str, str]:
-        """Every answer's text by item id; the ids of answers cut at max_tokens go into `cut`."""
+        """Every answer's text by item id; the ids of answers cut at max_tokens go into `cut`. On
+        Ctrl-C or an error, a `local` model's answers in flight are dropped (they cost nothing); a
+        paid model's finish and are cached."""
         out: dict[str, str] = {}
         with (
             tqdm(total=len(work), desc=desc, unit="prompt", disable=not self.config.progress) as bar,
@@ -421,6 +430,8 @@ class Test(Stage):
                 for _, future in futures:
                     future.cancel()
                 stop_all()  # senders waiting for a slot give up now, not after their pause
+                if local is not None:
+                    local.abandon()
                 raise
         return out
 
@@ -451,7 +462,13 @@ class Test(Stage):
             for which in answers:
                 for item in judged:
                     work.extend(judging.requests(protocol, c.seed, which, item, answers[which][item.id]))
-            replies = self._ask_all("judge", self._in_flight(None) if remote else 1, work, lambda w: judge.ask(w[1]))
+            replies = self._ask_all(
+                "judge",
+                self._in_flight(None) if remote else 1,
+                work,
+                lambda w: judge.ask(w[1]),
+                local=None if remote else client,
+            )
         return {
             which: {
                 item.id: judging.verdict(protocol, c.seed, which, item, answers[which][item.id], replies)
