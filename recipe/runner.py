@@ -285,8 +285,11 @@ def _build(
         overrides = list(hydra_cfg.overrides.task)
         if hydra_cfg.mode == RunMode.MULTIRUN:
             sweep_root = run_dir.resolve().parent  # the job's tracker run is grouped with its sweep
-    name = run_dir.name if sweep_root else "_".join(run_dir.resolve().parts[-2:])
-    tracker = tracking.open_tracker(cfg.get("logger"), name, sweep_root)
+    if sweep_root is not None:
+        name = tracking.job_name(run_dir.name, overrides)
+    else:
+        name = "_".join(run_dir.resolve().parts[-2:])
+    tracker = tracking.open_tracker(cfg.get("logger"), name, sweep_root, job=run_dir.name)
     if tracker is not None:
         tracker.params(tracking.run_params(cfg, overrides))
     try:

@@ -67,6 +67,9 @@ def _write_atomic(path: Path, text: str | bytes) -> None:
 
 
 class SweepSummary(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ[tracking.VARIES_ENV] = json.dumps(tracking.varied_keys(config.hydra))
+
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not _multirun() or not config.get("sweep") or not config.sweep.fail_fast:
             return
@@ -101,6 +104,7 @@ class SweepSummary(Callback):
         last_sweep["root"] = str(job_dir.parent)  # for what the console script says if the sweeper fails
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ.pop(tracking.VARIES_ENV, None)
         root = Path(str(config.hydra.sweep.dir))
         if root.is_dir():
             rows = write_summary(root)

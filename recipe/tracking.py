@@ -11,7 +11,8 @@ and contamination counts; Mix's and Distill's counts and cost.
 
 A sweep is one group: its jobs are children of one MLflow parent run (made by the first job, under
 a lock in the sweep's directory), directories under one TensorBoard directory
-`sweep_<date>_<time>/<job>`, or W&B runs of the group `sweep_<date>_<time>`; the sweep's summary
+`sweep_<date>_<time>/<job>_<what it varies>`, or W&B runs of the group `sweep_<date>_<time>`; a
+job's run is named by the values it varies (`mix.components.mqa.share=0.3`), not its number; the sweep's summary
 goes to that parent run, directory or a run of the group (job type `sweep`) at the end.
 
 TensorBoard: event files under `logger.dir/<run>`. MLflow: `logger.tracking_uri`, by default a
@@ -218,19 +219,54 @@ def _parent_run(mlflow: Any, experiment_name: str, sweep_root: Path) -> str:
         return run.info.run_id
 
 
+# The keys a multirun varies, from its start (the sweep's own overrides, which its jobs never see)
+# to each job's tracker run, in this process or a launcher's worker (they inherit the environment).
+VARIES_ENV = "RECIPE_SWEEP_VARIES"
+
+
+def varied_keys(hydra: DictConfig) -> list[str]:
+    """The keys a multirun's `hydra` node varies: its sweep overrides (`mix.seed=0,1,2`,
+    `choice(...)`, `interval(...)`) and a search sweeper's `params`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    task = hydra.overrides.task
+    typed = [task._get_node(i)._value() for i in range(len(task))]  # as typed: iterating would resolve them
+    swept = [o.key_or_group for o in OverridesParser.create().parse_overrides(typed) if o.is_sweep_override()]
+    params = hydra.sweeper.get("params") or {}
+    return list(dict.fromkeys([*swept, *params]))
+
+
+def job_name(job: str, overrides: list[str]) -> str:
+    """A sweep job's run name: the values it varies, `key=value` joined by commas; its number when
+    the sweep's varied keys are not known (or it varies none of them)."""
+    varied = set(json.loads(os.environ.get(VARIES_ENV, "[]")))
+    said = [o.lstrip("+~") for o in overrides if o.partition("=")[0].lstrip("+~") in varied]
+    return ",".join(said) or job
+
+
+def _directory_name(job: str, name: str) -> str:
+    """A TensorBoard run directory: the job's number first (runs sort in order), then what it varies,
+    one path component (a `/` in a value is not a subdirectory), at most 200 characters."""
+    return job if name == job else f"{job}_{name.replace(os.sep, '_')}"[:200]
+
+
 def sweep_name(sweep_root: Path) -> str:
     """`sweep_<date>_<time>`: the name of a sweep's tracker run (MLflow) or directory (TensorBoard)."""
     return f"sweep_{sweep_root.parent.name}_{sweep_root.name}"
 
 
-def open_tracker(config: DictConfig | None, run_name: str, sweep_root: Path | None = None) -> Tracker | None:
-    """The configured tracker for one run, or None (logger=none). A sweep's job (`sweep_root`) is
-    grouped with its sweep: TensorBoard under `<dir>/sweep_<date>_<time>/<job>`, MLflow as a child
-    of the sweep's parent run."""
+def open_tracker(
+    config: DictConfig | None, run_name: str, sweep_root: Path | None = None, job: str | None = None
+) -> Tracker | None:
+    """The configured tracker for one run, or None (logger=none). A sweep's job (`sweep_root`, its
+    number `job`) is grouped with its sweep: TensorBoard under `<dir>/sweep_<date>_<time>/<job>_<name>`,
+    MLflow as a child of the sweep's parent run."""
     kind = config.kind.value if config is not None else "none"
     if kind == "tensorboard":
         base = Path(config.dir)  # type: ignore[union-attr]
-        return TensorBoard(base / sweep_name(sweep_root) / run_name if sweep_root else base / run_name)
+        if sweep_root is None:
+            return TensorBoard(base / run_name)
+        return TensorBoard(base / sweep_name(sweep_root) / _directory_name(job or run_name, run_name))
     if kind == "mlflow":
         return MLflow(config.tracking_uri, config.experiment, run_name, sweep_root)  # type: ignore[union-attr]
     if kind == "wandb":

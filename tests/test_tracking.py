@@ -5,6 +5,7 @@ from the installed extra and show them."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -126,6 +127,29 @@ def test_mlflow_receives_tests_figures(make_cfg, tmp_path: Path, fake: FakeToget
 MIX_ONLY = ("stages=[mix]", "mix=samples", "mix.progress=false", "~distill", "~test")
 
 
+def test_a_sweep_jobs_run_is_named_by_the_values_it_varies(monkeypatch) -> None:
+    """The keys a sweep varies are its sweep overrides (a list, `choice`, `interval`) and a search
+    sweeper's params; a job is named by its values of those, never by the constant overrides."""
+    from omegaconf import OmegaConf
+
+    from recipe import tracking
+
+    hydra = OmegaConf.create(
+        {
+            "overrides": {"task": ["mix=samples", "mix.seed=0,1", "+x=3", "mix.total=choice(8,16)", "t=${oc.env:T}"]},
+            "sweeper": {"params": {"mix.components.mqa.share": "interval(0.1,0.5)", "mix.seed": "range(3)"}},
+        }
+    )
+    varied = tracking.varied_keys(hydra)
+    assert varied == ["mix.seed", "mix.total", "mix.components.mqa.share"]
+    monkeypatch.setenv(tracking.VARIES_ENV, json.dumps(varied))
+    job = ["mix=samples", "mix.seed=1", "+x=3", "mix.total=16", "+mix.components.mqa.share=0.3"]
+    assert tracking.job_name("4", job) == "mix.seed=1,mix.total=16,mix.components.mqa.share=0.3"
+    assert tracking.job_name("4", ["mix=samples"]) == "4"  # varies none of them: its number
+    monkeypatch.delenv(tracking.VARIES_ENV)
+    assert tracking.job_name("4", job) == "4"  # the sweep's keys unknown (a job started by hand)
+
+
 def test_a_sweep_summary_goes_to_the_tracker(run_cli, tmp_path: Path) -> None:
     run_cli(
         "-m",
@@ -136,7 +160,8 @@ def test_a_sweep_summary_goes_to_the_tracker(run_cli, tmp_path: Path) -> None:
     )
     (sweep,) = list((tmp_path / "tb").iterdir())  # one directory for the sweep ...
     assert sweep.name.startswith("sweep_") and list(sweep.glob("events.out.tfevents.*"))  # ... its summary
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]  # ... and a run per job
+    # ... and a run per job, named by its number and what it varies
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_mix.seed=1", "1_mix.seed=2"]
 
 
 def test_an_mlflow_sweep_is_one_parent_run_with_its_jobs_and_their_configs(run_cli, tmp_path: Path) -> None:
@@ -152,7 +177,8 @@ def test_an_mlflow_sweep_is_one_parent_run_with_its_jobs_and_their_configs(run_c
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [r for r in runs if r.info.run_name.startswith("sweep_")]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(runs) == 3 and sorted(r.info.run_name for r in children) == ["0", "1"]
+    # Jobs named by what they vary; mix=samples and the other constant overrides are not in the name.
+    assert len(runs) == 3 and sorted(r.info.run_name for r in children) == ["mix.seed=1", "mix.seed=2"]
     assert sorted(r.data.params["override/mix.seed"] for r in children) == ["1", "2"]  # what was swept
     assert {r.data.params["config/mix.total"] for r in children} == {"32"}  # and the composed config
     assert not any(secret in f"{k}={v}" for r in runs for k, v in r.data.params.items())  # the key: nowhere
@@ -202,11 +228,12 @@ def test_a_wandb_sweep_is_one_group_of_offline_runs_with_configs_and_figures(run
                 found["summary"].update({u.key: u.value_json for u in record.summary.update if u.key})
         seen[found["name"]] = found
     sweep = next(name for name in seen if name.startswith("sweep_"))
-    assert sorted(seen) == ["0", "1", sweep] and {r["group"] for r in seen.values()} == {sweep}
-    assert seen[sweep]["type"] == "sweep" and {seen[j]["type"] for j in ("0", "1")} == {"run"}
-    assert sorted(seen[j]["config"]["override/mix.seed"] for j in ("0", "1")) == ['"1"', '"2"']
-    assert {seen[j]["config"]["config/mix.total"] for j in ("0", "1")} == {"32"}
-    assert all(float(seen[j]["summary"]["mix/examples"]) == 32 for j in ("0", "1"))
+    jobs = ("mix.seed=1", "mix.seed=2")  # named by what they vary
+    assert sorted(seen) == [*jobs, sweep] and {r["group"] for r in seen.values()} == {sweep}
+    assert seen[sweep]["type"] == "sweep" and {seen[j]["type"] for j in jobs} == {"run"}
+    assert [seen[j]["config"]["override/mix.seed"] for j in jobs] == ['"1"', '"2"']
+    assert {seen[j]["config"]["config/mix.total"] for j in jobs} == {"32"}
+    assert all(float(seen[j]["summary"]["mix/examples"]) == 32 for j in jobs)
     assert any(p.name == "summary.md" for p in (tmp_path / "outputs" / "wandb").rglob("summary.md"))
     # The sweep's pages are attached to its run, beside the summary's text.
     assert list((tmp_path / "outputs" / "wandb").rglob("files/sweep/summary.html"))
