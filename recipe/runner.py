@@ -383,6 +383,7 @@ def _build(
         store.release()
         if tracker is not None:
             tracker.close()
+            record["tracked"] = tracker.where()
     for entry in record["stages"].values():
         if entry["status"] == "planned":  # after a pending stage
             entry["status"] = "not run"
@@ -469,5 +470,7 @@ def print_summary(record: dict[str, Any], run_dir: Path) -> None:
             more = f" + unknown ({', '.join(unknown)})" if unknown else ""
             print(f"spent: ${total:,.2f}{more}")
     print(f"run record: {run_dir / 'run.json'}")
+    if record.get("tracked"):
+        print(f"tracked: {record['tracked']}")
     if not planned and stages.get("train", {}).get("status") == "ok" and record.get("status") == "ok":
         print("next: `recipe playground` puts one prompt to base and tuned side by side in a browser")

@@ -44,15 +44,18 @@ class Tracker:
     def text(self, name: str, body: str) -> None: ...
     def files(self, folder: str, paths: list[Path]) -> None: ...  # attached to the run, under `folder`
     def close(self) -> None: ...
+    def where(self) -> str:  # how to look at the run: a viewer's command, an address
+        return ""
 
 
 class TensorBoard(Tracker):
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, root: Path | None = None) -> None:
         try:
             from tensorboardX import SummaryWriter
         except ImportError:
             raise RecipeError("logger=tensorboard needs tensorboardX: pip install 'recipe[trackers]'") from None
         self.writer = SummaryWriter(logdir=str(directory))
+        self.root = root or directory  # what `tensorboard --logdir` is given: every run beside this one
         self.step = 0
         self.written: dict[str, int] = {}  # text tag -> entries so far: the next goes at that step
         self.hparams: dict[str, Any] = {}  # the command line's overrides: what this run varies
@@ -81,6 +84,9 @@ class TensorBoard(Tracker):
         self.writer.add_text(name, body, step)
         self.written[name] = step + 1
 
+    def where(self) -> str:
+        return f"`tensorboard --logdir {self.root}`"
+
     def close(self) -> None:
         """The HParams view: what the run varied (its overrides), against Test's headline figures
         (each model's and tuned - base, with intervals) or, without a Test, the training loss."""
@@ -95,6 +101,7 @@ class MLflow(Tracker):
     def __init__(
         self, uri: str, experiment: str, run_name: str, group: Path | None = None, resume: bool = False
     ) -> None:
+        self.uri = uri
         try:
             import mlflow
         except ImportError:
@@ -112,6 +119,8 @@ class MLflow(Tracker):
         if artifacts is not None and mlflow.get_experiment_by_name(experiment) is None:
             mlflow.create_experiment(experiment, artifact_location=artifacts)
         mlflow.set_experiment(experiment)
+        # MLflow 3's viewer shows an experiment of this kind as training runs, not a GenAI overview.
+        mlflow.set_experiment_tag("mlflow.experimentKind", "custom_model_development")
         if group is None:
             self.run = mlflow.start_run(run_name=run_name)
         elif resume:  # the sweep's own run: its parent run, made by its first job (or now)
@@ -139,6 +148,14 @@ class MLflow(Tracker):
 
     def close(self) -> None:
         self.mlflow.end_run()
+
+    def where(self) -> str:
+        """The run's page, opened on MLflow 3's model-training view (its viewer opens on the GenAI
+        view, with nothing in it, otherwise); for a local store, after the viewer's command."""
+        page = f"#/experiments/{self.run.info.experiment_id}/runs/{self.run.info.run_id}?workflowType=machine_learning"
+        if self.uri.startswith(("http://", "https://")):
+            return f"{self.uri.rstrip('/')}/{page}"
+        return f"`mlflow ui --backend-store-uri {self.uri}`, then http://127.0.0.1:5000/{page}"
 
 
 class WandB(Tracker):
@@ -190,6 +207,11 @@ class WandB(Tracker):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(body)
         self.run.save(str(path), base_path=self.run.dir, policy="now")
+
+    def where(self) -> str:
+        if self.run.settings.mode == "offline":
+            return f"`wandb sync {Path(self.run.dir).parent}` uploads it"
+        return str(self.run.url or "")
 
     def files(self, folder: str, paths: list[Path]) -> None:
         for path in paths:  # copied into the run's files (synced with it): the store may be pruned
@@ -265,8 +287,8 @@ def open_tracker(
     if kind == "tensorboard":
         base = Path(config.dir)  # type: ignore[union-attr]
         if sweep_root is None:
-            return TensorBoard(base / run_name)
-        return TensorBoard(base / sweep_name(sweep_root) / _directory_name(job or run_name, run_name))
+            return TensorBoard(base / run_name, root=base)
+        return TensorBoard(base / sweep_name(sweep_root) / _directory_name(job or run_name, run_name), root=base)
     if kind == "mlflow":
         return MLflow(config.tracking_uri, config.experiment, run_name, sweep_root)  # type: ignore[union-attr]
     if kind == "wandb":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -295,11 +296,17 @@ def viewer(command: str, cwd: Path) -> Iterator[tuple[subprocess.Popen, str]]:
 
 
 @pytest.mark.slow
-def test_the_readmes_viewers_show_what_a_run_logged(run_cli, tmp_path: Path) -> None:
+def test_the_readmes_viewers_show_what_a_run_logged(run_cli, tmp_path: Path, browser) -> None:
     """docs/trackers.md's `tensorboard --logdir outputs/tensorboard` and `mlflow ui --backend-store-uri
-    sqlite:///outputs/mlflow.db`, from the installed `trackers` extra, on loopback ports."""
+    sqlite:///outputs/mlflow.db`, from the installed `trackers` extra, on loopback ports; the page a
+    run names (`tracked: ...`) opens on the run in MLflow 3's model-training view, not its GenAI one."""
+    said = {}
     for logger in ("tensorboard", "mlflow"):
-        run_cli("stages=[mix]", "mix=samples", "mix.progress=false", f"logger={logger}")
+        out = run_cli("stages=[mix]", "mix=samples", "mix.progress=false", f"logger={logger}").stdout
+        said[logger] = re.search(r"^tracked: (.*)$", out, re.MULTILINE).group(1)
+    assert said["tensorboard"] == "`tensorboard --logdir outputs/tensorboard`"
+    page = re.fullmatch(r"`mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db`, then (\S+)", said["mlflow"])
+    assert page, said["mlflow"]
     readme = (Path(__file__).resolve().parents[1] / "docs" / "trackers.md").read_text()
     tensorboard = "tensorboard --logdir outputs/tensorboard"
     mlflow_ui = "mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db"
@@ -315,5 +322,13 @@ def test_the_readmes_viewers_show_what_a_run_logged(run_cli, tmp_path: Path) -> 
         searched = requests.post(
             f"{url}/api/2.0/mlflow/runs/search", json={"experiment_ids": [experiment["experiment_id"]]}, timeout=30
         ).json()
+        browser.get(page.group(1).replace("http://127.0.0.1:5000", url))
+        deadline, shown = time.monotonic() + limit(120), ""
+        while "mix/examples" not in shown and time.monotonic() < deadline:
+            time.sleep(1)
+            shown = browser.find_element("tag name", "body").text
+        browser.save_screenshot(str(tmp_path / "mlflow-run.png"))
+    assert "Parameters" in shown and "mix/examples" in shown, shown[:2000]
+    assert "Model metrics" in shown and "Observability" not in shown, shown[:2000]  # training's tabs, not GenAI's
     metrics = searched["runs"][0]["data"]["metrics"]
     assert len(searched["runs"]) == 1 and any(m["key"] == "mix/examples" for m in metrics)
