@@ -75,6 +75,14 @@ def word(verdict: str | None) -> str:
     return f'<span class="{WORDS.get(verdict, "same")}">{esc(verdict)}</span>'
 
 
+def markdown(text: str) -> str:
+    """Markdown we wrote (a proposal: tables, bold, code blocks) as HTML, through markdown-it-py
+    (CommonMark and tables); raw HTML in it is shown as text, never run."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool] | None = None) -> str:
     """`rows` hold HTML already escaped (cells are built with esc/number/interval/word)."""
     numeric = numeric or [False] * len(header)
@@ -236,12 +244,15 @@ def sweep_summary(
     base: int,
     proposal: str | None,
     reports: Sequence[str | None],
+    headlines: Sequence[str] = (),
 ) -> str:
-    """The sweep's jobs with every figure and its interval, the difference to the baseline job and
-    the rank groups, Mix's shares, a chart per figure, and the proposed mixture. `swept`: each
-    row's swept keys and their values."""
+    """What the sweep found (`headlines`), then its jobs: the swept values and Mix's shares first,
+    every figure with its interval, the difference to the baseline job and the rank groups; a chart
+    per figure, and the proposed mixture (its Markdown rendered). `swept`: each row's swept keys and
+    their values."""
     keys = list(swept[0]) if swept else []
     body = [f'<h1>Sweep summary</h1><p class="note">{esc(title)}</p>']
+    body += [f'<p class="headline">{esc(line)}</p>' for line in headlines]
     if rows and any(f"{m}.vs_baseline" in compared for m in metrics):
         body.append(
             f"<p>Baseline: job {esc(rows[base]['job'])}. Each figure: value [interval]; below it, the paired "
@@ -249,11 +260,12 @@ def sweep_summary(
             "cannot be told apart; group 1 holds the best).</p>"
         )
     shares = list(dict.fromkeys(k for r in rows for k in r.get("mix", {}) if k.endswith(".share")))
-    header = ["job", *keys, "status", *metrics, *shares, "report"]
+    header = ["job", *keys, *shares, "status", *metrics, "report"]
     table_rows = []
     for i, row in enumerate(rows):
         status = row["status"]
         cells = [esc(row["job"]), *(esc(short(swept[i][k])) for k in keys)]
+        cells += [number(row.get("mix", {}).get(k)) for k in shares]
         shown = esc(status) if status == "ok" else f'<span class="failed">{esc(status)}</span>'
         if row.get("error"):
             shown += f'<br><span class="note">{esc(str(row["error"])[:200])}</span>'
@@ -273,7 +285,6 @@ def sweep_summary(
             if rank is not None:
                 text += f'<br><span class="note">group {esc(rank)}</span>'
             cells.append(text)
-        cells += [number(row.get("mix", {}).get(k)) for k in shares]
         cells.append(f'<a href="{esc(reports[i])}">report</a>' if reports[i] else "")
         table_rows.append(cells)
     body += ["<h2>Jobs</h2>", table(header, table_rows)]
@@ -302,5 +313,8 @@ def sweep_summary(
     if any(charts):
         body += ["<h2>Figures against the swept values</h2>", *[c for c in charts if c]]
     if proposal:
-        body += ["<h2>Proposed mixture</h2>", f"<pre>{esc(proposal)}</pre>"]
+        body += [
+            "<h2>Proposed mixture</h2>",
+            markdown(proposal.split("\n", 1)[1] if proposal.startswith("# ") else proposal),
+        ]
     return page("Sweep summary", body)

@@ -36,7 +36,7 @@ from omegaconf import DictConfig
 
 from recipe import pages, tracking
 from recipe.errors import RecipeError
-from recipe.evaluation import comparison
+from recipe.evaluation import comparison, uncertainty
 from recipe.evaluation import fit as fitting
 from recipe.evaluation import report as reporting
 from recipe.evaluation.report import is_bound
@@ -107,8 +107,10 @@ class SweepSummary(Callback):
         os.environ.pop(tracking.VARIES_ENV, None)
         root = Path(str(config.hydra.sweep.dir))
         if root.is_dir():
-            rows = write_summary(root)
-            print(f"sweep summary ({len(rows)} jobs): {root / 'summary.md'}")
+            rows, found = write_summary(root)
+            print(f"sweep summary ({len(rows)} jobs): {root / 'summary.html'} (text: {root / 'summary.md'})")
+            for line in found:
+                print(f"  {line}")
             if any(r["metrics"] for r in rows):
                 said = ("**Best job**", "**Objective**", "recipe ")
                 proposed = [line for line in fit(root).splitlines() if line.startswith(said)]
@@ -287,6 +289,57 @@ def compare(root: Path, rows: list[dict[str, Any]], metrics: list[str]) -> tuple
     return base, out, ""
 
 
+def headline(
+    rows: list[dict[str, Any]],
+    keys: list[str],
+    compared: dict[str, list[Any]],
+    base: int,
+    objective: str | None,
+    level: float,
+) -> list[str]:
+    """What the sweep found, first, in words that carry their error rate: failed jobs; on the
+    objective (else the first figure compared), which jobs are better or worse than the baseline,
+    or that none can be told apart yet; which jobs are in rank group 1."""
+    lines = []
+    failed = [r for r in rows if r["status"] in ("failed", "refused")]
+    if failed:
+        lines.append(f"{len(failed)} of {len(rows)} jobs failed: {', '.join(_job(r, keys) for r in failed)}.")
+    compared_on = [k.removesuffix(".vs_baseline") for k in compared if k.endswith(".vs_baseline")]
+    metric = objective if objective in compared_on else (compared_on[0] if compared_on else None)
+    if metric is None:
+        return lines
+    vs, ranks = compared[f"{metric}.vs_baseline"], compared[f"{metric}.rank"]
+    words = {i: d["verdict"] for i, d in enumerate(vs) if d and i != base}
+    chance = f"{1 - level:.0%}"
+    baseline = _job(rows[base], keys)
+    if words and all(w == uncertainty.TOO_FEW for w in words.values()):
+        lines.append(f"{metric}: too few prompts to tell any job from the baseline ({baseline}).")
+        return lines
+    better = [_job(rows[i], keys) for i, w in words.items() if w == uncertainty.BETTER]
+    worse = [_job(rows[i], keys) for i, w in words.items() if w == uncertainty.WORSE]
+    if not better and not worse:
+        lines.append(f"{metric}: no job can be told apart from the baseline ({baseline}) yet.")
+    else:
+        said = [f"better than the baseline ({baseline}): {', '.join(better)}"] if better else []
+        said += [f"worse: {', '.join(worse)}"] if worse else []
+        lines.append(
+            f"{metric}: {'; '.join(said)} (with no true difference, any such word in at most {chance} of sweeps)."
+        )
+    group = [_job(rows[i], keys) for i, g in enumerate(ranks) if g == 1]
+    if 0 < len(group) < sum(g is not None for g in ranks):
+        lines.append(
+            f"{metric}: rank group 1 (no other job beats them detectably): {', '.join(group)} (identical jobs are "
+            f"split from it in at most {chance} of sweeps)."
+        )
+    return lines
+
+
+def _job(row: dict[str, Any], keys: list[str]) -> str:
+    """`job 3 (mix.seed=2)`: a job by its number and the values it was swept with."""
+    values = ", ".join(f"{k}={_value(row, k)}" for k in keys if _value(row, k))
+    return f"job {row['job']}" + (f" ({values})" if values else "")
+
+
 def _difference(d: dict[str, Any] | None) -> str:
     if not d or d.get("value") is None:
         return ""
@@ -418,12 +471,17 @@ def _value(row: dict[str, Any], key: str) -> str:
     return next((o.partition("=")[2] for o in row["overrides"] if o.partition("=")[0] == key), "")
 
 
-def write_summary(root: Path) -> list[dict[str, Any]]:
+def write_summary(root: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """summary.csv, summary.md, summary.html and summary.png at a sweep's root; its jobs' rows and
+    what it found (`headline`)."""
     rows = collect(root)
     keys = swept_keys(rows)
     metrics = list(dict.fromkeys(m for row in rows for m in row["metrics"] if not is_bound(m)))
     mix_columns = list(dict.fromkeys(k for row in rows for k in row["mix"]))
     base, compared, trouble = compare(root, rows, metrics) if rows else (0, {}, "")
+    settings, _ = _settings(root, rows)
+    objective = (_job_config(root, rows).get("sweep") or {}).get("objective") if rows else None
+    said = headline(rows, keys, compared, base, objective, settings.level)
     # summary.csv: one column per number (intervals and differences split into their parts)
     csv_metrics = [
         column
@@ -485,6 +543,7 @@ def write_summary(root: Path) -> list[dict[str, Any]]:
     failed = sum(row["status"] == "failed" for row in rows)
     md_header = ["job", *keys, "status", *metrics, *mix_columns, "distill_cache_hit", "seconds", "error"]
     lines = [f"# Sweep summary: {len(rows)} jobs, {failed} failed", ""]
+    lines += [f"**{line}**" for line in said] + ([""] if said else [])
     if trouble:
         lines += [f"**Not compared**: {trouble}.", ""]
     if rows and differences:
@@ -508,12 +567,20 @@ def write_summary(root: Path) -> list[dict[str, Any]]:
     _write_atomic(
         root / "summary.html",
         pages.sweep_summary(
-            str(root), rows, [{k: _value(r, k) for k in keys} for r in rows], metrics, compared, base, proposal, reports
+            str(root),
+            rows,
+            [{k: _value(r, k) for k in keys} for r in rows],
+            metrics,
+            compared,
+            base,
+            proposal,
+            reports,
+            said,
         ),
     )
     if metrics:
         _plot(root / "summary.png", rows, keys, metrics)
-    return rows
+    return rows, said
 
 
 def _plot(path: Path, rows: list[dict[str, Any]], keys: list[str], metrics: list[str]) -> None:

@@ -62,3 +62,60 @@ def test_a_handful_of_units_never_gets_an_interval_wider_than_its_data() -> None
         diffs = [job[k] - jobs[0][k] for k in ("a", "b")]
         assert min(diffs) - 1e-9 <= d["low"] <= d["value"] <= d["high"] <= max(diffs) + 1e-9, d
         assert d["verdict"] == "too few prompts to tell"
+
+
+def headline_of(scores: list[dict[str, float]], settings: Settings) -> list[str]:
+    """The summary's first words for a sweep whose jobs scored `scores` (job 0 the baseline)."""
+    from recipe.sweep import headline
+
+    rows = [{"job": j, "status": "ok", "overrides": [f"mix.seed={j}"]} for j in range(len(scores))]
+    compared = {
+        "mqa.accuracy.vs_baseline": comparison.against_baseline(scores, 0, "mqa.accuracy", settings),
+        "mqa.accuracy.rank": comparison.rank_groups(scores, "mqa.accuracy", settings),
+    }
+    return headline(rows, ["mix.seed"], compared, 0, "mqa.accuracy", settings.level)
+
+
+def test_the_sweeps_headline_says_better_at_its_stated_error_rate_and_finds_a_planted_job() -> None:
+    """Seeded sweeps of 4 jobs x 200 prompts. Identical jobs: the headline names a job better or
+    worse, or splits rank group 1, in at most the 5% it states (plus simulation slack); a job planted
+    +0.15 better is named better than the baseline in most sweeps, and the others never are."""
+    settings = Settings(resamples=400)
+    sweeps, words, splits, found = 40, 0, 0, 0
+    for seed in range(sweeps):
+        same = headline_of(job_scores([0.5] * 4, prompts=200, seed=seed), settings)
+        assert same and same[0].startswith("mqa.accuracy: ")
+        words += any(("better" in line or "worse" in line) and "rank group" not in line for line in same)
+        splits += any("rank group 1" in line for line in same)
+        if not any("better" in line or "worse" in line or "rank group 1" in line for line in same):
+            assert same == ["mqa.accuracy: no job can be told apart from the baseline (job 0 (mix.seed=0)) yet."]
+        planted = headline_of(job_scores([0.5, 0.5, 0.65, 0.5], prompts=200, seed=seed), settings)
+        better = [line for line in planted if "better than the baseline" in line]
+        if better and "job 2 (mix.seed=2)" in better[0]:
+            found += 1
+            assert "at most 5% of sweeps" in better[0]
+        assert not any("job 1 (" in line.split("worse")[0] and "better" in line for line in planted)
+    # Each claim at most 5%; 400 such sweeps gave 5.75% and 5.0%. Slack for 40 sweeps: up to 6.
+    assert words <= 0.15 * sweeps, f"identical jobs were called better or worse in {words} of {sweeps} sweeps"
+    assert splits <= 0.15 * sweeps, f"identical jobs were split from rank group 1 in {splits} of {sweeps} sweeps"
+    assert found >= 0.7 * sweeps, f"the planted job was called better in only {found} of {sweeps} sweeps"
+
+
+def test_a_sweep_with_too_few_prompts_or_failed_jobs_says_so_first() -> None:
+    from recipe.sweep import headline
+
+    settings = Settings()
+    scores = job_scores([0.5, 0.9], prompts=10)
+    rows = [
+        {"job": 0, "status": "ok", "overrides": []},
+        {"job": 1, "status": "ok", "overrides": []},
+        {"job": 2, "status": "failed", "overrides": ["mix.total=-3"]},
+    ]
+    compared = {
+        "mqa.accuracy.vs_baseline": comparison.against_baseline([*scores, None], 0, "mqa.accuracy", settings),
+        "mqa.accuracy.rank": comparison.rank_groups([*scores, None], "mqa.accuracy", settings),
+    }
+    assert headline(rows, ["mix.total"], compared, 0, None, settings.level) == [
+        "1 of 3 jobs failed: job 2 (mix.total=-3).",
+        "mqa.accuracy: too few prompts to tell any job from the baseline (job 0).",
+    ]

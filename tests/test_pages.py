@@ -93,6 +93,9 @@ def test_the_position_map_shows_each_cell_with_its_interval_and_the_headline(bro
     assert "answer middle" in text and "6 documents" in text
 
 
+SHARES = ("instructions", "booksum", "mqa")
+
+
 def test_the_sweep_page_shows_every_figure_of_summary_csv(browser, tmp_path: Path) -> None:
     rows, figures = sweep(12, noise=0.002)
     root = tmp_path / "sweep"
@@ -109,3 +112,14 @@ def test_the_sweep_page_shows_every_figure_of_summary_csv(browser, tmp_path: Pat
                 assert f"{float(row['mqa.accuracy']):.3f}" in text
     assert "<b>bad</b>" in text and "failed" in text
     assert "Proposed mixture" in text and "recipe mix.components." in text
+    # What the sweep found comes first; the swept values and Mix's shares lead the table.
+    assert text.index("1 of 12 jobs failed: job 3") < text.index("Jobs")
+    header = [th.text for th in browser.find_elements("css selector", "table th")][:6]
+    assert header[:5] == ["job", "mix.components.instructions.share", *(f"mix.{c}.share" for c in SHARES)]
+    # The proposal's Markdown is rendered (its table a table, its commands code), not shown raw.
+    proposal = text[text.index("Proposed mixture") :]
+    assert "**" not in proposal and "```" not in proposal and "|---" not in proposal
+    codes = [c.text for c in browser.find_elements("css selector", "pre code")]
+    assert any(c.startswith("recipe mix.components.") for c in codes), codes
+    browser.execute_script("document.querySelector('h2:last-of-type').scrollIntoView()")
+    browser.save_screenshot(str(tmp_path / "proposal.png"))
