@@ -256,15 +256,31 @@ def text_of(content: Any) -> str:
     return "\n".join(t for t in texts if isinstance(t, str))
 
 
+ERROR_TITLE = "error (not part of the conversation: never sent to the model)"
+
+
+def error_note(error: str) -> dict[str, Any]:
+    """A failed answer's error, as a pane shows it: a titled box under the answer (Gradio's
+    message metadata), which `from_chatbot` leaves out of the conversation."""
+    return {"role": "assistant", "content": error, "metadata": {"title": ERROR_TITLE}}
+
+
 def from_chatbot(history: Any) -> list[dict[str, str]]:
     """A Chatbot's history as the project's conversation: role and text only (Gradio's metadata and
     options dropped); the one place the page's format becomes ours, so every prompt is rendered from
-    text and `kept.jsonl` holds conversations any source reads."""
-    out = []
+    text and `kept.jsonl` holds conversations any source reads. An error shown in the pane is not
+    the model's words: it is left out, and so is the exchange it ended when no answer came (two user
+    turns in a row would break a text template's alternation)."""
+    out: list[dict[str, str]] = []
     for message in history or []:
-        role = message.get("role") if isinstance(message, dict) else None
-        if role in ("user", "assistant", "system"):
-            out.append({"role": role, "content": text_of(message.get("content"))})
+        if not isinstance(message, dict):
+            continue
+        if (message.get("metadata") or {}).get("title") == ERROR_TITLE:
+            if len(out) >= 2 and out[-1]["role"] == "assistant" and not out[-1]["content"].strip():
+                del out[-2:]
+            continue
+        if message.get("role") in ("user", "assistant", "system"):
+            out.append({"role": message["role"], "content": text_of(message.get("content"))})
     return out
 
 
@@ -364,16 +380,17 @@ def build(panes: dict[str, Pane], defaults: dict[str, Any], kept: Path) -> Any:
             for w in panes:
                 histories[w] = [*histories[w], {"role": "user", "content": text}, {"role": "assistant", "content": ""}]
             errors: dict[str, str] = {}
+            replies = {w: histories[w][-1] for w in panes}
             yield [*histories.values(), "", {}, "Answering…"]
             for which, piece, error in stream_both(panes, asked, settings):
                 if error:
                     errors[which] = error
                     print(f"playground: {which}: {error}", file=sys.stderr)
-                    histories[which][-1]["content"] += f"\n\n[error: {error}]"
+                    histories[which].append(error_note(error))  # shown in the pane, never sent back
                 elif piece:
-                    histories[which][-1]["content"] += piece
+                    replies[which]["content"] += piece
                 yield [*histories.values(), "", {}, "Answering…"]
-            answers = {w: histories[w][-1]["content"] for w in panes}
+            answers = {w: replies[w]["content"] for w in panes}
             said = "; ".join(f"{w}: {e}" for w, e in errors.items())
             exchange = {"asked": asked, "answers": answers, "settings": {"system": sys_prompt, **settings}}
             yield [*histories.values(), "", exchange, f"error — {said}" if said else "Done."]
@@ -394,7 +411,10 @@ def build(panes: dict[str, Pane], defaults: dict[str, Any], kept: Path) -> Any:
                 yield [*(from_chatbot(h) for h in hist), gr.update(), {}, "Nothing to regenerate yet."]
                 return
             text = exchange["asked"][next(iter(panes))][-1]["content"]
-            yield from send_to_both(text, sys_prompt, *chosen, *(from_chatbot(h)[:-2] for h in hist))
+            # Each pane's conversation before that prompt, as it was sent (an exchange that failed
+            # is not in the pane's history: cutting the history's last two turns would lose one).
+            before = [[m for m in exchange["asked"][w][:-1] if m["role"] != "system"] for w in panes]
+            yield from send_to_both(text, sys_prompt, *chosen, *before)
 
         regenerate_event = regenerate.click(
             send_again, [last, *controls, *boxes.values()], [*boxes.values(), prompt, last, status]
