@@ -94,6 +94,19 @@ class Background:
 
 
 @dataclass
+class Planned:
+    """A command whose effect is read from its plan: run with `suffix` appended (a dry run, or a
+    sweep's preview), because running it would cost `reason`; the test warns, as for a `Rule`."""
+
+    pattern: str
+    reason: str
+    suffix: str = "dry_run=true"
+
+    def matches(self, command: str) -> bool:
+        return re.search(self.pattern, command_text(command)) is not None
+
+
+@dataclass
 class Ran:
     command: str
     returncode: int
@@ -123,7 +136,7 @@ def _start(command: str, cwd: Path, env: dict[str, str], rule: Background) -> tu
 
 def run_section(
     commands: list[str],
-    rules: list[Rule | Background],
+    rules: list[Rule | Background | Planned],
     cwd: Path,
     env: dict[str, str],
     timeout_s: float,
@@ -150,6 +163,10 @@ def run_section(
                 cwd = target if target.is_absolute() else cwd / target
                 cwd.mkdir(parents=True, exist_ok=True)
                 command = moved.group(2)
+            if isinstance(rule, Planned):
+                said = f"README command planned, not run: {command_text(command)}  ({rule.reason})"
+                warnings.warn(NotRunHere(said), stacklevel=2)
+                command = f"{command_text(command)} {rule.suffix}"
             if isinstance(rule, Background):
                 proc, output = _start(command, cwd, env, rule)
                 serving.append((command, proc, output))

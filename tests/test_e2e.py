@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .readme import Background, Ran, Rule, run_section, section
+from .readme import Background, Planned, Ran, Rule, run_section, section
 
 pytestmark = pytest.mark.slow
 BIN = str(Path(sys.executable).parent)
@@ -90,12 +90,100 @@ def check_offline_run(root: Path, out: str) -> None:
     assert "the server stopped after the smoke query" in out and "deploy.foreground=true" in out
 
 
+def records(root: Path) -> dict[Path, dict]:
+    """Every run record, runs' and sweep jobs', by path."""
+    paths = [
+        *(root / "outputs" / "runs").glob("*/*/run.json"),
+        *(root / "outputs" / "multiruns").glob("*/*/*/run.json"),
+    ]
+    return {p: json.loads(p.read_text()) for p in paths}
+
+
+def plan_row(out: str, stage: str) -> list[str]:
+    """A dry run's table row for `stage`: its cache column and plan, split on runs of spaces."""
+    row = next(line for line in out.splitlines() if line.startswith(f"{stage} "))
+    return row.split()
+
+
+README_RULES: list[Rule | Background | Planned] = [
+    Planned(r"train\.args\.n_epochs=2", "a second LoRA of the embedded model: about 4 minutes"),
+    Planned(r"synthetic\.examples=216", "432 generations on a CPU: about 19 minutes"),
+    Planned(r"experiment=longctx_share_sweep", "4 trainings and Tests: about an hour", suffix="sweep.preview=true"),
+    Rule(r"\.\.\.", "a placeholder for any sweep's overrides"),
+]
+
+
+def readme_examples(tmp_path: Path) -> None:
+    """The README's examples after the quick start, each checked for what its sentence says it does
+    (a command too costly to run here is checked on its plan): a smaller mixture is another artifact
+    of 40 examples; the training overrides are not the main job's (a new training, the mixture
+    reused); 216 examples double Test's prompts; the seed is planned and priced at every stage; a
+    sweep's jobs each build their own mixture from one Distill."""
+    from .conftest import TOGETHER_KEY
+    from .fake_together import FakeTogether
+
+    first = min(p for p in records(tmp_path) if "multiruns" not in p.parts)
+    main = records(tmp_path)[first]["stages"]  # the quick start's `recipe`
+    generated = len((Path(main["test"]["artifact"]) / "generations.jsonl").read_text().splitlines())
+    seen = set(records(tmp_path))
+
+    def after(ran: Ran) -> None:
+        assert ran.returncode == 0 and "Traceback" not in ran.stderr, ran.stderr
+        everything = records(tmp_path)
+        new = [
+            everything[p]
+            for p in sorted(everything, key=lambda p: (p.parent.parent, p.parent.name.zfill(4)))
+            if p not in seen
+        ]
+        seen.update(everything)
+        command = ran.command
+        if "mix.total=40" in command:  # "a smaller mixture, another draw"
+            (mix,) = [r["stages"]["mix"] for r in new]
+            assert mix["status"] == "ok" and mix["fingerprint"] != main["mix"]["fingerprint"]
+            assert json.loads((Path(mix["artifact"]) / "manifest.json").read_text())["examples"] == 40
+        elif "n_epochs=2" in command:  # other training arguments: a new training of the same mixture
+            assert plan_row(ran.stdout, "mix")[1] == "hit" and plan_row(ran.stdout, "train")[1] == "-"
+            assert "2 epochs" in ran.stdout and "lr 0.0002" in ran.stdout
+        elif "examples=216" in command:  # "twice the task's prompts"
+            # The main job asked base and tuned each prompt (a generations row each): twice the prompts.
+            assert plan_row(ran.stdout, "test")[1] == "-" and f"{2 * 2 * generated} generations" in ran.stdout
+        elif "llama2_7b_32k_instruct" in command:  # "every stage planned and priced"
+            for stage in ("distill", "mix", "train", "test", "deploy"):
+                assert plan_row(ran.stdout, stage)
+            total = float(ran.stdout.split("estimated total: $")[1].split()[0].replace(",", ""))
+            assert total > 0, ran.stdout
+        elif "longctx_share_sweep" in command:  # "4 jobs, one Distill"
+            assert len(new) == 4 and len({r["stages"]["distill"]["fingerprint"] for r in new}) == 1
+            # Each job's mixture holds its own share of the task (its plan's counts: 2, 12, 22, 34 longctx).
+            assert len({r["stages"]["mix"]["plan"].split(";")[0] for r in new}) == 4
+        elif command.startswith("recipe -m"):  # a sweep: its jobs' mixtures differ, one Distill behind them
+            assert "sweep summary (3 jobs)" in ran.stdout and len(new) == 3
+            assert all(r["stages"]["mix"]["status"] == "ok" for r in new)
+            assert len({r["stages"]["mix"]["fingerprint"] for r in new}) == 3
+            assert len({r["stages"]["distill"]["fingerprint"] for r in new if "distill" in r["stages"]}) <= 1
+
+    with FakeTogether(api_key=TOGETHER_KEY) as together:
+        env = {
+            **os.environ,
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "HYDRA_FULL_ERROR": "0",
+            "TOGETHER_API_KEY": TOGETHER_KEY,
+            "TOGETHER_BASE_URL": together.base_url,
+        }
+        commands = section("The pipeline, stage by stage") + section("Sweeps")
+        ran = run_section(commands, README_RULES, tmp_path, env, timeout_s=1500, after=after)
+        assert together.requests == []  # the seed was planned, nothing sent
+    assert len(ran) == len(commands) - 1
+
+
 def test_the_quick_start_then_the_help_examples_run_as_written(tmp_path: Path) -> None:
     """One fresh directory, as a newcomer has: the README's quick start, then `recipe --help`'s
-    examples, which reuse what it made. (One test, not two: a second test could run on the other
+    examples, which reuse what it made, then the README's other examples, each checked for the
+    effect its sentence claims. (One test, not three: a second test could run on the other
     pytest-xdist worker, in a directory of its own, and pay for the main job again.)"""
     quick_start(tmp_path)
     help_examples(tmp_path)
+    readme_examples(tmp_path)
 
 
 def quick_start(tmp_path: Path) -> None:
