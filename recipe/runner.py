@@ -279,97 +279,12 @@ def set_threads(configured: int | None) -> int | None:
 def _build(
     cfg: DictConfig, names: list[str], pipeline: Pipeline, store: ArtifactStore, record: dict[str, Any], run_dir: Path
 ) -> dict[str, Any]:
-    sweep_root, overrides = None, []
-    if HydraConfig.initialized():
-        hydra_cfg = HydraConfig.get()
-        overrides = list(hydra_cfg.overrides.task)
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            sweep_root = run_dir.resolve().parent  # the job's tracker run is grouped with its sweep
-    if sweep_root is not None:
-        name = tracking.job_name(run_dir.name, overrides)
-    else:
-        name = "_".join(run_dir.resolve().parts[-2:])
-    tracker = tracking.open_tracker(cfg.get("logger"), name, sweep_root, job=run_dir.name)
-    if tracker is not None:
-        tracker.params(tracking.run_params(cfg, overrides))
+    """Build (or reuse) each stage in order, recording each in run.json as it ends; the run's table."""
+    tracker = _open_tracker(cfg, run_dir)
     try:
         for name in names:
-            started = time.monotonic()
-            entry: dict[str, Any] = record["stages"][name]
-            entry["status"] = "running"
-            stage = pipeline.stage(name)
-            inputs: dict[str, Artifact | None] = {}
-            for up in stage.upstream():
-                inputs[up] = pipeline.artifact(up)
-                if inputs[up] is None:
-                    raise StageError(
-                        f"stage {name!r} needs the {up!r} artifact {pipeline.name_of(up)}, which is not "
-                        f"in {store.root}; run it too: stages=[{up},{name}]"
-                    )
-                store.hold(up, inputs[up].fingerprint)  # type: ignore[union-attr]  # never pruned while read
-            fp = pipeline.fingerprint(name)  # its inputs exist now
-            assert fp is not None
-            entry["fingerprint"] = fp
-            hit = store.get(name, fp) if stage.reusable else None
-            if hit is not None and (problem := damage(hit)):
-                print(f"{name}: {problem}: building it again", flush=True)
-                store.discard(name, fp)
-                hit = None
-            entry["cache_hit"] = hit is not None
-            if hit is None:
-                log.info("%s %s: running", name, fp)
-                meta = {
-                    "stage": name,
-                    "fingerprint": fp,
-                    "version": stage.version,
-                    # What it read, by content identity (its fingerprint hashes these) and by artifact.
-                    "upstream": {up: stage.reads(up, inputs[up]) for up in stage.upstream()},  # type: ignore[arg-type]
-                    "inputs": {up: inputs[up].fingerprint for up in stage.upstream()},  # type: ignore[union-attr]
-                    "config": stage.semantic_config(),
-                }
-                try:
-                    hit = store.build(
-                        name,
-                        fp,
-                        lambda out, s=stage, i=inputs, f=fp: s.run(i, Workspace(out, f, store)).manifest(),
-                        meta,
-                        replace=not stage.reusable,
-                    )  # type: ignore[misc]
-                except FileNotFoundError as e:  # an input removed under the run (outside recipe)
-                    raise StageError(
-                        f"{name}: {e.filename or 'a file'} vanished while {name} read it (removed outside recipe?); "
-                        "run again to build what is missing"
-                    ) from None
-                except StagePending as pending:
-                    entry.update(status="pending", note=str(pending), **pending.details)
-                    entry["seconds"] = round(time.monotonic() - started, 3)
-                    log.info("%s %s: pending: %s", name, fp, pending)
-                    break  # later stages need this artifact; a later run picks the work up
-                manifest = hit.manifest
-                if hit.reused:  # a twin job built it while this one waited
-                    entry["cache_hit"] = True
-                for key in ("usage", "cost_usd"):  # what this run spent (a cache hit spends nothing)
-                    if key in manifest and not hit.reused:
-                        entry[key] = manifest[key]
-            else:
-                log.info("%s %s: cache hit, reusing %s", name, fp, hit.path)
-            pipeline.made_now(name, hit)
-            store.hold(name, fp)
-            entry.update(status="ok", artifact=str(hit.path))
-            manifest = hit.manifest
-            for key in ("metrics", "contamination_counts"):  # headline figures, for sweep summaries
-                if manifest.get(key) is not None:
-                    entry[key] = manifest[key]
-            if tracker is not None:
-                tracker.params({f"fingerprint/{name}": fp})
-                tracking.log_stage(tracker, name, manifest, hit.path)
-            said = summary.line(name, manifest)
-            if said:
-                print(f"{name}: {said}{' (reused)' if entry['cache_hit'] else ''}", flush=True)
-            report = stage.report(hit)
-            if report:
-                print(report, flush=True)
-            entry["seconds"] = round(time.monotonic() - started, 3)
+            if not _build_stage(name, pipeline, store, record["stages"][name], tracker):
+                break  # pending: later stages need its artifact; a later run picks the work up
             write_json_atomic(run_dir / "run.json", record)
     except BaseException as e:
         failed = [n for n, s in record["stages"].items() if s.get("status") == "running"]
@@ -393,6 +308,126 @@ def _build(
     write_json_atomic(run_dir / "run.json", record)
     print_summary(record, run_dir)
     return record
+
+
+def _open_tracker(cfg: DictConfig, run_dir: Path) -> tracking.Tracker | None:
+    """The run's tracker (logger=...), named after its run directory, or a sweep job's after what it
+    varies and grouped with its sweep; given the run's overrides and composed config."""
+    sweep_root, overrides = None, []
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        overrides = list(hydra_cfg.overrides.task)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            sweep_root = run_dir.resolve().parent
+    if sweep_root is not None:
+        name = tracking.job_name(run_dir.name, overrides)
+    else:
+        name = "_".join(run_dir.resolve().parts[-2:])
+    tracker = tracking.open_tracker(cfg.get("logger"), name, sweep_root, job=run_dir.name)
+    if tracker is not None:
+        tracker.params(tracking.run_params(cfg, overrides))
+    return tracker
+
+
+def _build_stage(
+    name: str, pipeline: Pipeline, store: ArtifactStore, entry: dict[str, Any], tracker: tracking.Tracker | None
+) -> bool:
+    """One stage: its inputs from the store, its artifact reused or built, what it made said and
+    recorded in `entry`. False when it is pending (a paid job still running)."""
+    started = time.monotonic()
+    entry["status"] = "running"
+    stage = pipeline.stage(name)
+    inputs = _inputs(name, stage, pipeline, store)
+    fp = pipeline.fingerprint(name)  # its inputs exist now
+    assert fp is not None
+    entry["fingerprint"] = fp
+    hit = _reusable(name, stage, fp, store)
+    entry["cache_hit"] = hit is not None
+    if hit is None:
+        log.info("%s %s: running", name, fp)
+        try:
+            hit = _run_stage(name, stage, fp, inputs, store)
+        except StagePending as pending:
+            entry.update(status="pending", note=str(pending), **pending.details)
+            entry["seconds"] = round(time.monotonic() - started, 3)
+            log.info("%s %s: pending: %s", name, fp, pending)
+            return False
+        if hit.reused:  # a twin job built it while this one waited
+            entry["cache_hit"] = True
+        for key in ("usage", "cost_usd"):  # what this run spent (a cache hit spends nothing)
+            if key in hit.manifest and not hit.reused:
+                entry[key] = hit.manifest[key]
+    else:
+        log.info("%s %s: cache hit, reusing %s", name, fp, hit.path)
+    pipeline.made_now(name, hit)
+    store.hold(name, fp)
+    entry.update(status="ok", artifact=str(hit.path))
+    manifest = hit.manifest
+    for key in ("metrics", "contamination_counts"):  # headline figures, for sweep summaries
+        if manifest.get(key) is not None:
+            entry[key] = manifest[key]
+    if tracker is not None:
+        tracker.params({f"fingerprint/{name}": fp})
+        tracking.log_stage(tracker, name, manifest, hit.path)
+    said = summary.line(name, manifest)
+    if said:
+        print(f"{name}: {said}{' (reused)' if entry['cache_hit'] else ''}", flush=True)
+    report = stage.report(hit)
+    if report:
+        print(report, flush=True)
+    entry["seconds"] = round(time.monotonic() - started, 3)
+    return True
+
+
+def _inputs(name: str, stage: Stage, pipeline: Pipeline, store: ArtifactStore) -> dict[str, Artifact]:
+    """The artifacts a stage reads, each held in the store (never pruned while read)."""
+    inputs: dict[str, Artifact] = {}
+    for up in stage.upstream():
+        artifact = pipeline.artifact(up)
+        if artifact is None:
+            raise StageError(
+                f"stage {name!r} needs the {up!r} artifact {pipeline.name_of(up)}, which is not "
+                f"in {store.root}; run it too: stages=[{up},{name}]"
+            )
+        store.hold(up, artifact.fingerprint)
+        inputs[up] = artifact
+    return inputs
+
+
+def _reusable(name: str, stage: Stage, fp: str, store: ArtifactStore) -> Artifact | None:
+    """The stored artifact of this fingerprint, unless the stage is never reused or it is damaged
+    (then it is discarded and built again)."""
+    hit = store.get(name, fp) if stage.reusable else None
+    if hit is not None and (problem := damage(hit)):
+        print(f"{name}: {problem}: building it again", flush=True)
+        store.discard(name, fp)
+        return None
+    return hit
+
+
+def _run_stage(name: str, stage: Stage, fp: str, inputs: dict[str, Artifact], store: ArtifactStore) -> Artifact:
+    """Run a stage into a new artifact; the manifest records what it read, by content and artifact."""
+    meta = {
+        "stage": name,
+        "fingerprint": fp,
+        "version": stage.version,
+        "upstream": {up: stage.reads(up, inputs[up]) for up in stage.upstream()},
+        "inputs": {up: inputs[up].fingerprint for up in stage.upstream()},
+        "config": stage.semantic_config(),
+    }
+    try:
+        return store.build(
+            name,
+            fp,
+            lambda out: stage.run(dict(inputs), Workspace(out, fp, store)).manifest(),
+            meta,
+            replace=not stage.reusable,
+        )
+    except FileNotFoundError as e:  # an input removed under the run (outside recipe)
+        raise StageError(
+            f"{name}: {e.filename or 'a file'} vanished while {name} read it (removed outside recipe?); "
+            "run again to build what is missing"
+        ) from None
 
 
 def _bound(entry: dict[str, Any]) -> str:
