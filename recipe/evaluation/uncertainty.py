@@ -44,20 +44,13 @@ from statistics import NormalDist
 
 import numpy as np
 
+# `test.uncertainty` (resamples, interval level, the generator's seed, the fewest units a difference
+# is judged on): the config's schema is the one definition, built from the composed config as it is.
+from recipe.config import UncertaintyConfig as Settings
+
 BETTER, WORSE, SAME, TOO_FEW = "better", "worse", "no difference detected", "too few prompts to tell"
 NORMAL = NormalDist()
 T_CAP = 1e6  # a studentized deviation past this counts as this (a draw without spread)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """`test.uncertainty`: resamples, interval level, the generator's seed, the fewest units a
-    difference is judged on."""
-
-    resamples: int = 1000
-    level: float = 0.95
-    seed: int = 0
-    min_prompts: int = 30
 
 
 @dataclass(frozen=True)
