@@ -89,19 +89,6 @@ def renamed(key: str) -> str | None:
     return found
 
 
-def check_train_args(args: Any, key: str = "train.args") -> None:
-    """Values the schema's types cannot refuse, named by their keys."""
-    from recipe.errors import RecipeError
-
-    if str(args.train_on_inputs).lower() not in ("auto", "true", "false"):
-        raise RecipeError(f"{key}.train_on_inputs={args.train_on_inputs!r}: use auto, true or false")
-    for name in ("n_epochs", "global_batch_size", "max_seq_length"):
-        if args[name] is not None and args[name] < 1:
-            raise RecipeError(f"{key}.{name}={args[name]}: must be at least 1")
-    if not 0 <= args.lr_scheduler.min_lr_ratio <= 1:
-        raise RecipeError(f"{key}.lr_scheduler.min_lr_ratio={args.lr_scheduler.min_lr_ratio}: must be in [0, 1]")
-
-
 def _field_type(kind: Any) -> Any:
     if typing.get_origin(kind) is typing.Union:  # Optional[SomeConfig]
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
@@ -458,6 +445,19 @@ class TrainArgs:
     max_seq_length: Optional[int] = None
     packing: bool = True  # pack examples into max_seq_length rows, no attention across examples
     seed: Optional[int] = 0  # data order and initialisation (Together: random_seed); null = not set
+
+    @staticmethod
+    def check(args: Any, key: str = "train.args") -> None:
+        """Values the types cannot refuse (a composed `train.args` node), named by their keys."""
+        from recipe.errors import RecipeError
+
+        if str(args.train_on_inputs).lower() not in ("auto", "true", "false"):
+            raise RecipeError(f"{key}.train_on_inputs={args.train_on_inputs!r}: use auto, true or false")
+        for name in ("n_epochs", "global_batch_size", "max_seq_length"):
+            if args[name] is not None and args[name] < 1:
+                raise RecipeError(f"{key}.{name}={args[name]}: must be at least 1")
+        if not 0 <= args.lr_scheduler.min_lr_ratio <= 1:
+            raise RecipeError(f"{key}.lr_scheduler.min_lr_ratio={args.lr_scheduler.min_lr_ratio}: must be in [0, 1]")
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from recipe.artifacts import Mixture, Planned, PromptFormat, TrainedModel, content_id
-from recipe.config import LocalTrainConfig, check_train_args
+from recipe.config import LocalTrainConfig, TrainArgs
 from recipe.data import templates
 from recipe.stages import Output, Plan, Stage, StageError, StagePending, Workspace, missing_extra
 from recipe.store import Artifact
@@ -32,7 +32,7 @@ class LocalTrain(Stage):
     def __init__(self, config: DictConfig, root: DictConfig) -> None:
         super().__init__(config, root)
         c = config
-        check_train_args(c.args)
+        TrainArgs.check(c.args)
         if c.args.max_seq_length is None:
             raise StageError("train.args.max_seq_length: local training needs a row length (e.g. 512)")
         for key in ("micro_batch_size", "checkpoint_every", "devices"):

@@ -28,7 +28,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from recipe.artifacts import Mixture, Planned, PromptFormat, TrainedModel, content_id
-from recipe.config import TogetherTrainConfig, check_train_args
+from recipe.config import TogetherTrainConfig, TrainArgs
 from recipe.data import templates
 from recipe.data.filecheck import check_file
 from recipe.data.jsonl import encode_line
@@ -103,7 +103,7 @@ class TogetherTrain(Stage):
         c = config
         if c.suffix is not None and len(c.suffix) > 40:
             raise StageError(f"train.suffix={c.suffix!r}: at most 40 characters ({len(c.suffix)} given)")
-        check_train_args(c.args)
+        TrainArgs.check(c.args)
         if c.n_checkpoints < 1:
             raise StageError(f"train.n_checkpoints={c.n_checkpoints}: must be at least 1")
         self.format = upload_format(c.model, c.format.value, c.template, None)  # checked early; again in run
