@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -295,6 +296,62 @@ class TogetherFineTuner:
         desc = f"download {target.name}"
         with tqdm(unit="B", unit_scale=True, desc=desc, disable=not self.settings.progress) as bar:
             return download_fine_tune(self.client, job_id, checkpoint, target, bar)
+
+
+def request_body(c: Any, training_file: str, validation_file: str | None) -> dict[str, Any]:
+    """The POST /fine-tunes body for a `train` config (TogetherTrainConfig): every hyperparameter
+    from config, shaped as the spec wants. The W&B key is read from WANDB_API_KEY, sent, never kept."""
+    args = c.args
+    if args.training_type.value == "lora":
+        training_type: dict[str, Any] = {
+            "type": "Lora",
+            "lora_r": args.lora.r,
+            "lora_alpha": args.lora.alpha,
+            "lora_dropout": args.lora.dropout,
+            "lora_trainable_modules": args.lora.target_modules,
+        }
+    else:
+        training_type = {"type": "Full"}
+    train_on_inputs: bool | str = {"true": True, "false": False}.get(str(args.train_on_inputs).lower(), "auto")
+    scheduler = args.lr_scheduler
+    scheduler_args: dict[str, Any] = {"min_lr_ratio": scheduler.min_lr_ratio}
+    if scheduler.type.value == "cosine":
+        scheduler_args["num_cycles"] = scheduler.num_cycles
+    body: dict[str, Any] = {
+        "training_file": training_file,
+        "model": c.model,
+        "training_type": training_type,
+        "training_method": {"method": "sft", "train_on_inputs": train_on_inputs},
+        "lr_scheduler": {"lr_scheduler_type": scheduler.type.value, "lr_scheduler_args": scheduler_args},
+        "n_epochs": args.n_epochs,
+        "n_checkpoints": c.n_checkpoints,
+        "n_evals": c.n_evals,
+        "batch_size": "max" if args.global_batch_size is None else args.global_batch_size,
+        "learning_rate": args.learning_rate,
+        "warmup_ratio": args.warmup_ratio,
+        "max_grad_norm": args.max_grad_norm,
+        "weight_decay": args.weight_decay,
+        "packing": args.packing,
+    }
+    optional = {
+        "validation_file": validation_file,
+        "suffix": c.suffix,
+        "max_seq_length": args.max_seq_length,
+        "random_seed": args.seed,
+        "from_checkpoint": c.from_checkpoint,
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    if c.wandb.enabled:
+        key = os.environ.get("WANDB_API_KEY")
+        if not key:
+            raise FineTuneError("train.wandb.enabled=true needs WANDB_API_KEY in the environment")
+        # `wandb_key`, as every official SDK sends it (the OpenAPI spec says wandb_api_key, which the
+        # live service is not what the SDKs were written against); sent, never recorded (job_key).
+        body["wandb_key"] = key
+        for field in ("project_name", "name", "entity", "base_url"):
+            if c.wandb[field]:
+                body[f"wandb_{field}"] = c.wandb[field]
+    return body
 
 
 def _confirm(price: float, ask: Callable[[str], str] = input) -> None:
