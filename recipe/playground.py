@@ -51,7 +51,7 @@ from omegaconf import DictConfig, OmegaConf
 from recipe.artifacts import PromptFormat, TrainedModel
 from recipe.errors import RecipeError
 from recipe.providers.http import Client, together_base_url
-from recipe.providers.model_client import completion_request, transformers_sampling
+from recipe.providers.model_client import api_snippets, completion_request, transformers_sampling
 from recipe.providers.serving import LocalServing, ModelAccess, reach
 from recipe.store import ArtifactStore
 from recipe.summary import printable
@@ -100,46 +100,19 @@ class Pane:
     def snippets(self, settings: dict[str, Any] | None = None, system: str = "") -> str:
         """`<>`: curl, Python requests and the openai client for this model, asking what the page
         asks: its system prompt and sampling settings (`settings`), its model name, in its format."""
-        auth = f' -H "Authorization: Bearer ${self.key_env}"' if self.key_env else ""
-        key = f'os.environ["{self.key_env}"]' if self.key_env else '"none"'
-        headers = f'{{"Authorization": f"Bearer {{os.environ[{self.key_env!r}]}}"}}' if self.key_env else "{}"
-        hello = conversation(system, [], "Hello!")
         fields = self.request_fields({"max_tokens": 256, **(settings or {})})
-        if self.fmt.kind == "text":
-            assert self.fmt.template is not None
-            body = {"model": self.model, **completion_request(hello, self.fmt.template), **fields}
-            path, read, call = "completions", '["choices"][0]["text"]', "completions.create"
-            sent = {k: v for k, v in body.items() if k != "model"}
-            last = ".choices[0].text"
-        else:
-            body = {"model": self.model, "messages": hello, **fields}
-            path, read, call = "chat/completions", '["choices"][0]["message"]["content"]', "chat.completions.create"
-            sent = {k: v for k, v in body.items() if k != "model"}
-            last = ".choices[0].message.content"
-        arguments = ", ".join(f"{k}={v!r}" for k, v in sent.items())
-        data = json.dumps(body)
         served = []
         if self.provider.startswith("local"):  # a server of the playground's own: it stops with it
             served = [
                 "# This server stops with the playground; to serve the model on its own:",
                 "#   recipe 'stages=[deploy]' deploy.foreground=true",
             ]
+        hello = conversation(system, [], "Hello!")
         return "\n".join(
             [
                 f"# {self.which}: {self.model} ({self.fmt.describe()})",
                 *served,
-                "# curl",
-                f"curl -s {self.url}/{path} -H 'Content-Type: application/json'{auth} -d '{data}'",
-                "",
-                "# Python: requests",
-                "import os, requests",
-                f"r = requests.post({self.url + '/' + path!r}, headers={headers}, json={body!r}, timeout=120)",
-                f"print(r.json(){read})",
-                "",
-                "# Python: openai",
-                "import os; from openai import OpenAI",
-                f"client = OpenAI(base_url={self.url!r}, api_key={key})",
-                f"print(client.{call}(model={self.model!r}, {arguments}){last})",
+                *api_snippets(self.url, self.model, self.key_env, self.fmt, hello, fields),
             ]
         )
 

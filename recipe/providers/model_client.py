@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from requests.structures import CaseInsensitiveDict
 from tqdm import tqdm
 
+from recipe.artifacts import PromptFormat
 from recipe.data import templates
 from recipe.data.jsonl import encode_line
 from recipe.data.tokens import approx_tokens
@@ -125,6 +126,45 @@ def completion_request(messages: list[Message], template: str) -> dict[str, Any]
     if template in ("llama2_inst", "llama2_inst_seed"):
         request["stop"] = ["[INST]"]  # the seed's stop
     return request
+
+
+def api_snippets(
+    url: str,
+    model: str,
+    key_env: str | None,
+    fmt: PromptFormat,
+    messages: list[Message],
+    fields: dict[str, Any] | None = None,
+) -> list[str]:
+    """How to ask this model from elsewhere: curl, Python requests and the openai client, each
+    sending `messages` with the sampling `fields`, in the model's format (raw completions in its
+    text template, else chat), its key read from `key_env` (never written out)."""
+    auth = f' -H "Authorization: Bearer ${key_env}"' if key_env else ""
+    key = f'os.environ["{key_env}"]' if key_env else '"none"'
+    headers = f'{{"Authorization": f"Bearer {{os.environ[{key_env!r}]}}"}}' if key_env else "{}"
+    if fmt.kind == "text":
+        assert fmt.template is not None
+        body = {"model": model, **completion_request(messages, fmt.template), **(fields or {})}
+        path, read, call, last = "completions", '["choices"][0]["text"]', "completions.create", ".choices[0].text"
+    else:
+        body = {"model": model, "messages": messages, **(fields or {})}
+        path, read, call = "chat/completions", '["choices"][0]["message"]["content"]', "chat.completions.create"
+        last = ".choices[0].message.content"
+    arguments = ", ".join(f"{k}={v!r}" for k, v in body.items() if k != "model")
+    return [
+        "# curl",
+        f"curl -s {url}/{path} -H 'Content-Type: application/json'{auth} -d '{json.dumps(body)}'",
+        "",
+        "# Python: requests",
+        "import os, requests",
+        f"r = requests.post({url + '/' + path!r}, headers={headers}, json={body!r}, timeout=120)",
+        f"print(r.json(){read})",
+        "",
+        "# Python: openai",
+        "import os; from openai import OpenAI",
+        f"client = OpenAI(base_url={url!r}, api_key={key})",
+        f"print(client.{call}(model={model!r}, {arguments}){last})",
+    ]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ The manifest records URL, model, endpoint id, hardware, state, the smoke query a
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -24,7 +23,7 @@ from recipe.artifacts import SERVING_RECORDS, Deployment, Planned, PromptFormat,
 from recipe.config import LocalDeployConfig, TogetherDeployConfig
 from recipe.providers.http import Client
 from recipe.providers.local.server import serving_engine
-from recipe.providers.model_client import completion_request
+from recipe.providers.model_client import api_snippets
 from recipe.providers.serving import DedicatedEndpoints, LocalServing, local_model, smoke_query
 from recipe.stages import Output, Plan, Stage, StageError, Workspace, missing_extra
 from recipe.store import Artifact, ArtifactStore
@@ -61,26 +60,14 @@ def _user(prompt: str) -> dict[str, str]:
 
 
 def snippets(url: str, model: str, key_env: str | None, fmt: PromptFormat) -> str:
-    auth = f' -H "Authorization: Bearer ${key_env}"' if key_env else ""
-    key = f'os.environ["{key_env}"]' if key_env else '"none"'
-    if fmt.kind == "text":
-        assert fmt.template is not None
-        request = {"model": model, **completion_request([_user("Hello!")], fmt.template)}
-        return (
-            f"  # trained in {fmt.describe()}: prompt it through raw completions in that format\n"
-            f"  curl {url}/completions -H 'Content-Type: application/json'{auth} \\\n"
-            f"    -d '{json.dumps(request)}'\n"
-            f"  # or: recipe-chat 'Hello!'"
-        )
-    return (
-        f"  curl {url}/chat/completions -H 'Content-Type: application/json'{auth} \\\n"
-        f"    -d '{json.dumps({'model': model, 'messages': [_user('Hello!')]})}'\n\n"
-        f"  import os; from openai import OpenAI\n"
-        f"  client = OpenAI(base_url={url!r}, api_key={key})\n"
-        f"  print(client.chat.completions.create(model={model!r}, "
-        f"messages=[{{'role': 'user', 'content': 'Hello!'}}]).choices[0].message.content)\n"
-        f"  # or: recipe-chat 'Hello!'"
+    """How to ask the deployment from elsewhere (the playground's `<>` panel says the same)."""
+    said = (
+        [f"# trained in {fmt.describe()}: prompted through raw completions in that format"]
+        if fmt.kind == "text"
+        else []
     )
+    lines = [*said, *api_snippets(url, model, key_env, fmt, [_user("Hello!")]), "# or: recipe-chat 'Hello!'"]
+    return "\n".join(f"  {line}" if line else "" for line in lines)
 
 
 class LocalDeploy(Stage):
