@@ -17,6 +17,7 @@ from recipe.config import SuiteConfig
 from recipe.data import contamination
 from recipe.data.contamination import Index, Words
 from recipe.errors import RecipeError
+from recipe.evaluation import contamination as contamination_view
 from recipe.runner import Pipeline, run
 from recipe.store import ArtifactStore
 
@@ -386,18 +387,18 @@ def test_test_counts_only_the_prompts_it_asks_and_never_reports_an_unchecked_sui
         }
     }
     suites = OmegaConf.create({"alpaca_eval": suite, "other": suite})
-    view = contamination.test_view(recorded, suites, lambda n: f"test.suites.{n}")
+    view = contamination_view.suite_view(recorded, suites, lambda n: f"test.suites.{n}")
     assert view["alpaca_eval"] == {"checked": True, "prompts": 3, "in_training": 2, "dropped": 1}
     assert view["other"] == {"checked": False}
     suites.alpaca_eval.max_examples = 2  # Test asks the first two records only
-    lines = contamination.view_lines(contamination.test_view(recorded, suites, lambda n: f"test.suites.{n}"))
+    lines = contamination_view.view_lines(contamination_view.suite_view(recorded, suites, lambda n: f"test.suites.{n}"))
     assert lines == [
         "contamination alpaca_eval: 1 of 2 prompts found in the training mixture (1 more found in the sources and dropped by Mix)",
         "contamination other: NOT CHECKED (the mixture was not decontaminated against this data)",
     ]
     # Other data under the same name is not the data Mix checked.
     (tmp_path / "suite.jsonl").write_text(json.dumps({"instruction": "changed", "output": "x"}) + "\n")
-    assert contamination.test_view(recorded, suites, str)["alpaca_eval"] == {"checked": False}
+    assert contamination_view.suite_view(recorded, suites, str)["alpaca_eval"] == {"checked": False}
 
 
 def test_the_check_on_worker_processes_finds_the_same(make_cfg, tmp_path: Path, monkeypatch) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from recipe import pages
-from recipe.data.contamination import view_lines
 from recipe.evaluation import report as reporting
 from recipe.evaluation import uncertainty
+from recipe.evaluation.contamination import view_lines
 from recipe.evaluation.report import Differences, Summary
 from recipe.evaluation.suites import Item
 

@@ -32,9 +32,9 @@ from tqdm import tqdm
 
 from recipe.artifacts import Mixture, Planned, TestReport, TrainedModel
 from recipe.config import TestConfig
-from recipe.data.contamination import test_view
 from recipe.data.sources import config_key, iter_records, source_identity
 from recipe.evaluation import judging, outputs, suites, uncertainty, workload
+from recipe.evaluation.contamination import suite_view
 from recipe.providers.cache import RequestCache
 from recipe.providers.http import Client
 from recipe.providers.limits import ADAPTIVE_IN_FLIGHT, Controller, stop_all
@@ -207,7 +207,7 @@ class Test(Stage):
         items, skipped = self.items()
         mixture = Mixture.load(inputs["mix"]) if "mix" in inputs else None
         samples, heldout_records = self.heldout_items(mixture)
-        contamination = test_view(mixture.contamination if mixture else None, c.suites, self._key)
+        contamination = suite_view(mixture.contamination if mixture else None, c.suites, self._key)
         started = time.monotonic()
         cache = RequestCache(c.cache_path)
         ledger = Ledger(c.prices.input_per_mtok, c.prices.output_per_mtok, c.budget.max_usd)
