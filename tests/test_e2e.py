@@ -90,6 +90,19 @@ def check_offline_run(root: Path, out: str) -> None:
     assert "the server stopped after the smoke query" in out and "deploy.foreground=true" in out
 
 
+def together_env(base_url: str) -> dict[str, str]:
+    """A newcomer's shell after `make run` (.venv/bin on PATH), with Together pointed at the fake API."""
+    from .conftest import TOGETHER_KEY
+
+    return {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "HYDRA_FULL_ERROR": "0",
+        "TOGETHER_API_KEY": TOGETHER_KEY,
+        "TOGETHER_BASE_URL": base_url,
+    }
+
+
 def records(root: Path) -> dict[Path, dict]:
     """Every run record, runs' and sweep jobs', by path."""
     paths = [
@@ -163,13 +176,7 @@ def readme_examples(tmp_path: Path) -> None:
             assert len({r["stages"]["distill"]["fingerprint"] for r in new if "distill" in r["stages"]}) <= 1
 
     with FakeTogether(api_key=TOGETHER_KEY) as together:
-        env = {
-            **os.environ,
-            "PATH": f"{BIN}:{os.environ['PATH']}",
-            "HYDRA_FULL_ERROR": "0",
-            "TOGETHER_API_KEY": TOGETHER_KEY,
-            "TOGETHER_BASE_URL": together.base_url,
-        }
+        env = together_env(together.base_url)
         commands = section("The pipeline, stage by stage") + section("Sweeps")
         ran = run_section(commands, README_RULES, tmp_path, env, timeout_s=1500, after=after)
         assert together.requests == []  # the seed was planned, nothing sent
@@ -231,13 +238,7 @@ def help_examples(tmp_path: Path) -> None:
     commands = [command for command, _ in COMMANDS]
     assert all(command in shown for command in commands)
     with FakeTogether(api_key=TOGETHER_KEY) as together:
-        env = {
-            **os.environ,
-            "PATH": f"{BIN}:{os.environ['PATH']}",
-            "HYDRA_FULL_ERROR": "0",
-            "TOGETHER_API_KEY": TOGETHER_KEY,
-            "TOGETHER_BASE_URL": together.base_url,
-        }
+        env = together_env(together.base_url)
 
         def after(ran: Ran) -> None:
             assert "Traceback" not in ran.stderr, ran.stderr
