@@ -263,18 +263,20 @@ def _job_config(root: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {}
 
 
-def _settings(root: Path, rows: list[dict[str, Any]]) -> tuple[Settings, str | None]:
-    """test.uncertainty and sweep.baseline as the sweep's jobs were composed."""
-    config = _job_config(root, rows)
+def _settings(config: dict[str, Any]) -> tuple[Settings, str | None]:
+    """test.uncertainty and sweep.baseline in the config the sweep's jobs were composed with."""
     settings = Settings(**((config.get("test") or {}).get("uncertainty") or {}))
     baseline = (config.get("sweep") or {}).get("baseline")
     return settings, None if baseline is None else str(baseline)
 
 
-def compare(root: Path, rows: list[dict[str, Any]], metrics: list[str]) -> tuple[int, dict[str, list[Any]], str]:
+def compare(
+    config: dict[str, Any], rows: list[dict[str, Any]], metrics: list[str]
+) -> tuple[int, dict[str, list[Any]], str]:
     """The baseline row, per figure each row's difference to it and its rank group, and what went
-    wrong choosing the baseline (the summary then lists the jobs without comparing them)."""
-    settings, spec = _settings(root, rows)
+    wrong choosing the baseline (the summary then lists the jobs without comparing them). `config`:
+    the jobs' composed config (`_job_config`)."""
+    settings, spec = _settings(config)
     try:
         base = comparison.baseline_index(rows, spec)
     except ValueError as error:
@@ -478,9 +480,10 @@ def write_summary(root: Path) -> tuple[list[dict[str, Any]], list[str]]:
     keys = swept_keys(rows)
     metrics = list(dict.fromkeys(m for row in rows for m in row["metrics"] if not is_bound(m)))
     mix_columns = list(dict.fromkeys(k for row in rows for k in row["mix"]))
-    base, compared, trouble = compare(root, rows, metrics) if rows else (0, {}, "")
-    settings, _ = _settings(root, rows)
-    objective = (_job_config(root, rows).get("sweep") or {}).get("objective") if rows else None
+    config = _job_config(root, rows)  # read once: the comparison's settings and the objective
+    base, compared, trouble = compare(config, rows, metrics) if rows else (0, {}, "")
+    settings, _ = _settings(config)
+    objective = (config.get("sweep") or {}).get("objective")
     said = headline(rows, keys, compared, base, objective, settings.level)
     # summary.csv: one column per number (intervals and differences split into their parts)
     csv_metrics = [
