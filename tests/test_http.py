@@ -11,6 +11,7 @@ import pytest
 from recipe.providers.http import APIError, Client
 
 from .fake_together import FakeTogether
+from .subprocesses import limit
 
 
 def test_retries_are_counted_and_errors_carry_the_servers_message() -> None:
@@ -56,9 +57,9 @@ class _Silent:
             conn.close()
 
     def wait_for(self, n: int) -> None:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + limit(30)
         while len(self.accepted) < n:
-            assert time.monotonic() < deadline, f"{len(self.accepted)} of {n} connections after 30 s"
+            assert time.monotonic() < deadline, f"{len(self.accepted)} of {n} connections after {limit(30):.0f} s"
             time.sleep(0.01)
 
     def close(self) -> None:
@@ -87,12 +88,14 @@ def test_an_abandoned_client_ends_its_requests_in_flight_without_retrying() -> N
         server.wait_for(2)
         client.on_abandon.append(server.drop)
         client.abandon()
-        asking.join(timeout=30)
-        assert not asking.is_alive(), "the request was still in flight 30 s after the client was abandoned"
+        asking.join(timeout=limit(30))
+        assert not asking.is_alive(), (
+            f"the request was still in flight {limit(30):.0f} s after the client was abandoned"
+        )
         assert len(outcome) == 1 and isinstance(outcome[0], APIError), outcome
         assert len(server.accepted) == 2  # no retry after abandon
         assert client.retries.value == 1
     finally:
         server.close()
         client.close()
-        asking.join(timeout=30)
+        asking.join(timeout=limit(30))
