@@ -208,11 +208,18 @@ _unmarked_s: dict[str, float] = {}
 
 
 _file_s: dict[str, list[float]] = {}  # per test file: [seconds (set-up, call, teardown), tests]
+# A test that runs commands one after another (the main job's) records each one's seconds under
+# this user property; the run's last lines list them.
+COMMAND_SECONDS = "command_seconds"
+_commands: dict[str, list[tuple[str, float]]] = {}
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when in ("setup", "call") and "slow" not in report.keywords:
         _unmarked_s[report.nodeid] = _unmarked_s.get(report.nodeid, 0.0) + report.duration
+    for name, value in report.user_properties:
+        if name == COMMAND_SECONDS and report.when == "call":
+            _commands[report.nodeid] = value
     spent = _file_s.setdefault(report.nodeid.split("::")[0], [0.0, 0])
     spent[0] += report.duration
     spent[1] += report.when == "call"
@@ -224,12 +231,43 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("tests not marked slow that ran long")
         for spent, nodeid in long:
             terminalreporter.write_line(f"{spent:6.1f} s  {nodeid}  (mark it @pytest.mark.slow, or make it faster)")
+    for nodeid, commands in _commands.items():
+        terminalreporter.section(f"seconds per command: {nodeid}")
+        for command, seconds in commands:
+            terminalreporter.write_line(f"{seconds:8.1f} s  {command}")
     if _file_s:  # the table docs/development.md quotes: where the suite's time goes, by file
         terminalreporter.section("seconds per test file (set-up, call and teardown; summed over workers)")
         for name, (spent, tests) in sorted(_file_s.items(), key=lambda item: -item[1][0]):
             terminalreporter.write_line(f"{spent:8.1f} s  {tests:4d} tests  {name}")
         total = sum(spent for spent, _ in _file_s.values())
         terminalreporter.write_line(f"{total:8.1f} s  {sum(t for _, t in _file_s.values()):4d} tests  in all")
+
+
+# Each pytest-xdist worker's share of the cores, as a parallel sweep gives each of its jobs
+# (recipe/threads.py): left alone, every torch process and llama.cpp server of both workers takes
+# every core, and on two cores two 2-thread processes side by side ran a forward ~4x slower than two
+# 1-thread ones. Exported, so the servers, trainers and `recipe` processes a test starts inherit it;
+# an OMP_NUM_THREADS already set is kept.
+# The main job's test runs the README's commands as a user's shell would (every core), and so
+# takes the larger part of the machine while the other worker's processes keep to one share.
+_USERS_THREADS = os.environ.get("OMP_NUM_THREADS")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and _USERS_THREADS is None:
+        from recipe import threads
+
+        threads.apply(max(1, threads.cores() // workers))
+
+
+def users_environment(**changes: str) -> dict[str, str]:
+    """This process's environment as the user started the suite (without the worker's thread
+    share), with `changes`: what the README's commands run in."""
+    env = {**os.environ, **changes}
+    if _USERS_THREADS is None:
+        env.pop("OMP_NUM_THREADS", None)
+    return env
 
 
 # Two workers (`make test` runs `-n 2 --dist worksteal`): the main job's test starts first and holds

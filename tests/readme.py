@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,6 +113,7 @@ class Ran:
     returncode: int
     stdout: str
     stderr: str
+    seconds: float = 0.0  # until it ended (a background command: until it was ready)
 
 
 def _start(command: str, cwd: Path, env: dict[str, str], rule: Background) -> tuple[subprocess.Popen[str], str]:
@@ -167,13 +169,14 @@ def run_section(
                 said = f"README command planned, not run: {command_text(command)}  ({rule.reason})"
                 warnings.warn(NotRunHere(said), stacklevel=2)
                 command = f"{command_text(command)} {rule.suffix}"
+            started = time.monotonic()
             if isinstance(rule, Background):
                 proc, output = _start(command, cwd, env, rule)
                 serving.append((command, proc, output))
-                result = Ran(command, 0, output, "")
+                result = Ran(command, 0, output, "", time.monotonic() - started)
             else:
                 done = run_to_end(["bash", "-c", command], cwd=cwd, env=env, timeout_s=timeout_s)
-                result = Ran(command, done.returncode, done.stdout, done.stderr)
+                result = Ran(command, done.returncode, done.stdout, done.stderr, time.monotonic() - started)
             ran.append(result)
             if after is not None:
                 after(result)

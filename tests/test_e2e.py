@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import COMMAND_SECONDS, users_environment
 from .readme import Background, Planned, Ran, Rule, run_section, section
 
 pytestmark = pytest.mark.slow
@@ -94,13 +95,12 @@ def together_env(base_url: str) -> dict[str, str]:
     """A newcomer's shell after `make run` (.venv/bin on PATH), with Together pointed at the fake API."""
     from .conftest import TOGETHER_KEY
 
-    return {
-        **os.environ,
-        "PATH": f"{BIN}:{os.environ['PATH']}",
-        "HYDRA_FULL_ERROR": "0",
-        "TOGETHER_API_KEY": TOGETHER_KEY,
-        "TOGETHER_BASE_URL": base_url,
-    }
+    return users_environment(
+        PATH=f"{BIN}:{os.environ['PATH']}",
+        HYDRA_FULL_ERROR="0",
+        TOGETHER_API_KEY=TOGETHER_KEY,
+        TOGETHER_BASE_URL=base_url,
+    )
 
 
 def records(root: Path) -> dict[Path, dict]:
@@ -126,7 +126,7 @@ README_RULES: list[Rule | Background | Planned] = [
 ]
 
 
-def readme_examples(tmp_path: Path) -> None:
+def readme_examples(tmp_path: Path) -> list[Ran]:
     """The README's examples after the quick start, each checked for what its sentence says it does
     (a command too costly to run here is checked on its plan): a smaller mixture is another artifact
     of 40 examples; the training overrides are not the main job's (a new training, the mixture
@@ -181,22 +181,26 @@ def readme_examples(tmp_path: Path) -> None:
         ran = run_section(commands, README_RULES, tmp_path, env, timeout_s=1500, after=after)
         assert together.requests == []  # the seed was planned, nothing sent
     assert len(ran) == len(commands) - 1
+    return ran
 
 
-def test_the_quick_start_then_the_help_examples_run_as_written(tmp_path: Path) -> None:
+def test_the_quick_start_then_the_help_examples_run_as_written(tmp_path: Path, record_property) -> None:
     """One fresh directory, as a newcomer has: the README's quick start, then `recipe --help`'s
     examples, which reuse what it made, then the README's other examples, each checked for the
     effect its sentence claims. (One test, not three: a second test could run on the other
     pytest-xdist worker, in a directory of its own, and pay for the main job again.)"""
-    quick_start(tmp_path)
-    help_examples(tmp_path)
-    readme_examples(tmp_path)
+    ran: list[Ran] = []
+    try:
+        for phase in (quick_start, help_examples, readme_examples):
+            ran += phase(tmp_path)
+    finally:  # where its time went, command by command: the suite's last lines (tests/conftest.py)
+        record_property(COMMAND_SECONDS, [(r.command, round(r.seconds, 1)) for r in ran])
 
 
-def quick_start(tmp_path: Path) -> None:
+def quick_start(tmp_path: Path) -> list[Ran]:
     commands = section("The two commands")
     assert "recipe" in commands[3] and commands[3].split()[0] == "recipe"
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HYDRA_FULL_ERROR": "0"}
+    env = users_environment(PATH=f"{BIN}:{os.environ['PATH']}", HYDRA_FULL_ERROR="0")
     served: list[str] = []
 
     def after(ran: Ran) -> None:
@@ -218,6 +222,7 @@ def quick_start(tmp_path: Path) -> None:
 
     ran = run_section(commands, RULES, tmp_path, env, timeout_s=3600, after=after)
     assert [r.command.split()[0] for r in ran] == ["recipe", "recipe", "recipe-chat", "recipe", "recipe", "recipe"]
+    return ran
 
 
 HELP_RULES: list[Rule | Background] = [
@@ -226,7 +231,7 @@ HELP_RULES: list[Rule | Background] = [
 ]
 
 
-def help_examples(tmp_path: Path) -> None:
+def help_examples(tmp_path: Path) -> list[Ran]:
     """`recipe --help`'s commands in order, where the quick-start ran: the offline recipe (its
     artifacts reused), the Together judge planned against the fake Together API (nothing sent)."""
     from recipe.cli import COMMANDS, help_text
@@ -249,3 +254,4 @@ def help_examples(tmp_path: Path) -> None:
 
         ran = run_section(commands, HELP_RULES, tmp_path, env, timeout_s=1500, after=after)
     assert len(ran) == len(commands) - 2
+    return ran
