@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 import select
@@ -83,6 +85,63 @@ def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     def _run(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
         return run_to_end([RECIPE, *args], cwd=tmp_path, env=full_env, timeout_s=900, check=check)
+
+    return _run
+
+
+@contextlib.contextmanager
+def logging_kept() -> Iterator[None]:
+    """Every logger's level, handlers and switches as they are now, put back when the block ends
+    (Hydra configures logging for the run it composes); handlers the block added are closed."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    saved = {
+        id(x): (x.level, list(x.handlers), x.propagate, x.disabled) for x in loggers if isinstance(x, logging.Logger)
+    }
+    try:
+        yield
+    finally:
+        for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+            if not isinstance(logger, logging.Logger):
+                continue
+            kept = saved.get(id(logger))
+            for handler in logger.handlers:
+                if kept is None or handler not in kept[1]:
+                    handler.close()
+            if kept is None:
+                logger.handlers, logger.disabled = [], False
+                continue
+            logger.level, handlers, logger.propagate, logger.disabled = kept
+            logger.handlers = handlers
+
+
+@pytest.fixture
+def recipe_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    """`recipe ARGS` in this process (recipe.cli.main, what the console script calls) in a temporary
+    working directory: the quick way to check a refusal (one line, exit 2) without starting Python
+    again. Hydra is cleared and logging put back after each call (as lightning-hydra-template's
+    conftest clears Hydra). The console script itself (its signal handling, its imports) is tested
+    by the tests that run it (`run_cli`), and so is every refusal that guards against foreign code."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from recipe import cli
+
+    def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        with monkeypatch.context() as m, logging_kept():
+            m.chdir(tmp_path)
+            m.setattr(sys, "argv", ["recipe", *args])
+            for name, value in {"HYDRA_FULL_ERROR": "0", **(env or {})}.items():
+                m.setenv(name, value)
+            capsys.readouterr()
+            try:
+                cli.main()
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            finally:
+                GlobalHydra.instance().clear()
+                cli.last_sweep.clear()
+            out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["recipe", *args], code, out, err)
 
     return _run
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -81,19 +82,19 @@ CONFIG_MISTAKES = [
 
 
 @pytest.mark.parametrize(("args", "said"), CONFIG_MISTAKES, ids=[" ".join(a) for a, _ in CONFIG_MISTAKES])
-def test_config_mistakes_are_one_line_exit_2_naming_the_key(run_cli, args: tuple[str, ...], said: str) -> None:
-    proc = run_cli(*args, "dry_run=true", check=False)
+def test_config_mistakes_are_one_line_exit_2_naming_the_key(recipe_here, args: tuple[str, ...], said: str) -> None:
+    proc = recipe_here(*args, "dry_run=true")
     assert proc.returncode == 2 and proc.stderr.strip().startswith(said), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1  # one line: no traceback, no Hydra advice
     if "RECIPE_TEST_UNSET" in args[0]:
         assert "RECIPE_TEST_UNSET' not found" in proc.stderr and "secrets" not in proc.stderr
 
 
-def test_a_dry_run_refuses_what_the_run_would_refuse(run_cli) -> None:
+def test_a_dry_run_refuses_what_the_run_would_refuse(recipe_here) -> None:
     """A locally trained model on a dedicated Together endpoint: both say so, before any work."""
     args = ("train=local_lora", "deploy=together_dedicated", "mix=samples", "~distill", "~test")
     for extra in (("dry_run=true",), ()):
-        proc = run_cli(*args, *extra, check=False, env={"TOGETHER_API_KEY": "sk-test-0123456789abcdef"})
+        proc = recipe_here(*args, *extra, env={"TOGETHER_API_KEY": "sk-test-0123456789abcdef"})
         assert proc.returncode == 2 and "deploy=together_* needs a Together fine-tune" in proc.stderr, extra
 
 
@@ -213,14 +214,14 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(run_cli, tiny_d
     assert list((tiny_disk / "mix").iterdir()) == []
 
 
-def test_an_unknown_experiment_is_an_error_listing_the_known_ones(run_cli) -> None:
-    proc = run_cli("experiment=llama2_7b_32k_instrcut", "dry_run=true", check=False)
+def test_an_unknown_experiment_is_an_error_listing_the_known_ones(recipe_here) -> None:
+    proc = recipe_here("experiment=llama2_7b_32k_instrcut", "dry_run=true")
     assert proc.returncode == 2 and "experiment/llama2_7b_32k_instrcut: no such config" in proc.stderr
     assert "llama2_7b_32k_instruct" in proc.stderr and "smollm2_offline" in proc.stderr
 
 
-def test_stages_without_brackets_gets_a_hint(run_cli) -> None:
-    proc = run_cli("stages=mix", check=False)
+def test_stages_without_brackets_gets_a_hint(recipe_here) -> None:
+    proc = recipe_here("stages=mix")
     assert proc.returncode == 2 and "'stages=[mix]'" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -280,11 +281,26 @@ def test_an_unreachable_teacher_is_one_line_not_a_warning_per_retry(run_cli) -> 
     assert "2 of 2 conversations failed" in said and "Connection refused" in said
 
 
-def test_a_cuda_training_on_a_machine_without_one_is_refused_in_the_pre_flight(run_cli, tmp_path: Path) -> None:
+def test_a_cuda_training_on_a_machine_without_one_is_refused_in_the_pre_flight(recipe_here, tmp_path: Path) -> None:
     """Found before Mix runs (it was found at Train, after the stages before it), in one line."""
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")
-    proc = run_cli("train.device=cuda", "stages=[mix,train]", "mix=samples", "mix.progress=false", check=False)
+    proc = recipe_here("train.device=cuda", "stages=[mix,train]", "mix=samples", "mix.progress=false")
     assert proc.returncode == 2 and "train.device=cuda but this machine has no CUDA device" in proc.stderr
     assert "nothing was run" in proc.stderr and not list((tmp_path / "outputs" / "store").glob("mix/*"))
+
+
+def test_a_refusal_checked_in_process_leaves_the_process_as_it_was(recipe_here) -> None:
+    """recipe_here (tests/conftest.py) runs the CLI in the test's own process: after a refusal found
+    inside the run (Hydra had set up the job's logging and its directory), logging, the environment,
+    the working directory and Hydra are as they were, for the next test in this worker."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    root = logging.getLogger()
+    state = lambda: (list(root.handlers), root.level, os.environ.get("HYDRA_FULL_ERROR"), os.getcwd())  # noqa: E731
+    before = state()
+    args = ("train=local_lora", "deploy=together_dedicated", "mix=samples", "~distill", "~test")
+    proc = recipe_here(*args, env={"TOGETHER_API_KEY": "sk-test-0123456789abcdef"})
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ")
+    assert state() == before and not GlobalHydra.instance().is_initialized()

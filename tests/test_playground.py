@@ -186,13 +186,11 @@ def test_the_playground_streams_both_models_side_by_side(
     wait(lambda: not serve_processes() - before, "the model servers to stop", 30)
 
 
-def test_the_playground_refuses_clearly(tmp_path: Path) -> None:
+def test_the_playground_refuses_clearly(recipe_here) -> None:
     """Off loopback without credentials, or with nothing trained: one line, exit 2, no traceback."""
-    wide = subprocess.run(
-        [RECIPE, "playground", "--host", "0.0.0.0"], cwd=tmp_path, capture_output=True, text=True, timeout=limit(120)
-    )
+    wide = recipe_here("playground", "--host", "0.0.0.0")
     assert wide.returncode == 2 and "give --auth user:password" in wide.stderr and "Traceback" not in wide.stderr
-    empty = subprocess.run([RECIPE, "playground"], cwd=tmp_path, capture_output=True, text=True, timeout=limit(120))
+    empty = recipe_here("playground")
     assert empty.returncode == 2 and "Traceback" not in empty.stderr
     assert re.search(
         r"^error: no trained model in outputs/store: run `recipe stages=\[mix,train\]`", empty.stderr, re.M
@@ -206,9 +204,7 @@ def test_the_playground_refuses_clearly(tmp_path: Path) -> None:
         (["--host", "0.0.0.0", "--auth", "admin:"], "neither part empty"),
         (["--share", "--auth", ":secret"], "neither part empty"),
     ):
-        proc = subprocess.run(
-            [RECIPE, "playground", *args], cwd=tmp_path, capture_output=True, text=True, timeout=limit(120)
-        )
+        proc = recipe_here("playground", *args)
         assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     check_exposure("127.0.0.1", False, None)  # loopback, no link: no credentials needed
     check_exposure("0.0.0.0", True, "me:secret")
