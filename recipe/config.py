@@ -574,6 +574,15 @@ class Engine(Enum):
     vllm = "vllm"
 
 
+class ServedDtype(Enum):
+    auto = (
+        "auto"  # bfloat16 where the device computes it natively (recipe/providers/local/server.py), else the weights'
+    )
+    weights = "weights"  # the weights' own (float32 for a model trained on a CPU)
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
 @dataclass
 class LocalDeployConfig:
     """Serve the trained (merged) model behind an OpenAI-compatible server on this machine."""
@@ -742,6 +751,10 @@ class TestConfig:
     budget: BudgetConfig = execution(factory=BudgetConfig)
     engine: Engine = execution(Engine.auto)  # local models: transformers serve on CPU, vLLM on GPU when installed
     device: str = execution("cpu")
+    # The dtype local models generate in (the held-out loss is always float32): auto = bfloat16 on a
+    # CUDA GPU that has it or a CPU with AVX512-BF16 or AMX (~1.7x faster generation than float32 on
+    # such a CPU), else the weights'. The answers differ slightly between dtypes: each is cached apart.
+    dtype: ServedDtype = execution(ServedDtype.auto)
     # Requests in flight to a remote model; null: up to 128, paced by the rate controller
     # (recipe/providers/limits.py). A local transformers server takes one at a time, or 8 batched
     # at temperature 0 (greedy chat requests); vLLM takes them all.

@@ -51,6 +51,11 @@ def check_offline_run(root: Path, out: str) -> None:
     test_dir = Path(record["stages"]["test"]["artifact"])
     metrics = json.loads((test_dir / "metrics.json").read_text())
     assert set(metrics["summary"]) == {"base", "tuned"}
+    # Both generate in bfloat16 where the CPU computes it natively (test.dtype=auto), else in float32.
+    from recipe.providers.local.server import native_bfloat16
+
+    served = "bfloat16" if native_bfloat16("cpu") else "the weights' own"
+    assert json.loads((test_dir / "manifest.json").read_text())["served_dtype"] == {"base": served, "tuned": served}
     # What the main job shows: the tuned model answers the long-context task better than its base,
     # by an interval that excludes 0 (the README's quick start says so, with its numbers).
     lift = metrics["differences"]["longctx.accuracy"]

@@ -176,6 +176,7 @@ class ModelSpec:
     api: str  # chat | completions
     template: str  # completions: the text template prompts are rendered in
     weights: str | None = None  # local models: which file answers, since the alias alone may not say
+    dtype: str | None = None  # a local model served in a dtype not its weights' (its answers differ slightly)
 
     @classmethod
     def configured(cls, node: DictConfig) -> ModelSpec:
@@ -234,7 +235,7 @@ class ModelClient:
         self.client, self.cache, self.ledger, self.controller = client, cache, ledger, controller
         if controller is not None:
             client.pace_throttling()  # 429/503 come back here: the controller paces every sender
-        self.weights = spec.weights
+        self.weights, self.dtype = spec.weights, spec.dtype
         self.provider, self.model, self.api, self.template = spec.provider, spec.model, spec.api, spec.template
         self.sampling = {k: v for k, v in sampling.items() if v is not None and v != []}
         if spec.provider == "local-transformers":
@@ -253,6 +254,8 @@ class ModelClient:
         identity = {"provider": self.provider, "api": self.api, "body": body}
         if self.weights:
             identity["weights"] = self.weights
+        if self.dtype:
+            identity["dtype"] = self.dtype
         if self.api == "completions":
             identity["template"] = f"{self.template}/{TEMPLATE_VERSION}"
         return request_key(identity)

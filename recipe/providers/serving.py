@@ -49,11 +49,13 @@ class ModelAccess:
     local_dir: Path | None = None  # local models: the Hugging Face directory (held-out loss)
     concurrency: int | None = None  # the most requests worth having in flight; None = the caller's
     server: ManagedServer | None = None  # local models: the managed process (serve until it ends)
+    dtype: str | None = None  # local models: the dtype it generates in, when not the weights' (request-cache keys)
 
     @property
     def spec(self) -> ModelSpec:
         """The model as request-cache keys name it, prompted in the format it was trained in."""
-        return ModelSpec(self.provider, self.model, self.format.api, self.format.template or "raw", self.weights)
+        template = self.format.template or "raw"
+        return ModelSpec(self.provider, self.model, self.format.api, template, self.weights, self.dtype)
 
     @property
     def url(self) -> str:
@@ -72,6 +74,7 @@ class LocalServing:
     # `transformers serve` may batch them (see local_model).
     greedy_batch: bool = False
     warmup_timeout_s: float = 60.0
+    dtype: str | None = None  # what the server loads the weights in (served_dtype); None: theirs
 
 
 # Requests in flight to `transformers serve --continuous-batching` (CPU, the embedded SmolLM2): 8 at
@@ -115,6 +118,7 @@ def local_model(
     options = {"host": serving.host, "port": serving.port, "startup_timeout_s": serving.startup_timeout_s}
     batching = serving.greedy_batch and engine == "transformers" and fmt.api == "chat"
     with contextlib.ExitStack() as stack:
+        options["dtype"] = serving.dtype
         server = stack.enter_context(model_server(model_dir, engine, serving.device, served_name, batching, **options))
         name = server.model  # type: ignore[attr-defined]
         if batching and not answers(server, name, serving.warmup_timeout_s):
@@ -140,6 +144,7 @@ def local_model(
                 local_dir=model_dir,
                 concurrency=(BATCH_IN_FLIGHT if batching else 1) if engine == "transformers" else None,
                 server=server,
+                dtype=serving.dtype,
             )
         finally:
             client.close()

@@ -38,6 +38,7 @@ from recipe.evaluation.contamination import suite_view
 from recipe.providers.cache import RequestCache
 from recipe.providers.http import Client
 from recipe.providers.limits import ADAPTIVE_IN_FLIGHT, Controller, stop_all
+from recipe.providers.local.server import served_dtype
 from recipe.providers.model_client import (
     REMOTE_PROVIDERS,
     BudgetReached,
@@ -215,6 +216,7 @@ class Test(Stage):
         answers: dict[str, dict[str, str]] = {}
         cut: dict[str, set[str]] = {}  # per model, the ids of answers cut at max_tokens
         names: dict[str, str] = {}
+        dtypes: dict[str, str] = {}  # local models: the dtype each was served in
         heldout_loss: dict[str, float] = {}
         heldout_components: dict[str, dict[str, Any]] = {}
         seconds: dict[str, float] = {}  # where the stage's time goes
@@ -249,6 +251,8 @@ class Test(Stage):
                 with self._reach(trained, which, workspace.store) as access:
                     mark = clock(f"{which}.start", mark)
                     names[which] = access.model
+                    if access.provider not in REMOTE_PROVIDERS:  # what the answers were generated in
+                        dtypes[which] = access.dtype or "the weights' own"
                     cut[which] = set()
                     answers[which] = self._generate(access, asking, items, samples, cut[which])
                     mark = measure_loss(which, access.local_dir, access.weights, clock(f"{which}.generate", mark))
@@ -270,7 +274,9 @@ class Test(Stage):
         protocol = judging.protocol_name(c.judge_protocol.value) if self._judged(items) else None
         result = {
             "judge_protocol": protocol,
-            "models": {w: {"name": names[w], **metrics[w]} for w in answers},
+            "models": {
+                w: {"name": names[w], **({"dtype": dtypes[w]} if w in dtypes else {}), **metrics[w]} for w in answers
+            },
             "suites": {
                 name: {
                     "kind": c.suites[name].kind.value,
@@ -299,6 +305,7 @@ class Test(Stage):
             report,
             {
                 "models": {w: names[w] for w in answers},
+                "served_dtype": dtypes,
                 "prompt_format": trained.format.describe(),
                 "judge_protocol": protocol,
                 "differences": differences,
@@ -348,6 +355,7 @@ class Test(Stage):
                 startup_timeout_s=c.startup_timeout_s,
                 timeout_s=c.timeout_s,
                 greedy_batch=c.temperature == 0,  # every request greedy, with the same settings
+                dtype=served_dtype(c.dtype.value, c.device),
             ),
             together=self.together_client if trained.provider == "together" else None,
             dedicated=c.endpoint.value == "dedicated",

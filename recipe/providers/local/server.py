@@ -236,6 +236,30 @@ def batching_flags(model_dir: Path) -> list[str]:
     return ["--continuous-batching", "--cb-block-size", str(BATCH_BLOCK_TOKENS), "--cb-num-blocks", str(blocks)]
 
 
+def native_bfloat16(device: str) -> bool:
+    """Whether `device` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX (Linux's /proc/cpuinfo flags). Elsewhere bfloat16 is emulated, and slower
+    than float32."""
+    if device.startswith("cuda"):
+        import torch
+
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device != "cpu":
+        return False
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split(":", 1)[-1].split()))
+
+
+def served_dtype(choice: str, device: str) -> str | None:
+    """The dtype a server loads a model in (`test.dtype`): None = the weights' own."""
+    if choice == "auto":
+        return "bfloat16" if native_bfloat16(device) else None
+    return None if choice == "weights" else choice
+
+
 class TransformersServer(ManagedServer):
     """`transformers serve` with the model preloaded. The model's name is its directory path, or
     `served_name`: a link of that name to the directory, in a private directory the server runs in
@@ -251,10 +275,12 @@ class TransformersServer(ManagedServer):
         device: str = "cpu",
         served_name: str | None = None,
         batching: bool = False,
+        dtype: str | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.model_dir, self.device, self.served_name, self.batching = model_dir, device, served_name, batching
+        self.dtype = dtype
         if served_name:
             self.cwd = tempfile.mkdtemp(prefix="recipe-served-")
             os.symlink(Path(model_dir).resolve(), Path(self.cwd) / served_name)
@@ -282,6 +308,7 @@ class TransformersServer(ManagedServer):
             str(self.port),
             "--device",
             self.device,
+            *(["--dtype", self.dtype] if self.dtype else []),
             *(batching_flags(self.model_dir) if self.batching else []),
         ]
 
@@ -293,9 +320,11 @@ class VllmServer(ManagedServer):
     name = "vLLM server"
     ready_path = "/health"
 
-    def __init__(self, model_dir: Path, *, served_name: str | None = None, **kwargs: object) -> None:
+    def __init__(
+        self, model_dir: Path, *, served_name: str | None = None, dtype: str | None = None, **kwargs: object
+    ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.model_dir, self.served_name = model_dir, served_name
+        self.model_dir, self.served_name, self.dtype = model_dir, served_name, dtype
 
     @property
     def model(self) -> str:
@@ -309,6 +338,7 @@ class VllmServer(ManagedServer):
             "--model",
             str(self.model_dir),
             *(["--served-model-name", self.served_name] if self.served_name else []),
+            *(["--dtype", self.dtype] if self.dtype else []),
             "--host",
             self.host,
             "--port",
@@ -331,11 +361,15 @@ def model_server(
     device: str,
     served_name: str | None = None,
     batching: bool = False,
+    dtype: str | None = None,
     **options: object,
 ) -> ManagedServer:
     """A managed server for a Hugging Face model directory with the chosen engine (see serving_engine);
     clients name the model `served_name` when given, else by its directory path. `batching`: `transformers
-    serve --continuous-batching` (vLLM always batches)."""
+    serve --continuous-batching` (vLLM always batches). `dtype`: the one it loads the weights in
+    (None: theirs)."""
     if serving_engine(engine) == "vllm":
-        return VllmServer(model_dir, served_name=served_name, **options)
-    return TransformersServer(model_dir, device=device, served_name=served_name, batching=batching, **options)
+        return VllmServer(model_dir, served_name=served_name, dtype=dtype, **options)
+    return TransformersServer(
+        model_dir, device=device, served_name=served_name, batching=batching, dtype=dtype, **options
+    )
