@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import logging.config
 import os
 import re
 import select
@@ -127,6 +128,9 @@ def recipe_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.
 
     def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         with monkeypatch.context() as m, logging_kept():
+            # Hydra's logging config (dictConfig) closes every handler alive, pytest's own among them:
+            # it only forgets them here, and logging_kept puts them back.
+            m.setattr(logging.config, "_clearExistingHandlers", logging._handlers.clear)  # type: ignore[attr-defined]
             m.chdir(tmp_path)
             m.setattr(sys, "argv", ["recipe", *args])
             for name, value in {"HYDRA_FULL_ERROR": "0", **(env or {})}.items():

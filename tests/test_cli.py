@@ -291,7 +291,7 @@ def test_a_cuda_training_on_a_machine_without_one_is_refused_in_the_pre_flight(r
     assert "nothing was run" in proc.stderr and not list((tmp_path / "outputs" / "store").glob("mix/*"))
 
 
-def test_a_refusal_checked_in_process_leaves_the_process_as_it_was(recipe_here) -> None:
+def test_a_refusal_checked_in_process_leaves_the_process_as_it_was(recipe_here, tmp_path: Path) -> None:
     """recipe_here (tests/conftest.py) runs the CLI in the test's own process: after a refusal found
     inside the run (Hydra had set up the job's logging and its directory), logging, the environment,
     the working directory and Hydra are as they were, for the next test in this worker."""
@@ -300,7 +300,14 @@ def test_a_refusal_checked_in_process_leaves_the_process_as_it_was(recipe_here) 
     root = logging.getLogger()
     state = lambda: (list(root.handlers), root.level, os.environ.get("HYDRA_FULL_ERROR"), os.getcwd())  # noqa: E731
     before = state()
-    args = ("train=local_lora", "deploy=together_dedicated", "mix=samples", "~distill", "~test")
-    proc = recipe_here(*args, env={"TOGETHER_API_KEY": "sk-test-0123456789abcdef"})
-    assert proc.returncode == 2 and proc.stderr.startswith("error: ")
-    assert state() == before and not GlobalHydra.instance().is_initialized()
+    mine = logging.FileHandler(tmp_path / "mine.log")  # a handler open before (as pytest's own are)
+    logging.getLogger("mine").addHandler(mine)
+    try:
+        args = ("train=local_lora", "deploy=together_dedicated", "mix=samples", "~distill", "~test")
+        proc = recipe_here(*args, env={"TOGETHER_API_KEY": "sk-test-0123456789abcdef"})
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ")
+        assert state() == before and not GlobalHydra.instance().is_initialized()
+        assert mine.stream is not None and not mine.stream.closed  # Hydra's dictConfig closed every handler
+    finally:
+        logging.getLogger("mine").removeHandler(mine)
+        mine.close()
