@@ -66,6 +66,10 @@ CONFIG_MISTAKES = [
     (("mix.total=lots",), "error: mix.total: Value 'lots' of type 'str' could not be converted to Integer"),
     (("mix.unit=lines",), "error: mix.unit: Invalid value 'lines', expected one of [examples, tokens]"),
     (
+        ("test.dtype=half",),
+        "error: test.dtype: Invalid value 'half', expected one of [auto, weights, float32, bfloat16]",
+    ),
+    (
         ("mix=nope",),
         "error: mix/nope: no such config (the options: llama2_7b_32k, longctx, longctx_32k, offline, samples)",
     ),
