@@ -575,9 +575,7 @@ class Engine(Enum):
 
 
 class ServedDtype(Enum):
-    auto = (
-        "auto"  # bfloat16 where the device computes it natively (recipe/providers/local/server.py), else the weights'
-    )
+    auto = "auto"  # bfloat16 where the device computes it natively (see served_dtype), else the weights'
     weights = "weights"  # the weights' own (float32 for a model trained on a CPU)
     float32 = "float32"
     bfloat16 = "bfloat16"

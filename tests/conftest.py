@@ -94,16 +94,16 @@ def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
 def logging_kept() -> Iterator[None]:
     """Every logger's level, handlers and switches as they are now, put back when the block ends
     (Hydra configures logging for the run it composes); handlers the block added are closed."""
-    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
-    saved = {
-        id(x): (x.level, list(x.handlers), x.propagate, x.disabled) for x in loggers if isinstance(x, logging.Logger)
-    }
+
+    def loggers() -> list[logging.Logger]:
+        named = logging.Logger.manager.loggerDict.values()
+        return [logging.getLogger(), *(x for x in named if isinstance(x, logging.Logger))]
+
+    saved = {id(x): (x.level, list(x.handlers), x.propagate, x.disabled) for x in loggers()}
     try:
         yield
     finally:
-        for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
-            if not isinstance(logger, logging.Logger):
-                continue
+        for logger in loggers():
             kept = saved.get(id(logger))
             for handler in logger.handlers:
                 if kept is None or handler not in kept[1]:

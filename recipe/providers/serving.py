@@ -115,10 +115,14 @@ def local_model(
     see batching_flags; the default cache took most of free memory): the first request is a
     warm-up with a deadline, and a server that misses it is replaced by one that does not batch."""
     engine = serving_engine(serving.engine)
-    options = {"host": serving.host, "port": serving.port, "startup_timeout_s": serving.startup_timeout_s}
+    options = {
+        "host": serving.host,
+        "port": serving.port,
+        "startup_timeout_s": serving.startup_timeout_s,
+        "dtype": serving.dtype,
+    }
     batching = serving.greedy_batch and engine == "transformers" and fmt.api == "chat"
     with contextlib.ExitStack() as stack:
-        options["dtype"] = serving.dtype
         server = stack.enter_context(model_server(model_dir, engine, serving.device, served_name, batching, **options))
         name = server.model  # type: ignore[attr-defined]
         if batching and not answers(server, name, serving.warmup_timeout_s):

@@ -274,9 +274,7 @@ class Test(Stage):
         protocol = judging.protocol_name(c.judge_protocol.value) if self._judged(items) else None
         result = {
             "judge_protocol": protocol,
-            "models": {
-                w: {"name": names[w], **({"dtype": dtypes[w]} if w in dtypes else {}), **metrics[w]} for w in answers
-            },
+            "models": {w: {"name": names[w], **metrics[w]} for w in answers},
             "suites": {
                 name: {
                     "kind": c.suites[name].kind.value,
