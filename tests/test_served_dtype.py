@@ -13,6 +13,8 @@ from recipe.providers.cache import request_key
 from recipe.providers.local.server import TransformersServer, native_bfloat16, served_dtype
 from recipe.providers.model_client import ModelClient, ModelSpec
 
+from .subprocesses import limit
+
 
 def cpu_flags() -> set[str]:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -52,7 +54,7 @@ def test_transformers_serve_loads_the_weights_in_the_dtype_asked(tiny_model_dir:
         command = psutil.Process(server.process.pid).cmdline()
         assert command[command.index("--dtype") + 1] == "bfloat16"
         body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0}
-        answer = requests.post(f"{server.base_url}/chat/completions", json=body, timeout=300)
+        answer = requests.post(f"{server.base_url}/chat/completions", json=body, timeout=limit(300))
         assert answer.status_code == 200, answer.text
     with TransformersServer(tiny_model_dir) as server:  # unset: the weights' own, no flag
         assert server.process is not None and "--dtype" not in psutil.Process(server.process.pid).cmdline()
