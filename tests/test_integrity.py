@@ -3,6 +3,7 @@ that are not answers, redirects that would carry a prompt or a create elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -509,6 +510,68 @@ def test_a_damaged_cache_keeps_every_row_readable_on_its_own(tmp_path: Path) -> 
     assert cache.salvaged is not None and 300 < readable < 404
     assert cache.salvaged["answers"] == readable == len(cache)
     cache.close()
+
+
+def _open_and_put(paths: list[str], name: str, barrier) -> None:  # in a process of its own (spawned)
+    from recipe.providers.cache import RequestCache
+
+    for path in paths:  # each file opened by every process at once
+        barrier.wait(timeout=120)
+        cache = RequestCache(path)
+        cache.put(f"key-{name}", f"answer of {name}", 1, 1)
+        cache.close()
+
+
+OLD_CACHE = """
+CREATE TABLE answers (key TEXT PRIMARY KEY, text TEXT NOT NULL, prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL, created REAL NOT NULL);
+CREATE TABLE batches (key TEXT PRIMARY KEY, batch_id TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE inflight (key TEXT PRIMARY KEY, started REAL NOT NULL);
+INSERT INTO answers VALUES ('key-paid', 'paid for before the upgrade', 1, 1, 0);
+"""
+
+
+ROUNDS = 20  # files, each opened by six processes at the same moment (the race is a few microseconds wide)
+
+
+@pytest.mark.parametrize("start", ["new", "old"])
+def test_processes_opening_one_cache_at_once_share_it(tmp_path: Path, start: str) -> None:
+    """Processes (a sweep's jobs, two terminals) opening one cache at the same moment, a new file or
+    one written by an older release (its columns added on opening), all write into that one file:
+    none takes another's first open for damage and moves the file aside (every answer then bought
+    twice, as a full run once caught: 'damaged (duplicate column name: sent)')."""
+    import multiprocessing
+    import sqlite3
+
+    from recipe.providers.cache import RequestCache
+
+    paths = [tmp_path / f"requests-{round}.sqlite" for round in range(ROUNDS)]
+    if start == "old":
+        for path in paths:
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                db.executescript(OLD_CACHE)
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(6)
+    names = [str(p) for p in paths]
+    processes = [context.Process(target=_open_and_put, args=(names, str(i), barrier)) for i in range(6)]
+    for process in processes:
+        process.start()
+    try:
+        for process in processes:
+            process.join(timeout=limit(120))
+        assert [p.exitcode for p in processes] == [0] * 6
+    finally:
+        for process in processes:
+            process.kill()
+    assert not list(tmp_path.glob("*.damaged-*"))
+    for path in paths:
+        cache = RequestCache(path)
+        try:
+            assert {cache.get(f"key-{i}").text for i in range(6)} == {f"answer of {i}" for i in range(6)}
+            if start == "old":
+                assert cache.get("key-paid").text == "paid for before the upgrade" and len(cache) == 7
+        finally:
+            cache.close()
 
 
 def test_a_cache_under_its_old_name_is_adopted_with_every_answer(tmp_path: Path) -> None:

@@ -34,32 +34,44 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recipe.errors import RecipeError
 from recipe.store import pid_alive
 
 log = logging.getLogger(__name__)
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS answers (
+# Each table as a new cache makes it; a cache written by an older release gains the columns it
+# lacks (_COLUMNS) when it is opened.
+_TABLES = (
+    """CREATE TABLE IF NOT EXISTS answers (
     key TEXT PRIMARY KEY,
     text TEXT NOT NULL,
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS batches (
+    created REAL NOT NULL,
+    finish TEXT
+)""",
+    """CREATE TABLE IF NOT EXISTS batches (
     key TEXT PRIMARY KEY,
     batch_id TEXT NOT NULL,
     created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS inflight (
+)""",
+    """CREATE TABLE IF NOT EXISTS inflight (
     key TEXT PRIMARY KEY,
-    started REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS resent (
+    started REAL NOT NULL,
+    owner TEXT,
+    sent INTEGER NOT NULL DEFAULT 1
+)""",
+    """CREATE TABLE IF NOT EXISTS resent (
     key TEXT PRIMARY KEY,
     times INTEGER NOT NULL
-);
-"""
+)""",
+)
+_COLUMNS = {
+    "answers": {"finish": "TEXT"},  # why generation stopped (stop, length)
+    # a cache written before claims: its journal rows have no owner (dead), and had been sent
+    "inflight": {"owner": "TEXT", "sent": "INTEGER NOT NULL DEFAULT 1"},
+}
 SALVAGE_CHUNK = 256  # rows read per query when salvaging a damaged cache (a failing chunk is read row by row)
+LOCK_WAIT_S = 60.0  # how long opening the cache waits for another process holding it
 FOREIGN_CLAIM_S = 3600.0  # a claim made on another host is trusted this long (its process cannot be checked)
 
 
@@ -69,18 +81,36 @@ def request_key(request: dict[str, Any]) -> str:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
+    """The cache's connection, its tables made or brought up to date. Processes opening one cache
+    at the same moment (a sweep's jobs) take turns: the tables are checked and changed inside one
+    write transaction, so none sees a column another has just added as missing."""
     # One connection shared by threads behind a lock: SQLite serialises writers anyway.
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60)
-    db.execute("PRAGMA journal_mode=WAL")
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=LOCK_WAIT_S)
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:  # switching to WAL takes the file to itself, and SQLite does not wait for that
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
     db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against process kills
-    db.executescript(_SCHEMA)
-    columns = {row[1] for row in db.execute("PRAGMA table_info(inflight)")}
-    if "owner" not in columns:  # a cache written before claims: its journal rows have no owner (dead)
-        db.execute("ALTER TABLE inflight ADD COLUMN owner TEXT")
-    if "sent" not in columns:  # 1 once the request left (a journal row of an older cache: it had)
-        db.execute("ALTER TABLE inflight ADD COLUMN sent INTEGER NOT NULL DEFAULT 1")
-    if "finish" not in {row[1] for row in db.execute("PRAGMA table_info(answers)")}:
-        db.execute("ALTER TABLE answers ADD COLUMN finish TEXT")  # why generation stopped (stop, length)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for table in _TABLES:
+            db.execute(table)
+        for table, wanted in _COLUMNS.items():
+            columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            for column, kind in wanted.items():
+                if column not in columns:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        db.close()
+        raise
     return db
 
 
@@ -245,7 +275,9 @@ class RequestCache:
             try:
                 self._db = _connect(self.path)
                 return
-            except sqlite3.DatabaseError as e:
+            except sqlite3.OperationalError as e:  # locked past the wait, unwritable: not damage
+                raise RecipeError(f"the request cache {self.path} could not be opened: {e}") from None
+            except sqlite3.DatabaseError as e:  # malformed, not a database
                 damage = str(e)
         # Every answer in here was paid for: move the damaged file aside, keep what can be read.
         aside = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
