@@ -4,7 +4,9 @@ never by the process that runs a command. It leaves stopping to the run:
 - Ctrl-C, which a terminal sends to the whole process group, is ignored by the server and so by
   every worker forked from it (the forkserver hands its children the SIGINT disposition it had
   before it began serving): the run stops them, and each would otherwise print a KeyboardInterrupt
-  traceback. Only the interpreter's own start, before this module loads, can still take one.
+  traceback. The interpreter's own start, before this module loads, is covered too: the run starts
+  the server with SIGINT blocked (recipe.data.jsonl.worker_pool), and here, ignored, it is let
+  through again (a Ctrl-C that arrived meanwhile is dropped: it was the run's to act on).
 - When a run is stopped (Ctrl-C, SIGTERM) while its pool is starting a worker, the run unlinks the
   pool's named semaphores on its way out; the worker, forked a moment later, fails to open them in
   multiprocessing's own start-up code and the forkserver prints that traceback on the terminal the
@@ -18,6 +20,7 @@ import sys
 from types import TracebackType
 
 signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 _default = sys.excepthook
 

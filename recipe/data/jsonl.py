@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
+from multiprocessing import forkserver, get_context, resource_tracker
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,17 @@ def worker_pool(
     # leftovers to the run, without a traceback each).
     context = get_context("forkserver")
     context.set_forkserver_preload(["recipe.data.forkserver", "recipe.data.spool"])
+    # The server is a new interpreter: a Ctrl-C reaching it while it starts, before
+    # recipe.data.forkserver ignores it, ends it with "Fatal Python error: init_import_site" and a
+    # traceback. It starts with SIGINT held (the mask outlives exec), as multiprocessing's resource
+    # tracker starts; one meant for the run reaches the run once the server has started. The tracker
+    # first: its start unblocks SIGINT in the thread that started it, whatever the mask was.
+    resource_tracker.ensure_running()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
     return ProcessPoolExecutor(
         workers,
         mp_context=context,
