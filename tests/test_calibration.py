@@ -50,20 +50,17 @@ def test_clustered_prompts_are_covered_at_the_stated_level() -> None:
     assert abs(covered - 0.95) <= 2.3 * (0.95 * 0.05 / 200) ** 0.5 + 0.02, f"covered {covered:.0%}"
 
 
-@pytest.mark.slow  # tens of seconds: hundreds of fits with 199 permutations each
 def test_noise_rarely_gets_a_proposal() -> None:
     rate = calibration.noise_proposal_rate(16, 4, 100, seed=6)
     assert rate <= bound(0.05, 100), f"{rate:.0%} of pure-noise sweeps got a proposal"
 
 
-@pytest.mark.slow  # tens of seconds: hundreds of fits with 199 permutations each
 def test_a_quadratic_truth_gets_its_proposal_with_an_interval_that_covers_it() -> None:
     rate, coverage, _ = calibration._planted(16, 3, 60, 7, calibration._quadratic)
     assert rate >= 0.9, f"only {rate:.0%} of 16-job sweeps over a quadratic truth got a proposal"
     assert coverage >= 0.8, f"the 90% interval covered the truth in {coverage:.0%} of proposals"
 
 
-@pytest.mark.slow  # tens of seconds: hundreds of fits with 199 permutations each
 def test_an_optimum_outside_the_range_tried_is_flagged_as_an_edge() -> None:
     def truth(s):  # best with as little of the first component as possible
         return float(0.8 - 0.5 * s[0])

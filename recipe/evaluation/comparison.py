@@ -91,13 +91,10 @@ class Family:
         D_u is the unit's summed difference and c_u its prompts. Pairs x draws."""
         sizes = self.units.sizes
         total = weights @ sizes  # draws
-        out = np.empty((len(a), weights.shape[0]))
-        for row, (i, j) in enumerate(zip(a, b, strict=True)):
-            unit_diff = self.sums[i] - self.sums[j]
-            d = (weights @ unit_diff) / total
-            spread = weights @ unit_diff**2 - 2 * d * (weights @ (unit_diff * sizes)) + d**2 * (weights @ sizes**2)
-            out[row] = np.sqrt(np.maximum(spread, 0.0)) / total
-        return out
+        unit_diff = self.sums[a] - self.sums[b]  # pairs x units
+        d = (unit_diff @ weights.T) / total
+        spread = (unit_diff**2) @ weights.T - 2 * d * ((unit_diff * sizes) @ weights.T) + d**2 * (weights @ sizes**2)
+        return np.sqrt(np.maximum(spread, 0.0)) / total
 
     def spread(self, pairs: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, float]:
         """For pairs (i, j) of positions in `present`: the differences i - j, their standard errors,

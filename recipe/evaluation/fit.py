@@ -106,34 +106,55 @@ class Proposal:
         return " ".join(f"mix.components.{c}.share={v:g}" for c, v in self.shares.items())
 
 
+def _standardised(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mu, sd = x.mean(axis=0), x.std(axis=0)
+    sd[sd == 0] = 1.0
+    return (x - mu) / sd, mu, sd
+
+
+def loo_errors(x: np.ndarray, ys: np.ndarray, penalty: float) -> np.ndarray:
+    """Ridge's exact leave-one-out RMSE on features `x` for each column of `ys` (the figures, or
+    shuffles of them). The fit is linear in the figures (fitted = S y, S = 11'/n + Z (Z'Z + pI)^-1 Z'
+    on the standardised features Z), so one S serves every column, and the LOO residual of each is
+    r_i / (1 - S_ii)."""
+    z, _, _ = _standardised(x)
+    smoother = z @ np.linalg.solve(z.T @ z + penalty * np.eye(z.shape[1]), z.T) + 1.0 / len(x)
+    residual = ys - smoother @ ys
+    hat = np.clip(1.0 - np.diag(smoother), 1e-9, None)
+    return np.sqrt(np.mean((residual / hat[:, None]) ** 2, axis=0))
+
+
 class Ridge:
     """Ridge on standardised features, intercept unpenalised; `loo` is the exact LOO RMSE."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, penalty: float) -> None:
-        self.mu, self.sd = x.mean(axis=0), x.std(axis=0)
-        self.sd[self.sd == 0] = 1.0
-        z = (x - self.mu) / self.sd
+        z, self.mu, self.sd = _standardised(x)
         self.y_mean = y.mean()
-        gram = z.T @ z + penalty * np.eye(z.shape[1])
-        self.w = np.linalg.solve(gram, z.T @ (y - self.y_mean))
-        hat = np.einsum("ij,jk,ik->i", z, np.linalg.inv(gram), z) + 1.0 / len(y)  # + the intercept's share
-        residual = y - self.predict(x)
-        self.loo = float(np.sqrt(np.mean((residual / np.clip(1.0 - hat, 1e-9, None)) ** 2)))
+        self.w = np.linalg.solve(z.T @ z + penalty * np.eye(z.shape[1]), z.T @ (y - self.y_mean))
+        self.loo = float(loo_errors(x, y[:, None], penalty)[0])
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.y_mean + ((x - self.mu) / self.sd) @ self.w
 
 
-def _best_fit(basis: Basis, shares: np.ndarray, y: np.ndarray) -> tuple[str, float, Ridge]:
-    """(form, penalty, fit) with the least leave-one-out error, over FORMS x PENALTIES."""
+def _fits(basis: Basis, shares: np.ndarray, n: int) -> list[tuple[str, float, np.ndarray]]:
+    """(form, penalty, features) of every fit a choice is made among: FORMS x PENALTIES, each form
+    with fewer features than the jobs less two."""
     found = []
     for form in FORMS:
         x = basis.design(form, shares)
-        if x.shape[1] == 0 or x.shape[1] + 2 > len(y):
-            continue
-        found += [(Ridge(x, y, p).loo, form, p) for p in PENALTIES]
-    _, form, penalty = min(found)
-    return form, penalty, Ridge(basis.design(form, shares), y, penalty)
+        if x.shape[1] and x.shape[1] + 2 <= n:
+            found += [(form, p, x) for p in PENALTIES]
+    return found
+
+
+def _best_fit(basis: Basis, shares: np.ndarray, ys: np.ndarray) -> tuple[str, float, np.ndarray]:
+    """(form, penalty) with the least leave-one-out error for the figures (`ys`'s first column), and
+    the least error any choice makes for each column (each shuffle chooses its own form and penalty)."""
+    fits = _fits(basis, shares, len(ys))
+    errors = np.array([loo_errors(x, ys, p) for _, p, x in fits])
+    _, form, penalty = min((float(errors[i, 0]), form, p) for i, (form, p, _) in enumerate(fits))
+    return form, penalty, errors.min(axis=0)
 
 
 def _candidates(basis: Basis, shares: np.ndarray, bounds: np.ndarray, seed: int, count: int = 20000) -> np.ndarray:
@@ -188,10 +209,11 @@ def propose(
         )
         return Proposal(components, n, None, None, None, None, bounds, f"too few jobs to fit: {why}")
     mean_error = float(np.sqrt(np.mean(((y - y.mean()) * n / (n - 1)) ** 2)))  # LOO of the mean
-    form, penalty, best = _best_fit(basis, shares, y)
     rng = np.random.default_rng(seed)
-    shuffled = [_best_fit(basis, shares, rng.permutation(y))[2].loo for _ in range(PERMUTATIONS)]
-    p_value = (1 + sum(loo <= best.loo for loo in shuffled)) / (1 + PERMUTATIONS)
+    shuffles = np.column_stack([y, *[rng.permutation(y) for _ in range(PERMUTATIONS)]])
+    form, penalty, least = _best_fit(basis, shares, shuffles)
+    best = Ridge(basis.design(form, shares), y, penalty)
+    p_value = (1 + int((least[1:] <= least[0]).sum())) / (1 + PERMUTATIONS)
     common = {"form": form, "p_value": p_value}
     if p_value > SIGNIFICANCE:
         return Proposal(
