@@ -646,7 +646,7 @@ class SuiteConfig:
     data_files: List[str] = field(default_factory=list)
     split: str = "train"
     max_examples: Optional[int] = None  # the first N records; null = all
-    max_tokens: int = 128  # generation length per prompt
+    max_tokens: int = 128  # generation length per prompt (mqa, synthetic: a local model's stops at its first line)
     # For a dry run that cannot read a hub suite (stated assumptions, printed with the plan): its
     # number of records, and the mean tokens of one record's prompt text (mqa: of one document).
     records: Optional[int] = execution(None)

@@ -84,6 +84,8 @@ def check_offline_run(root: Path, out: str) -> None:
     assert metrics["models"]["tuned"]["name"].endswith("/merged")
     rows = [json.loads(line) for line in (test_dir / "generations.jsonl").read_text().splitlines()]
     assert len(rows) >= 100 and all(r["base"] is not None and r["tuned"] is not None for r in rows)
+    # Scored on its first line, an answer ends there (the base model would copy the document's lines on).
+    assert not [r for r in rows if "\n" in r["base"] + r["tuned"]]
     assert "Test (" in out and "heldout.loss" in out  # the summary table is printed
     assert f"open {test_dir / 'report.html'} in a browser" in out and "next: `recipe playground`" in out
     assert "longctx: tuned - base +" in out and "better" in out  # its headline

@@ -183,6 +183,10 @@ def judge_messages(instruction: str, output_a: str, output_b: str) -> list[dict[
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
 
 
+# Suites scored on their answers' first line (best_subspan_em): what follows it is never read.
+FIRST_LINE_KINDS = ("mqa", "synthetic")
+
+
 def score_mqa(items: Sequence[Item], answers: dict[str, str]) -> dict[str, Any]:
     """Accuracy per (documents, gold position), per number of documents, and overall."""
     cells: dict[tuple[int, str], list[float]] = defaultdict(list)

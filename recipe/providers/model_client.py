@@ -208,11 +208,13 @@ def transformers_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
     it copies the model's generation config, where `do_sample` is false for our exported and merged
     models, and reads `temperature` without turning sampling on (every temperature and seed gave the
     same greedy answer). A `generation_config` in the body is the base it starts from instead; what
-    it leaves unset (end-of-sequence and padding ids) still comes from the model's own."""
+    it leaves unset (end-of-sequence and padding ids) still comes from the model's own. One the
+    caller set already (a suite's end-of-sequence ids: serving.line_end_fields) is added to."""
     temperature = sampling.get("temperature")
     if not temperature:
         return {}
-    wanted = {"do_sample": True, "temperature": float(temperature)}
+    wanted = {**json.loads(sampling.get("generation_config") or "{}"), "do_sample": True}
+    wanted["temperature"] = float(temperature)
     for key in ("top_p", "top_k", "repetition_penalty"):
         if sampling.get(key) is not None:
             wanted[key] = sampling[key]

@@ -28,7 +28,7 @@ import requests
 from recipe.artifacts import PromptFormat, TrainedModel
 from recipe.errors import RecipeError
 from recipe.providers.http import RECONCILE_WINDOW_S, SETTLE_POLL_S, APIError, Client, reconcile
-from recipe.providers.local.server import ManagedServer, model_server, serving_engine
+from recipe.providers.local.server import ManagedServer, line_end_fields, model_server, serving_engine
 from recipe.providers.model_client import ModelSpec, completion_request
 from recipe.providers.together import cheapest_hardware, hardware_usd_per_hour, unless_gone, wait_endpoint_started
 from recipe.store import ArtifactStore
@@ -60,6 +60,14 @@ class ModelAccess:
     @property
     def url(self) -> str:
         return self.client.base_url
+
+    def line_end_fields(self) -> dict[str, Any]:
+        """Request fields that end this model's answers at their first newline, for a suite scored on
+        the first line. Only a local model's: a remote model's requests are left as they were, so the
+        answers already cached for them (paid for) are still found."""
+        if self.server is None or self.local_dir is None:
+            return {}
+        return line_end_fields(self.local_dir, self.provider.removeprefix("local-"))
 
 
 @dataclass

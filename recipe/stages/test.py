@@ -364,9 +364,15 @@ class Test(Stage):
 
     # -- asking ------------------------------------------------------------------------------------
 
-    def _client_for(self, access: ModelAccess, asking: Asking, max_tokens: int) -> ModelClient:
+    def _client_for(
+        self, access: ModelAccess, asking: Asking, max_tokens: int, first_line: bool = False
+    ) -> ModelClient:
+        """A client asking `access`'s model; `first_line`: for a suite scored on the answer's first
+        line (mqa, synthetic), whose local models stop there."""
         c = self.config
         sampling = {"max_tokens": max_tokens, "temperature": c.temperature, "seed": c.seed}
+        if first_line:
+            sampling.update(access.line_end_fields())
         remote = access.provider in REMOTE_PROVIDERS
         controller = asking.controller(access.client, access.model, access.which) if remote else None
         # Prompts in the format the model was trained in (the Train artifact's).
@@ -392,7 +398,9 @@ class Test(Stage):
         c = self.config
         work: list[tuple[suites.Item, ModelClient]] = []
         for name, suite_items in items.items():
-            client = self._client_for(access, asking, c.suites[name].max_tokens)
+            suite = c.suites[name]
+            first_line = suite.kind.value in suites.FIRST_LINE_KINDS
+            client = self._client_for(access, asking, suite.max_tokens, first_line)
             work.extend((item, client) for item in suite_items)
         if samples:
             client = self._client_for(access, asking, c.heldout.max_tokens)

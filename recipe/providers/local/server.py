@@ -260,6 +260,34 @@ def served_dtype(choice: str, device: str) -> str | None:
     return None if choice == "weights" else choice
 
 
+def line_end_fields(model_dir: Path, engine: str) -> dict[str, str | list[str]]:
+    """Request fields that end a local model's answer at its first newline, for answers scored on
+    their first line (the line is the same; what the model would write after it is never generated).
+    vLLM takes OpenAI's `stop`. `transformers serve --continuous-batching` ignores `stop` (5.25) but
+    ends a request at any of its end-of-sequence ids: the model's own plus every token whose text
+    holds a newline (whitespace runs in byte-level vocabularies: 129 of SmolLM2's 49,152), so the
+    answer ends with the token that ends its first line."""
+    if engine != "transformers":
+        return {"stop": ["\n"]}
+    return {"generation_config": json.dumps({"eos_token_id": line_end_ids(Path(model_dir))})}
+
+
+@functools.lru_cache(maxsize=8)
+def line_end_ids(model_dir: Path) -> list[int]:
+    """The model's own end-of-sequence ids (its generation config's, else its config's, as
+    `transformers serve` reads them) and the ids of every token whose text holds a newline."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    try:
+        own = GenerationConfig.from_pretrained(model_dir).eos_token_id
+    except OSError:
+        own = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_dir)).eos_token_id
+    ids = set([] if own is None else [own] if isinstance(own, int) else own)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids.update(i for i in range(len(tokenizer)) if "\n" in tokenizer.decode([i]))
+    return sorted(ids)
+
+
 class TransformersServer(ManagedServer):
     """`transformers serve` with the model preloaded. The model's name is its directory path, or
     `served_name`: a link of that name to the directory, in a private directory the server runs in
