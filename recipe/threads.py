@@ -45,6 +45,12 @@ def apply(count: int) -> None:
     torch = sys.modules.get("torch")  # already imported: its pool was sized at import
     if torch is not None:
         torch.set_num_threads(count)
+    # numpy's BLAS (OpenBLAS) sized its pool when numpy was imported, before this, and does not read
+    # the variable again: its matrix products spun two threads on a core another process was using
+    # (a sweep's comparisons ran ~10x slower beside a training than alone).
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=count)
 
 
 def current() -> int:

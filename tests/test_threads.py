@@ -4,6 +4,8 @@ cores, and the local servers that are told the count."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -39,3 +41,20 @@ def test_apply_sizes_torch_and_the_children(monkeypatch: pytest.MonkeyPatch) -> 
         assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1" and threads.current() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_share_of_the_cores_holds_for_numpys_blas_loaded_before_it() -> None:
+    """OpenBLAS sizes its pool when numpy is imported and never reads OMP_NUM_THREADS again."""
+    script = (
+        "import numpy\nfrom threadpoolctl import threadpool_info\nfrom recipe import threads\n"
+        "before = [p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas']\n"
+        "threads.apply(1)\nprint(before, [p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120, check=True
+    )
+    line = done.stdout.strip()
+    assert line.endswith("[1]"), line
+    if threads.cores() > 1:
+        assert line.startswith(f"[{threads.cores()}]"), line  # it took every core at import
