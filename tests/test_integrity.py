@@ -512,11 +512,11 @@ def test_a_damaged_cache_keeps_every_row_readable_on_its_own(tmp_path: Path) -> 
     cache.close()
 
 
-def _open_and_put(paths: list[str], name: str, barrier) -> None:  # in a process of its own (spawned)
+def _open_and_put(paths: list[str], name: str, barrier, wait_s: float) -> None:  # in a process of its own (spawned)
     from recipe.providers.cache import RequestCache
 
     for path in paths:  # each file opened by every process at once
-        barrier.wait(timeout=120)
+        barrier.wait(timeout=wait_s)
         cache = RequestCache(path)
         cache.put(f"key-{name}", f"answer of {name}", 1, 1)
         cache.close()
@@ -553,7 +553,7 @@ def test_processes_opening_one_cache_at_once_share_it(tmp_path: Path, start: str
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(6)
     names = [str(p) for p in paths]
-    processes = [context.Process(target=_open_and_put, args=(names, str(i), barrier)) for i in range(6)]
+    processes = [context.Process(target=_open_and_put, args=(names, str(i), barrier, limit(120))) for i in range(6)]
     for process in processes:
         process.start()
     try:

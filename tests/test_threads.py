@@ -13,6 +13,8 @@ from recipe import threads
 from recipe.errors import RecipeError
 from recipe.providers.local.server import LlamaCppServer, embedded_gguf
 
+from .subprocesses import limit
+
 
 def test_a_parallel_sweeps_jobs_share_the_cores_and_the_key_wins() -> None:
     assert threads.share(None, 1, 2) is None  # one run: the environment as it is (every core)
@@ -52,7 +54,7 @@ def test_a_share_of_the_cores_holds_for_numpys_blas_loaded_before_it() -> None:
     )
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120, check=True
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=limit(120), check=True
     )
     line = done.stdout.strip()
     assert line.endswith("[1]"), line
